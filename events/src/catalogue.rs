@@ -1,0 +1,979 @@
+//! The event catalogue: one enum per aggregate, one struct per event type.
+//!
+//! Every event type has a stable name (`LicenseGranted`) and a schema version. The binary
+//! payload is the postcard encoding of the struct for that version; postcard is not
+//! self-describing, so a struct's fields are frozen once its version has been written: to
+//! change one, keep the old struct in [`crate::upcast`], bump the version here, add an upcaster
+//! and a golden file (see `events/tests/golden/README.md`). Variants of enums inside payloads
+//! are only ever appended.
+
+use std::net::IpAddr;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::codec::CodecError;
+use crate::envelope::StreamId;
+use crate::values::{
+    ActivationCode, Cnpj, ContractId, CounterKey, HardwareId, HardwareKey, LicenseId, Note,
+    Product, ProgramVersion, Resources, Serial, TerminalNumber, TradeName,
+};
+
+/// Implemented by every event struct: its catalogue name and current schema version.
+pub trait EventPayload: Serialize + for<'de> Deserialize<'de> + Into<Event> {
+    /// Catalogue name, stored in the envelope.
+    const TYPE: &'static str;
+    /// Current schema version.
+    const VERSION: u16;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Customer
+// ---------------------------------------------------------------------------------------------
+
+/// A customer (tenant, one per CNPJ) was registered.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CustomerRegistered {
+    /// The customer's CNPJ.
+    pub cnpj: Cnpj,
+    /// "Fantasia".
+    pub trade_name: TradeName,
+    /// "Início": when the customer relationship starts.
+    pub since: NaiveDate,
+}
+
+/// A customer was activated ("Ativo" checked).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CustomerActivated {
+    /// The customer.
+    pub cnpj: Cnpj,
+    /// Operator's reason.
+    pub note: Option<Note>,
+}
+
+/// A customer was deactivated: its terminals are told `Usuário inválido.`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CustomerDeactivated {
+    /// The customer.
+    pub cnpj: Cnpj,
+    /// Operator's reason.
+    pub note: Option<Note>,
+}
+
+/// A customer was blocked ("Bloqueado").
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CustomerBlocked {
+    /// The customer.
+    pub cnpj: Cnpj,
+    /// Operator's reason.
+    pub note: Option<Note>,
+}
+
+/// A customer's block was lifted.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CustomerUnblocked {
+    /// The customer.
+    pub cnpj: Cnpj,
+    /// Operator's reason.
+    pub note: Option<Note>,
+}
+
+/// A customer was put on the blacklist.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CustomerBlacklisted {
+    /// The customer.
+    pub cnpj: Cnpj,
+    /// Operator's reason.
+    pub note: Option<Note>,
+}
+
+/// A customer was taken off the blacklist.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CustomerUnblacklisted {
+    /// The customer.
+    pub cnpj: Cnpj,
+    /// Operator's reason.
+    pub note: Option<Note>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Contract
+// ---------------------------------------------------------------------------------------------
+
+/// A contract was signed: it renews the customer's licenses by `interval_days` once they are
+/// within `renew_before_days` of expiry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContractSigned {
+    /// The contract.
+    pub contract_id: ContractId,
+    /// Its customer.
+    pub cnpj: Cnpj,
+    /// "Inicia em".
+    pub starts_on: NaiveDate,
+    /// "Expira em"; none for an open-ended contract.
+    pub ends_on: Option<NaiveDate>,
+    /// "Intervalo em dias" (e.g. 30).
+    pub interval_days: u16,
+    /// "Renovar antes de" (e.g. 3).
+    pub renew_before_days: u16,
+}
+
+/// A contract was deactivated: renewals stop, licenses run out at their current expiry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContractDeactivated {
+    /// The contract.
+    pub contract_id: ContractId,
+    /// Operator's reason.
+    pub note: Option<Note>,
+}
+
+/// A contract was reactivated.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContractReactivated {
+    /// The contract.
+    pub contract_id: ContractId,
+    /// Operator's reason.
+    pub note: Option<Note>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// License
+// ---------------------------------------------------------------------------------------------
+
+/// A license was granted to a customer for a product.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LicenseGranted {
+    /// The new license.
+    pub license_id: LicenseId,
+    /// Its customer.
+    pub cnpj: Cnpj,
+    /// The product it licenses.
+    pub product: Product,
+    /// The contract that renews it, if any.
+    pub contract_id: Option<ContractId>,
+    /// "Expira".
+    pub expires_on: NaiveDate,
+    /// "Recursos" sent with every successful check-in.
+    pub resources: Resources,
+}
+
+/// Why a license's expiry moved.
+///
+/// JSON: `{"by": "contract", "contract_id": "000731"}` or `{"by": "manual"}`. Binary: the
+/// variant's name as a string, then its fields (see the `tagged` module at the end of this file).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RenewalCause {
+    /// The contract's interval, within its renew-before window.
+    Contract {
+        /// The renewing contract.
+        contract_id: ContractId,
+    },
+    /// An operator's explicit renewal.
+    Manual,
+}
+
+/// A license's expiry was extended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LicenseRenewed {
+    /// The license.
+    pub license_id: LicenseId,
+    /// Expiry before the renewal.
+    pub previous_expiry: NaiveDate,
+    /// Expiry after the renewal.
+    pub expires_on: NaiveDate,
+    /// Contract or operator.
+    pub cause: RenewalCause,
+}
+
+/// A free license was bound to a terminal at its first check-in.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LicenseBound {
+    /// The license.
+    pub license_id: LicenseId,
+    /// The terminal's hardware id.
+    pub hardware_id: HardwareId,
+    /// The key the terminal presents ("Hardware Key" column).
+    pub hardware_key: HardwareKey,
+    /// The terminal's address at binding time.
+    pub ip: Option<IpAddr>,
+    /// "Nº do Caixa".
+    pub caixa: Option<TerminalNumber>,
+    /// "Equipamento".
+    pub equipamento: Option<TerminalNumber>,
+}
+
+/// "Desassociar": a license was freed from its terminal.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LicenseUnlinked {
+    /// The license.
+    pub license_id: LicenseId,
+    /// The terminal it was bound to.
+    pub hardware_id: HardwareId,
+    /// Operator's reason.
+    pub note: Option<Note>,
+}
+
+/// A license was blocked ("Bloqueado").
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LicenseBlocked {
+    /// The license.
+    pub license_id: LicenseId,
+    /// Operator's reason.
+    pub note: Option<Note>,
+}
+
+/// A license's block was lifted.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LicenseUnblocked {
+    /// The license.
+    pub license_id: LicenseId,
+    /// Operator's reason.
+    pub note: Option<Note>,
+}
+
+/// A license was deactivated ("Licença" unchecked).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LicenseDeactivated {
+    /// The license.
+    pub license_id: LicenseId,
+    /// Operator's reason.
+    pub note: Option<Note>,
+}
+
+/// A license was reactivated.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LicenseReactivated {
+    /// The license.
+    pub license_id: LicenseId,
+    /// Operator's reason.
+    pub note: Option<Note>,
+}
+
+/// A license's resources were replaced by a new set.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LicenseResourcesChanged {
+    /// The license.
+    pub license_id: LicenseId,
+    /// The complete new set.
+    pub resources: Resources,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Terminal check-in
+// ---------------------------------------------------------------------------------------------
+
+/// The two contingency modes of the manual.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ContingencyKind {
+    /// Type 01, "contingência do IntelliWeb": the customer's server cannot reach the platform.
+    Intelliweb,
+    /// Type 02, "contingência manual": the terminal was released by a counter-key.
+    Manual,
+}
+
+impl ContingencyKind {
+    /// The manual's type number (`01`, `02`).
+    pub fn code(self) -> &'static str {
+        match self {
+            ContingencyKind::Intelliweb => "01",
+            ContingencyKind::Manual => "02",
+        }
+    }
+}
+
+/// Why a check-in was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RefusalReason {
+    /// Customer inactive (401 `Usuário inválido.`).
+    CustomerInactive,
+    /// Customer blocked or blacklisted.
+    CustomerBlocked,
+    /// No license of the product for this terminal and none free to bind.
+    NoLicenseAvailable,
+    /// The license is blocked.
+    LicenseBlocked,
+    /// The license is deactivated.
+    LicenseDeactivated,
+    /// The license is past its expiry.
+    LicenseExpired,
+    /// Contingency past its grace period (expiry + 7 days).
+    GraceExpired,
+}
+
+/// What a terminal was told.
+///
+/// JSON: `{"result": "expiring_soon", "expires_on": "2023-05-31", "days_left": 3}`. Binary:
+/// the variant's name as a string, then its fields (see the `tagged` module at the end of this file).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CheckInOutcome {
+    /// Valid: `Licença do sistema expira no dia: DD/MM/YYYY`.
+    Valid {
+        /// The license's expiry.
+        expires_on: NaiveDate,
+    },
+    /// Valid with the warning `Faltam [NN] dias para expirar a licença!`.
+    ExpiringSoon {
+        /// The license's expiry.
+        expires_on: NaiveDate,
+        /// Days left (3 or fewer).
+        days_left: u16,
+    },
+    /// Selling under contingency, until `expires_on`.
+    Contingency {
+        /// Which contingency.
+        kind: ContingencyKind,
+        /// The contingency's own expiry.
+        expires_on: NaiveDate,
+    },
+    /// Sales blocked.
+    Refused {
+        /// Why.
+        reason: RefusalReason,
+    },
+}
+
+/// A terminal checked in. Recorded when something changed or the last recorded check-in is
+/// older than the check-in interval.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TerminalCheckedIn {
+    /// The customer.
+    pub cnpj: Cnpj,
+    /// The product checking in.
+    pub product: Product,
+    /// The terminal.
+    pub hardware_id: HardwareId,
+    /// The key the terminal presented.
+    pub hardware_key: HardwareKey,
+    /// The license that answered, if any.
+    pub license_id: Option<LicenseId>,
+    /// The terminal's address.
+    pub ip: Option<IpAddr>,
+    /// The program version it reported.
+    pub program_version: Option<ProgramVersion>,
+    /// "Nº do Caixa".
+    pub caixa: Option<TerminalNumber>,
+    /// "Equipamento".
+    pub equipamento: Option<TerminalNumber>,
+    /// What it was told.
+    pub outcome: CheckInOutcome,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Contingency
+// ---------------------------------------------------------------------------------------------
+
+/// A customer (type 01) or one of its terminals (type 02) entered contingency.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContingencyEntered {
+    /// The customer.
+    pub cnpj: Cnpj,
+    /// Type 01 or 02.
+    pub kind: ContingencyKind,
+    /// The terminal, for type 02.
+    pub hardware_id: Option<HardwareId>,
+    /// Why (e.g. the upstream error).
+    pub note: Option<Note>,
+}
+
+/// A contingency ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContingencyCleared {
+    /// The customer.
+    pub cnpj: Cnpj,
+    /// Type 01 or 02.
+    pub kind: ContingencyKind,
+    /// The terminal, for type 02.
+    pub hardware_id: Option<HardwareId>,
+    /// Why.
+    pub note: Option<Note>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Offline activation and emergency release
+// ---------------------------------------------------------------------------------------------
+
+/// "Ativar Offline": support issued a counter-key for a terminal's serial.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OfflineActivationIssued {
+    /// The 16-hex serial the terminal showed.
+    pub serial: Serial,
+    /// The customer, when known.
+    pub cnpj: Option<Cnpj>,
+    /// "Problema": the product.
+    pub product: Product,
+    /// The license being released, when known.
+    pub license_id: Option<LicenseId>,
+    /// "Nº do Caixa".
+    pub caixa: Option<TerminalNumber>,
+    /// "Equipamento".
+    pub equipamento: Option<TerminalNumber>,
+    /// The counter-key read back to the terminal.
+    pub counter_key: CounterKey,
+    /// Until when the terminal may sell on it (one day).
+    pub valid_until: DateTime<Utc>,
+}
+
+/// "Liberação emergencial" (restricted): an activation code and counter-key for a
+/// development or QA machine.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EmergencyReleaseIssued {
+    /// The product.
+    pub product: Product,
+    /// The machine's hardware id.
+    pub hardware_id: HardwareId,
+    /// The product key entered.
+    pub hardware_key: HardwareKey,
+    /// "Código de ativação".
+    pub activation_code: ActivationCode,
+    /// "Contra-Chave".
+    pub counter_key: CounterKey,
+    /// "Licenciado para" (e.g. QUALIDADE).
+    pub licensed_to: TradeName,
+}
+
+// ---------------------------------------------------------------------------------------------
+// The catalogue table
+// ---------------------------------------------------------------------------------------------
+
+macro_rules! catalogue {
+    ($(
+        $(#[$adoc:meta])*
+        $agg:ident($agg_enum:ident) {
+            $( $variant:ident($ty:ident) = $version:literal ),+ $(,)?
+        }
+    )+) => {
+        $(
+            $(#[$adoc])*
+            #[derive(Clone, Debug, PartialEq, Eq)]
+            pub enum $agg_enum {
+                $(
+                    #[doc = concat!("See [`", stringify!($ty), "`].")]
+                    $variant($ty),
+                )+
+            }
+
+            $(
+                impl EventPayload for $ty {
+                    const TYPE: &'static str = stringify!($ty);
+                    const VERSION: u16 = $version;
+                }
+                impl From<$ty> for Event {
+                    fn from(e: $ty) -> Event {
+                        Event::$agg($agg_enum::$variant(e))
+                    }
+                }
+            )+
+        )+
+
+        /// Any event of the ledger.
+        #[derive(Clone, Debug, PartialEq, Eq)]
+        pub enum Event {
+            $(
+                #[doc = concat!("See [`", stringify!($agg_enum), "`].")]
+                $agg($agg_enum),
+            )+
+        }
+
+        /// Every event type with its current schema version, in catalogue order.
+        pub const EVENT_TYPES: &[(&str, u16)] = &[
+            $( $( (stringify!($ty), $version), )+ )+
+        ];
+
+        impl Event {
+            /// Catalogue name of this event's type.
+            pub fn event_type(&self) -> &'static str {
+                match self {
+                    $( $( Event::$agg($agg_enum::$variant(_)) => <$ty as EventPayload>::TYPE, )+ )+
+                }
+            }
+
+            /// Current schema version of this event's type (the version it encodes at).
+            pub fn schema_version(&self) -> u16 {
+                match self {
+                    $( $( Event::$agg($agg_enum::$variant(_)) => <$ty as EventPayload>::VERSION, )+ )+
+                }
+            }
+
+            /// The postcard payload at the current schema version.
+            pub fn encode_payload(&self) -> Result<Vec<u8>, CodecError> {
+                let bytes = match self {
+                    $( $( Event::$agg($agg_enum::$variant(e)) => postcard::to_stdvec(e), )+ )+
+                };
+                bytes.map_err(|e| CodecError::Payload {
+                    event_type: self.event_type().to_owned(),
+                    problem: e.to_string(),
+                })
+            }
+
+            /// Decodes a payload written at the current schema version of `event_type`.
+            /// `None` when `event_type` is unknown or `version` is not the current one.
+            pub(crate) fn decode_current(
+                event_type: &str,
+                version: u16,
+                bytes: &[u8],
+            ) -> Option<Result<Event, CodecError>> {
+                match (event_type, version) {
+                    $( $( (stringify!($ty), $version) => Some(decode_exact::<$ty>(event_type, bytes).map(Event::from)), )+ )+
+                    _ => None,
+                }
+            }
+
+            /// The event's fields as JSON (without type or version).
+            pub fn data_json(&self) -> serde_json::Value {
+                let v = match self {
+                    $( $( Event::$agg($agg_enum::$variant(e)) => serde_json::to_value(e), )+ )+
+                };
+                // Serializing these plain structs to a JSON value cannot fail: no maps with
+                // non-string keys and no custom errors on the way out.
+                v.unwrap_or(serde_json::Value::Null)
+            }
+
+            /// Builds an event of type `event_type` (current version) from its JSON fields.
+            pub fn from_data_json(event_type: &str, data: serde_json::Value) -> Result<Event, CodecError> {
+                let bad = |e: serde_json::Error| CodecError::Payload {
+                    event_type: event_type.to_owned(),
+                    problem: e.to_string(),
+                };
+                match event_type {
+                    $( $( stringify!($ty) => serde_json::from_value::<$ty>(data).map(Event::from).map_err(bad), )+ )+
+                    other => Err(CodecError::UnknownEventType(other.to_owned())),
+                }
+            }
+        }
+    };
+}
+
+/// Decodes a postcard payload, refusing trailing bytes.
+pub(crate) fn decode_exact<T: for<'de> Deserialize<'de>>(
+    event_type: &str,
+    bytes: &[u8],
+) -> Result<T, CodecError> {
+    match postcard::take_from_bytes::<T>(bytes) {
+        Ok((v, [])) => Ok(v),
+        Ok((_, rest)) => Err(CodecError::Payload {
+            event_type: event_type.to_owned(),
+            problem: format!("{} trailing bytes after the payload", rest.len()),
+        }),
+        Err(e) => Err(CodecError::Payload {
+            event_type: event_type.to_owned(),
+            problem: e.to_string(),
+        }),
+    }
+}
+
+catalogue! {
+    /// Events of a customer stream (`customer-{cnpj}`).
+    Customer(CustomerEvent) {
+        Registered(CustomerRegistered) = 1,
+        Activated(CustomerActivated) = 1,
+        Deactivated(CustomerDeactivated) = 1,
+        Blocked(CustomerBlocked) = 1,
+        Unblocked(CustomerUnblocked) = 1,
+        Blacklisted(CustomerBlacklisted) = 1,
+        Unblacklisted(CustomerUnblacklisted) = 1,
+    }
+    /// Events of a contract stream (`contract-{id}`).
+    Contract(ContractEvent) {
+        Signed(ContractSigned) = 1,
+        Deactivated(ContractDeactivated) = 1,
+        Reactivated(ContractReactivated) = 1,
+    }
+    /// Events of a license stream (`license-{id}`).
+    License(LicenseEvent) {
+        Granted(LicenseGranted) = 1,
+        Renewed(LicenseRenewed) = 1,
+        Bound(LicenseBound) = 1,
+        Unlinked(LicenseUnlinked) = 1,
+        Blocked(LicenseBlocked) = 1,
+        Unblocked(LicenseUnblocked) = 1,
+        Deactivated(LicenseDeactivated) = 1,
+        Reactivated(LicenseReactivated) = 1,
+        ResourcesChanged(LicenseResourcesChanged) = 1,
+    }
+    /// Events of a terminal stream (`terminal-{cnpj}-{hardware id}`).
+    Terminal(TerminalEvent) {
+        CheckedIn(TerminalCheckedIn) = 1,
+    }
+    /// Events of a customer's contingency stream (`contingency-{cnpj}`).
+    Contingency(ContingencyEvent) {
+        Entered(ContingencyEntered) = 1,
+        Cleared(ContingencyCleared) = 1,
+    }
+    /// Events of an offline-activation stream (`offline-{serial}`).
+    OfflineActivation(OfflineActivationEvent) {
+        Issued(OfflineActivationIssued) = 1,
+    }
+    /// Events of an emergency-release stream (`emergency-{hardware id}`).
+    EmergencyRelease(EmergencyReleaseEvent) {
+        Issued(EmergencyReleaseIssued) = 1,
+    }
+}
+
+impl Event {
+    /// The stream this event belongs to, derived from the ids it carries.
+    pub fn stream_id(&self) -> StreamId {
+        match self {
+            Event::Customer(e) => StreamId::customer(match e {
+                CustomerEvent::Registered(x) => &x.cnpj,
+                CustomerEvent::Activated(x) => &x.cnpj,
+                CustomerEvent::Deactivated(x) => &x.cnpj,
+                CustomerEvent::Blocked(x) => &x.cnpj,
+                CustomerEvent::Unblocked(x) => &x.cnpj,
+                CustomerEvent::Blacklisted(x) => &x.cnpj,
+                CustomerEvent::Unblacklisted(x) => &x.cnpj,
+            }),
+            Event::Contract(e) => StreamId::contract(match e {
+                ContractEvent::Signed(x) => x.contract_id,
+                ContractEvent::Deactivated(x) => x.contract_id,
+                ContractEvent::Reactivated(x) => x.contract_id,
+            }),
+            Event::License(e) => StreamId::license(match e {
+                LicenseEvent::Granted(x) => x.license_id,
+                LicenseEvent::Renewed(x) => x.license_id,
+                LicenseEvent::Bound(x) => x.license_id,
+                LicenseEvent::Unlinked(x) => x.license_id,
+                LicenseEvent::Blocked(x) => x.license_id,
+                LicenseEvent::Unblocked(x) => x.license_id,
+                LicenseEvent::Deactivated(x) => x.license_id,
+                LicenseEvent::Reactivated(x) => x.license_id,
+                LicenseEvent::ResourcesChanged(x) => x.license_id,
+            }),
+            Event::Terminal(TerminalEvent::CheckedIn(x)) => {
+                StreamId::terminal(&x.cnpj, &x.hardware_id)
+            }
+            Event::Contingency(e) => StreamId::contingency(match e {
+                ContingencyEvent::Entered(x) => &x.cnpj,
+                ContingencyEvent::Cleared(x) => &x.cnpj,
+            }),
+            Event::OfflineActivation(OfflineActivationEvent::Issued(x)) => {
+                StreamId::offline_activation(&x.serial)
+            }
+            Event::EmergencyRelease(EmergencyReleaseEvent::Issued(x)) => {
+                StreamId::emergency_release(&x.hardware_id)
+            }
+        }
+    }
+
+    /// Decodes a stored payload of any known (type, version), upcasting old versions.
+    pub fn decode_payload(
+        event_type: &str,
+        schema_version: u16,
+        bytes: &[u8],
+    ) -> Result<Event, CodecError> {
+        if let Some(result) = Event::decode_current(event_type, schema_version, bytes) {
+            return result;
+        }
+        crate::upcast::decode_legacy(event_type, schema_version, bytes)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Payload enums with a named tag
+// ---------------------------------------------------------------------------------------------
+
+/// Serde for [`RenewalCause`] and [`CheckInOutcome`].
+///
+/// Their JSON form is internally tagged (`{"result": "valid", "expires_on": ..}`), which serde
+/// can only decode through `deserialize_any`, which postcard does not implement: a derived
+/// `#[serde(tag = ..)]` impl encodes but can never decode a binary payload. So JSON goes
+/// through derived mirror enums, and the binary form is written by hand as the very layout the
+/// derive produced (the variant's snake_case name as a string, then its fields in declaration
+/// order), which keeps every payload written so far readable. New variants are appended with
+/// new names; a name, once written, is never reused.
+mod tagged {
+    use std::fmt;
+
+    use chrono::NaiveDate;
+    use serde::de::{self, Deserializer, SeqAccess, Visitor};
+    use serde::ser::{SerializeTuple, Serializer};
+    use serde::{Deserialize, Serialize};
+
+    use super::{CheckInOutcome, ContingencyKind, RefusalReason, RenewalCause};
+    use crate::values::ContractId;
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(rename_all = "snake_case", tag = "by")]
+    pub(super) enum RenewalCauseJson {
+        Contract { contract_id: ContractId },
+        Manual,
+    }
+
+    impl From<RenewalCause> for RenewalCauseJson {
+        fn from(c: RenewalCause) -> Self {
+            match c {
+                RenewalCause::Contract { contract_id } => Self::Contract { contract_id },
+                RenewalCause::Manual => Self::Manual,
+            }
+        }
+    }
+    impl From<RenewalCauseJson> for RenewalCause {
+        fn from(c: RenewalCauseJson) -> Self {
+            match c {
+                RenewalCauseJson::Contract { contract_id } => Self::Contract { contract_id },
+                RenewalCauseJson::Manual => Self::Manual,
+            }
+        }
+    }
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(rename_all = "snake_case", tag = "result")]
+    pub(super) enum CheckInOutcomeJson {
+        Valid {
+            expires_on: NaiveDate,
+        },
+        ExpiringSoon {
+            expires_on: NaiveDate,
+            days_left: u16,
+        },
+        Contingency {
+            kind: ContingencyKind,
+            expires_on: NaiveDate,
+        },
+        Refused {
+            reason: RefusalReason,
+        },
+    }
+
+    impl From<CheckInOutcome> for CheckInOutcomeJson {
+        fn from(o: CheckInOutcome) -> Self {
+            match o {
+                CheckInOutcome::Valid { expires_on } => Self::Valid { expires_on },
+                CheckInOutcome::ExpiringSoon {
+                    expires_on,
+                    days_left,
+                } => Self::ExpiringSoon {
+                    expires_on,
+                    days_left,
+                },
+                CheckInOutcome::Contingency { kind, expires_on } => {
+                    Self::Contingency { kind, expires_on }
+                }
+                CheckInOutcome::Refused { reason } => Self::Refused { reason },
+            }
+        }
+    }
+    impl From<CheckInOutcomeJson> for CheckInOutcome {
+        fn from(o: CheckInOutcomeJson) -> Self {
+            match o {
+                CheckInOutcomeJson::Valid { expires_on } => Self::Valid { expires_on },
+                CheckInOutcomeJson::ExpiringSoon {
+                    expires_on,
+                    days_left,
+                } => Self::ExpiringSoon {
+                    expires_on,
+                    days_left,
+                },
+                CheckInOutcomeJson::Contingency { kind, expires_on } => {
+                    Self::Contingency { kind, expires_on }
+                }
+                CheckInOutcomeJson::Refused { reason } => Self::Refused { reason },
+            }
+        }
+    }
+
+    const RENEWAL_CAUSES: &[&str] = &["contract", "manual"];
+    const OUTCOMES: &[&str] = &["valid", "expiring_soon", "contingency", "refused"];
+
+    /// Reads the next element of a tag-then-fields tuple, naming its index when missing.
+    fn next<'de, A: SeqAccess<'de>, T: Deserialize<'de>>(
+        seq: &mut A,
+        index: usize,
+        expecting: &dyn de::Expected,
+    ) -> Result<T, A::Error> {
+        seq.next_element()?
+            .ok_or_else(|| de::Error::invalid_length(index, expecting))
+    }
+
+    impl Serialize for RenewalCause {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            if s.is_human_readable() {
+                return RenewalCauseJson::from(*self).serialize(s);
+            }
+            match self {
+                RenewalCause::Contract { contract_id } => {
+                    let mut t = s.serialize_tuple(2)?;
+                    t.serialize_element("contract")?;
+                    t.serialize_element(contract_id)?;
+                    t.end()
+                }
+                RenewalCause::Manual => {
+                    let mut t = s.serialize_tuple(1)?;
+                    t.serialize_element("manual")?;
+                    t.end()
+                }
+            }
+        }
+    }
+
+    impl<'de> Deserialize<'de> for RenewalCause {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            if d.is_human_readable() {
+                return RenewalCauseJson::deserialize(d).map(Self::from);
+            }
+            struct V;
+            impl<'de> Visitor<'de> for V {
+                type Value = RenewalCause;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("a renewal cause: its name, then its fields")
+                }
+                fn visit_seq<A: SeqAccess<'de>>(
+                    self,
+                    mut seq: A,
+                ) -> Result<RenewalCause, A::Error> {
+                    let tag: String = next(&mut seq, 0, &self)?;
+                    match tag.as_str() {
+                        "contract" => Ok(RenewalCause::Contract {
+                            contract_id: next(&mut seq, 1, &self)?,
+                        }),
+                        "manual" => Ok(RenewalCause::Manual),
+                        other => Err(de::Error::unknown_variant(other, RENEWAL_CAUSES)),
+                    }
+                }
+            }
+            d.deserialize_tuple(2, V)
+        }
+    }
+
+    impl Serialize for CheckInOutcome {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            if s.is_human_readable() {
+                return CheckInOutcomeJson::from(*self).serialize(s);
+            }
+            match self {
+                CheckInOutcome::Valid { expires_on } => {
+                    let mut t = s.serialize_tuple(2)?;
+                    t.serialize_element("valid")?;
+                    t.serialize_element(expires_on)?;
+                    t.end()
+                }
+                CheckInOutcome::ExpiringSoon {
+                    expires_on,
+                    days_left,
+                } => {
+                    let mut t = s.serialize_tuple(3)?;
+                    t.serialize_element("expiring_soon")?;
+                    t.serialize_element(expires_on)?;
+                    t.serialize_element(days_left)?;
+                    t.end()
+                }
+                CheckInOutcome::Contingency { kind, expires_on } => {
+                    let mut t = s.serialize_tuple(3)?;
+                    t.serialize_element("contingency")?;
+                    t.serialize_element(kind)?;
+                    t.serialize_element(expires_on)?;
+                    t.end()
+                }
+                CheckInOutcome::Refused { reason } => {
+                    let mut t = s.serialize_tuple(2)?;
+                    t.serialize_element("refused")?;
+                    t.serialize_element(reason)?;
+                    t.end()
+                }
+            }
+        }
+    }
+
+    impl<'de> Deserialize<'de> for CheckInOutcome {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            if d.is_human_readable() {
+                return CheckInOutcomeJson::deserialize(d).map(Self::from);
+            }
+            struct V;
+            impl<'de> Visitor<'de> for V {
+                type Value = CheckInOutcome;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("a check-in outcome: its name, then its fields")
+                }
+                fn visit_seq<A: SeqAccess<'de>>(
+                    self,
+                    mut seq: A,
+                ) -> Result<CheckInOutcome, A::Error> {
+                    let tag: String = next(&mut seq, 0, &self)?;
+                    match tag.as_str() {
+                        "valid" => Ok(CheckInOutcome::Valid {
+                            expires_on: next(&mut seq, 1, &self)?,
+                        }),
+                        "expiring_soon" => Ok(CheckInOutcome::ExpiringSoon {
+                            expires_on: next(&mut seq, 1, &self)?,
+                            days_left: next(&mut seq, 2, &self)?,
+                        }),
+                        "contingency" => Ok(CheckInOutcome::Contingency {
+                            kind: next(&mut seq, 1, &self)?,
+                            expires_on: next(&mut seq, 2, &self)?,
+                        }),
+                        "refused" => Ok(CheckInOutcome::Refused {
+                            reason: next(&mut seq, 1, &self)?,
+                        }),
+                        other => Err(de::Error::unknown_variant(other, OUTCOMES)),
+                    }
+                }
+            }
+            d.deserialize_tuple(3, V)
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        fn date(s: &str) -> NaiveDate {
+            s.parse().unwrap()
+        }
+
+        /// The mirrors carry the derive the public enums had; postcard writes a derived
+        /// internally tagged enum as tag-then-fields, so this pins the hand-written layout to
+        /// the bytes written before it existed.
+        #[test]
+        fn binary_form_is_the_layout_the_tagged_derive_wrote() {
+            let causes = [
+                RenewalCause::Contract {
+                    contract_id: ContractId::new(731).unwrap(),
+                },
+                RenewalCause::Manual,
+            ];
+            for c in causes {
+                let bin = postcard::to_stdvec(&c).unwrap();
+                assert_eq!(
+                    bin,
+                    postcard::to_stdvec(&RenewalCauseJson::from(c)).unwrap()
+                );
+                assert_eq!(postcard::from_bytes::<RenewalCause>(&bin).unwrap(), c);
+            }
+            let outcomes = [
+                CheckInOutcome::Valid {
+                    expires_on: date("2023-05-31"),
+                },
+                CheckInOutcome::ExpiringSoon {
+                    expires_on: date("2023-05-31"),
+                    days_left: 3,
+                },
+                CheckInOutcome::Contingency {
+                    kind: ContingencyKind::Manual,
+                    expires_on: date("2023-06-07"),
+                },
+                CheckInOutcome::Refused {
+                    reason: RefusalReason::GraceExpired,
+                },
+            ];
+            for o in outcomes {
+                let bin = postcard::to_stdvec(&o).unwrap();
+                assert_eq!(
+                    bin,
+                    postcard::to_stdvec(&CheckInOutcomeJson::from(o)).unwrap()
+                );
+                assert_eq!(postcard::from_bytes::<CheckInOutcome>(&bin).unwrap(), o);
+            }
+        }
+
+        #[test]
+        fn binary_form_refuses_unknown_names_and_missing_fields() {
+            let unknown = postcard::to_stdvec(&("transferred", 1u8)).unwrap();
+            assert!(postcard::from_bytes::<RenewalCause>(&unknown).is_err());
+            assert!(postcard::from_bytes::<CheckInOutcome>(&unknown).is_err());
+            let short = postcard::to_stdvec(&("expiring_soon",)).unwrap();
+            assert!(postcard::from_bytes::<CheckInOutcome>(&short).is_err());
+        }
+    }
+}

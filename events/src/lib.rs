@@ -1,0 +1,30 @@
+//! # ledger-events
+//!
+//! The vocabulary of license-ledger, and nothing else: the event catalogue, validated value
+//! types, the envelope every record carries, the binary record format and the hash chain.
+//!
+//! This crate is pure: no I/O, no clock, no async runtime. An auditor's tool can depend on it
+//! alone to decode and verify a log. Invariants it guarantees:
+//! - a value type you hold is valid (every constructor and decoder goes through `parse`);
+//! - `Record::decode(bytes)` succeeds only if the record's hash matches its bytes;
+//! - every `(event type, schema version)` ever written keeps decoding (golden files in
+//!   `events/tests/golden/` enforce it);
+//! - `Record::from_json(&record.to_json()?)` gives back the same bytes.
+
+pub mod catalogue;
+pub mod chain;
+pub mod codec;
+pub mod envelope;
+mod upcast;
+pub mod values;
+
+pub use catalogue::*;
+pub use chain::{verify_chain, ChainError, ChainFault, ChainHead, ChainVerifier};
+pub use codec::{
+    encode_record_into, CodecError, Record, RecordJson, RecordView, MAX_PAYLOAD_BYTES,
+    MAX_RECORD_BYTES, MIN_RECORD_BYTES,
+};
+pub use envelope::{
+    truncate_to_micros, Actor, ActorKind, Envelope, Hash, Position, StreamId, StreamVersion,
+};
+pub use values::*;

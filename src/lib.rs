@@ -1,0 +1,13 @@
+//! # license-ledger
+//!
+//! An event-sourced license ledger with CQRS read models. Modules in reading order:
+//! - [`clock`]: time as an input;
+//! - [`store`]: the event store contract and its embedded file backend;
+//! - [`cli`]: the command line.
+//!
+//! The event vocabulary lives in the `ledger-events` crate, the read models in
+//! `ledger-projections`. See ARCHITECTURE.md for the map and its invariants.
+
+pub mod cli;
+pub mod clock;
+pub mod store;

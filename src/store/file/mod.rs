@@ -1,0 +1,492 @@
+//! The embedded event store: an append-only log of segment files in a data directory.
+//!
+//! Layout and recovery rules are in [`segment`]; the group-commit writer is in [`writer`];
+//! the in-memory index in [`index`]. One process at a time may open a directory (a lock file,
+//! `LOCK`, is held while open).
+
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, TimeZone, Utc};
+use ledger_events::{
+    ChainHead, Position, Record, RecordView, StreamId, StreamVersion, MAX_PAYLOAD_BYTES,
+};
+use parking_lot::Mutex;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use self::index::{Index, OpenSegment};
+use self::segment::{
+    check_frame, list_segments, scan, segment_header, segment_path, RecordLoc, FRAME_HEADER_BYTES,
+};
+use self::writer::{AppendRequest, PreparedEvent, Shared, Writer, WriterMsg};
+use super::subscription::{HeadSource, Subscription};
+use super::{
+    Appended, EventStore, ExpectedVersion, NewEvent, StoreError, APPEND_EVENTS_MAX, READ_BATCH_MAX,
+};
+use crate::clock::Clock;
+
+mod index;
+pub mod segment;
+mod writer;
+
+/// Settings of the file store.
+#[derive(Clone, Debug)]
+pub struct FileStoreConfig {
+    /// The data directory (created if missing).
+    pub dir: PathBuf,
+    /// A segment is sealed once the next append would take it past this size. An append is
+    /// never split, so a single append larger than this gets a segment of its own.
+    pub segment_bytes_max: u64,
+    /// Most events the writer takes into one write + `fdatasync`.
+    pub batch_events_max: usize,
+    /// Appends that may wait for the writer before appenders wait to enqueue.
+    pub queue_depth: usize,
+}
+
+impl FileStoreConfig {
+    /// Smallest segment size accepted.
+    pub const SEGMENT_BYTES_MIN: u64 = 4096;
+
+    /// Defaults for `dir`: 64 MiB segments, batches of up to 8192 events.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self {
+            dir: dir.into(),
+            segment_bytes_max: 64 * 1024 * 1024,
+            batch_events_max: 8192,
+            queue_depth: 8192,
+        }
+    }
+}
+
+/// The file-backed event store. Cheap to clone; clones share one writer.
+#[derive(Clone)]
+pub struct FileStore {
+    inner: Arc<Inner>,
+    tx: mpsc::Sender<WriterMsg>,
+}
+
+struct Inner {
+    shared: Arc<Shared>,
+    head_rx: watch::Receiver<Position>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+/// Makes a directory entry change (a new or removed file) durable.
+pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+impl FileStore {
+    /// Opens (or creates) the log in `config.dir`: scans every segment, verifies CRCs and the
+    /// hash chain, cuts off a torn tail left by a crash (with a warning), rebuilds the index,
+    /// and starts the writer. Refuses to open a damaged log, naming segment, offset and
+    /// position.
+    pub async fn open(config: FileStoreConfig, clock: Arc<dyn Clock>) -> Result<Self, StoreError> {
+        tokio::task::spawn_blocking(move || Self::open_blocking(config, clock))
+            .await
+            .map_err(|e| StoreError::io("opening the log", std::io::Error::other(e.to_string())))?
+    }
+
+    fn open_blocking(config: FileStoreConfig, clock: Arc<dyn Clock>) -> Result<Self, StoreError> {
+        if config.segment_bytes_max < FileStoreConfig::SEGMENT_BYTES_MIN {
+            return Err(StoreError::InvalidAppend(format!(
+                "segment_bytes_max must be at least {} bytes",
+                FileStoreConfig::SEGMENT_BYTES_MIN
+            )));
+        }
+        let dir = config.dir.clone();
+        fs::create_dir_all(&dir)
+            .map_err(|e| StoreError::io(format!("creating {}", dir.display()), e))?;
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join("LOCK"))
+            .map_err(|e| StoreError::io(format!("opening {}/LOCK", dir.display()), e))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                return Err(StoreError::Locked(dir.display().to_string()))
+            }
+            Err(fs::TryLockError::Error(e)) => {
+                return Err(StoreError::io(format!("locking {}", dir.display()), e))
+            }
+        }
+
+        let mut segments = list_segments(&dir)?;
+        let mut index = Index::default();
+        let report = scan(
+            &segments,
+            |view, loc| {
+                let stream = view.stream_id().map_err(|e| corrupt_here(e.to_string()))?;
+                index
+                    .insert(
+                        stream,
+                        view.stream_version(),
+                        view.event_id(),
+                        view.position(),
+                        loc,
+                    )
+                    .map_err(corrupt_here)
+            },
+            |_| {},
+        )?;
+        if let Some(torn) = &report.torn {
+            tracing::warn!(
+                segment = %torn.segment.display(),
+                valid_len = torn.valid_len,
+                file_len = torn.file_len,
+                "cutting off an interrupted write at the end of the log (it was never acknowledged)"
+            );
+            if torn.remove_segment {
+                fs::remove_file(&torn.segment).map_err(|e| {
+                    StoreError::io(format!("removing {}", torn.segment.display()), e)
+                })?;
+                segments.pop();
+                sync_dir(&dir).map_err(|e| StoreError::io("syncing the data directory", e))?;
+            } else {
+                let f = OpenOptions::new()
+                    .write(true)
+                    .open(&torn.segment)
+                    .and_then(|f| f.set_len(torn.valid_len).and_then(|()| f.sync_all()));
+                f.map_err(|e| StoreError::io(format!("truncating {}", torn.segment.display()), e))?;
+            }
+        }
+        let mut segment_lens = report.segment_lens.clone();
+        if segments.is_empty() {
+            let first = report.head.position + 1;
+            let path = segment_path(&dir, first);
+            let f = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+                .and_then(|f| {
+                    f.write_all_at(&segment_header(first), 0)
+                        .and_then(|()| f.sync_all())
+                });
+            f.map_err(|e| StoreError::io(format!("creating {}", path.display()), e))?;
+            sync_dir(&dir).map_err(|e| StoreError::io("syncing the data directory", e))?;
+            segments.push(segment::SegmentFile {
+                path,
+                first_position: first,
+            });
+            segment_lens = vec![segment::SEGMENT_HEADER_BYTES];
+        }
+        segment_lens.truncate(segments.len());
+        for seg in &segments {
+            let file = File::open(&seg.path)
+                .map_err(|e| StoreError::io(format!("opening {}", seg.path.display()), e))?;
+            index.segments.push(OpenSegment {
+                path: seg.path.display().to_string(),
+                file: Arc::new(file),
+            });
+        }
+        let last = segments.len() - 1;
+        let active_file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&segments[last].path)
+            .map_err(|e| StoreError::io(format!("opening {}", segments[last].path.display()), e))?;
+        index.head = report.head;
+        let last_recorded_at: DateTime<Utc> = report
+            .last_recorded_at_micros
+            .and_then(|m| Utc.timestamp_micros(m).single())
+            .unwrap_or(DateTime::<Utc>::MIN_UTC);
+        tracing::info!(
+            dir = %dir.display(),
+            records = report.count,
+            head = report.head.position,
+            segments = segments.len(),
+            "opened event log"
+        );
+
+        let shared = Arc::new(Shared {
+            index: parking_lot::RwLock::new(index),
+        });
+        let (head_tx, head_rx) = watch::channel(report.head.position);
+        let (tx, rx) = mpsc::channel(config.queue_depth.max(1));
+        let writer = Writer {
+            dir,
+            shared: shared.clone(),
+            clock,
+            segment_bytes_max: config.segment_bytes_max,
+            batch_events_max: config.batch_events_max.max(1),
+            active_file,
+            active_segment: last as u32,
+            active_len: segment_lens
+                .get(last)
+                .copied()
+                .unwrap_or(segment::SEGMENT_HEADER_BYTES),
+            head: report.head,
+            last_recorded_at,
+            head_tx,
+            poisoned: None,
+            _lock: lock,
+        };
+        let handle = std::thread::Builder::new()
+            .name("ledger-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| StoreError::io("starting the log writer", e))?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                shared,
+                head_rx,
+                writer: Mutex::new(Some(handle)),
+            }),
+            tx,
+        })
+    }
+
+    /// Finishes queued appends, stops the writer and releases the directory. Other clones
+    /// fail with [`StoreError::Closed`] afterwards; reads keep working.
+    pub async fn close(&self) -> Result<(), StoreError> {
+        let _ = self.tx.send(WriterMsg::Shutdown).await;
+        let handle = self.inner.writer.lock().take();
+        if let Some(handle) = handle {
+            tokio::task::spawn_blocking(move || handle.join())
+                .await
+                .map_err(|e| {
+                    StoreError::io("stopping the writer", std::io::Error::other(e.to_string()))
+                })?
+                .map_err(|_| {
+                    StoreError::io(
+                        "stopping the writer",
+                        std::io::Error::other("writer thread panicked"),
+                    )
+                })?;
+        }
+        Ok(())
+    }
+
+    fn prepare(events: Vec<NewEvent>) -> Result<Vec<PreparedEvent>, StoreError> {
+        if events.is_empty() {
+            return Err(StoreError::InvalidAppend("no events to append".into()));
+        }
+        if events.len() > APPEND_EVENTS_MAX {
+            return Err(StoreError::InvalidAppend(format!(
+                "{} events in one append, at most {APPEND_EVENTS_MAX}",
+                events.len()
+            )));
+        }
+        let mut ids = std::collections::HashSet::with_capacity(events.len());
+        events
+            .into_iter()
+            .map(|e| {
+                if !ids.insert(e.event_id) {
+                    return Err(StoreError::InvalidAppend(format!(
+                        "event id {} appears twice in one append",
+                        e.event_id
+                    )));
+                }
+                let payload = e.event.encode_payload()?;
+                if payload.len() > MAX_PAYLOAD_BYTES {
+                    return Err(StoreError::InvalidAppend(format!(
+                        "{} payload is {} bytes, at most {MAX_PAYLOAD_BYTES}",
+                        e.event.event_type(),
+                        payload.len()
+                    )));
+                }
+                Ok(PreparedEvent {
+                    event_id: e.event_id,
+                    event_type: e.event.event_type(),
+                    schema_version: e.event.schema_version(),
+                    payload,
+                    actor: e.actor,
+                    correlation_id: e.correlation_id,
+                })
+            })
+            .collect()
+    }
+}
+
+fn corrupt_here(problem: String) -> StoreError {
+    // The scan fills in segment, offset and position.
+    StoreError::Corrupt {
+        segment: String::new(),
+        offset: 0,
+        position: 0,
+        problem,
+    }
+}
+
+impl Inner {
+    /// Reads the records at `positions` (ascending), checking frame CRC, record hash and
+    /// position of each (the read half of the write-side checks).
+    fn read_positions(&self, positions: &[Position]) -> Result<Vec<Record>, StoreError> {
+        let (locs, files): (Vec<RecordLoc>, Vec<(Arc<File>, String)>) = {
+            let index = self.shared.index.read();
+            let mut locs = Vec::with_capacity(positions.len());
+            for &p in positions {
+                match index.locs.get((p as usize).wrapping_sub(1)) {
+                    Some(loc) => locs.push(*loc),
+                    None => break,
+                }
+            }
+            let files = index
+                .segments
+                .iter()
+                .map(|s| (s.file.clone(), s.path.clone()))
+                .collect();
+            (locs, files)
+        };
+        let mut out = Vec::with_capacity(locs.len());
+        let mut buf = Vec::new();
+        let mut i = 0;
+        while i < locs.len() {
+            // A run of records adjacent on disk is read with one positional read.
+            let start = locs[i];
+            let mut j = i + 1;
+            while j < locs.len()
+                && locs[j].segment == start.segment
+                && locs[j].offset
+                    == locs[j - 1].offset + u64::from(locs[j - 1].len) + FRAME_HEADER_BYTES as u64
+                && positions[j] == positions[j - 1] + 1
+            {
+                j += 1;
+            }
+            let end = locs[j - 1].offset + u64::from(locs[j - 1].len);
+            let from = start.offset - FRAME_HEADER_BYTES as u64;
+            let (file, path) =
+                files
+                    .get(start.segment as usize)
+                    .ok_or_else(|| StoreError::Corrupt {
+                        segment: format!("#{}", start.segment),
+                        offset: start.offset,
+                        position: positions[i],
+                        problem: "index names a segment that is not open".into(),
+                    })?;
+            buf.resize((end - from) as usize, 0);
+            file.read_exact_at(&mut buf, from)
+                .map_err(|e| StoreError::io(format!("reading {path}"), e))?;
+            for k in i..j {
+                let loc = locs[k];
+                let rel = (loc.offset - FRAME_HEADER_BYTES as u64 - from) as usize;
+                let frame = &buf[rel..rel + FRAME_HEADER_BYTES + loc.len as usize];
+                let bad = |problem: String| StoreError::Corrupt {
+                    segment: path.clone(),
+                    offset: loc.offset - FRAME_HEADER_BYTES as u64,
+                    position: positions[k],
+                    problem,
+                };
+                let (bytes, _) = check_frame(frame).map_err(bad)?;
+                let view = RecordView::parse(bytes).map_err(|e| bad(e.to_string()))?;
+                if view.position() != positions[k] {
+                    return Err(bad(format!("record says position {}", view.position())));
+                }
+                out.push(view.to_record().map_err(|e| bad(e.to_string()))?);
+            }
+            i = j;
+        }
+        Ok(out)
+    }
+
+    fn read_all_blocking(&self, from: Position, limit: usize) -> Result<Vec<Record>, StoreError> {
+        let head = self.shared.index.read().head.position;
+        let from = from.max(1);
+        if from > head {
+            return Ok(Vec::new());
+        }
+        let end = head.min(from + limit.min(READ_BATCH_MAX) as u64 - 1);
+        let positions: Vec<Position> = (from..=end).collect();
+        self.read_positions(&positions)
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StoreError::io("reading the log", std::io::Error::other(e.to_string())))?
+}
+
+/// The subscription's view of the store: reads and the head watch, without the writer's
+/// sender (so open subscriptions do not keep the writer alive).
+struct Feed(Arc<Inner>);
+
+#[async_trait]
+impl HeadSource for Feed {
+    async fn read_from(&self, from: Position, limit: usize) -> Result<Vec<Record>, StoreError> {
+        let inner = self.0.clone();
+        blocking(move || inner.read_all_blocking(from, limit)).await
+    }
+
+    fn watch_head(&self) -> watch::Receiver<Position> {
+        self.0.head_rx.clone()
+    }
+}
+
+#[async_trait]
+impl EventStore for FileStore {
+    async fn append(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<Appended, StoreError> {
+        let events = Self::prepare(events)?;
+        let (reply, answer) = oneshot::channel();
+        let request = AppendRequest {
+            stream: stream.clone(),
+            expected,
+            events,
+            reply,
+        };
+        self.tx
+            .send(WriterMsg::Append(request))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn read_stream(
+        &self,
+        stream: &StreamId,
+        from_version: StreamVersion,
+        limit: usize,
+    ) -> Result<Vec<Record>, StoreError> {
+        let positions: Vec<Position> = {
+            let index = self.inner.shared.index.read();
+            match index.streams.get(stream.as_str()) {
+                Some(list) => list
+                    .iter()
+                    .skip(from_version.max(1) as usize - 1)
+                    .take(limit.min(READ_BATCH_MAX))
+                    .copied()
+                    .collect(),
+                None => Vec::new(),
+            }
+        };
+        let inner = self.inner.clone();
+        blocking(move || inner.read_positions(&positions)).await
+    }
+
+    async fn read_all(
+        &self,
+        from_position: Position,
+        limit: usize,
+    ) -> Result<Vec<Record>, StoreError> {
+        let inner = self.inner.clone();
+        blocking(move || inner.read_all_blocking(from_position, limit)).await
+    }
+
+    async fn head(&self) -> Result<ChainHead, StoreError> {
+        Ok(self.inner.shared.index.read().head)
+    }
+
+    async fn stream_version(&self, stream: &StreamId) -> Result<StreamVersion, StoreError> {
+        Ok(self
+            .inner
+            .shared
+            .index
+            .read()
+            .stream_version(stream.as_str()))
+    }
+
+    fn subscribe_all(&self, from_position: Position) -> Subscription {
+        Subscription::new(Arc::new(Feed(self.inner.clone())), from_position)
+    }
+}

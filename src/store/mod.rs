@@ -1,0 +1,215 @@
+//! The event store: the only place where bytes reach a disk (and, later, SQL).
+//!
+//! [`EventStore`] is the contract both backends implement: the embedded file log
+//! ([`file::FileStore`]) and PostgreSQL (a later issue). [`conformance`] holds the tests every
+//! backend must pass. Invariants every backend keeps:
+//! - positions are dense from 1 and commit order equals position order;
+//! - a stream's versions are dense from 1; an append either stores all its events, at
+//!   consecutive positions, or none;
+//! - an acknowledged append is durable;
+//! - every record stored chains to its predecessor (see `ledger_events::codec`);
+//! - `recorded_at` never decreases along the log, whatever the clock does.
+
+use std::ops::RangeInclusive;
+
+use async_trait::async_trait;
+use ledger_events::{
+    Actor, ChainHead, CodecError, Event, Position, Record, StreamId, StreamVersion,
+};
+use uuid::Uuid;
+
+pub mod conformance;
+pub mod file;
+mod subscription;
+
+pub use subscription::{HeadSource, Subscription};
+
+/// Most events one append may carry.
+pub const APPEND_EVENTS_MAX: usize = 1000;
+/// Most records one read returns; larger limits are clamped.
+pub const READ_BATCH_MAX: usize = 10_000;
+
+/// What the writer expects the stream's current version to be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExpectedVersion {
+    /// Append whatever the version.
+    Any,
+    /// The stream must not exist yet.
+    NoStream,
+    /// The stream's last version must be exactly this (0 means no stream).
+    Exact(StreamVersion),
+}
+
+impl ExpectedVersion {
+    /// Whether a stream at `actual` satisfies the expectation.
+    pub fn admits(self, actual: StreamVersion) -> bool {
+        match self {
+            ExpectedVersion::Any => true,
+            ExpectedVersion::NoStream => actual == 0,
+            ExpectedVersion::Exact(v) => actual == v,
+        }
+    }
+}
+
+/// One event to append, with its metadata. `event_id` should be a UUID v7 chosen once per
+/// logical event: a retry reuses it, and the store answers the retry with the original
+/// positions instead of storing it twice.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewEvent {
+    /// Unique id; retries reuse it.
+    pub event_id: Uuid,
+    /// The event.
+    pub event: Event,
+    /// Who caused it.
+    pub actor: Actor,
+    /// Groups the events of one command.
+    pub correlation_id: Uuid,
+}
+
+impl NewEvent {
+    /// An event with a fresh v7 id, correlated with `correlation_id`.
+    pub fn new(event: impl Into<Event>, actor: Actor, correlation_id: Uuid) -> Self {
+        Self {
+            event_id: Uuid::now_v7(),
+            event: event.into(),
+            actor,
+            correlation_id,
+        }
+    }
+}
+
+/// Where an append landed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Appended {
+    /// First and last global positions of the appended events (consecutive).
+    pub positions: RangeInclusive<Position>,
+    /// The stream's version after the append (the last event's version).
+    pub stream_version: StreamVersion,
+    /// Whether this answer is for a retry whose events were already stored.
+    pub was_retry: bool,
+}
+
+/// Everything that can go wrong in the store. Business rejections are not here: they belong
+/// to the domain.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Optimistic concurrency: the stream is not at the expected version.
+    #[error("stream {stream} is at version {actual}, expected {expected:?}")]
+    WrongExpectedVersion {
+        /// The stream.
+        stream: StreamId,
+        /// What the writer expected.
+        expected: ExpectedVersion,
+        /// The stream's actual version.
+        actual: StreamVersion,
+    },
+    /// An event id is already stored, but not as part of this very append.
+    #[error("event id {event_id} is already stored at position {position} in another append")]
+    DuplicateEventId {
+        /// The id.
+        event_id: Uuid,
+        /// Where it is stored.
+        position: Position,
+    },
+    /// The append itself is malformed (empty, too many events, event too large).
+    #[error("invalid append: {0}")]
+    InvalidAppend(String),
+    /// An event could not be encoded, or a stored record could not be decoded.
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    /// The log on disk is damaged where a crash cannot explain it. Nothing was changed.
+    #[error("log damaged in {segment} at offset {offset} (position {position}): {problem}")]
+    Corrupt {
+        /// The segment file.
+        segment: String,
+        /// Byte offset within it.
+        offset: u64,
+        /// The position expected there.
+        position: Position,
+        /// What is wrong.
+        problem: String,
+    },
+    /// An I/O error, with what the store was doing.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A write or sync failed in a way that leaves the file's state unknown; the store
+    /// refuses appends until it is reopened (which re-reads and repairs the tail).
+    #[error("store refuses appends until reopened: {0}")]
+    Poisoned(String),
+    /// Another process holds the data directory.
+    #[error("data directory {0} is in use by another process")]
+    Locked(String),
+    /// The store has been closed.
+    #[error("the store is closed")]
+    Closed,
+}
+
+impl StoreError {
+    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        StoreError::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    /// Whether the failure is the storage being full or unwritable (a 503, retry later),
+    /// as opposed to a caller mistake or damage.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Io { .. } | StoreError::Poisoned(_) | StoreError::Closed
+        )
+    }
+}
+
+/// The contract of an event store. Implementations must be safe to share between tasks;
+/// no method may panic on any input or I/O failure.
+#[async_trait]
+pub trait EventStore: Send + Sync + 'static {
+    /// Appends `events` to `stream` if its version admits `expected`, atomically and durably,
+    /// and returns where they landed. A retry of an append that was stored (same event ids,
+    /// same stream, same order) returns the original positions and stores nothing.
+    ///
+    /// Fails with [`StoreError::WrongExpectedVersion`] (carrying the actual version),
+    /// [`StoreError::DuplicateEventId`] when some ids are stored elsewhere,
+    /// [`StoreError::InvalidAppend`] for an empty or oversized batch, or an I/O error.
+    async fn append(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<Appended, StoreError>;
+
+    /// Reads `stream` forward from version `from_version` (the first event is version 1),
+    /// at most `limit` records (clamped to [`READ_BATCH_MAX`]). An unknown stream is empty.
+    async fn read_stream(
+        &self,
+        stream: &StreamId,
+        from_version: StreamVersion,
+        limit: usize,
+    ) -> Result<Vec<Record>, StoreError>;
+
+    /// Reads the log forward from global position `from_position` (inclusive; the first
+    /// record is 1), at most `limit` records (clamped to [`READ_BATCH_MAX`]).
+    async fn read_all(
+        &self,
+        from_position: Position,
+        limit: usize,
+    ) -> Result<Vec<Record>, StoreError>;
+
+    /// The last position and its hash (position 0 and zero hash when empty).
+    async fn head(&self) -> Result<ChainHead, StoreError>;
+
+    /// The stream's current version (0 when it does not exist).
+    async fn stream_version(&self, stream: &StreamId) -> Result<StreamVersion, StoreError>;
+
+    /// Every record from `from_position` on: first those already stored, then new ones as
+    /// they are acknowledged, with no gap and no duplicate between the two.
+    fn subscribe_all(&self, from_position: Position) -> Subscription;
+}

@@ -1,0 +1,105 @@
+//! `license-ledger verify` run as a user runs it: the real binary on a real log.
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+
+use license_ledger::clock::ManualClock;
+use license_ledger::store::conformance::{new_event, start_time, stream};
+use license_ledger::store::file::segment::list_segments;
+use license_ledger::store::file::{FileStore, FileStoreConfig};
+use license_ledger::store::{EventStore, ExpectedVersion};
+
+fn verify(dir: &Path, extra: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_license-ledger"))
+        .arg("verify")
+        .arg("--data-dir")
+        .arg(dir)
+        .args(extra)
+        .output()
+        .expect("run license-ledger");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+async fn write_log(dir: &Path, n: u32) -> ledger_events::ChainHead {
+    let store = FileStore::open(
+        FileStoreConfig::new(dir),
+        Arc::new(ManualClock::new(start_time())),
+    )
+    .await
+    .unwrap();
+    for i in 0..n {
+        store
+            .append(&stream("v"), ExpectedVersion::Any, vec![new_event(i)])
+            .await
+            .unwrap();
+    }
+    let head = store.head().await.unwrap();
+    store.close().await.unwrap();
+    head
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_prints_count_and_head_of_an_intact_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let head = write_log(dir.path(), 25).await;
+    let (code, stdout, stderr) = verify(dir.path(), &[]);
+    assert_eq!(code, 0, "stderr: {stderr}");
+    assert!(stdout.contains("records: 25"), "{stdout}");
+    assert!(stdout.contains("head position: 25"), "{stdout}");
+    assert!(
+        stdout.contains(&format!("head hash: {}", head.hash)),
+        "{stdout}"
+    );
+
+    let (code, stdout, _) = verify(dir.path(), &["--json"]);
+    assert_eq!(code, 0);
+    let json: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(json["count"], 25);
+    assert_eq!(json["head_position"], 25);
+    assert_eq!(json["head_hash"], head.hash.to_string());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_exits_non_zero_naming_the_first_bad_position() {
+    let dir = tempfile::tempdir().unwrap();
+    write_log(dir.path(), 10).await;
+    let seg = list_segments(dir.path()).unwrap().pop().unwrap().path;
+    let mut bytes = fs::read(&seg).unwrap();
+    let len = bytes.len();
+    // Somewhere inside the records, past the first few.
+    bytes[len / 2] ^= 0x40;
+    fs::write(&seg, &bytes).unwrap();
+    let (code, _, stderr) = verify(dir.path(), &[]);
+    assert_eq!(code, 1, "stderr: {stderr}");
+    assert!(stderr.contains("position "), "{stderr}");
+    assert!(stderr.contains(".seg"), "{stderr}");
+    let damaged = fs::read(&seg).unwrap();
+    assert_eq!(damaged, bytes, "verify must not modify the log");
+}
+
+#[test]
+fn verify_of_a_missing_directory_says_how_to_fix_it() {
+    let (code, _, stderr) = verify(Path::new("/nonexistent/ledger-data"), &[]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("does not exist"), "{stderr}");
+    assert!(stderr.contains("--data-dir"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_reports_a_torn_tail_without_failing() {
+    let dir = tempfile::tempdir().unwrap();
+    write_log(dir.path(), 3).await;
+    let seg = list_segments(dir.path()).unwrap().pop().unwrap().path;
+    let bytes = fs::read(&seg).unwrap();
+    fs::write(&seg, &bytes[..bytes.len() - 10]).unwrap();
+    let (code, stdout, stderr) = verify(dir.path(), &[]);
+    assert_eq!(code, 0, "stderr: {stderr}");
+    assert!(stdout.contains("warning:"), "{stdout}");
+    assert!(stdout.contains("records: 2"), "{stdout}");
+}
