@@ -39,6 +39,7 @@ pub struct CustomerRegistered {
     /// "Fantasia".
     pub trade_name: TradeName,
     /// "Início": when the customer relationship starts.
+    #[serde(with = "crate::values::day")]
     pub since: NaiveDate,
 }
 
@@ -109,8 +110,10 @@ pub struct ContractSigned {
     /// Its customer.
     pub cnpj: Cnpj,
     /// "Inicia em".
+    #[serde(with = "crate::values::day")]
     pub starts_on: NaiveDate,
     /// "Expira em"; none for an open-ended contract.
+    #[serde(with = "crate::values::day::option")]
     pub ends_on: Option<NaiveDate>,
     /// "Intervalo em dias" (e.g. 30).
     pub interval_days: u16,
@@ -152,6 +155,7 @@ pub struct LicenseGranted {
     /// The contract that renews it, if any.
     pub contract_id: Option<ContractId>,
     /// "Expira".
+    #[serde(with = "crate::values::day")]
     pub expires_on: NaiveDate,
     /// "Recursos" sent with every successful check-in.
     pub resources: Resources,
@@ -160,7 +164,7 @@ pub struct LicenseGranted {
 /// Why a license's expiry moved.
 ///
 /// JSON: `{"by": "contract", "contract_id": "000731"}` or `{"by": "manual"}`. Binary: the
-/// variant's name as a string, then its fields (see the `tagged` module at the end of this file).
+/// variant's index, then its fields (see the `tagged` module at the end of this file).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RenewalCause {
     /// The contract's interval, within its renew-before window.
@@ -178,8 +182,10 @@ pub struct LicenseRenewed {
     /// The license.
     pub license_id: LicenseId,
     /// Expiry before the renewal.
+    #[serde(with = "crate::values::day")]
     pub previous_expiry: NaiveDate,
     /// Expiry after the renewal.
+    #[serde(with = "crate::values::day")]
     pub expires_on: NaiveDate,
     /// Contract or operator.
     pub cause: RenewalCause,
@@ -305,7 +311,7 @@ pub enum RefusalReason {
 /// What a terminal was told.
 ///
 /// JSON: `{"result": "expiring_soon", "expires_on": "2023-05-31", "days_left": 3}`. Binary:
-/// the variant's name as a string, then its fields (see the `tagged` module at the end of this file).
+/// the variant's index, then its fields (see the `tagged` module at the end of this file).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CheckInOutcome {
     /// Valid: `Licença do sistema expira no dia: DD/MM/YYYY`.
@@ -412,6 +418,7 @@ pub struct OfflineActivationIssued {
     /// The counter-key read back to the terminal.
     pub counter_key: CounterKey,
     /// Until when the terminal may sell on it (one day).
+    #[serde(with = "crate::values::micros")]
     pub valid_until: DateTime<Utc>,
 }
 
@@ -676,304 +683,62 @@ impl Event {
 /// Serde for [`RenewalCause`] and [`CheckInOutcome`].
 ///
 /// Their JSON form is internally tagged (`{"result": "valid", "expires_on": ..}`), which serde
-/// can only decode through `deserialize_any`, which postcard does not implement: a derived
-/// `#[serde(tag = ..)]` impl encodes but can never decode a binary payload. So JSON goes
-/// through derived mirror enums, and the binary form is written by hand as the very layout the
-/// derive produced (the variant's snake_case name as a string, then its fields in declaration
-/// order), which keeps every payload written so far readable. New variants are appended with
-/// new names; a name, once written, is never reused.
+/// decodes through `deserialize_any`, which postcard does not implement. So each has two
+/// private mirrors: an internally tagged one for JSON and an externally tagged one (variant
+/// index, then fields) for the binary form. Binary variants are only ever appended.
 mod tagged {
-    use std::fmt;
-
     use chrono::NaiveDate;
-    use serde::de::{self, Deserializer, SeqAccess, Visitor};
-    use serde::ser::{SerializeTuple, Serializer};
-    use serde::{Deserialize, Serialize};
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
     use super::{CheckInOutcome, ContingencyKind, RefusalReason, RenewalCause};
     use crate::values::ContractId;
 
-    #[derive(Serialize, Deserialize)]
-    #[serde(rename_all = "snake_case", tag = "by")]
-    pub(super) enum RenewalCauseJson {
+    macro_rules! mirrored {
+        ($public:ident, $json:ident, $bin:ident, $tag:literal,
+         { $( $variant:ident { $( $(#[$fattr:meta])* $field:ident : $ty:ty ),* } ),+ $(,)? }) => {
+            #[derive(Serialize, Deserialize)]
+            #[serde(rename_all = "snake_case", tag = $tag)]
+            enum $json {
+                $( $variant { $( $(#[$fattr])* $field: $ty ),* }, )+
+            }
+
+            #[derive(Serialize, Deserialize)]
+            enum $bin {
+                $( $variant { $( $(#[$fattr])* $field: $ty ),* }, )+
+            }
+
+            impl Serialize for $public {
+                fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                    let value = *self;
+                    if s.is_human_readable() {
+                        match value { $( $public::$variant { $($field),* } => $json::$variant { $($field),* }, )+ }.serialize(s)
+                    } else {
+                        match value { $( $public::$variant { $($field),* } => $bin::$variant { $($field),* }, )+ }.serialize(s)
+                    }
+                }
+            }
+
+            impl<'de> Deserialize<'de> for $public {
+                fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                    if d.is_human_readable() {
+                        Ok(match $json::deserialize(d)? { $( $json::$variant { $($field),* } => $public::$variant { $($field),* }, )+ })
+                    } else {
+                        Ok(match $bin::deserialize(d)? { $( $bin::$variant { $($field),* } => $public::$variant { $($field),* }, )+ })
+                    }
+                }
+            }
+        };
+    }
+
+    mirrored!(RenewalCause, RenewalCauseJson, RenewalCauseBin, "by", {
         Contract { contract_id: ContractId },
-        Manual,
-    }
+        Manual {},
+    });
 
-    impl From<RenewalCause> for RenewalCauseJson {
-        fn from(c: RenewalCause) -> Self {
-            match c {
-                RenewalCause::Contract { contract_id } => Self::Contract { contract_id },
-                RenewalCause::Manual => Self::Manual,
-            }
-        }
-    }
-    impl From<RenewalCauseJson> for RenewalCause {
-        fn from(c: RenewalCauseJson) -> Self {
-            match c {
-                RenewalCauseJson::Contract { contract_id } => Self::Contract { contract_id },
-                RenewalCauseJson::Manual => Self::Manual,
-            }
-        }
-    }
-
-    #[derive(Serialize, Deserialize)]
-    #[serde(rename_all = "snake_case", tag = "result")]
-    pub(super) enum CheckInOutcomeJson {
-        Valid {
-            expires_on: NaiveDate,
-        },
-        ExpiringSoon {
-            expires_on: NaiveDate,
-            days_left: u16,
-        },
-        Contingency {
-            kind: ContingencyKind,
-            expires_on: NaiveDate,
-        },
-        Refused {
-            reason: RefusalReason,
-        },
-    }
-
-    impl From<CheckInOutcome> for CheckInOutcomeJson {
-        fn from(o: CheckInOutcome) -> Self {
-            match o {
-                CheckInOutcome::Valid { expires_on } => Self::Valid { expires_on },
-                CheckInOutcome::ExpiringSoon {
-                    expires_on,
-                    days_left,
-                } => Self::ExpiringSoon {
-                    expires_on,
-                    days_left,
-                },
-                CheckInOutcome::Contingency { kind, expires_on } => {
-                    Self::Contingency { kind, expires_on }
-                }
-                CheckInOutcome::Refused { reason } => Self::Refused { reason },
-            }
-        }
-    }
-    impl From<CheckInOutcomeJson> for CheckInOutcome {
-        fn from(o: CheckInOutcomeJson) -> Self {
-            match o {
-                CheckInOutcomeJson::Valid { expires_on } => Self::Valid { expires_on },
-                CheckInOutcomeJson::ExpiringSoon {
-                    expires_on,
-                    days_left,
-                } => Self::ExpiringSoon {
-                    expires_on,
-                    days_left,
-                },
-                CheckInOutcomeJson::Contingency { kind, expires_on } => {
-                    Self::Contingency { kind, expires_on }
-                }
-                CheckInOutcomeJson::Refused { reason } => Self::Refused { reason },
-            }
-        }
-    }
-
-    const RENEWAL_CAUSES: &[&str] = &["contract", "manual"];
-    const OUTCOMES: &[&str] = &["valid", "expiring_soon", "contingency", "refused"];
-
-    /// Reads the next element of a tag-then-fields tuple, naming its index when missing.
-    fn next<'de, A: SeqAccess<'de>, T: Deserialize<'de>>(
-        seq: &mut A,
-        index: usize,
-        expecting: &dyn de::Expected,
-    ) -> Result<T, A::Error> {
-        seq.next_element()?
-            .ok_or_else(|| de::Error::invalid_length(index, expecting))
-    }
-
-    impl Serialize for RenewalCause {
-        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-            if s.is_human_readable() {
-                return RenewalCauseJson::from(*self).serialize(s);
-            }
-            match self {
-                RenewalCause::Contract { contract_id } => {
-                    let mut t = s.serialize_tuple(2)?;
-                    t.serialize_element("contract")?;
-                    t.serialize_element(contract_id)?;
-                    t.end()
-                }
-                RenewalCause::Manual => {
-                    let mut t = s.serialize_tuple(1)?;
-                    t.serialize_element("manual")?;
-                    t.end()
-                }
-            }
-        }
-    }
-
-    impl<'de> Deserialize<'de> for RenewalCause {
-        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-            if d.is_human_readable() {
-                return RenewalCauseJson::deserialize(d).map(Self::from);
-            }
-            struct V;
-            impl<'de> Visitor<'de> for V {
-                type Value = RenewalCause;
-                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                    f.write_str("a renewal cause: its name, then its fields")
-                }
-                fn visit_seq<A: SeqAccess<'de>>(
-                    self,
-                    mut seq: A,
-                ) -> Result<RenewalCause, A::Error> {
-                    let tag: String = next(&mut seq, 0, &self)?;
-                    match tag.as_str() {
-                        "contract" => Ok(RenewalCause::Contract {
-                            contract_id: next(&mut seq, 1, &self)?,
-                        }),
-                        "manual" => Ok(RenewalCause::Manual),
-                        other => Err(de::Error::unknown_variant(other, RENEWAL_CAUSES)),
-                    }
-                }
-            }
-            d.deserialize_tuple(2, V)
-        }
-    }
-
-    impl Serialize for CheckInOutcome {
-        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-            if s.is_human_readable() {
-                return CheckInOutcomeJson::from(*self).serialize(s);
-            }
-            match self {
-                CheckInOutcome::Valid { expires_on } => {
-                    let mut t = s.serialize_tuple(2)?;
-                    t.serialize_element("valid")?;
-                    t.serialize_element(expires_on)?;
-                    t.end()
-                }
-                CheckInOutcome::ExpiringSoon {
-                    expires_on,
-                    days_left,
-                } => {
-                    let mut t = s.serialize_tuple(3)?;
-                    t.serialize_element("expiring_soon")?;
-                    t.serialize_element(expires_on)?;
-                    t.serialize_element(days_left)?;
-                    t.end()
-                }
-                CheckInOutcome::Contingency { kind, expires_on } => {
-                    let mut t = s.serialize_tuple(3)?;
-                    t.serialize_element("contingency")?;
-                    t.serialize_element(kind)?;
-                    t.serialize_element(expires_on)?;
-                    t.end()
-                }
-                CheckInOutcome::Refused { reason } => {
-                    let mut t = s.serialize_tuple(2)?;
-                    t.serialize_element("refused")?;
-                    t.serialize_element(reason)?;
-                    t.end()
-                }
-            }
-        }
-    }
-
-    impl<'de> Deserialize<'de> for CheckInOutcome {
-        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-            if d.is_human_readable() {
-                return CheckInOutcomeJson::deserialize(d).map(Self::from);
-            }
-            struct V;
-            impl<'de> Visitor<'de> for V {
-                type Value = CheckInOutcome;
-                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                    f.write_str("a check-in outcome: its name, then its fields")
-                }
-                fn visit_seq<A: SeqAccess<'de>>(
-                    self,
-                    mut seq: A,
-                ) -> Result<CheckInOutcome, A::Error> {
-                    let tag: String = next(&mut seq, 0, &self)?;
-                    match tag.as_str() {
-                        "valid" => Ok(CheckInOutcome::Valid {
-                            expires_on: next(&mut seq, 1, &self)?,
-                        }),
-                        "expiring_soon" => Ok(CheckInOutcome::ExpiringSoon {
-                            expires_on: next(&mut seq, 1, &self)?,
-                            days_left: next(&mut seq, 2, &self)?,
-                        }),
-                        "contingency" => Ok(CheckInOutcome::Contingency {
-                            kind: next(&mut seq, 1, &self)?,
-                            expires_on: next(&mut seq, 2, &self)?,
-                        }),
-                        "refused" => Ok(CheckInOutcome::Refused {
-                            reason: next(&mut seq, 1, &self)?,
-                        }),
-                        other => Err(de::Error::unknown_variant(other, OUTCOMES)),
-                    }
-                }
-            }
-            d.deserialize_tuple(3, V)
-        }
-    }
-
-    #[cfg(test)]
-    mod tests {
-        use super::*;
-
-        fn date(s: &str) -> NaiveDate {
-            s.parse().unwrap()
-        }
-
-        /// The mirrors carry the derive the public enums had; postcard writes a derived
-        /// internally tagged enum as tag-then-fields, so this pins the hand-written layout to
-        /// the bytes written before it existed.
-        #[test]
-        fn binary_form_is_the_layout_the_tagged_derive_wrote() {
-            let causes = [
-                RenewalCause::Contract {
-                    contract_id: ContractId::new(731).unwrap(),
-                },
-                RenewalCause::Manual,
-            ];
-            for c in causes {
-                let bin = postcard::to_stdvec(&c).unwrap();
-                assert_eq!(
-                    bin,
-                    postcard::to_stdvec(&RenewalCauseJson::from(c)).unwrap()
-                );
-                assert_eq!(postcard::from_bytes::<RenewalCause>(&bin).unwrap(), c);
-            }
-            let outcomes = [
-                CheckInOutcome::Valid {
-                    expires_on: date("2023-05-31"),
-                },
-                CheckInOutcome::ExpiringSoon {
-                    expires_on: date("2023-05-31"),
-                    days_left: 3,
-                },
-                CheckInOutcome::Contingency {
-                    kind: ContingencyKind::Manual,
-                    expires_on: date("2023-06-07"),
-                },
-                CheckInOutcome::Refused {
-                    reason: RefusalReason::GraceExpired,
-                },
-            ];
-            for o in outcomes {
-                let bin = postcard::to_stdvec(&o).unwrap();
-                assert_eq!(
-                    bin,
-                    postcard::to_stdvec(&CheckInOutcomeJson::from(o)).unwrap()
-                );
-                assert_eq!(postcard::from_bytes::<CheckInOutcome>(&bin).unwrap(), o);
-            }
-        }
-
-        #[test]
-        fn binary_form_refuses_unknown_names_and_missing_fields() {
-            let unknown = postcard::to_stdvec(&("transferred", 1u8)).unwrap();
-            assert!(postcard::from_bytes::<RenewalCause>(&unknown).is_err());
-            assert!(postcard::from_bytes::<CheckInOutcome>(&unknown).is_err());
-            let short = postcard::to_stdvec(&("expiring_soon",)).unwrap();
-            assert!(postcard::from_bytes::<CheckInOutcome>(&short).is_err());
-        }
-    }
+    mirrored!(CheckInOutcome, CheckInOutcomeJson, CheckInOutcomeBin, "result", {
+        Valid { #[serde(with = "crate::values::day")] expires_on: NaiveDate },
+        ExpiringSoon { #[serde(with = "crate::values::day")] expires_on: NaiveDate, days_left: u16 },
+        Contingency { kind: ContingencyKind, #[serde(with = "crate::values::day")] expires_on: NaiveDate },
+        Refused { reason: RefusalReason },
+    });
 }

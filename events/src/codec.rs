@@ -371,14 +371,65 @@ fn short_len(field: &'static str, s: &str) -> Result<u8, CodecError> {
     })
 }
 
+/// The envelope's fields, borrowed, for encoding without building an [`Envelope`] (the
+/// store's writer encodes many records of one stream and actor).
+#[derive(Clone, Copy, Debug)]
+pub struct RecordHeader<'a> {
+    /// Global position.
+    pub position: Position,
+    /// Stream.
+    pub stream_id: &'a StreamId,
+    /// Version within the stream.
+    pub stream_version: StreamVersion,
+    /// Event id.
+    pub event_id: Uuid,
+    /// Catalogue name.
+    pub event_type: &'a str,
+    /// Schema version of the payload.
+    pub schema_version: u16,
+    /// When recorded, microsecond precision.
+    pub recorded_at: DateTime<Utc>,
+    /// Who.
+    pub actor: &'a Actor,
+    /// Correlation id.
+    pub correlation_id: Uuid,
+    /// Previous record's hash.
+    pub prev_hash: Hash,
+}
+
+impl<'a> From<&'a Envelope> for RecordHeader<'a> {
+    fn from(e: &'a Envelope) -> Self {
+        Self {
+            position: e.position,
+            stream_id: &e.stream_id,
+            stream_version: e.stream_version,
+            event_id: e.event_id,
+            event_type: &e.event_type,
+            schema_version: e.schema_version,
+            recorded_at: e.recorded_at,
+            actor: &e.actor,
+            correlation_id: e.correlation_id,
+            prev_hash: e.prev_hash,
+        }
+    }
+}
+
 /// Appends the encoding of a record to `out` and returns its hash. `envelope.hash` is
 /// ignored: the hash is computed here. `recorded_at` must already be truncated to
 /// microseconds (see [`crate::envelope::truncate_to_micros`]); finer precision is refused so
-/// that a record never hashes differently from what it stores. An actor name that
-/// [`Record::decode`] would refuse is refused here too.
+/// that a record never hashes differently from what it stores.
 pub fn encode_record_into(
     out: &mut Vec<u8>,
     envelope: &Envelope,
+    payload: &[u8],
+) -> Result<Hash, CodecError> {
+    encode_header_into(out, &RecordHeader::from(envelope), payload)
+}
+
+/// [`encode_record_into`] from borrowed fields. On error nothing is appended to `out`.
+pub fn encode_header_into(
+    out: &mut Vec<u8>,
+    h: &RecordHeader<'_>,
     payload: &[u8],
 ) -> Result<Hash, CodecError> {
     if payload.len() > MAX_PAYLOAD_BYTES {
@@ -387,38 +438,36 @@ pub fn encode_record_into(
             problem: format!("{} bytes, at most {MAX_PAYLOAD_BYTES}", payload.len()),
         });
     }
-    // Not `% 1000`: clippy asks for `is_multiple_of`, which is newer than the MSRV (1.80).
-    let t = envelope.recorded_at;
-    if t.timestamp_subsec_nanos() != t.timestamp_subsec_micros() * 1000 {
+    if !h.recorded_at.timestamp_subsec_nanos().is_multiple_of(1000) {
         return Err(CodecError::TooLarge {
             field: "recorded_at",
             problem: "finer than microseconds".into(),
         });
     }
-    Actor::check_name(&envelope.actor.name).map_err(|e| CodecError::TooLarge {
+    Actor::check_name(&h.actor.name).map_err(|e| CodecError::TooLarge {
         field: "actor_name",
         problem: e.problem,
     })?;
-    let stream_len = short_len("stream_id", envelope.stream_id.as_str())?;
-    let type_len = short_len("event_type", &envelope.event_type)?;
-    let actor_len = short_len("actor_name", &envelope.actor.name)?;
+    let stream_len = short_len("stream_id", h.stream_id.as_str())?;
+    let type_len = short_len("event_type", h.event_type)?;
+    let actor_len = short_len("actor_name", &h.actor.name)?;
     let start = out.len();
     out.reserve(MIN_RECORD_BYTES + 3 * 64 + payload.len());
-    out.extend_from_slice(&envelope.prev_hash.0);
+    out.extend_from_slice(&h.prev_hash.0);
     out.push(RECORD_FORMAT);
-    out.extend_from_slice(&envelope.position.to_be_bytes());
-    out.extend_from_slice(&envelope.stream_version.to_be_bytes());
-    out.extend_from_slice(&envelope.recorded_at.timestamp_micros().to_be_bytes());
-    out.extend_from_slice(envelope.event_id.as_bytes());
-    out.extend_from_slice(envelope.correlation_id.as_bytes());
-    out.extend_from_slice(&envelope.schema_version.to_be_bytes());
-    out.push(envelope.actor.kind.code());
+    out.extend_from_slice(&h.position.to_be_bytes());
+    out.extend_from_slice(&h.stream_version.to_be_bytes());
+    out.extend_from_slice(&h.recorded_at.timestamp_micros().to_be_bytes());
+    out.extend_from_slice(h.event_id.as_bytes());
+    out.extend_from_slice(h.correlation_id.as_bytes());
+    out.extend_from_slice(&h.schema_version.to_be_bytes());
+    out.push(h.actor.kind.code());
     out.push(stream_len);
-    out.extend_from_slice(envelope.stream_id.as_str().as_bytes());
+    out.extend_from_slice(h.stream_id.as_str().as_bytes());
     out.push(type_len);
-    out.extend_from_slice(envelope.event_type.as_bytes());
+    out.extend_from_slice(h.event_type.as_bytes());
     out.push(actor_len);
-    out.extend_from_slice(envelope.actor.name.as_bytes());
+    out.extend_from_slice(h.actor.name.as_bytes());
     out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
     out.extend_from_slice(payload);
     let hash = Hash(Sha256::digest(&out[start..]).into());

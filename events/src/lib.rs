@@ -21,8 +21,8 @@ pub mod values;
 pub use catalogue::*;
 pub use chain::{verify_chain, ChainError, ChainFault, ChainHead, ChainVerifier};
 pub use codec::{
-    encode_record_into, CodecError, Record, RecordJson, RecordView, MAX_PAYLOAD_BYTES,
-    MAX_RECORD_BYTES, MIN_RECORD_BYTES,
+    encode_header_into, encode_record_into, CodecError, Record, RecordHeader, RecordJson,
+    RecordView, MAX_PAYLOAD_BYTES, MAX_RECORD_BYTES, MIN_RECORD_BYTES,
 };
 pub use envelope::{
     truncate_to_micros, Actor, ActorKind, Envelope, Hash, Position, StreamId, StreamVersion,

@@ -99,6 +99,21 @@ impl Cnpj {
                 format!("has {n} characters, expected 14"),
             ));
         }
+        Self::from_canonical(chars)
+    }
+
+    /// Checks 14 canonical characters (`0-9A-Z`, numeric check digits): the binary form.
+    fn from_canonical(chars: [u8; 14]) -> Result<Self, ValueError> {
+        const WHAT: &str = "CNPJ";
+        if !chars[..12]
+            .iter()
+            .all(|c| c.is_ascii_digit() || c.is_ascii_uppercase())
+        {
+            return Err(ValueError::new(
+                WHAT,
+                "contains a character other than 0-9 and A-Z",
+            ));
+        }
         if !chars[12].is_ascii_digit() || !chars[13].is_ascii_digit() {
             return Err(ValueError::new(WHAT, "check digits must be numeric"));
         }
@@ -159,7 +174,31 @@ impl fmt::Debug for Cnpj {
         write!(f, "Cnpj({})", self.as_str())
     }
 }
-string_serde!(Cnpj);
+impl FromStr for Cnpj {
+    type Err = ValueError;
+    fn from_str(s: &str) -> Result<Self, ValueError> {
+        Cnpj::parse(s)
+    }
+}
+impl Serialize for Cnpj {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            s.serialize_str(self.as_str())
+        } else {
+            self.0.serialize(s)
+        }
+    }
+}
+impl<'de> Deserialize<'de> for Cnpj {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        if d.is_human_readable() {
+            let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+            Cnpj::parse(&text).map_err(de::Error::custom)
+        } else {
+            Cnpj::from_canonical(<[u8; 14]>::deserialize(d)?).map_err(de::Error::custom)
+        }
+    }
+}
 
 // ---------------------------------------------------------------------------------------------
 // Six-digit numeric ids
@@ -856,6 +895,93 @@ impl<'de> Deserialize<'de> for Resources {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Compact binary forms of dates and times
+// ---------------------------------------------------------------------------------------------
+
+/// Serde for `NaiveDate` fields of payloads: `"2023-05-01"` in JSON, days since 0001-01-01
+/// (an `i32` varint, two or three bytes) in the binary form. Use with `#[serde(with = ..)]`.
+pub mod day {
+    use chrono::{Datelike, NaiveDate};
+    use serde::de::{self, Deserializer};
+    use serde::{Deserialize, Serialize, Serializer};
+
+    /// Serializes a date.
+    pub fn serialize<S: Serializer>(d: &NaiveDate, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            s.collect_str(&d.format("%Y-%m-%d"))
+        } else {
+            d.num_days_from_ce().serialize(s)
+        }
+    }
+
+    /// Deserializes a date.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<NaiveDate, D::Error> {
+        if d.is_human_readable() {
+            let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+            NaiveDate::parse_from_str(&text, "%Y-%m-%d").map_err(|e| {
+                de::Error::custom(format_args!(
+                    "invalid date {text:?}: {e}; expected YYYY-MM-DD"
+                ))
+            })
+        } else {
+            let days = i32::deserialize(d)?;
+            NaiveDate::from_num_days_from_ce_opt(days)
+                .ok_or_else(|| de::Error::custom(format_args!("day {days} is out of range")))
+        }
+    }
+
+    /// The same for `Option<NaiveDate>`.
+    pub mod option {
+        use chrono::NaiveDate;
+        use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+        #[derive(Serialize, Deserialize)]
+        #[serde(transparent)]
+        struct Wrap(#[serde(with = "super")] NaiveDate);
+
+        /// Serializes an optional date.
+        pub fn serialize<S: Serializer>(d: &Option<NaiveDate>, s: S) -> Result<S::Ok, S::Error> {
+            d.map(Wrap).serialize(s)
+        }
+
+        /// Deserializes an optional date.
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<NaiveDate>, D::Error> {
+            Ok(Option::<Wrap>::deserialize(d)?.map(|w| w.0))
+        }
+    }
+}
+
+/// Serde for `DateTime<Utc>` fields of payloads: RFC 3339 in JSON, microseconds since the
+/// Unix epoch (an `i64` varint) in the binary form. Sub-microsecond precision is not kept, so
+/// writers truncate first (`truncate_to_micros`).
+pub mod micros {
+    use chrono::{DateTime, TimeZone, Utc};
+    use serde::de::{self, Deserializer};
+    use serde::{Deserialize, Serialize, Serializer};
+
+    /// Serializes a time.
+    pub fn serialize<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            t.serialize(s)
+        } else {
+            t.timestamp_micros().serialize(s)
+        }
+    }
+
+    /// Deserializes a time.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
+        if d.is_human_readable() {
+            DateTime::<Utc>::deserialize(d)
+        } else {
+            let m = i64::deserialize(d)?;
+            Utc.timestamp_micros(m)
+                .single()
+                .ok_or_else(|| de::Error::custom(format_args!("time {m} is out of range")))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -964,5 +1090,52 @@ mod tests {
         assert!(TradeName::parse("   ").is_err());
         assert!(TradeName::parse(&"x".repeat(121)).is_err());
         assert!(Note::parse("a\u{0}b").is_err());
+    }
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct Dated {
+        #[serde(with = "day")]
+        on: chrono::NaiveDate,
+        #[serde(with = "day::option")]
+        until: Option<chrono::NaiveDate>,
+        #[serde(with = "micros")]
+        at: chrono::DateTime<chrono::Utc>,
+    }
+
+    #[test]
+    fn dates_are_iso_text_in_json_and_compact_integers_in_binary() {
+        let v = Dated {
+            on: chrono::NaiveDate::from_ymd_opt(2023, 5, 1).unwrap(),
+            until: None,
+            at: "2023-03-27T17:31:32.123456Z".parse().unwrap(),
+        };
+        let json = serde_json::to_string(&v).unwrap();
+        assert_eq!(
+            json,
+            r#"{"on":"2023-05-01","until":null,"at":"2023-03-27T17:31:32.123456Z"}"#
+        );
+        assert_eq!(serde_json::from_str::<Dated>(&json).unwrap(), v);
+        let bin = postcard::to_stdvec(&v).unwrap();
+        // 3 bytes of day, 1 of None, at most 9 of microseconds.
+        assert!(bin.len() <= 13, "{} bytes", bin.len());
+        assert_eq!(postcard::from_bytes::<Dated>(&bin).unwrap(), v);
+        let bad = serde_json::from_str::<Dated>(
+            r#"{"on":"01/05/2023","until":null,"at":"2023-03-27T17:31:32Z"}"#,
+        );
+        assert!(bad.unwrap_err().to_string().contains("YYYY-MM-DD"));
+    }
+
+    #[test]
+    fn cnpj_binary_form_is_checked_on_decode() {
+        let c = Cnpj::parse("11222333000181").unwrap();
+        let bin = postcard::to_stdvec(&c).unwrap();
+        assert_eq!(bin.len(), 14);
+        assert_eq!(postcard::from_bytes::<Cnpj>(&bin).unwrap(), c);
+        let mut bad = bin.clone();
+        bad[13] = b'2';
+        assert!(postcard::from_bytes::<Cnpj>(&bad).is_err());
+        let mut lower = bin;
+        lower[0] = b'a';
+        assert!(postcard::from_bytes::<Cnpj>(&lower).is_err());
     }
 }

@@ -5,10 +5,10 @@
 //! already durable; readers see acknowledged records only. Memory: about 16 bytes per record
 //! for locations, 8 per record in its stream's list, and about 40 per event id.
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::sync::Arc;
 
+use ahash::AHashMap;
 use ledger_events::{ChainHead, Position, StreamId, StreamVersion};
 use uuid::Uuid;
 
@@ -23,22 +23,31 @@ pub struct OpenSegment {
     pub file: Arc<File>,
 }
 
-/// The index. `locs[p - 1]` is position `p`.
+/// The index. `locs[p - 1]` is position `p`. Entries past `head` are written but not yet
+/// durable: the writer sees them (to check versions and retries), readers stop at `head`.
 #[derive(Debug, Default)]
 pub struct Index {
     pub(crate) locs: Vec<RecordLoc>,
-    pub(crate) streams: HashMap<StreamId, Vec<Position>>,
-    pub(crate) event_ids: HashMap<Uuid, Position>,
+    pub(crate) streams: AHashMap<StreamId, Vec<Position>>,
+    pub(crate) event_ids: AHashMap<Uuid, Position>,
     pub(crate) segments: Vec<OpenSegment>,
     pub(crate) head: ChainHead,
 }
 
 impl Index {
-    /// Current version of `stream` (0 when absent).
+    /// Current version of `stream` including records not yet durable (0 when absent).
     pub fn stream_version(&self, stream: &str) -> StreamVersion {
         self.streams
             .get(stream)
             .map_or(0, |p| p.len() as StreamVersion)
+    }
+
+    /// Version of `stream` counting durable records only (what readers may see).
+    pub fn durable_stream_version(&self, stream: &str) -> StreamVersion {
+        let durable = self.head.position;
+        self.streams
+            .get(stream)
+            .map_or(0, |p| p.partition_point(|&q| q <= durable) as StreamVersion)
     }
 
     /// Version of the record at `position` if it belongs to `stream`.

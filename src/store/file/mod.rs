@@ -61,6 +61,19 @@ impl FileStoreConfig {
     }
 }
 
+/// Counters of a [`FileStore`] since it was opened.
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
+pub struct FileStoreStats {
+    /// Write batches (one positional write per segment touched).
+    pub batches_written: u64,
+    /// Records written.
+    pub records_written: u64,
+    /// `fdatasync` rounds (each may cover several batches).
+    pub syncs: u64,
+    /// Time spent in them.
+    pub sync_seconds: f64,
+}
+
 /// The file-backed event store. Cheap to clone; clones share one writer.
 #[derive(Clone)]
 pub struct FileStore {
@@ -205,6 +218,8 @@ impl FileStore {
 
         let shared = Arc::new(Shared {
             index: parking_lot::RwLock::new(index),
+            poisoned: Mutex::new(None),
+            stats: writer::Counters::default(),
         });
         let (head_tx, head_rx) = watch::channel(report.head.position);
         let (tx, rx) = mpsc::channel(config.queue_depth.max(1));
@@ -214,7 +229,7 @@ impl FileStore {
             clock,
             segment_bytes_max: config.segment_bytes_max,
             batch_events_max: config.batch_events_max.max(1),
-            active_file,
+            active_file: Arc::new(active_file),
             active_segment: last as u32,
             active_len: segment_lens
                 .get(last)
@@ -222,13 +237,11 @@ impl FileStore {
                 .unwrap_or(segment::SEGMENT_HEADER_BYTES),
             head: report.head,
             last_recorded_at,
-            head_tx,
-            poisoned: None,
-            _lock: lock,
+            lock,
         };
         let handle = std::thread::Builder::new()
             .name("ledger-writer".into())
-            .spawn(move || writer.run(rx))
+            .spawn(move || writer.run(rx, head_tx))
             .map_err(|e| StoreError::io("starting the log writer", e))?;
         Ok(Self {
             inner: Arc::new(Inner {
@@ -259,6 +272,18 @@ impl FileStore {
                 })?;
         }
         Ok(())
+    }
+
+    /// Counters since open: batches and records written, syncs and time spent in them.
+    pub fn stats(&self) -> FileStoreStats {
+        use std::sync::atomic::Ordering::Relaxed;
+        let c = &self.inner.shared.stats;
+        FileStoreStats {
+            batches_written: c.batches_written.load(Relaxed),
+            records_written: c.records_written.load(Relaxed),
+            syncs: c.syncs.load(Relaxed),
+            sync_seconds: c.sync_nanos.load(Relaxed) as f64 / 1e9,
+        }
     }
 
     fn prepare(events: Vec<NewEvent>) -> Result<Vec<PreparedEvent>, StoreError> {
@@ -450,11 +475,13 @@ impl EventStore for FileStore {
     ) -> Result<Vec<Record>, StoreError> {
         let positions: Vec<Position> = {
             let index = self.inner.shared.index.read();
+            let durable = index.head.position;
             match index.streams.get(stream.as_str()) {
                 Some(list) => list
                     .iter()
                     .skip(from_version.max(1) as usize - 1)
                     .take(limit.min(READ_BATCH_MAX))
+                    .take_while(|&&p| p <= durable)
                     .copied()
                     .collect(),
                 None => Vec::new(),
@@ -483,7 +510,7 @@ impl EventStore for FileStore {
             .shared
             .index
             .read()
-            .stream_version(stream.as_str()))
+            .durable_stream_version(stream.as_str()))
     }
 
     fn subscribe_all(&self, from_position: Position) -> Subscription {

@@ -73,37 +73,21 @@ pub fn frame_len(record_len: usize) -> u64 {
     (FRAME_HEADER_BYTES + record_len) as u64
 }
 
-/// Appends one frame (word, CRC, record) to `out`.
-pub fn push_frame(out: &mut Vec<u8>, record: &[u8], end_of_append: bool) {
-    debug_assert!(record.len() <= MAX_RECORD_BYTES);
-    let mut word = record.len() as u32;
+/// Fills in the frame header at `frame_start` for the record that follows it up to the end
+/// of `buf`, and returns the record's length.
+pub fn seal_frame(buf: &mut [u8], frame_start: usize, end_of_append: bool) -> usize {
+    let record_start = frame_start + FRAME_HEADER_BYTES;
+    let len = buf.len() - record_start;
+    debug_assert!(len <= MAX_RECORD_BYTES);
+    let mut word = len as u32;
     if end_of_append {
         word |= END_OF_APPEND;
     }
     let word = word.to_be_bytes();
-    let crc = crc32c::crc32c_append(crc32c::crc32c(&word), record);
-    out.extend_from_slice(&word);
-    out.extend_from_slice(&crc.to_be_bytes());
-    out.extend_from_slice(record);
-}
-
-/// Marks the frame starting at `frame_start` in `buf` as the end of its append (recomputing
-/// its CRC).
-pub fn mark_end_of_append(buf: &mut [u8], frame_start: usize) {
-    let word = u32::from_be_bytes([
-        buf[frame_start],
-        buf[frame_start + 1],
-        buf[frame_start + 2],
-        buf[frame_start + 3],
-    ]) | END_OF_APPEND;
-    let len = (word & !END_OF_APPEND) as usize;
-    let record_start = frame_start + FRAME_HEADER_BYTES;
-    buf[frame_start..frame_start + 4].copy_from_slice(&word.to_be_bytes());
-    let crc = crc32c::crc32c_append(
-        crc32c::crc32c(&word.to_be_bytes()),
-        &buf[record_start..record_start + len],
-    );
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&word), &buf[record_start..]);
+    buf[frame_start..frame_start + 4].copy_from_slice(&word);
     buf[frame_start + 4..record_start].copy_from_slice(&crc.to_be_bytes());
+    len
 }
 
 fn frame_word(bytes: &[u8]) -> (usize, bool) {

@@ -1,38 +1,52 @@
-//! The single writer of the file log, on its own thread, with group commit.
+//! The single writer of the file log, with pipelined group commit.
 //!
-//! Appenders send requests over a bounded channel. The writer takes the first waiting
-//! request, drains whatever else is queued (up to a batch limit), checks each request
-//! (idempotent retry, expected version) against the index plus the batch so far, encodes
-//! the accepted ones into frames, writes them with one `write` per segment touched and one
-//! `fdatasync`, and only then publishes them to the index and answers every request. So an
-//! acknowledged append is durable, and readers never see a record that is not.
+//! Two threads share the work:
+//! - the **writer** takes the first waiting append request, drains whatever else is queued
+//!   (up to a batch limit), checks each request (idempotent retry, expected version) against
+//!   the index, encodes the accepted ones into frames, writes them with one positional write
+//!   per segment touched, adds them to the index beyond the durable head, and hands the batch
+//!   to the syncer; then it goes straight on with the next batch;
+//! - the **syncer** takes every batch handed over so far, runs one `fdatasync` per file they
+//!   touched (plus the directory when a segment was created), then moves the durable head
+//!   and answers their requests.
 //!
-//! Failure handling: if a write fails (disk full, I/O error) the files are cut back to where
-//! they were and the whole batch is refused; the store stays usable. If `fdatasync` fails,
-//! the page cache may have dropped data the writer cannot know about, so the store is
-//! poisoned: it refuses appends until reopened, and reopening re-reads the disk.
+//! So the disk is never idle while requests wait, batches grow with load, an acknowledged
+//! append is durable, and readers (who stop at the durable head) never see a record that is
+//! not. A retry of an append that is written but not yet durable is answered only once it is.
+//!
+//! Failure handling: if a write fails (disk full, I/O error) the writer cuts the files back,
+//! removes the batch from the index and refuses the batch; the store stays usable. If
+//! `fdatasync` fails, the page cache may have dropped data nobody can know about, so the
+//! store is poisoned: it refuses appends until reopened, and reopening re-reads the disk.
 
-use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc as std_mpsc, Arc};
+use std::time::Instant;
 
+use ahash::AHashMap;
 use chrono::{DateTime, Utc};
 use ledger_events::{
-    encode_record_into, truncate_to_micros, Actor, ChainHead, Envelope, Hash, Position, StreamId,
+    encode_header_into, truncate_to_micros, Actor, ChainHead, Position, RecordHeader, StreamId,
     StreamVersion, MIN_RECORD_BYTES,
 };
+use parking_lot::{Mutex, RwLock};
 use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
 use super::index::{Index, OpenSegment};
 use super::segment::{
-    frame_len, push_frame, segment_header, segment_path, RecordLoc, SEGMENT_HEADER_BYTES,
+    frame_len, seal_frame, segment_header, segment_path, RecordLoc, FRAME_HEADER_BYTES,
+    SEGMENT_HEADER_BYTES,
 };
 use super::sync_dir;
 use crate::clock::Clock;
 use crate::store::{Appended, ExpectedVersion, StoreError};
+
+/// Batches written but not yet synced before the writer waits for the syncer.
+const BATCHES_IN_FLIGHT_MAX: usize = 64;
 
 /// An event encoded by the appending task, waiting for its position.
 pub(crate) struct PreparedEvent {
@@ -54,11 +68,13 @@ impl PreparedEvent {
     }
 }
 
+type Reply = oneshot::Sender<Result<Appended, StoreError>>;
+
 pub(crate) struct AppendRequest {
     pub stream: StreamId,
     pub expected: ExpectedVersion,
     pub events: Vec<PreparedEvent>,
-    pub reply: oneshot::Sender<Result<Appended, StoreError>>,
+    pub reply: Reply,
 }
 
 pub(crate) enum WriterMsg {
@@ -67,8 +83,37 @@ pub(crate) enum WriterMsg {
     Shutdown,
 }
 
+/// State both threads and the readers share.
 pub(crate) struct Shared {
-    pub index: parking_lot::RwLock<Index>,
+    /// The index; entries past `index.head` are written but not yet durable.
+    pub index: RwLock<Index>,
+    /// Set when a sync or an undo failed; appends are refused until reopened.
+    pub poisoned: Mutex<Option<String>>,
+    /// Counters for metrics and benchmarks.
+    pub stats: Counters,
+}
+
+/// Monotonic counters of the writer and syncer.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub batches_written: AtomicU64,
+    pub records_written: AtomicU64,
+    pub syncs: AtomicU64,
+    pub sync_nanos: AtomicU64,
+}
+
+impl Shared {
+    fn poison(&self, why: String) {
+        tracing::error!(%why, "refusing appends until the log is reopened");
+        let mut p = self.poisoned.lock();
+        if p.is_none() {
+            *p = Some(why);
+        }
+    }
+
+    fn poisoned(&self) -> Option<String> {
+        self.poisoned.lock().clone()
+    }
 }
 
 pub(crate) struct Writer {
@@ -77,15 +122,14 @@ pub(crate) struct Writer {
     pub clock: Arc<dyn Clock>,
     pub segment_bytes_max: u64,
     pub batch_events_max: usize,
-    pub active_file: File,
+    pub active_file: Arc<File>,
     pub active_segment: u32,
     pub active_len: u64,
+    /// Head of what has been written (durable or not).
     pub head: ChainHead,
     pub last_recorded_at: DateTime<Utc>,
-    pub head_tx: watch::Sender<Position>,
-    pub poisoned: Option<String>,
     /// Held for the writer's lifetime: the data directory's lock.
-    pub _lock: File,
+    pub lock: File,
 }
 
 /// One stretch of bytes to write into one segment.
@@ -97,9 +141,10 @@ struct Chunk {
     bytes: Vec<u8>,
 }
 
-/// A record placed by this batch, not yet durable.
+/// A record placed by this batch, not yet written.
 struct Placed {
-    stream: StreamId,
+    /// Index into [`Batch::streams`].
+    stream: u32,
     version: StreamVersion,
     event_id: Uuid,
     loc: RecordLoc,
@@ -114,12 +159,12 @@ struct Batch {
     segment_len: u64,
     chunks: Vec<Chunk>,
     placed: Vec<Placed>,
-    versions: HashMap<StreamId, StreamVersion>,
-    ids: HashMap<Uuid, Position>,
-    accepted: Vec<(oneshot::Sender<Result<Appended, StoreError>>, Appended)>,
+    /// The stream of each accepted request, in order.
+    streams: Vec<StreamId>,
+    versions: AHashMap<StreamId, StreamVersion>,
+    ids: AHashMap<Uuid, Position>,
+    accepted: Vec<(Reply, Appended)>,
 }
-
-type NewSegment = (u32, File, PathBuf);
 
 impl Batch {
     fn stream_version(&self, index: &Index, stream: &StreamId) -> StreamVersion {
@@ -144,7 +189,7 @@ impl Batch {
     ) -> Option<StreamVersion> {
         if position > self.base {
             let p = self.placed.get((position - self.base - 1) as usize)?;
-            (p.stream == *stream).then_some(p.version)
+            (self.streams[p.stream as usize] == *stream).then_some(p.version)
         } else {
             index.version_in_stream(stream.as_str(), position)
         }
@@ -156,19 +201,49 @@ enum Verdict {
     Retry(Appended),
 }
 
+/// What the writer hands the syncer: files to sync, then answers to give.
+struct Written {
+    head: ChainHead,
+    files: Vec<Arc<File>>,
+    sync_dir: bool,
+    replies: Vec<(Reply, Appended)>,
+}
+
 impl Writer {
-    pub fn run(mut self, mut rx: mpsc::Receiver<WriterMsg>) {
+    /// Runs the writer on this thread and the syncer on another until shutdown.
+    pub fn run(mut self, mut rx: mpsc::Receiver<WriterMsg>, head_tx: watch::Sender<Position>) {
+        let (to_syncer, syncer_rx) = std_mpsc::sync_channel::<Written>(BATCHES_IN_FLIGHT_MAX);
+        let syncer = {
+            let shared = self.shared.clone();
+            let dir = self.dir.clone();
+            std::thread::Builder::new()
+                .name("ledger-syncer".into())
+                .spawn(move || run_syncer(&shared, &dir, syncer_rx, head_tx))
+        };
+        let syncer = match syncer {
+            Ok(handle) => handle,
+            Err(e) => {
+                self.shared
+                    .poison(format!("could not start the syncer thread: {e}"));
+                while let Some(msg) = rx.blocking_recv() {
+                    if let WriterMsg::Append(r) = msg {
+                        let _ = r.reply.send(Err(StoreError::Poisoned(e.to_string())));
+                    }
+                }
+                return;
+            }
+        };
         let mut stop = false;
         while !stop {
             let Some(first) = rx.blocking_recv() else {
                 break;
             };
-            let mut batch = Vec::new();
+            let mut requests = Vec::new();
             let mut events = 0usize;
             match first {
                 WriterMsg::Append(r) => {
                     events += r.events.len();
-                    batch.push(r);
+                    requests.push(r);
                 }
                 WriterMsg::Shutdown => stop = true,
             }
@@ -176,25 +251,35 @@ impl Writer {
                 match rx.try_recv() {
                     Ok(WriterMsg::Append(r)) => {
                         events += r.events.len();
-                        batch.push(r);
+                        requests.push(r);
                     }
                     Ok(WriterMsg::Shutdown) => stop = true,
                     Err(_) => break,
                 }
             }
-            if !batch.is_empty() {
-                self.process(batch);
+            if !requests.is_empty() {
+                if let Some(written) = self.process(requests) {
+                    if let Err(std_mpsc::SendError(w)) = to_syncer.send(written) {
+                        for (reply, _) in w.replies {
+                            let _ = reply.send(Err(StoreError::Closed));
+                        }
+                    }
+                }
             }
         }
+        drop(to_syncer);
+        let _ = syncer.join();
+        drop(self.lock);
         tracing::debug!(head = self.head.position, "log writer stopped");
     }
 
-    fn process(&mut self, requests: Vec<AppendRequest>) {
-        if let Some(why) = &self.poisoned {
+    /// Plans and writes one batch; returns what the syncer must make durable and answer.
+    fn process(&mut self, requests: Vec<AppendRequest>) -> Option<Written> {
+        if let Some(why) = self.shared.poisoned() {
             for r in requests {
                 let _ = r.reply.send(Err(StoreError::Poisoned(why.clone())));
             }
-            return;
+            return None;
         }
         let mut batch = Batch {
             base: self.head.position,
@@ -209,17 +294,24 @@ impl Writer {
                 bytes: Vec::new(),
             }],
             placed: Vec::new(),
-            versions: HashMap::new(),
-            ids: HashMap::new(),
+            streams: Vec::new(),
+            versions: AHashMap::new(),
+            ids: AHashMap::new(),
             accepted: Vec::new(),
         };
+        // Retries of appends written but not yet durable are answered with the batch.
+        let mut deferred = Vec::new();
         {
             let index = self.shared.index.read();
             for request in requests {
                 match self.plan(&index, &mut batch, &request) {
                     Ok(Verdict::New(appended)) => batch.accepted.push((request.reply, appended)),
                     Ok(Verdict::Retry(appended)) => {
-                        let _ = request.reply.send(Ok(appended));
+                        if *appended.positions.end() <= index.head.position {
+                            let _ = request.reply.send(Ok(appended));
+                        } else {
+                            deferred.push((request.reply, appended));
+                        }
                     }
                     Err(e) => {
                         let _ = request.reply.send(Err(e));
@@ -228,21 +320,29 @@ impl Writer {
             }
         }
         if batch.placed.is_empty() {
-            for (reply, appended) in batch.accepted {
-                let _ = reply.send(Ok(appended));
-            }
-            return;
+            return (!deferred.is_empty()).then(|| Written {
+                head: self.head,
+                files: Vec::new(),
+                sync_dir: false,
+                replies: deferred,
+            });
         }
-        match self.commit(&batch) {
-            Ok(new_files) => self.publish(batch, new_files),
+        match self.write(&batch) {
+            Ok(new_files) => {
+                let mut written = self.publish_written(batch, new_files);
+                written.replies.extend(deferred);
+                Some(written)
+            }
             Err(e) => {
-                let message = e.to_string();
-                for (reply, _) in batch.accepted {
+                let message = format!("appending to the log: {e}");
+                tracing::warn!(error = %e, "append batch refused");
+                for (reply, _) in batch.accepted.into_iter().chain(deferred) {
                     let _ = reply.send(Err(StoreError::io(
                         "appending to the log",
                         std::io::Error::new(e.kind(), message.clone()),
                     )));
                 }
+                None
             }
         }
     }
@@ -280,71 +380,78 @@ impl Writer {
             segment_len = SEGMENT_HEADER_BYTES;
             opens_segment = true;
         }
-        // Encode into a request-local buffer first, so a failure leaves the batch untouched.
-        let mut frames = Vec::with_capacity(size as usize);
-        let mut record = Vec::new();
-        let mut head = batch.head;
-        let mut recorded_at = batch.last_recorded_at;
-        let mut placed = Vec::with_capacity(request.events.len());
-        let now = truncate_to_micros(self.clock.now());
-        if now > recorded_at {
-            recorded_at = now;
+        // Encode straight into the batch; on failure, cut it back so it is untouched.
+        let first = batch.head.position + 1;
+        if opens_segment {
+            batch.chunks.push(Chunk {
+                segment,
+                new_segment_first: Some(first),
+                start: SEGMENT_HEADER_BYTES,
+                bytes: Vec::with_capacity(size as usize),
+            });
         }
+        let placed_before = batch.placed.len();
+        let stream_ix = batch.streams.len() as u32;
+        let mut head = batch.head;
+        let now = truncate_to_micros(self.clock.now());
+        let recorded_at = now.max(batch.last_recorded_at);
+        let Some(chunk) = batch.chunks.last_mut() else {
+            return Err(StoreError::Poisoned("writer batch has no chunk".into()));
+        };
+        let bytes_before = chunk.bytes.len();
+        let chunk_start = chunk.start;
         for (i, e) in request.events.iter().enumerate() {
             let position = head.position + 1;
             let version = actual + 1 + i as StreamVersion;
-            let envelope = Envelope {
+            let header = RecordHeader {
                 position,
-                stream_id: stream.clone(),
+                stream_id: stream,
                 stream_version: version,
                 event_id: e.event_id,
-                event_type: e.event_type.to_owned(),
+                event_type: e.event_type,
                 schema_version: e.schema_version,
                 recorded_at,
-                actor: e.actor.clone(),
+                actor: &e.actor,
                 correlation_id: e.correlation_id,
                 prev_hash: head.hash,
-                hash: Hash::ZERO,
             };
-            record.clear();
-            let hash = encode_record_into(&mut record, &envelope, &e.payload)?;
-            debug_assert_eq!(record.len(), e.record_len(stream));
-            let offset = segment_len + frames.len() as u64 + 8;
-            push_frame(&mut frames, &record, i + 1 == request.events.len());
-            placed.push(Placed {
-                stream: stream.clone(),
+            let frame_start = chunk.bytes.len();
+            chunk.bytes.extend_from_slice(&[0; FRAME_HEADER_BYTES]);
+            let hash = match encode_header_into(&mut chunk.bytes, &header, &e.payload) {
+                Ok(hash) => hash,
+                Err(err) => {
+                    chunk.bytes.truncate(bytes_before);
+                    batch.placed.truncate(placed_before);
+                    if opens_segment {
+                        batch.chunks.pop();
+                    }
+                    return Err(err.into());
+                }
+            };
+            let len = seal_frame(&mut chunk.bytes, frame_start, i + 1 == request.events.len());
+            debug_assert_eq!(len, e.record_len(stream));
+            batch.placed.push(Placed {
+                stream: stream_ix,
                 version,
                 event_id: e.event_id,
                 loc: RecordLoc {
                     segment,
-                    offset,
-                    len: record.len() as u32,
+                    offset: chunk_start + (frame_start + FRAME_HEADER_BYTES) as u64,
+                    len: len as u32,
                 },
             });
             head = ChainHead { position, hash };
         }
-        // Accepted: fold into the batch.
-        if opens_segment {
-            batch.chunks.push(Chunk {
-                segment,
-                new_segment_first: Some(batch.head.position + 1),
-                start: SEGMENT_HEADER_BYTES,
-                bytes: Vec::new(),
-            });
-        }
-        let first = batch.head.position + 1;
-        for (i, p) in placed.iter().enumerate() {
-            batch.ids.insert(p.event_id, first + i as Position);
+        let written = (chunk.bytes.len() - bytes_before) as u64;
+        for (i, e) in request.events.iter().enumerate() {
+            batch.ids.insert(e.event_id, first + i as Position);
         }
         batch
             .versions
             .insert(stream.clone(), head_version(actual, request));
-        if let Some(chunk) = batch.chunks.last_mut() {
-            chunk.bytes.extend_from_slice(&frames);
-        }
+        batch.streams.push(stream.clone());
         batch.segment = segment;
-        batch.segment_len = segment_len + frames.len() as u64;
-        batch.placed.extend(placed);
+        batch.segment_len = segment_len + written;
         batch.head = head;
         batch.last_recorded_at = recorded_at;
         Ok(Verdict::New(Appended {
@@ -410,16 +517,14 @@ impl Writer {
         }
     }
 
-    /// Writes and syncs every chunk. Returns the files of new segments. On a write error the
-    /// files are cut back; on a sync error the store is poisoned.
-    fn commit(&mut self, batch: &Batch) -> std::io::Result<Vec<NewSegment>> {
+    /// Writes every chunk (creating new segments). On a write error the files are cut back
+    /// to where they were and the error returned; if even that fails, the store is poisoned.
+    fn write(&mut self, batch: &Batch) -> std::io::Result<Vec<NewSegment>> {
         let mut new_files: Vec<NewSegment> = Vec::new();
         let result = (|| {
             for chunk in batch.chunks.iter().filter(|c| !c.bytes.is_empty()) {
                 match chunk.new_segment_first {
-                    None => {
-                        self.active_file.write_all_at(&chunk.bytes, chunk.start)?;
-                    }
+                    None => self.active_file.write_all_at(&chunk.bytes, chunk.start)?,
                     Some(first) => {
                         let path = segment_path(&self.dir, first);
                         let file = OpenOptions::new()
@@ -427,8 +532,12 @@ impl Writer {
                             .write(true)
                             .create_new(true)
                             .open(&path)?;
-                        new_files.push((chunk.segment, file, path));
-                        let file = &new_files[new_files.len() - 1].1;
+                        let file = Arc::new(file);
+                        new_files.push(NewSegment {
+                            segment: chunk.segment,
+                            file: file.clone(),
+                            path,
+                        });
                         file.write_all_at(&segment_header(first), 0)?;
                         file.write_all_at(&chunk.bytes, chunk.start)?;
                     }
@@ -440,24 +549,6 @@ impl Writer {
             self.roll_back(&new_files);
             return Err(e);
         }
-        let synced = (|| {
-            if !batch.chunks[0].bytes.is_empty() {
-                self.active_file.sync_data()?;
-            }
-            for (_, file, _) in &new_files {
-                file.sync_data()?;
-            }
-            if !new_files.is_empty() {
-                sync_dir(&self.dir)?;
-            }
-            Ok(())
-        })();
-        if let Err(e) = synced {
-            let why = format!("fdatasync failed: {e}");
-            tracing::error!(error = %e, "log sync failed; refusing appends until reopened");
-            self.poisoned = Some(why);
-            return Err(e);
-        }
         Ok(new_files)
     }
 
@@ -466,54 +557,142 @@ impl Writer {
         if let Err(e) = self.active_file.set_len(self.active_len) {
             failed = Some(e);
         }
-        for (_, _, path) in new_files {
-            if let Err(e) = std::fs::remove_file(path) {
+        for s in new_files {
+            if let Err(e) = std::fs::remove_file(&s.path) {
                 failed = Some(e);
             }
         }
         if let Some(e) = failed {
-            tracing::error!(error = %e, "could not undo a failed write; refusing appends until reopened");
-            self.poisoned = Some(format!("could not undo a failed write: {e}"));
+            self.shared
+                .poison(format!("could not undo a failed write: {e}"));
         }
     }
 
-    /// Makes a durable batch visible: index, head, replies.
-    fn publish(&mut self, batch: Batch, new_files: Vec<NewSegment>) {
-        let mut index = self.shared.index.write();
-        for (segment, file, path) in new_files {
-            debug_assert_eq!(segment as usize, index.segments.len());
-            match file.try_clone() {
-                Ok(reader) => index.segments.push(OpenSegment {
-                    path: path.display().to_string(),
-                    file: Arc::new(reader),
-                }),
-                Err(e) => {
-                    self.poisoned = Some(format!("could not reopen a new segment: {e}"));
+    /// Adds a written batch to the index (beyond the durable head) and moves the writer's
+    /// own state forward; returns the hand-over for the syncer.
+    fn publish_written(&mut self, batch: Batch, new_files: Vec<NewSegment>) -> Written {
+        let mut files = vec![self.active_file.clone()];
+        let sync_dir = !new_files.is_empty();
+        {
+            let mut index = self.shared.index.write();
+            for s in new_files {
+                debug_assert_eq!(s.segment as usize, index.segments.len());
+                index.segments.push(OpenSegment {
+                    path: s.path.display().to_string(),
+                    file: s.file.clone(),
+                });
+                files.push(s.file.clone());
+                self.active_file = s.file;
+                self.active_segment = s.segment;
+            }
+            let mut position = batch.base;
+            for p in &batch.placed {
+                position += 1;
+                let stream = batch.streams[p.stream as usize].as_str();
+                if let Err(problem) = index.insert(stream, p.version, p.event_id, position, p.loc) {
+                    self.shared
+                        .poison(format!("index refused a written record: {problem}"));
+                    break;
                 }
             }
-            self.active_file = file;
-            self.active_segment = segment;
         }
-        let mut position = batch.base;
-        for p in &batch.placed {
-            position += 1;
-            if let Err(problem) =
-                index.insert(p.stream.as_str(), p.version, p.event_id, position, p.loc)
-            {
-                tracing::error!(%problem, "index refused a durable record; refusing appends until reopened");
-                self.poisoned = Some(format!("index inconsistency: {problem}"));
-                break;
-            }
+        if batch.chunks[0].bytes.is_empty() {
+            // Nothing was written to the segment that was active before this batch.
+            files.remove(0);
         }
-        index.head = batch.head;
-        drop(index);
+        let stats = &self.shared.stats;
+        stats.batches_written.fetch_add(1, Ordering::Relaxed);
+        stats
+            .records_written
+            .fetch_add(batch.placed.len() as u64, Ordering::Relaxed);
         self.active_len = batch.segment_len;
         self.head = batch.head;
         self.last_recorded_at = batch.last_recorded_at;
-        self.head_tx.send_replace(self.head.position);
-        for (reply, appended) in batch.accepted {
-            let _ = reply.send(Ok(appended));
+        Written {
+            head: batch.head,
+            files,
+            sync_dir,
+            replies: batch.accepted,
         }
+    }
+}
+
+/// A segment created by a batch.
+struct NewSegment {
+    segment: u32,
+    file: Arc<File>,
+    path: PathBuf,
+}
+
+/// The syncer: drains every batch handed over, syncs their files once, then publishes the
+/// new durable head and answers.
+fn run_syncer(
+    shared: &Shared,
+    dir: &std::path::Path,
+    rx: std_mpsc::Receiver<Written>,
+    head_tx: watch::Sender<Position>,
+) {
+    while let Ok(first) = rx.recv() {
+        let mut batches = vec![first];
+        while let Ok(more) = rx.try_recv() {
+            batches.push(more);
+        }
+        if let Some(why) = shared.poisoned() {
+            answer_all(batches, |_| Err(StoreError::Poisoned(why.clone())));
+            continue;
+        }
+        let mut files: Vec<&Arc<File>> = Vec::new();
+        for f in batches.iter().flat_map(|b| &b.files) {
+            if !files.iter().any(|g| Arc::ptr_eq(g, f)) {
+                files.push(f);
+            }
+        }
+        let started = Instant::now();
+        let synced = files.iter().try_for_each(|f| f.sync_data()).and_then(|()| {
+            if batches.iter().any(|b| b.sync_dir) {
+                sync_dir(dir)
+            } else {
+                Ok(())
+            }
+        });
+        shared.stats.syncs.fetch_add(1, Ordering::Relaxed);
+        shared
+            .stats
+            .sync_nanos
+            .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        if let Err(e) = synced {
+            shared.poison(format!("fdatasync failed: {e}"));
+            let why = e.to_string();
+            answer_all(batches, |_| {
+                Err(StoreError::Poisoned(format!("fdatasync failed: {why}")))
+            });
+            continue;
+        }
+        let head = batches
+            .iter()
+            .map(|b| b.head)
+            .max_by_key(|h| h.position)
+            .unwrap_or_default();
+        {
+            let mut index = shared.index.write();
+            if head.position > index.head.position {
+                index.head = head;
+            }
+        }
+        head_tx.send_if_modified(|h| {
+            let moved = head.position > *h;
+            if moved {
+                *h = head.position;
+            }
+            moved
+        });
+        answer_all(batches, Ok);
+    }
+}
+
+fn answer_all(batches: Vec<Written>, answer: impl Fn(Appended) -> Result<Appended, StoreError>) {
+    for (reply, appended) in batches.into_iter().flat_map(|b| b.replies) {
+        let _ = reply.send(answer(appended));
     }
 }
 
