@@ -11,8 +11,8 @@ use super::CliError;
 use crate::store::file::segment::{list_segments, scan, TornTail};
 use crate::store::StoreError;
 
-/// Logs larger than this get a progress bar on a terminal (about a second of work).
-const PROGRESS_BYTES_MIN: u64 = 256 * 1024 * 1024;
+/// Logs larger than this get a progress bar on a terminal (a few seconds of work).
+const PROGRESS_BYTES_MIN: u64 = 512 * 1024 * 1024;
 
 /// Arguments of `verify`.
 #[derive(Debug, clap::Args)]

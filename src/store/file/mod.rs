@@ -220,6 +220,7 @@ impl FileStore {
             index: parking_lot::RwLock::new(index),
             poisoned: Mutex::new(None),
             stats: writer::Counters::default(),
+            unwritten: std::sync::atomic::AtomicU64::new(0),
         });
         let (head_tx, head_rx) = watch::channel(report.head.position);
         let (tx, rx) = mpsc::channel(config.queue_depth.max(1));
@@ -460,10 +461,12 @@ impl EventStore for FileStore {
             events,
             reply,
         };
-        self.tx
-            .send(WriterMsg::Append(request))
-            .await
-            .map_err(|_| StoreError::Closed)?;
+        let unwritten = &self.inner.shared.unwritten;
+        unwritten.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        if self.tx.send(WriterMsg::Append(request)).await.is_err() {
+            unwritten.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+            return Err(StoreError::Closed);
+        }
         answer.await.map_err(|_| StoreError::Closed)?
     }
 
