@@ -379,6 +379,12 @@ pub struct ContingencyEntered {
     pub kind: ContingencyKind,
     /// The terminal, for type 02.
     pub hardware_id: Option<HardwareId>,
+    /// The license released, for type 02.
+    pub license_id: Option<LicenseId>,
+    /// Last day of grace, when one date applies to the whole entry (type 02: the
+    /// counter-key's validity). Type 01's grace is per license: its expiry plus 7 days.
+    #[serde(with = "crate::values::day::option")]
+    pub grace_until: Option<NaiveDate>,
     /// Why (e.g. the upstream error).
     pub note: Option<Note>,
 }

@@ -308,6 +308,8 @@ pub fn golden_samples() -> Vec<Sample> {
                 cnpj: cnpj(),
                 kind: ContingencyKind::Intelliweb,
                 hardware_id: None,
+                license_id: None,
+                grace_until: None,
                 note: note("IntelliWeb inacessível: tempo esgotado após 30 s"),
             },
             contingency_monitor(),
@@ -477,6 +479,8 @@ pub fn extra_samples() -> Vec<Sample> {
                 cnpj: cnpj(),
                 kind: ContingencyKind::Manual,
                 hardware_id: Some(hardware_id()),
+                license_id: Some(license_id()),
+                grace_until: Some(date("2023-03-28")),
                 note: None,
             }
             .into(),
