@@ -3,11 +3,15 @@
 //! An event-sourced license ledger with CQRS read models. Modules in reading order:
 //! - [`clock`]: time as an input;
 //! - [`store`]: the event store contract and its embedded file backend;
+//! - [`domain`]: commands and the pure decisions that turn them into events;
+//! - [`app`]: command handling over the store, and the projected view that follows it;
 //! - [`cli`]: the command line.
 //!
 //! The event vocabulary lives in the `ledger-events` crate, the read models in
 //! `ledger-projections`. See ARCHITECTURE.md for the map and its invariants.
 
+pub mod app;
 pub mod cli;
 pub mod clock;
+pub mod domain;
 pub mod store;

@@ -841,10 +841,15 @@ impl<'de> Deserialize<'de> for ResourceValue {
 }
 
 /// A license's resources: at most [`Resources::MAX_ENTRIES`] keys, sorted (so the encoding is
-/// canonical).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize)]
-#[serde(transparent)]
-pub struct Resources(BTreeMap<ResourceKey, ResourceValue>);
+/// canonical). Shared: cloning is a reference count, since every check-in answer carries them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Resources(std::sync::Arc<BTreeMap<ResourceKey, ResourceValue>>);
+
+impl Serialize for Resources {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.as_ref().serialize(s)
+    }
+}
 
 impl Resources {
     /// Most entries one license may carry.
@@ -861,7 +866,7 @@ impl Resources {
                 format!("{} entries, at most {}", map.len(), Self::MAX_ENTRIES),
             ));
         }
-        Ok(Self(map))
+        Ok(Self(std::sync::Arc::new(map)))
     }
 
     /// The value of one key.

@@ -1,0 +1,210 @@
+//! The exact pt-BR texts terminals and operators see.
+//!
+//! These are product text, not translations: terminals in the field and support staff expect
+//! them byte for byte as the vendor's manual shows them (`shared/seeds/000_512d834ec851b862.txt`),
+//! including its quirks ("não efetivado", no space before "(CONTINGÊNCIA MANUAL)", the missing
+//! final period of "Assinatura do token inválida"). Accented letters are precomposed (NFC).
+//! Dates are shown `dd/mm/yyyy`. [`NO_LICENSE`] is the one text the manual lacks; it is a
+//! design choice and says so.
+
+use chrono::NaiveDate;
+
+/// Check-in refused because the customer is inactive (HTTP 401).
+pub const CUSTOMER_INACTIVE: &str = "Usuário inválido.";
+
+/// Check-in refused because the credential is bad or forged (HTTP 401); also what the
+/// upstream platform answers for a bad server token.
+pub const TOKEN_INVALID: &str = "Assinatura do token inválida";
+
+/// License blocked, deactivated or expired: sales are blocked.
+pub const NOT_RELEASED: &str =
+    "Liberação do sistema não efetivado! Por favor, entre em contato com o suporte técnico...";
+
+/// Type 01 contingency: the customer's server cannot reach the central platform.
+pub const CONTINGENCY_UPSTREAM: &str = "Sistema de licenciamento em modo de contingência do IntelliWeb! Por favor, confira a conexão no servidor do IntelliWeb.";
+
+/// The customer's server failed to refresh licenses from the platform; it retries hourly.
+pub const REFRESH_FAILED: &str =
+    "Falha ao atualizar as licenças! O sistema irá retentar em 1 hora.";
+
+/// (design) No license of the product for this terminal and none free to bind. The manual has
+/// no text for this case; this one follows the tone of [`NOT_RELEASED`].
+pub const NO_LICENSE: &str = "Nenhuma licença disponível para este terminal. Por favor, entre em contato com o suporte técnico...";
+
+/// Emergency release accepted by the terminal; followed by [`licensed_to`].
+pub const EMERGENCY_OK: &str = "Chave validada com sucesso!";
+
+/// A date as the manual shows it: `dd/mm/yyyy` (`26/03/2023`).
+pub fn format_date(d: NaiveDate) -> String {
+    // Not `format("%d/%m/%Y")`: parsing the pattern on every call shows up on the check-in
+    // hot path.
+    use chrono::Datelike;
+    format!("{:02}/{:02}/{:04}", d.day(), d.month(), d.year())
+}
+
+/// A valid license: `Licença do sistema expira no dia: 26/03/2023`.
+pub fn expires_on(date: NaiveDate) -> String {
+    format!("Licença do sistema expira no dia: {}", format_date(date))
+}
+
+/// The warning shown when 3 days or fewer are left: `Faltam [01] dias para expirar a licença!`.
+///
+/// `days` is shown with at least two digits; the rule only shows it for 0 to 3 days, and the
+/// text is always plural ("dias"), as in the manual.
+pub fn days_left_warning(days: i64) -> String {
+    format!("Faltam [{days:02}] dias para expirar a licença!")
+}
+
+/// The date line under a warning: `DATA DA LICENÇA: 30/03/2023`.
+pub fn license_date(date: NaiveDate) -> String {
+    format!("DATA DA LICENÇA: {}", format_date(date))
+}
+
+/// Type 02 (manual) contingency, naming the server the terminal cannot reach:
+/// `...com o servidor do IntelliWeb(192.168.0.198:8023).`
+///
+/// `host_port` is inserted as given (`192.168.0.198:8023`).
+pub fn contingency_manual(host_port: &str) -> String {
+    format!(
+        "Sistema de licenciamento em modo de contingência manual! Por favor, confira a conexão com o servidor do IntelliWeb({host_port})."
+    )
+}
+
+/// Expiry under type 01 contingency:
+/// `Licença do sistema expira no dia: 04/04/2023(CONTINGÊNCIA DO INTELLIWEB)`.
+pub fn expires_on_contingency_upstream(date: NaiveDate) -> String {
+    format!("{}(CONTINGÊNCIA DO INTELLIWEB)", expires_on(date))
+}
+
+/// Expiry under type 02 contingency:
+/// `Licença do sistema expira no dia: 29/03/2023(CONTINGÊNCIA MANUAL)`.
+pub fn expires_on_contingency_manual(date: NaiveDate) -> String {
+    format!("{}(CONTINGÊNCIA MANUAL)", expires_on(date))
+}
+
+/// The line after [`EMERGENCY_OK`]: `Licenciado para: QUALIDADE`.
+pub fn licensed_to(name: &str) -> String {
+    format!("Licenciado para: {name}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn day(y: i32, m: u32, d: u32) -> NaiveDate {
+        NaiveDate::from_ymd_opt(y, m, d).unwrap()
+    }
+
+    // Each expected literal below is copied from the manual (seed 000).
+
+    #[test]
+    fn refusal_texts_match_the_manual() {
+        assert_eq!(CUSTOMER_INACTIVE, "Usuário inválido.");
+        assert_eq!(TOKEN_INVALID, "Assinatura do token inválida");
+        assert_eq!(
+            NOT_RELEASED,
+            "Liberação do sistema não efetivado! Por favor, entre em contato com o suporte técnico..."
+        );
+    }
+
+    #[test]
+    fn accented_letters_are_precomposed() {
+        // "á" is U+00E1 (C3 A1), not "a" followed by a combining accent.
+        assert_eq!(
+            CUSTOMER_INACTIVE.as_bytes(),
+            b"Usu\xC3\xA1rio inv\xC3\xA1lido."
+        );
+        let all = [
+            CUSTOMER_INACTIVE.to_owned(),
+            TOKEN_INVALID.to_owned(),
+            NOT_RELEASED.to_owned(),
+            CONTINGENCY_UPSTREAM.to_owned(),
+            REFRESH_FAILED.to_owned(),
+            NO_LICENSE.to_owned(),
+            EMERGENCY_OK.to_owned(),
+            expires_on_contingency_manual(day(2023, 3, 29)),
+            expires_on_contingency_upstream(day(2023, 4, 4)),
+            contingency_manual("192.168.0.198:8023"),
+            days_left_warning(1),
+            license_date(day(2023, 3, 30)),
+        ];
+        for text in all {
+            assert!(
+                !text.chars().any(|c| ('\u{300}'..='\u{36F}').contains(&c)),
+                "{text:?} has a combining mark"
+            );
+        }
+    }
+
+    #[test]
+    fn dates_are_shown_day_month_year() {
+        assert_eq!(format_date(day(2023, 3, 26)), "26/03/2023");
+        assert_eq!(format_date(day(2023, 10, 5)), "05/10/2023");
+    }
+
+    #[test]
+    fn valid_license_text_matches_the_manual() {
+        assert_eq!(
+            expires_on(day(2023, 3, 26)),
+            "Licença do sistema expira no dia: 26/03/2023"
+        );
+    }
+
+    #[test]
+    fn expiry_warning_matches_the_manual() {
+        assert_eq!(
+            days_left_warning(1),
+            "Faltam [01] dias para expirar a licença!"
+        );
+        assert_eq!(
+            days_left_warning(3),
+            "Faltam [03] dias para expirar a licença!"
+        );
+        assert_eq!(
+            days_left_warning(0),
+            "Faltam [00] dias para expirar a licença!"
+        );
+        assert_eq!(
+            license_date(day(2023, 3, 30)),
+            "DATA DA LICENÇA: 30/03/2023"
+        );
+    }
+
+    #[test]
+    fn contingency_texts_match_the_manual() {
+        assert_eq!(
+            CONTINGENCY_UPSTREAM,
+            "Sistema de licenciamento em modo de contingência do IntelliWeb! Por favor, confira a conexão no servidor do IntelliWeb."
+        );
+        assert_eq!(
+            expires_on_contingency_upstream(day(2023, 4, 4)),
+            "Licença do sistema expira no dia: 04/04/2023(CONTINGÊNCIA DO INTELLIWEB)"
+        );
+        assert_eq!(
+            contingency_manual("192.168.0.198:8023"),
+            "Sistema de licenciamento em modo de contingência manual! Por favor, confira a conexão com o servidor do IntelliWeb(192.168.0.198:8023)."
+        );
+        assert_eq!(
+            expires_on_contingency_manual(day(2023, 3, 29)),
+            "Licença do sistema expira no dia: 29/03/2023(CONTINGÊNCIA MANUAL)"
+        );
+        assert_eq!(
+            REFRESH_FAILED,
+            "Falha ao atualizar as licenças! O sistema irá retentar em 1 hora."
+        );
+    }
+
+    #[test]
+    fn emergency_release_texts_match_the_manual() {
+        assert_eq!(EMERGENCY_OK, "Chave validada com sucesso!");
+        assert_eq!(licensed_to("QUALIDADE"), "Licenciado para: QUALIDADE");
+    }
+
+    #[test]
+    fn the_design_text_for_no_license_is_pinned() {
+        assert_eq!(
+            NO_LICENSE,
+            "Nenhuma licença disponível para este terminal. Por favor, entre em contato com o suporte técnico..."
+        );
+    }
+}

@@ -1,0 +1,167 @@
+//! The rows the read models hand out: plain owned values, copied out of the view so that a
+//! reader never holds a lock. They serialize to JSON with the same value forms as the event
+//! payloads (`"002438"`, `"2023-05-01"`, `"50026B77825EECA5"`).
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use ledger_events::{
+    CheckInOutcome, Cnpj, ContingencyKind, ContractId, HardwareId, HardwareKey, LicenseId, Note,
+    Position, Product, ProgramVersion, Resources, StreamVersion, TerminalNumber, TradeName,
+};
+use serde::Serialize;
+
+/// A customer ("Cliente"), one per CNPJ.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CustomerRow {
+    /// The tenant's CNPJ.
+    pub cnpj: Cnpj,
+    /// "Fantasia".
+    pub trade_name: TradeName,
+    /// "Início".
+    pub since: NaiveDate,
+    /// "Ativo": true from registration (design) until deactivated.
+    pub active: bool,
+    /// "Bloqueado".
+    pub blocked: bool,
+    /// On the blacklist.
+    pub blacklisted: bool,
+    /// Version of the stream `customer-{cnpj}`.
+    pub version: StreamVersion,
+}
+
+/// A contract ("Contrato").
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ContractRow {
+    /// The contract.
+    pub contract_id: ContractId,
+    /// Its customer.
+    pub cnpj: Cnpj,
+    /// "Inicia em".
+    pub starts_on: NaiveDate,
+    /// "Expira em"; none for an open-ended contract.
+    pub ends_on: Option<NaiveDate>,
+    /// "Intervalo em dias".
+    pub interval_days: u16,
+    /// "Renovar antes de".
+    pub renew_before_days: u16,
+    /// Signed and not deactivated.
+    pub active: bool,
+    /// Version of the stream `contract-{id}`.
+    pub version: StreamVersion,
+}
+
+/// The terminal a license is bound to, as the `LicenseBound` event recorded it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Binding {
+    /// The terminal.
+    pub hardware_id: HardwareId,
+    /// The key it presents ("Hardware Key" column).
+    pub hardware_key: HardwareKey,
+    /// Its address when it was bound.
+    pub ip: Option<IpAddr>,
+    /// "Nº do Caixa".
+    pub caixa: Option<TerminalNumber>,
+    /// "Equipamento".
+    pub equipamento: Option<TerminalNumber>,
+    /// When the binding was recorded.
+    pub bound_at: DateTime<Utc>,
+}
+
+/// A recorded check-in, as the `TerminalCheckedIn` event says it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct LastCheckIn {
+    /// When it was recorded.
+    pub at: DateTime<Utc>,
+    /// The terminal.
+    pub hardware_id: HardwareId,
+    /// The terminal's address.
+    pub ip: Option<IpAddr>,
+    /// The program version it reported.
+    pub program_version: Option<ProgramVersion>,
+    /// What it was told.
+    pub outcome: CheckInOutcome,
+    /// The check-in's position in the log.
+    pub position: Position,
+}
+
+/// A row of the license table ("GERENCIAMENTO DE LICENÇAS").
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct LicenseRow {
+    /// "ID".
+    pub license_id: LicenseId,
+    /// Its customer.
+    pub cnpj: Cnpj,
+    /// "Produto".
+    pub product: Product,
+    /// The contract that renews it, if any.
+    pub contract_id: Option<ContractId>,
+    /// "Expira".
+    pub expires_on: NaiveDate,
+    /// "Recursos".
+    pub resources: Resources,
+    /// "Bloqueado".
+    pub blocked: bool,
+    /// "Licença": not deactivated.
+    pub active: bool,
+    /// The terminal it is bound to; none when free.
+    pub binding: Option<Binding>,
+    /// "IP": from the binding or the latest check-in this license answered that carried one.
+    pub last_ip: Option<IpAddr>,
+    /// The latest recorded check-in this license answered.
+    pub last_check_in: Option<LastCheckIn>,
+    /// When it was granted.
+    pub granted_at: DateTime<Utc>,
+    /// Version of the stream `license-{id}`: the expected version for the next append to it.
+    pub version: StreamVersion,
+    /// Position of the latest event that changed this row (its own stream's events and the
+    /// check-ins it answered).
+    pub updated_position: Position,
+}
+
+/// One terminal of one customer (stream `terminal-{cnpj}-{hardware id}`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct TerminalRow {
+    /// The customer.
+    pub cnpj: Cnpj,
+    /// The terminal.
+    pub hardware_id: HardwareId,
+    /// Version of the terminal's stream.
+    pub version: StreamVersion,
+    /// The latest recorded check-in per product.
+    pub last: BTreeMap<Product, LastCheckIn>,
+}
+
+/// One contingency entry (tab "Contingências"): opened by `ContingencyEntered`, closed by the
+/// next `ContingencyCleared` of the same customer, kind and terminal.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ContingencyRow {
+    /// The customer.
+    pub cnpj: Cnpj,
+    /// Type 01 or 02.
+    pub kind: ContingencyKind,
+    /// The terminal, for type 02.
+    pub hardware_id: Option<HardwareId>,
+    /// The license released, for type 02.
+    pub license_id: Option<LicenseId>,
+    /// Last day of grace, when one date applies to the whole entry.
+    pub grace_until: Option<NaiveDate>,
+    /// When it was entered.
+    pub entered_at: DateTime<Utc>,
+    /// Position of the `ContingencyEntered` event.
+    pub entered_position: Position,
+    /// Why it was entered.
+    pub note: Option<Note>,
+    /// When it was cleared; none while open.
+    pub cleared_at: Option<DateTime<Utc>>,
+    /// Why it was cleared.
+    pub cleared_note: Option<Note>,
+}
+
+impl ContingencyRow {
+    /// Whether the entry is still open.
+    pub fn is_open(&self) -> bool {
+        self.cleared_at.is_none()
+    }
+}

@@ -1,0 +1,140 @@
+//! Running a check-in: build the context from the view, decide, append the plan's steps
+//! with the versions they were decided on, and on a conflict catch up and decide again.
+
+use ledger_events::{Actor, StreamId};
+use ledger_projections::rows::ContractRow;
+use ledger_projections::view::LedgerView;
+use uuid::Uuid;
+
+use super::{derived_v7, AppError, Ledger};
+use crate::domain::checkin::{decide_check_in, CheckInContext, CheckInPlan, CheckInRequest, Step};
+use crate::store::{ExpectedVersion, StoreError};
+
+/// The decision's inputs, read from `view`.
+pub fn check_in_context(
+    view: &LedgerView,
+    req: &CheckInRequest,
+    record_interval: chrono::Duration,
+) -> CheckInContext {
+    let mut bound = view.bound_license(&req.cnpj, req.product, &req.hardware_id);
+    let candidates = if bound.is_none() {
+        // The bound-license index and the rows are updated one after the other; when they
+        // disagree, a row bound to this terminal wins, so a check-in never binds a second
+        // license because it read the index just before the row.
+        let all = view.licenses_of(&req.cnpj, req.product);
+        bound = all
+            .iter()
+            .find(|l| l.binding.is_some_and(|b| b.hardware_id == req.hardware_id))
+            .cloned();
+        if bound.is_some() {
+            Vec::new()
+        } else {
+            all
+        }
+    } else {
+        Vec::new()
+    };
+    let mut contracts: Vec<ContractRow> = Vec::new();
+    for id in bound
+        .iter()
+        .chain(candidates.iter())
+        .filter_map(|l| l.contract_id)
+    {
+        if !contracts.iter().any(|c| c.contract_id == id) {
+            if let Some(c) = view.contract(id) {
+                contracts.push(c);
+            }
+        }
+    }
+    CheckInContext {
+        customer: view.customer(&req.cnpj),
+        bound,
+        candidates,
+        contracts,
+        contingencies: view.open_contingencies(&req.cnpj),
+        terminal: view.terminal(&req.cnpj, &req.hardware_id),
+        record_interval,
+    }
+}
+
+impl Ledger {
+    /// The decision's inputs, read from the view.
+    pub fn check_in_context(&self, req: &CheckInRequest) -> CheckInContext {
+        check_in_context(self.view(), req, self.config().record_interval)
+    }
+
+    /// Handles a terminal's check-in: binds a free license on first contact, renews by
+    /// contract when due, records the check-in when something changed, and returns the
+    /// decision with the texts to show. Races (two terminals, or one terminal twice) are
+    /// settled by the store's version checks.
+    pub async fn check_in(&self, req: &CheckInRequest) -> Result<CheckInPlan, AppError> {
+        // One check-in at a time per terminal on this node: its own racing check-ins then
+        // decide one after the other instead of settling by conflicts.
+        let _turn = self.terminal_lock(&req.cnpj, &req.hardware_id).lock().await;
+        let actor = Actor::terminal(&req.hardware_id);
+        let attempts = self.config().conflict_retries + 1;
+        for _ in 0..attempts {
+            let plan = decide_check_in(req, &self.check_in_context(req), self.clock().now());
+            match self.run_steps(req, &plan, &actor).await {
+                Ok(last) => {
+                    if last > 0 {
+                        self.wait_for(last).await?;
+                    }
+                    return Ok(plan);
+                }
+                Err(StoreError::WrongExpectedVersion { stream, actual, .. }) => {
+                    self.settle_conflict(&stream, actual).await?;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(AppError::Contention {
+            stream: StreamId::terminal(&req.cnpj, &req.hardware_id),
+            attempts,
+        })
+    }
+
+    /// Appends the plan's steps in order; returns the last position appended (0 if none).
+    async fn run_steps(
+        &self,
+        req: &CheckInRequest,
+        plan: &CheckInPlan,
+        actor: &Actor,
+    ) -> Result<u64, StoreError> {
+        let attempt = Uuid::now_v7();
+        let mut last = 0;
+        for (i, step) in plan.steps.iter().enumerate() {
+            let (stream, expected, event) = match step {
+                Step::Bind {
+                    expected_version,
+                    event,
+                }
+                | Step::Renew {
+                    expected_version,
+                    event,
+                } => (
+                    event.stream_id(),
+                    ExpectedVersion::Exact(*expected_version),
+                    event,
+                ),
+                Step::ClearManualContingency { event } => {
+                    (event.stream_id(), ExpectedVersion::Any, event)
+                }
+                Step::Record {
+                    expected_version,
+                    event,
+                } => (
+                    StreamId::terminal(&req.cnpj, &req.hardware_id),
+                    ExpectedVersion::Exact(*expected_version),
+                    event,
+                ),
+            };
+            let command_id = derived_v7(attempt, &(i as u32).to_be_bytes());
+            let appended = self
+                .append(&stream, expected, vec![event.clone()], actor, command_id)
+                .await?;
+            last = *appended.positions.end();
+        }
+        Ok(last)
+    }
+}

@@ -1,0 +1,515 @@
+//! Typed entry points for support's commands: they find the stream, check cross-aggregate
+//! facts through the view (the customer exists, the contract belongs to it), allocate ids,
+//! and run the aggregate through [`Ledger::execute`].
+
+use chrono::{DateTime, Duration, NaiveDate, Utc};
+use hmac::{Hmac, Mac};
+use ledger_events::offline;
+use ledger_events::{
+    ActivationCode, Actor, Cnpj, ContractId, CounterKey, HardwareId, HardwareKey, LicenseId,
+    Product, Resources, Serial, StreamId, TerminalNumber, TradeName,
+};
+use sha2::Sha256;
+use uuid::Uuid;
+
+use super::{event_id_for, AppError, CommandOutcome, Ledger};
+use crate::domain::contract::{Contract, ContractCommand};
+use crate::domain::customer::{Customer, CustomerCommand};
+use crate::domain::license::{License, LicenseCommand, RenewalTerms};
+use crate::domain::release::{
+    Contingencies, ContingencyCommand, EmergencyRelease, IssueEmergencyRelease,
+    IssueOfflineActivation, OfflineActivation,
+};
+use crate::domain::{today, DomainError};
+use crate::store::StoreError;
+
+/// Ids tried when allocating a new license or contract id under contention.
+const ID_ALLOCATION_ATTEMPTS: u32 = 32;
+
+/// Secrets the command side uses and never records.
+#[derive(Clone, Default)]
+pub struct Secrets {
+    /// Per-product keys of offline counter-keys.
+    pub offline: std::collections::BTreeMap<Product, Vec<u8>>,
+    /// Key of emergency-release codes.
+    pub emergency: Vec<u8>,
+}
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secrets(..)")
+    }
+}
+
+/// What a new license gets.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GrantLicense {
+    /// The customer.
+    pub cnpj: Cnpj,
+    /// The product.
+    pub product: Product,
+    /// The contract renewing it.
+    pub contract_id: Option<ContractId>,
+    /// First expiry.
+    pub expires_on: NaiveDate,
+    /// Resources.
+    pub resources: Resources,
+}
+
+/// What a new contract gets.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SignContract {
+    /// The customer.
+    pub cnpj: Cnpj,
+    /// "Inicia em".
+    pub starts_on: NaiveDate,
+    /// "Expira em".
+    pub ends_on: Option<NaiveDate>,
+    /// "Intervalo em dias".
+    pub interval_days: u16,
+    /// "Renovar antes de".
+    pub renew_before_days: u16,
+}
+
+/// An offline activation to issue.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OfflineRequest {
+    /// The serial the terminal shows.
+    pub serial: Serial,
+    /// The product.
+    pub product: Product,
+    /// The customer, when known.
+    pub cnpj: Option<Cnpj>,
+    /// The license released, when known.
+    pub license_id: Option<LicenseId>,
+    /// "Nº do Caixa".
+    pub caixa: Option<TerminalNumber>,
+    /// "Equipamento".
+    pub equipamento: Option<TerminalNumber>,
+}
+
+/// An issued offline activation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OfflineIssued {
+    /// The counter-key.
+    pub counter_key: CounterKey,
+    /// Last day it is valid.
+    pub valid_until: NaiveDate,
+    /// Where it was recorded.
+    pub outcome: CommandOutcome,
+}
+
+/// An issued emergency release.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EmergencyIssued {
+    /// "Código de ativação".
+    pub activation_code: ActivationCode,
+    /// "Contra-Chave".
+    pub counter_key: CounterKey,
+    /// Where it was recorded.
+    pub outcome: CommandOutcome,
+}
+
+impl Ledger {
+    /// Any customer command.
+    pub async fn customer(
+        &self,
+        command: CustomerCommand,
+        actor: &Actor,
+        command_id: Uuid,
+    ) -> Result<CommandOutcome, AppError> {
+        let stream = StreamId::customer(command.cnpj());
+        self.execute::<Customer>(&stream, &command, actor, command_id)
+            .await
+    }
+
+    /// Signs a contract for an existing customer, allocating its id.
+    pub async fn sign_contract(
+        &self,
+        c: SignContract,
+        actor: &Actor,
+        command_id: Uuid,
+    ) -> Result<(ContractId, CommandOutcome), AppError> {
+        self.require_customer(&c.cnpj).await?;
+        let mut next = self.view().max_contract_id().map_or(1, |id| id.get() + 1);
+        for _ in 0..ID_ALLOCATION_ATTEMPTS {
+            let contract_id =
+                ContractId::new(next).map_err(|e| DomainError::rejected(e.to_string()))?;
+            let command = ContractCommand::Sign {
+                contract_id,
+                cnpj: c.cnpj,
+                starts_on: c.starts_on,
+                ends_on: c.ends_on,
+                interval_days: c.interval_days,
+                renew_before_days: c.renew_before_days,
+            };
+            match self
+                .allocating::<Contract>(
+                    &StreamId::contract(contract_id),
+                    &command,
+                    actor,
+                    command_id,
+                )
+                .await?
+            {
+                Allocated::Done(outcome) => return Ok((contract_id, outcome)),
+                Allocated::Retry(outcome, id) => {
+                    let id =
+                        ContractId::parse(&id).map_err(|e| DomainError::rejected(e.to_string()))?;
+                    return Ok((id, outcome));
+                }
+                Allocated::Taken => next += 1,
+            }
+        }
+        Err(DomainError::rejected("could not allocate a contract id; try again").into())
+    }
+
+    /// Any command on an existing contract.
+    pub async fn contract(
+        &self,
+        command: ContractCommand,
+        actor: &Actor,
+        command_id: Uuid,
+    ) -> Result<CommandOutcome, AppError> {
+        let stream = StreamId::contract(command.contract_id());
+        self.execute::<Contract>(&stream, &command, actor, command_id)
+            .await
+    }
+
+    /// Grants a license to an existing customer, allocating its id.
+    pub async fn grant_license(
+        &self,
+        g: GrantLicense,
+        actor: &Actor,
+        command_id: Uuid,
+    ) -> Result<(LicenseId, CommandOutcome), AppError> {
+        self.require_customer(&g.cnpj).await?;
+        if let Some(contract_id) = g.contract_id {
+            match self.view().contract(contract_id) {
+                Some(c) if c.cnpj == g.cnpj => {}
+                Some(_) => {
+                    return Err(DomainError::InvalidField {
+                        field: "contract_id",
+                        problem: format!("contract {contract_id} belongs to another customer"),
+                    }
+                    .into())
+                }
+                None => {
+                    return Err(DomainError::NotFound {
+                        what: "contract",
+                        id: contract_id.to_string(),
+                    }
+                    .into())
+                }
+            }
+        }
+        let mut next = self.view().max_license_id().map_or(1, |id| id.get() + 1);
+        for _ in 0..ID_ALLOCATION_ATTEMPTS {
+            let license_id =
+                LicenseId::new(next).map_err(|e| DomainError::rejected(e.to_string()))?;
+            let command = LicenseCommand::Grant {
+                license_id,
+                cnpj: g.cnpj,
+                product: g.product,
+                contract_id: g.contract_id,
+                expires_on: g.expires_on,
+                resources: g.resources.clone(),
+            };
+            match self
+                .allocating::<License>(&StreamId::license(license_id), &command, actor, command_id)
+                .await?
+            {
+                Allocated::Done(outcome) => return Ok((license_id, outcome)),
+                Allocated::Retry(outcome, id) => {
+                    let id =
+                        LicenseId::parse(&id).map_err(|e| DomainError::rejected(e.to_string()))?;
+                    return Ok((id, outcome));
+                }
+                Allocated::Taken => next += 1,
+            }
+        }
+        Err(DomainError::rejected("could not allocate a license id; try again").into())
+    }
+
+    /// Any command on an existing license. `RenewByContract` is filled in from the view
+    /// (contract and customer state); pass any terms.
+    pub async fn license(
+        &self,
+        command: LicenseCommand,
+        actor: &Actor,
+        command_id: Uuid,
+    ) -> Result<CommandOutcome, AppError> {
+        let command = match command {
+            LicenseCommand::RenewByContract { license_id, .. } => {
+                self.catch_up().await?;
+                let row = self
+                    .view()
+                    .license(license_id)
+                    .ok_or(DomainError::NotFound {
+                        what: "license",
+                        id: license_id.to_string(),
+                    })?;
+                let contract = row.contract_id.and_then(|id| self.view().contract(id));
+                let customer_active = self
+                    .view()
+                    .customer(&row.cnpj)
+                    .is_some_and(|c| c.active && !c.blocked && !c.blacklisted);
+                LicenseCommand::RenewByContract {
+                    license_id,
+                    terms: RenewalTerms {
+                        contract: contract.map(contract_state).unwrap_or_default(),
+                        customer_active,
+                    },
+                }
+            }
+            other => other,
+        };
+        let stream = StreamId::license(command.license_id());
+        self.execute::<License>(&stream, &command, actor, command_id)
+            .await
+    }
+
+    /// Opens or closes a contingency entry.
+    pub async fn contingency(
+        &self,
+        command: ContingencyCommand,
+        actor: &Actor,
+        command_id: Uuid,
+    ) -> Result<CommandOutcome, AppError> {
+        let cnpj = match &command {
+            ContingencyCommand::Enter { cnpj, .. } | ContingencyCommand::Clear { cnpj, .. } => {
+                *cnpj
+            }
+        };
+        self.require_customer(&cnpj).await?;
+        self.execute::<Contingencies>(&StreamId::contingency(&cnpj), &command, actor, command_id)
+            .await
+    }
+
+    /// "Ativar Offline": issues the counter-key for a serial (once per serial), valid for one
+    /// day, and opens a manual contingency for the terminal when its license is known.
+    pub async fn issue_offline_activation(
+        &self,
+        secrets: &Secrets,
+        r: OfflineRequest,
+        actor: &Actor,
+        command_id: Uuid,
+    ) -> Result<OfflineIssued, AppError> {
+        let secret = secrets
+            .offline
+            .get(&r.product)
+            .ok_or_else(|| DomainError::InvalidField {
+                field: "product",
+                problem: format!("no offline activation key is configured for {}", r.product),
+            })?;
+        let now = self.clock().now();
+        let valid_until = offline::valid_until(today(now));
+        let counter_key = offline::counter_key(secret, &r.serial, r.product, valid_until);
+        let command = IssueOfflineActivation {
+            serial: r.serial,
+            cnpj: r.cnpj,
+            product: r.product,
+            license_id: r.license_id,
+            caixa: r.caixa,
+            equipamento: r.equipamento,
+            counter_key,
+            valid_until: end_of_day(valid_until),
+        };
+        let outcome = self
+            .execute::<OfflineActivation>(
+                &StreamId::offline_activation(&r.serial),
+                &command,
+                actor,
+                command_id,
+            )
+            .await?;
+        if let (Some(cnpj), Some(license_id)) = (r.cnpj, r.license_id) {
+            let terminal = self.view().license(license_id).and_then(|l| {
+                l.binding
+                    .map(|b| b.hardware_id)
+                    .or(l.last_check_in.map(|c| c.hardware_id))
+            });
+            if let Some(hardware_id) = terminal {
+                let enter = ContingencyCommand::Enter {
+                    cnpj,
+                    kind: ledger_events::ContingencyKind::Manual,
+                    hardware_id: Some(hardware_id),
+                    license_id: Some(license_id),
+                    grace_until: Some(valid_until),
+                    note: None,
+                };
+                self.execute::<Contingencies>(
+                    &StreamId::contingency(&cnpj),
+                    &enter,
+                    actor,
+                    derive(command_id, "contingency"),
+                )
+                .await?;
+            }
+        }
+        Ok(OfflineIssued {
+            counter_key,
+            valid_until,
+            outcome,
+        })
+    }
+
+    /// "Liberação emergencial" (restricted): activation code and counter-key for a machine.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn issue_emergency_release(
+        &self,
+        secrets: &Secrets,
+        product: Product,
+        hardware_id: HardwareId,
+        hardware_key: HardwareKey,
+        licensed_to: TradeName,
+        actor_may_release: bool,
+        actor: &Actor,
+        command_id: Uuid,
+    ) -> Result<EmergencyIssued, AppError> {
+        let (activation_code, counter_key) =
+            emergency_codes(&secrets.emergency, product, &hardware_id, &hardware_key);
+        let command = IssueEmergencyRelease {
+            product,
+            hardware_id,
+            hardware_key,
+            activation_code,
+            counter_key,
+            licensed_to,
+            actor_may_release,
+        };
+        let outcome = self
+            .execute::<EmergencyRelease>(
+                &StreamId::emergency_release(&hardware_id),
+                &command,
+                actor,
+                command_id,
+            )
+            .await?;
+        Ok(EmergencyIssued {
+            activation_code,
+            counter_key,
+            outcome,
+        })
+    }
+
+    async fn require_customer(&self, cnpj: &Cnpj) -> Result<(), AppError> {
+        if self.view().customer(cnpj).is_some() {
+            return Ok(());
+        }
+        self.catch_up().await?;
+        if self.view().customer(cnpj).is_some() {
+            return Ok(());
+        }
+        Err(DomainError::NotFound {
+            what: "customer",
+            id: cnpj.to_string(),
+        }
+        .into())
+    }
+
+    /// Runs a creating command on a freshly allocated stream; tells a taken id apart from a
+    /// retry of this very command (whose first event id is then stored elsewhere).
+    async fn allocating<A: crate::domain::Aggregate>(
+        &self,
+        stream: &StreamId,
+        command: &A::Command,
+        actor: &Actor,
+        command_id: Uuid,
+    ) -> Result<Allocated, AppError> {
+        match self.execute::<A>(stream, command, actor, command_id).await {
+            Ok(outcome) => Ok(Allocated::Done(outcome)),
+            Err(AppError::Domain(DomainError::AlreadyExists { .. })) => Ok(Allocated::Taken),
+            Err(AppError::Store(StoreError::DuplicateEventId { event_id, position }))
+                if event_id == event_id_for(command_id, 0) =>
+            {
+                let records = self.store().read_all(position, 1).await?;
+                let record = records.first().ok_or(StoreError::Closed)?;
+                let id = record
+                    .envelope
+                    .stream_id
+                    .as_str()
+                    .split_once('-')
+                    .map(|(_, id)| id.to_owned())
+                    .unwrap_or_default();
+                Ok(Allocated::Retry(
+                    CommandOutcome {
+                        positions: Some(position..=position),
+                        stream_version: record.envelope.stream_version,
+                        was_retry: true,
+                    },
+                    id,
+                ))
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+enum Allocated {
+    Done(CommandOutcome),
+    Retry(CommandOutcome, String),
+    Taken,
+}
+
+fn contract_state(row: ledger_projections::rows::ContractRow) -> Contract {
+    Contract {
+        signed: Some(ledger_events::ContractSigned {
+            contract_id: row.contract_id,
+            cnpj: row.cnpj,
+            starts_on: row.starts_on,
+            ends_on: row.ends_on,
+            interval_days: row.interval_days,
+            renew_before_days: row.renew_before_days,
+        }),
+        active: row.active,
+    }
+}
+
+/// The last microsecond of `day`, UTC.
+fn end_of_day(day: NaiveDate) -> DateTime<Utc> {
+    let next = day + Duration::days(1);
+    DateTime::<Utc>::from_naive_utc_and_offset(next.and_hms_opt(0, 0, 0).unwrap_or_default(), Utc)
+        - Duration::microseconds(1)
+}
+
+/// A command id derived from another (for a command's follow-up in another stream).
+pub(crate) fn derive(command_id: Uuid, purpose: &str) -> Uuid {
+    super::derived_v7(command_id, purpose.as_bytes())
+}
+
+/// Emergency release codes: the activation code is a MAC of (product, hardware id, key), the
+/// counter-key a MAC of the activation code, both truncated to 64 bits.
+pub fn emergency_codes(
+    secret: &[u8],
+    product: Product,
+    hardware_id: &HardwareId,
+    key: &HardwareKey,
+) -> (ActivationCode, CounterKey) {
+    let mac = |parts: &[&[u8]]| -> [u8; 8] {
+        // HMAC accepts keys of any length, so `new_from_slice` cannot fail.
+        let mut m = match <Hmac<Sha256> as Mac>::new_from_slice(secret) {
+            Ok(m) => m,
+            Err(_) => return [0; 8],
+        };
+        for p in parts {
+            m.update(&(p.len() as u32).to_be_bytes());
+            m.update(p);
+        }
+        let d = m.finalize().into_bytes();
+        let mut out = [0u8; 8];
+        out.copy_from_slice(&d[..8]);
+        out
+    };
+    let code = mac(&[
+        b"license-ledger/emergency/activation/v1",
+        product.code().as_bytes(),
+        hardware_id.as_bytes(),
+        key.as_bytes(),
+    ]);
+    let counter = mac(&[b"license-ledger/emergency/counter/v1", &code]);
+    (
+        ActivationCode::from_bytes(code),
+        CounterKey::from_bytes(counter),
+    )
+}

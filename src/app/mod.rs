@@ -1,0 +1,431 @@
+//! Command handling: load → decide → append → retry on conflict, and the projected view
+//! that follows the log.
+//!
+//! [`Ledger`] owns the store handle, the [`LedgerView`] and an applier task that feeds the
+//! view from the store's subscription, in position order. Commands load their aggregate's
+//! stream from the store (the source of truth), decide with the domain's pure functions at
+//! the clock's `now`, and append with the version they loaded; a version conflict reloads and
+//! decides again, a bounded number of times. Command ids make retries idempotent: event ids
+//! are derived from the command id, and a command whose events are already in the stream is
+//! answered with their positions.
+
+use std::ops::RangeInclusive;
+use std::sync::Arc;
+use std::time::Duration as StdDuration;
+
+use chrono::Duration;
+use ledger_events::{Actor, Event, Position, StreamId, StreamVersion};
+use ledger_projections::view::LedgerView;
+use sha2::{Digest, Sha256};
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use crate::clock::Clock;
+use crate::domain::{Aggregate, DomainError, Loaded};
+use crate::store::{Appended, EventStore, ExpectedVersion, NewEvent, StoreError, READ_BATCH_MAX};
+
+pub mod answers;
+pub mod checkin;
+pub mod commands;
+
+/// Settings of the command side.
+#[derive(Clone, Debug)]
+pub struct LedgerConfig {
+    /// How old a terminal's last recorded check-in may get before an unchanged check-in is
+    /// recorded again (the manual's terminals check in every 24 h).
+    pub record_interval: Duration,
+    /// Decisions retried after a version conflict before giving up.
+    pub conflict_retries: u32,
+    /// Longest a caller waits for the view to reach a position.
+    pub catch_up_timeout: StdDuration,
+}
+
+impl Default for LedgerConfig {
+    fn default() -> Self {
+        Self {
+            record_interval: Duration::hours(24),
+            conflict_retries: 8,
+            catch_up_timeout: StdDuration::from_secs(5),
+        }
+    }
+}
+
+/// Why a command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// The domain refused it.
+    #[error(transparent)]
+    Domain(#[from] DomainError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Version conflicts kept happening (heavy contention on one aggregate).
+    #[error("gave up after {attempts} version conflicts on {stream}")]
+    Contention {
+        /// The contended stream.
+        stream: StreamId,
+        /// Attempts made.
+        attempts: u32,
+    },
+    /// The view did not reach a position in time.
+    #[error("the read model did not reach position {position} within {waited_ms} ms")]
+    CatchUpTimeout {
+        /// The position waited for.
+        position: Position,
+        /// How long.
+        waited_ms: u128,
+    },
+    /// The view stopped following the log (it logged why).
+    #[error("the read model stopped following the log: {0}")]
+    ViewStopped(String),
+}
+
+/// What a command did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CommandOutcome {
+    /// Positions of the events it appended (or had appended, on a retry); none when the
+    /// command changed nothing.
+    pub positions: Option<RangeInclusive<Position>>,
+    /// The events' stream version afterwards.
+    pub stream_version: StreamVersion,
+    /// Whether this was a retry of a command already applied.
+    pub was_retry: bool,
+}
+
+impl CommandOutcome {
+    /// The global position a reader must wait for to see this command's effects.
+    pub fn position(&self) -> Position {
+        self.positions.as_ref().map_or(0, |p| *p.end())
+    }
+}
+
+/// The ledger: store, view, clock.
+pub struct Ledger {
+    store: Arc<dyn EventStore>,
+    view: Arc<LedgerView>,
+    clock: Arc<dyn Clock>,
+    config: LedgerConfig,
+    applied: watch::Receiver<Position>,
+    failure: Arc<parking_lot::Mutex<Option<String>>>,
+    applier: tokio::task::JoinHandle<()>,
+    terminal_locks: Vec<tokio::sync::Mutex<()>>,
+}
+
+/// Stripes of the per-terminal check-in lock.
+const TERMINAL_LOCK_STRIPES: usize = 1024;
+
+impl Drop for Ledger {
+    fn drop(&mut self) {
+        self.applier.abort();
+    }
+}
+
+impl Ledger {
+    /// Starts the view's applier on `store` and waits until the view has caught up with the
+    /// log as it was at start.
+    pub async fn start(
+        store: Arc<dyn EventStore>,
+        clock: Arc<dyn Clock>,
+        config: LedgerConfig,
+    ) -> Result<Self, AppError> {
+        let view = Arc::new(LedgerView::new());
+        let (applied_tx, applied) = watch::channel(0);
+        let failure = Arc::new(parking_lot::Mutex::new(None));
+        let applier = {
+            let mut sub = store.subscribe_all(1);
+            let view = view.clone();
+            let failure = failure.clone();
+            tokio::spawn(async move {
+                loop {
+                    let record = match sub.next().await {
+                        Ok(r) => r,
+                        Err(StoreError::Closed) => return,
+                        Err(e) => {
+                            tracing::error!(error = %e, "read model stopped: reading the log failed");
+                            *failure.lock() = Some(e.to_string());
+                            return;
+                        }
+                    };
+                    if let Err(e) = view.apply_record(&record) {
+                        tracing::error!(error = %e, position = record.envelope.position, "read model stopped");
+                        *failure.lock() = Some(e.to_string());
+                        return;
+                    }
+                    applied_tx.send_replace(record.envelope.position);
+                }
+            })
+        };
+        let ledger = Self {
+            store,
+            view,
+            clock,
+            config,
+            applied,
+            failure,
+            applier,
+            terminal_locks: (0..TERMINAL_LOCK_STRIPES)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
+        };
+        let head = ledger.store.head().await?.position;
+        ledger.wait_for(head).await?;
+        Ok(ledger)
+    }
+
+    /// The lock stripe serializing check-ins of one terminal.
+    pub(crate) fn terminal_lock(
+        &self,
+        cnpj: &ledger_events::Cnpj,
+        hardware_id: &ledger_events::HardwareId,
+    ) -> &tokio::sync::Mutex<()> {
+        use std::hash::{BuildHasher, Hash, Hasher};
+        let mut h = ahash::RandomState::with_seeds(1, 2, 3, 4).build_hasher();
+        cnpj.hash(&mut h);
+        hardware_id.hash(&mut h);
+        &self.terminal_locks[(h.finish() as usize) % TERMINAL_LOCK_STRIPES]
+    }
+
+    /// The projected view.
+    pub fn view(&self) -> &LedgerView {
+        &self.view
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn EventStore> {
+        &self.store
+    }
+
+    /// The clock.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &LedgerConfig {
+        &self.config
+    }
+
+    /// Waits (bounded) until the view has applied `position`.
+    pub async fn wait_for(&self, position: Position) -> Result<(), AppError> {
+        let mut rx = self.applied.clone();
+        let started = std::time::Instant::now();
+        let wait = async {
+            loop {
+                if *rx.borrow_and_update() >= position {
+                    return Ok(());
+                }
+                if rx.changed().await.is_err() {
+                    let why = self
+                        .failure
+                        .lock()
+                        .clone()
+                        .unwrap_or_else(|| "applier ended".into());
+                    return Err(AppError::ViewStopped(why));
+                }
+            }
+        };
+        match tokio::time::timeout(self.config.catch_up_timeout, wait).await {
+            Ok(r) => r,
+            Err(_) => {
+                if let Some(why) = self.failure.lock().clone() {
+                    return Err(AppError::ViewStopped(why));
+                }
+                Err(AppError::CatchUpTimeout {
+                    position,
+                    waited_ms: started.elapsed().as_millis(),
+                })
+            }
+        }
+    }
+
+    /// After a version conflict: the winning append may be written but not yet durable, so
+    /// neither the store's reads nor the view show it yet. Waits (bounded) until the store
+    /// reports the stream at `actual`, then until the view has caught up.
+    pub async fn settle_conflict(
+        &self,
+        stream: &StreamId,
+        actual: StreamVersion,
+    ) -> Result<(), AppError> {
+        let started = std::time::Instant::now();
+        while self.store.stream_version(stream).await? < actual {
+            if started.elapsed() > self.config.catch_up_timeout {
+                return Err(AppError::CatchUpTimeout {
+                    position: 0,
+                    waited_ms: started.elapsed().as_millis(),
+                });
+            }
+            tokio::time::sleep(StdDuration::from_micros(500)).await;
+        }
+        self.catch_up().await
+    }
+
+    /// Waits until the view has applied everything stored so far.
+    pub async fn catch_up(&self) -> Result<(), AppError> {
+        let head = self.store.head().await?.position;
+        self.wait_for(head).await
+    }
+
+    /// Loads `stream`, decides `command`, appends with the loaded version; retries on
+    /// conflict. A command id seen before in the stream answers with its original positions.
+    /// Returns once the view has applied the command's events (read-your-writes).
+    pub async fn execute<A: Aggregate>(
+        &self,
+        stream: &StreamId,
+        command: &A::Command,
+        actor: &Actor,
+        command_id: Uuid,
+    ) -> Result<CommandOutcome, AppError> {
+        let outcome = self
+            .execute_unobserved::<A>(stream, command, actor, command_id)
+            .await?;
+        self.wait_for(outcome.position()).await?;
+        Ok(outcome)
+    }
+
+    async fn execute_unobserved<A: Aggregate>(
+        &self,
+        stream: &StreamId,
+        command: &A::Command,
+        actor: &Actor,
+        command_id: Uuid,
+    ) -> Result<CommandOutcome, AppError> {
+        let attempts = self.config.conflict_retries + 1;
+        for _ in 0..attempts {
+            let records = self.read_stream(stream).await?;
+            let done: Vec<Position> = records
+                .iter()
+                .filter(|r| r.envelope.correlation_id == command_id)
+                .map(|r| r.envelope.position)
+                .collect();
+            if let (Some(first), Some(last)) = (done.first(), done.last()) {
+                return Ok(CommandOutcome {
+                    positions: Some(*first..=*last),
+                    stream_version: records.len() as StreamVersion,
+                    was_retry: true,
+                });
+            }
+            let mut events = Vec::with_capacity(records.len());
+            for r in &records {
+                events.push(r.event().map_err(StoreError::from)?);
+            }
+            let loaded = Loaded::<A>::from_events(events.iter());
+            let decided = loaded.state.decide(command, self.clock.now())?;
+            if decided.is_empty() {
+                return Ok(CommandOutcome {
+                    positions: None,
+                    stream_version: loaded.version,
+                    was_retry: false,
+                });
+            }
+            match self
+                .append(
+                    stream,
+                    ExpectedVersion::Exact(loaded.version),
+                    decided,
+                    actor,
+                    command_id,
+                )
+                .await
+            {
+                Ok(a) => return Ok(outcome(a)),
+                Err(StoreError::WrongExpectedVersion { stream, actual, .. }) => {
+                    self.settle_conflict(&stream, actual).await?;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(AppError::Contention {
+            stream: stream.clone(),
+            attempts,
+        })
+    }
+
+    /// Appends events derived from `command_id` (ids are deterministic, so a retried append
+    /// is recognised by the store).
+    pub async fn append(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<Event>,
+        actor: &Actor,
+        command_id: Uuid,
+    ) -> Result<Appended, StoreError> {
+        let new: Vec<NewEvent> = events
+            .into_iter()
+            .enumerate()
+            .map(|(i, event)| NewEvent {
+                event_id: event_id_for(command_id, i as u32),
+                event,
+                actor: actor.clone(),
+                correlation_id: command_id,
+            })
+            .collect();
+        self.store.append(stream, expected, new).await
+    }
+
+    async fn read_stream(
+        &self,
+        stream: &StreamId,
+    ) -> Result<Vec<ledger_events::Record>, StoreError> {
+        let mut out = Vec::new();
+        loop {
+            let batch = self
+                .store
+                .read_stream(stream, out.len() as StreamVersion + 1, READ_BATCH_MAX)
+                .await?;
+            let n = batch.len();
+            out.extend(batch);
+            if n < READ_BATCH_MAX {
+                return Ok(out);
+            }
+        }
+    }
+}
+
+fn outcome(a: Appended) -> CommandOutcome {
+    CommandOutcome {
+        positions: Some(a.positions),
+        stream_version: a.stream_version,
+        was_retry: a.was_retry,
+    }
+}
+
+/// The id of the `index`-th event of a command: a UUID v7 whose timestamp is the command
+/// id's (when the command id is a v7) and whose random bits are a hash of (command id,
+/// index), so a retried command produces the same event ids.
+pub fn event_id_for(command_id: Uuid, index: u32) -> Uuid {
+    derived_v7(command_id, &index.to_be_bytes())
+}
+
+/// A UUID v7 derived from `base` and `salt`: `base`'s timestamp (when it is a v7), the rest
+/// from SHA-256(base ‖ salt).
+pub(crate) fn derived_v7(base: Uuid, salt: &[u8]) -> Uuid {
+    let mut h = Sha256::new();
+    h.update(base.as_bytes());
+    h.update(salt);
+    let digest = h.finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    if base.get_version_num() == 7 {
+        bytes[..6].copy_from_slice(&base.as_bytes()[..6]);
+    }
+    bytes[6] = (bytes[6] & 0x0f) | 0x70;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    Uuid::from_bytes(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_ids_are_v7_deterministic_and_distinct_per_index() {
+        let c = Uuid::now_v7();
+        let a = event_id_for(c, 0);
+        assert_eq!(a, event_id_for(c, 0));
+        assert_ne!(a, event_id_for(c, 1));
+        assert_ne!(a, event_id_for(Uuid::now_v7(), 0));
+        assert_eq!(a.get_version_num(), 7);
+        assert_eq!(&a.as_bytes()[..6], &c.as_bytes()[..6]);
+    }
+}

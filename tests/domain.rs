@@ -1,0 +1,902 @@
+//! The license domain end to end, over a real file store: given commands, when a check-in or
+//! a command at time T, then the outcome, the texts and the events. Each test is named after
+//! the manual's section it covers ("Casos Tratados", "Contingência", "Liberação off-line"...).
+
+use std::sync::Arc;
+
+use chrono::{DateTime, NaiveDate, TimeZone, Utc};
+use ledger_events::answer::OutcomeCode;
+use ledger_events::{
+    offline, texts, Actor, Cnpj, ContingencyKind, Event, HardwareId, HardwareKey, LicenseEvent,
+    LicenseId, Product, Resources, Serial, StreamId, TerminalEvent, TradeName,
+};
+use license_ledger::app::commands::{GrantLicense, OfflineRequest, Secrets, SignContract};
+use license_ledger::app::{AppError, Ledger, LedgerConfig};
+use license_ledger::clock::ManualClock;
+use license_ledger::domain::checkin::{CheckInPlan, CheckInRequest};
+use license_ledger::domain::contract::ContractCommand;
+use license_ledger::domain::customer::CustomerCommand;
+use license_ledger::domain::license::LicenseCommand;
+use license_ledger::domain::release::ContingencyCommand;
+use license_ledger::domain::DomainError;
+use license_ledger::store::file::{FileStore, FileStoreConfig};
+use uuid::Uuid;
+
+struct World {
+    ledger: Arc<Ledger>,
+    clock: ManualClock,
+    _dir: tempfile::TempDir,
+}
+
+fn at(day: &str, hms: (u32, u32, u32)) -> DateTime<Utc> {
+    let d: NaiveDate = day.parse().unwrap();
+    Utc.from_utc_datetime(&d.and_hms_opt(hms.0, hms.1, hms.2).unwrap())
+}
+fn day(d: &str) -> NaiveDate {
+    d.parse().unwrap()
+}
+fn cnpj() -> Cnpj {
+    Cnpj::parse("11222333000181").unwrap()
+}
+fn support() -> Actor {
+    Actor::operator("suporte").unwrap()
+}
+fn terminal(n: u8) -> (HardwareId, HardwareKey) {
+    (
+        HardwareId::parse(&format!("50026B77825EEC{n:02X}")).unwrap(),
+        HardwareKey::parse(&format!("88A7B56C2B3F326F91362A182483F6{n:02X}")).unwrap(),
+    )
+}
+fn request(n: u8) -> CheckInRequest {
+    let (hardware_id, hardware_key) = terminal(n);
+    CheckInRequest {
+        cnpj: cnpj(),
+        product: Product::EasyCash,
+        hardware_id,
+        hardware_key,
+        ip: format!("192.168.0.{}", 190 + n).parse().ok(),
+        program_version: ledger_events::ProgramVersion::parse("2.0.12.1").ok(),
+        caixa: ledger_events::TerminalNumber::new(u16::from(n)).ok(),
+        equipamento: ledger_events::TerminalNumber::new(u16::from(n)).ok(),
+    }
+}
+
+impl World {
+    async fn new(now: DateTime<Utc>) -> World {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new(now);
+        let store = FileStore::open(FileStoreConfig::new(dir.path()), Arc::new(clock.clone()))
+            .await
+            .unwrap();
+        let ledger = Ledger::start(
+            Arc::new(store),
+            Arc::new(clock.clone()),
+            LedgerConfig::default(),
+        )
+        .await
+        .unwrap();
+        World {
+            ledger: Arc::new(ledger),
+            clock,
+            _dir: dir,
+        }
+    }
+
+    async fn customer(&self) {
+        self.ledger
+            .customer(
+                CustomerCommand::Register {
+                    cnpj: cnpj(),
+                    trade_name: TradeName::parse("Mercado Bom").unwrap(),
+                    since: None,
+                },
+                &support(),
+                Uuid::now_v7(),
+            )
+            .await
+            .unwrap();
+    }
+
+    async fn contract(&self, interval: u16, before: u16) -> ledger_events::ContractId {
+        self.ledger
+            .sign_contract(
+                SignContract {
+                    cnpj: cnpj(),
+                    starts_on: day("2023-03-01"),
+                    ends_on: None,
+                    interval_days: interval,
+                    renew_before_days: before,
+                },
+                &support(),
+                Uuid::now_v7(),
+            )
+            .await
+            .unwrap()
+            .0
+    }
+
+    async fn license(
+        &self,
+        expires: &str,
+        contract: Option<ledger_events::ContractId>,
+    ) -> LicenseId {
+        self.ledger
+            .grant_license(
+                GrantLicense {
+                    cnpj: cnpj(),
+                    product: Product::EasyCash,
+                    contract_id: contract,
+                    expires_on: day(expires),
+                    resources: Resources::default(),
+                },
+                &support(),
+                Uuid::now_v7(),
+            )
+            .await
+            .unwrap()
+            .0
+    }
+
+    async fn license_cmd(&self, c: LicenseCommand) -> Result<(), AppError> {
+        self.ledger
+            .license(c, &support(), Uuid::now_v7())
+            .await
+            .map(|_| ())
+    }
+
+    async fn check_in(&self, n: u8) -> CheckInPlan {
+        self.ledger.check_in(&request(n)).await.unwrap()
+    }
+
+    async fn events(&self, stream: &StreamId) -> Vec<Event> {
+        self.ledger
+            .store()
+            .read_stream(stream, 1, 10_000)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.event().unwrap())
+            .collect()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn casos_tratados_valid_license_answers_its_expiry() {
+    let w = World::new(at("2023-03-27", (17, 32, 28))).await;
+    w.customer().await;
+    let id = w.license("2023-05-01", None).await;
+    let plan = w.check_in(1).await;
+    assert_eq!(plan.code, OutcomeCode::Valid);
+    assert_eq!(plan.license_id, Some(id));
+    assert_eq!(
+        plan.messages,
+        vec!["Licença do sistema expira no dia: 01/05/2023".to_owned()]
+    );
+    assert_eq!(plan.days_left, Some(35));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn casos_tratados_perto_do_vencimento_warns_from_three_days() {
+    let w = World::new(at("2023-03-27", (17, 32, 28))).await;
+    w.customer().await;
+    w.license("2023-03-30", None).await;
+    let plan = w.check_in(1).await;
+    assert_eq!(plan.code, OutcomeCode::Expiring);
+    assert_eq!(
+        plan.messages,
+        vec![
+            "Licença do sistema expira no dia: 30/03/2023".to_owned(),
+            "Faltam [03] dias para expirar a licença!".to_owned(),
+            "DATA DA LICENÇA: 30/03/2023".to_owned(),
+        ]
+    );
+    w.clock
+        .set(at("2023-03-26", (9, 0, 0)) + chrono::Duration::days(0));
+    // Four days before: no warning.
+    let w2 = World::new(at("2023-03-26", (9, 0, 0))).await;
+    w2.customer().await;
+    w2.license("2023-03-30", None).await;
+    assert_eq!(w2.check_in(1).await.code, OutcomeCode::Valid);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn casos_tratados_licenca_expirada_blocks_sales() {
+    let w = World::new(at("2023-03-27", (17, 2, 17))).await;
+    w.customer().await;
+    w.license("2023-03-26", None).await;
+    let plan = w.check_in(1).await;
+    assert_eq!(plan.code, OutcomeCode::Expired);
+    assert_eq!(plan.messages, vec![texts::NOT_RELEASED.to_owned()]);
+    assert!(plan.resources.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn casos_tratados_licenca_desativada_and_bloqueada_block_sales() {
+    let w = World::new(at("2023-03-27", (17, 17, 1))).await;
+    w.customer().await;
+    let a = w.license("2023-05-01", None).await;
+    w.license_cmd(LicenseCommand::Deactivate {
+        license_id: a,
+        note: None,
+    })
+    .await
+    .unwrap();
+    assert_eq!(w.check_in(1).await.code, OutcomeCode::Deactivated);
+    w.license_cmd(LicenseCommand::Reactivate {
+        license_id: a,
+        note: None,
+    })
+    .await
+    .unwrap();
+    w.license_cmd(LicenseCommand::Block {
+        license_id: a,
+        note: None,
+    })
+    .await
+    .unwrap();
+    let plan = w.check_in(1).await;
+    assert_eq!(plan.code, OutcomeCode::Blocked);
+    assert_eq!(plan.messages, vec![texts::NOT_RELEASED.to_owned()]);
+    w.license_cmd(LicenseCommand::Unblock {
+        license_id: a,
+        note: None,
+    })
+    .await
+    .unwrap();
+    assert_eq!(w.check_in(1).await.code, OutcomeCode::Valid);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn casos_tratados_cliente_inativado_is_told_usuario_invalido() {
+    let w = World::new(at("2023-03-27", (17, 55, 47))).await;
+    // Unknown customer.
+    let plan = w.check_in(1).await;
+    assert_eq!(plan.code, OutcomeCode::CustomerInactive);
+    assert_eq!(plan.messages, vec!["Usuário inválido.".to_owned()]);
+    w.customer().await;
+    w.license("2023-05-01", None).await;
+    w.ledger
+        .customer(
+            CustomerCommand::Deactivate {
+                cnpj: cnpj(),
+                note: None,
+            },
+            &support(),
+            Uuid::now_v7(),
+        )
+        .await
+        .unwrap();
+    let plan = w.check_in(1).await;
+    assert_eq!(plan.code, OutcomeCode::CustomerInactive);
+    assert_eq!(
+        plan.license_id, None,
+        "an inactive customer's terminal binds nothing"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renovacao_an_active_contract_renews_within_the_window() {
+    let w = World::new(at("2023-03-27", (17, 32, 28))).await;
+    w.customer().await;
+    let contract = w.contract(30, 3).await;
+    let id = w.license("2023-03-28", Some(contract)).await;
+    let plan = w.check_in(1).await;
+    assert_eq!(plan.code, OutcomeCode::Valid);
+    assert_eq!(
+        plan.messages,
+        vec!["Licença do sistema expira no dia: 27/04/2023".to_owned()]
+    );
+    let events = w.events(&StreamId::license(id)).await;
+    assert!(
+        events.iter().any(|e| matches!(e, Event::License(LicenseEvent::Renewed(r)) if r.expires_on == day("2023-04-27"))),
+        "{events:?}"
+    );
+    // Renewed once: the next check-in the same day renews nothing more.
+    w.check_in(1).await;
+    let renewals = w
+        .events(&StreamId::license(id))
+        .await
+        .into_iter()
+        .filter(|e| matches!(e, Event::License(LicenseEvent::Renewed(_))))
+        .count();
+    assert_eq!(renewals, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cliente_com_contrato_desativado_runs_out_at_its_current_expiry() {
+    let w = World::new(at("2023-03-27", (17, 32, 28))).await;
+    w.customer().await;
+    let contract = w.contract(30, 3).await;
+    w.license("2023-03-28", Some(contract)).await;
+    w.ledger
+        .contract(
+            ContractCommand::Deactivate {
+                contract_id: contract,
+                note: None,
+            },
+            &support(),
+            Uuid::now_v7(),
+        )
+        .await
+        .unwrap();
+    let plan = w.check_in(1).await;
+    assert_eq!(plan.code, OutcomeCode::Expiring);
+    assert_eq!(
+        plan.messages[0],
+        "Licença do sistema expira no dia: 28/03/2023"
+    );
+    assert_eq!(plan.messages[1], "Faltam [01] dias para expirar a licença!");
+    w.clock.set(at("2023-03-29", (8, 0, 0)));
+    assert_eq!(w.check_in(1).await.code, OutcomeCode::Expired);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vinculo_first_check_ins_bind_free_licenses_lowest_first_until_none_is_left() {
+    let w = World::new(at("2023-03-27", (10, 0, 0))).await;
+    w.customer().await;
+    let a = w.license("2023-05-01", None).await;
+    let b = w.license("2023-05-01", None).await;
+    assert_eq!(w.check_in(1).await.license_id, Some(a));
+    assert_eq!(w.check_in(2).await.license_id, Some(b));
+    let third = w.check_in(3).await;
+    assert_eq!(third.code, OutcomeCode::NoLicense);
+    assert_eq!(third.messages, vec![texts::NO_LICENSE.to_owned()]);
+    // A bound license keeps answering its own terminal only.
+    assert_eq!(w.check_in(1).await.license_id, Some(a));
+    assert_eq!(w.check_in(2).await.license_id, Some(b));
+    // Desassociar frees it for another terminal.
+    w.license_cmd(LicenseCommand::Unlink {
+        license_id: a,
+        note: None,
+    })
+    .await
+    .unwrap();
+    assert_eq!(w.check_in(3).await.license_id, Some(a));
+    assert_eq!(w.check_in(1).await.code, OutcomeCode::NoLicense);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vinculo_another_key_on_the_same_hardware_id_is_not_answered() {
+    let w = World::new(at("2023-03-27", (10, 0, 0))).await;
+    w.customer().await;
+    w.license("2023-05-01", None).await;
+    assert_eq!(w.check_in(1).await.code, OutcomeCode::Valid);
+    let mut impostor = request(1);
+    impostor.hardware_key = HardwareKey::parse("00000000000000000000000000000001").unwrap();
+    assert_eq!(
+        w.ledger.check_in(&impostor).await.unwrap().code,
+        OutcomeCode::NoLicense
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_ins_are_recorded_only_when_something_changed_or_a_day_passed() {
+    let w = World::new(at("2023-03-27", (10, 0, 0))).await;
+    w.customer().await;
+    w.license("2023-05-01", None).await;
+    let stream = StreamId::terminal(&cnpj(), &terminal(1).0);
+    w.check_in(1).await;
+    assert_eq!(
+        w.events(&stream).await.len(),
+        1,
+        "first check-in is recorded"
+    );
+    w.clock.set(at("2023-03-27", (12, 0, 0)));
+    w.check_in(1).await;
+    assert_eq!(
+        w.events(&stream).await.len(),
+        1,
+        "unchanged: answered from the projection"
+    );
+    let mut moved = request(1);
+    moved.ip = "192.168.0.250".parse().ok();
+    w.ledger.check_in(&moved).await.unwrap();
+    assert_eq!(w.events(&stream).await.len(), 2, "new IP is recorded");
+    w.clock.set(at("2023-03-28", (12, 0, 1)));
+    w.ledger.check_in(&moved).await.unwrap();
+    let events = w.events(&stream).await;
+    assert_eq!(events.len(), 3, "older than 24 h is recorded again");
+    assert!(matches!(
+        events[2],
+        Event::Terminal(TerminalEvent::CheckedIn(_))
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contingencia_tipo_01_grants_seven_days_past_expiry_then_blocks() {
+    let w = World::new(at("2023-03-29", (10, 53, 1))).await;
+    w.customer().await;
+    w.license("2023-03-28", None).await;
+    w.ledger
+        .contingency(
+            ContingencyCommand::Enter {
+                cnpj: cnpj(),
+                kind: ContingencyKind::Intelliweb,
+                hardware_id: None,
+                license_id: None,
+                grace_until: None,
+                note: None,
+            },
+            &Actor::system("relay").unwrap(),
+            Uuid::now_v7(),
+        )
+        .await
+        .unwrap();
+    let plan = w.check_in(1).await;
+    assert_eq!(plan.code, OutcomeCode::ContingencyUpstream);
+    assert_eq!(
+        plan.messages,
+        vec![
+            texts::CONTINGENCY_UPSTREAM.to_owned(),
+            "Licença do sistema expira no dia: 04/04/2023(CONTINGÊNCIA DO INTELLIWEB)".to_owned(),
+        ]
+    );
+    w.clock.set(at("2023-04-04", (23, 0, 0)));
+    assert_eq!(w.check_in(1).await.code, OutcomeCode::ContingencyUpstream);
+    w.clock.set(at("2023-04-05", (8, 0, 0)));
+    let plan = w.check_in(1).await;
+    assert_eq!(plan.code, OutcomeCode::GraceExpired);
+    assert_eq!(plan.messages, vec![texts::NOT_RELEASED.to_owned()]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn liberacao_off_line_counter_key_verifies_once_per_serial_and_the_next_check_in_ends_the_contingency(
+) {
+    let w = World::new(at("2023-03-27", (11, 36, 7))).await;
+    w.customer().await;
+    let id = w.license("2023-03-26", None).await;
+    w.check_in(3).await; // bound to terminal 3, expired
+    w.license_cmd(LicenseCommand::Unlink {
+        license_id: id,
+        note: None,
+    })
+    .await
+    .unwrap();
+    let secrets = Secrets {
+        offline: [(
+            Product::EasyCash,
+            b"0123456789abcdef0123456789abcdef".to_vec(),
+        )]
+        .into(),
+        emergency: b"emergency-secret-emergency-secret".to_vec(),
+    };
+    let serial = Serial::parse("50026B77605FA3F8").unwrap();
+    let offline_request = OfflineRequest {
+        serial,
+        product: Product::EasyCash,
+        cnpj: Some(cnpj()),
+        license_id: Some(id),
+        caixa: ledger_events::TerminalNumber::new(3).ok(),
+        equipamento: ledger_events::TerminalNumber::new(3).ok(),
+    };
+    let issued = w
+        .ledger
+        .issue_offline_activation(
+            &secrets,
+            offline_request.clone(),
+            &support(),
+            Uuid::now_v7(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(issued.valid_until, day("2023-03-28"));
+    let secret = &secrets.offline[&Product::EasyCash];
+    // The terminal accepts it today and tomorrow, and not for another product or serial.
+    assert_eq!(
+        offline::verify_counter_key(
+            secret,
+            &serial,
+            Product::EasyCash,
+            &issued.counter_key,
+            day("2023-03-27")
+        )
+        .unwrap(),
+        day("2023-03-28")
+    );
+    assert!(offline::verify_counter_key(
+        secret,
+        &serial,
+        Product::EasyCash,
+        &issued.counter_key,
+        day("2023-03-28")
+    )
+    .is_ok());
+    assert!(offline::verify_counter_key(
+        secret,
+        &serial,
+        Product::EasyCash,
+        &issued.counter_key,
+        day("2023-03-29")
+    )
+    .is_err());
+    assert!(offline::verify_counter_key(
+        secret,
+        &serial,
+        Product::Notify,
+        &issued.counter_key,
+        day("2023-03-27")
+    )
+    .is_err());
+    let other = Serial::parse("50026B77605FA3F9").unwrap();
+    assert!(offline::verify_counter_key(
+        secret,
+        &other,
+        Product::EasyCash,
+        &issued.counter_key,
+        day("2023-03-27")
+    )
+    .is_err());
+    // A serial is single-use.
+    match w
+        .ledger
+        .issue_offline_activation(&secrets, offline_request, &support(), Uuid::now_v7())
+        .await
+    {
+        Err(AppError::Domain(DomainError::Rejected(m))) => {
+            assert!(m.contains("already used"), "{m}")
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    // The terminal is in manual contingency until it reaches the server again.
+    w.ledger.catch_up().await.unwrap();
+    let open = w.ledger.view().open_contingencies(&cnpj());
+    assert_eq!(open.len(), 1);
+    assert_eq!(open[0].kind, ContingencyKind::Manual);
+    assert_eq!(open[0].hardware_id, Some(terminal(3).0));
+    w.license_cmd(LicenseCommand::Renew {
+        license_id: id,
+        expires_on: day("2023-05-01"),
+    })
+    .await
+    .unwrap();
+    assert_eq!(w.check_in(3).await.code, OutcomeCode::Valid);
+    assert!(
+        w.ledger.view().open_contingencies(&cnpj()).is_empty(),
+        "the check-in replaced the manual contingency"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn liberacao_emergencial_is_restricted_and_recorded() {
+    let w = World::new(at("2023-03-27", (14, 17, 48))).await;
+    let secrets = Secrets {
+        offline: Default::default(),
+        emergency: b"emergency-secret-emergency-secret".to_vec(),
+    };
+    let (hw, key) = terminal(9);
+    let name = TradeName::parse("QUALIDADE").unwrap();
+    let refused = w
+        .ledger
+        .issue_emergency_release(
+            &secrets,
+            Product::EasyCash,
+            hw,
+            key,
+            name.clone(),
+            false,
+            &support(),
+            Uuid::now_v7(),
+        )
+        .await;
+    assert!(matches!(
+        refused,
+        Err(AppError::Domain(DomainError::Forbidden(_)))
+    ));
+    let ok = w
+        .ledger
+        .issue_emergency_release(
+            &secrets,
+            Product::EasyCash,
+            hw,
+            key,
+            name,
+            true,
+            &support(),
+            Uuid::now_v7(),
+        )
+        .await
+        .unwrap();
+    assert_ne!(ok.activation_code.as_bytes(), ok.counter_key.as_bytes());
+    assert_eq!(w.events(&StreamId::emergency_release(&hw)).await.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_retried_with_its_id_is_applied_once() {
+    let w = World::new(at("2023-03-27", (10, 0, 0))).await;
+    w.customer().await;
+    let id = w.license("2023-05-01", None).await;
+    let command_id = Uuid::now_v7();
+    let first = w
+        .ledger
+        .license(
+            LicenseCommand::Block {
+                license_id: id,
+                note: None,
+            },
+            &support(),
+            command_id,
+        )
+        .await
+        .unwrap();
+    let again = w
+        .ledger
+        .license(
+            LicenseCommand::Block {
+                license_id: id,
+                note: None,
+            },
+            &support(),
+            command_id,
+        )
+        .await
+        .unwrap();
+    assert!(again.was_retry);
+    assert_eq!(again.positions, first.positions);
+    // Grant retried with the same id answers the license it created, not a second one.
+    let grant_id = Uuid::now_v7();
+    let g = GrantLicense {
+        cnpj: cnpj(),
+        product: Product::EasyCash,
+        contract_id: None,
+        expires_on: day("2023-05-01"),
+        resources: Resources::default(),
+    };
+    let (l1, _) = w
+        .ledger
+        .grant_license(g.clone(), &support(), grant_id)
+        .await
+        .unwrap();
+    w.ledger.catch_up().await.unwrap();
+    let (l2, o2) = w
+        .ledger
+        .grant_license(g, &support(), grant_id)
+        .await
+        .unwrap();
+    assert_eq!(l1, l2);
+    assert!(o2.was_retry);
+    w.ledger.catch_up().await.unwrap();
+    assert_eq!(w.ledger.view().license_count(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vinculo_two_terminals_racing_for_the_last_free_license_one_wins() {
+    for round in 0..10 {
+        let w = World::new(at("2023-03-27", (10, 0, 0))).await;
+        w.customer().await;
+        let only = w.license("2023-05-01", None).await;
+        let (a, b) = tokio::join!(
+            {
+                let l = w.ledger.clone();
+                async move { l.check_in(&request(1)).await.unwrap() }
+            },
+            {
+                let l = w.ledger.clone();
+                async move { l.check_in(&request(2)).await.unwrap() }
+            },
+        );
+        let winners: Vec<&CheckInPlan> = [&a, &b]
+            .into_iter()
+            .filter(|p| p.license_id == Some(only))
+            .collect();
+        assert_eq!(winners.len(), 1, "round {round}: {a:?} / {b:?}");
+        let loser = if a.license_id == Some(only) { &b } else { &a };
+        assert_eq!(loser.code, OutcomeCode::NoLicense, "round {round}");
+        let binds = w
+            .events(&StreamId::license(only))
+            .await
+            .into_iter()
+            .filter(|e| matches!(e, Event::License(LicenseEvent::Bound(_))))
+            .count();
+        assert_eq!(binds, 1, "round {round}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vinculo_one_terminal_racing_with_itself_holds_one_license() {
+    for round in 0..5 {
+        let w = World::new(at("2023-03-27", (10, 0, 0))).await;
+        w.customer().await;
+        let mut ids = Vec::new();
+        for _ in 0..3 {
+            ids.push(w.license("2023-05-01", None).await);
+        }
+        let mut tasks = Vec::new();
+        for _ in 0..8 {
+            let l = w.ledger.clone();
+            tasks.push(tokio::spawn(async move {
+                l.check_in(&request(1)).await.unwrap()
+            }));
+        }
+        let mut answered = std::collections::BTreeSet::new();
+        for t in tasks {
+            answered.insert(t.await.unwrap().license_id);
+        }
+        assert_eq!(answered.len(), 1, "round {round}: answered by {answered:?}");
+        let mut bound = 0;
+        for id in &ids {
+            bound += w
+                .events(&StreamId::license(*id))
+                .await
+                .iter()
+                .filter(|e| matches!(e, Event::License(LicenseEvent::Bound(_))))
+                .count();
+        }
+        assert_eq!(
+            bound, 1,
+            "round {round}: one terminal bound {bound} licenses"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn respostas_assinadas_terminals_verify_answers_and_reject_forgeries_and_replays() {
+    use license_ledger::app::answers::AnswerSigner;
+    let w = World::new(at("2023-03-27", (17, 32, 28))).await;
+    w.customer().await;
+    w.license("2023-05-01", None).await;
+    let signer = AnswerSigner::from_seed([42; 32]);
+    let req = request(1);
+    let plan = w.ledger.check_in(&req).await.unwrap();
+    let signed = signer.sign(&req, &plan, Some("nonce-123".into()), w.clock_now());
+    signed
+        .verify_with_nonce(&signer.verifying_key(), "nonce-123")
+        .unwrap();
+    assert!(
+        signed
+            .verify_with_nonce(&signer.verifying_key(), "nonce-999")
+            .is_err(),
+        "a replayed answer fails"
+    );
+    let mut forged = signed.clone();
+    forged.answer.expires_on = Some(day("2030-01-01"));
+    assert!(
+        forged.verify(&signer.verifying_key()).is_err(),
+        "a changed expiry fails"
+    );
+    let mut forged = signed.clone();
+    forged.answer.messages[0].push('!');
+    assert!(
+        forged.verify(&signer.verifying_key()).is_err(),
+        "a changed text fails"
+    );
+    let other = AnswerSigner::from_seed([43; 32]);
+    assert!(
+        signed.verify(&other.verifying_key()).is_err(),
+        "a fake server's key fails"
+    );
+    let json = serde_json::to_string(&signed).unwrap();
+    let back: ledger_events::SignedAnswer = serde_json::from_str(&json).unwrap();
+    back.verify(&signer.verifying_key()).unwrap();
+}
+
+impl World {
+    fn clock_now(&self) -> DateTime<Utc> {
+        use license_ledger::clock::Clock;
+        self.clock.now()
+    }
+}
+
+mod incremental_equals_rebuild {
+    use super::*;
+    use ledger_projections::view::{ContingencyQuery, LedgerView, LicenseQuery};
+    use proptest::prelude::*;
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Grant(u8),
+        Block(u8),
+        Unblock(u8),
+        Deactivate(u8),
+        Reactivate(u8),
+        Unlink(u8),
+        Renew(u8, u8),
+        CheckIn(u8, u8),
+        Advance(u8),
+        Contingency(bool),
+        Resources(u8, bool),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            3 => (0u8..2).prop_map(Op::Grant),
+            1 => (0u8..6).prop_map(Op::Block),
+            1 => (0u8..6).prop_map(Op::Unblock),
+            1 => (0u8..6).prop_map(Op::Deactivate),
+            1 => (0u8..6).prop_map(Op::Reactivate),
+            1 => (0u8..6).prop_map(Op::Unlink),
+            1 => ((0u8..6), (1u8..60)).prop_map(|(l, d)| Op::Renew(l, d)),
+            4 => ((1u8..5), (0u8..2)).prop_map(|(t, p)| Op::CheckIn(t, p)),
+            1 => (1u8..48).prop_map(Op::Advance),
+            1 => any::<bool>().prop_map(Op::Contingency),
+            1 => ((0u8..6), any::<bool>()).prop_map(|(l, b)| Op::Resources(l, b)),
+        ]
+    }
+
+    fn snapshot(view: &LedgerView) -> String {
+        let licenses = view.list_licenses(&LicenseQuery {
+            limit: 500,
+            ..LicenseQuery::default()
+        });
+        let contingencies = view.contingencies(&ContingencyQuery {
+            limit: 500,
+            ..ContingencyQuery::default()
+        });
+        format!(
+            "{:?}\n{:?}\n{:?}\n{:?}",
+            view.customers(),
+            licenses.items,
+            contingencies.items,
+            view.position()
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 16, .. ProptestConfig::default() })]
+
+        /// For random command sequences, the view fed incrementally by the applier equals the
+        /// view rebuilt from the log from scratch.
+        #[test]
+        fn the_live_view_equals_a_rebuild_from_the_log(ops in prop::collection::vec(op(), 1..60)) {
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+            rt.block_on(async {
+                let w = World::new(at("2023-03-27", (10, 0, 0))).await;
+                w.customer().await;
+                let mut licenses: Vec<LicenseId> = Vec::new();
+                let pick = |ls: &Vec<LicenseId>, i: u8| ls.get(i as usize % ls.len().max(1)).copied();
+                for op in &ops {
+                    let actor = support();
+                    let id = Uuid::now_v7();
+                    // Domain refusals are part of the game; only other errors fail the test.
+                    let r: Result<(), AppError> = match op {
+                        Op::Grant(p) => {
+                            let product = if *p == 0 { Product::EasyCash } else { Product::Notify };
+                            w.ledger.grant_license(GrantLicense { cnpj: cnpj(), product, contract_id: None, expires_on: day("2023-04-15"), resources: Resources::default() }, &actor, id).await.map(|(l, _)| licenses.push(l))
+                        }
+                        Op::Block(i) => match pick(&licenses, *i) { Some(l) => w.ledger.license(LicenseCommand::Block { license_id: l, note: None }, &actor, id).await.map(|_| ()), None => Ok(()) },
+                        Op::Unblock(i) => match pick(&licenses, *i) { Some(l) => w.ledger.license(LicenseCommand::Unblock { license_id: l, note: None }, &actor, id).await.map(|_| ()), None => Ok(()) },
+                        Op::Deactivate(i) => match pick(&licenses, *i) { Some(l) => w.ledger.license(LicenseCommand::Deactivate { license_id: l, note: None }, &actor, id).await.map(|_| ()), None => Ok(()) },
+                        Op::Reactivate(i) => match pick(&licenses, *i) { Some(l) => w.ledger.license(LicenseCommand::Reactivate { license_id: l, note: None }, &actor, id).await.map(|_| ()), None => Ok(()) },
+                        Op::Unlink(i) => match pick(&licenses, *i) { Some(l) => w.ledger.license(LicenseCommand::Unlink { license_id: l, note: None }, &actor, id).await.map(|_| ()), None => Ok(()) },
+                        Op::Renew(i, d) => match pick(&licenses, *i) {
+                            Some(l) => {
+                                let current = w.ledger.view().license(l).unwrap().expires_on;
+                                w.ledger.license(LicenseCommand::Renew { license_id: l, expires_on: current + chrono::Duration::days(i64::from(*d)) }, &actor, id).await.map(|_| ())
+                            }
+                            None => Ok(()),
+                        },
+                        Op::CheckIn(t, p) => {
+                            let mut req = request(*t);
+                            req.product = if *p == 0 { Product::EasyCash } else { Product::Notify };
+                            w.ledger.check_in(&req).await.map(|_| ())
+                        }
+                        Op::Advance(h) => { w.clock.advance(chrono::Duration::hours(i64::from(*h))); Ok(()) }
+                        Op::Contingency(enter) => {
+                            let c = if *enter {
+                                ContingencyCommand::Enter { cnpj: cnpj(), kind: ContingencyKind::Intelliweb, hardware_id: None, license_id: None, grace_until: None, note: None }
+                            } else {
+                                ContingencyCommand::Clear { cnpj: cnpj(), kind: ContingencyKind::Intelliweb, hardware_id: None, note: None }
+                            };
+                            w.ledger.contingency(c, &Actor::system("relay").unwrap(), id).await.map(|_| ())
+                        }
+                        Op::Resources(i, dav) => match pick(&licenses, *i) {
+                            Some(l) => {
+                                let r = Resources::new([(ledger_events::ResourceKey::parse("habilita_dav").unwrap(), ledger_events::ResourceValue::Bool(*dav))]).unwrap();
+                                w.ledger.license(LicenseCommand::ChangeResources { license_id: l, resources: r }, &actor, id).await.map(|_| ())
+                            }
+                            None => Ok(()),
+                        },
+                    };
+                    match r {
+                        Ok(()) | Err(AppError::Domain(_)) => {}
+                        Err(e) => panic!("{op:?}: {e}"),
+                    }
+                }
+                w.ledger.catch_up().await.unwrap();
+                let records = w.ledger.store().read_all(1, 10_000).await.unwrap();
+                let rebuilt = ledger_projections::rebuild(records.into_iter().map(Ok::<_, std::convert::Infallible>), None).unwrap();
+                prop_assert_eq!(snapshot(w.ledger.view()), snapshot(&rebuilt));
+                Ok(())
+            })?;
+        }
+    }
+}
