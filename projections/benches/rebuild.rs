@@ -11,7 +11,8 @@
 //!
 //! First a one-shot run prints the resident memory the view adds per license (from
 //! `/proc/self/statm`, measured after the input is built) and a JSON summary line; then
-//! criterion measures both paths. Run: `cargo bench -p ledger-projections --bench rebuild`.
+//! criterion measures both paths. Run: `cargo bench -p ledger-projections --bench rebuild`
+//! (`LEDGER_BENCH_RECORD=1` appends the summary line to `benches/results/rebuild.jsonl`).
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -345,6 +346,24 @@ fn rss_bytes() -> Option<u64> {
     Some(pages * 4096)
 }
 
+/// Appends `line` to `benches/results/rebuild.jsonl` when `LEDGER_BENCH_RECORD` is set, so
+/// that a run meant to be published leaves its numbers behind.
+fn record(line: &str) {
+    use std::io::Write as _;
+    if std::env::var_os("LEDGER_BENCH_RECORD").is_none() {
+        return;
+    }
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/results");
+    let _ = std::fs::create_dir_all(&dir);
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("rebuild.jsonl"))
+    {
+        let _ = writeln!(f, "{line}");
+    }
+}
+
 fn apply_all(pairs: &[(Envelope, Event)]) -> LedgerView {
     let view = LedgerView::new();
     for (envelope, event) in pairs {
@@ -404,11 +423,13 @@ fn bench(c: &mut Criterion) {
     .expect("rebuild");
     assert_eq!(rebuilt.position(), prefix as u64);
     println!("memory_per_license_bytes: {bytes_per_license}");
-    println!(
+    let line = format!(
         "{{\"bench\":\"rebuild\",\"events\":{events},\"events_per_s\":{:.0},\"decode_events_per_s\":{:.0},\"licenses\":{counted},\"bytes_per_license\":{bytes_per_license}}}",
         events as f64 / apply_s,
         events as f64 / decode_s
     );
+    println!("{line}");
+    record(&line);
 
     let mut group = c.benchmark_group("rebuild");
     group

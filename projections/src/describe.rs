@@ -1,12 +1,14 @@
 //! One-line pt-BR descriptions of events for a license's timeline ("Histórico"), in the
-//! manual's words: dates `dd/mm/yyyy`, times `HH:MM:SS`, the terminal texts quoted as the
-//! terminal shows them (`Licença do sistema expira no dia: 01/05/2023`).
+//! manual's words: dates `dd/mm/yyyy`, times `HH:MM:SS`, and what a terminal was told quoted
+//! from [`ledger_events::texts`], as the terminal shows it
+//! (`Licença do sistema expira no dia: 01/05/2023`).
 //!
 //! The lines are product text, not translations: tests pin each one.
 
 use std::fmt::Write as _;
 
 use chrono::{DateTime, NaiveDate, Utc};
+use ledger_events::texts;
 use ledger_events::{
     CheckInOutcome, ContingencyEvent, ContingencyKind, ContractEvent, CustomerEvent,
     EmergencyReleaseEvent, Envelope, Event, LicenseEvent, Note, OfflineActivationEvent,
@@ -155,34 +157,35 @@ fn license(e: &LicenseEvent) -> String {
     }
 }
 
-/// What the terminal was told, in the terminal's words where the manual gives them.
+/// What the terminal was told, in the terminal's words (from [`ledger_events::texts`]).
 fn outcome(outcome: &CheckInOutcome) -> String {
     match *outcome {
-        CheckInOutcome::Valid { expires_on } => {
-            format!("Licença do sistema expira no dia: {}", day(expires_on))
-        }
+        CheckInOutcome::Valid { expires_on } => texts::expires_on(expires_on),
         CheckInOutcome::ExpiringSoon {
             expires_on,
             days_left,
         } => format!(
-            "Licença do sistema expira no dia: {}. Faltam [{days_left:02}] dias para expirar a licença!",
-            day(expires_on)
+            "{}. {}",
+            texts::expires_on(expires_on),
+            texts::days_left_warning(i64::from(days_left))
         ),
-        CheckInOutcome::Contingency { kind, expires_on } => format!(
-            "Licença do sistema expira no dia: {}({})",
-            day(expires_on),
-            match kind {
-                ContingencyKind::Intelliweb => "CONTINGÊNCIA DO INTELLIWEB",
-                ContingencyKind::Manual => "CONTINGÊNCIA MANUAL",
-            }
-        ),
+        CheckInOutcome::Contingency {
+            kind: ContingencyKind::Intelliweb,
+            expires_on,
+        } => texts::expires_on_contingency_upstream(expires_on),
+        CheckInOutcome::Contingency {
+            kind: ContingencyKind::Manual,
+            expires_on,
+        } => texts::expires_on_contingency_manual(expires_on),
         CheckInOutcome::Refused { reason } => refusal(reason).to_owned(),
     }
 }
 
+/// Why a check-in was refused, for support (the terminal itself is shown
+/// [`texts::NOT_RELEASED`] for most of these).
 fn refusal(reason: RefusalReason) -> &'static str {
     match reason {
-        RefusalReason::CustomerInactive => "Usuário inválido.",
+        RefusalReason::CustomerInactive => texts::CUSTOMER_INACTIVE,
         RefusalReason::CustomerBlocked => "cliente bloqueado",
         RefusalReason::NoLicenseAvailable => "nenhuma licença livre para o terminal",
         RefusalReason::LicenseBlocked => "licença bloqueada",
@@ -232,7 +235,7 @@ fn with_note(mut s: String, note: &Option<Note>) -> String {
 }
 
 fn day(d: NaiveDate) -> String {
-    d.format("%d/%m/%Y").to_string()
+    texts::format_date(d)
 }
 
 fn date_time(t: DateTime<Utc>) -> String {

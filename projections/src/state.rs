@@ -117,21 +117,35 @@ impl TerminalState {
 /// Hands out one shared copy of equal values. Only the applier touches it; values stay
 /// interned for the life of the view (there are few distinct resource sets and versions).
 #[derive(Debug)]
-pub(crate) struct Interner<T: Hash + Eq>(HashSet<Arc<T>, ahash::RandomState>);
+pub(crate) struct Interner<T: Hash + Eq> {
+    all: HashSet<Arc<T>, ahash::RandomState>,
+    /// The value handed out last: consecutive events often carry the same one.
+    last: Option<Arc<T>>,
+}
 
 impl<T: Hash + Eq> Default for Interner<T> {
     fn default() -> Self {
-        Self(HashSet::with_hasher(ahash::RandomState::new()))
+        Self {
+            all: HashSet::with_hasher(ahash::RandomState::new()),
+            last: None,
+        }
     }
 }
 
 impl<T: Hash + Eq + Clone> Interner<T> {
     pub fn intern(&mut self, value: &T) -> Arc<T> {
-        if let Some(shared) = self.0.get(value) {
-            return Arc::clone(shared);
+        if let Some(last) = self.last.as_ref().filter(|last| ***last == *value) {
+            return Arc::clone(last);
         }
-        let shared = Arc::new(value.clone());
-        self.0.insert(Arc::clone(&shared));
+        let shared = match self.all.get(value) {
+            Some(shared) => Arc::clone(shared),
+            None => {
+                let shared = Arc::new(value.clone());
+                self.all.insert(Arc::clone(&shared));
+                shared
+            }
+        };
+        self.last = Some(Arc::clone(&shared));
         shared
     }
 }

@@ -46,13 +46,21 @@ pub fn check_in_context(
             }
         }
     }
+    // The bound license carries its last check-in; the terminal's row (a map per product)
+    // is read only when that is not this terminal's.
+    let last_recorded = match bound.as_mut().and_then(|l| l.last_check_in.take()) {
+        Some(last) if last.hardware_id == req.hardware_id => Some(last),
+        _ => view
+            .terminal(&req.cnpj, &req.hardware_id)
+            .and_then(|t| t.last.get(&req.product).cloned()),
+    };
     CheckInContext {
         customer: view.customer(&req.cnpj),
         bound,
         candidates,
         contracts,
         contingencies: view.open_contingencies(&req.cnpj),
-        terminal: view.terminal(&req.cnpj, &req.hardware_id),
+        last_recorded,
         record_interval,
     }
 }
@@ -120,12 +128,9 @@ impl Ledger {
                 Step::ClearManualContingency { event } => {
                     (event.stream_id(), ExpectedVersion::Any, event)
                 }
-                Step::Record {
-                    expected_version,
-                    event,
-                } => (
+                Step::Record { event } => (
                     StreamId::terminal(&req.cnpj, &req.hardware_id),
-                    ExpectedVersion::Exact(*expected_version),
+                    ExpectedVersion::Any,
                     event,
                 ),
             };

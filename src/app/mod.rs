@@ -15,7 +15,7 @@ use std::time::Duration as StdDuration;
 
 use chrono::Duration;
 use ledger_events::{Actor, Event, Position, StreamId, StreamVersion};
-use ledger_projections::view::LedgerView;
+use ledger_projections::view::{LedgerView, ProjectionError};
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 use uuid::Uuid;
@@ -146,10 +146,18 @@ impl Ledger {
                             return;
                         }
                     };
-                    if let Err(e) = view.apply_record(&record) {
-                        tracing::error!(error = %e, position = record.envelope.position, "read model stopped");
-                        *failure.lock() = Some(e.to_string());
-                        return;
+                    match view.apply_record(&record) {
+                        Ok(()) => {}
+                        // The view skipped an impossible part of the event and moved on, as a
+                        // rebuild does: keep following, and keep the reason where operators see it.
+                        Err(ProjectionError::Inconsistent { position, problem }) => {
+                            tracing::warn!(position, %problem, "read model skipped an inconsistent event");
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, position = record.envelope.position, "read model stopped");
+                            *failure.lock() = Some(e.to_string());
+                            return;
+                        }
                     }
                     applied_tx.send_replace(record.envelope.position);
                 }

@@ -29,7 +29,7 @@ use ledger_events::{
     HardwareId, HardwareKey, LicenseBound, LicenseId, LicenseRenewed, Product, ProgramVersion,
     RefusalReason, RenewalCause, Resources, StreamVersion, TerminalCheckedIn, TerminalNumber,
 };
-use ledger_projections::rows::{ContingencyRow, ContractRow, CustomerRow, LicenseRow, TerminalRow};
+use ledger_projections::rows::{ContingencyRow, ContractRow, CustomerRow, LastCheckIn, LicenseRow};
 
 use super::contract::Contract;
 use super::license::{contract_renewal, RenewalTerms};
@@ -75,8 +75,8 @@ pub struct CheckInContext {
     pub contracts: Vec<ContractRow>,
     /// The customer's open contingency entries.
     pub contingencies: Vec<ContingencyRow>,
-    /// The terminal's stream, if it ever recorded a check-in.
-    pub terminal: Option<TerminalRow>,
+    /// The terminal's last recorded check-in for this product, if any.
+    pub last_recorded: Option<LastCheckIn>,
     /// How old a recorded check-in may get before an unchanged one is recorded again.
     pub record_interval: Duration,
 }
@@ -121,10 +121,10 @@ pub enum Step {
         /// The event.
         event: Event,
     },
-    /// Record the check-in (stream `terminal-{cnpj}-{hardware id}`).
+    /// Record the check-in (stream `terminal-{cnpj}-{hardware id}`, any version: the
+    /// caller serializes one terminal's check-ins, and a duplicate record from another node
+    /// is harmless).
     Record {
-        /// The terminal stream's version seen.
-        expected_version: StreamVersion,
         /// The event.
         event: Event,
     },
@@ -330,7 +330,7 @@ fn finish(
     outcome: CheckInOutcome,
 ) -> CheckInPlan {
     let license_id = license.as_ref().map(|l| l.license_id);
-    let last = ctx.terminal.as_ref().and_then(|t| t.last.get(&req.product));
+    let last = ctx.last_recorded.as_ref();
     let changed = match last {
         None => true,
         Some(last) => {
@@ -343,7 +343,6 @@ fn finish(
     };
     if changed {
         steps.push(Step::Record {
-            expected_version: ctx.terminal.as_ref().map_or(0, |t| t.version),
             event: TerminalCheckedIn {
                 cnpj: req.cnpj,
                 product: req.product,
