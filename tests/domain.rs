@@ -900,3 +900,53 @@ mod incremental_equals_rebuild {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auditoria_the_license_table_as_of_a_past_moment_or_position() {
+    use ledger_projections::asof::AsOf;
+    let w = World::new(at("2023-03-27", (10, 0, 0))).await;
+    w.customer().await;
+    let id = w.license("2023-05-01", None).await;
+    let granted_at = w.ledger.store().head().await.unwrap().position;
+    w.clock.set(at("2023-03-28", (10, 0, 0)));
+    w.license_cmd(LicenseCommand::Block {
+        license_id: id,
+        note: None,
+    })
+    .await
+    .unwrap();
+    w.clock.set(at("2023-03-29", (10, 0, 0)));
+    w.license_cmd(LicenseCommand::Renew {
+        license_id: id,
+        expires_on: day("2023-06-01"),
+    })
+    .await
+    .unwrap();
+
+    let now = w.ledger.view().license(id).unwrap();
+    assert!(now.blocked);
+    assert_eq!(now.expires_on, day("2023-06-01"));
+    let before_block = w
+        .ledger
+        .view_as_of(AsOf::Time(at("2023-03-27", (23, 59, 59))))
+        .await
+        .unwrap();
+    let then = before_block.license(id).unwrap();
+    assert!(!then.blocked);
+    assert_eq!(then.expires_on, day("2023-05-01"));
+    let by_position = w
+        .ledger
+        .view_as_of(AsOf::Position(granted_at))
+        .await
+        .unwrap();
+    assert_eq!(by_position.position(), granted_at);
+    assert!(!by_position.license(id).unwrap().blocked);
+    let mid = w
+        .ledger
+        .view_as_of(AsOf::Time(at("2023-03-28", (12, 0, 0))))
+        .await
+        .unwrap();
+    let mid = mid.license(id).unwrap();
+    assert!(mid.blocked);
+    assert_eq!(mid.expires_on, day("2023-05-01"));
+}

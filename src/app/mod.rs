@@ -15,6 +15,7 @@ use std::time::Duration as StdDuration;
 
 use chrono::Duration;
 use ledger_events::{Actor, Event, Position, StreamId, StreamVersion};
+use ledger_projections::asof::AsOf;
 use ledger_projections::view::{LedgerView, ProjectionError};
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
@@ -265,6 +266,29 @@ impl Ledger {
             tokio::time::sleep(StdDuration::from_micros(500)).await;
         }
         self.catch_up().await
+    }
+
+    /// The view as it was at `until` (a position or a time), rebuilt from the log for
+    /// auditors. Reads the whole prefix: cost grows with the log.
+    pub async fn view_as_of(&self, until: AsOf) -> Result<LedgerView, AppError> {
+        let view = LedgerView::new();
+        let mut next = 1;
+        loop {
+            let batch = self.store.read_all(next, READ_BATCH_MAX).await?;
+            if batch.is_empty() {
+                return Ok(view);
+            }
+            for record in &batch {
+                if until.is_past(&record.envelope) {
+                    return Ok(view);
+                }
+                match view.apply_record(record) {
+                    Ok(()) | Err(ProjectionError::Inconsistent { .. }) => {}
+                    Err(e) => return Err(AppError::ViewStopped(e.to_string())),
+                }
+            }
+            next = batch.last().map_or(next, |r| r.envelope.position + 1);
+        }
     }
 
     /// Waits until the view has applied everything stored so far.
