@@ -15,6 +15,9 @@ pub mod verify;
 #[derive(Debug, Parser)]
 #[command(name = "license-ledger", version, about, long_about = None)]
 pub struct Cli {
+    /// The data directory of the embedded log.
+    #[arg(long, global = true, env = "LEDGER_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -69,6 +72,6 @@ impl From<StoreError> for CliError {
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
-        Command::Verify(args) => verify::run(&args, &mut std::io::stdout().lock()),
+        Command::Verify(args) => verify::run(&cli.data_dir, &args, &mut std::io::stdout().lock()),
     }
 }

@@ -1,7 +1,7 @@
 //! `license-ledger verify`: the auditor's check of a whole log, read-only.
 
 use std::io::{IsTerminal, Write};
-use std::path::PathBuf;
+use std::path::Path;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use ledger_events::ChainHead;
@@ -14,12 +14,9 @@ use crate::store::StoreError;
 /// Logs larger than this get a progress bar on a terminal (a few seconds of work).
 const PROGRESS_BYTES_MIN: u64 = 512 * 1024 * 1024;
 
-/// Arguments of `verify`.
+/// Arguments of `verify` (the data directory is the global `--data-dir`).
 #[derive(Debug, clap::Args)]
 pub struct VerifyArgs {
-    /// The data directory of the log.
-    #[arg(long, env = "LEDGER_DATA_DIR", default_value = "./data")]
-    pub data_dir: PathBuf,
     /// Print the result as one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
@@ -40,9 +37,10 @@ pub struct VerifyReport {
     pub torn_tail: Option<String>,
 }
 
-/// Verifies the log in `args.data_dir` and writes the report to `out`.
-pub fn run(args: &VerifyArgs, out: &mut impl Write) -> Result<(), CliError> {
-    let report = verify(args)?;
+/// Verifies the log in `data_dir` and writes the report to `out`. In text form the last
+/// line is `count=N head_position=P head_hash=<64 hex>` (scripts rely on it).
+pub fn run(data_dir: &Path, args: &VerifyArgs, out: &mut impl Write) -> Result<(), CliError> {
+    let report = verify(data_dir)?;
     if args.json {
         serde_json::to_writer(&mut *out, &report).map_err(std::io::Error::other)?;
         writeln!(out)?;
@@ -50,21 +48,26 @@ pub fn run(args: &VerifyArgs, out: &mut impl Write) -> Result<(), CliError> {
         if let Some(torn) = &report.torn_tail {
             writeln!(out, "warning: {torn}")?;
         }
+        writeln!(out, "ok: every CRC, record hash and chain link verifies")?;
         writeln!(out, "records: {}", report.count)?;
         writeln!(out, "segments: {}", report.segments)?;
         writeln!(out, "head position: {}", report.head_position)?;
         writeln!(out, "head hash: {}", report.head_hash)?;
-        writeln!(out, "ok: every CRC and the hash chain verify")?;
+        writeln!(
+            out,
+            "count={} head_position={} head_hash={}",
+            report.count, report.head_position, report.head_hash
+        )?;
     }
     Ok(())
 }
 
 /// Walks the log: frames and CRCs, the hash chain, envelopes and payloads.
-pub fn verify(args: &VerifyArgs) -> Result<VerifyReport, CliError> {
-    if !args.data_dir.is_dir() {
-        return Err(CliError::NoDataDir(args.data_dir.clone()));
+pub fn verify(data_dir: &Path) -> Result<VerifyReport, CliError> {
+    if !data_dir.is_dir() {
+        return Err(CliError::NoDataDir(data_dir.to_owned()));
     }
-    let segments = list_segments(&args.data_dir)?;
+    let segments = list_segments(data_dir)?;
     let total: u64 = segments
         .iter()
         .filter_map(|s| std::fs::metadata(&s.path).ok())
