@@ -5,6 +5,8 @@
 //! - [`store`]: the event store contract and its embedded file backend;
 //! - [`domain`]: commands and the pure decisions that turn them into events;
 //! - [`app`]: command handling over the store, and the projected view that follows it;
+//! - [`config`]: settings and the secrets file of `serve`;
+//! - [`http`]: the actix-web edge (routes, tokens, the one `ApiError`);
 //! - [`cli`]: the command line.
 //!
 //! The event vocabulary lives in the `ledger-events` crate, the read models in
@@ -13,5 +15,7 @@
 pub mod app;
 pub mod cli;
 pub mod clock;
+pub mod config;
 pub mod domain;
+pub mod http;
 pub mod store;

@@ -457,6 +457,44 @@ impl SignedAnswer {
     }
 }
 
+/// Domain tag of a signed log head, so a head signature can never pass for an answer's.
+pub const HEAD_SIGNATURE_TAG: &[u8] = b"license-ledger/head/v1";
+
+/// The exact bytes a head signature covers: [`HEAD_SIGNATURE_TAG`], the head position as
+/// 8 bytes big-endian, then the head hash's 32 bytes.
+pub fn head_message(position: u64, hash: &crate::envelope::Hash) -> Vec<u8> {
+    let mut msg = Vec::with_capacity(HEAD_SIGNATURE_TAG.len() + 8 + 32);
+    msg.extend_from_slice(HEAD_SIGNATURE_TAG);
+    msg.extend_from_slice(&position.to_be_bytes());
+    msg.extend_from_slice(&hash.0);
+    msg
+}
+
+/// Signs a log head (see [`head_message`]); 128 lower-case hex digits.
+pub fn sign_head(key: &SigningKey, position: u64, hash: &crate::envelope::Hash) -> String {
+    hex::encode(key.sign(&head_message(position, hash)).to_bytes())
+}
+
+/// Checks a head signature made by [`sign_head`] under `key`.
+pub fn verify_head(
+    key: &VerifyingKey,
+    position: u64,
+    hash: &crate::envelope::Hash,
+    signature_hex: &str,
+) -> Result<(), AnswerError> {
+    if signature_hex.len() != SIGNATURE_HEX_LEN {
+        return Err(AnswerError::BadSignatureEncoding);
+    }
+    let mut bytes = [0u8; 64];
+    hex::decode_to_slice(signature_hex, &mut bytes)
+        .map_err(|_| AnswerError::BadSignatureEncoding)?;
+    key.verify_strict(
+        &head_message(position, hash),
+        &Signature::from_bytes(&bytes),
+    )
+    .map_err(|_| AnswerError::BadSignature)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

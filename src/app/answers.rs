@@ -118,6 +118,12 @@ impl AnswerSigner {
         self.key.verifying_key()
     }
 
+    /// Signs the log head at `position` with hash `hash` for auditors
+    /// (see [`answer::head_message`]); 128 hex digits.
+    pub fn sign_head(&self, position: u64, hash: &ledger_events::Hash) -> String {
+        answer::sign_head(&self.key, position, hash)
+    }
+
     /// Builds and signs the answer to `req` from its decision.
     pub fn sign(
         &self,

@@ -291,6 +291,33 @@ impl Ledger {
         }
     }
 
+    /// Up to `limit` (at most [`READ_BATCH_MAX`]) records of the log from `from` on, for
+    /// auditors' feeds and timelines.
+    pub async fn read_log(
+        &self,
+        from: Position,
+        limit: usize,
+    ) -> Result<Vec<ledger_events::Record>, AppError> {
+        Ok(self
+            .store
+            .read_all(from.max(1), limit.min(READ_BATCH_MAX))
+            .await?)
+    }
+
+    /// The record at `position`, if stored.
+    pub async fn record_at(
+        &self,
+        position: Position,
+    ) -> Result<Option<ledger_events::Record>, AppError> {
+        let mut records = self.store.read_all(position, 1).await?;
+        Ok(records.pop().filter(|r| r.envelope.position == position))
+    }
+
+    /// The log's durable head.
+    pub async fn head(&self) -> Result<ledger_events::ChainHead, AppError> {
+        Ok(self.store.head().await?)
+    }
+
     /// Waits until the view has applied everything stored so far.
     pub async fn catch_up(&self) -> Result<(), AppError> {
         let head = self.store.head().await?.position;

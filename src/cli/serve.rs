@@ -1,0 +1,209 @@
+//! `serve`: opens the file store, starts the ledger, loads the keys and tokens, and serves the
+//! HTTP API until SIGTERM or Ctrl-C; then stops accepting, lets in-flight requests finish,
+//! and closes the log.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use actix_web::dev::ServerHandle;
+use parking_lot::Mutex;
+
+use crate::app::answers::{random_seed, AnswerSigner, KeyError};
+use crate::app::{AppError, Ledger, LedgerConfig};
+use crate::clock::{Clock, SystemClock};
+use crate::config::{ConfigError, SecretsFile};
+use crate::http::{self, AppState, TokenTable};
+use crate::store::file::{FileStore, FileStoreConfig};
+use crate::store::StoreError;
+
+/// Options of `serve`.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Address and port to listen on [default: 127.0.0.1:8023, or `listen` in the config file].
+    #[arg(long, env = "LEDGER_LISTEN", value_name = "ADDR:PORT")]
+    pub listen: Option<String>,
+}
+
+/// Everything `serve` needs, resolved from flags, environment, config file and defaults.
+#[derive(Clone, Debug)]
+pub struct ServeSettings {
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Listen address (port 0 picks a free one).
+    pub listen: String,
+    /// Command-side settings.
+    pub ledger: LedgerConfig,
+    /// HTTP worker threads.
+    pub workers: usize,
+}
+
+/// Why the server could not start or stop cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// Configuration or secrets.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The answer key.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// The store.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The ledger.
+    #[error(transparent)]
+    App(#[from] AppError),
+    /// Binding or running the listener.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A running server.
+pub struct Running {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// The admin token, when this start created the secrets file (shown once).
+    pub new_admin_token: Option<String>,
+    handle: ServerHandle,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+    store: Arc<FileStore>,
+    ledger: Arc<Ledger>,
+}
+
+impl Running {
+    /// The ledger behind the server.
+    pub fn ledger(&self) -> &Arc<Ledger> {
+        &self.ledger
+    }
+
+    /// Stops accepting, waits for in-flight requests, then closes the log.
+    pub async fn stop(self) -> Result<(), ServeError> {
+        self.handle.stop(true).await;
+        let served = self.task.await.map_err(|e| ServeError::Io {
+            context: "joining the server".into(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        drop(self.ledger);
+        self.store.close().await?;
+        served.map_err(|source| ServeError::Io {
+            context: "serving".into(),
+            source,
+        })
+    }
+}
+
+/// Opens everything and starts serving in the background (on the current tokio runtime).
+pub async fn start(settings: &ServeSettings) -> Result<Running, ServeError> {
+    std::fs::create_dir_all(&settings.data_dir).map_err(|source| ServeError::Io {
+        context: format!("creating {}", settings.data_dir.display()),
+        source,
+    })?;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let store =
+        Arc::new(FileStore::open(FileStoreConfig::new(&settings.data_dir), clock.clone()).await?);
+    match open_rest(settings, store.clone(), clock).await {
+        Ok(running) => Ok(running),
+        Err(e) => {
+            let _ = store.close().await;
+            Err(e)
+        }
+    }
+}
+
+async fn open_rest(
+    settings: &ServeSettings,
+    store: Arc<FileStore>,
+    clock: Arc<dyn Clock>,
+) -> Result<Running, ServeError> {
+    let signer = AnswerSigner::load_or_create(
+        &settings.data_dir.join(AnswerSigner::FILE_NAME),
+        random_seed,
+    )?;
+    let (secrets_file, new_admin_token) = SecretsFile::load_or_create(&settings.data_dir)?;
+    let ledger = Arc::new(Ledger::start(store.clone(), clock, settings.ledger.clone()).await?);
+    let listener = TcpListener::bind(&settings.listen).map_err(|source| ServeError::Io {
+        context: format!(
+            "listening on {} (set --listen or LEDGER_LISTEN)",
+            settings.listen
+        ),
+        source,
+    })?;
+    let addr = listener.local_addr().map_err(|source| ServeError::Io {
+        context: "reading the listen address".into(),
+        source,
+    })?;
+    let state = AppState {
+        ledger: ledger.clone(),
+        signer: Arc::new(signer),
+        secrets: secrets_file.secrets.clone(),
+        tokens: TokenTable::new(&secrets_file.tokens),
+        secrets_file: Mutex::new(secrets_file),
+    };
+    let server =
+        http::server(state, listener, settings.workers).map_err(|source| ServeError::Io {
+            context: "starting the server".into(),
+            source,
+        })?;
+    let handle = server.handle();
+    let task = tokio::spawn(server);
+    tracing::info!(%addr, data_dir = %settings.data_dir.display(), "serving");
+    Ok(Running {
+        addr,
+        new_admin_token,
+        handle,
+        task,
+        store,
+        ledger,
+    })
+}
+
+/// Runs `serve` until SIGTERM or Ctrl-C.
+pub fn run(settings: ServeSettings) -> Result<(), ServeError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| ServeError::Io {
+            context: "starting the runtime".into(),
+            source,
+        })?;
+    runtime.block_on(async {
+        let running = start(&settings).await?;
+        if let Some(token) = &running.new_admin_token {
+            println!("Created an admin API token (shown only this once; keep it safe):");
+            println!("{token}");
+        }
+        println!("listening on http://{}", running.addr);
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        running.stop().await
+    })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGTERM; stopping on Ctrl-C only");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// The data directory from the flag or environment, else the config file, else `./data`.
+pub fn resolve_data_dir(flag: Option<&Path>, file: Option<&Path>) -> PathBuf {
+    flag.or(file)
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from(crate::config::DATA_DIR_DEFAULT))
+}

@@ -1,0 +1,343 @@
+//! Settings and secrets of `serve`.
+//!
+//! Settings come from, in order of precedence: the command line, `LEDGER_*` environment
+//! variables, the TOML file named by `--config` / `LEDGER_CONFIG`, and the defaults. Secrets
+//! (offline and emergency keys, API token hashes) live apart in `<data_dir>/secrets.toml`,
+//! mode 0600, created on first start; they are held in types whose `Debug` never prints them.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use ledger_events::{Cnpj, Product};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::app::commands::Secrets;
+
+/// Default listen address: the manual's HTTP port, loopback only.
+pub const LISTEN_DEFAULT: &str = "127.0.0.1:8023";
+/// Default data directory.
+pub const DATA_DIR_DEFAULT: &str = "./data";
+/// The secrets file's name inside the data directory.
+pub const SECRETS_FILE_NAME: &str = "secrets.toml";
+/// Bytes of a random key (offline, emergency) and of a token's secret.
+const KEY_BYTES: usize = 32;
+/// Prefix of every API token, so a leaked one is recognisable in a scan.
+const TOKEN_PREFIX: &str = "llt_";
+
+/// The optional TOML configuration file. Every key may be omitted.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Data directory of the embedded log.
+    pub data_dir: Option<PathBuf>,
+    /// `ADDR:PORT` to listen on.
+    pub listen: Option<String>,
+    /// Hours after which an unchanged check-in is recorded again.
+    pub record_interval_hours: Option<u32>,
+}
+
+/// Why the configuration or the secrets could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file is not valid TOML of the expected shape.
+    #[error("{path}: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// The secrets file is readable by others.
+    #[error("{path} has mode {mode:o}; run `chmod 600 {path}`")]
+    Permissions {
+        /// The file.
+        path: PathBuf,
+        /// Its mode.
+        mode: u32,
+    },
+}
+
+impl FileConfig {
+    /// Reads `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Invalid {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })
+    }
+}
+
+/// An API caller's role.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// A point-of-sale terminal of one customer: check-in only, own CNPJ only.
+    Terminal,
+    /// Support staff: commands and queries, no emergency release.
+    Support,
+    /// Read-only: queries, the raw log and the signed head.
+    Auditor,
+    /// Everything, including emergency release and tokens.
+    Admin,
+}
+
+/// One stored token: its SHA-256 and what it may do. The token itself is never stored.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenEntry {
+    /// A label for logs ("admin", "caixa-loja-3").
+    pub name: String,
+    /// SHA-256 of the token, 64 hex digits.
+    pub sha256: String,
+    /// The role.
+    pub role: Role,
+    /// The customer a terminal token is bound to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cnpj: Option<Cnpj>,
+}
+
+impl std::fmt::Debug for TokenEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenEntry")
+            .field("name", &self.name)
+            .field("role", &self.role)
+            .field("cnpj", &self.cnpj)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The secrets file as stored.
+#[derive(Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SecretsToml {
+    /// Product name → offline key (hex).
+    #[serde(default)]
+    offline: BTreeMap<String, String>,
+    /// Emergency-release key (hex).
+    #[serde(default)]
+    emergency: String,
+    /// API tokens, hashed.
+    #[serde(default)]
+    tokens: Vec<TokenEntry>,
+}
+
+/// The loaded secrets file.
+pub struct SecretsFile {
+    path: PathBuf,
+    /// Keys the command side uses.
+    pub secrets: Secrets,
+    /// Stored tokens.
+    pub tokens: Vec<TokenEntry>,
+}
+
+impl std::fmt::Debug for SecretsFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SecretsFile({})", self.path.display())
+    }
+}
+
+/// SHA-256 of a token, as stored.
+pub fn token_digest(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// A fresh random token (`llt_` + 64 hex digits).
+pub fn new_token() -> Result<String, std::io::Error> {
+    Ok(format!("{TOKEN_PREFIX}{}", hex::encode(random_bytes()?)))
+}
+
+fn random_bytes() -> Result<[u8; KEY_BYTES], std::io::Error> {
+    let mut b = [0u8; KEY_BYTES];
+    getrandom::fill(&mut b).map_err(|e| std::io::Error::other(e.to_string()))?;
+    Ok(b)
+}
+
+impl SecretsFile {
+    /// Loads `<data_dir>/secrets.toml`, creating it (mode 0600) with fresh keys for every
+    /// product and one `admin` token if absent; returns the file and, on creation, that
+    /// token (shown once, never stored).
+    pub fn load_or_create(data_dir: &Path) -> Result<(Self, Option<String>), ConfigError> {
+        let path = data_dir.join(SECRETS_FILE_NAME);
+        let io = |source| ConfigError::Io {
+            path: path.clone(),
+            source,
+        };
+        let (stored, admin) = match fs::read_to_string(&path) {
+            Ok(text) => {
+                let mode = fs::metadata(&path).map_err(io)?.permissions().mode() & 0o777;
+                if mode & 0o077 != 0 {
+                    return Err(ConfigError::Permissions { path, mode });
+                }
+                let stored: SecretsToml =
+                    toml::from_str(&text).map_err(|e| ConfigError::Invalid {
+                        path: path.clone(),
+                        message: e.to_string(),
+                    })?;
+                (stored, None)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let mut stored = SecretsToml {
+                    emergency: hex::encode(random_bytes().map_err(io)?),
+                    ..SecretsToml::default()
+                };
+                for p in Product::ALL {
+                    stored
+                        .offline
+                        .insert(p.to_string(), hex::encode(random_bytes().map_err(io)?));
+                }
+                let token = new_token().map_err(io)?;
+                stored.tokens.push(TokenEntry {
+                    name: "admin".into(),
+                    sha256: hex::encode(token_digest(&token)),
+                    role: Role::Admin,
+                    cnpj: None,
+                });
+                write_secrets(&path, &stored, true)?;
+                tracing::info!(path = %path.display(), "created the secrets file and an admin token");
+                (stored, Some(token))
+            }
+            Err(e) => return Err(io(e)),
+        };
+        let invalid = |message: String| ConfigError::Invalid {
+            path: path.clone(),
+            message,
+        };
+        let mut secrets = Secrets::default();
+        for (name, key) in &stored.offline {
+            let product =
+                Product::parse(name).map_err(|e| invalid(format!("offline.{name}: {e}")))?;
+            let key = hex::decode(key).map_err(|_| invalid(format!("offline.{name}: not hex")))?;
+            secrets.offline.insert(product, key);
+        }
+        secrets.emergency =
+            hex::decode(&stored.emergency).map_err(|_| invalid("emergency: not hex".into()))?;
+        for t in &stored.tokens {
+            if t.sha256.len() != 64 || hex::decode(&t.sha256).is_err() {
+                return Err(invalid(format!(
+                    "token {}: sha256 must be 64 hex digits",
+                    t.name
+                )));
+            }
+            if (t.role == Role::Terminal) != t.cnpj.is_some() {
+                return Err(invalid(format!(
+                    "token {}: a terminal token needs a cnpj, other roles none",
+                    t.name
+                )));
+            }
+        }
+        let tokens = stored.tokens;
+        Ok((
+            Self {
+                path,
+                secrets,
+                tokens,
+            },
+            admin,
+        ))
+    }
+
+    /// Adds a token entry and rewrites the file (atomically, mode 0600).
+    pub fn add_token(&mut self, entry: TokenEntry) -> Result<(), ConfigError> {
+        let text = fs::read_to_string(&self.path).map_err(|source| ConfigError::Io {
+            path: self.path.clone(),
+            source,
+        })?;
+        let mut stored: SecretsToml = toml::from_str(&text).map_err(|e| ConfigError::Invalid {
+            path: self.path.clone(),
+            message: e.to_string(),
+        })?;
+        stored.tokens.push(entry.clone());
+        write_secrets(&self.path, &stored, false)?;
+        self.tokens.push(entry);
+        Ok(())
+    }
+}
+
+/// Writes the secrets file with mode 0600: directly when creating it, else through a
+/// temporary file renamed over it.
+fn write_secrets(path: &Path, stored: &SecretsToml, create_new: bool) -> Result<(), ConfigError> {
+    let text = toml::to_string(stored).map_err(|e| ConfigError::Invalid {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })?;
+    let target = if create_new {
+        path.to_owned()
+    } else {
+        path.with_extension("toml.tmp")
+    };
+    let io = |source| ConfigError::Io {
+        path: target.clone(),
+        source,
+    };
+    if !create_new {
+        let _ = fs::remove_file(&target);
+    }
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&target)
+        .map_err(io)?;
+    f.write_all(text.as_bytes()).map_err(io)?;
+    f.sync_all().map_err(io)?;
+    if !create_new {
+        fs::rename(&target, path).map_err(io)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_secrets_file_is_created_once_with_mode_0600_and_an_admin_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, token) = SecretsFile::load_or_create(dir.path()).unwrap();
+        let token = token.unwrap();
+        let path = dir.path().join(SECRETS_FILE_NAME);
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let text = fs::read_to_string(&path).unwrap();
+        assert!(!text.contains(&token), "the token itself is never stored");
+        assert_eq!(a.secrets.offline.len(), Product::ALL.len());
+        let (b, again) = SecretsFile::load_or_create(dir.path()).unwrap();
+        assert!(again.is_none());
+        assert_eq!(b.tokens, a.tokens);
+        assert_eq!(b.secrets.emergency, a.secrets.emergency);
+        assert_eq!(b.secrets.offline.len(), Product::ALL.len());
+    }
+
+    #[test]
+    fn the_config_file_refuses_unknown_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        fs::write(
+            &path,
+            "listen = \"0.0.0.0:9000\"\nrecord_interval_hours = 12\n",
+        )
+        .unwrap();
+        let c = FileConfig::load(&path).unwrap();
+        assert_eq!(c.listen.as_deref(), Some("0.0.0.0:9000"));
+        fs::write(&path, "lisen = 1\n").unwrap();
+        assert!(FileConfig::load(&path).is_err());
+    }
+}

@@ -1,0 +1,451 @@
+//! The HTTP API end to end: the real server on 127.0.0.1 port 0 over a fresh data directory,
+//! driven with an HTTP client. Arrange / act / assert; each test is named after the rule.
+
+use std::time::Duration;
+
+use ledger_events::answer::{verify_head, SignedAnswer, VerifyingKey};
+use ledger_events::Hash;
+use license_ledger::app::LedgerConfig;
+use license_ledger::cli::serve::{start, Running, ServeSettings};
+use reqwest::{Client, StatusCode};
+use serde_json::{json, Value};
+
+const CNPJ: &str = "11222333000181";
+const OTHER_CNPJ: &str = "11444777000161";
+const HW_ID: &str = "50026B77825EEC01";
+const HW_KEY: &str = "88A7B56C2B3F326F91362A182483F601";
+
+struct TestApp {
+    base: String,
+    client: Client,
+    admin: String,
+    running: Option<Running>,
+    dir: tempfile::TempDir,
+}
+
+fn settings(dir: &std::path::Path) -> ServeSettings {
+    ServeSettings {
+        data_dir: dir.to_path_buf(),
+        listen: "127.0.0.1:0".into(),
+        ledger: LedgerConfig::default(),
+        workers: 1,
+    }
+}
+
+impl TestApp {
+    async fn spawn() -> TestApp {
+        if std::env::var_os("TEST_LOG").is_some() {
+            let _ = tracing_subscriber::fmt().with_test_writer().try_init();
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let running = start(&settings(dir.path())).await.unwrap();
+        let admin = running
+            .new_admin_token
+            .clone()
+            .expect("first start makes a token");
+        TestApp {
+            base: format!("http://{}", running.addr),
+            client: Client::builder()
+                .timeout(Duration::from_secs(20))
+                .build()
+                .unwrap(),
+            admin,
+            running: Some(running),
+            dir,
+        }
+    }
+
+    async fn restart(&mut self) {
+        self.running.take().unwrap().stop().await.unwrap();
+        let running = start(&settings(self.dir.path())).await.unwrap();
+        assert!(running.new_admin_token.is_none());
+        self.base = format!("http://{}", running.addr);
+        self.running = Some(running);
+    }
+
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let url = format!("{}{}", self.base, path);
+        let mut req = match method {
+            "GET" => self.client.get(url),
+            "PUT" => self.client.put(url),
+            _ => self.client.post(url),
+        };
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let res = req.send().await.unwrap();
+        let status = res.status();
+        let text = res.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    async fn post(&self, path: &str, token: &str, body: Value) -> Value {
+        let (status, body) = self.call("POST", path, Some(token), Some(body)).await;
+        assert_eq!(status, StatusCode::OK, "POST {path}: {body}");
+        body
+    }
+
+    async fn get(&self, path: &str, token: &str) -> Value {
+        let (status, body) = self.call("GET", path, Some(token), None).await;
+        assert_eq!(status, StatusCode::OK, "GET {path}: {body}");
+        body
+    }
+
+    async fn token(&self, role: &str, cnpj: Option<&str>) -> String {
+        let body = self
+            .post(
+                "/v1/tokens",
+                &self.admin,
+                json!({"name": format!("test-{role}"), "role": role, "cnpj": cnpj}),
+            )
+            .await;
+        body["token"].as_str().unwrap().to_owned()
+    }
+
+    /// A customer with one EasyCash license; returns the license id.
+    async fn seed(&self) -> String {
+        self.post(
+            "/v1/customers",
+            &self.admin,
+            json!({"cnpj": CNPJ, "trade_name": "Padaria Pão Quente"}),
+        )
+        .await;
+        let body = self
+            .post(
+                "/v1/licenses",
+                &self.admin,
+                json!({"cnpj": CNPJ, "product": "easycash", "expires_on": "2099-12-31"}),
+            )
+            .await;
+        body["license_id"].as_str().unwrap().to_owned()
+    }
+}
+
+fn checkin_body(cnpj: &str) -> Value {
+    json!({"cnpj": cnpj, "product": "easycash", "hardware_id": HW_ID, "hardware_key": HW_KEY,
+           "ip": "192.168.0.191", "program_version": "2.0.12.1", "nonce": "n-123"})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_check_in_binds_a_license_and_its_signed_answer_verifies_with_the_published_key() {
+    let app = TestApp::spawn().await;
+    let license = app.seed().await;
+    let terminal = app.token("terminal", Some(CNPJ)).await;
+
+    let (status, body) = app
+        .call(
+            "POST",
+            "/v1/checkin",
+            Some(&terminal),
+            Some(checkin_body(CNPJ)),
+        )
+        .await;
+
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["answer"]["license_id"], json!(license));
+    assert_eq!(body["expires_on"], json!("2099-12-31"));
+    assert!(
+        body["messages"][0].as_str().unwrap().contains("31/12/2099"),
+        "{body}"
+    );
+    let keys = app.call("GET", "/v1/keys", None, None).await.1;
+    assert_eq!(keys["key_id"], body["key_id"]);
+    let mut pk = [0u8; 32];
+    hex::decode_to_slice(keys["public_key"].as_str().unwrap(), &mut pk).unwrap();
+    let key = VerifyingKey::from_bytes(&pk).unwrap();
+    let signed: SignedAnswer = serde_json::from_value(body.clone()).unwrap();
+    signed.verify_with_nonce(&key, "n-123").unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_or_inactive_customer_answers_401_usuario_invalido() {
+    let app = TestApp::spawn().await;
+    app.seed().await;
+    let (status, body) = app
+        .call(
+            "POST",
+            "/v1/checkin",
+            Some(&app.admin),
+            Some(checkin_body(OTHER_CNPJ)),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert_eq!(body["messages"], json!(["Usuário inválido."]));
+
+    app.post(
+        &format!("/v1/customers/{CNPJ}/deactivate"),
+        &app.admin,
+        json!({}),
+    )
+    .await;
+    let (status, body) = app
+        .call(
+            "POST",
+            "/v1/checkin",
+            Some(&app.admin),
+            Some(checkin_body(CNPJ)),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert_eq!(body["messages"], json!(["Usuário inválido."]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roles_and_tenants_are_enforced() {
+    let app = TestApp::spawn().await;
+    let license = app.seed().await;
+    let terminal = app.token("terminal", Some(CNPJ)).await;
+    let auditor = app.token("auditor", None).await;
+    let support = app.token("support", None).await;
+
+    // A terminal checking in for another customer sees nothing there.
+    let (s, b) = app
+        .call(
+            "POST",
+            "/v1/checkin",
+            Some(&terminal),
+            Some(checkin_body(OTHER_CNPJ)),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{b}");
+    assert_eq!(b["error"], "not_found");
+    // A terminal may not read the table.
+    let (s, b) = app.call("GET", "/v1/licenses", Some(&terminal), None).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{b}");
+    // An auditor reads but may not command.
+    app.get("/v1/licenses", &auditor).await;
+    let (s, b) = app
+        .call(
+            "POST",
+            &format!("/v1/licenses/{license}/block"),
+            Some(&auditor),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{b}");
+    assert_eq!(b["error"], "forbidden");
+    // Support may not issue emergency releases.
+    let release = json!({"product": "easycash", "hardware_id": HW_ID, "hardware_key": HW_KEY, "licensed_to": "Padaria"});
+    let (s, _) = app
+        .call(
+            "POST",
+            "/v1/emergency-releases",
+            Some(&support),
+            Some(release.clone()),
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let b = app
+        .post("/v1/emergency-releases", &app.admin, release)
+        .await;
+    assert_eq!(b["counter_key"].as_str().unwrap().len(), 19, "{b}");
+    // No token, or a wrong one.
+    let (s, b) = app.call("GET", "/v1/licenses", None, None).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert_eq!(b["error"], "unauthenticated");
+    let (s, _) = app
+        .call("GET", "/v1/licenses", Some("llt_wrong"), None)
+        .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_have_one_shape_and_the_right_status() {
+    let app = TestApp::spawn().await;
+    let license = app.seed().await;
+
+    let res = app
+        .client
+        .post(format!("{}/v1/customers", app.base))
+        .bearer_auth(&app.admin)
+        .header("content-type", "application/json")
+        .body("{\"cnpj\": ")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(res.json::<Value>().await.unwrap()["error"], "malformed");
+
+    let (s, b) = app
+        .call(
+            "POST",
+            "/v1/customers",
+            Some(&app.admin),
+            Some(json!({"cnpj": "11222333000182", "trade_name": "X"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{b}");
+    assert_eq!(b["field"], "cnpj", "{b}");
+    let (s, b) = app
+        .call(
+            "POST",
+            "/v1/customers",
+            Some(&app.admin),
+            Some(json!({"trade_name": "X"})),
+        )
+        .await;
+    assert_eq!(
+        (s, &b["field"]),
+        (StatusCode::BAD_REQUEST, &json!("cnpj")),
+        "{b}"
+    );
+
+    let big = json!({"cnpj": CNPJ, "trade_name": "x".repeat(70 * 1024)});
+    let (s, b) = app
+        .call("POST", "/v1/customers", Some(&app.admin), Some(big))
+        .await;
+    assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE, "{b}");
+    assert_eq!(b["error"], "body_too_large");
+
+    let (s, b) = app
+        .call(
+            "POST",
+            &format!("/v1/licenses/{license}/renew"),
+            Some(&app.admin),
+            Some(json!({"expires_on": "2000-01-01"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{b}");
+    assert_eq!(b["error"], "rejected");
+
+    let (s, b) = app
+        .call(
+            "POST",
+            "/v1/customers",
+            Some(&app.admin),
+            Some(json!({"cnpj": CNPJ, "trade_name": "Again"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{b}");
+    let (s, _) = app
+        .call("GET", "/v1/licenses/999999", Some(&app.admin), None)
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_is_newest_first_in_pt_br_and_queries_read_their_writes_and_the_past() {
+    let app = TestApp::spawn().await;
+    let license = app.seed().await;
+    let before = chrono::Utc::now();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+
+    let blocked = app
+        .post(
+            &format!("/v1/licenses/{license}/block"),
+            &app.admin,
+            json!({"note": "inadimplente"}),
+        )
+        .await;
+    let p = blocked["position"].as_u64().unwrap();
+
+    let row = app
+        .get(
+            &format!("/v1/licenses/{license}?min_position={p}"),
+            &app.admin,
+        )
+        .await;
+    assert_eq!(row["blocked"], json!(true));
+    let old = app
+        .get(
+            &format!(
+                "/v1/licenses/{license}?as_of={}",
+                before
+                    .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+                    .replace('+', "%2B")
+            ),
+            &app.admin,
+        )
+        .await;
+    assert_eq!(old["blocked"], json!(false), "{old}");
+    let page = app
+        .get(
+            &format!("/v1/licenses?cnpj={CNPJ}&status=blocked"),
+            &app.admin,
+        )
+        .await;
+    assert_eq!(page["total"], json!(1));
+
+    let history = app
+        .get(&format!("/v1/licenses/{license}/history"), &app.admin)
+        .await;
+    let items = history["items"].as_array().unwrap();
+    assert!(items.len() >= 2, "{history}");
+    assert_eq!(items[0]["position"].as_u64(), Some(p));
+    assert!(items[0]["position"].as_u64() > items[1]["position"].as_u64());
+    assert!(
+        items[0]["description"]
+            .as_str()
+            .unwrap()
+            .starts_with("Bloqueada: inadimplente"),
+        "{history}"
+    );
+    assert!(
+        items[1]["description"]
+            .as_str()
+            .unwrap()
+            .contains("concedida"),
+        "{history}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auditors_read_the_log_with_hashes_and_a_signed_head() {
+    let app = TestApp::spawn().await;
+    app.seed().await;
+    let auditor = app.token("auditor", None).await;
+
+    let feed = app.get("/v1/events?from=1&limit=10", &auditor).await;
+    let items = feed["items"].as_array().unwrap();
+    assert_eq!(items[0]["position"], json!(1));
+    let head = app.get("/v1/audit/head", &auditor).await;
+    let last = items.last().unwrap();
+    assert_eq!(head["head_position"], last["position"]);
+    assert_eq!(head["head_hash"], last["hash"], "{last}");
+
+    let keys = app.call("GET", "/v1/keys", None, None).await.1;
+    let mut pk = [0u8; 32];
+    hex::decode_to_slice(keys["public_key"].as_str().unwrap(), &mut pk).unwrap();
+    let key = VerifyingKey::from_bytes(&pk).unwrap();
+    let hash = Hash::parse(head["head_hash"].as_str().unwrap()).unwrap();
+    let position = head["head_position"].as_u64().unwrap();
+    verify_head(&key, position, &hash, head["signature"].as_str().unwrap()).unwrap();
+    assert!(verify_head(
+        &key,
+        position + 1,
+        &hash,
+        head["signature"].as_str().unwrap()
+    )
+    .is_err());
+    let (s, _) = app
+        .call("GET", "/v1/events?limit=1001", Some(&auditor), None)
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_keeps_data_tokens_and_keys() {
+    let mut app = TestApp::spawn().await;
+    let license = app.seed().await;
+    let auditor = app.token("auditor", None).await;
+    let key_before = app.call("GET", "/v1/keys", None, None).await.1;
+
+    app.restart().await;
+
+    let row = app.get(&format!("/v1/licenses/{license}"), &auditor).await;
+    assert_eq!(row["cnpj"], json!(CNPJ));
+    assert_eq!(app.call("GET", "/v1/keys", None, None).await.1, key_before);
+    app.running.take().unwrap().stop().await.unwrap();
+}
