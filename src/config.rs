@@ -135,11 +135,16 @@ struct SecretsToml {
     /// API tokens, hashed.
     #[serde(default)]
     tokens: Vec<TokenEntry>,
+    /// When each token was created (RFC 3339), by its `sha256`; tokens made before this
+    /// existed, or through an older path, have none.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    token_created: BTreeMap<String, String>,
 }
 
 /// The loaded secrets file.
 pub struct SecretsFile {
     path: PathBuf,
+    created: BTreeMap<String, String>,
     /// Keys the command side uses.
     pub secrets: Secrets,
     /// Stored tokens.
@@ -245,6 +250,7 @@ impl SecretsFile {
         Ok((
             Self {
                 path,
+                created: stored.token_created,
                 secrets,
                 tokens,
             },
@@ -266,6 +272,96 @@ impl SecretsFile {
         write_secrets(&self.path, &stored, false)?;
         self.tokens.push(entry);
         Ok(())
+    }
+}
+
+/// A token's public id: the first 12 hex digits of its SHA-256 (not enough to find the
+/// token, enough to name it in `token list` and `token revoke`).
+pub fn token_id(entry: &TokenEntry) -> &str {
+    entry.sha256.get(..12).unwrap_or(&entry.sha256)
+}
+
+impl SecretsFile {
+    /// The secrets file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// When the token with this digest was created (RFC 3339), if recorded.
+    pub fn created(&self, entry: &TokenEntry) -> Option<&str> {
+        self.created.get(&entry.sha256).map(String::as_str)
+    }
+
+    /// Adds a token entry created at `at` and rewrites the file (atomically, mode 0600).
+    pub fn add_token_at(
+        &mut self,
+        entry: TokenEntry,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(), ConfigError> {
+        let created = at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let sha = entry.sha256.clone();
+        self.rewrite(|stored| {
+            stored.tokens.push(entry.clone());
+            stored.token_created.insert(sha.clone(), created.clone());
+            Ok(())
+        })?;
+        self.tokens.push(entry);
+        self.created.insert(sha, created);
+        Ok(())
+    }
+
+    /// Removes the token named `name_or_id` (its name, or its [`token_id`]) and rewrites the
+    /// file; returns the removed entry. Refuses a name several tokens share.
+    pub fn remove_token(&mut self, name_or_id: &str) -> Result<TokenEntry, ConfigError> {
+        let path = self.path.clone();
+        let invalid = |message: String| ConfigError::Invalid {
+            path: path.clone(),
+            message,
+        };
+        let matches: Vec<&TokenEntry> = self
+            .tokens
+            .iter()
+            .filter(|t| t.name == name_or_id || token_id(t) == name_or_id)
+            .collect();
+        let entry = match matches.as_slice() {
+            [one] => (*one).clone(),
+            [] => {
+                return Err(invalid(format!(
+                    "no token is named {name_or_id:?} or has that id; see `token list`"
+                )))
+            }
+            _ => {
+                return Err(invalid(format!(
+                    "{} tokens are named {name_or_id:?}; revoke one by its id (see `token list`)",
+                    matches.len()
+                )))
+            }
+        };
+        self.rewrite(|stored| {
+            stored.tokens.retain(|t| t.sha256 != entry.sha256);
+            stored.token_created.remove(&entry.sha256);
+            Ok(())
+        })?;
+        self.tokens.retain(|t| t.sha256 != entry.sha256);
+        self.created.remove(&entry.sha256);
+        Ok(entry)
+    }
+
+    /// Re-reads the file, changes it, and writes it back atomically.
+    fn rewrite(
+        &self,
+        change: impl FnOnce(&mut SecretsToml) -> Result<(), ConfigError>,
+    ) -> Result<(), ConfigError> {
+        let text = fs::read_to_string(&self.path).map_err(|source| ConfigError::Io {
+            path: self.path.clone(),
+            source,
+        })?;
+        let mut stored: SecretsToml = toml::from_str(&text).map_err(|e| ConfigError::Invalid {
+            path: self.path.clone(),
+            message: e.to_string(),
+        })?;
+        change(&mut stored)?;
+        write_secrets(&self.path, &stored, false)
     }
 }
 

@@ -133,6 +133,84 @@ impl TestApp {
     }
 }
 
+/// One server-sent event: its id, type and data (JSON).
+#[derive(Debug)]
+struct SseEvent {
+    id: u64,
+    event: String,
+    data: Value,
+}
+
+/// A `GET /v1/events/stream` response read incrementally; comments are skipped.
+struct SseReader {
+    res: reqwest::Response,
+    buf: String,
+}
+
+impl SseReader {
+    async fn open(app: &TestApp, query: &str, token: &str, last_event_id: Option<u64>) -> Self {
+        // No total timeout: the body never ends on its own.
+        let mut req = Client::new()
+            .get(format!("{}/v1/events/stream{query}", app.base))
+            .bearer_auth(token);
+        if let Some(id) = last_event_id {
+            req = req.header("Last-Event-ID", id.to_string());
+        }
+        let res = tokio::time::timeout(Duration::from_secs(10), req.send())
+            .await
+            .expect("stream opens within 10 s")
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(
+            res.headers()["content-type"].to_str().unwrap(),
+            "text/event-stream"
+        );
+        SseReader {
+            res,
+            buf: String::new(),
+        }
+    }
+
+    /// The next event, failing after 10 s.
+    async fn next(&mut self) -> SseEvent {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                while let Some(end) = self.buf.find("\n\n") {
+                    let block: String = self.buf.drain(..end + 2).collect();
+                    let (mut id, mut event, mut data) = (None, String::new(), None);
+                    for line in block.lines() {
+                        if let Some(v) = line.strip_prefix("id: ") {
+                            id = Some(v.parse().unwrap());
+                        } else if let Some(v) = line.strip_prefix("event: ") {
+                            event = v.to_owned();
+                        } else if let Some(v) = line.strip_prefix("data: ") {
+                            data = Some(serde_json::from_str(v).unwrap());
+                        } else {
+                            assert!(
+                                line.is_empty() || line.starts_with(':'),
+                                "unexpected line {line:?}"
+                            );
+                        }
+                    }
+                    if let (Some(id), Some(data)) = (id, data) {
+                        return SseEvent { id, event, data };
+                    }
+                }
+                let chunk = self.res.chunk().await.unwrap().expect("stream ended");
+                self.buf.push_str(std::str::from_utf8(&chunk).unwrap());
+            }
+        })
+        .await
+        .expect("an event within 10 s")
+    }
+}
+
+/// The value of an unlabelled metric in Prometheus text.
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
 fn checkin_body(cnpj: &str) -> Value {
     json!({"cnpj": cnpj, "product": "easycash", "hardware_id": HW_ID, "hardware_key": HW_KEY,
            "ip": "192.168.0.191", "program_version": "2.0.12.1", "nonce": "n-123"})
@@ -448,4 +526,128 @@ async fn a_restart_keeps_data_tokens_and_keys() {
     assert_eq!(row["cnpj"], json!(CNPJ));
     assert_eq!(app.call("GET", "/v1/keys", None, None).await.1, key_before);
     app.running.take().unwrap().stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_event_stream_sends_stored_records_then_live_ones_and_resumes_after_last_event_id() {
+    let mut app = TestApp::spawn().await;
+    let license = app.seed().await;
+    let auditor = app.token("auditor", None).await;
+    let head = app.get("/v1/audit/head", &auditor).await["head_position"]
+        .as_u64()
+        .unwrap();
+    assert!(head >= 2);
+
+    let mut stream = SseReader::open(&app, "?from=1", &auditor, None).await;
+    for expected in 1..=head {
+        let e = stream.next().await;
+        assert_eq!(e.id, expected);
+        assert_eq!(e.event, "record");
+        assert_eq!(e.data["position"], json!(expected));
+    }
+    app.post(
+        &format!("/v1/licenses/{license}/block"),
+        &app.admin,
+        json!({}),
+    )
+    .await;
+    let live = stream.next().await;
+    assert_eq!(live.id, head + 1);
+    assert!(
+        live.data["stream_id"].to_string().contains(&license),
+        "{}",
+        live.data
+    );
+    let live_hash = live.data["hash"].clone();
+    drop(stream);
+
+    // A client reconnecting with Last-Event-ID resumes right after it (the header wins over
+    // `from`).
+    let mut resumed = SseReader::open(&app, "?from=1", &auditor, Some(head)).await;
+    let e = resumed.next().await;
+    assert_eq!(e.id, head + 1);
+    assert_eq!(e.data["hash"], live_hash);
+    drop(resumed);
+
+    let mut from = SseReader::open(&app, &format!("?from={head}"), &auditor, None).await;
+    assert_eq!(from.next().await.id, head);
+    drop(from);
+
+    // Closed streams end on the server too: the graceful stop does not wait for them (it
+    // would wait its 10 s drain timeout for a connection still streaming).
+    let stopping = std::time::Instant::now();
+    app.running.take().unwrap().stop().await.unwrap();
+    assert!(stopping.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_event_stream_is_for_readers_only() {
+    let app = TestApp::spawn().await;
+    app.seed().await;
+    let terminal = app.token("terminal", Some(CNPJ)).await;
+    let (s, body) = app
+        .call("GET", "/v1/events/stream", Some(&terminal), None)
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(body["error"], json!("forbidden"));
+    let (s, _) = app.call("GET", "/v1/events/stream", None, None).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let auditor = app.token("auditor", None).await;
+    let res = Client::new()
+        .get(format!("{}/v1/events/stream", app.base))
+        .bearer_auth(&auditor)
+        .header("Last-Event-ID", "not-a-position")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_requests_by_route_pattern_and_report_the_log_head() {
+    let app = TestApp::spawn().await;
+    let license = app.seed().await;
+    let auditor = app.token("auditor", None).await;
+    let scrape = || async {
+        let res = Client::new()
+            .get(format!("{}/metrics", app.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        assert!(res.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain"));
+        res.text().await.unwrap()
+    };
+    let series =
+        "ledger_http_requests_total{route=\"/v1/licenses/{id}\",method=\"GET\",status=\"200\"}";
+
+    let before = scrape().await;
+    let count_before = metric(&before, series).unwrap_or(0.0);
+    app.get(&format!("/v1/licenses/{license}"), &auditor).await;
+    let after = scrape().await;
+    assert_eq!(metric(&after, series), Some(count_before + 1.0), "{after}");
+    assert!(
+        !after.contains(&format!("route=\"/v1/licenses/{license}\"")),
+        "raw paths must not become labels"
+    );
+    assert!(after.contains(
+        "ledger_http_request_duration_seconds_bucket{route=\"/v1/licenses/{id}\",le=\"+Inf\"}"
+    ));
+
+    let head = app.get("/v1/audit/head", &auditor).await;
+    let text = scrape().await;
+    assert_eq!(
+        metric(&text, "ledger_log_head_position"),
+        head["head_position"].as_f64(),
+        "{text}"
+    );
+    assert!(metric(&text, "ledger_projection_position").is_some());
+    assert!(metric(&text, "ledger_projection_lag").is_some());
+    assert!(metric(&text, "ledger_appends_total").unwrap() >= 2.0);
+    assert!(metric(&text, "ledger_records_written_total").unwrap() >= 2.0);
+    assert!(metric(&text, "ledger_fsyncs_total").unwrap() >= 1.0);
+    assert!(metric(&text, "ledger_fsync_seconds_total").is_some());
 }

@@ -23,7 +23,10 @@ use uuid::Uuid;
 
 use crate::clock::Clock;
 use crate::domain::{Aggregate, DomainError, Loaded};
-use crate::store::{Appended, EventStore, ExpectedVersion, NewEvent, StoreError, READ_BATCH_MAX};
+use crate::store::{
+    Appended, EventStore, ExpectedVersion, NewEvent, StoreError, StoreStats, Subscription,
+    READ_BATCH_MAX,
+};
 
 pub mod answers;
 pub mod checkin;
@@ -110,6 +113,29 @@ pub struct Ledger {
     failure: Arc<parking_lot::Mutex<Option<String>>>,
     applier: tokio::task::JoinHandle<()>,
     terminal_locks: Vec<tokio::sync::Mutex<()>>,
+    appends: std::sync::atomic::AtomicU64,
+}
+
+/// A live feed of the log for auditors: the records already stored from a position on, then
+/// new ones as they become durable, with no gap and no duplicate. It reads in batches and
+/// holds at most one batch; dropping it unsubscribes.
+pub struct LogFeed {
+    subscription: Subscription,
+}
+
+impl LogFeed {
+    /// Waits for and returns the next record. Fails with `AppError::Store(StoreError::Closed)`
+    /// once the store is closed and every stored record has been delivered.
+    ///
+    /// Cancel-safe: dropping the future before it completes loses no record.
+    pub async fn next(&mut self) -> Result<ledger_events::Record, AppError> {
+        Ok(self.subscription.next().await?)
+    }
+
+    /// The position of the record the next call returns.
+    pub fn cursor(&self) -> Position {
+        self.subscription.cursor()
+    }
 }
 
 /// Stripes of the per-terminal check-in lock.
@@ -175,6 +201,7 @@ impl Ledger {
             terminal_locks: (0..TERMINAL_LOCK_STRIPES)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
+            appends: std::sync::atomic::AtomicU64::new(0),
         };
         let head = ledger.store.head().await?.position;
         ledger.wait_for(head).await?;
@@ -202,6 +229,23 @@ impl Ledger {
     /// The store.
     pub fn store(&self) -> &Arc<dyn EventStore> {
         &self.store
+    }
+
+    /// A live feed of the log from `from` on (inclusive; 0 and 1 both mean the beginning).
+    pub fn subscribe(&self, from: Position) -> LogFeed {
+        LogFeed {
+            subscription: self.store.subscribe_all(from),
+        }
+    }
+
+    /// The store's write counters, when its backend keeps them.
+    pub fn store_stats(&self) -> Option<StoreStats> {
+        self.store.stats()
+    }
+
+    /// Appends this ledger stored since it started (retries answered from the log excluded).
+    pub fn appends(&self) -> u64 {
+        self.appends.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The clock.
@@ -419,7 +463,12 @@ impl Ledger {
                 correlation_id: command_id,
             })
             .collect();
-        self.store.append(stream, expected, new).await
+        let appended = self.store.append(stream, expected, new).await?;
+        if !appended.was_retry {
+            self.appends
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        Ok(appended)
     }
 
     async fn read_stream(

@@ -9,7 +9,14 @@ use clap::{Parser, Subcommand};
 
 use crate::store::StoreError;
 
+pub mod demo;
+pub mod export;
+pub mod history;
+pub mod import;
+pub mod offline;
 pub mod serve;
+pub mod table;
+pub mod token;
 pub mod verify;
 
 /// license-ledger: an event-sourced license server.
@@ -47,6 +54,26 @@ pub enum Command {
     /// (mode 0600: offline and emergency keys, hashed API tokens) and prints a new admin
     /// token once.
     Serve(serve::ServeArgs),
+    /// Fill an empty store with a realistic demo data set (customers, contract, licenses,
+    /// check-ins, a contingency and an offline activation), dated relative to today.
+    Demo,
+    /// Create, list or revoke API tokens in `<data_dir>/secrets.toml`.
+    #[command(subcommand)]
+    Token(token::TokenCommand),
+    /// Print a license's Histórico, newest first. Read-only: safe beside a server.
+    History(history::HistoryArgs),
+    /// Print the license table (one row per license), now or as of a past moment.
+    /// Read-only: safe beside a server.
+    Table(table::TableArgs),
+    /// Write the log to stdout as JSON lines (`import` replays them) or CSV.
+    /// Read-only: safe beside a server.
+    Export(export::ExportArgs),
+    /// Replay a JSON-lines export into an empty store, verifying the chain; the head
+    /// (position and hash) ends identical to the exported log's.
+    Import(import::ImportArgs),
+    /// Offline activation: support issues a counter-key; a terminal checks one.
+    #[command(subcommand)]
+    Offline(offline::OfflineCommand),
 }
 
 /// Why a command failed.
@@ -70,13 +97,30 @@ pub enum CliError {
     /// Writing the output failed.
     #[error("writing output: {0}")]
     Output(#[from] std::io::Error),
+    /// A flag or argument is wrong (exit code 2); the message says how to fix it.
+    #[error("{flag}: {message}")]
+    Input {
+        /// The flag or argument.
+        flag: &'static str,
+        /// What is wrong and what to pass instead.
+        message: String,
+    },
+    /// The command cannot run in this state (exit code 2); the message says why.
+    #[error("{0}")]
+    Refused(String),
+    /// A check the command made failed (exit code 1).
+    #[error("{0}")]
+    Failed(String),
+    /// The ledger refused or failed a command.
+    #[error(transparent)]
+    App(#[from] crate::app::AppError),
 }
 
 impl CliError {
     /// The process exit code for this error.
     pub fn exit_code(&self) -> ExitCode {
         match self {
-            CliError::Damaged(_) => ExitCode::from(1),
+            CliError::Damaged(_) | CliError::Failed(_) => ExitCode::from(1),
             _ => ExitCode::from(2),
         }
     }
@@ -91,6 +135,73 @@ impl From<StoreError> for CliError {
     }
 }
 
+/// A multi-threaded tokio runtime for commands that open the store.
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
+}
+
+/// Opens the store for writing (takes the directory's lock). `busy` says what to do instead
+/// when a server holds the lock.
+pub(crate) async fn open_store(
+    data_dir: &std::path::Path,
+    busy: &str,
+) -> Result<std::sync::Arc<crate::store::file::FileStore>, CliError> {
+    use crate::store::file::{FileStore, FileStoreConfig};
+    let clock: std::sync::Arc<dyn crate::clock::Clock> =
+        std::sync::Arc::new(crate::clock::SystemClock);
+    match FileStore::open(FileStoreConfig::new(data_dir), clock).await {
+        Ok(store) => Ok(std::sync::Arc::new(store)),
+        Err(StoreError::Locked(dir)) => Err(CliError::Refused(format!(
+            "{dir} is locked: the server is running on it; {busy}"
+        ))),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Reads every committed record of the log in `data_dir` without taking its lock (like
+/// `verify`), calling `visit` for each in position order. Safe beside a running server: it
+/// stops at the last complete append.
+pub(crate) fn scan_log(
+    data_dir: &std::path::Path,
+    mut visit: impl FnMut(ledger_events::Record) -> Result<(), StoreError>,
+) -> Result<ledger_events::ChainHead, CliError> {
+    use crate::store::file::segment::{list_segments, scan};
+    if !data_dir.is_dir() {
+        return Err(CliError::NoDataDir(data_dir.to_owned()));
+    }
+    let segments = list_segments(data_dir)?;
+    let report = scan(
+        &segments,
+        |view, _| {
+            let record = view.to_record().map_err(|e| StoreError::Corrupt {
+                segment: String::new(),
+                offset: 0,
+                position: view.position(),
+                problem: e.to_string(),
+            })?;
+            visit(record)
+        },
+        |_| {},
+    )?;
+    Ok(report.head)
+}
+
+/// Parses a flag's value with the value type's own checks, naming the flag on failure.
+pub(crate) fn parse_flag<T, E: std::fmt::Display>(
+    flag: &'static str,
+    value: &str,
+    parse: impl FnOnce(&str) -> Result<T, E>,
+    hint: &str,
+) -> Result<T, CliError> {
+    parse(value).map_err(|e| CliError::Input {
+        flag,
+        message: format!("{e}; {hint}"),
+    })
+}
+
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> Result<(), CliError> {
     let file = match &cli.config {
@@ -100,6 +211,13 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
     let data_dir = serve::resolve_data_dir(cli.data_dir.as_deref(), file.data_dir.as_deref());
     match cli.command {
         Command::Verify(args) => verify::run(&data_dir, &args, &mut std::io::stdout().lock()),
+        Command::Demo => demo::run(&data_dir, &mut std::io::stdout().lock()),
+        Command::Token(cmd) => token::run(&data_dir, cmd, &mut std::io::stdout().lock()),
+        Command::History(args) => history::run(&data_dir, &args, &mut std::io::stdout().lock()),
+        Command::Table(args) => table::run(&data_dir, &args, &mut std::io::stdout().lock()),
+        Command::Export(args) => export::run(&data_dir, &args, &mut std::io::stdout().lock()),
+        Command::Import(args) => import::run(&data_dir, &args, &mut std::io::stdout().lock()),
+        Command::Offline(cmd) => offline::run(&data_dir, cmd, &mut std::io::stdout().lock()),
         Command::Serve(args) => {
             let mut ledger = crate::app::LedgerConfig::default();
             if let Some(h) = file.record_interval_hours {
@@ -114,7 +232,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 ledger,
                 workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
             };
-            Ok(serve::run(settings)?)
+            Ok(serve::run(settings, args.demo)?)
         }
     }
 }

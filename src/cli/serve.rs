@@ -2,6 +2,7 @@
 //! HTTP API until SIGTERM or Ctrl-C; then stops accepting, lets in-flight requests finish,
 //! and closes the log.
 
+use std::io::Write as _;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -23,6 +24,9 @@ pub struct ServeArgs {
     /// Address and port to listen on [default: 127.0.0.1:8023, or `listen` in the config file].
     #[arg(long, env = "LEDGER_LISTEN", value_name = "ADDR:PORT")]
     pub listen: Option<String>,
+    /// Fill an empty store with the demo data set (see `demo`) before serving.
+    #[arg(long)]
+    pub demo: bool,
 }
 
 /// Everything `serve` needs, resolved from flags, environment, config file and defaults.
@@ -70,6 +74,8 @@ pub struct Running {
     pub addr: SocketAddr,
     /// The admin token, when this start created the secrets file (shown once).
     pub new_admin_token: Option<String>,
+    /// What the demo fill created, when `start_with(.., true)` found the store empty.
+    pub demo: Option<super::demo::DemoSummary>,
     handle: ServerHandle,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
     store: Arc<FileStore>,
@@ -100,6 +106,12 @@ impl Running {
 
 /// Opens everything and starts serving in the background (on the current tokio runtime).
 pub async fn start(settings: &ServeSettings) -> Result<Running, ServeError> {
+    start_with(settings, false).await
+}
+
+/// Like [`start`]; with `demo`, an empty store is first filled with the demo data set (before
+/// the listener accepts anything).
+pub async fn start_with(settings: &ServeSettings, demo: bool) -> Result<Running, ServeError> {
     std::fs::create_dir_all(&settings.data_dir).map_err(|source| ServeError::Io {
         context: format!("creating {}", settings.data_dir.display()),
         source,
@@ -107,7 +119,7 @@ pub async fn start(settings: &ServeSettings) -> Result<Running, ServeError> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let store =
         Arc::new(FileStore::open(FileStoreConfig::new(&settings.data_dir), clock.clone()).await?);
-    match open_rest(settings, store.clone(), clock).await {
+    match open_rest(settings, store.clone(), clock, demo).await {
         Ok(running) => Ok(running),
         Err(e) => {
             let _ = store.close().await;
@@ -120,6 +132,7 @@ async fn open_rest(
     settings: &ServeSettings,
     store: Arc<FileStore>,
     clock: Arc<dyn Clock>,
+    demo: bool,
 ) -> Result<Running, ServeError> {
     let signer = AnswerSigner::load_or_create(
         &settings.data_dir.join(AnswerSigner::FILE_NAME),
@@ -127,6 +140,14 @@ async fn open_rest(
     )?;
     let (secrets_file, new_admin_token) = SecretsFile::load_or_create(&settings.data_dir)?;
     let ledger = Arc::new(Ledger::start(store.clone(), clock, settings.ledger.clone()).await?);
+    let demo = if demo && ledger.head().await?.position == 0 {
+        Some(super::demo::fill(&ledger, &secrets_file.secrets).await?)
+    } else {
+        if demo {
+            tracing::info!("the store is not empty: serving it as is, without demo data");
+        }
+        None
+    };
     let listener = TcpListener::bind(&settings.listen).map_err(|source| ServeError::Io {
         context: format!(
             "listening on {} (set --listen or LEDGER_LISTEN)",
@@ -156,6 +177,7 @@ async fn open_rest(
     Ok(Running {
         addr,
         new_admin_token,
+        demo,
         handle,
         task,
         store,
@@ -163,8 +185,8 @@ async fn open_rest(
     })
 }
 
-/// Runs `serve` until SIGTERM or Ctrl-C.
-pub fn run(settings: ServeSettings) -> Result<(), ServeError> {
+/// Runs `serve` until SIGTERM or Ctrl-C; with `demo`, fills an empty store first.
+pub fn run(settings: ServeSettings, demo: bool) -> Result<(), ServeError> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -173,12 +195,30 @@ pub fn run(settings: ServeSettings) -> Result<(), ServeError> {
             source,
         })?;
     runtime.block_on(async {
-        let running = start(&settings).await?;
-        if let Some(token) = &running.new_admin_token {
-            println!("Created an admin API token (shown only this once; keep it safe):");
-            println!("{token}");
+        let running = start_with(&settings, demo).await?;
+        let url = format!("http://{}", running.addr);
+        let mut text = Vec::new();
+        if let Some(summary) = &running.demo {
+            let _ = summary.write(&mut text);
+        } else if demo {
+            let _ = writeln!(
+                text,
+                "the store is not empty: serving it as is (no demo data)"
+            );
         }
-        println!("listening on http://{}", running.addr);
+        print!("{}", String::from_utf8_lossy(&text));
+        println!("listening on {url}");
+        match &running.new_admin_token {
+            Some(token) => {
+                println!("Created an admin API token (shown only this once; keep it safe):");
+                println!("{token}");
+                println!("try: curl -H 'Authorization: Bearer {token}' {url}/v1/licenses");
+            }
+            None => println!(
+                "use a token from `license-ledger token create --role support`: \
+                 curl -H 'Authorization: Bearer TOKEN' {url}/v1/licenses"
+            ),
+        }
         shutdown_signal().await;
         tracing::info!("shutting down");
         running.stop().await

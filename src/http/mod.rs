@@ -17,7 +17,9 @@ use crate::config::SecretsFile;
 pub mod auth;
 pub mod error;
 pub mod extract;
+pub mod metrics;
 pub mod routes;
+pub mod sse;
 
 pub use auth::TokenTable;
 pub use error::ApiError;
@@ -40,16 +42,28 @@ pub struct AppState {
 /// here: the caller stops the server through its handle (see `cli::serve`).
 pub fn server(state: AppState, listener: TcpListener, workers: usize) -> std::io::Result<Server> {
     let data = web::Data::new(state);
+    let http_metrics = web::Data::new(metrics::HttpMetrics::default());
     let server = HttpServer::new(move || {
+        let recorder = http_metrics.clone();
         App::new()
             .app_data(data.clone())
-            .wrap_fn(|req, srv| {
+            .app_data(http_metrics.clone())
+            .wrap_fn(move |req, srv| {
                 let method = req.method().clone();
                 let path = req.path().to_owned();
+                // The matched pattern, never the raw path: bounded label cardinality.
+                let route = req.match_pattern();
                 let started = std::time::Instant::now();
                 let fut = srv.call(req);
+                let recorder = recorder.clone();
                 async move {
                     let res = fut.await?;
+                    recorder.record(
+                        route.as_deref(),
+                        &method,
+                        res.status().as_u16(),
+                        started.elapsed(),
+                    );
                     tracing::info!(
                         %method,
                         %path,
@@ -63,6 +77,9 @@ pub fn server(state: AppState, listener: TcpListener, workers: usize) -> std::io
             .configure(routes::configure)
     })
     .workers(workers)
+    // A client that closes its connection ends its request at once: an event stream's
+    // subscription is dropped on the EOF instead of at the next failed write.
+    .h1_allow_half_closed(false)
     .disable_signals()
     .shutdown_timeout(10)
     .listen(listener)?

@@ -46,6 +46,7 @@ type Answer = Result<HttpResponse, ApiError>;
 /// Mounts every route.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/healthz", web::get().to(healthz))
+        .route("/metrics", web::get().to(super::metrics::metrics))
         .service(
             web::scope("/v1")
                 .route("/keys", web::get().to(keys))
@@ -74,6 +75,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .route("/emergency-releases", web::post().to(emergency_release))
                 .route("/tokens", web::post().to(create_token))
                 .route("/events", web::get().to(events))
+                .route("/events/stream", web::get().to(super::sse::events_stream))
                 .route("/audit/head", web::get().to(audit_head)),
         )
         .default_service(web::to(not_found));

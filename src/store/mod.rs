@@ -212,4 +212,23 @@ pub trait EventStore: Send + Sync + 'static {
     /// Every record from `from_position` on: first those already stored, then new ones as
     /// they are acknowledged, with no gap and no duplicate between the two.
     fn subscribe_all(&self, from_position: Position) -> Subscription;
+
+    /// Write counters since the store was opened, for metrics; `None` when the backend keeps
+    /// none.
+    fn stats(&self) -> Option<StoreStats> {
+        None
+    }
+}
+
+/// Backend-neutral write counters of a store since it was opened (for `/metrics`).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct StoreStats {
+    /// Write batches (one or more appends written together).
+    pub write_batches: u64,
+    /// Records written.
+    pub records_written: u64,
+    /// Durability rounds (`fdatasync` for the file store).
+    pub syncs: u64,
+    /// Time spent in them, in seconds.
+    pub sync_seconds: f64,
 }

@@ -21,7 +21,7 @@ use self::index::{Index, OpenSegment};
 use self::segment::{
     check_frame, list_segments, scan, segment_header, segment_path, RecordLoc, FRAME_HEADER_BYTES,
 };
-use self::writer::{AppendRequest, PreparedEvent, Shared, Writer, WriterMsg};
+use self::writer::{AppendRequest, ImportCheck, PreparedEvent, Shared, Writer, WriterMsg};
 use super::subscription::{HeadSource, Subscription};
 use super::{
     Appended, EventStore, ExpectedVersion, NewEvent, StoreError, APPEND_EVENTS_MAX, READ_BATCH_MAX,
@@ -287,6 +287,73 @@ impl FileStore {
         }
     }
 
+    /// Appends `record` exactly as it was stored elsewhere (same position, ids, time, hash):
+    /// the replay of an export into an empty store. The record must verify on its own and
+    /// follow the current head (position, previous hash, time never decreasing); the writer
+    /// checks the last two under its lock, so the chain stays intact whatever else runs.
+    pub async fn import_record(&self, record: &Record) -> Result<Appended, StoreError> {
+        record.encode()?;
+        let e = &record.envelope;
+        let event = record.event()?;
+        let event_type = event.event_type();
+        if event_type != e.event_type {
+            return Err(StoreError::InvalidAppend(format!(
+                "record at position {} has type {} but decodes as {event_type}",
+                e.position, e.event_type
+            )));
+        }
+        if record.payload.len() > MAX_PAYLOAD_BYTES || e.stream_version == 0 {
+            return Err(StoreError::InvalidAppend(format!(
+                "record at position {} has an invalid payload size or stream version",
+                e.position
+            )));
+        }
+        let prepared = PreparedEvent {
+            event_id: e.event_id,
+            event_type,
+            schema_version: e.schema_version,
+            payload: record.payload.clone(),
+            actor: e.actor.clone(),
+            correlation_id: e.correlation_id,
+        };
+        let import = ImportCheck {
+            position: e.position,
+            prev_hash: e.prev_hash,
+            recorded_at: e.recorded_at,
+        };
+        self.submit(
+            &e.stream_id,
+            ExpectedVersion::Exact(e.stream_version - 1),
+            vec![prepared],
+            Some(import),
+        )
+        .await
+    }
+
+    async fn submit(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<PreparedEvent>,
+        import: Option<ImportCheck>,
+    ) -> Result<Appended, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let request = AppendRequest {
+            stream: stream.clone(),
+            expected,
+            events,
+            reply,
+            import,
+        };
+        let unwritten = &self.inner.shared.unwritten;
+        unwritten.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        if self.tx.send(WriterMsg::Append(request)).await.is_err() {
+            unwritten.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+            return Err(StoreError::Closed);
+        }
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
     fn prepare(events: Vec<NewEvent>) -> Result<Vec<PreparedEvent>, StoreError> {
         if events.is_empty() {
             return Err(StoreError::InvalidAppend("no events to append".into()));
@@ -454,20 +521,7 @@ impl EventStore for FileStore {
         events: Vec<NewEvent>,
     ) -> Result<Appended, StoreError> {
         let events = Self::prepare(events)?;
-        let (reply, answer) = oneshot::channel();
-        let request = AppendRequest {
-            stream: stream.clone(),
-            expected,
-            events,
-            reply,
-        };
-        let unwritten = &self.inner.shared.unwritten;
-        unwritten.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-        if self.tx.send(WriterMsg::Append(request)).await.is_err() {
-            unwritten.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
-            return Err(StoreError::Closed);
-        }
-        answer.await.map_err(|_| StoreError::Closed)?
+        self.submit(stream, expected, events, None).await
     }
 
     async fn read_stream(
@@ -518,5 +572,15 @@ impl EventStore for FileStore {
 
     fn subscribe_all(&self, from_position: Position) -> Subscription {
         Subscription::new(Arc::new(Feed(self.inner.clone())), from_position)
+    }
+
+    fn stats(&self) -> Option<crate::store::StoreStats> {
+        let s = FileStore::stats(self);
+        Some(crate::store::StoreStats {
+            write_batches: s.batches_written,
+            records_written: s.records_written,
+            syncs: s.syncs,
+            sync_seconds: s.sync_seconds,
+        })
     }
 }

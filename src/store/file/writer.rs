@@ -77,6 +77,15 @@ pub(crate) struct AppendRequest {
     pub expected: ExpectedVersion,
     pub events: Vec<PreparedEvent>,
     pub reply: Reply,
+    /// Set when replaying an exported record verbatim (see `FileStore::import_record`).
+    pub import: Option<ImportCheck>,
+}
+
+/// What an imported record must land on for its stored hash to stay valid.
+pub(crate) struct ImportCheck {
+    pub position: Position,
+    pub prev_hash: ledger_events::Hash,
+    pub recorded_at: DateTime<Utc>,
 }
 
 pub(crate) enum WriterMsg {
@@ -412,8 +421,28 @@ impl Writer {
         let placed_before = batch.placed.len();
         let stream_ix = batch.streams.len() as u32;
         let mut head = batch.head;
-        let now = truncate_to_micros(self.clock.now());
-        let recorded_at = now.max(batch.last_recorded_at);
+        let recorded_at = match &request.import {
+            None => truncate_to_micros(self.clock.now()).max(batch.last_recorded_at),
+            Some(import) => {
+                // Every input of the record's hash must be what the export recorded.
+                if request.events.len() != 1
+                    || import.position != first
+                    || import.prev_hash != batch.head.hash
+                    || import.recorded_at < batch.last_recorded_at
+                    || truncate_to_micros(import.recorded_at) != import.recorded_at
+                {
+                    if opens_segment {
+                        batch.chunks.pop();
+                    }
+                    return Err(StoreError::InvalidAppend(format!(
+                        "imported record at position {} does not follow the head (position {}, \
+                         hash {}) in position, hash chain or time",
+                        import.position, batch.head.position, batch.head.hash
+                    )));
+                }
+                import.recorded_at
+            }
+        };
         let Some(chunk) = batch.chunks.last_mut() else {
             return Err(StoreError::Poisoned("writer batch has no chunk".into()));
         };

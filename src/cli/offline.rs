@@ -1,0 +1,190 @@
+//! `offline issue|verify`: support's counter-key tool (through the ledger, so the activation
+//! is recorded and a serial is used once) and a terminal's local check of a counter-key.
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+
+use chrono::NaiveDate;
+use ledger_events::{offline, Actor, Cnpj, CounterKey, LicenseId, Product, Serial};
+use uuid::Uuid;
+
+use super::{parse_flag, CliError};
+use crate::app::commands::OfflineRequest;
+use crate::app::{Ledger, LedgerConfig};
+use crate::clock::{Clock, SystemClock};
+use crate::config::{SecretsFile, SECRETS_FILE_NAME};
+
+/// The `offline` subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum OfflineCommand {
+    /// Issue a counter-key for a terminal's serial ("Ativar Offline"); records it.
+    Issue(IssueArgs),
+    /// Check a counter-key as the terminal does; exits 1 when it does not verify.
+    Verify(VerifyArgs),
+}
+
+/// Options of `offline issue`.
+#[derive(Debug, clap::Args)]
+pub struct IssueArgs {
+    /// The product (code or name: easycash, notify, nfe, tef_iws, "NF-e Nota Fiscal"...).
+    #[arg(long, value_name = "PRODUCT")]
+    pub product: String,
+    /// The serial the terminal shows (16 hex digits).
+    #[arg(long, value_name = "SERIAL")]
+    pub serial: String,
+    /// The customer, when known.
+    #[arg(long, value_name = "CNPJ")]
+    pub cnpj: Option<String>,
+    /// The license released, when known (with --cnpj, opens a manual contingency).
+    #[arg(long, value_name = "ID")]
+    pub license: Option<String>,
+}
+
+/// Options of `offline verify`.
+#[derive(Debug, clap::Args)]
+pub struct VerifyArgs {
+    /// The product.
+    #[arg(long, value_name = "PRODUCT")]
+    pub product: String,
+    /// The terminal's serial.
+    #[arg(long, value_name = "SERIAL")]
+    pub serial: String,
+    /// The counter-key as typed (`XXXX XXXX XXXX XXXX`; spaces optional).
+    #[arg(long, value_name = "KEY")]
+    pub counter_key: String,
+    /// The terminal's date [default: today].
+    #[arg(long, value_name = "YYYY-MM-DD")]
+    pub date: Option<String>,
+}
+
+/// Runs an `offline` subcommand.
+pub fn run(data_dir: &Path, command: OfflineCommand, out: &mut impl Write) -> Result<(), CliError> {
+    match command {
+        OfflineCommand::Issue(args) => issue(data_dir, &args, out),
+        OfflineCommand::Verify(args) => verify(data_dir, &args, out),
+    }
+}
+
+fn product(s: &str) -> Result<Product, CliError> {
+    parse_flag(
+        "--product",
+        s,
+        Product::parse,
+        "pass a product code such as easycash",
+    )
+}
+
+fn serial(s: &str) -> Result<Serial, CliError> {
+    parse_flag(
+        "--serial",
+        s,
+        Serial::parse,
+        "pass the 16 hex digits the terminal shows",
+    )
+}
+
+fn secrets(data_dir: &Path) -> Result<SecretsFile, CliError> {
+    let path = data_dir.join(SECRETS_FILE_NAME);
+    if !path.is_file() {
+        return Err(CliError::Refused(format!(
+            "{} does not exist: the offline keys are created by the server's first start; \
+             pass the server's --data-dir",
+            path.display()
+        )));
+    }
+    Ok(SecretsFile::load_or_create(data_dir)?.0)
+}
+
+fn issue(data_dir: &Path, args: &IssueArgs, out: &mut impl Write) -> Result<(), CliError> {
+    let request = OfflineRequest {
+        serial: serial(&args.serial)?,
+        product: product(&args.product)?,
+        cnpj: args
+            .cnpj
+            .as_deref()
+            .map(|c| {
+                parse_flag(
+                    "--cnpj",
+                    c,
+                    Cnpj::parse,
+                    "pass the customer's 14-character CNPJ",
+                )
+            })
+            .transpose()?,
+        license_id: args
+            .license
+            .as_deref()
+            .map(|l| parse_flag("--license", l, LicenseId::parse, "pass an id from `table`"))
+            .transpose()?,
+        caixa: None,
+        equipamento: None,
+    };
+    let file = secrets(data_dir)?;
+    let actor = Actor::operator("suporte").map_err(|e| CliError::Refused(e.to_string()))?;
+    let runtime = super::runtime()?;
+    runtime.block_on(async {
+        let store = super::open_store(
+            data_dir,
+            "issue it through the API instead: POST /v1/offline-activations",
+        )
+        .await?;
+        let result = async {
+            let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+            let ledger = Ledger::start(store.clone(), clock, LedgerConfig::default()).await?;
+            let issued = ledger
+                .issue_offline_activation(&file.secrets, request, &actor, Uuid::now_v7())
+                .await?;
+            drop(ledger);
+            writeln!(out, "Contra-chave: {}", issued.counter_key.grouped())?;
+            writeln!(
+                out,
+                "Válida até: {} ({})",
+                issued.valid_until.format("%d/%m/%Y"),
+                issued.valid_until
+            )?;
+            Ok::<(), CliError>(())
+        }
+        .await;
+        let closed = store.close().await;
+        result?;
+        Ok(closed?)
+    })
+}
+
+fn verify(data_dir: &Path, args: &VerifyArgs, out: &mut impl Write) -> Result<(), CliError> {
+    let product = product(&args.product)?;
+    let serial = serial(&args.serial)?;
+    let key = parse_flag(
+        "--counter-key",
+        &args.counter_key,
+        CounterKey::parse_grouped,
+        "pass the 16 hex digits support read out, e.g. \"AF67 142D 1048 F615\"",
+    )?;
+    let day = match &args.date {
+        Some(d) => parse_flag(
+            "--date",
+            d,
+            |s| NaiveDate::parse_from_str(s, "%Y-%m-%d"),
+            "pass the terminal's date as YYYY-MM-DD",
+        )?,
+        None => crate::domain::today(SystemClock.now()),
+    };
+    let file = secrets(data_dir)?;
+    let secret = file.secrets.offline.get(&product).ok_or_else(|| {
+        CliError::Refused(format!(
+            "{} has no offline key for {product}",
+            file.path().display()
+        ))
+    })?;
+    match offline::verify_counter_key(secret, &serial, product, &key, day) {
+        Ok(until) => {
+            writeln!(out, "OK: valid until {}", until.format("%d/%m/%Y"))?;
+            Ok(())
+        }
+        Err(_) => Err(CliError::Failed(format!(
+            "the counter-key does not verify for {product} and serial {serial} on {day}: \
+             it is for another product or serial, mistyped, or expired"
+        ))),
+    }
+}

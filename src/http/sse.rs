@@ -1,0 +1,113 @@
+//! `GET /v1/events/stream`: the log as server-sent events, catch-up then live.
+//!
+//! A task per connection follows a [`LogFeed`](crate::app::LogFeed) and sends each record as
+//! `id: <position>`, `event: record`, `data: <the record's JSON on one line>` through a
+//! bounded channel ([`SSE_CHANNEL_MESSAGES`]) the response body reads from; a slow client
+//! therefore holds at most that many messages plus the feed's one read batch. When idle for
+//! [`KEEP_ALIVE`] the task sends a `: keep-alive` comment. The task ends, dropping the
+//! subscription, as soon as the client goes away (the channel closes), the store closes, or
+//! reading the log fails (logged; the stream then ends).
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use actix_web::http::header::{CACHE_CONTROL, CONTENT_TYPE};
+use actix_web::web::Bytes;
+use actix_web::{web, HttpRequest, HttpResponse};
+use ledger_events::{Position, Record};
+use tokio::sync::mpsc;
+
+use super::auth::Caller;
+use super::error::ApiError;
+use super::extract::Params;
+use super::AppState;
+use crate::app::{AppError, LogFeed};
+use crate::store::StoreError;
+
+/// Messages buffered per connection between the feed task and the client.
+pub const SSE_CHANNEL_MESSAGES: usize = 64;
+/// Idle time after which a `: keep-alive` comment is sent.
+pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+/// The body: the receiving end of the feed task's channel.
+struct ChannelBody(mpsc::Receiver<Bytes>);
+
+impl futures_core::Stream for ChannelBody {
+    type Item = Result<Bytes, std::convert::Infallible>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.0.poll_recv(cx).map(|m| m.map(Ok))
+    }
+}
+
+/// One record as an SSE message.
+fn message(record: &Record) -> Result<Bytes, String> {
+    let json = record.to_json().map_err(|e| e.to_string())?;
+    let data = serde_json::to_string(&json).map_err(|e| e.to_string())?;
+    Ok(Bytes::from(format!(
+        "id: {}\nevent: record\ndata: {data}\n\n",
+        record.envelope.position
+    )))
+}
+
+/// The first position to send: after `Last-Event-ID` when the client resumes, else `?from=`
+/// (default 1).
+fn start_position(req: &HttpRequest, params: &Params) -> Result<Position, ApiError> {
+    if let Some(v) = req.headers().get("Last-Event-ID") {
+        let last: Position = v
+            .to_str()
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .ok_or_else(|| ApiError::field("Last-Event-ID", "expected a position"))?;
+        return Ok(last.saturating_add(1));
+    }
+    Ok(params.get::<Position>("from")?.unwrap_or(1).max(1))
+}
+
+async fn follow(mut feed: LogFeed, tx: mpsc::Sender<Bytes>) {
+    loop {
+        let bytes = tokio::select! {
+            _ = tx.closed() => return,
+            next = feed.next() => match next {
+                Ok(record) => match message(&record) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        tracing::error!(error = %e, position = record.envelope.position, "record does not encode for the event stream");
+                        return;
+                    }
+                },
+                Err(AppError::Store(StoreError::Closed)) => return,
+                Err(e) => {
+                    tracing::error!(error = %e, cursor = feed.cursor(), "event stream stopped: reading the log failed");
+                    return;
+                }
+            },
+            _ = tokio::time::sleep(KEEP_ALIVE) => Bytes::from_static(b": keep-alive\n\n"),
+        };
+        if tx.send(bytes).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// `GET /v1/events/stream?from=POS` (support, auditor, admin).
+pub async fn events_stream(
+    state: web::Data<AppState>,
+    caller: Caller,
+    req: HttpRequest,
+    params: Params,
+) -> Result<HttpResponse, ApiError> {
+    caller.require_reader()?;
+    let from = start_position(&req, &params)?;
+    let feed = state.ledger.subscribe(from);
+    let (tx, rx) = mpsc::channel(SSE_CHANNEL_MESSAGES);
+    // Sent first so the client sees the stream open before any record exists.
+    let _ = tx.try_send(Bytes::from_static(b": connected\n\n"));
+    tokio::spawn(follow(feed, tx));
+    Ok(HttpResponse::Ok()
+        .insert_header((CONTENT_TYPE, "text/event-stream"))
+        .insert_header((CACHE_CONTROL, "no-cache"))
+        .insert_header(("X-Accel-Buffering", "no"))
+        .streaming(ChannelBody(rx)))
+}

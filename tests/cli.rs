@@ -1,0 +1,248 @@
+//! The command line as a user runs it: the real binary on temporary data directories.
+
+use std::path::Path;
+use std::process::Command;
+
+struct Out {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn run(dir: &Path, args: &[&str]) -> Out {
+    let out = Command::new(env!("CARGO_BIN_EXE_license-ledger"))
+        .args(args)
+        .arg("--data-dir")
+        .arg(dir)
+        .env("LEDGER_LOG", "warn")
+        .output()
+        .expect("run license-ledger");
+    Out {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn ok(dir: &Path, args: &[&str]) -> String {
+    let o = run(dir, args);
+    assert_eq!(
+        o.code, 0,
+        "{args:?}: stdout {} stderr {}",
+        o.stdout, o.stderr
+    );
+    o.stdout
+}
+
+fn last_line(s: &str) -> &str {
+    s.lines().last().unwrap_or_default()
+}
+
+#[test]
+fn demo_fills_an_empty_store_and_the_table_shows_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let summary = ok(dir.path(), &["demo"]);
+    assert!(summary.contains("12 licenses"), "{summary}");
+    let table = ok(dir.path(), &["table"]);
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(lines[0].starts_with("ID  "), "{table}");
+    assert!(lines[0].contains("Hardware Key") && lines[0].contains("Contrato"));
+    assert!(
+        lines[1].starts_with("000001  88A7B56C2B3F326F91362A182483F63E"),
+        "{table}"
+    );
+    assert_eq!(last_line(&table), "1º Item (Total 12)");
+    assert!(
+        table.contains("TEF IWS") && table.contains("Sim"),
+        "{table}"
+    );
+    assert!(table.contains("Expirada"), "{table}");
+    // As of a moment before anything was recorded, the table is empty.
+    let before = ok(dir.path(), &["table", "--as-of", "2000-01-01T00:00:00Z"]);
+    assert!(before.contains("Total 0"), "{before}");
+
+    let again = run(dir.path(), &["demo"]);
+    assert_eq!(again.code, 2);
+    assert!(again.stderr.contains("not empty"), "{}", again.stderr);
+}
+
+#[test]
+fn tokens_are_created_listed_without_their_secret_and_revoked() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = ok(
+        dir.path(),
+        &[
+            "token",
+            "create",
+            "--role",
+            "terminal",
+            "--cnpj",
+            "11222333000181",
+            "--name",
+            "caixa-1",
+        ],
+    );
+    let token = last_line(&out).to_owned();
+    assert!(token.starts_with("llt_") && !token.contains(' '), "{out}");
+    let list = ok(dir.path(), &["token", "list"]);
+    assert!(
+        list.contains("caixa-1") && list.contains("terminal"),
+        "{list}"
+    );
+    assert!(list.contains("11222333000181"), "{list}");
+    assert!(
+        !list.contains(&token) && !list.contains(&token[4..20]),
+        "{list}"
+    );
+    let secrets = std::fs::read_to_string(dir.path().join("secrets.toml")).unwrap();
+    assert!(!secrets.contains(&token));
+    ok(dir.path(), &["token", "revoke", "caixa-1"]);
+    let list = ok(dir.path(), &["token", "list"]);
+    assert!(!list.contains("caixa-1"), "{list}");
+}
+
+#[test]
+fn bad_input_exits_2_naming_the_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    for (args, flag) in [
+        (&["token", "create", "--role", "terminal"][..], "--cnpj"),
+        (&["token", "create", "--role", "wizard"][..], "--role"),
+        (
+            &[
+                "token",
+                "create",
+                "--role",
+                "terminal",
+                "--cnpj",
+                "11222333000182",
+            ][..],
+            "--cnpj",
+        ),
+        (&["table", "--as-of", "yesterday"][..], "--as-of"),
+        (
+            &[
+                "offline",
+                "verify",
+                "--product",
+                "nope",
+                "--serial",
+                "50026B77605FA3F8",
+                "--counter-key",
+                "0",
+            ][..],
+            "--product",
+        ),
+    ] {
+        let o = run(dir.path(), args);
+        assert_eq!(o.code, 2, "{args:?}: {}", o.stderr);
+        assert!(o.stderr.contains(flag), "{args:?}: {}", o.stderr);
+    }
+}
+
+#[test]
+fn history_is_newest_first_with_descriptions() {
+    let dir = tempfile::tempdir().unwrap();
+    ok(dir.path(), &["demo"]);
+    let out = ok(dir.path(), &["history", "000001"]);
+    let positions: Vec<u64> = out
+        .lines()
+        .map(|l| l.rsplit_once('#').unwrap().1.parse().unwrap())
+        .collect();
+    assert!(positions.len() >= 3, "{out}");
+    assert!(positions.windows(2).all(|w| w[0] > w[1]), "{out}");
+    assert!(last_line(&out).contains("concedida"), "{out}");
+    assert!(last_line(&out).contains("suporte"), "{out}");
+    let first = out.lines().next().unwrap();
+    assert_eq!(&first[2..3], "/", "{first}");
+    assert_eq!(&first[5..6], "/", "{first}");
+    let missing = run(dir.path(), &["history", "000999"]);
+    assert_eq!(missing.code, 2);
+}
+
+#[test]
+fn export_then_import_reproduces_the_head() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a");
+    let b = dir.path().join("b");
+    ok(&a, &["demo"]);
+    let jsonl = ok(&a, &["export", "--format", "jsonl"]);
+    let file = dir.path().join("log.jsonl");
+    std::fs::write(&file, &jsonl).unwrap();
+    let imported = ok(&b, &["import", file.to_str().unwrap()]);
+    let va = ok(&a, &["verify"]);
+    let vb = ok(&b, &["verify"]);
+    assert_eq!(last_line(&va), last_line(&vb));
+    assert_eq!(last_line(&imported), last_line(&va));
+    assert_eq!(ok(&b, &["export", "--format", "jsonl"]), jsonl);
+    // An import refuses a non-empty store.
+    assert_eq!(run(&b, &["import", file.to_str().unwrap()]).code, 2);
+    let csv = ok(&a, &["export", "--format", "csv", "--from", "2"]);
+    assert!(
+        csv.starts_with("position,stream_id,stream_version,event_type,recorded_at,actor,hash\n2,")
+    );
+}
+
+#[test]
+fn an_issued_counter_key_verifies_for_its_product_only() {
+    let dir = tempfile::tempdir().unwrap();
+    ok(dir.path(), &["demo"]);
+    let out = ok(
+        dir.path(),
+        &[
+            "offline",
+            "issue",
+            "--product",
+            "notify",
+            "--serial",
+            "50026B7711112222",
+            "--cnpj",
+            "11222333000181",
+        ],
+    );
+    let key = out
+        .lines()
+        .find_map(|l| l.strip_prefix("Contra-chave: "))
+        .unwrap_or_else(|| panic!("{out}"))
+        .to_owned();
+    let good = ok(
+        dir.path(),
+        &[
+            "offline",
+            "verify",
+            "--product",
+            "notify",
+            "--serial",
+            "50026B7711112222",
+            "--counter-key",
+            &key,
+        ],
+    );
+    assert!(good.starts_with("OK"), "{good}");
+    let bad = run(
+        dir.path(),
+        &[
+            "offline",
+            "verify",
+            "--product",
+            "easycash",
+            "--serial",
+            "50026B7711112222",
+            "--counter-key",
+            &key,
+        ],
+    );
+    assert_eq!(bad.code, 1, "{}", bad.stderr);
+    // A serial is used once.
+    let twice = run(
+        dir.path(),
+        &[
+            "offline",
+            "issue",
+            "--product",
+            "notify",
+            "--serial",
+            "50026B7711112222",
+        ],
+    );
+    assert_ne!(twice.code, 0);
+}
