@@ -177,7 +177,7 @@ async fn check_in(state: State, caller: Caller, Json(body): Json<CheckInBody>) -
     let plan = state.ledger.check_in(&req).await?;
     let signed = state
         .signer
-        .sign(&req, &plan, nonce, state.ledger.clock().now());
+        .sign_cached(&req, &plan, nonce, state.ledger.clock().now());
     let status = if plan.code == OutcomeCode::CustomerInactive {
         StatusCode::UNAUTHORIZED
     } else {
