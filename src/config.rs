@@ -347,11 +347,24 @@ impl SecretsFile {
         Ok(entry)
     }
 
-    /// Re-reads the file, changes it, and writes it back atomically.
+    /// Re-reads the file, changes it, and writes it back atomically, holding
+    /// `secrets.toml.lock` so that the server and the CLI never lose each other's change.
     fn rewrite(
         &self,
         change: impl FnOnce(&mut SecretsToml) -> Result<(), ConfigError>,
     ) -> Result<(), ConfigError> {
+        let lock_path = self.path.with_extension("toml.lock");
+        let lock = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&lock_path)
+            .and_then(|f| f.lock().map(|()| f))
+            .map_err(|source| ConfigError::Io {
+                path: lock_path.clone(),
+                source,
+            })?;
         let text = fs::read_to_string(&self.path).map_err(|source| ConfigError::Io {
             path: self.path.clone(),
             source,
@@ -361,7 +374,9 @@ impl SecretsFile {
             message: e.to_string(),
         })?;
         change(&mut stored)?;
-        write_secrets(&self.path, &stored, false)
+        let written = write_secrets(&self.path, &stored, false);
+        drop(lock);
+        written
     }
 }
 

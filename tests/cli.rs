@@ -246,3 +246,81 @@ fn an_issued_counter_key_verifies_for_its_product_only() {
     );
     assert_ne!(twice.code, 0);
 }
+
+/// Tokens created and revoked with the CLI while the server runs take effect without a
+/// restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_tokens_work_on_a_running_server_without_restart() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Command::new(env!("CARGO_BIN_EXE_license-ledger"))
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(server.stdout.take().unwrap()).lines();
+    let url = loop {
+        let line = lines.next().expect("server output").unwrap();
+        if let Some(rest) = line.strip_prefix("listening on ") {
+            break rest.trim().to_owned();
+        }
+    };
+    let client = reqwest::Client::new();
+    let status = |token: String| {
+        let client = client.clone();
+        let url = url.clone();
+        async move {
+            client
+                .get(format!("{url}/v1/licenses"))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    let created = ok(
+        dir.path(),
+        &[
+            "token",
+            "create",
+            "--role",
+            "auditor",
+            "--name",
+            "late-auditor",
+        ],
+    );
+    let token = last_line(&created).to_owned();
+    let mut got = 0;
+    for _ in 0..50 {
+        got = status(token.clone()).await;
+        if got == 200 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        got, 200,
+        "a token created by the CLI must work on the running server"
+    );
+    ok(dir.path(), &["token", "revoke", "late-auditor"]);
+    for _ in 0..50 {
+        got = status(token.clone()).await;
+        if got == 401 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+    assert_eq!(
+        got, 401,
+        "a revoked token must stop working on the running server"
+    );
+}

@@ -163,7 +163,7 @@ async fn open_rest(
         ledger: ledger.clone(),
         signer: Arc::new(signer),
         secrets: secrets_file.secrets.clone(),
-        tokens: TokenTable::new(&secrets_file.tokens),
+        tokens: TokenTable::watching(&secrets_file.tokens, &settings.data_dir),
         secrets_file: Mutex::new(secrets_file),
     };
     let server =

@@ -130,10 +130,7 @@ fn create(data_dir: &Path, args: &CreateArgs, out: &mut impl Write) -> Result<()
         )?;
     }
     file.add_token_at(entry.clone(), SystemClock.now())?;
-    eprintln!(
-        "note: a server already running loads tokens when it starts; restart it (or create \
-         the token through POST /v1/tokens) for this one to work there"
-    );
+    eprintln!("note: a running server picks the token up within about a second");
     writeln!(
         out,
         "Created {} token {:?} (id {}){}; it is shown only this once:",
@@ -189,7 +186,7 @@ fn revoke(data_dir: &Path, args: &RevokeArgs, out: &mut impl Write) -> Result<()
             },
             other => other.into(),
         })?;
-    eprintln!("note: a server already running keeps accepting the token until it restarts");
+    eprintln!("note: a running server stops accepting the token within about a second");
     writeln!(
         out,
         "Revoked {} token {:?} (id {})",

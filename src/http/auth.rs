@@ -6,17 +6,34 @@ use std::future::{ready, Ready};
 use actix_web::dev::Payload;
 use actix_web::{web, FromRequest, HttpRequest};
 use ledger_events::{Actor, Cnpj};
-use parking_lot::RwLock;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
+
+use parking_lot::{Mutex, RwLock};
 use subtle::ConstantTimeEq;
 
 use super::error::ApiError;
 use super::AppState;
-use crate::config::{token_digest, Role, TokenEntry};
+use crate::config::{token_digest, Role, SecretsFile, TokenEntry, SECRETS_FILE_NAME};
 
-/// The tokens the server accepts; tokens added while it runs work at once.
+/// How often, at most, the table looks at the secrets file for tokens created or revoked by
+/// the CLI while the server runs.
+const RELOAD_CHECK_MILLIS: u64 = 1000;
+
+/// The tokens the server accepts. Tokens added through the API work at once; tokens created
+/// or revoked in `secrets.toml` by the CLI take effect within about a second, because the
+/// table re-reads the file when its modification time changes.
 #[derive(Debug, Default)]
 pub struct TokenTable {
     entries: RwLock<Vec<([u8; 32], TokenEntry)>>,
+    /// The data directory whose `secrets.toml` is followed, if any.
+    watched: Option<PathBuf>,
+    /// Modification time of the file when last read.
+    seen: Mutex<Option<SystemTime>>,
+    /// When the file was last looked at, in milliseconds since the Unix epoch.
+    checked_at: AtomicU64,
 }
 
 impl TokenTable {
@@ -29,6 +46,65 @@ impl TokenTable {
         table
     }
 
+    /// A table of `entries` that also follows `<data_dir>/secrets.toml`.
+    pub fn watching(entries: &[TokenEntry], data_dir: &Path) -> Self {
+        let mut table = Self::new(entries);
+        let seen = fs::metadata(data_dir.join(SECRETS_FILE_NAME))
+            .and_then(|m| m.modified())
+            .ok();
+        table.watched = Some(data_dir.to_owned());
+        *table.seen.get_mut() = seen;
+        table
+    }
+
+    /// Re-reads the secrets file if it changed since it was last read (at most once per
+    /// [`RELOAD_CHECK_MILLIS`]). A file that cannot be read keeps the current tokens.
+    fn refresh(&self) {
+        let Some(dir) = &self.watched else { return };
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let last = self.checked_at.load(Ordering::Relaxed);
+        if now.saturating_sub(last) < RELOAD_CHECK_MILLIS
+            || self
+                .checked_at
+                .compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        let modified = fs::metadata(dir.join(SECRETS_FILE_NAME))
+            .and_then(|m| m.modified())
+            .ok();
+        let mut seen = self.seen.lock();
+        if modified.is_none() || modified == *seen {
+            return;
+        }
+        match SecretsFile::load_or_create(dir) {
+            Ok((file, _)) => {
+                let fresh: Vec<([u8; 32], TokenEntry)> = file
+                    .tokens
+                    .into_iter()
+                    .filter_map(|e| {
+                        let mut digest = [0u8; 32];
+                        hex::decode_to_slice(&e.sha256, &mut digest)
+                            .ok()
+                            .map(|()| (digest, e))
+                    })
+                    .collect();
+                tracing::info!(
+                    tokens = fresh.len(),
+                    "reloaded API tokens from the secrets file"
+                );
+                *self.entries.write() = fresh;
+                *seen = modified;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not reload API tokens; keeping the current ones")
+            }
+        }
+    }
+
     /// Adds an entry; one whose digest is not 64 hex digits is ignored.
     pub fn add(&self, entry: TokenEntry) {
         let mut digest = [0u8; 32];
@@ -39,6 +115,7 @@ impl TokenTable {
 
     /// The caller holding `token`, if any. Compares against every entry in constant time.
     pub fn authenticate(&self, token: &str) -> Option<Caller> {
+        self.refresh();
         let digest = token_digest(token);
         let entries = self.entries.read();
         let mut found = None;
