@@ -1,0 +1,979 @@
+//! Roles and tenants end to end: EVERY route of the HTTP API (src/http/routes.rs) called by
+//! every kind of caller — no token, a bad token, a terminal token of customer A, a terminal
+//! token of customer B, support, auditor, admin — against the real server (127.0.0.1 port 0,
+//! fresh data directory). The expected status of each (route, caller) pair is one table,
+//! [`MATRIX`], so the policy reads at a glance. Every non-2xx answer must have the documented
+//! error shape, a refused call must not write to the log, and nothing customer B's terminal
+//! (or an anonymous caller) receives may name customer A.
+//!
+//! Helpers are copied from tests/api.rs (kept independent of it on purpose).
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use license_ledger::app::LedgerConfig;
+use license_ledger::cli::serve::{start, Running, ServeSettings};
+use reqwest::{Client, StatusCode};
+use serde_json::{json, Value};
+
+// ---- the fixture's data ----
+
+/// Customer A: has a contract and an EasyCash license bound to [`HW_A`] by a check-in.
+const CNPJ_A: &str = "11222333000181";
+/// A's CNPJ as people write it; must not leak either.
+const CNPJ_A_FORMATTED: &str = "11.222.333/0001-81";
+const NAME_A: &str = "Mercado Sigiloso do Cliente A";
+/// Customer B: registered, with its own license; only its terminal token matters here.
+const CNPJ_B: &str = "11444777000161";
+const NAME_B: &str = "Padaria Cliente B";
+/// A valid CNPJ nobody registered.
+const CNPJ_NOBODY: &str = "45723174000110";
+const HW_A: &str = "50026B77825EEC01";
+const HW_KEY_A: &str = "88A7B56C2B3F326F91362A182483F601";
+
+// ---- the callers ----
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Who {
+    NoToken,
+    BadToken,
+    TermA,
+    TermB,
+    Support,
+    Auditor,
+    Admin,
+}
+
+/// The matrix's column order.
+const WHO: [Who; 7] = [
+    Who::NoToken,
+    Who::BadToken,
+    Who::TermA,
+    Who::TermB,
+    Who::Support,
+    Who::Auditor,
+    Who::Admin,
+];
+
+// ---- the policy table ----
+
+/// What a (route, caller) pair must answer. Every allowed call in this test is prepared so
+/// that it succeeds (fresh targets in the right prior state, valid bodies): "allowed" means
+/// exactly 200 here, never "some 4xx caused by the body".
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Exp {
+    /// 200: allowed and done.
+    Ok,
+    /// 401 `unauthenticated`.
+    Unauth,
+    /// 403 `forbidden`: the role may not use the route.
+    Forbid,
+    /// 404 `not_found`: another customer's data, answered as if absent.
+    NotFound,
+}
+
+impl Exp {
+    fn status(self) -> u16 {
+        match self {
+            Exp::Ok => 200,
+            Exp::Unauth => 401,
+            Exp::Forbid => 403,
+            Exp::NotFound => 404,
+        }
+    }
+
+    fn code(self) -> Option<&'static str> {
+        match self {
+            Exp::Ok => None,
+            Exp::Unauth => Some("unauthenticated"),
+            Exp::Forbid => Some("forbidden"),
+            Exp::NotFound => Some("not_found"),
+        }
+    }
+}
+
+const OK: Exp = Exp::Ok;
+const UN: Exp = Exp::Unauth;
+const FB: Exp = Exp::Forbid;
+const NF: Exp = Exp::NotFound;
+
+/// One row: method, route pattern (as in routes.rs, actions expanded), then the expected
+/// answer for each caller in [`WHO`] order.
+type Row = (&'static str, &'static str, [Exp; 7]);
+
+/// The policy (README "HTTP API" + issue 4 "Security"):
+/// public routes answer anyone; check-in is for a terminal of that CNPJ (another customer's
+/// CNPJ: 404) and admin; commands for support and admin; emergency release and tokens for
+/// admin only; queries, the log and the signed head for support, auditor and admin.
+/// Terminals may do nothing but check in.
+#[rustfmt::skip]
+const MATRIX: &[Row] = &[
+    //                                                       none bad  termA termB supp  audit admin
+    ("GET",  "/healthz",                                    [OK,  OK,  OK,   OK,   OK,   OK,   OK]),
+    ("GET",  "/metrics",                                    [OK,  OK,  OK,   OK,   OK,   OK,   OK]),
+    ("GET",  "/v1/keys",                                    [OK,  OK,  OK,   OK,   OK,   OK,   OK]),
+    // check-in for customer A's CNPJ
+    ("POST", "/v1/checkin",                                 [UN,  UN,  OK,   NF,   FB,   FB,   OK]),
+    ("POST", "/v1/customers",                               [UN,  UN,  FB,   FB,   OK,   FB,   OK]),
+    ("GET",  "/v1/customers/{cnpj}/licenses",               [UN,  UN,  FB,   FB,   OK,   OK,   OK]),
+    ("POST", "/v1/customers/{cnpj}/activate",               [UN,  UN,  FB,   FB,   OK,   FB,   OK]),
+    ("POST", "/v1/customers/{cnpj}/deactivate",             [UN,  UN,  FB,   FB,   OK,   FB,   OK]),
+    ("POST", "/v1/customers/{cnpj}/block",                  [UN,  UN,  FB,   FB,   OK,   FB,   OK]),
+    ("POST", "/v1/customers/{cnpj}/unblock",                [UN,  UN,  FB,   FB,   OK,   FB,   OK]),
+    ("POST", "/v1/customers/{cnpj}/blacklist",              [UN,  UN,  FB,   FB,   OK,   FB,   OK]),
+    ("POST", "/v1/customers/{cnpj}/unblacklist",            [UN,  UN,  FB,   FB,   OK,   FB,   OK]),
+    ("POST", "/v1/contracts",                               [UN,  UN,  FB,   FB,   OK,   FB,   OK]),
+    ("POST", "/v1/contracts/{id}/deactivate",               [UN,  UN,  FB,   FB,   OK,   FB,   OK]),
+    ("POST", "/v1/contracts/{id}/reactivate",               [UN,  UN,  FB,   FB,   OK,   FB,   OK]),
+    ("POST", "/v1/licenses",                                [UN,  UN,  FB,   FB,   OK,   FB,   OK]),
+    ("GET",  "/v1/licenses",                                [UN,  UN,  FB,   FB,   OK,   OK,   OK]),
+    ("GET",  "/v1/licenses/{id}",                           [UN,  UN,  FB,   FB,   OK,   OK,   OK]),
+    ("GET",  "/v1/licenses/{id}/history",                   [UN,  UN,  FB,   FB,   OK,   OK,   OK]),
+    ("PUT",  "/v1/licenses/{id}/resources",                 [UN,  UN,  FB,   FB,   OK,   FB,   OK]),
+    ("POST", "/v1/licenses/{id}/renew",                     [UN,  UN,  FB,   FB,   OK,   FB,   OK]),
+    ("POST", "/v1/licenses/{id}/block",                     [UN,  UN,  FB,   FB,   OK,   FB,   OK]),
+    ("POST", "/v1/licenses/{id}/unblock",                   [UN,  UN,  FB,   FB,   OK,   FB,   OK]),
+    ("POST", "/v1/licenses/{id}/deactivate",                [UN,  UN,  FB,   FB,   OK,   FB,   OK]),
+    ("POST", "/v1/licenses/{id}/reactivate",                [UN,  UN,  FB,   FB,   OK,   FB,   OK]),
+    ("POST", "/v1/licenses/{id}/unlink",                    [UN,  UN,  FB,   FB,   OK,   FB,   OK]),
+    ("POST", "/v1/contingencies",                           [UN,  UN,  FB,   FB,   OK,   FB,   OK]),
+    ("GET",  "/v1/contingencies",                           [UN,  UN,  FB,   FB,   OK,   OK,   OK]),
+    ("POST", "/v1/contingencies/clear",                     [UN,  UN,  FB,   FB,   OK,   FB,   OK]),
+    ("POST", "/v1/offline-activations",                     [UN,  UN,  FB,   FB,   OK,   FB,   OK]),
+    ("POST", "/v1/emergency-releases",                      [UN,  UN,  FB,   FB,   FB,   FB,   OK]),
+    ("POST", "/v1/tokens",                                  [UN,  UN,  FB,   FB,   FB,   FB,   OK]),
+    ("GET",  "/v1/events",                                  [UN,  UN,  FB,   FB,   OK,   OK,   OK]),
+    ("GET",  "/v1/events/stream",                           [UN,  UN,  FB,   FB,   OK,   OK,   OK]),
+    ("GET",  "/v1/audit/head",                              [UN,  UN,  FB,   FB,   OK,   OK,   OK]),
+];
+
+/// Policy cases the server is known to get wrong, as (method, pattern, caller). A case listed
+/// here is still run and reported, but does not fail the suite. Empty: every case of
+/// [`MATRIX`] matched when this file was written. Add an entry only together with an issue
+/// for the fix, and remove it when fixed.
+const KNOWN_GAPS: &[(&str, &str, Who)] = &[];
+
+// ---- the server and its client (adapted from tests/api.rs) ----
+
+struct TestApp {
+    base: String,
+    client: Client,
+    admin: String,
+    _running: Running,
+    _dir: tempfile::TempDir,
+}
+
+/// One answer: status, raw body text (empty for an event stream, which is not read), and
+/// the body as JSON (a JSON string of the text when it is not JSON).
+struct Answer {
+    status: StatusCode,
+    text: String,
+    json: Value,
+}
+
+fn settings(dir: &std::path::Path) -> ServeSettings {
+    ServeSettings {
+        data_dir: dir.to_path_buf(),
+        listen: "127.0.0.1:0".into(),
+        ledger: LedgerConfig::default(),
+        workers: 1,
+    }
+}
+
+impl TestApp {
+    async fn spawn() -> TestApp {
+        if std::env::var_os("TEST_LOG").is_some() {
+            let _ = tracing_subscriber::fmt().with_test_writer().try_init();
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let running = start(&settings(dir.path())).await.unwrap();
+        let admin = running
+            .new_admin_token
+            .clone()
+            .expect("first start makes a token");
+        TestApp {
+            base: format!("http://{}", running.addr),
+            client: Client::builder()
+                .timeout(Duration::from_secs(20))
+                .build()
+                .unwrap(),
+            admin,
+            _running: running,
+            _dir: dir,
+        }
+    }
+
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+    ) -> Answer {
+        let url = format!("{}{}", self.base, path);
+        let mut req = match method {
+            "GET" => self.client.get(url),
+            "PUT" => self.client.put(url),
+            "POST" => self.client.post(url),
+            other => panic!("no method {other} in this API"),
+        };
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let res = req.send().await.unwrap();
+        let status = res.status();
+        let streaming = res
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream"));
+        // An event stream never ends: its headers are the answer; dropping it closes it.
+        let text = if streaming {
+            String::new()
+        } else {
+            res.text().await.unwrap()
+        };
+        let json = serde_json::from_str(&text).unwrap_or_else(|_| Value::String(text.clone()));
+        Answer { status, text, json }
+    }
+
+    /// An admin command that must succeed.
+    async fn admin(&self, method: &str, path: &str, body: Value) -> Value {
+        let a = self
+            .call(method, path, Some(self.admin.as_str()), Some(&body))
+            .await;
+        assert_eq!(
+            a.status,
+            StatusCode::OK,
+            "{method} {path} {body}: {}",
+            a.text
+        );
+        a.json
+    }
+
+    async fn token(&self, name: &str, role: &str, cnpj: Option<&str>) -> String {
+        let b = self
+            .admin(
+                "POST",
+                "/v1/tokens",
+                json!({"name": name, "role": role, "cnpj": cnpj}),
+            )
+            .await;
+        b["token"].as_str().unwrap().to_owned()
+    }
+
+    async fn head(&self) -> u64 {
+        let a = self
+            .call("GET", "/v1/audit/head", Some(self.admin.as_str()), None)
+            .await;
+        assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+        a.json["head_position"].as_u64().unwrap()
+    }
+}
+
+// ---- fresh values ----
+
+static NEXT: AtomicU32 = AtomicU32::new(1);
+
+fn next() -> u32 {
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// A valid numeric CNPJ `99nnnnnn0001dd` not used by the fixture.
+fn fresh_cnpj() -> String {
+    let base = format!("99{:06}0001", next());
+    let digits: Vec<u32> = base.chars().map(|c| c.to_digit(10).unwrap()).collect();
+    let check = |d: &[u32], weights: &[u32]| {
+        let r = d.iter().zip(weights).map(|(a, b)| a * b).sum::<u32>() % 11;
+        if r < 2 {
+            0
+        } else {
+            11 - r
+        }
+    };
+    let d1 = check(&digits, &[5, 4, 3, 2, 9, 8, 7, 6, 5, 4, 3, 2]);
+    let mut with_d1 = digits.clone();
+    with_d1.push(d1);
+    let d2 = check(&with_d1, &[6, 5, 4, 3, 2, 9, 8, 7, 6, 5, 4, 3, 2]);
+    format!("{base}{d1}{d2}")
+}
+
+fn fresh_hardware_id() -> String {
+    format!("5002AA{:010X}", next())
+}
+
+fn fresh_hardware_key() -> String {
+    format!("88A7B56C2B3F326F9136{:012X}", next())
+}
+
+fn fresh_serial() -> String {
+    format!("50026B7760{:06X}", next())
+}
+
+fn checkin_body(cnpj: &str, hardware_id: &str, hardware_key: &str) -> Value {
+    json!({"cnpj": cnpj, "product": "easycash", "hardware_id": hardware_id,
+           "hardware_key": hardware_key, "ip": "192.168.0.191",
+           "program_version": "2.0.12.1", "nonce": "n-roles"})
+}
+
+// ---- the fixture ----
+
+struct Fixture {
+    app: TestApp,
+    term_a: String,
+    term_b: String,
+    support: String,
+    auditor: String,
+    /// A's license, bound to [`HW_A`].
+    license_a: String,
+    /// B's license (never bound).
+    license_b: String,
+}
+
+impl Fixture {
+    async fn new() -> Fixture {
+        let app = TestApp::spawn().await;
+        for (cnpj, name) in [(CNPJ_A, NAME_A), (CNPJ_B, NAME_B)] {
+            app.admin(
+                "POST",
+                "/v1/customers",
+                json!({"cnpj": cnpj, "trade_name": name}),
+            )
+            .await;
+        }
+        let contract = app
+            .admin(
+                "POST",
+                "/v1/contracts",
+                json!({"cnpj": CNPJ_A, "starts_on": "2024-01-01", "interval_days": 30,
+                       "renew_before_days": 3}),
+            )
+            .await;
+        let license_a = app
+            .admin(
+                "POST",
+                "/v1/licenses",
+                json!({"cnpj": CNPJ_A, "product": "easycash", "expires_on": "2099-12-31",
+                       "contract_id": contract["contract_id"]}),
+            )
+            .await["license_id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let license_b = app
+            .admin(
+                "POST",
+                "/v1/licenses",
+                json!({"cnpj": CNPJ_B, "product": "easycash", "expires_on": "2099-12-31"}),
+            )
+            .await["license_id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let term_a = app.token("caixa-a", "terminal", Some(CNPJ_A)).await;
+        let term_b = app.token("caixa-b", "terminal", Some(CNPJ_B)).await;
+        let support = app.token("suporte", "support", None).await;
+        let auditor = app.token("auditoria", "auditor", None).await;
+
+        // A's terminal checks in: the license is bound to it.
+        let a = app
+            .call(
+                "POST",
+                "/v1/checkin",
+                Some(&term_a),
+                Some(&checkin_body(CNPJ_A, HW_A, HW_KEY_A)),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+        assert_eq!(
+            a.json["answer"]["license_id"],
+            json!(license_a),
+            "{}",
+            a.text
+        );
+        let row = app
+            .call(
+                "GET",
+                &format!("/v1/licenses/{license_a}?min_position={}", app.head().await),
+                Some(&auditor),
+                None,
+            )
+            .await;
+        assert!(
+            row.text.contains(HW_A),
+            "A's license is bound to its terminal: {}",
+            row.text
+        );
+        Fixture {
+            app,
+            term_a,
+            term_b,
+            support,
+            auditor,
+            license_a,
+            license_b,
+        }
+    }
+
+    fn token(&self, who: Who) -> Option<&str> {
+        match who {
+            Who::NoToken => None,
+            Who::BadToken => Some("llt_not-a-token-of-this-server"),
+            Who::TermA => Some(&self.term_a),
+            Who::TermB => Some(&self.term_b),
+            Who::Support => Some(&self.support),
+            Who::Auditor => Some(&self.auditor),
+            Who::Admin => Some(&self.app.admin),
+        }
+    }
+
+    async fn fresh_customer(&self) -> String {
+        let cnpj = fresh_cnpj();
+        self.app
+            .admin(
+                "POST",
+                "/v1/customers",
+                json!({"cnpj": cnpj, "trade_name": format!("Cliente Avulso {cnpj}")}),
+            )
+            .await;
+        cnpj
+    }
+
+    /// A fresh EasyCash license of a fresh customer (A's own licenses stay as they are).
+    async fn fresh_license(&self) -> (String, String) {
+        let cnpj = self.fresh_customer().await;
+        let b = self
+            .app
+            .admin(
+                "POST",
+                "/v1/licenses",
+                json!({"cnpj": cnpj, "product": "easycash", "expires_on": "2099-12-31"}),
+            )
+            .await;
+        (cnpj, b["license_id"].as_str().unwrap().to_owned())
+    }
+
+    async fn fresh_contract(&self) -> String {
+        let b = self
+            .app
+            .admin(
+                "POST",
+                "/v1/contracts",
+                json!({"cnpj": CNPJ_A, "starts_on": "2024-01-01", "interval_days": 30,
+                       "renew_before_days": 3}),
+            )
+            .await;
+        b["contract_id"].as_str().unwrap().to_owned()
+    }
+
+    /// The concrete path and body of one call of `pattern`, with targets freshly prepared so
+    /// that an allowed caller succeeds (200).
+    async fn prepare(&self, method: &str, pattern: &str) -> (String, Option<Value>) {
+        let note = json!({"note": "matriz de papéis"});
+        match (method, pattern) {
+            ("GET", "/healthz" | "/metrics" | "/v1/keys") => (pattern.to_owned(), None),
+            ("POST", "/v1/checkin") => (
+                pattern.to_owned(),
+                Some(checkin_body(CNPJ_A, HW_A, HW_KEY_A)),
+            ),
+            ("POST", "/v1/customers") => {
+                let cnpj = fresh_cnpj();
+                (
+                    pattern.to_owned(),
+                    Some(json!({"cnpj": cnpj, "trade_name": format!("Cliente Novo {cnpj}")})),
+                )
+            }
+            ("GET", "/v1/customers/{cnpj}/licenses") => {
+                (format!("/v1/customers/{CNPJ_A}/licenses"), None)
+            }
+            ("POST", p) if p.starts_with("/v1/customers/{cnpj}/") => {
+                let action = p.rsplit('/').next().unwrap();
+                let cnpj = self.fresh_customer().await;
+                // The prior state the action needs.
+                let before = match action {
+                    "activate" => Some("deactivate"),
+                    "unblock" => Some("block"),
+                    "unblacklist" => Some("blacklist"),
+                    _ => None,
+                };
+                if let Some(b) = before {
+                    self.app
+                        .admin("POST", &format!("/v1/customers/{cnpj}/{b}"), json!({}))
+                        .await;
+                }
+                (format!("/v1/customers/{cnpj}/{action}"), Some(note))
+            }
+            ("POST", "/v1/contracts") => (
+                pattern.to_owned(),
+                Some(
+                    json!({"cnpj": CNPJ_A, "starts_on": "2024-01-01", "interval_days": 30,
+                            "renew_before_days": 3}),
+                ),
+            ),
+            ("POST", p) if p.starts_with("/v1/contracts/{id}/") => {
+                let action = p.rsplit('/').next().unwrap();
+                let id = self.fresh_contract().await;
+                if action == "reactivate" {
+                    self.app
+                        .admin("POST", &format!("/v1/contracts/{id}/deactivate"), json!({}))
+                        .await;
+                }
+                (format!("/v1/contracts/{id}/{action}"), Some(note))
+            }
+            ("POST", "/v1/licenses") => (
+                pattern.to_owned(),
+                Some(
+                    json!({"cnpj": CNPJ_A, "product": "notify", "expires_on": "2099-12-31",
+                            "resources": {"habilita_dav": true}}),
+                ),
+            ),
+            ("GET", "/v1/licenses") => (format!("/v1/licenses?cnpj={CNPJ_A}"), None),
+            ("GET", "/v1/licenses/{id}") => (format!("/v1/licenses/{}", self.license_a), None),
+            ("GET", "/v1/licenses/{id}/history") => {
+                (format!("/v1/licenses/{}/history", self.license_a), None)
+            }
+            ("PUT", "/v1/licenses/{id}/resources") => {
+                let (_, id) = self.fresh_license().await;
+                (
+                    format!("/v1/licenses/{id}/resources"),
+                    Some(json!({"resources": {"habilita_dav": true, "habilita_preventa": false}})),
+                )
+            }
+            ("POST", p) if p.starts_with("/v1/licenses/{id}/") => {
+                let action = p.rsplit('/').next().unwrap();
+                let (cnpj, id) = self.fresh_license().await;
+                let body = match action {
+                    "renew" => json!({"expires_on": "2100-06-30"}),
+                    "unblock" | "reactivate" => {
+                        let b = if action == "unblock" {
+                            "block"
+                        } else {
+                            "deactivate"
+                        };
+                        self.app
+                            .admin("POST", &format!("/v1/licenses/{id}/{b}"), json!({}))
+                            .await;
+                        note
+                    }
+                    "unlink" => {
+                        // Bound by its terminal's first check-in.
+                        let hw = fresh_hardware_id();
+                        let a = self
+                            .app
+                            .call(
+                                "POST",
+                                "/v1/checkin",
+                                Some(self.app.admin.as_str()),
+                                Some(&checkin_body(&cnpj, &hw, &fresh_hardware_key())),
+                            )
+                            .await;
+                        assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+                        assert_eq!(a.json["answer"]["license_id"], json!(id), "{}", a.text);
+                        note
+                    }
+                    _ => note,
+                };
+                (format!("/v1/licenses/{id}/{action}"), Some(body))
+            }
+            ("POST", "/v1/contingencies") => {
+                let cnpj = self.fresh_customer().await;
+                (
+                    pattern.to_owned(),
+                    Some(json!({"cnpj": cnpj, "kind": "intelliweb", "note": "servidor fora"})),
+                )
+            }
+            ("GET", "/v1/contingencies") => (pattern.to_owned(), None),
+            ("POST", "/v1/contingencies/clear") => {
+                let cnpj = self.fresh_customer().await;
+                self.app
+                    .admin(
+                        "POST",
+                        "/v1/contingencies",
+                        json!({"cnpj": cnpj, "kind": "intelliweb"}),
+                    )
+                    .await;
+                (
+                    pattern.to_owned(),
+                    Some(json!({"cnpj": cnpj, "kind": "intelliweb"})),
+                )
+            }
+            ("POST", "/v1/offline-activations") => (
+                pattern.to_owned(),
+                Some(json!({"serial": fresh_serial(), "product": "easycash"})),
+            ),
+            ("POST", "/v1/emergency-releases") => (
+                pattern.to_owned(),
+                Some(
+                    json!({"product": "easycash", "hardware_id": fresh_hardware_id(),
+                            "hardware_key": fresh_hardware_key(), "licensed_to": "QA Interno"}),
+                ),
+            ),
+            ("POST", "/v1/tokens") => (
+                pattern.to_owned(),
+                Some(json!({"name": format!("matriz-{}", next()), "role": "auditor"})),
+            ),
+            ("GET", "/v1/events") => ("/v1/events?from=1&limit=5".to_owned(), None),
+            ("GET", "/v1/events/stream") => ("/v1/events/stream?from=1".to_owned(), None),
+            ("GET", "/v1/audit/head") => (pattern.to_owned(), None),
+            other => panic!("no preparation for {other:?}: add one with the new route"),
+        }
+    }
+}
+
+// ---- checks ----
+
+/// Problems with the documented error shape `{"error": code, "message": text, "field"?}`.
+fn error_shape_problems(a: &Answer) -> Vec<String> {
+    let mut problems = Vec::new();
+    let Some(obj) = a.json.as_object() else {
+        return vec![format!("body is not a JSON object: {:?}", a.text)];
+    };
+    if !obj.get("error").is_some_and(Value::is_string) {
+        problems.push("`error` is not a string".into());
+    }
+    if !obj.get("message").is_some_and(Value::is_string) {
+        problems.push("`message` is not a string".into());
+    }
+    if obj.get("field").is_some_and(|f| !f.is_string()) {
+        problems.push("`field` is present but not a string".into());
+    }
+    for key in obj.keys() {
+        if !matches!(key.as_str(), "error" | "message" | "field") {
+            problems.push(format!("undocumented key `{key}`"));
+        }
+    }
+    problems
+}
+
+/// Where `text` names customer A.
+fn mentions_a(text: &str) -> Option<&'static str> {
+    [CNPJ_A, CNPJ_A_FORMATTED, NAME_A, "Sigiloso"]
+        .into_iter()
+        .find(|needle| text.contains(needle))
+}
+
+// ---- the tests ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_answers_every_caller_as_the_role_policy_says() {
+    let fx = Fixture::new().await;
+    let mut failures = Vec::new();
+    let mut gaps_seen = Vec::new();
+    let mut calls = 0;
+
+    for (method, pattern, row) in MATRIX {
+        for (who, exp) in WHO.iter().zip(row) {
+            let (path, body) = fx.prepare(method, pattern).await;
+            let head_before = fx.app.head().await;
+            let a = fx
+                .app
+                .call(method, &path, fx.token(*who), body.as_ref())
+                .await;
+            calls += 1;
+            let case = format!(
+                "{method} {pattern} ({method} {path}) as {who:?}: expected {} {exp:?}, got {} — body {}",
+                exp.status(),
+                a.status.as_u16(),
+                if a.text.is_empty() { "<not read>" } else { &a.text }
+            );
+            let key = (*method, *pattern, *who);
+            if a.status.as_u16() != exp.status() {
+                if KNOWN_GAPS.contains(&key) {
+                    gaps_seen.push(case.clone());
+                } else {
+                    failures.push(case.clone());
+                }
+            }
+            if !a.status.is_success() {
+                let problems = error_shape_problems(&a);
+                if !problems.is_empty() {
+                    failures.push(format!("error shape: {}; {case}", problems.join("; ")));
+                }
+                if let Some(code) = exp.code() {
+                    if a.status.as_u16() == exp.status() && a.json["error"] != json!(code) {
+                        failures.push(format!("error code is not {code:?}: {case}"));
+                    }
+                }
+            }
+            if *exp != Exp::Ok {
+                // A refused call writes nothing.
+                let head_after = fx.app.head().await;
+                if head_after != head_before {
+                    failures.push(format!(
+                        "refused call wrote to the log ({head_before} -> {head_after}): {case}"
+                    ));
+                }
+            }
+            if matches!(who, Who::NoToken | Who::BadToken | Who::TermB) {
+                if let Some(needle) = mentions_a(&a.text) {
+                    failures.push(format!("answer names customer A ({needle:?}): {case}"));
+                }
+            }
+            if path == "/v1/events/stream?from=1" && a.status == StatusCode::OK {
+                // Checked by `call`: an event stream was answered (its body is not read).
+                assert!(a.text.is_empty());
+            }
+        }
+    }
+
+    println!(
+        "role matrix: {} routes x {} callers = {calls} calls",
+        MATRIX.len(),
+        WHO.len()
+    );
+    for g in &gaps_seen {
+        println!("KNOWN GAP (listed in KNOWN_GAPS, still wrong): {g}");
+    }
+    assert!(
+        failures.is_empty(),
+        "{} policy failure(s):\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn the_matrix_covers_every_route_of_the_server() {
+    // Every `.route(` of src/http/routes.rs, with `{action}` expanded as the handlers match.
+    let source = include_str!("../src/http/routes.rs");
+    let configure = source
+        .split("pub fn configure")
+        .nth(1)
+        .and_then(|s| s.split("\nasync fn not_found").next())
+        .expect("routes.rs has `configure`");
+    let compact: String = configure.split_whitespace().collect();
+    let mut mounted = Vec::new();
+    for piece in compact.split(".route(").skip(1) {
+        let path = piece.split('"').nth(1).unwrap();
+        let method = piece.split("web::").nth(1).unwrap();
+        let method = method.split('(').next().unwrap().to_uppercase();
+        let path = if path.starts_with("/healthz") || path.starts_with("/metrics") {
+            path.to_owned()
+        } else {
+            format!("/v1{path}")
+        };
+        mounted.push((method, path));
+    }
+    assert!(mounted.len() >= 20, "parsed {mounted:?}");
+    for (method, path) in &mounted {
+        if path.ends_with("/{action}") {
+            let prefix = path.trim_end_matches("{action}");
+            assert!(
+                MATRIX
+                    .iter()
+                    .any(|(m, p, _)| m == method && p.starts_with(prefix)),
+                "{method} {path} has no action in MATRIX"
+            );
+        } else {
+            assert!(
+                MATRIX.iter().any(|(m, p, _)| m == method && p == path),
+                "{method} {path} is mounted but not in MATRIX"
+            );
+        }
+    }
+    for (m, p, _) in MATRIX {
+        assert!(
+            mounted.iter().any(|(method, path)| {
+                method == m
+                    && (path == p
+                        || path
+                            .strip_suffix("{action}")
+                            .is_some_and(|prefix| p.starts_with(prefix)))
+            }),
+            "{m} {p} is in MATRIX but not mounted"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn customer_b_cannot_reach_customer_a_and_learns_nothing_about_it() {
+    let fx = Fixture::new().await;
+    let app = &fx.app;
+    let b = Some(fx.term_b.as_str());
+    let mut seen_by_b: Vec<(String, Answer)> = Vec::new();
+
+    // Check-in for A with B's token: 404, exactly as for a CNPJ nobody registered, whether
+    // it names A's bound terminal or another one; nothing is written.
+    let head = app.head().await;
+    for (label, body) in [
+        ("A, A's terminal", checkin_body(CNPJ_A, HW_A, HW_KEY_A)),
+        (
+            "A, another terminal",
+            checkin_body(CNPJ_A, &fresh_hardware_id(), &fresh_hardware_key()),
+        ),
+        (
+            "unregistered CNPJ",
+            checkin_body(CNPJ_NOBODY, HW_A, HW_KEY_A),
+        ),
+    ] {
+        let a = app.call("POST", "/v1/checkin", b, Some(&body)).await;
+        assert_eq!(
+            a.status,
+            StatusCode::NOT_FOUND,
+            "check-in {label}: {}",
+            a.text
+        );
+        assert_eq!(a.json["error"], json!("not_found"), "{}", a.text);
+        seen_by_b.push((format!("POST /v1/checkin ({label})"), a));
+    }
+    assert_eq!(
+        seen_by_b[0].1.text, seen_by_b[2].1.text,
+        "A's existence must not show"
+    );
+    assert_eq!(seen_by_b[1].1.text, seen_by_b[2].1.text);
+    assert_eq!(
+        app.head().await,
+        head,
+        "B's refused check-ins wrote nothing"
+    );
+
+    // B's own check-in works (the token is valid; the refusal above is about A).
+    let own = app
+        .call(
+            "POST",
+            "/v1/checkin",
+            b,
+            Some(&checkin_body(
+                CNPJ_B,
+                &fresh_hardware_id(),
+                &fresh_hardware_key(),
+            )),
+        )
+        .await;
+    assert_eq!(own.status, StatusCode::OK, "{}", own.text);
+    assert_eq!(own.json["answer"]["license_id"], json!(fx.license_b));
+    assert!(mentions_a(&own.text).is_none(), "{}", own.text);
+
+    // Reading A: a terminal may not read at all (403 by role), and the answer is the same
+    // for A's data, for B's own data and for data that does not exist, so it reveals nothing.
+    let reads = [
+        (
+            format!("/v1/licenses/{}", fx.license_a),
+            format!("/v1/licenses/{}", fx.license_b),
+            "/v1/licenses/999999".to_owned(),
+        ),
+        (
+            format!("/v1/licenses/{}/history", fx.license_a),
+            format!("/v1/licenses/{}/history", fx.license_b),
+            "/v1/licenses/999999/history".to_owned(),
+        ),
+        (
+            format!("/v1/customers/{CNPJ_A}/licenses"),
+            format!("/v1/customers/{CNPJ_B}/licenses"),
+            format!("/v1/customers/{CNPJ_NOBODY}/licenses"),
+        ),
+        (
+            format!("/v1/licenses?cnpj={CNPJ_A}"),
+            format!("/v1/licenses?cnpj={CNPJ_B}"),
+            format!("/v1/licenses?cnpj={CNPJ_NOBODY}"),
+        ),
+        (
+            format!("/v1/contingencies?cnpj={CNPJ_A}"),
+            format!("/v1/contingencies?cnpj={CNPJ_B}"),
+            format!("/v1/contingencies?cnpj={CNPJ_NOBODY}"),
+        ),
+    ];
+    for (of_a, of_b, of_nobody) in reads {
+        let a = app.call("GET", &of_a, b, None).await;
+        let own = app.call("GET", &of_b, b, None).await;
+        let none = app.call("GET", &of_nobody, b, None).await;
+        assert_eq!(a.status, StatusCode::FORBIDDEN, "GET {of_a}: {}", a.text);
+        assert!(
+            a.status != StatusCode::OK && a.json.get("items").is_none(),
+            "{}",
+            a.text
+        );
+        assert_eq!(
+            (a.status, &a.text),
+            (own.status, &own.text),
+            "GET {of_a} vs {of_b}"
+        );
+        assert_eq!(
+            (a.status, &a.text),
+            (none.status, &none.text),
+            "GET {of_a} vs {of_nobody}"
+        );
+        seen_by_b.push((format!("GET {of_a}"), a));
+    }
+
+    // Commands on A's things with B's token: refused, nothing written.
+    let head = app.head().await;
+    for (method, path, body) in [
+        (
+            "POST",
+            format!("/v1/licenses/{}/unlink", fx.license_a),
+            json!({}),
+        ),
+        (
+            "POST",
+            format!("/v1/licenses/{}/block", fx.license_a),
+            json!({}),
+        ),
+        ("POST", format!("/v1/customers/{CNPJ_A}/block"), json!({})),
+        (
+            "POST",
+            "/v1/offline-activations".to_owned(),
+            json!({"serial": fresh_serial(), "product": "easycash", "cnpj": CNPJ_A,
+                   "license_id": fx.license_a}),
+        ),
+        (
+            "POST",
+            "/v1/tokens".to_owned(),
+            json!({"name": "caixa-a-falso", "role": "terminal", "cnpj": CNPJ_A}),
+        ),
+    ] {
+        let a = app.call(method, &path, b, Some(&body)).await;
+        assert!(
+            matches!(a.status.as_u16(), 403 | 404),
+            "{method} {path} with B's token: {} {}",
+            a.status,
+            a.text
+        );
+        seen_by_b.push((format!("{method} {path}"), a));
+    }
+    assert_eq!(app.head().await, head, "B's refused commands wrote nothing");
+
+    // A is untouched and still checks in.
+    let still = app
+        .call(
+            "GET",
+            &format!("/v1/licenses/{}", fx.license_a),
+            Some(&fx.auditor),
+            None,
+        )
+        .await;
+    assert_eq!(still.json["blocked"], json!(false), "{}", still.text);
+    assert!(still.text.contains(HW_A), "{}", still.text);
+    let a = app
+        .call(
+            "POST",
+            "/v1/checkin",
+            Some(&fx.term_a),
+            Some(&checkin_body(CNPJ_A, HW_A, HW_KEY_A)),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+
+    // Nothing B was answered names A, and every refusal has the documented shape.
+    for (what, a) in &seen_by_b {
+        if let Some(needle) = mentions_a(&a.text) {
+            panic!(
+                "{what}: B's answer names customer A ({needle:?}): {}",
+                a.text
+            );
+        }
+        if !a.status.is_success() {
+            let problems = error_shape_problems(a);
+            assert!(problems.is_empty(), "{what}: {problems:?}: {}", a.text);
+        }
+    }
+    // Nor do the public routes anyone may read.
+    for path in ["/healthz", "/metrics", "/v1/keys"] {
+        let a = app.call("GET", path, None, None).await;
+        assert_eq!(a.status, StatusCode::OK);
+        assert!(mentions_a(&a.text).is_none(), "{path}: {}", a.text);
+    }
+}
