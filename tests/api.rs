@@ -651,3 +651,45 @@ async fn metrics_count_requests_by_route_pattern_and_report_the_log_head() {
     assert!(metric(&text, "ledger_fsyncs_total").unwrap() >= 1.0);
     assert!(metric(&text, "ledger_fsync_seconds_total").is_some());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_authentication_and_offline_activations_are_rate_limited() {
+    use license_ledger::http::limits::{AUTH_FAILURES_PER_MINUTE, OFFLINE_ACTIVATIONS_PER_MINUTE};
+    let app = TestApp::spawn().await;
+    // Guessing tokens: past the limit, the address gets 429 even with a good token.
+    let mut statuses = Vec::new();
+    for _ in 0..AUTH_FAILURES_PER_MINUTE {
+        let (status, _) = app
+            .call("GET", "/v1/licenses", Some("llt_guess"), None)
+            .await;
+        statuses.push(status.as_u16());
+    }
+    assert!(statuses.iter().all(|&s| s == 401), "{statuses:?}");
+    let (status, body) = app
+        .call("GET", "/v1/licenses", Some(&app.admin), None)
+        .await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_eq!(body["error"], "rate_limited");
+    assert!(body["message"].as_str().unwrap().contains("retry"));
+
+    // Counter-key requests per token.
+    let app = TestApp::spawn().await;
+    let support = app.token("support", None).await;
+    let mut last = StatusCode::OK;
+    for i in 0..=OFFLINE_ACTIVATIONS_PER_MINUTE {
+        let serial = format!("50026B77605F{i:04X}");
+        let (status, body) = app
+            .call(
+                "POST",
+                "/v1/offline-activations",
+                Some(&support),
+                Some(json!({"serial": serial, "product": "easycash"})),
+            )
+            .await;
+        if i < OFFLINE_ACTIVATIONS_PER_MINUTE {
+            assert_eq!(status, StatusCode::OK, "activation {i}: {body}");
+        }
+        last = status;
+    }
+    assert_eq!(last, StatusCode::TOO_MANY_REQUESTS);
+}

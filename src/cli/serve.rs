@@ -165,6 +165,7 @@ async fn open_rest(
         secrets: secrets_file.secrets.clone(),
         tokens: TokenTable::watching(&secrets_file.tokens, &settings.data_dir),
         secrets_file: Mutex::new(secrets_file),
+        limits: http::limits::RateLimits::default(),
     };
     let server =
         http::server(state, listener, settings.workers).map_err(|source| ServeError::Io {

@@ -15,6 +15,7 @@ use parking_lot::{Mutex, RwLock};
 use subtle::ConstantTimeEq;
 
 use super::error::ApiError;
+use super::limits::{LimitKey, AUTH_FAILURES_PER_MINUTE};
 use super::AppState;
 use crate::config::{token_digest, Role, SecretsFile, TokenEntry, SECRETS_FILE_NAME};
 
@@ -128,6 +129,7 @@ impl TokenTable {
             name: e.name.clone(),
             role: e.role,
             cnpj: e.cnpj,
+            address: None,
         })
     }
 }
@@ -141,6 +143,8 @@ pub struct Caller {
     pub role: Role,
     /// A terminal's customer.
     pub cnpj: Option<Cnpj>,
+    /// The client's address, when known.
+    pub address: Option<std::net::IpAddr>,
 }
 
 impl Caller {
@@ -186,10 +190,35 @@ impl FromRequest for Caller {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::trim);
-        let caller = match (token, req.app_data::<web::Data<AppState>>()) {
-            (Some(t), Some(state)) if !t.is_empty() => state.tokens.authenticate(t),
-            _ => None,
+        let address = req.peer_addr().map(|a| a.ip());
+        let (Some(token), Some(state)) = (token, req.app_data::<web::Data<AppState>>()) else {
+            return ready(Err(ApiError::Unauthenticated));
         };
-        ready(caller.ok_or(ApiError::Unauthenticated))
+        if token.is_empty() {
+            return ready(Err(ApiError::Unauthenticated));
+        }
+        // Guessing tokens: an address past its failures is refused before any comparison.
+        let key = address.map(LimitKey::AuthFailure);
+        if let Some(key) = &key {
+            if state.limits.exhausted(key, AUTH_FAILURES_PER_MINUTE) {
+                return ready(Err(ApiError::RateLimited(
+                    "too many failed authentications from this address; retry in a minute".into(),
+                )));
+            }
+        }
+        match state.tokens.authenticate(token) {
+            Some(mut caller) => {
+                caller.address = address;
+                ready(Ok(caller))
+            }
+            None => {
+                if let Some(key) = key {
+                    if !state.limits.hit(key, AUTH_FAILURES_PER_MINUTE) {
+                        tracing::warn!(address = ?address, "failed authentications rate limited");
+                    }
+                }
+                ready(Err(ApiError::Unauthenticated))
+            }
+        }
     }
 }

@@ -50,6 +50,9 @@ pub enum ApiError {
     /// 503: the store cannot take or serve requests now; retry later.
     #[error("{0}")]
     Unavailable(String),
+    /// 429: too many requests of this kind from this caller or address; retry later.
+    #[error("{0}")]
+    RateLimited(String),
     /// 500: a bug or damage; details are in the log only.
     #[error("internal error")]
     Internal,
@@ -76,6 +79,7 @@ impl ApiError {
             ApiError::TooLarge(_) => "body_too_large",
             ApiError::Rejected { .. } => "rejected",
             ApiError::Unavailable(_) => "unavailable",
+            ApiError::RateLimited(_) => "rate_limited",
             ApiError::Internal => "internal",
         }
     }
@@ -100,6 +104,7 @@ impl ResponseError for ApiError {
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Rejected { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

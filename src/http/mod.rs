@@ -17,6 +17,7 @@ use crate::config::SecretsFile;
 pub mod auth;
 pub mod error;
 pub mod extract;
+pub mod limits;
 pub mod metrics;
 pub mod routes;
 pub mod sse;
@@ -36,6 +37,8 @@ pub struct AppState {
     pub tokens: TokenTable,
     /// The secrets file, for tokens created through the API.
     pub secrets_file: Mutex<SecretsFile>,
+    /// Rate limits (failed authentication, offline activation).
+    pub limits: limits::RateLimits,
 }
 
 /// Builds the server on `listener` with `workers` worker threads. Signals are not handled

@@ -22,6 +22,7 @@ use uuid::Uuid;
 use super::auth::Caller;
 use super::error::ApiError;
 use super::extract::{Json, Params};
+use super::limits::{LimitKey, OFFLINE_ACTIVATIONS_PER_MINUTE};
 use super::AppState;
 use crate::app::commands::{GrantLicense, OfflineRequest, SignContract};
 use crate::app::CommandOutcome;
@@ -507,6 +508,23 @@ struct OfflineBody {
 
 async fn offline_activation(state: State, caller: Caller, Json(b): Json<OfflineBody>) -> Answer {
     caller.require_operator()?;
+    // Counter-keys are guessable only by asking many times: limit and log.
+    let by_token = state.limits.hit(
+        LimitKey::OfflineByToken(caller.name.clone()),
+        OFFLINE_ACTIVATIONS_PER_MINUTE,
+    );
+    let by_address = caller.address.is_none_or(|a| {
+        state.limits.hit(
+            LimitKey::OfflineByAddress(a),
+            OFFLINE_ACTIVATIONS_PER_MINUTE,
+        )
+    });
+    if !(by_token && by_address) {
+        tracing::warn!(token = %caller.name, address = ?caller.address, serial = %b.serial, "offline activations rate limited");
+        return Err(ApiError::RateLimited(format!(
+            "more than {OFFLINE_ACTIVATIONS_PER_MINUTE} offline activations a minute; retry in a minute"
+        )));
+    }
     let r = OfflineRequest {
         serial: b.serial,
         product: b.product,
