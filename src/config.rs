@@ -260,16 +260,10 @@ impl SecretsFile {
 
     /// Adds a token entry and rewrites the file (atomically, mode 0600).
     pub fn add_token(&mut self, entry: TokenEntry) -> Result<(), ConfigError> {
-        let text = fs::read_to_string(&self.path).map_err(|source| ConfigError::Io {
-            path: self.path.clone(),
-            source,
+        self.rewrite(|stored| {
+            stored.tokens.push(entry.clone());
+            Ok(())
         })?;
-        let mut stored: SecretsToml = toml::from_str(&text).map_err(|e| ConfigError::Invalid {
-            path: self.path.clone(),
-            message: e.to_string(),
-        })?;
-        stored.tokens.push(entry.clone());
-        write_secrets(&self.path, &stored, false)?;
         self.tokens.push(entry);
         Ok(())
     }

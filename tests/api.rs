@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use ledger_events::answer::{verify_head, SignedAnswer, VerifyingKey};
 use ledger_events::Hash;
-use license_ledger::app::LedgerConfig;
 use license_ledger::cli::serve::{start, Running, ServeSettings};
 use reqwest::{Client, StatusCode};
 use serde_json::{json, Value};
@@ -24,12 +23,7 @@ struct TestApp {
 }
 
 fn settings(dir: &std::path::Path) -> ServeSettings {
-    ServeSettings {
-        data_dir: dir.to_path_buf(),
-        listen: "127.0.0.1:0".into(),
-        ledger: LedgerConfig::default(),
-        workers: 1,
-    }
+    ServeSettings::loopback(dir)
 }
 
 impl TestApp {

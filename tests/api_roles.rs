@@ -11,7 +11,6 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use license_ledger::app::LedgerConfig;
 use license_ledger::cli::serve::{start, Running, ServeSettings};
 use reqwest::{Client, StatusCode};
 use serde_json::{json, Value};
@@ -172,12 +171,7 @@ struct Answer {
 }
 
 fn settings(dir: &std::path::Path) -> ServeSettings {
-    ServeSettings {
-        data_dir: dir.to_path_buf(),
-        listen: "127.0.0.1:0".into(),
-        ledger: LedgerConfig::default(),
-        workers: 1,
-    }
+    ServeSettings::loopback(dir)
 }
 
 impl TestApp {

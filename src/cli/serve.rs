@@ -42,6 +42,19 @@ pub struct ServeSettings {
     pub workers: usize,
 }
 
+impl ServeSettings {
+    /// A server on 127.0.0.1 with a free port, one worker, default command settings, over
+    /// `data_dir` (what tests and local tools start).
+    pub fn loopback(data_dir: &std::path::Path) -> Self {
+        Self {
+            data_dir: data_dir.to_path_buf(),
+            listen: "127.0.0.1:0".into(),
+            ledger: LedgerConfig::default(),
+            workers: 1,
+        }
+    }
+}
+
 /// Why the server could not start or stop cleanly.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
