@@ -257,7 +257,7 @@ impl Ledger {
                 LicenseCommand::RenewByContract {
                     license_id,
                     terms: RenewalTerms {
-                        contract: contract.map(contract_state).unwrap_or_default(),
+                        contract: contract.as_ref().map(Contract::from).unwrap_or_default(),
                         customer_active,
                     },
                 }
@@ -450,20 +450,6 @@ enum Allocated {
     Done(CommandOutcome),
     Retry(CommandOutcome, String),
     Taken,
-}
-
-fn contract_state(row: ledger_projections::rows::ContractRow) -> Contract {
-    Contract {
-        signed: Some(ledger_events::ContractSigned {
-            contract_id: row.contract_id,
-            cnpj: row.cnpj,
-            starts_on: row.starts_on,
-            ends_on: row.ends_on,
-            interval_days: row.interval_days,
-            renew_before_days: row.renew_before_days,
-        }),
-        active: row.active,
-    }
 }
 
 /// The last microsecond of `day`, UTC.

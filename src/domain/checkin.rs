@@ -25,9 +25,9 @@ use std::net::IpAddr;
 use chrono::{DateTime, Duration, NaiveDate, Utc};
 use ledger_events::answer::OutcomeCode;
 use ledger_events::{
-    texts, CheckInOutcome, Cnpj, ContingencyCleared, ContingencyKind, ContractSigned, Event,
-    HardwareId, HardwareKey, LicenseBound, LicenseId, LicenseRenewed, Product, ProgramVersion,
-    RefusalReason, RenewalCause, Resources, StreamVersion, TerminalCheckedIn, TerminalNumber,
+    texts, CheckInOutcome, Cnpj, ContingencyCleared, ContingencyKind, Event, HardwareId,
+    HardwareKey, LicenseBound, LicenseId, LicenseRenewed, Product, ProgramVersion, RefusalReason,
+    RenewalCause, Resources, StreamVersion, TerminalCheckedIn, TerminalNumber,
 };
 use ledger_projections::rows::{ContingencyRow, ContractRow, CustomerRow, LastCheckIn, LicenseRow};
 
@@ -84,18 +84,10 @@ pub struct CheckInContext {
 impl CheckInContext {
     fn contract_for(&self, license: &LicenseRow) -> Option<Contract> {
         let id = license.contract_id?;
-        let row = self.contracts.iter().find(|c| c.contract_id == id)?;
-        Some(Contract {
-            signed: Some(ContractSigned {
-                contract_id: row.contract_id,
-                cnpj: row.cnpj,
-                starts_on: row.starts_on,
-                ends_on: row.ends_on,
-                interval_days: row.interval_days,
-                renew_before_days: row.renew_before_days,
-            }),
-            active: row.active,
-        })
+        self.contracts
+            .iter()
+            .find(|c| c.contract_id == id)
+            .map(Contract::from)
     }
 }
 

@@ -6,6 +6,8 @@ use ledger_events::{
     Event, Note,
 };
 
+use ledger_projections::rows::ContractRow;
+
 use super::{Aggregate, DomainError};
 
 /// Longest renewal interval accepted, in days.
@@ -71,6 +73,23 @@ impl Contract {
         match &self.signed {
             Some(s) => self.active && day >= s.starts_on && s.ends_on.is_none_or(|end| day <= end),
             None => false,
+        }
+    }
+}
+
+impl From<&ContractRow> for Contract {
+    /// The contract's state as the read model shows it (for decisions that read the view).
+    fn from(row: &ContractRow) -> Self {
+        Contract {
+            signed: Some(ContractSigned {
+                contract_id: row.contract_id,
+                cnpj: row.cnpj,
+                starts_on: row.starts_on,
+                ends_on: row.ends_on,
+                interval_days: row.interval_days,
+                renew_before_days: row.renew_before_days,
+            }),
+            active: row.active,
         }
     }
 }
