@@ -260,11 +260,16 @@ impl SecretsFile {
 
     /// Adds a token entry and rewrites the file (atomically, mode 0600).
     pub fn add_token(&mut self, entry: TokenEntry) -> Result<(), ConfigError> {
+        self.add_tokens(vec![entry])
+    }
+
+    /// Adds token entries with one rewrite of the file (atomically, mode 0600).
+    pub fn add_tokens(&mut self, entries: Vec<TokenEntry>) -> Result<(), ConfigError> {
         self.rewrite(|stored| {
-            stored.tokens.push(entry.clone());
+            stored.tokens.extend(entries.iter().cloned());
             Ok(())
         })?;
-        self.tokens.push(entry);
+        self.tokens.extend(entries);
         Ok(())
     }
 }

@@ -950,3 +950,28 @@ async fn auditoria_the_license_table_as_of_a_past_moment_or_position() {
     assert!(mid.blocked);
     assert_eq!(mid.expires_on, day("2023-05-01"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decision_holds_until_the_next_day_or_until_the_check_in_is_due_again() {
+    let w = World::new(at("2023-03-27", (17, 32, 28))).await;
+    w.customer().await;
+    w.license("2023-05-01", None).await;
+    // The first check-in binds and records; its plan has steps.
+    let first = w.check_in(1).await;
+    assert!(!first.steps.is_empty());
+    // Asked again a minute later: nothing to append, and the answer holds until midnight
+    // (the record interval, 24 h, ends later).
+    w.clock.advance(chrono::Duration::minutes(1));
+    let again = w.check_in(1).await;
+    assert!(again.steps.is_empty(), "{:?}", again.steps);
+    assert_eq!(again.holds_until, at("2023-03-28", (0, 0, 0)));
+    // The next morning the check-in is due again 24 h after the last record (17:32:28), not
+    // at the next midnight.
+    w.clock.set(at("2023-03-28", (9, 0, 0)));
+    let morning = w.check_in(1).await;
+    assert!(morning.steps.is_empty(), "{:?}", morning.steps);
+    assert_eq!(morning.holds_until, at("2023-03-28", (17, 32, 28)));
+    // Once due, the check-in is recorded again.
+    w.clock.set(at("2023-03-28", (17, 32, 28)));
+    assert!(!w.check_in(1).await.steps.is_empty());
+}

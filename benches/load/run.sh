@@ -25,15 +25,15 @@ cargo build --release --quiet --bin license-ledger --example load_seed
 DATA=$(mktemp -d)
 trap 'kill "${SERVER:-}" 2>/dev/null || true; rm -rf "$DATA"' EXIT
 
-target/release/examples/load_seed "$DATA/data" "$DATA/terminals.csv" "$CUSTOMERS" "$PER_CUSTOMER"
+target/release/examples/load_seed "$DATA/data" "$DATA/terminals.csv" "$CUSTOMERS" "$PER_CUSTOMER" | tee "$DATA/seed.out"
 LEDGER_LOG=warn target/release/license-ledger --data-dir "$DATA/data" serve --listen "127.0.0.1:$PORT" > "$DATA/serve.out" 2> "$DATA/serve.err" &
 SERVER=$!
 for _ in $(seq 1 100); do
   curl -fsS "http://127.0.0.1:$PORT/healthz" >/dev/null 2>&1 && break
   sleep 0.1
 done
-TOKEN=$(grep -A1 'Created an admin API token' "$DATA/serve.out" | tail -1)
-[ -n "$TOKEN" ] || { echo "no admin token in the server's output" >&2; cat "$DATA/serve.out" >&2; exit 1; }
+TOKEN=$(sed -n 's/^admin_token=//p' "$DATA/seed.out")
+[ -n "$TOKEN" ] || { echo "no admin token in the seeder's output" >&2; exit 1; }
 
 run() {
   local name=$1; shift

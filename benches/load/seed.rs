@@ -1,7 +1,9 @@
 //! Seeds a data directory for the HTTP load benchmark: `customers` customers with
 //! `per_customer` EasyCash licenses each, every license bound to its own terminal by a
-//! first check-in, and writes the terminals (CNPJ, hardware id, key, license id) to a CSV
-//! file that the wrk scripts read.
+//! first check-in, and one terminal token per customer (role `terminal`, bound to its CNPJ,
+//! added to `secrets.toml` as `token create` would); writes the terminals (CNPJ, hardware
+//! id, key, license id, the customer's terminal token) to a CSV file that the wrk scripts
+//! read.
 //!
 //! `cargo run --release --example load_seed -- DATA_DIR TERMINALS_CSV [CUSTOMERS] [PER_CUSTOMER]`
 
@@ -15,6 +17,7 @@ use ledger_events::{
 };
 use license_ledger::app::{Ledger, LedgerConfig};
 use license_ledger::clock::{Clock, SystemClock};
+use license_ledger::config::{new_token, token_digest, Role, SecretsFile, TokenEntry};
 use license_ledger::domain::checkin::CheckInRequest;
 use license_ledger::domain::customer::{Customer, CustomerCommand};
 use license_ledger::domain::license::{License, LicenseCommand};
@@ -67,8 +70,25 @@ async fn main() -> Result<(), Box<dyn Error>> {
     let started = std::time::Instant::now();
     let expires = clock.now().date_naive() + Duration::days(365);
     let operator = Actor::operator("load-seed")?;
+    let (mut secrets, admin) = SecretsFile::load_or_create(std::path::Path::new(&data_dir))?;
+    let admin =
+        admin.ok_or("the data directory already has a secrets file; seed an empty directory")?;
+    let mut tokens = Vec::new();
+    let mut entries = Vec::new();
+    for c in 0..customers {
+        let token = new_token()?;
+        entries.push(TokenEntry {
+            name: format!("load-terminal-{c:04}"),
+            sha256: hex::encode(token_digest(&token)),
+            role: Role::Terminal,
+            cnpj: Some(cnpj(c)?),
+        });
+        tokens.push(Arc::new(token));
+    }
+    secrets.add_tokens(entries)?;
     let mut tasks = JoinSet::new();
     for c in 0..customers {
+        let token = tokens[c as usize].clone();
         let ledger = ledger.clone();
         let operator = operator.clone();
         tasks.spawn(async move {
@@ -123,7 +143,9 @@ async fn main() -> Result<(), Box<dyn Error>> {
                 if plan.license_id.is_none() {
                     return Err(format!("terminal {hardware_id} was not bound"));
                 }
-                rows.push(format!("{cnpj},{hardware_id},{hardware_key},{license_id}"));
+                rows.push(format!(
+                    "{cnpj},{hardware_id},{hardware_key},{license_id},{token}"
+                ));
             }
             Ok::<_, String>(rows)
         });
@@ -144,6 +166,8 @@ async fn main() -> Result<(), Box<dyn Error>> {
         started.elapsed().as_secs_f64(),
         head.position
     );
+    // The first start's admin token, for the mixed run's support commands.
+    println!("admin_token={admin}");
     drop(ledger);
     store.close().await?;
     Ok(())

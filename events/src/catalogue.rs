@@ -624,42 +624,70 @@ catalogue! {
     }
 }
 
+impl CustomerEvent {
+    /// The customer.
+    pub fn cnpj(&self) -> &Cnpj {
+        match self {
+            CustomerEvent::Registered(x) => &x.cnpj,
+            CustomerEvent::Activated(x) => &x.cnpj,
+            CustomerEvent::Deactivated(x) => &x.cnpj,
+            CustomerEvent::Blocked(x) => &x.cnpj,
+            CustomerEvent::Unblocked(x) => &x.cnpj,
+            CustomerEvent::Blacklisted(x) => &x.cnpj,
+            CustomerEvent::Unblacklisted(x) => &x.cnpj,
+        }
+    }
+}
+
+impl ContractEvent {
+    /// The contract.
+    pub fn contract_id(&self) -> ContractId {
+        match self {
+            ContractEvent::Signed(x) => x.contract_id,
+            ContractEvent::Deactivated(x) => x.contract_id,
+            ContractEvent::Reactivated(x) => x.contract_id,
+        }
+    }
+}
+
+impl LicenseEvent {
+    /// The license.
+    pub fn license_id(&self) -> LicenseId {
+        match self {
+            LicenseEvent::Granted(x) => x.license_id,
+            LicenseEvent::Renewed(x) => x.license_id,
+            LicenseEvent::Bound(x) => x.license_id,
+            LicenseEvent::Unlinked(x) => x.license_id,
+            LicenseEvent::Blocked(x) => x.license_id,
+            LicenseEvent::Unblocked(x) => x.license_id,
+            LicenseEvent::Deactivated(x) => x.license_id,
+            LicenseEvent::Reactivated(x) => x.license_id,
+            LicenseEvent::ResourcesChanged(x) => x.license_id,
+        }
+    }
+}
+
+impl ContingencyEvent {
+    /// The customer.
+    pub fn cnpj(&self) -> &Cnpj {
+        match self {
+            ContingencyEvent::Entered(x) => &x.cnpj,
+            ContingencyEvent::Cleared(x) => &x.cnpj,
+        }
+    }
+}
+
 impl Event {
     /// The stream this event belongs to, derived from the ids it carries.
     pub fn stream_id(&self) -> StreamId {
         match self {
-            Event::Customer(e) => StreamId::customer(match e {
-                CustomerEvent::Registered(x) => &x.cnpj,
-                CustomerEvent::Activated(x) => &x.cnpj,
-                CustomerEvent::Deactivated(x) => &x.cnpj,
-                CustomerEvent::Blocked(x) => &x.cnpj,
-                CustomerEvent::Unblocked(x) => &x.cnpj,
-                CustomerEvent::Blacklisted(x) => &x.cnpj,
-                CustomerEvent::Unblacklisted(x) => &x.cnpj,
-            }),
-            Event::Contract(e) => StreamId::contract(match e {
-                ContractEvent::Signed(x) => x.contract_id,
-                ContractEvent::Deactivated(x) => x.contract_id,
-                ContractEvent::Reactivated(x) => x.contract_id,
-            }),
-            Event::License(e) => StreamId::license(match e {
-                LicenseEvent::Granted(x) => x.license_id,
-                LicenseEvent::Renewed(x) => x.license_id,
-                LicenseEvent::Bound(x) => x.license_id,
-                LicenseEvent::Unlinked(x) => x.license_id,
-                LicenseEvent::Blocked(x) => x.license_id,
-                LicenseEvent::Unblocked(x) => x.license_id,
-                LicenseEvent::Deactivated(x) => x.license_id,
-                LicenseEvent::Reactivated(x) => x.license_id,
-                LicenseEvent::ResourcesChanged(x) => x.license_id,
-            }),
+            Event::Customer(e) => StreamId::customer(e.cnpj()),
+            Event::Contract(e) => StreamId::contract(e.contract_id()),
+            Event::License(e) => StreamId::license(e.license_id()),
             Event::Terminal(TerminalEvent::CheckedIn(x)) => {
                 StreamId::terminal(&x.cnpj, &x.hardware_id)
             }
-            Event::Contingency(e) => StreamId::contingency(match e {
-                ContingencyEvent::Entered(x) => &x.cnpj,
-                ContingencyEvent::Cleared(x) => &x.cnpj,
-            }),
+            Event::Contingency(e) => StreamId::contingency(e.cnpj()),
             Event::OfflineActivation(OfflineActivationEvent::Issued(x)) => {
                 StreamId::offline_activation(&x.serial)
             }

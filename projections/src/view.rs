@@ -230,6 +230,10 @@ pub struct LedgerView {
     terminals: Map<(Cnpj, HardwareId), TerminalState>,
     /// Per customer, in the order entered.
     contingencies: Map<Cnpj, Vec<ContingencyRow>>,
+    /// Per customer, the position of the last event applied that changed anything of
+    /// theirs; stored after that event's effects are visible (see
+    /// [`LedgerView::customer_stamp`]).
+    stamps: Map<Cnpj, Position>,
     /// Largest id seen, 0 for none.
     max_license_id: AtomicU32,
     max_contract_id: AtomicU32,
@@ -267,6 +271,7 @@ impl LedgerView {
             bound: new_map(),
             terminals: new_map(),
             contingencies: new_map(),
+            stamps: new_map(),
             max_license_id: AtomicU32::new(0),
             max_contract_id: AtomicU32::new(0),
             applier: Mutex::new(Applier::default()),
@@ -296,6 +301,9 @@ impl LedgerView {
             });
         }
         let outcome = self.fold(&mut applier, envelope, event);
+        if let Some(cnpj) = self.customer_of(event) {
+            self.stamps.insert(cnpj, envelope.position);
+        }
         self.position.store(envelope.position, Ordering::Release);
         match outcome {
             Ok(()) => Ok(()),
@@ -324,6 +332,31 @@ impl LedgerView {
         }
         let event = record.event()?;
         self.apply(&record.envelope, &event)
+    }
+
+    /// The position of the last applied event that concerned the customer (its row, its
+    /// contracts, licenses, terminals or contingencies), 0 if none. Everything a check-in of
+    /// theirs reads is the customer's, so a decision made from what the view showed after
+    /// reading stamp `s` still holds while the stamp is `s` (and the clock allows). The
+    /// stamp moves only after the event's effects are visible.
+    pub fn customer_stamp(&self, cnpj: &Cnpj) -> Position {
+        self.stamps.get(cnpj).map_or(0, |p| *p)
+    }
+
+    /// The customer an event concerns, looked up after it was folded.
+    fn customer_of(&self, event: &Event) -> Option<Cnpj> {
+        match event {
+            Event::Customer(e) => Some(*e.cnpj()),
+            Event::Contract(e) => self.contracts.get(&e.contract_id()).map(|c| c.cnpj),
+            Event::License(e) => self.licenses.get(&e.license_id()).map(|l| l.cnpj),
+            Event::Terminal(TerminalEvent::CheckedIn(e)) => Some(e.cnpj),
+            Event::Contingency(e) => Some(*e.cnpj()),
+            Event::OfflineActivation(OfflineActivationEvent::Issued(e)) => e
+                .license_id
+                .and_then(|id| self.licenses.get(&id).map(|l| l.cnpj))
+                .or(e.cnpj),
+            Event::EmergencyRelease(_) => None,
+        }
     }
 
     /// Last applied global position (0 initially).
@@ -506,17 +539,10 @@ impl LedgerView {
         env: &Envelope,
         event: &LicenseEvent,
     ) -> Result<(), String> {
-        let id = match event {
-            LicenseEvent::Granted(e) => return self.grant(applier, env, e),
-            LicenseEvent::Renewed(e) => e.license_id,
-            LicenseEvent::Bound(e) => e.license_id,
-            LicenseEvent::Unlinked(e) => e.license_id,
-            LicenseEvent::Blocked(e) => e.license_id,
-            LicenseEvent::Unblocked(e) => e.license_id,
-            LicenseEvent::Deactivated(e) => e.license_id,
-            LicenseEvent::Reactivated(e) => e.license_id,
-            LicenseEvent::ResourcesChanged(e) => e.license_id,
-        };
+        if let LicenseEvent::Granted(e) = event {
+            return self.grant(applier, env, e);
+        }
+        let id = event.license_id();
         // Index changes are made after the license's lock is released.
         let mut unbind: [Option<HardwareId>; 2] = [None, None];
         let mut bind: Option<HardwareId> = None;

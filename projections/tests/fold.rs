@@ -668,3 +668,99 @@ fn readers_on_other_threads_see_whole_rows_while_the_applier_runs() {
     });
     assert_eq!(view.position(), log.head());
 }
+
+#[test]
+fn a_customers_stamp_moves_with_every_event_of_theirs_and_no_other() {
+    let mut log = Log::new();
+    let (a, b) = (cnpj(1), cnpj(2));
+    // (what is pushed, whose stamp must move)
+    log.push(registered(a, "Mercado Bom"));
+    log.push(registered(b, "Padaria Sol"));
+    let mut expect = |log: &mut Log, event: Event, owner: Cnpj| {
+        let before = log.view();
+        let (stamp_a, stamp_b) = (before.customer_stamp(&a), before.customer_stamp(&b));
+        log.push(event);
+        let p = log.head();
+        let view = log.view();
+        let (now_a, now_b) = (view.customer_stamp(&a), view.customer_stamp(&b));
+        if owner == a {
+            assert_eq!((now_a, now_b), (p, stamp_b), "event at {p} is a's");
+        } else {
+            assert_eq!((now_a, now_b), (stamp_a, p), "event at {p} is b's");
+        }
+    };
+    expect(
+        &mut log,
+        ContractSigned {
+            contract_id: contract_id(731),
+            cnpj: a,
+            starts_on: day(2023, 3, 1),
+            ends_on: None,
+            interval_days: 30,
+            renew_before_days: 3,
+        }
+        .into(),
+        a,
+    );
+    expect(
+        &mut log,
+        ContractDeactivated {
+            contract_id: contract_id(731),
+            note: None,
+        }
+        .into(),
+        a,
+    );
+    expect(
+        &mut log,
+        granted(1, b, Product::EasyCash, day(2023, 3, 30)).into(),
+        b,
+    );
+    expect(&mut log, bound(1, 1, None).into(), b);
+    expect(
+        &mut log,
+        LicenseResourcesChanged {
+            license_id: lic(1),
+            resources: resources(&[("habilita_dav", false)]),
+        }
+        .into(),
+        b,
+    );
+    expect(
+        &mut log,
+        checked_in(
+            b,
+            Product::EasyCash,
+            1,
+            Some(1),
+            None,
+            valid(day(2023, 3, 30)),
+        )
+        .into(),
+        b,
+    );
+    expect(
+        &mut log,
+        entered(a, ContingencyKind::Intelliweb, None, None).into(),
+        a,
+    );
+    expect(
+        &mut log,
+        cleared(a, ContingencyKind::Intelliweb, None).into(),
+        a,
+    );
+    expect(
+        &mut log,
+        CustomerBlocked {
+            cnpj: b,
+            note: None,
+        }
+        .into(),
+        b,
+    );
+    assert_eq!(
+        log.view().customer_stamp(&cnpj(3)),
+        0,
+        "an unknown customer"
+    );
+}

@@ -12,9 +12,7 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
-use dashmap::DashMap;
 use ledger_events::answer::{self, CheckInAnswer, SignedAnswer, SigningKey, VerifyingKey};
-use ledger_events::{Cnpj, HardwareId, Product};
 
 use crate::domain::checkin::{CheckInPlan, CheckInRequest};
 
@@ -46,18 +44,10 @@ pub enum KeyError {
     },
 }
 
-/// Most answers kept for reuse; past it the cache starts over (one entry per terminal and
-/// product, about half a KiB each).
-pub const ANSWER_CACHE_MAX: usize = 200_000;
-
 /// The server's answer-signing key.
 pub struct AnswerSigner {
     key: SigningKey,
     key_id: String,
-    /// Last answer signed per (customer, terminal, product), reused while its content and
-    /// the day are unchanged and the terminal sent no nonce: signing costs tens of
-    /// microseconds, the check-in decision about one.
-    cache: DashMap<(Cnpj, HardwareId, Product), SignedAnswer, ahash::RandomState>,
 }
 
 impl std::fmt::Debug for AnswerSigner {
@@ -74,11 +64,7 @@ impl AnswerSigner {
     pub fn from_seed(seed: [u8; 32]) -> Self {
         let key = SigningKey::from_bytes(&seed);
         let key_id = answer::key_id_for(&key.verifying_key());
-        Self {
-            key,
-            key_id,
-            cache: DashMap::with_hasher(ahash::RandomState::new()),
-        }
+        Self { key, key_id }
     }
 
     /// Loads the key at `path`, creating it (mode 0600) from `seed_source` if absent.
@@ -136,43 +122,6 @@ impl AnswerSigner {
     /// (see [`answer::head_message`]); 128 hex digits.
     pub fn sign_head(&self, position: u64, hash: &ledger_events::Hash) -> String {
         answer::sign_head(&self.key, position, hash)
-    }
-
-    /// Like [`AnswerSigner::sign`], but returns the answer signed earlier for the same
-    /// terminal and product when the terminal sent no nonce, the same day, with the same
-    /// content (license, outcome, dates, resources, texts). Its `issued_at` is then the
-    /// earlier one; a terminal that wants a fresh signature sends a nonce.
-    pub fn sign_cached(
-        &self,
-        req: &CheckInRequest,
-        plan: &CheckInPlan,
-        nonce: Option<String>,
-        now: DateTime<Utc>,
-    ) -> SignedAnswer {
-        if nonce.is_some() {
-            return self.sign(req, plan, nonce, now);
-        }
-        let key = (req.cnpj, req.hardware_id, req.product);
-        if let Some(cached) = self.cache.get(&key) {
-            let a = &cached.answer;
-            let same = a.issued_at.date_naive() == now.date_naive()
-                && a.license_id == plan.license_id
-                && a.hardware_key == req.hardware_key
-                && a.outcome == plan.code
-                && a.expires_on == plan.shown_expiry
-                && a.days_left == plan.days_left
-                && a.resources == plan.resources
-                && a.messages == plan.messages;
-            if same {
-                return cached.clone();
-            }
-        }
-        let signed = self.sign(req, plan, None, now);
-        if self.cache.len() >= ANSWER_CACHE_MAX {
-            self.cache.clear();
-        }
-        self.cache.insert(key, signed.clone());
-        signed
     }
 
     /// Builds and signs the answer to `req` from its decision.
@@ -237,60 +186,5 @@ mod tests {
             AnswerSigner::load_or_create(&path, || Ok([7; 32])),
             Err(KeyError::Malformed { .. })
         ));
-    }
-
-    #[tokio::test]
-    async fn answers_without_nonce_are_reused_the_same_day_while_their_content_holds() {
-        use crate::domain::checkin::CheckInRequest;
-        use chrono::TimeZone;
-        let signer = AnswerSigner::from_seed([5; 32]);
-        let req = CheckInRequest {
-            cnpj: Cnpj::parse("11222333000181").unwrap(),
-            product: Product::EasyCash,
-            hardware_id: HardwareId::parse("50026B77825EECA5").unwrap(),
-            hardware_key: ledger_events::HardwareKey::parse("88A7B56C2B3F326F91362A182483F63E")
-                .unwrap(),
-            ip: None,
-            program_version: None,
-            caixa: None,
-            equipamento: None,
-        };
-        let expires: chrono::NaiveDate = "2023-05-01".parse().unwrap();
-        let plan = CheckInPlan {
-            steps: vec![],
-            outcome: ledger_events::CheckInOutcome::Valid {
-                expires_on: expires,
-            },
-            code: answer::OutcomeCode::Valid,
-            license_id: ledger_events::LicenseId::new(2438).ok(),
-            license_expires_on: Some(expires),
-            shown_expiry: Some(expires),
-            days_left: Some(35),
-            resources: Default::default(),
-            messages: vec![ledger_events::texts::expires_on(expires)],
-        };
-        let morning = Utc.with_ymd_and_hms(2023, 3, 27, 9, 0, 0).unwrap();
-        let noon = Utc.with_ymd_and_hms(2023, 3, 27, 12, 0, 0).unwrap();
-        let a = signer.sign_cached(&req, &plan, None, morning);
-        let b = signer.sign_cached(&req, &plan, None, noon);
-        assert_eq!(a.signature, b.signature, "same day, same content: reused");
-        b.verify(&signer.verifying_key()).unwrap();
-        let with_nonce = signer.sign_cached(&req, &plan, Some("n-1".into()), noon);
-        assert_ne!(
-            with_nonce.signature, a.signature,
-            "a nonce always gets a fresh signature"
-        );
-        let mut blocked = plan.clone();
-        blocked.code = answer::OutcomeCode::Blocked;
-        blocked.messages = vec![ledger_events::texts::NOT_RELEASED.to_owned()];
-        let c = signer.sign_cached(&req, &blocked, None, noon);
-        assert_eq!(
-            c.answer.outcome,
-            answer::OutcomeCode::Blocked,
-            "changed content: signed anew"
-        );
-        let next_day = Utc.with_ymd_and_hms(2023, 3, 28, 9, 0, 0).unwrap();
-        let d = signer.sign_cached(&req, &blocked, None, next_day);
-        assert_eq!(d.answer.issued_at, next_day, "a new day: signed anew");
     }
 }

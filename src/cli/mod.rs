@@ -231,6 +231,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                     .unwrap_or_else(|| crate::config::LISTEN_DEFAULT.to_owned()),
                 ledger,
                 workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
+                clock: std::sync::Arc::new(crate::clock::SystemClock),
             };
             Ok(serve::run(settings, args.demo)?)
         }

@@ -30,7 +30,7 @@ pub struct ServeArgs {
 }
 
 /// Everything `serve` needs, resolved from flags, environment, config file and defaults.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ServeSettings {
     /// Data directory.
     pub data_dir: PathBuf,
@@ -40,6 +40,21 @@ pub struct ServeSettings {
     pub ledger: LedgerConfig,
     /// HTTP worker threads.
     pub workers: usize,
+    /// The time source of every decision and record ([`SystemClock`] except in tests that
+    /// travel in time).
+    pub clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for ServeSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServeSettings")
+            .field("data_dir", &self.data_dir)
+            .field("listen", &self.listen)
+            .field("ledger", &self.ledger)
+            .field("workers", &self.workers)
+            .field("now", &self.clock.now())
+            .finish()
+    }
 }
 
 impl ServeSettings {
@@ -51,6 +66,7 @@ impl ServeSettings {
             listen: "127.0.0.1:0".into(),
             ledger: LedgerConfig::default(),
             workers: 1,
+            clock: Arc::new(SystemClock),
         }
     }
 }
@@ -129,7 +145,7 @@ pub async fn start_with(settings: &ServeSettings, demo: bool) -> Result<Running,
         context: format!("creating {}", settings.data_dir.display()),
         source,
     })?;
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let clock = settings.clock.clone();
     let store =
         Arc::new(FileStore::open(FileStoreConfig::new(&settings.data_dir), clock.clone()).await?);
     match open_rest(settings, store.clone(), clock, demo).await {
@@ -179,6 +195,7 @@ async fn open_rest(
         tokens: TokenTable::watching(&secrets_file.tokens, &settings.data_dir),
         secrets_file: Mutex::new(secrets_file),
         limits: http::limits::RateLimits::default(),
+        answers: http::checkin::AnswerCache::default(),
     };
     let server =
         http::server(state, listener, settings.workers).map_err(|source| ServeError::Io {

@@ -22,7 +22,7 @@
 
 use std::net::IpAddr;
 
-use chrono::{DateTime, Duration, NaiveDate, Utc};
+use chrono::{DateTime, Duration, NaiveDate, NaiveTime, Utc};
 use ledger_events::answer::OutcomeCode;
 use ledger_events::{
     texts, CheckInOutcome, Cnpj, ContingencyCleared, ContingencyKind, Event, HardwareId,
@@ -143,6 +143,11 @@ pub struct CheckInPlan {
     pub resources: Resources,
     /// The exact pt-BR texts, in display order.
     pub messages: Vec<String>,
+    /// Until when the same context gives the same decision: the next day (every date rule
+    /// is by day) or the moment the check-in is due to be recorded again, whichever comes
+    /// first. A decision with no steps may be reused for the same request until then, as
+    /// long as nothing it was decided from changed.
+    pub holds_until: DateTime<Utc>,
 }
 
 fn usable(l: &LicenseRow, day: NaiveDate) -> bool {
@@ -351,6 +356,13 @@ fn finish(
         });
     }
     let day = today(now);
+    let next_day = day.succ_opt().map_or(DateTime::<Utc>::MAX_UTC, |d| {
+        d.and_time(NaiveTime::MIN).and_utc()
+    });
+    let holds_until = match last {
+        Some(last) => next_day.min(last.at + ctx.record_interval),
+        None => next_day,
+    };
     let (code, shown_expiry, messages) = present(&outcome, license.as_ref());
     let sells = code.sells();
     CheckInPlan {
@@ -366,6 +378,7 @@ fn finish(
             _ => Resources::default(),
         },
         messages,
+        holds_until,
     }
 }
 

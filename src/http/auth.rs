@@ -6,13 +6,15 @@ use std::future::{ready, Ready};
 use actix_web::dev::Payload;
 use actix_web::{web, FromRequest, HttpRequest};
 use ledger_events::{Actor, Cnpj};
+use std::collections::HashMap;
 use std::fs;
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
+use subtle::ConstantTimeEq;
 
 use parking_lot::{Mutex, RwLock};
-use subtle::ConstantTimeEq;
 
 use super::error::ApiError;
 use super::limits::{LimitKey, AUTH_FAILURES_PER_MINUTE};
@@ -23,12 +25,54 @@ use crate::config::{token_digest, Role, SecretsFile, TokenEntry, SECRETS_FILE_NA
 /// the CLI while the server runs.
 const RELOAD_CHECK_MILLIS: u64 = 1000;
 
+/// Token digests, bucketed by their first eight bytes so a lookup compares (in constant
+/// time) only the few digests of its bucket, however many tokens there are.
+#[derive(Debug, Default)]
+struct Digests(HashMap<[u8; 8], Vec<TokenDigest>, ahash::RandomState>);
+
+/// A token's SHA-256 digest and its entry.
+type TokenDigest = ([u8; 32], TokenEntry);
+
+impl Digests {
+    fn insert(&mut self, digest: [u8; 32], entry: TokenEntry) {
+        let mut prefix = [0u8; 8];
+        prefix.copy_from_slice(&digest[..8]);
+        self.0.entry(prefix).or_default().push((digest, entry));
+    }
+
+    fn len(&self) -> usize {
+        self.0.values().map(Vec::len).sum()
+    }
+
+    fn find(&self, digest: &[u8; 32]) -> Option<&TokenEntry> {
+        let mut prefix = [0u8; 8];
+        prefix.copy_from_slice(&digest[..8]);
+        let mut found = None;
+        for (d, e) in self.0.get(&prefix).into_iter().flatten() {
+            if bool::from(d.ct_eq(digest)) {
+                found = Some(e);
+            }
+        }
+        found
+    }
+}
+
+impl FromIterator<([u8; 32], TokenEntry)> for Digests {
+    fn from_iter<I: IntoIterator<Item = ([u8; 32], TokenEntry)>>(iter: I) -> Self {
+        let mut d = Digests::default();
+        for (digest, entry) in iter {
+            d.insert(digest, entry);
+        }
+        d
+    }
+}
+
 /// The tokens the server accepts. Tokens added through the API work at once; tokens created
 /// or revoked in `secrets.toml` by the CLI take effect within about a second, because the
 /// table re-reads the file when its modification time changes.
 #[derive(Debug, Default)]
 pub struct TokenTable {
-    entries: RwLock<Vec<([u8; 32], TokenEntry)>>,
+    entries: RwLock<Digests>,
     /// The data directory whose `secrets.toml` is followed, if any.
     watched: Option<PathBuf>,
     /// Modification time of the file when last read.
@@ -83,7 +127,7 @@ impl TokenTable {
         }
         match SecretsFile::load_or_create(dir) {
             Ok((file, _)) => {
-                let fresh: Vec<([u8; 32], TokenEntry)> = file
+                let fresh: Digests = file
                     .tokens
                     .into_iter()
                     .filter_map(|e| {
@@ -110,22 +154,16 @@ impl TokenTable {
     pub fn add(&self, entry: TokenEntry) {
         let mut digest = [0u8; 32];
         if hex::decode_to_slice(&entry.sha256, &mut digest).is_ok() {
-            self.entries.write().push((digest, entry));
+            self.entries.write().insert(digest, entry);
         }
     }
 
-    /// The caller holding `token`, if any. Compares against every entry in constant time.
+    /// The caller holding `token`, if any: its SHA-256 digest is compared in constant time
+    /// with the stored digests that share its first eight bytes.
     pub fn authenticate(&self, token: &str) -> Option<Caller> {
         self.refresh();
         let digest = token_digest(token);
-        let entries = self.entries.read();
-        let mut found = None;
-        for (d, e) in entries.iter() {
-            if bool::from(d.ct_eq(&digest)) {
-                found = Some(e);
-            }
-        }
-        found.map(|e| Caller {
+        self.entries.read().find(&digest).map(|e| Caller {
             name: e.name.clone(),
             role: e.role,
             cnpj: e.cnpj,
@@ -160,16 +198,6 @@ impl Caller {
         }
     }
 
-    /// Support, auditors and admins may read.
-    pub fn require_reader(&self) -> Result<(), ApiError> {
-        self.require(&[Role::Support, Role::Auditor, Role::Admin])
-    }
-
-    /// Support and admins may run commands.
-    pub fn require_operator(&self) -> Result<(), ApiError> {
-        self.require(&[Role::Support, Role::Admin])
-    }
-
     /// The actor recorded in events.
     pub fn actor(&self) -> Result<Actor, ApiError> {
         Actor::operator(&self.name).map_err(|e| {
@@ -179,11 +207,63 @@ impl Caller {
     }
 }
 
-impl FromRequest for Caller {
+/// A set of roles a route admits, for [`As`].
+pub trait Admits {
+    /// The admitted roles.
+    const ROLES: &'static [Role];
+}
+
+/// Support and admins: the commands.
+pub struct Operators;
+/// Support, auditors and admins: the queries.
+pub struct Readers;
+/// Admins only: emergency release, tokens.
+pub struct Admins;
+/// Terminals and admins: check-ins.
+pub struct Terminals;
+
+impl Admits for Operators {
+    const ROLES: &'static [Role] = &[Role::Support, Role::Admin];
+}
+impl Admits for Readers {
+    const ROLES: &'static [Role] = &[Role::Support, Role::Auditor, Role::Admin];
+}
+impl Admits for Admins {
+    const ROLES: &'static [Role] = &[Role::Admin];
+}
+impl Admits for Terminals {
+    const ROLES: &'static [Role] = &[Role::Terminal, Role::Admin];
+}
+
+/// A caller whose role is one of `R::ROLES`. As an extractor placed before the body, it
+/// refuses (401, 403) before the body is read or parsed, so a refused caller learns nothing
+/// from the body's validation.
+pub struct As<R>(pub Caller, std::marker::PhantomData<R>);
+
+impl<R> std::ops::Deref for As<R> {
+    type Target = Caller;
+
+    fn deref(&self) -> &Caller {
+        &self.0
+    }
+}
+
+impl<R: Admits> FromRequest for As<R> {
     type Error = ApiError;
     type Future = Ready<Result<Self, ApiError>>;
 
-    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        ready(
+            Caller::authenticate_request(req, payload).and_then(|caller| {
+                caller.require(R::ROLES)?;
+                Ok(As(caller, std::marker::PhantomData))
+            }),
+        )
+    }
+}
+
+impl Caller {
+    fn authenticate_request(req: &HttpRequest, _: &mut Payload) -> Result<Caller, ApiError> {
         let token = req
             .headers()
             .get(actix_web::http::header::AUTHORIZATION)
@@ -192,24 +272,24 @@ impl FromRequest for Caller {
             .map(str::trim);
         let address = req.peer_addr().map(|a| a.ip());
         let (Some(token), Some(state)) = (token, req.app_data::<web::Data<AppState>>()) else {
-            return ready(Err(ApiError::Unauthenticated));
+            return Err(ApiError::Unauthenticated);
         };
         if token.is_empty() {
-            return ready(Err(ApiError::Unauthenticated));
+            return Err(ApiError::Unauthenticated);
         }
         // Guessing tokens: an address past its failures is refused before any comparison.
         let key = address.map(LimitKey::AuthFailure);
         if let Some(key) = &key {
             if state.limits.exhausted(key, AUTH_FAILURES_PER_MINUTE) {
-                return ready(Err(ApiError::RateLimited(
+                return Err(ApiError::RateLimited(
                     "too many failed authentications from this address; retry in a minute".into(),
-                )));
+                ));
             }
         }
         match state.tokens.authenticate(token) {
             Some(mut caller) => {
                 caller.address = address;
-                ready(Ok(caller))
+                Ok(caller)
             }
             None => {
                 if let Some(key) = key {
@@ -217,8 +297,17 @@ impl FromRequest for Caller {
                         tracing::warn!(address = ?address, "failed authentications rate limited");
                     }
                 }
-                ready(Err(ApiError::Unauthenticated))
+                Err(ApiError::Unauthenticated)
             }
         }
+    }
+}
+
+impl FromRequest for Caller {
+    type Error = ApiError;
+    type Future = Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        ready(Caller::authenticate_request(req, payload))
     }
 }

@@ -15,6 +15,7 @@ use crate::app::Ledger;
 use crate::config::SecretsFile;
 
 pub mod auth;
+pub mod checkin;
 pub mod error;
 pub mod extract;
 pub mod limits;
@@ -39,6 +40,8 @@ pub struct AppState {
     pub secrets_file: Mutex<SecretsFile>,
     /// Rate limits (failed authentication, offline activation).
     pub limits: limits::RateLimits,
+    /// The last check-in answer per terminal, served again while it holds.
+    pub answers: checkin::AnswerCache,
 }
 
 /// Builds the server on `listener` with `workers` worker threads. Signals are not handled

@@ -3,15 +3,11 @@
 //! and answers JSON. Commands answer `{"position": P, ...}`; queries accept
 //! `?min_position=P` to wait (bounded) until the read model has applied P.
 
-use std::net::IpAddr;
-
-use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
 use chrono::{DateTime, NaiveDate, Utc};
-use ledger_events::answer::{parse_nonce, OutcomeCode, SignedAnswer};
 use ledger_events::{
     Cnpj, ContingencyKind, ContractId, HardwareId, HardwareKey, LicenseId, Note, Position, Product,
-    ProgramVersion, Resources, Serial, TerminalNumber, TradeName,
+    Resources, Serial, TerminalNumber, TradeName,
 };
 use ledger_projections::asof::AsOf;
 use ledger_projections::view::{ContingencyQuery, LedgerView, LicenseQuery, LicenseStatus};
@@ -19,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use uuid::Uuid;
 
-use super::auth::Caller;
+use super::auth::{Admins, As, Operators, Readers};
 use super::error::ApiError;
 use super::extract::{Json, Params};
 use super::limits::{LimitKey, OFFLINE_ACTIVATIONS_PER_MINUTE};
@@ -27,7 +23,6 @@ use super::AppState;
 use crate::app::commands::{GrantLicense, OfflineRequest, SignContract};
 use crate::app::CommandOutcome;
 use crate::config::{new_token, token_digest, Role, TokenEntry};
-use crate::domain::checkin::CheckInRequest;
 use crate::domain::contract::ContractCommand;
 use crate::domain::customer::CustomerCommand;
 use crate::domain::license::LicenseCommand;
@@ -51,7 +46,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(
             web::scope("/v1")
                 .route("/keys", web::get().to(keys))
-                .route("/checkin", web::post().to(check_in))
+                .route("/checkin", web::post().to(super::checkin::check_in))
                 .route("/customers", web::post().to(register_customer))
                 .route(
                     "/customers/{cnpj}/licenses",
@@ -118,82 +113,6 @@ fn command_answer(outcome: &CommandOutcome, extra: serde_json::Value) -> HttpRes
     HttpResponse::Ok().json(body)
 }
 
-// ---- check-in ----
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CheckInBody {
-    cnpj: Cnpj,
-    product: Product,
-    hardware_id: HardwareId,
-    hardware_key: HardwareKey,
-    #[serde(default)]
-    ip: Option<IpAddr>,
-    #[serde(default)]
-    program_version: Option<ProgramVersion>,
-    #[serde(default)]
-    caixa: Option<TerminalNumber>,
-    #[serde(default)]
-    equipamento: Option<TerminalNumber>,
-    #[serde(default)]
-    nonce: Option<String>,
-}
-
-#[derive(Serialize)]
-struct CheckInAnswerBody {
-    #[serde(flatten)]
-    signed: SignedAnswer,
-    outcome: OutcomeCode,
-    messages: Vec<String>,
-    expires_on: Option<NaiveDate>,
-    days_left: Option<i64>,
-    resources: Resources,
-}
-
-async fn check_in(state: State, caller: Caller, Json(body): Json<CheckInBody>) -> Answer {
-    match caller.role {
-        // A terminal sees its own customer only; another's answers as if absent.
-        Role::Terminal if caller.cnpj != Some(body.cnpj) => {
-            return Err(ApiError::NotFound("no such customer".into()))
-        }
-        Role::Terminal | Role::Admin => {}
-        _ => caller.require(&[Role::Terminal, Role::Admin])?,
-    }
-    let nonce = body
-        .nonce
-        .as_deref()
-        .map(parse_nonce)
-        .transpose()
-        .map_err(|e| ApiError::field("nonce", e))?;
-    let req = CheckInRequest {
-        cnpj: body.cnpj,
-        product: body.product,
-        hardware_id: body.hardware_id,
-        hardware_key: body.hardware_key,
-        ip: body.ip,
-        program_version: body.program_version,
-        caixa: body.caixa,
-        equipamento: body.equipamento,
-    };
-    let plan = state.ledger.check_in(&req).await?;
-    let signed = state
-        .signer
-        .sign_cached(&req, &plan, nonce, state.ledger.clock().now());
-    let status = if plan.code == OutcomeCode::CustomerInactive {
-        StatusCode::UNAUTHORIZED
-    } else {
-        StatusCode::OK
-    };
-    Ok(HttpResponse::build(status).json(CheckInAnswerBody {
-        outcome: plan.code,
-        messages: plan.messages.clone(),
-        expires_on: plan.shown_expiry,
-        days_left: plan.days_left,
-        resources: plan.resources.clone(),
-        signed,
-    }))
-}
-
 // ---- customers ----
 
 #[derive(Deserialize)]
@@ -222,10 +141,9 @@ fn command_id(id: Option<Uuid>) -> Uuid {
 
 async fn register_customer(
     state: State,
-    caller: Caller,
+    caller: As<Operators>,
     Json(b): Json<RegisterCustomer>,
 ) -> Answer {
-    caller.require_operator()?;
     let cmd = CustomerCommand::Register {
         cnpj: b.cnpj,
         trade_name: b.trade_name,
@@ -240,11 +158,10 @@ async fn register_customer(
 
 async fn customer_action(
     state: State,
-    caller: Caller,
+    caller: As<Operators>,
     path: web::Path<(String, String)>,
     Json(b): Json<NoteBody>,
 ) -> Answer {
-    caller.require_operator()?;
     let (cnpj, action) = path.into_inner();
     let cnpj: Cnpj = path_value("cnpj", &cnpj)?;
     let note = b.note;
@@ -279,8 +196,11 @@ struct SignContractBody {
     command_id: Option<Uuid>,
 }
 
-async fn sign_contract(state: State, caller: Caller, Json(b): Json<SignContractBody>) -> Answer {
-    caller.require_operator()?;
+async fn sign_contract(
+    state: State,
+    caller: As<Operators>,
+    Json(b): Json<SignContractBody>,
+) -> Answer {
     let c = SignContract {
         cnpj: b.cnpj,
         starts_on: b.starts_on,
@@ -297,11 +217,10 @@ async fn sign_contract(state: State, caller: Caller, Json(b): Json<SignContractB
 
 async fn contract_action(
     state: State,
-    caller: Caller,
+    caller: As<Operators>,
     path: web::Path<(String, String)>,
     Json(b): Json<NoteBody>,
 ) -> Answer {
-    caller.require_operator()?;
     let (id, action) = path.into_inner();
     let contract_id: ContractId = path_value("id", &id)?;
     let note = b.note;
@@ -336,8 +255,7 @@ struct GrantBody {
     command_id: Option<Uuid>,
 }
 
-async fn grant_license(state: State, caller: Caller, Json(b): Json<GrantBody>) -> Answer {
-    caller.require_operator()?;
+async fn grant_license(state: State, caller: As<Operators>, Json(b): Json<GrantBody>) -> Answer {
     let g = GrantLicense {
         cnpj: b.cnpj,
         product: b.product,
@@ -366,11 +284,10 @@ struct LicenseActionBody {
 
 async fn license_action(
     state: State,
-    caller: Caller,
+    caller: As<Operators>,
     path: web::Path<(String, String)>,
     Json(b): Json<LicenseActionBody>,
 ) -> Answer {
-    caller.require_operator()?;
     let (id, action) = path.into_inner();
     let license_id: LicenseId = path_value("id", &id)?;
     let note = b.note;
@@ -408,11 +325,10 @@ struct ResourcesBody {
 
 async fn change_resources(
     state: State,
-    caller: Caller,
+    caller: As<Operators>,
     id: web::Path<String>,
     Json(b): Json<ResourcesBody>,
 ) -> Answer {
-    caller.require_operator()?;
     let license_id: LicenseId = path_value("id", &id)?;
     let cmd = LicenseCommand::ChangeResources {
         license_id,
@@ -447,8 +363,11 @@ struct ContingencyBody {
     command_id: Option<Uuid>,
 }
 
-async fn enter_contingency(state: State, caller: Caller, Json(b): Json<ContingencyBody>) -> Answer {
-    caller.require_operator()?;
+async fn enter_contingency(
+    state: State,
+    caller: As<Operators>,
+    Json(b): Json<ContingencyBody>,
+) -> Answer {
     let cmd = ContingencyCommand::Enter {
         cnpj: b.cnpj,
         kind: b.kind,
@@ -464,8 +383,11 @@ async fn enter_contingency(state: State, caller: Caller, Json(b): Json<Contingen
     Ok(command_answer(&outcome, json!({})))
 }
 
-async fn clear_contingency(state: State, caller: Caller, Json(b): Json<ContingencyBody>) -> Answer {
-    caller.require_operator()?;
+async fn clear_contingency(
+    state: State,
+    caller: As<Operators>,
+    Json(b): Json<ContingencyBody>,
+) -> Answer {
     if b.license_id.is_some() || b.grace_until.is_some() {
         return Err(ApiError::field(
             if b.license_id.is_some() {
@@ -506,8 +428,11 @@ struct OfflineBody {
     command_id: Option<Uuid>,
 }
 
-async fn offline_activation(state: State, caller: Caller, Json(b): Json<OfflineBody>) -> Answer {
-    caller.require_operator()?;
+async fn offline_activation(
+    state: State,
+    caller: As<Operators>,
+    Json(b): Json<OfflineBody>,
+) -> Answer {
     // Counter-keys are guessable only by asking many times: limit and log.
     let by_token = state.limits.hit(
         LimitKey::OfflineByToken(caller.name.clone()),
@@ -562,8 +487,11 @@ struct EmergencyBody {
     command_id: Option<Uuid>,
 }
 
-async fn emergency_release(state: State, caller: Caller, Json(b): Json<EmergencyBody>) -> Answer {
-    caller.require(&[Role::Admin])?;
+async fn emergency_release(
+    state: State,
+    caller: As<Admins>,
+    Json(b): Json<EmergencyBody>,
+) -> Answer {
     let issued = state
         .ledger
         .issue_emergency_release(
@@ -597,8 +525,7 @@ struct TokenBody {
     cnpj: Option<Cnpj>,
 }
 
-async fn create_token(state: State, caller: Caller, Json(b): Json<TokenBody>) -> Answer {
-    caller.require(&[Role::Admin])?;
+async fn create_token(state: State, _caller: As<Admins>, Json(b): Json<TokenBody>) -> Answer {
     ledger_events::Actor::operator(&b.name).map_err(|e| ApiError::field("name", e))?;
     if (b.role == Role::Terminal) != b.cnpj.is_some() {
         return Err(ApiError::field(
@@ -696,8 +623,7 @@ fn license_query(
     })
 }
 
-async fn list_licenses(state: State, caller: Caller, params: Params) -> Answer {
-    caller.require_reader()?;
+async fn list_licenses(state: State, _caller: As<Readers>, params: Params) -> Answer {
     read_your_writes(&state, &params).await?;
     let page = match view_at(&state, &params).await? {
         ViewAt::Live => {
@@ -711,11 +637,10 @@ async fn list_licenses(state: State, caller: Caller, params: Params) -> Answer {
 
 async fn get_license(
     state: State,
-    caller: Caller,
+    _caller: As<Readers>,
     id: web::Path<String>,
     params: Params,
 ) -> Answer {
-    caller.require_reader()?;
     let license_id: LicenseId = path_value("id", &id)?;
     read_your_writes(&state, &params).await?;
     let row = match view_at(&state, &params).await? {
@@ -737,8 +662,12 @@ struct HistoryEntry {
     description: String,
 }
 
-async fn history(state: State, caller: Caller, id: web::Path<String>, params: Params) -> Answer {
-    caller.require_reader()?;
+async fn history(
+    state: State,
+    _caller: As<Readers>,
+    id: web::Path<String>,
+    params: Params,
+) -> Answer {
     let license_id: LicenseId = path_value("id", &id)?;
     read_your_writes(&state, &params).await?;
     let view = state.ledger.view();
@@ -779,8 +708,7 @@ async fn history(state: State, caller: Caller, id: web::Path<String>, params: Pa
     })))
 }
 
-async fn list_contingencies(state: State, caller: Caller, params: Params) -> Answer {
-    caller.require_reader()?;
+async fn list_contingencies(state: State, _caller: As<Readers>, params: Params) -> Answer {
     read_your_writes(&state, &params).await?;
     let defaults = ContingencyQuery::default();
     let kind = params
@@ -802,11 +730,10 @@ async fn list_contingencies(state: State, caller: Caller, params: Params) -> Ans
 
 async fn customer_licenses(
     state: State,
-    caller: Caller,
+    _caller: As<Readers>,
     path: web::Path<String>,
     params: Params,
 ) -> Answer {
-    caller.require_reader()?;
     let cnpj: Cnpj = path_value("cnpj", &path)?;
     read_your_writes(&state, &params).await?;
     if state.ledger.view().customer(&cnpj).is_none() {
@@ -820,8 +747,7 @@ async fn customer_licenses(
 
 // ---- auditors ----
 
-async fn events(state: State, caller: Caller, params: Params) -> Answer {
-    caller.require_reader()?;
+async fn events(state: State, _caller: As<Readers>, params: Params) -> Answer {
     let from: Position = params.get("from")?.unwrap_or(1);
     let limit: usize = params.get("limit")?.unwrap_or(100);
     if limit > EVENTS_PAGE_MAX {
@@ -843,8 +769,7 @@ async fn events(state: State, caller: Caller, params: Params) -> Answer {
     Ok(HttpResponse::Ok().json(json!({ "items": items, "next": next })))
 }
 
-async fn audit_head(state: State, caller: Caller) -> Answer {
-    caller.require_reader()?;
+async fn audit_head(state: State, _caller: As<Readers>) -> Answer {
     let head = state.ledger.head().await?;
     Ok(HttpResponse::Ok().json(json!({
         "count": head.position,
