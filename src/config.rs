@@ -38,6 +38,8 @@ pub struct FileConfig {
     pub listen: Option<String>,
     /// Hours after which an unchanged check-in is recorded again.
     pub record_interval_hours: Option<u32>,
+    /// HTTP worker threads.
+    pub workers: Option<usize>,
 }
 
 /// Why the configuration or the secrets could not be loaded.
@@ -77,10 +79,17 @@ impl FileConfig {
             path: path.to_owned(),
             source,
         })?;
-        toml::from_str(&text).map_err(|e| ConfigError::Invalid {
+        let config: FileConfig = toml::from_str(&text).map_err(|e| ConfigError::Invalid {
             path: path.to_owned(),
             message: e.to_string(),
-        })
+        })?;
+        if config.workers.is_some_and(|n| !(1..=256).contains(&n)) {
+            return Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                message: "workers: must be between 1 and 256".into(),
+            });
+        }
+        Ok(config)
     }
 }
 

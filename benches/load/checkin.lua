@@ -1,6 +1,9 @@
 -- wrk script: POST /v1/checkin for random seeded terminals, each with its customer's
 -- terminal token (what a real terminal sends).
--- usage: wrk -s benches/load/checkin.lua URL -- TERMINALS_CSV ADMIN_TOKEN [COMMAND_PERCENT]
+-- usage: wrk -s benches/load/checkin.lua URL -- TERMINALS_CSV ADMIN_TOKEN [COMMAND_PERCENT] [nonce]
+-- With `nonce`, every check-in carries one, which asks for a freshly decided and signed
+-- answer (the server's answer cache is bypassed): the cost of a terminal's first check-in
+-- of the day.
 -- With COMMAND_PERCENT > 0, that share of requests are support commands instead
 -- (PUT /v1/licenses/{id}/resources toggling habilita_dav, with the admin token), for the
 -- mixed run. Requests are formatted once in init() so the client spends its CPU on sending,
@@ -14,13 +17,15 @@ function init(args)
   local path = args[1]
   local admin = args[2] or ""
   command_percent = tonumber(args[3] or "0")
+  local nonce = ""
+  if args[4] == "nonce" then nonce = ',"nonce":"load-' .. tostring(math.random(1000000)) .. '"' end
   for line in io.lines(path) do
     local cnpj, hw, key, id, token = line:match("([^,]+),([^,]+),([^,]+),([^,]+),?([^,]*)")
     if cnpj then
       if token == nil or token == "" then token = admin end
       local body = string.format(
-        '{"cnpj":"%s","product":"easycash","hardware_id":"%s","hardware_key":"%s","ip":"192.168.0.10"}',
-        cnpj, hw, key)
+        '{"cnpj":"%s","product":"easycash","hardware_id":"%s","hardware_key":"%s","ip":"192.168.0.10"%s}',
+        cnpj, hw, key, nonce)
       checkins[#checkins + 1] = wrk.format("POST", "/v1/checkin", {
         ["Content-Type"] = "application/json",
         ["Authorization"] = "Bearer " .. token,

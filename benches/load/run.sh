@@ -2,8 +2,11 @@
 # HTTP load benchmark on loopback: seeds CUSTOMERS × PER_CUSTOMER bound licenses, starts the
 # server, then measures with wrk (Debian package `wrk`):
 #   1. GET /healthz            — the ceiling of the HTTP stack
-#   2. POST /v1/checkin        — random seeded terminals (the hot path)
-#   3. mixed: 1% support commands (PUT /v1/licenses/{id}/resources), 99% check-ins
+#   2. POST /v1/checkin        — random seeded terminals (the hot path), after a warm-up pass
+#                                 (WARMUP seconds) so that most terminals have checked in once
+#   3. POST /v1/checkin with a nonce — every answer decided and signed afresh (a terminal's
+#                                 first check-in of the day; no answer reuse)
+#   4. mixed: 1% support commands (PUT /v1/licenses/{id}/resources), 99% check-ins
 # Each run prints `p50_ms=… p99_ms=… requests_per_s=… errors=…`.
 #
 #   benches/load/run.sh                       # 1000 × 100 = 100,000 licenses, 64 connections, 20 s
@@ -17,6 +20,7 @@ CUSTOMERS=${CUSTOMERS:-1000}
 PER_CUSTOMER=${PER_CUSTOMER:-100}
 CONNECTIONS=${CONNECTIONS:-64}
 DURATION=${DURATION:-20}
+WARMUP=${WARMUP:-10}
 THREADS=${THREADS:-2}
 PORT=${PORT:-18023}
 command -v wrk >/dev/null || { echo "wrk is missing: apt-get install wrk" >&2; exit 2; }
@@ -41,6 +45,8 @@ run() {
   line=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency "$@" | tail -1)
   echo "$name connections=$CONNECTIONS $line"
 }
+wrk -t"$THREADS" -c"$CONNECTIONS" -d"${WARMUP}s" -s benches/load/checkin.lua "http://127.0.0.1:$PORT" -- "$DATA/terminals.csv" "$TOKEN" 0 >/dev/null
 run healthz -s benches/load/healthz.lua "http://127.0.0.1:$PORT/healthz"
 run checkin -s benches/load/checkin.lua "http://127.0.0.1:$PORT" -- "$DATA/terminals.csv" "$TOKEN" 0
+run checkin-signed -s benches/load/checkin.lua "http://127.0.0.1:$PORT" -- "$DATA/terminals.csv" "$TOKEN" 0 nonce
 run mixed -s benches/load/checkin.lua "http://127.0.0.1:$PORT" -- "$DATA/terminals.csv" "$TOKEN" 1

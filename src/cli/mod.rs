@@ -22,7 +22,8 @@ pub mod verify;
 /// license-ledger: an event-sourced license server.
 ///
 /// Settings come from flags, then `LEDGER_*` environment variables, then the TOML file given
-/// by `--config` (keys: `data_dir`, `listen`, `record_interval_hours`), then the defaults.
+/// by `--config` (keys: `data_dir`, `listen`, `record_interval_hours`, `workers`), then the
+/// defaults.
 #[derive(Debug, Parser)]
 #[command(name = "license-ledger", version, about, long_about = None)]
 pub struct Cli {
@@ -230,7 +231,11 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                     .or(file.listen)
                     .unwrap_or_else(|| crate::config::LISTEN_DEFAULT.to_owned()),
                 ledger,
-                workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
+                workers: args
+                    .workers
+                    .map(usize::from)
+                    .or(file.workers)
+                    .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
                 clock: std::sync::Arc::new(crate::clock::SystemClock),
             };
             Ok(serve::run(settings, args.demo)?)
