@@ -1,113 +1,23 @@
 //! The HTTP API end to end: the real server on 127.0.0.1 port 0 over a fresh data directory,
-//! driven with an HTTP client. Arrange / act / assert; each test is named after the rule.
+//! driven with an HTTP client (harness: tests/common/mod.rs). Arrange / act / assert; each
+//! test is named after the rule.
 
 use std::time::Duration;
 
 use ledger_events::answer::{verify_head, SignedAnswer, VerifyingKey};
 use ledger_events::Hash;
-use license_ledger::cli::serve::{start, Running, ServeSettings};
 use reqwest::{Client, StatusCode};
 use serde_json::{json, Value};
+
+mod common;
+use common::TestApp;
 
 const CNPJ: &str = "11222333000181";
 const OTHER_CNPJ: &str = "11444777000161";
 const HW_ID: &str = "50026B77825EEC01";
 const HW_KEY: &str = "88A7B56C2B3F326F91362A182483F601";
 
-struct TestApp {
-    base: String,
-    client: Client,
-    admin: String,
-    running: Option<Running>,
-    dir: tempfile::TempDir,
-}
-
-fn settings(dir: &std::path::Path) -> ServeSettings {
-    ServeSettings::loopback(dir)
-}
-
 impl TestApp {
-    async fn spawn() -> TestApp {
-        if std::env::var_os("TEST_LOG").is_some() {
-            let _ = tracing_subscriber::fmt().with_test_writer().try_init();
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let running = start(&settings(dir.path())).await.unwrap();
-        let admin = running
-            .new_admin_token
-            .clone()
-            .expect("first start makes a token");
-        TestApp {
-            base: format!("http://{}", running.addr),
-            client: Client::builder()
-                .timeout(Duration::from_secs(20))
-                .build()
-                .unwrap(),
-            admin,
-            running: Some(running),
-            dir,
-        }
-    }
-
-    async fn restart(&mut self) {
-        self.running.take().unwrap().stop().await.unwrap();
-        let running = start(&settings(self.dir.path())).await.unwrap();
-        assert!(running.new_admin_token.is_none());
-        self.base = format!("http://{}", running.addr);
-        self.running = Some(running);
-    }
-
-    async fn call(
-        &self,
-        method: &str,
-        path: &str,
-        token: Option<&str>,
-        body: Option<Value>,
-    ) -> (StatusCode, Value) {
-        let url = format!("{}{}", self.base, path);
-        let mut req = match method {
-            "GET" => self.client.get(url),
-            "PUT" => self.client.put(url),
-            _ => self.client.post(url),
-        };
-        if let Some(t) = token {
-            req = req.bearer_auth(t);
-        }
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let res = req.send().await.unwrap();
-        let status = res.status();
-        let text = res.text().await.unwrap();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
-    }
-
-    async fn post(&self, path: &str, token: &str, body: Value) -> Value {
-        let (status, body) = self.call("POST", path, Some(token), Some(body)).await;
-        assert_eq!(status, StatusCode::OK, "POST {path}: {body}");
-        body
-    }
-
-    async fn get(&self, path: &str, token: &str) -> Value {
-        let (status, body) = self.call("GET", path, Some(token), None).await;
-        assert_eq!(status, StatusCode::OK, "GET {path}: {body}");
-        body
-    }
-
-    async fn token(&self, role: &str, cnpj: Option<&str>) -> String {
-        let body = self
-            .post(
-                "/v1/tokens",
-                &self.admin,
-                json!({"name": format!("test-{role}"), "role": role, "cnpj": cnpj}),
-            )
-            .await;
-        body["token"].as_str().unwrap().to_owned()
-    }
-
     /// A customer with one EasyCash license; returns the license id.
     async fn seed(&self) -> String {
         self.post(

@@ -6,14 +6,16 @@
 //! error shape, a refused call must not write to the log, and nothing customer B's terminal
 //! (or an anonymous caller) receives may name customer A.
 //!
-//! Helpers are copied from tests/api.rs (kept independent of it on purpose).
+//! The server, its client and the fresh-value helpers are the shared harness of
+//! tests/common/mod.rs.
 
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Duration;
-
-use license_ledger::cli::serve::{start, Running, ServeSettings};
-use reqwest::{Client, StatusCode};
+use reqwest::StatusCode;
 use serde_json::{json, Value};
+
+mod common;
+use common::{
+    fresh_cnpj, fresh_hardware_id, fresh_hardware_key, fresh_serial, next, Answer, TestApp,
+};
 
 // ---- the fixture's data ----
 
@@ -152,161 +154,6 @@ const MATRIX: &[Row] = &[
 /// for the fix, and remove it when fixed.
 const KNOWN_GAPS: &[(&str, &str, Who)] = &[];
 
-// ---- the server and its client (adapted from tests/api.rs) ----
-
-struct TestApp {
-    base: String,
-    client: Client,
-    admin: String,
-    _running: Running,
-    _dir: tempfile::TempDir,
-}
-
-/// One answer: status, raw body text (empty for an event stream, which is not read), and
-/// the body as JSON (a JSON string of the text when it is not JSON).
-struct Answer {
-    status: StatusCode,
-    text: String,
-    json: Value,
-}
-
-fn settings(dir: &std::path::Path) -> ServeSettings {
-    ServeSettings::loopback(dir)
-}
-
-impl TestApp {
-    async fn spawn() -> TestApp {
-        if std::env::var_os("TEST_LOG").is_some() {
-            let _ = tracing_subscriber::fmt().with_test_writer().try_init();
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let running = start(&settings(dir.path())).await.unwrap();
-        let admin = running
-            .new_admin_token
-            .clone()
-            .expect("first start makes a token");
-        TestApp {
-            base: format!("http://{}", running.addr),
-            client: Client::builder()
-                .timeout(Duration::from_secs(20))
-                .build()
-                .unwrap(),
-            admin,
-            _running: running,
-            _dir: dir,
-        }
-    }
-
-    async fn call(
-        &self,
-        method: &str,
-        path: &str,
-        token: Option<&str>,
-        body: Option<&Value>,
-    ) -> Answer {
-        let url = format!("{}{}", self.base, path);
-        let mut req = match method {
-            "GET" => self.client.get(url),
-            "PUT" => self.client.put(url),
-            "POST" => self.client.post(url),
-            other => panic!("no method {other} in this API"),
-        };
-        if let Some(t) = token {
-            req = req.bearer_auth(t);
-        }
-        if let Some(b) = body {
-            req = req.json(b);
-        }
-        let res = req.send().await.unwrap();
-        let status = res.status();
-        let streaming = res
-            .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("text/event-stream"));
-        // An event stream never ends: its headers are the answer; dropping it closes it.
-        let text = if streaming {
-            String::new()
-        } else {
-            res.text().await.unwrap()
-        };
-        let json = serde_json::from_str(&text).unwrap_or_else(|_| Value::String(text.clone()));
-        Answer { status, text, json }
-    }
-
-    /// An admin command that must succeed.
-    async fn admin(&self, method: &str, path: &str, body: Value) -> Value {
-        let a = self
-            .call(method, path, Some(self.admin.as_str()), Some(&body))
-            .await;
-        assert_eq!(
-            a.status,
-            StatusCode::OK,
-            "{method} {path} {body}: {}",
-            a.text
-        );
-        a.json
-    }
-
-    async fn token(&self, name: &str, role: &str, cnpj: Option<&str>) -> String {
-        let b = self
-            .admin(
-                "POST",
-                "/v1/tokens",
-                json!({"name": name, "role": role, "cnpj": cnpj}),
-            )
-            .await;
-        b["token"].as_str().unwrap().to_owned()
-    }
-
-    async fn head(&self) -> u64 {
-        let a = self
-            .call("GET", "/v1/audit/head", Some(self.admin.as_str()), None)
-            .await;
-        assert_eq!(a.status, StatusCode::OK, "{}", a.text);
-        a.json["head_position"].as_u64().unwrap()
-    }
-}
-
-// ---- fresh values ----
-
-static NEXT: AtomicU32 = AtomicU32::new(1);
-
-fn next() -> u32 {
-    NEXT.fetch_add(1, Ordering::Relaxed)
-}
-
-/// A valid numeric CNPJ `99nnnnnn0001dd` not used by the fixture.
-fn fresh_cnpj() -> String {
-    let base = format!("99{:06}0001", next());
-    let digits: Vec<u32> = base.chars().map(|c| c.to_digit(10).unwrap()).collect();
-    let check = |d: &[u32], weights: &[u32]| {
-        let r = d.iter().zip(weights).map(|(a, b)| a * b).sum::<u32>() % 11;
-        if r < 2 {
-            0
-        } else {
-            11 - r
-        }
-    };
-    let d1 = check(&digits, &[5, 4, 3, 2, 9, 8, 7, 6, 5, 4, 3, 2]);
-    let mut with_d1 = digits.clone();
-    with_d1.push(d1);
-    let d2 = check(&with_d1, &[6, 5, 4, 3, 2, 9, 8, 7, 6, 5, 4, 3, 2]);
-    format!("{base}{d1}{d2}")
-}
-
-fn fresh_hardware_id() -> String {
-    format!("5002AA{:010X}", next())
-}
-
-fn fresh_hardware_key() -> String {
-    format!("88A7B56C2B3F326F9136{:012X}", next())
-}
-
-fn fresh_serial() -> String {
-    format!("50026B7760{:06X}", next())
-}
-
 fn checkin_body(cnpj: &str, hardware_id: &str, hardware_key: &str) -> Value {
     json!({"cnpj": cnpj, "product": "easycash", "hardware_id": hardware_id,
            "hardware_key": hardware_key, "ip": "192.168.0.191",
@@ -367,14 +214,14 @@ impl Fixture {
             .as_str()
             .unwrap()
             .to_owned();
-        let term_a = app.token("caixa-a", "terminal", Some(CNPJ_A)).await;
-        let term_b = app.token("caixa-b", "terminal", Some(CNPJ_B)).await;
-        let support = app.token("suporte", "support", None).await;
-        let auditor = app.token("auditoria", "auditor", None).await;
+        let term_a = app.named_token("caixa-a", "terminal", Some(CNPJ_A)).await;
+        let term_b = app.named_token("caixa-b", "terminal", Some(CNPJ_B)).await;
+        let support = app.named_token("suporte", "support", None).await;
+        let auditor = app.named_token("auditoria", "auditor", None).await;
 
         // A's terminal checks in: the license is bound to it.
         let a = app
-            .call(
+            .send(
                 "POST",
                 "/v1/checkin",
                 Some(&term_a),
@@ -389,7 +236,7 @@ impl Fixture {
             a.text
         );
         let row = app
-            .call(
+            .send(
                 "GET",
                 &format!("/v1/licenses/{license_a}?min_position={}", app.head().await),
                 Some(&auditor),
@@ -557,7 +404,7 @@ impl Fixture {
                         let hw = fresh_hardware_id();
                         let a = self
                             .app
-                            .call(
+                            .send(
                                 "POST",
                                 "/v1/checkin",
                                 Some(self.app.admin.as_str()),
@@ -664,7 +511,7 @@ async fn every_route_answers_every_caller_as_the_role_policy_says() {
             let head_before = fx.app.head().await;
             let a = fx
                 .app
-                .call(method, &path, fx.token(*who), body.as_ref())
+                .send(method, &path, fx.token(*who), body.as_ref())
                 .await;
             calls += 1;
             let case = format!(
@@ -727,6 +574,48 @@ async fn every_route_answers_every_caller_as_the_role_policy_says() {
         failures.len(),
         failures.join("\n")
     );
+}
+
+/// The role is checked before the body is read: a caller the route refuses gets its 401 or
+/// 403 even with a body that would be a 400, so a refused caller learns nothing from the
+/// body's validation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_caller_is_refused_before_its_body_is_validated() {
+    let fx = Fixture::new().await;
+    let invalid = json!({"bogus_field": true});
+    let mut checked = 0;
+    let mut failures = Vec::new();
+    for (method, pattern, row) in MATRIX {
+        if !matches!(*method, "POST" | "PUT") {
+            continue;
+        }
+        for (who, exp) in WHO.iter().zip(row) {
+            if !matches!(exp, Exp::Unauth | Exp::Forbid) {
+                continue;
+            }
+            let (path, _) = fx.prepare(method, pattern).await;
+            let a = fx
+                .app
+                .send(method, &path, fx.token(*who), Some(&invalid))
+                .await;
+            checked += 1;
+            if a.status.as_u16() != exp.status()
+                || Some(a.json["error"].as_str().unwrap_or("")) != exp.code()
+            {
+                failures.push(format!(
+                    "{method} {path} as {who:?} with an invalid body: expected {}, got {} {}",
+                    exp.status(),
+                    a.status.as_u16(),
+                    a.text
+                ));
+            }
+        }
+    }
+    assert!(
+        checked > 20,
+        "only {checked} refused calls with a body were checked"
+    );
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
 #[test]
@@ -803,7 +692,7 @@ async fn customer_b_cannot_reach_customer_a_and_learns_nothing_about_it() {
             checkin_body(CNPJ_NOBODY, HW_A, HW_KEY_A),
         ),
     ] {
-        let a = app.call("POST", "/v1/checkin", b, Some(&body)).await;
+        let a = app.send("POST", "/v1/checkin", b, Some(&body)).await;
         assert_eq!(
             a.status,
             StatusCode::NOT_FOUND,
@@ -826,7 +715,7 @@ async fn customer_b_cannot_reach_customer_a_and_learns_nothing_about_it() {
 
     // B's own check-in works (the token is valid; the refusal above is about A).
     let own = app
-        .call(
+        .send(
             "POST",
             "/v1/checkin",
             b,
@@ -871,9 +760,9 @@ async fn customer_b_cannot_reach_customer_a_and_learns_nothing_about_it() {
         ),
     ];
     for (of_a, of_b, of_nobody) in reads {
-        let a = app.call("GET", &of_a, b, None).await;
-        let own = app.call("GET", &of_b, b, None).await;
-        let none = app.call("GET", &of_nobody, b, None).await;
+        let a = app.send("GET", &of_a, b, None).await;
+        let own = app.send("GET", &of_b, b, None).await;
+        let none = app.send("GET", &of_nobody, b, None).await;
         assert_eq!(a.status, StatusCode::FORBIDDEN, "GET {of_a}: {}", a.text);
         assert!(
             a.status != StatusCode::OK && a.json.get("items").is_none(),
@@ -919,7 +808,7 @@ async fn customer_b_cannot_reach_customer_a_and_learns_nothing_about_it() {
             json!({"name": "caixa-a-falso", "role": "terminal", "cnpj": CNPJ_A}),
         ),
     ] {
-        let a = app.call(method, &path, b, Some(&body)).await;
+        let a = app.send(method, &path, b, Some(&body)).await;
         assert!(
             matches!(a.status.as_u16(), 403 | 404),
             "{method} {path} with B's token: {} {}",
@@ -932,7 +821,7 @@ async fn customer_b_cannot_reach_customer_a_and_learns_nothing_about_it() {
 
     // A is untouched and still checks in.
     let still = app
-        .call(
+        .send(
             "GET",
             &format!("/v1/licenses/{}", fx.license_a),
             Some(&fx.auditor),
@@ -942,7 +831,7 @@ async fn customer_b_cannot_reach_customer_a_and_learns_nothing_about_it() {
     assert_eq!(still.json["blocked"], json!(false), "{}", still.text);
     assert!(still.text.contains(HW_A), "{}", still.text);
     let a = app
-        .call(
+        .send(
             "POST",
             "/v1/checkin",
             Some(&fx.term_a),
@@ -966,7 +855,7 @@ async fn customer_b_cannot_reach_customer_a_and_learns_nothing_about_it() {
     }
     // Nor do the public routes anyone may read.
     for path in ["/healthz", "/metrics", "/v1/keys"] {
-        let a = app.call("GET", path, None, None).await;
+        let a = app.send("GET", path, None, None).await;
         assert_eq!(a.status, StatusCode::OK);
         assert!(mentions_a(&a.text).is_none(), "{path}: {}", a.text);
     }

@@ -676,7 +676,7 @@ fn a_customers_stamp_moves_with_every_event_of_theirs_and_no_other() {
     // (what is pushed, whose stamp must move)
     log.push(registered(a, "Mercado Bom"));
     log.push(registered(b, "Padaria Sol"));
-    let mut expect = |log: &mut Log, event: Event, owner: Cnpj| {
+    let expect = |log: &mut Log, event: Event, owner: Cnpj| {
         let before = log.view();
         let (stamp_a, stamp_b) = (before.customer_stamp(&a), before.customer_stamp(&b));
         log.push(event);

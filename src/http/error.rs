@@ -24,8 +24,8 @@ pub enum ApiError {
         /// What is wrong.
         message: String,
     },
-    /// 401: no token, or an unknown one.
-    #[error("missing or unknown bearer token")]
+    /// 401: no token, or an unknown one; the manual's text (rule 2 of the check-in).
+    #[error("{}", ledger_events::texts::TOKEN_INVALID)]
     Unauthenticated,
     /// 403: the token's role may not do this.
     #[error("{0}")]
