@@ -49,3 +49,102 @@ impl Clock for ManualClock {
         *self.0.lock()
     }
 }
+
+/// A clock read from a file, for tests that drive a server *process* through time (the
+/// relay's seven days of contingency): the file holds one RFC 3339 time, which the clock
+/// returns, moving on with real time from the moment it was read, so a test writes a new
+/// time only to jump. Re-read at most every [`FileClock::REREAD`]. While the file is absent
+/// or unreadable the system time is used (and a warning logged once).
+///
+/// Enabled only by the hidden `--clock-file` flag (`LEDGER_CLOCK_FILE`); never in production.
+#[derive(Debug)]
+pub struct FileClock {
+    path: std::path::PathBuf,
+    state: Mutex<FileClockState>,
+}
+
+#[derive(Debug)]
+struct FileClockState {
+    /// The time in the file, and the instant it was read; `None` while there is none.
+    base: Option<(DateTime<Utc>, std::time::Instant)>,
+    text: String,
+    read_at: Option<std::time::Instant>,
+    warned: bool,
+}
+
+impl FileClock {
+    /// How often the file is looked at.
+    pub const REREAD: std::time::Duration = std::time::Duration::from_millis(20);
+
+    /// A clock following `path`.
+    pub fn new(path: impl Into<std::path::PathBuf>) -> Self {
+        Self {
+            path: path.into(),
+            state: Mutex::new(FileClockState {
+                base: None,
+                text: String::new(),
+                read_at: None,
+                warned: false,
+            }),
+        }
+    }
+}
+
+impl Clock for FileClock {
+    fn now(&self) -> DateTime<Utc> {
+        let mut s = self.state.lock();
+        let due = s.read_at.is_none_or(|at| at.elapsed() >= Self::REREAD);
+        if due {
+            s.read_at = Some(std::time::Instant::now());
+            match std::fs::read_to_string(&self.path) {
+                Ok(text) if text == s.text => {}
+                Ok(text) => match DateTime::parse_from_rfc3339(text.trim()) {
+                    Ok(t) => {
+                        s.base = Some((t.with_timezone(&Utc), std::time::Instant::now()));
+                        s.text = text;
+                    }
+                    Err(e) => {
+                        if !s.warned {
+                            tracing::warn!(path = %self.path.display(), error = %e, "clock file does not hold an RFC 3339 time");
+                            s.warned = true;
+                        }
+                    }
+                },
+                Err(e) => {
+                    if !s.warned {
+                        tracing::warn!(path = %self.path.display(), error = %e, "clock file unreadable; using the system time");
+                        s.warned = true;
+                    }
+                }
+            }
+        }
+        match s.base {
+            Some((t, read)) => {
+                t + Duration::from_std(read.elapsed()).unwrap_or_else(|_| Duration::zero())
+            }
+            None => SystemClock.now(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_clock_follows_its_file_and_moves_on_from_the_time_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("clock");
+        std::fs::write(&path, "2031-01-01T00:00:00Z").unwrap();
+        let clock = FileClock::new(&path);
+        let first = clock.now();
+        let base: DateTime<Utc> = "2031-01-01T00:00:00Z".parse().unwrap();
+        assert!(first >= base && first < base + Duration::seconds(5), "{first}");
+        std::fs::write(&path, "2031-01-08T12:00:00Z\n").unwrap();
+        std::thread::sleep(FileClock::REREAD * 2);
+        let jumped = clock.now();
+        let base: DateTime<Utc> = "2031-01-08T12:00:00Z".parse().unwrap();
+        assert!(jumped >= base && jumped < base + Duration::seconds(5), "{jumped}");
+        assert!(clock.now() >= jumped, "moves on, never back, between writes");
+    }
+}

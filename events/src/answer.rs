@@ -495,6 +495,154 @@ pub fn verify_head(
     .map_err(|_| AnswerError::BadSignature)
 }
 
+/// Domain tag of a relay certificate, so it can never pass for an answer or a head.
+pub const RELAY_CERTIFICATE_TAG: &[u8] = b"license-ledger/relay-certificate/v1";
+
+/// The central server's statement that a relay's key may answer check-ins for one customer
+/// until a date: terminals that trust the central key accept answers signed by the relay
+/// key named here, for that CNPJ only, while the certificate is valid.
+///
+/// Signed message: [`RELAY_CERTIFICATE_TAG`], then `cnpj` as `str`, the relay's 32-byte
+/// public key, `valid_until` as `i64` microseconds since 1970-01-01T00:00:00Z, and the
+/// central `issuer_key_id` as `str`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelayCertificate {
+    /// The customer the relay serves.
+    pub cnpj: crate::values::Cnpj,
+    /// The relay's Ed25519 public key, 64 hex digits.
+    pub relay_public_key: String,
+    /// The relay key's id ([`key_id_for`] of it): the `key_id` of the answers it signs.
+    pub relay_key_id: String,
+    /// Until when answers signed by the relay key are accepted.
+    pub valid_until: DateTime<Utc>,
+    /// The central key that signed this certificate.
+    pub issuer_key_id: String,
+    /// Ed25519 signature by the central key, 128 hex digits.
+    pub signature: String,
+}
+
+fn relay_certificate_message(
+    cnpj: &crate::values::Cnpj,
+    relay_key: &VerifyingKey,
+    valid_until: DateTime<Utc>,
+    issuer_key_id: &str,
+) -> Vec<u8> {
+    let mut msg = Vec::with_capacity(RELAY_CERTIFICATE_TAG.len() + 80);
+    msg.extend_from_slice(RELAY_CERTIFICATE_TAG);
+    put_str(&mut msg, cnpj.as_str());
+    msg.extend_from_slice(relay_key.as_bytes());
+    msg.extend_from_slice(&valid_until.timestamp_micros().to_be_bytes());
+    put_str(&mut msg, issuer_key_id);
+    msg
+}
+
+/// Why a relay certificate or an answer under it was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CertificateError {
+    /// The certificate's signature is not the issuer's, or a field was altered.
+    #[error("the relay certificate is not signed by this central key")]
+    BadSignature,
+    /// A key or signature is not valid hex of the right length.
+    #[error("the relay certificate's {0} is not valid")]
+    Malformed(&'static str),
+    /// The certificate had expired when the answer was issued.
+    #[error("the relay certificate expired at {0}")]
+    Expired(DateTime<Utc>),
+    /// The answer was signed by another key than the certified one.
+    #[error("the answer's key id {answer} is not the certified relay key {certified}")]
+    WrongKey {
+        /// The answer's key id.
+        answer: String,
+        /// The certificate's relay key id.
+        certified: String,
+    },
+    /// The answer's own signature failed.
+    #[error(transparent)]
+    Answer(#[from] AnswerError),
+}
+
+/// Certifies `relay_key` for `cnpj` until `valid_until` with the central `key`.
+pub fn certify_relay(
+    key: &SigningKey,
+    cnpj: crate::values::Cnpj,
+    relay_key: &VerifyingKey,
+    valid_until: DateTime<Utc>,
+) -> RelayCertificate {
+    let valid_until = truncate_to_micros(valid_until);
+    let issuer_key_id = key_id_for(&key.verifying_key());
+    let signature = key.sign(&relay_certificate_message(
+        &cnpj,
+        relay_key,
+        valid_until,
+        &issuer_key_id,
+    ));
+    RelayCertificate {
+        cnpj,
+        relay_public_key: hex::encode(relay_key.as_bytes()),
+        relay_key_id: key_id_for(relay_key),
+        valid_until,
+        issuer_key_id,
+        signature: hex::encode(signature.to_bytes()),
+    }
+}
+
+fn decode_signature(hex_text: &str) -> Option<Signature> {
+    let mut bytes = [0u8; 64];
+    (hex_text.len() == SIGNATURE_HEX_LEN && hex::decode_to_slice(hex_text, &mut bytes).is_ok())
+        .then(|| Signature::from_bytes(&bytes))
+}
+
+impl RelayCertificate {
+    /// The certified relay key, once the certificate's signature checks under `central`.
+    pub fn verify(&self, central: &VerifyingKey) -> Result<VerifyingKey, CertificateError> {
+        let mut key_bytes = [0u8; 32];
+        hex::decode_to_slice(&self.relay_public_key, &mut key_bytes)
+            .map_err(|_| CertificateError::Malformed("relay_public_key"))?;
+        let relay_key = VerifyingKey::from_bytes(&key_bytes)
+            .map_err(|_| CertificateError::Malformed("relay_public_key"))?;
+        if key_id_for(&relay_key) != self.relay_key_id {
+            return Err(CertificateError::Malformed("relay_key_id"));
+        }
+        let signature =
+            decode_signature(&self.signature).ok_or(CertificateError::Malformed("signature"))?;
+        central
+            .verify_strict(
+                &relay_certificate_message(
+                    &self.cnpj,
+                    &relay_key,
+                    self.valid_until,
+                    &self.issuer_key_id,
+                ),
+                &signature,
+            )
+            .map_err(|_| CertificateError::BadSignature)?;
+        Ok(relay_key)
+    }
+
+    /// Checks an answer a relay signed: the certificate under `central`, the answer's key
+    /// is the certified one, the certificate was valid when the answer was issued, and the
+    /// answer's own signature. A terminal also checks its nonce
+    /// ([`SignedAnswer::verify_with_nonce`] with the returned key).
+    pub fn verify_answer(
+        &self,
+        central: &VerifyingKey,
+        answer: &SignedAnswer,
+    ) -> Result<VerifyingKey, CertificateError> {
+        let relay_key = self.verify(central)?;
+        if answer.key_id != self.relay_key_id {
+            return Err(CertificateError::WrongKey {
+                answer: answer.key_id.clone(),
+                certified: self.relay_key_id.clone(),
+            });
+        }
+        if answer.answer.issued_at > self.valid_until {
+            return Err(CertificateError::Expired(self.valid_until));
+        }
+        answer.verify(&relay_key)?;
+        Ok(relay_key)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -810,5 +958,54 @@ mod tests {
         let key = server_key();
         assert_eq!(key_id_for(&key.verifying_key()), "fe812c12f3ab4ce6");
         assert_eq!(signed().signature, "291dbb274bc3a212f8d93f7079064ea04fce73715e3a8db93ad24922cb647d594a1aac893a597d1cb70b77672fbcf80cbc2a01d1a3f171bf25c3da6676384402");
+    }
+
+    #[test]
+    fn a_relay_answer_verifies_under_a_certificate_from_the_central_key_and_nothing_else() {
+        let central = server_key();
+        let relay = SigningKey::from_bytes(&[9u8; 32]);
+        let cnpj = crate::values::Cnpj::parse("11222333000181").unwrap();
+        let until = chrono::TimeZone::with_ymd_and_hms(&Utc, 2023, 4, 30, 0, 0, 0).unwrap();
+        let cert = certify_relay(&central, cnpj, &relay.verifying_key(), until);
+        let relay_id = key_id_for(&relay.verifying_key());
+        let signed = sign(answer(), &relay, &relay_id);
+
+        assert_eq!(
+            cert.verify_answer(&central.verifying_key(), &signed),
+            Ok(relay.verifying_key())
+        );
+        // Another central key, an altered certificate, another key's answer, an expired one.
+        let other = SigningKey::from_bytes(&[3u8; 32]);
+        assert_eq!(
+            cert.verify_answer(&other.verifying_key(), &signed),
+            Err(CertificateError::BadSignature)
+        );
+        let mut longer = cert.clone();
+        longer.valid_until = until + chrono::Duration::days(1);
+        assert_eq!(
+            longer.verify_answer(&central.verifying_key(), &signed),
+            Err(CertificateError::BadSignature)
+        );
+        let mut elsewhere = cert.clone();
+        elsewhere.cnpj = crate::values::Cnpj::parse("11444777000161").unwrap();
+        assert!(elsewhere.verify(&central.verifying_key()).is_err());
+        let by_other = sign(answer(), &other, &key_id_for(&other.verifying_key()));
+        assert!(matches!(
+            cert.verify_answer(&central.verifying_key(), &by_other),
+            Err(CertificateError::WrongKey { .. })
+        ));
+        let mut late = answer();
+        late.issued_at = until + chrono::Duration::seconds(1);
+        let late = sign(late, &relay, &relay_id);
+        assert_eq!(
+            cert.verify_answer(&central.verifying_key(), &late),
+            Err(CertificateError::Expired(until))
+        );
+        let mut forged = signed.clone();
+        forged.answer.days_left = Some(999);
+        assert!(matches!(
+            cert.verify_answer(&central.verifying_key(), &forged),
+            Err(CertificateError::Answer(AnswerError::BadSignature))
+        ));
     }
 }
