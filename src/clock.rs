@@ -139,12 +139,21 @@ mod tests {
         let clock = FileClock::new(&path);
         let first = clock.now();
         let base: DateTime<Utc> = "2031-01-01T00:00:00Z".parse().unwrap();
-        assert!(first >= base && first < base + Duration::seconds(5), "{first}");
+        assert!(
+            first >= base && first < base + Duration::seconds(5),
+            "{first}"
+        );
         std::fs::write(&path, "2031-01-08T12:00:00Z\n").unwrap();
         std::thread::sleep(FileClock::REREAD * 2);
         let jumped = clock.now();
         let base: DateTime<Utc> = "2031-01-08T12:00:00Z".parse().unwrap();
-        assert!(jumped >= base && jumped < base + Duration::seconds(5), "{jumped}");
-        assert!(clock.now() >= jumped, "moves on, never back, between writes");
+        assert!(
+            jumped >= base && jumped < base + Duration::seconds(5),
+            "{jumped}"
+        );
+        assert!(
+            clock.now() >= jumped,
+            "moves on, never back, between writes"
+        );
     }
 }

@@ -40,6 +40,22 @@ pub struct FileConfig {
     pub record_interval_hours: Option<u32>,
     /// HTTP worker threads.
     pub workers: Option<usize>,
+    /// The `relay` command's settings.
+    pub relay: Option<RelayFileConfig>,
+}
+
+/// The `[relay]` table of the configuration file.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayFileConfig {
+    /// The center's base URL.
+    pub upstream: Option<String>,
+    /// The customer served.
+    pub cnpj: Option<String>,
+    /// The center's relay token (keep the file mode 0600 when it holds one).
+    pub token: Option<String>,
+    /// `ADDR:PORT` terminals reach the relay on.
+    pub listen: Option<String>,
 }
 
 /// Why the configuration or the secrets could not be loaded.
@@ -105,6 +121,16 @@ pub enum Role {
     Auditor,
     /// Everything, including emergency release and tokens.
     Admin,
+    /// A customer's on-premises relay: follows that customer's part of the log, forwards
+    /// what happened at the relay, and gets its key certified; nothing else.
+    Relay,
+}
+
+impl Role {
+    /// Whether tokens of this role are bound to one customer (terminals and relays).
+    pub fn is_bound_to_customer(self) -> bool {
+        matches!(self, Role::Terminal | Role::Relay)
+    }
 }
 
 /// One stored token: its SHA-256 and what it may do. The token itself is never stored.
@@ -248,7 +274,7 @@ impl SecretsFile {
                     t.name
                 )));
             }
-            if (t.role == Role::Terminal) != t.cnpj.is_some() {
+            if t.role.is_bound_to_customer() != t.cnpj.is_some() {
                 return Err(invalid(format!(
                     "token {}: a terminal token needs a cnpj, other roles none",
                     t.name

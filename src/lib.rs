@@ -18,4 +18,5 @@ pub mod clock;
 pub mod config;
 pub mod domain;
 pub mod http;
+pub mod relay;
 pub mod store;

@@ -43,10 +43,12 @@ enum Who {
     Support,
     Auditor,
     Admin,
+    /// A relay token bound to customer A.
+    RelayA,
 }
 
 /// The matrix's column order.
-const WHO: [Who; 7] = [
+const WHO: [Who; 8] = [
     Who::NoToken,
     Who::BadToken,
     Who::TermA,
@@ -54,6 +56,7 @@ const WHO: [Who; 7] = [
     Who::Support,
     Who::Auditor,
     Who::Admin,
+    Who::RelayA,
 ];
 
 // ---- the policy table ----
@@ -100,52 +103,68 @@ const NF: Exp = Exp::NotFound;
 
 /// One row: method, route pattern (as in routes.rs, actions expanded), then the expected
 /// answer for each caller in [`WHO`] order.
-type Row = (&'static str, &'static str, [Exp; 7]);
+type Row = (&'static str, &'static str, [Exp; 8]);
 
 /// The policy (README "HTTP API" + issue 4 "Security"):
 /// public routes answer anyone; check-in is for a terminal of that CNPJ (another customer's
 /// CNPJ: 404) and admin; commands for support and admin; emergency release and tokens for
 /// admin only; queries, the log and the signed head for support, auditor and admin.
-/// Terminals may do nothing but check in.
+/// Terminals may do nothing but check in; relays (bound to customer A) nothing but their
+/// own `/v1/relay/*` routes for A.
 #[rustfmt::skip]
 const MATRIX: &[Row] = &[
-    //                                                       none bad  termA termB supp  audit admin
-    ("GET",  "/healthz",                                    [OK,  OK,  OK,   OK,   OK,   OK,   OK]),
-    ("GET",  "/metrics",                                    [OK,  OK,  OK,   OK,   OK,   OK,   OK]),
-    ("GET",  "/v1/keys",                                    [OK,  OK,  OK,   OK,   OK,   OK,   OK]),
+    //                                                       none bad  termA termB supp  audit admin relayA
+    ("GET",  "/healthz",                                    [OK,  OK,  OK,   OK,   OK,   OK,   OK, OK]),
+    ("GET",  "/metrics",                                    [OK,  OK,  OK,   OK,   OK,   OK,   OK, OK]),
+    ("GET",  "/v1/keys",                                    [OK,  OK,  OK,   OK,   OK,   OK,   OK, OK]),
     // check-in for customer A's CNPJ
-    ("POST", "/v1/checkin",                                 [UN,  UN,  OK,   NF,   FB,   FB,   OK]),
-    ("POST", "/v1/customers",                               [UN,  UN,  FB,   FB,   OK,   FB,   OK]),
-    ("GET",  "/v1/customers/{cnpj}/licenses",               [UN,  UN,  FB,   FB,   OK,   OK,   OK]),
-    ("POST", "/v1/customers/{cnpj}/activate",               [UN,  UN,  FB,   FB,   OK,   FB,   OK]),
-    ("POST", "/v1/customers/{cnpj}/deactivate",             [UN,  UN,  FB,   FB,   OK,   FB,   OK]),
-    ("POST", "/v1/customers/{cnpj}/block",                  [UN,  UN,  FB,   FB,   OK,   FB,   OK]),
-    ("POST", "/v1/customers/{cnpj}/unblock",                [UN,  UN,  FB,   FB,   OK,   FB,   OK]),
-    ("POST", "/v1/customers/{cnpj}/blacklist",              [UN,  UN,  FB,   FB,   OK,   FB,   OK]),
-    ("POST", "/v1/customers/{cnpj}/unblacklist",            [UN,  UN,  FB,   FB,   OK,   FB,   OK]),
-    ("POST", "/v1/contracts",                               [UN,  UN,  FB,   FB,   OK,   FB,   OK]),
-    ("POST", "/v1/contracts/{id}/deactivate",               [UN,  UN,  FB,   FB,   OK,   FB,   OK]),
-    ("POST", "/v1/contracts/{id}/reactivate",               [UN,  UN,  FB,   FB,   OK,   FB,   OK]),
-    ("POST", "/v1/licenses",                                [UN,  UN,  FB,   FB,   OK,   FB,   OK]),
-    ("GET",  "/v1/licenses",                                [UN,  UN,  FB,   FB,   OK,   OK,   OK]),
-    ("GET",  "/v1/licenses/{id}",                           [UN,  UN,  FB,   FB,   OK,   OK,   OK]),
-    ("GET",  "/v1/licenses/{id}/history",                   [UN,  UN,  FB,   FB,   OK,   OK,   OK]),
-    ("PUT",  "/v1/licenses/{id}/resources",                 [UN,  UN,  FB,   FB,   OK,   FB,   OK]),
-    ("POST", "/v1/licenses/{id}/renew",                     [UN,  UN,  FB,   FB,   OK,   FB,   OK]),
-    ("POST", "/v1/licenses/{id}/block",                     [UN,  UN,  FB,   FB,   OK,   FB,   OK]),
-    ("POST", "/v1/licenses/{id}/unblock",                   [UN,  UN,  FB,   FB,   OK,   FB,   OK]),
-    ("POST", "/v1/licenses/{id}/deactivate",                [UN,  UN,  FB,   FB,   OK,   FB,   OK]),
-    ("POST", "/v1/licenses/{id}/reactivate",                [UN,  UN,  FB,   FB,   OK,   FB,   OK]),
-    ("POST", "/v1/licenses/{id}/unlink",                    [UN,  UN,  FB,   FB,   OK,   FB,   OK]),
-    ("POST", "/v1/contingencies",                           [UN,  UN,  FB,   FB,   OK,   FB,   OK]),
-    ("GET",  "/v1/contingencies",                           [UN,  UN,  FB,   FB,   OK,   OK,   OK]),
-    ("POST", "/v1/contingencies/clear",                     [UN,  UN,  FB,   FB,   OK,   FB,   OK]),
-    ("POST", "/v1/offline-activations",                     [UN,  UN,  FB,   FB,   OK,   FB,   OK]),
-    ("POST", "/v1/emergency-releases",                      [UN,  UN,  FB,   FB,   FB,   FB,   OK]),
-    ("POST", "/v1/tokens",                                  [UN,  UN,  FB,   FB,   FB,   FB,   OK]),
-    ("GET",  "/v1/events",                                  [UN,  UN,  FB,   FB,   OK,   OK,   OK]),
-    ("GET",  "/v1/events/stream",                           [UN,  UN,  FB,   FB,   OK,   OK,   OK]),
-    ("GET",  "/v1/audit/head",                              [UN,  UN,  FB,   FB,   OK,   OK,   OK]),
+    ("POST", "/v1/checkin",                                 [UN,  UN,  OK,   NF,   FB,   FB,   OK, FB]),
+    ("POST", "/v1/customers",                               [UN,  UN,  FB,   FB,   OK,   FB,   OK, FB]),
+    ("GET",  "/v1/customers/{cnpj}/licenses",               [UN,  UN,  FB,   FB,   OK,   OK,   OK, FB]),
+    ("POST", "/v1/customers/{cnpj}/activate",               [UN,  UN,  FB,   FB,   OK,   FB,   OK, FB]),
+    ("POST", "/v1/customers/{cnpj}/deactivate",             [UN,  UN,  FB,   FB,   OK,   FB,   OK, FB]),
+    ("POST", "/v1/customers/{cnpj}/block",                  [UN,  UN,  FB,   FB,   OK,   FB,   OK, FB]),
+    ("POST", "/v1/customers/{cnpj}/unblock",                [UN,  UN,  FB,   FB,   OK,   FB,   OK, FB]),
+    ("POST", "/v1/customers/{cnpj}/blacklist",              [UN,  UN,  FB,   FB,   OK,   FB,   OK, FB]),
+    ("POST", "/v1/customers/{cnpj}/unblacklist",            [UN,  UN,  FB,   FB,   OK,   FB,   OK, FB]),
+    ("POST", "/v1/contracts",                               [UN,  UN,  FB,   FB,   OK,   FB,   OK, FB]),
+    ("POST", "/v1/contracts/{id}/deactivate",               [UN,  UN,  FB,   FB,   OK,   FB,   OK, FB]),
+    ("POST", "/v1/contracts/{id}/reactivate",               [UN,  UN,  FB,   FB,   OK,   FB,   OK, FB]),
+    ("POST", "/v1/licenses",                                [UN,  UN,  FB,   FB,   OK,   FB,   OK, FB]),
+    ("GET",  "/v1/licenses",                                [UN,  UN,  FB,   FB,   OK,   OK,   OK, FB]),
+    ("GET",  "/v1/licenses/{id}",                           [UN,  UN,  FB,   FB,   OK,   OK,   OK, FB]),
+    ("GET",  "/v1/licenses/{id}/history",                   [UN,  UN,  FB,   FB,   OK,   OK,   OK, FB]),
+    ("PUT",  "/v1/licenses/{id}/resources",                 [UN,  UN,  FB,   FB,   OK,   FB,   OK, FB]),
+    ("POST", "/v1/licenses/{id}/renew",                     [UN,  UN,  FB,   FB,   OK,   FB,   OK, FB]),
+    ("POST", "/v1/licenses/{id}/block",                     [UN,  UN,  FB,   FB,   OK,   FB,   OK, FB]),
+    ("POST", "/v1/licenses/{id}/unblock",                   [UN,  UN,  FB,   FB,   OK,   FB,   OK, FB]),
+    ("POST", "/v1/licenses/{id}/deactivate",                [UN,  UN,  FB,   FB,   OK,   FB,   OK, FB]),
+    ("POST", "/v1/licenses/{id}/reactivate",                [UN,  UN,  FB,   FB,   OK,   FB,   OK, FB]),
+    ("POST", "/v1/licenses/{id}/unlink",                    [UN,  UN,  FB,   FB,   OK,   FB,   OK, FB]),
+    ("POST", "/v1/contingencies",                           [UN,  UN,  FB,   FB,   OK,   FB,   OK, FB]),
+    ("GET",  "/v1/contingencies",                           [UN,  UN,  FB,   FB,   OK,   OK,   OK, FB]),
+    ("POST", "/v1/contingencies/clear",                     [UN,  UN,  FB,   FB,   OK,   FB,   OK, FB]),
+    ("POST", "/v1/offline-activations",                     [UN,  UN,  FB,   FB,   OK,   FB,   OK, FB]),
+    ("POST", "/v1/emergency-releases",                      [UN,  UN,  FB,   FB,   FB,   FB,   OK, FB]),
+    ("POST", "/v1/tokens",                                  [UN,  UN,  FB,   FB,   FB,   FB,   OK, FB]),
+    ("GET",  "/v1/events",                                  [UN,  UN,  FB,   FB,   OK,   OK,   OK, FB]),
+    ("GET",  "/v1/events/stream",                           [UN,  UN,  FB,   FB,   OK,   OK,   OK, FB]),
+    ("GET",  "/v1/audit/head",                              [UN,  UN,  FB,   FB,   OK,   OK,   OK, FB]),
+    // The console (src/http/console.rs): the page and its assets are public, its data is not.
+    ("GET",  "/",                                           [OK,  OK,  OK,   OK,   OK,   OK,   OK, OK]),
+    ("GET",  "/console/assets/{name}",                      [OK,  OK,  OK,   OK,   OK,   OK,   OK, OK]),
+    // The console's queries (src/http/console_api.rs): readers only; a terminal cannot sign in.
+    ("GET",  "/v1/session",                                 [UN,  UN,  FB,   FB,   OK,   OK,   OK, FB]),
+    ("GET",  "/v1/customers",                               [UN,  UN,  FB,   FB,   OK,   OK,   OK, FB]),
+    ("GET",  "/v1/license-table",                           [UN,  UN,  FB,   FB,   OK,   OK,   OK, FB]),
+    ("GET",  "/v1/events/search",                           [UN,  UN,  FB,   FB,   OK,   OK,   OK, FB]),
+    ("GET",  "/v1/dashboard",                               [UN,  UN,  FB,   FB,   OK,   OK,   OK, FB]),
+    ("GET",  "/v1/audit/verify",                            [UN,  UN,  FB,   FB,   OK,   OK,   OK, FB]),
+    // The relay routes (src/http/relay_api.rs): a relay token for its own customer only.
+    ("GET",  "/v1/relay/feed",                              [UN,  UN,  FB,   FB,   FB,   FB,   FB, OK]),
+    ("GET",  "/v1/relay/stream",                            [UN,  UN,  FB,   FB,   FB,   FB,   FB, OK]),
+    ("POST", "/v1/relay/certificate",                       [UN,  UN,  FB,   FB,   FB,   FB,   FB, OK]),
+    ("POST", "/v1/relay/events",                            [UN,  UN,  FB,   FB,   FB,   FB,   FB, OK]),
 ];
 
 /// Policy cases the server is known to get wrong, as (method, pattern, caller). A case listed
@@ -168,6 +187,7 @@ struct Fixture {
     term_b: String,
     support: String,
     auditor: String,
+    relay_a: String,
     /// A's license, bound to [`HW_A`].
     license_a: String,
     /// B's license (never bound).
@@ -218,6 +238,7 @@ impl Fixture {
         let term_b = app.named_token("caixa-b", "terminal", Some(CNPJ_B)).await;
         let support = app.named_token("suporte", "support", None).await;
         let auditor = app.named_token("auditoria", "auditor", None).await;
+        let relay_a = app.named_token("relay-a", "relay", Some(CNPJ_A)).await;
 
         // A's terminal checks in: the license is bound to it.
         let a = app
@@ -254,6 +275,7 @@ impl Fixture {
             term_b,
             support,
             auditor,
+            relay_a,
             license_a,
             license_b,
         }
@@ -268,6 +290,7 @@ impl Fixture {
             Who::Support => Some(&self.support),
             Who::Auditor => Some(&self.auditor),
             Who::Admin => Some(&self.app.admin),
+            Who::RelayA => Some(&self.relay_a),
         }
     }
 
@@ -459,6 +482,30 @@ impl Fixture {
             ("GET", "/v1/events") => ("/v1/events?from=1&limit=5".to_owned(), None),
             ("GET", "/v1/events/stream") => ("/v1/events/stream?from=1".to_owned(), None),
             ("GET", "/v1/audit/head") => (pattern.to_owned(), None),
+            (
+                "GET",
+                "/" | "/v1/session" | "/v1/customers" | "/v1/dashboard" | "/v1/audit/verify",
+            ) => (pattern.to_owned(), None),
+            ("GET", "/console/assets/{name}") => ("/console/assets/app.js".to_owned(), None),
+            ("GET", "/v1/license-table") => (
+                format!("/v1/license-table?cnpj={CNPJ_A}&sort=expires_on&order=desc"),
+                None,
+            ),
+            ("GET", "/v1/events/search") => (
+                format!("/v1/events/search?cnpj={CNPJ_A}&type=LicenseBound&limit=5"),
+                None,
+            ),
+            ("GET", "/v1/relay/feed") => (format!("/v1/relay/feed?cnpj={CNPJ_A}&from=1"), None),
+            ("GET", "/v1/relay/stream") => (format!("/v1/relay/stream?cnpj={CNPJ_A}&from=1"), None),
+            ("POST", "/v1/relay/certificate") => (
+                pattern.to_owned(),
+                Some(json!({"cnpj": CNPJ_A,
+                            "public_key": "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a"})),
+            ),
+            ("POST", "/v1/relay/events") => (
+                pattern.to_owned(),
+                Some(json!({"cnpj": CNPJ_A, "events": []})),
+            ),
             other => panic!("no preparation for {other:?}: add one with the new route"),
         }
     }
@@ -553,7 +600,7 @@ async fn every_route_answers_every_caller_as_the_role_policy_says() {
                     failures.push(format!("answer names customer A ({needle:?}): {case}"));
                 }
             }
-            if path == "/v1/events/stream?from=1" && a.status == StatusCode::OK {
+            if path.contains("/stream?") && a.status == StatusCode::OK {
                 // Checked by `call`: an event stream was answered (its body is not read).
                 assert!(a.text.is_empty());
             }
@@ -618,15 +665,14 @@ async fn a_refused_caller_is_refused_before_its_body_is_validated() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
-#[test]
-fn the_matrix_covers_every_route_of_the_server() {
-    // Every `.route(` of src/http/routes.rs, with `{action}` expanded as the handlers match.
-    let source = include_str!("../src/http/routes.rs");
+/// Every `.route(` of the `configure` function in `source` (which ends where `end` starts), as
+/// (method, path with `prefix`); routes.rs mounts `/healthz` and `/metrics` outside `/v1`.
+fn routes_of(source: &str, end: &str, prefix: &str) -> Vec<(String, String)> {
     let configure = source
         .split("pub fn configure")
         .nth(1)
-        .and_then(|s| s.split("\nasync fn not_found").next())
-        .expect("routes.rs has `configure`");
+        .and_then(|s| s.split(end).next())
+        .expect("the file has `configure`");
     let compact: String = configure.split_whitespace().collect();
     let mut mounted = Vec::new();
     for piece in compact.split(".route(").skip(1) {
@@ -636,11 +682,33 @@ fn the_matrix_covers_every_route_of_the_server() {
         let path = if path.starts_with("/healthz") || path.starts_with("/metrics") {
             path.to_owned()
         } else {
-            format!("/v1{path}")
+            format!("{prefix}{path}")
         };
         mounted.push((method, path));
     }
+    mounted
+}
+
+#[test]
+fn the_matrix_covers_every_route_of_the_server() {
+    // Every `.route(` of src/http/routes.rs, with `{action}` expanded as the handlers match,
+    // plus the console's pages (mounted at the root) and queries (mounted inside `/v1`).
+    let routes = include_str!("../src/http/routes.rs");
+    let mut mounted = routes_of(routes, "\nasync fn not_found", "/v1");
     assert!(mounted.len() >= 20, "parsed {mounted:?}");
+    assert!(
+        routes.contains(".configure(super::console_api::configure)")
+            && routes.contains(".configure(super::console::configure)"),
+        "routes.rs mounts the console's routes"
+    );
+    let console_api = routes_of(include_str!("../src/http/console_api.rs"), "\n}\n", "/v1");
+    let console = routes_of(include_str!("../src/http/console.rs"), "\n}\n", "");
+    assert!(
+        console_api.len() >= 6 && console.len() >= 2,
+        "parsed {console_api:?} {console:?}"
+    );
+    mounted.extend(console_api);
+    mounted.extend(console);
     for (method, path) in &mounted {
         if path.ends_with("/{action}") {
             let prefix = path.trim_end_matches("{action}");

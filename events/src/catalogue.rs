@@ -675,6 +675,14 @@ impl ContingencyEvent {
             ContingencyEvent::Cleared(x) => &x.cnpj,
         }
     }
+
+    /// The kind of contingency entered or cleared.
+    pub fn kind(&self) -> ContingencyKind {
+        match self {
+            ContingencyEvent::Entered(x) => x.kind,
+            ContingencyEvent::Cleared(x) => x.kind,
+        }
+    }
 }
 
 impl Event {

@@ -25,6 +25,6 @@ pub use rows::{
     Binding, ContingencyRow, ContractRow, CustomerRow, LastCheckIn, LicenseRow, TerminalRow,
 };
 pub use view::{
-    ContingencyQuery, Inconsistency, LedgerView, LicenseQuery, LicenseStatus, Page,
+    ContingencyQuery, Inconsistency, LedgerView, LicenseQuery, LicenseSortKey, LicenseStatus, Page,
     ProjectionError, INCONSISTENCIES_KEPT, PAGE_LIMIT_DEFAULT, PAGE_LIMIT_MAX,
 };

@@ -151,6 +151,29 @@ impl Default for LicenseQuery {
     }
 }
 
+/// A column of the license table to sort by (see [`LedgerView::list_licenses_sorted`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LicenseSortKey {
+    /// "ID".
+    #[default]
+    Id,
+    /// "Hardware Key" (free licenses last).
+    HardwareKey,
+    /// "IP": bound, else last seen (none last).
+    Ip,
+    /// "Expira".
+    ExpiresOn,
+    /// "Produto".
+    Product,
+    /// "Bloqueado".
+    Blocked,
+    /// "Licença" (active).
+    Active,
+    /// "Contrato": on a contract that is active (none and inactive first).
+    Contract,
+}
+
 /// Filters and page of [`LedgerView::contingencies`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
@@ -324,6 +347,28 @@ impl LedgerView {
         }
     }
 
+    /// Applies an event whatever its position, for a relay's view: a relay holds its
+    /// customer's records only (positions with gaps) and applies its own events before the
+    /// center echoes them at later positions. The caller guarantees each event is applied
+    /// once; the view's position becomes the largest seen. Errors as [`LedgerView::apply`]'s
+    /// `Inconsistent`.
+    pub fn apply_unordered(
+        &self,
+        envelope: &Envelope,
+        event: &Event,
+    ) -> Result<(), ProjectionError> {
+        let mut applier = self.lock_applier();
+        let outcome = self.fold(&mut applier, envelope, event);
+        if let Some(cnpj) = self.customer_of(event) {
+            self.stamps.insert(cnpj, envelope.position);
+        }
+        self.position.fetch_max(envelope.position, Ordering::AcqRel);
+        outcome.map_err(|problem| ProjectionError::Inconsistent {
+            position: envelope.position,
+            problem,
+        })
+    }
+
     /// Decodes `record`'s payload and applies it (see [`LedgerView::apply`]). A record at or
     /// before the applied position is ignored without being decoded.
     pub fn apply_record(&self, record: &Record) -> Result<(), ProjectionError> {
@@ -343,8 +388,10 @@ impl LedgerView {
         self.stamps.get(cnpj).map_or(0, |p| *p)
     }
 
-    /// The customer an event concerns, looked up after it was folded.
-    fn customer_of(&self, event: &Event) -> Option<Cnpj> {
+    /// The customer an event concerns (for license and contract events, looked up in the
+    /// view: ask after the view has applied the license's grant or the contract's signing).
+    /// `None` for emergency releases and for events of unknown licenses or contracts.
+    pub fn customer_of(&self, event: &Event) -> Option<Cnpj> {
         match event {
             Event::Customer(e) => Some(*e.cnpj()),
             Event::Contract(e) => self.contracts.get(&e.contract_id()).map(|c| c.cnpj),
@@ -829,6 +876,76 @@ impl LedgerView {
                 .collect(),
         };
         ids.sort_unstable();
+        let page = Page::of(ids, query.offset, query.limit);
+        Page {
+            items: page
+                .items
+                .into_iter()
+                .filter_map(|id| self.license(id))
+                .collect(),
+            total: page.total,
+            offset: page.offset,
+            limit: page.limit,
+        }
+    }
+
+    /// Like [`LedgerView::list_licenses`], but sorted by `key` then by id (`descending`
+    /// reverses the whole order): the whole matching set is ordered before the page is cut,
+    /// so pages of a sorted table follow each other. Reads each matching license once, then
+    /// the contract of each (never both at once).
+    pub fn list_licenses_sorted(
+        &self,
+        query: &LicenseQuery,
+        key: LicenseSortKey,
+        descending: bool,
+    ) -> Page<LicenseRow> {
+        /// What a row sorts by; the derived order is the column's order.
+        #[derive(PartialEq, Eq, PartialOrd, Ord)]
+        enum Value {
+            None,
+            Flag(bool),
+            Day(NaiveDate),
+            Text(String),
+            Ip(IpAddr),
+            Product(Product),
+        }
+        let filter = Filter::new(self, query);
+        let mut keyed: Vec<(Value, LicenseId, Option<ContractId>)> = self
+            .licenses
+            .iter()
+            .filter(|s| filter.matches(*s.key(), s.value()))
+            .map(|s| {
+                let v = match key {
+                    LicenseSortKey::Id | LicenseSortKey::Contract => Value::None,
+                    LicenseSortKey::HardwareKey => s
+                        .binding
+                        .map_or(Value::None, |b| Value::Text(b.hardware_key.to_string())),
+                    LicenseSortKey::Ip => s
+                        .binding
+                        .and_then(|b| b.ip)
+                        .or(s.last_ip)
+                        .map_or(Value::None, Value::Ip),
+                    LicenseSortKey::ExpiresOn => Value::Day(s.expires_on),
+                    LicenseSortKey::Product => Value::Product(s.product),
+                    LicenseSortKey::Blocked => Value::Flag(s.blocked),
+                    LicenseSortKey::Active => Value::Flag(s.active),
+                };
+                (v, *s.key(), s.contract_id)
+            })
+            .collect();
+        if key == LicenseSortKey::Contract {
+            for (v, _, contract) in &mut keyed {
+                let active = contract
+                    .and_then(|c| self.contracts.get(&c).map(|r| r.active))
+                    .unwrap_or(false);
+                *v = Value::Flag(active);
+            }
+        }
+        keyed.sort_unstable_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+        if descending {
+            keyed.reverse();
+        }
+        let ids: Vec<LicenseId> = keyed.into_iter().map(|(_, id, _)| id).collect();
         let page = Page::of(ids, query.offset, query.limit);
         Page {
             items: page

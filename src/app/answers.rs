@@ -118,6 +118,17 @@ impl AnswerSigner {
         self.key.verifying_key()
     }
 
+    /// Certifies a relay's key for `cnpj` until `valid_until` (see
+    /// [`answer::RelayCertificate`]).
+    pub fn certify_relay(
+        &self,
+        cnpj: ledger_events::Cnpj,
+        relay_key: &VerifyingKey,
+        valid_until: DateTime<Utc>,
+    ) -> answer::RelayCertificate {
+        answer::certify_relay(&self.key, cnpj, relay_key, valid_until)
+    }
+
     /// Signs the log head at `position` with hash `hash` for auditors
     /// (see [`answer::head_message`]); 128 hex digits.
     pub fn sign_head(&self, position: u64, hash: &ledger_events::Hash) -> String {

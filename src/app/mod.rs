@@ -31,6 +31,7 @@ use crate::store::{
 pub mod answers;
 pub mod checkin;
 pub mod commands;
+pub mod relay;
 
 /// Settings of the command side.
 #[derive(Clone, Debug)]

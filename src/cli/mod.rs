@@ -14,6 +14,7 @@ pub mod export;
 pub mod history;
 pub mod import;
 pub mod offline;
+pub mod relay;
 pub mod serve;
 pub mod table;
 pub mod token;
@@ -36,6 +37,16 @@ pub struct Cli {
     /// recorded check-in may get before an unchanged one is recorded again).
     #[arg(long, global = true, env = "LEDGER_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Testing hook: read the current time from FILE (one RFC 3339 time, moving on with
+    /// real time from when it was read) instead of the system clock. Never in production.
+    #[arg(
+        long,
+        global = true,
+        env = "LEDGER_CLOCK_FILE",
+        value_name = "FILE",
+        hide = true
+    )]
+    pub clock_file: Option<PathBuf>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -75,6 +86,13 @@ pub enum Command {
     /// Offline activation: support issues a counter-key; a terminal checks one.
     #[command(subcommand)]
     Offline(offline::OfflineCommand),
+    /// Run an on-premises relay for one customer: follows the center's log for that
+    /// customer, serves its terminals (POST /v1/checkin) even when the link is down, and
+    /// forwards what happened when it returns. Keeps its mirror, outbox, key and tokens in
+    /// --data-dir.
+    Relay(relay::RelayArgs),
+    /// Show a running relay's status: last refresh, next retry, link, contingency, outbox.
+    RelayStatus(relay::RelayStatusArgs),
 }
 
 /// Why a command failed.
@@ -210,6 +228,13 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         None => crate::config::FileConfig::default(),
     };
     let data_dir = serve::resolve_data_dir(cli.data_dir.as_deref(), file.data_dir.as_deref());
+    let clock: std::sync::Arc<dyn crate::clock::Clock> = match &cli.clock_file {
+        Some(path) => std::sync::Arc::new(crate::clock::FileClock::new(path)),
+        None => std::sync::Arc::new(crate::clock::SystemClock),
+    };
+    let workers = file
+        .workers
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
     match cli.command {
         Command::Verify(args) => verify::run(&data_dir, &args, &mut std::io::stdout().lock()),
         Command::Demo => demo::run(&data_dir, &mut std::io::stdout().lock()),
@@ -231,14 +256,12 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                     .or(file.listen)
                     .unwrap_or_else(|| crate::config::LISTEN_DEFAULT.to_owned()),
                 ledger,
-                workers: args
-                    .workers
-                    .map(usize::from)
-                    .or(file.workers)
-                    .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
-                clock: std::sync::Arc::new(crate::clock::SystemClock),
+                workers: args.workers.map_or(workers, usize::from),
+                clock,
             };
             Ok(serve::run(settings, args.demo)?)
         }
+        Command::Relay(args) => relay::run(&data_dir, args, &file, clock, workers),
+        Command::RelayStatus(args) => relay::status(&args, &mut std::io::stdout().lock()),
     }
 }

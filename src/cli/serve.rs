@@ -195,9 +195,11 @@ async fn open_rest(
         ledger: ledger.clone(),
         signer: Arc::new(signer),
         secrets: secrets_file.secrets.clone(),
-        tokens: TokenTable::watching(&secrets_file.tokens, &settings.data_dir),
+        gate: Arc::new(http::auth::Gate {
+            tokens: TokenTable::watching(&secrets_file.tokens, &settings.data_dir),
+            limits: http::limits::RateLimits::default(),
+        }),
         secrets_file: Mutex::new(secrets_file),
-        limits: http::limits::RateLimits::default(),
         answers: http::checkin::AnswerCache::default(),
     };
     let server =
@@ -259,7 +261,7 @@ pub fn run(settings: ServeSettings, demo: bool) -> Result<(), ServeError> {
     })
 }
 
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     match signal(SignalKind::terminate()) {
         Ok(mut term) => {

@@ -52,9 +52,12 @@ pub fn parse_role(s: &str) -> Result<Role, CliError> {
         "support" => Ok(Role::Support),
         "auditor" => Ok(Role::Auditor),
         "admin" => Ok(Role::Admin),
+        "relay" => Ok(Role::Relay),
         other => Err(CliError::Input {
             flag: "--role",
-            message: format!("unknown role {other:?}; use terminal, support, auditor or admin"),
+            message: format!(
+                "unknown role {other:?}; use terminal, support, auditor, admin or relay"
+            ),
         }),
     }
 }
@@ -65,6 +68,7 @@ fn role_name(role: Role) -> &'static str {
         Role::Support => "support",
         Role::Auditor => "auditor",
         Role::Admin => "admin",
+        Role::Relay => "relay",
     }
 }
 
@@ -86,19 +90,22 @@ fn create(data_dir: &Path, args: &CreateArgs, out: &mut impl Write) -> Result<()
             Cnpj::parse,
             "pass the customer's 14-character CNPJ, e.g. 11222333000181",
         )?),
-        (None, Role::Terminal) => {
+        (None, r) if r.is_bound_to_customer() => {
             return Err(CliError::Input {
                 flag: "--cnpj",
-                message: "a terminal token is bound to one customer: pass --cnpj CNPJ".into(),
+                message: format!(
+                    "a {} token is bound to one customer: pass --cnpj CNPJ",
+                    role_name(r)
+                ),
             })
         }
         (None, _) => None,
     };
-    if cnpj.is_some() && role != Role::Terminal {
+    if cnpj.is_some() && !role.is_bound_to_customer() {
         return Err(CliError::Input {
             flag: "--cnpj",
-            message: "only terminal tokens are bound to a customer; drop --cnpj or use \
-                      --role terminal"
+            message: "only terminal and relay tokens are bound to a customer; drop --cnpj or \
+                      use --role terminal or --role relay"
                 .into(),
         });
     }

@@ -18,7 +18,6 @@ use parking_lot::{Mutex, RwLock};
 
 use super::error::ApiError;
 use super::limits::{LimitKey, AUTH_FAILURES_PER_MINUTE};
-use super::AppState;
 use crate::config::{token_digest, Role, SecretsFile, TokenEntry, SECRETS_FILE_NAME};
 
 /// How often, at most, the table looks at the secrets file for tokens created or revoked by
@@ -207,6 +206,16 @@ impl Caller {
     }
 }
 
+/// What authentication needs, shared by every worker of a server (the central one and a
+/// relay's) as its own app data.
+#[derive(Debug)]
+pub struct Gate {
+    /// Accepted tokens.
+    pub tokens: TokenTable,
+    /// Rate limits (failed authentication, offline activation).
+    pub limits: super::limits::RateLimits,
+}
+
 /// A set of roles a route admits, for [`As`].
 pub trait Admits {
     /// The admitted roles.
@@ -221,6 +230,8 @@ pub struct Readers;
 pub struct Admins;
 /// Terminals and admins: check-ins.
 pub struct Terminals;
+/// Relays: their customer's feed, forwarding, key certificates.
+pub struct Relays;
 
 impl Admits for Operators {
     const ROLES: &'static [Role] = &[Role::Support, Role::Admin];
@@ -233,6 +244,9 @@ impl Admits for Admins {
 }
 impl Admits for Terminals {
     const ROLES: &'static [Role] = &[Role::Terminal, Role::Admin];
+}
+impl Admits for Relays {
+    const ROLES: &'static [Role] = &[Role::Relay];
 }
 
 /// A caller whose role is one of `R::ROLES`. As an extractor placed before the body, it
@@ -271,7 +285,7 @@ impl Caller {
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::trim);
         let address = req.peer_addr().map(|a| a.ip());
-        let (Some(token), Some(state)) = (token, req.app_data::<web::Data<AppState>>()) else {
+        let (Some(token), Some(state)) = (token, req.app_data::<web::Data<Gate>>()) else {
             return Err(ApiError::Unauthenticated);
         };
         if token.is_empty() {

@@ -65,6 +65,29 @@ pub struct CheckInBody {
     nonce: Option<String>,
 }
 
+impl CheckInBody {
+    /// The domain's request, and the nonce if one was sent (checked).
+    pub fn into_request(self) -> Result<(CheckInRequest, Option<String>), ApiError> {
+        let nonce = self
+            .nonce
+            .as_deref()
+            .map(parse_nonce)
+            .transpose()
+            .map_err(|e| ApiError::field("nonce", e))?;
+        let req = CheckInRequest {
+            cnpj: self.cnpj,
+            product: self.product,
+            hardware_id: self.hardware_id,
+            hardware_key: self.hardware_key,
+            ip: self.ip,
+            program_version: self.program_version,
+            caixa: self.caixa,
+            equipamento: self.equipamento,
+        };
+        Ok((req, nonce))
+    }
+}
+
 #[derive(Serialize)]
 struct CheckInAnswerBody<'a> {
     #[serde(flatten)]
@@ -74,6 +97,41 @@ struct CheckInAnswerBody<'a> {
     expires_on: Option<NaiveDate>,
     days_left: Option<i64>,
     resources: &'a Resources,
+    /// A relay's answers: the center's certificate of the relay's key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    certificate: Option<&'a ledger_events::answer::RelayCertificate>,
+}
+
+/// The HTTP status of a check-in answer: 401 for an inactive customer (the manual's
+/// `Usuário inválido.`), else 200 (refusals to sell are answers, not errors).
+pub fn answer_status(plan: &CheckInPlan) -> StatusCode {
+    if plan.code == OutcomeCode::CustomerInactive {
+        StatusCode::UNAUTHORIZED
+    } else {
+        StatusCode::OK
+    }
+}
+
+/// The JSON bytes of a check-in answer.
+pub fn encode_answer(
+    signed: &SignedAnswer,
+    plan: &CheckInPlan,
+    certificate: Option<&ledger_events::answer::RelayCertificate>,
+) -> Result<Bytes, ApiError> {
+    serde_json::to_vec(&CheckInAnswerBody {
+        signed,
+        outcome: plan.code,
+        messages: &plan.messages,
+        expires_on: plan.shown_expiry,
+        days_left: plan.days_left,
+        resources: &plan.resources,
+        certificate,
+    })
+    .map(Bytes::from)
+    .map_err(|e| {
+        tracing::error!(error = %e, "encoding a check-in answer");
+        ApiError::Internal
+    })
 }
 
 /// One kept answer.
@@ -211,7 +269,8 @@ impl AnswerCache {
     }
 }
 
-fn json_answer(status: StatusCode, body: Bytes) -> HttpResponse {
+/// A JSON response of `body`.
+pub fn json_answer(status: StatusCode, body: Bytes) -> HttpResponse {
     let mut res = HttpResponse::build(status).body(body);
     res.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -228,22 +287,7 @@ pub async fn check_in(
     if caller.role == Role::Terminal && caller.cnpj != Some(body.cnpj) {
         return Err(ApiError::NotFound("no such customer".into()));
     }
-    let nonce = body
-        .nonce
-        .as_deref()
-        .map(parse_nonce)
-        .transpose()
-        .map_err(|e| ApiError::field("nonce", e))?;
-    let req = CheckInRequest {
-        cnpj: body.cnpj,
-        product: body.product,
-        hardware_id: body.hardware_id,
-        hardware_key: body.hardware_key,
-        ip: body.ip,
-        program_version: body.program_version,
-        caixa: body.caixa,
-        equipamento: body.equipamento,
-    };
+    let (req, nonce) = body.into_request()?;
     // Read before deciding: see the module documentation.
     let stamp = state.ledger.view().customer_stamp(&req.cnpj);
     if nonce.is_none() {
@@ -260,24 +304,8 @@ pub async fn check_in(
         }
     }
     let signed = state.signer.sign(&req, &plan, nonce, now);
-    let status = if plan.code == OutcomeCode::CustomerInactive {
-        StatusCode::UNAUTHORIZED
-    } else {
-        StatusCode::OK
-    };
-    let encoded = serde_json::to_vec(&CheckInAnswerBody {
-        signed: &signed,
-        outcome: plan.code,
-        messages: &plan.messages,
-        expires_on: plan.shown_expiry,
-        days_left: plan.days_left,
-        resources: &plan.resources,
-    })
-    .map_err(|e| {
-        tracing::error!(error = %e, "encoding a check-in answer");
-        ApiError::Internal
-    })?;
-    let encoded = Bytes::from(encoded);
+    let status = answer_status(&plan);
+    let encoded = encode_answer(&signed, &plan, None)?;
     if keep {
         state
             .answers

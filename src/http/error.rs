@@ -27,6 +27,9 @@ pub enum ApiError {
     /// 401: no token, or an unknown one; the manual's text (rule 2 of the check-in).
     #[error("{}", ledger_events::texts::TOKEN_INVALID)]
     Unauthenticated,
+    /// 401: the caller's customer is not active; the manual's text (rule 1 of the check-in).
+    #[error("{}", ledger_events::texts::CUSTOMER_INACTIVE)]
+    CustomerInactive,
     /// 403: the token's role may not do this.
     #[error("{0}")]
     Forbidden(String),
@@ -73,6 +76,7 @@ impl ApiError {
             ApiError::Malformed(_) => "malformed",
             ApiError::BadField { .. } => "invalid_field",
             ApiError::Unauthenticated => "unauthenticated",
+            ApiError::CustomerInactive => "customer_inactive",
             ApiError::Forbidden(_) => "forbidden",
             ApiError::NotFound(_) => "not_found",
             ApiError::Conflict(_) => "conflict",
@@ -97,7 +101,7 @@ impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
             ApiError::Malformed(_) | ApiError::BadField { .. } => StatusCode::BAD_REQUEST,
-            ApiError::Unauthenticated => StatusCode::UNAUTHORIZED,
+            ApiError::Unauthenticated | ApiError::CustomerInactive => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,

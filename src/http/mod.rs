@@ -16,10 +16,13 @@ use crate::config::SecretsFile;
 
 pub mod auth;
 pub mod checkin;
+pub mod console;
+pub mod console_api;
 pub mod error;
 pub mod extract;
 pub mod limits;
 pub mod metrics;
+pub mod relay_api;
 pub mod routes;
 pub mod sse;
 
@@ -34,12 +37,10 @@ pub struct AppState {
     pub signer: Arc<AnswerSigner>,
     /// Offline and emergency keys.
     pub secrets: Secrets,
-    /// Accepted tokens.
-    pub tokens: TokenTable,
+    /// Accepted tokens and rate limits (also registered on its own for the extractors).
+    pub gate: Arc<auth::Gate>,
     /// The secrets file, for tokens created through the API.
     pub secrets_file: Mutex<SecretsFile>,
-    /// Rate limits (failed authentication, offline activation).
-    pub limits: limits::RateLimits,
     /// The last check-in answer per terminal, served again while it holds.
     pub answers: checkin::AnswerCache,
 }
@@ -47,12 +48,14 @@ pub struct AppState {
 /// Builds the server on `listener` with `workers` worker threads. Signals are not handled
 /// here: the caller stops the server through its handle (see `cli::serve`).
 pub fn server(state: AppState, listener: TcpListener, workers: usize) -> std::io::Result<Server> {
+    let gate = web::Data::from(state.gate.clone());
     let data = web::Data::new(state);
     let http_metrics = web::Data::new(metrics::HttpMetrics::default());
     let server = HttpServer::new(move || {
         let recorder = http_metrics.clone();
         App::new()
             .app_data(data.clone())
+            .app_data(gate.clone())
             .app_data(http_metrics.clone())
             .wrap_fn(move |req, srv| {
                 let method = req.method().clone();

@@ -72,8 +72,17 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .route("/tokens", web::post().to(create_token))
                 .route("/events", web::get().to(events))
                 .route("/events/stream", web::get().to(super::sse::events_stream))
-                .route("/audit/head", web::get().to(audit_head)),
+                .route("/audit/head", web::get().to(audit_head))
+                .route("/relay/feed", web::get().to(super::relay_api::feed))
+                .route("/relay/stream", web::get().to(super::relay_api::stream))
+                .route(
+                    "/relay/certificate",
+                    web::post().to(super::relay_api::certificate),
+                )
+                .route("/relay/events", web::post().to(super::relay_api::forward))
+                .configure(super::console_api::configure),
         )
+        .configure(super::console::configure)
         .default_service(web::to(not_found));
 }
 
@@ -434,12 +443,12 @@ async fn offline_activation(
     Json(b): Json<OfflineBody>,
 ) -> Answer {
     // Counter-keys are guessable only by asking many times: limit and log.
-    let by_token = state.limits.hit(
+    let by_token = state.gate.limits.hit(
         LimitKey::OfflineByToken(caller.name.clone()),
         OFFLINE_ACTIVATIONS_PER_MINUTE,
     );
     let by_address = caller.address.is_none_or(|a| {
-        state.limits.hit(
+        state.gate.limits.hit(
             LimitKey::OfflineByAddress(a),
             OFFLINE_ACTIVATIONS_PER_MINUTE,
         )
@@ -527,10 +536,10 @@ struct TokenBody {
 
 async fn create_token(state: State, _caller: As<Admins>, Json(b): Json<TokenBody>) -> Answer {
     ledger_events::Actor::operator(&b.name).map_err(|e| ApiError::field("name", e))?;
-    if (b.role == Role::Terminal) != b.cnpj.is_some() {
+    if b.role.is_bound_to_customer() != b.cnpj.is_some() {
         return Err(ApiError::field(
             "cnpj",
-            "a terminal token needs a cnpj; other roles take none",
+            "a terminal or relay token needs a cnpj; other roles take none",
         ));
     }
     let token = new_token().map_err(|e| {
@@ -552,7 +561,7 @@ async fn create_token(state: State, _caller: As<Admins>, Json(b): Json<TokenBody
             ApiError::Unavailable("could not save the token".into())
         })?;
     tracing::info!(name = %entry.name, role = ?entry.role, "token created");
-    state.tokens.add(entry.clone());
+    state.gate.tokens.add(entry.clone());
     Ok(HttpResponse::Ok().json(json!({
         "token": token,
         "name": entry.name,

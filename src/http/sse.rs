@@ -53,7 +53,7 @@ fn message(record: &Record) -> Result<Bytes, String> {
 
 /// The first position to send: after `Last-Event-ID` when the client resumes, else `?from=`
 /// (default 1).
-fn start_position(req: &HttpRequest, params: &Params) -> Result<Position, ApiError> {
+pub fn start_position(req: &HttpRequest, params: &Params) -> Result<Position, ApiError> {
     if let Some(v) = req.headers().get("Last-Event-ID") {
         let last: Position = v
             .to_str()
@@ -65,28 +65,63 @@ fn start_position(req: &HttpRequest, params: &Params) -> Result<Position, ApiErr
     Ok(params.get::<Position>("from")?.unwrap_or(1).max(1))
 }
 
-async fn follow(mut feed: LogFeed, tx: mpsc::Sender<Bytes>) {
+/// Sends only one customer's records: a relay's feed.
+pub struct CustomerFilter {
+    /// The ledger, whose view knows which customer a license or contract event is of.
+    pub ledger: std::sync::Arc<crate::app::Ledger>,
+    /// The customer.
+    pub cnpj: ledger_events::Cnpj,
+}
+
+impl CustomerFilter {
+    /// Whether `record` concerns the customer (waiting, bounded, for the view to have applied
+    /// it, so the license or contract it names is known).
+    pub async fn admits(&self, record: &Record) -> Result<bool, AppError> {
+        self.ledger.wait_for(record.envelope.position).await?;
+        let event = record.event().map_err(StoreError::from)?;
+        Ok(self.ledger.view().customer_of(&event) == Some(self.cnpj))
+    }
+}
+
+async fn follow(mut feed: LogFeed, tx: mpsc::Sender<Bytes>, filter: Option<CustomerFilter>) {
     loop {
-        let bytes = tokio::select! {
+        let next = tokio::select! {
             _ = tx.closed() => return,
-            next = feed.next() => match next {
-                Ok(record) => match message(&record) {
-                    Ok(b) => b,
-                    Err(e) => {
-                        tracing::error!(error = %e, position = record.envelope.position, "record does not encode for the event stream");
-                        return;
-                    }
-                },
-                Err(AppError::Store(StoreError::Closed)) => return,
-                Err(e) => {
-                    tracing::error!(error = %e, cursor = feed.cursor(), "event stream stopped: reading the log failed");
+            next = feed.next() => next,
+            _ = tokio::time::sleep(KEEP_ALIVE) => {
+                if tx.send(Bytes::from_static(b": keep-alive\n\n")).await.is_err() {
                     return;
                 }
-            },
-            _ = tokio::time::sleep(KEEP_ALIVE) => Bytes::from_static(b": keep-alive\n\n"),
+                continue;
+            }
         };
-        if tx.send(bytes).await.is_err() {
-            return;
+        let record = match next {
+            Ok(record) => record,
+            Err(AppError::Store(StoreError::Closed)) => return,
+            Err(e) => {
+                tracing::error!(error = %e, cursor = feed.cursor(), "event stream stopped: reading the log failed");
+                return;
+            }
+        };
+        let wanted = match &filter {
+            Some(f) => f.admits(&record).await,
+            None => Ok(true),
+        };
+        let bytes = match wanted.map_err(|e| e.to_string()) {
+            Ok(false) => continue,
+            Ok(true) => message(&record),
+            Err(e) => Err(e),
+        };
+        match bytes {
+            Ok(b) => {
+                if tx.send(b).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, position = record.envelope.position, "event stream stopped: a record could not be sent");
+                return;
+            }
         }
     }
 }
@@ -99,14 +134,23 @@ pub async fn events_stream(
     params: Params,
 ) -> Result<HttpResponse, ApiError> {
     let from = start_position(&req, &params)?;
+    Ok(stream_response(&state, from, None))
+}
+
+/// The streamed response following the log from `from`, through `filter` if any.
+pub fn stream_response(
+    state: &AppState,
+    from: Position,
+    filter: Option<CustomerFilter>,
+) -> HttpResponse {
     let feed = state.ledger.subscribe(from);
     let (tx, rx) = mpsc::channel(SSE_CHANNEL_MESSAGES);
     // Sent first so the client sees the stream open before any record exists.
     let _ = tx.try_send(Bytes::from_static(b": connected\n\n"));
-    tokio::spawn(follow(feed, tx));
-    Ok(HttpResponse::Ok()
+    tokio::spawn(follow(feed, tx, filter));
+    HttpResponse::Ok()
         .insert_header((CONTENT_TYPE, "text/event-stream"))
         .insert_header((CACHE_CONTROL, "no-cache"))
         .insert_header(("X-Accel-Buffering", "no"))
-        .streaming(ChannelBody(rx)))
+        .streaming(ChannelBody(rx))
 }

@@ -74,10 +74,17 @@ pub fn stream(name: &str) -> StreamId {
 
 /// Expands to one test per conformance check. `$make` is an async function
 /// `fn(ManualClock) -> Harness` building a fresh empty store.
+///
+/// For a backend that needs something from outside (a database), write
+/// `store_conformance_tests!(optional make)` with `make` returning `Option<Harness>`: when it
+/// returns `None` (after saying why on stderr) the test prints that it was skipped and ends.
 #[macro_export]
 macro_rules! store_conformance_tests {
-    ($make:path) => {
-        $crate::store_conformance_tests!(@each $make,
+    (optional $make:path) => {
+        $crate::store_conformance_tests!(@list optional $make);
+    };
+    (@list $mode:ident $make:path) => {
+        $crate::store_conformance_tests!(@each $mode $make,
             append_then_read_stream_returns_events_in_order,
             read_all_returns_every_stream_in_position_order,
             expected_version_is_enforced_and_conflicts_report_the_actual_version,
@@ -92,7 +99,7 @@ macro_rules! store_conformance_tests {
             reads_past_the_end_and_of_unknown_streams_are_empty,
         );
     };
-    (@each $make:path, $($name:ident),+ $(,)?) => {
+    (@each required $make:path, $($name:ident),+ $(,)?) => {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $name() {
@@ -101,6 +108,22 @@ macro_rules! store_conformance_tests {
                 $crate::store::conformance::$name(&harness).await;
             }
         )+
+    };
+    (@each optional $make:path, $($name:ident),+ $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let clock = $crate::clock::ManualClock::new($crate::store::conformance::start_time());
+                let Some(harness) = $make(clock).await else {
+                    eprintln!("{}: skipped", stringify!($name));
+                    return;
+                };
+                $crate::store::conformance::$name(&harness).await;
+            }
+        )+
+    };
+    ($make:path) => {
+        $crate::store_conformance_tests!(@list required $make);
     };
 }
 

@@ -1,8 +1,8 @@
-//! The event store: the only place where bytes reach a disk (and, later, SQL).
+//! The event store: the only place where bytes reach a disk or SQL.
 //!
 //! [`EventStore`] is the contract both backends implement: the embedded file log
-//! ([`file::FileStore`]) and PostgreSQL (a later issue). [`conformance`] holds the tests every
-//! backend must pass. Invariants every backend keeps:
+//! ([`file::FileStore`]) and PostgreSQL ([`postgres::PgStore`]). [`conformance`] holds the
+//! tests every backend must pass. Invariants every backend keeps:
 //! - positions are dense from 1 and commit order equals position order;
 //! - a stream's versions are dense from 1; an append either stores all its events, at
 //!   consecutive positions, or none;
@@ -20,6 +20,7 @@ use uuid::Uuid;
 
 pub mod conformance;
 pub mod file;
+pub mod postgres;
 mod subscription;
 
 pub use subscription::{HeadSource, Subscription};
@@ -148,6 +149,20 @@ pub enum StoreError {
     /// The store has been closed.
     #[error("the store is closed")]
     Closed,
+    /// The database cannot be reached right now (connection refused, closed or timed out,
+    /// server shutting down, no connection slot). Nothing is known to be wrong with the data;
+    /// retry later. An append that failed this way may or may not have been stored: retry it
+    /// with the same event ids and the store answers with the original positions if it was.
+    #[error("PostgreSQL unavailable: {0}")]
+    Unavailable(String),
+    /// The database refused a statement for a reason other than availability (permissions,
+    /// a constraint, an unexpected schema), or the configuration is unusable.
+    #[error("PostgreSQL error: {0}")]
+    Database(String),
+    /// The database's schema does not match this build's migrations (an applied migration
+    /// was edited, or the database was migrated by a newer build). Nothing was changed.
+    #[error("database schema refused: {0}")]
+    Migration(String),
 }
 
 impl StoreError {
@@ -163,7 +178,10 @@ impl StoreError {
     pub fn is_unavailable(&self) -> bool {
         matches!(
             self,
-            StoreError::Io { .. } | StoreError::Poisoned(_) | StoreError::Closed
+            StoreError::Io { .. }
+                | StoreError::Poisoned(_)
+                | StoreError::Closed
+                | StoreError::Unavailable(_)
         )
     }
 }

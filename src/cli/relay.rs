@@ -1,0 +1,197 @@
+//! `relay`: runs an on-premises relay for one customer (see [`crate::relay`]);
+//! `relay-status`: asks a running relay how it is doing.
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::Path;
+use std::sync::Arc;
+
+use ledger_events::Cnpj;
+
+use super::{parse_flag, CliError};
+use crate::clock::Clock;
+use crate::config::{FileConfig, SecretsFile};
+use crate::http::auth::Gate;
+use crate::http::TokenTable;
+use crate::relay::{Relay, RelayConfig};
+
+/// Options of `relay` (each may also come from the config file's `[relay]` table).
+#[derive(Debug, clap::Args)]
+pub struct RelayArgs {
+    /// The center's base URL, e.g. https://licencas.example.com.
+    #[arg(long, env = "LEDGER_RELAY_UPSTREAM", value_name = "URL")]
+    pub upstream: Option<String>,
+    /// The customer this relay serves.
+    #[arg(long, env = "LEDGER_RELAY_CNPJ", value_name = "CNPJ")]
+    pub cnpj: Option<String>,
+    /// The center's `relay` token for that customer (`token create --role relay --cnpj`).
+    #[arg(
+        long,
+        env = "LEDGER_RELAY_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+    /// Address and port terminals reach the relay on [default: 127.0.0.1:8023].
+    #[arg(long, env = "LEDGER_LISTEN", value_name = "ADDR:PORT")]
+    pub listen: Option<String>,
+}
+
+/// Options of `relay-status`.
+#[derive(Debug, clap::Args)]
+pub struct RelayStatusArgs {
+    /// The relay's base URL.
+    #[arg(long, default_value = "http://127.0.0.1:8023", value_name = "URL")]
+    pub url: String,
+    /// A support, auditor or admin token of the relay (its own `secrets.toml`).
+    #[arg(
+        long,
+        env = "LEDGER_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub token: String,
+    /// Print the status as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn required(flag: &'static str, value: Option<String>, hint: &str) -> Result<String, CliError> {
+    value
+        .filter(|v| !v.trim().is_empty())
+        .ok_or(CliError::Input {
+            flag,
+            message: format!("required: {hint} (or set it under [relay] in the config file)"),
+        })
+}
+
+/// Runs the relay until SIGTERM or Ctrl-C.
+pub fn run(
+    data_dir: &Path,
+    args: RelayArgs,
+    file: &FileConfig,
+    clock: Arc<dyn Clock>,
+    workers: usize,
+) -> Result<(), CliError> {
+    let from_file = file.relay.clone().unwrap_or_default();
+    let upstream = required(
+        "--upstream",
+        args.upstream.or(from_file.upstream),
+        "the center's URL",
+    )?;
+    let cnpj = required(
+        "--cnpj",
+        args.cnpj.or(from_file.cnpj),
+        "the customer's CNPJ",
+    )?;
+    let cnpj = parse_flag(
+        "--cnpj",
+        &cnpj,
+        Cnpj::parse,
+        "pass the customer's 14-character CNPJ",
+    )?;
+    let token = required(
+        "--token",
+        args.token.or(from_file.token),
+        "the center's relay token for this customer",
+    )?;
+    let listen = args
+        .listen
+        .or(from_file.listen)
+        .unwrap_or_else(|| crate::config::LISTEN_DEFAULT.to_owned());
+    let config = RelayConfig::new(&upstream, cnpj, &token, data_dir.to_owned());
+    let runtime = super::runtime()?;
+    runtime.block_on(async move {
+        let relay =
+            Arc::new(Relay::open(config, clock).map_err(|e| CliError::Refused(e.to_string()))?);
+        let (secrets, new_admin) = SecretsFile::load_or_create(data_dir)?;
+        let gate = Arc::new(Gate {
+            tokens: TokenTable::watching(&secrets.tokens, data_dir),
+            limits: crate::http::limits::RateLimits::default(),
+        });
+        let listener = TcpListener::bind(&listen).map_err(|e| CliError::Input {
+            flag: "--listen",
+            message: format!("cannot listen on {listen}: {e}"),
+        })?;
+        let addr = listener.local_addr().map_err(|e| CliError::Input {
+            flag: "--listen",
+            message: format!("cannot read the listen address: {e}"),
+        })?;
+        let server = crate::relay::http::server(relay.clone(), gate, listener, workers)?;
+        let handle = server.handle();
+        let serving = tokio::spawn(server);
+        let tasks = relay.spawn();
+        tracing::info!(%addr, %upstream, %cnpj, "relay serving");
+        println!("relay for {cnpj} of {upstream}");
+        println!("listening on http://{addr}");
+        if let Some(token) = new_admin {
+            println!("Created an admin token of this relay (shown only this once; keep it safe):");
+            println!("{token}");
+        }
+        super::serve::shutdown_signal().await;
+        tracing::info!("relay shutting down");
+        handle.stop(true).await;
+        let _ = serving.await;
+        for t in tasks {
+            t.abort();
+        }
+        Ok(())
+    })
+}
+
+/// Prints a running relay's status.
+pub fn status(args: &RelayStatusArgs, out: &mut impl Write) -> Result<(), CliError> {
+    let runtime = super::runtime()?;
+    let status: serde_json::Value = runtime.block_on(async {
+        let res = reqwest::Client::new()
+            .get(format!(
+                "{}/v1/relay/status",
+                args.url.trim_end_matches('/')
+            ))
+            .bearer_auth(&args.token)
+            .timeout(std::time::Duration::from_secs(10))
+            .send()
+            .await
+            .map_err(|e| {
+                CliError::Failed(format!("cannot reach the relay at {}: {e}", args.url))
+            })?;
+        let code = res.status();
+        let body: serde_json::Value = res
+            .json()
+            .await
+            .map_err(|e| CliError::Failed(format!("the relay's answer is not JSON: {e}")))?;
+        if !code.is_success() {
+            return Err(CliError::Failed(format!(
+                "the relay refused ({code}): {}",
+                body["message"].as_str().unwrap_or("no message")
+            )));
+        }
+        Ok(body)
+    })?;
+    if args.json {
+        writeln!(out, "{status}")?;
+        return Ok(());
+    }
+    let field = |name: &str| match &status[name] {
+        serde_json::Value::Null => "-".to_owned(),
+        serde_json::Value::String(s) => s.clone(),
+        v => v.to_string(),
+    };
+    for (label, name) in [
+        ("customer", "cnpj"),
+        ("upstream", "upstream"),
+        ("link", "link"),
+        ("last successful refresh", "last_refresh"),
+        ("next refresh or retry", "next_refresh"),
+        ("last error", "last_error"),
+        ("contingency since", "contingency_since"),
+        ("outbox depth", "outbox_depth"),
+        ("rejected by the center", "rejected"),
+        ("mirror position", "mirror_position"),
+        ("mirror records", "mirror_records"),
+        ("key certified until", "certified_until"),
+    ] {
+        writeln!(out, "{label}: {}", field(name))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,761 @@
+//! The JSON routes the support and audit console needs beyond the rest of `/v1`: who the
+//! caller is, the customers with their contracts, the license table sorted and shaped for
+//! display (also as of a past moment), the log feed filtered like the manual's
+//! "Monitoramento de Logs", the dashboard's aggregates, and a verification of the hash chain
+//! that reports its progress. All of them are queries for readers (support, auditor, admin),
+//! through the same [`As`] extractor and [`ApiError`] as every other route.
+//!
+//! Everything is computed from the [`LedgerView`](ledger_projections::LedgerView) and from the
+//! log as the [`Ledger`](crate::app::Ledger) serves it (`read_log`, `record_at`, `head`);
+//! nothing here touches the store. Scans of the log are bounded per request
+//! ([`EVENTS_SCAN_MAX`], [`DASHBOARD_SCAN_MAX`]) and say when they stopped early.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+
+use actix_web::http::header::{CACHE_CONTROL, CONTENT_TYPE};
+use actix_web::web::Bytes;
+use actix_web::{web, HttpResponse};
+use chrono::{DateTime, Days, Duration, DurationRound, NaiveDate, Utc};
+use ledger_events::{
+    ChainVerifier, Cnpj, ContractId, Event, EventPayload, LicenseId, OfflineActivationEvent,
+    Position, Product, Record, TerminalCheckedIn, TerminalEvent, EVENT_TYPES,
+};
+use ledger_projections::asof::AsOf;
+use ledger_projections::view::{
+    LedgerView, LicenseQuery, LicenseSortKey, LicenseStatus, PAGE_LIMIT_MAX,
+};
+use ledger_projections::{ContractRow, CustomerRow, LicenseRow};
+use serde::Serialize;
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use super::auth::{Admins, Admits, As, Operators, Readers};
+use super::error::ApiError;
+use super::extract::Params;
+use super::AppState;
+use crate::app::Ledger;
+use crate::domain::checkin::WARNING_DAYS;
+use crate::domain::today;
+
+/// Most records one `GET /v1/events/search` examines; it answers a cursor to go on.
+pub const EVENTS_SCAN_MAX: usize = 20_000;
+/// Most matching records one `GET /v1/events/search` returns.
+pub const EVENTS_SEARCH_LIMIT_MAX: usize = 500;
+/// Page size of `GET /v1/events/search` when none is asked.
+const EVENTS_SEARCH_LIMIT_DEFAULT: usize = 50;
+/// Records read per batch when scanning the log.
+const SCAN_BATCH: usize = 1000;
+/// Most records the dashboard's check-ins-per-hour scan reads (it says when it stopped).
+pub const DASHBOARD_SCAN_MAX: usize = 200_000;
+/// Most days ahead the dashboard's expiry chart covers.
+pub const DASHBOARD_DAYS_MAX: u32 = 90;
+/// Days ahead the expiry chart covers when none is asked.
+const DASHBOARD_DAYS_DEFAULT: u32 = 30;
+/// Chain verifications running at once in this process; more answer 503.
+pub const VERIFICATIONS_RUNNING_MAX: usize = 2;
+/// Progress lines buffered per verification between its task and the client.
+const VERIFY_CHANNEL_MESSAGES: usize = 16;
+/// Stream categories of the log (`license` in `license-002438`), for the feed's filter.
+pub const CATEGORIES: &[&str] = &[
+    "customer",
+    "contract",
+    "license",
+    "terminal",
+    "contingency",
+    "offline",
+    "emergency",
+];
+
+type State = web::Data<AppState>;
+type Answer = Result<HttpResponse, ApiError>;
+
+/// Mounts the console's routes inside the `/v1` scope.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/session", web::get().to(session))
+        .route("/customers", web::get().to(customers))
+        .route("/license-table", web::get().to(license_table))
+        .route("/events/search", web::get().to(search_events))
+        .route("/dashboard", web::get().to(dashboard))
+        .route("/audit/verify", web::get().to(verify));
+}
+
+/// Waits for `?min_position=` if given.
+async fn read_your_writes(state: &AppState, params: &Params) -> Result<(), ApiError> {
+    if let Some(p) = params.get::<Position>("min_position")? {
+        state.ledger.wait_for(p).await?;
+    }
+    Ok(())
+}
+
+fn page_limit(params: &Params, default: usize, max: usize) -> Result<usize, ApiError> {
+    let limit = params.get::<usize>("limit")?.unwrap_or(default);
+    if limit > max {
+        return Err(ApiError::field("limit", format!("at most {max}")));
+    }
+    Ok(limit)
+}
+
+fn internal(what: &str, e: impl std::fmt::Display) -> ApiError {
+    tracing::error!(error = %e, "{what}");
+    ApiError::Internal
+}
+
+// ---- session ----
+
+/// `GET /v1/session`: the caller's name and role, what the console may offer it, and the
+/// vocabularies its filters list (products with their names, event types, stream
+/// categories). A terminal token is refused (403) like on every reader route: it cannot sign
+/// in.
+async fn session(caller: As<Readers>) -> Answer {
+    let products: Vec<serde_json::Value> = Product::ALL
+        .iter()
+        .map(|p| json!({"product": p, "name": p.display_name()}))
+        .collect();
+    let event_types: Vec<&str> = EVENT_TYPES.iter().map(|(name, _)| *name).collect();
+    Ok(HttpResponse::Ok().json(json!({
+        "name": caller.name,
+        "role": caller.role,
+        "may_act": Operators::ROLES.contains(&caller.role),
+        "may_admin": Admins::ROLES.contains(&caller.role),
+        "products": products,
+        "event_types": event_types,
+        "categories": CATEGORIES,
+    })))
+}
+
+// ---- customers ----
+
+/// How many of a customer's licenses are in each state.
+#[derive(Serialize)]
+struct LicenseCounts {
+    total: usize,
+    active: usize,
+    blocked: usize,
+    deactivated: usize,
+    expired: usize,
+    free: usize,
+    bound: usize,
+}
+
+fn license_counts(view: &LedgerView, cnpj: Option<Cnpj>, day: NaiveDate) -> LicenseCounts {
+    let count = |status| {
+        view.list_licenses(&LicenseQuery {
+            cnpj,
+            status,
+            today: Some(day),
+            limit: 0,
+            ..LicenseQuery::default()
+        })
+        .total
+    };
+    LicenseCounts {
+        total: count(None),
+        active: count(Some(LicenseStatus::Active)),
+        blocked: count(Some(LicenseStatus::Blocked)),
+        deactivated: count(Some(LicenseStatus::Deactivated)),
+        expired: count(Some(LicenseStatus::Expired)),
+        free: count(Some(LicenseStatus::Free)),
+        bound: count(Some(LicenseStatus::Bound)),
+    }
+}
+
+#[derive(Serialize)]
+struct CustomerSummary {
+    #[serde(flatten)]
+    customer: CustomerRow,
+    contracts: Vec<ContractRow>,
+    licenses: LicenseCounts,
+}
+
+/// Every contract, in id order (ids are dense from 1).
+fn all_contracts(view: &LedgerView) -> Vec<ContractRow> {
+    let max = view.max_contract_id().map_or(0, ContractId::get);
+    (1..=max)
+        .filter_map(|n| ContractId::new(n).ok())
+        .filter_map(|id| view.contract(id))
+        .collect()
+}
+
+/// `GET /v1/customers?text=&offset=&limit=`: customers sorted by CNPJ with their contracts
+/// and license counts; `text` matches the CNPJ or the trade name, ignoring case.
+async fn customers(state: State, _caller: As<Readers>, params: Params) -> Answer {
+    read_your_writes(&state, &params).await?;
+    let offset: usize = params.get("offset")?.unwrap_or(0);
+    let limit = page_limit(&params, 50, PAGE_LIMIT_MAX)?;
+    let text = params.text("text").map(|t| t.trim().to_lowercase());
+    let view = state.ledger.view();
+    let day = today(state.ledger.clock().now());
+    let matching: Vec<CustomerRow> = view
+        .customers()
+        .into_iter()
+        .filter(|c| {
+            text.as_deref().is_none_or(|t| {
+                c.cnpj.as_str().to_lowercase().contains(t)
+                    || c.trade_name.as_str().to_lowercase().contains(t)
+            })
+        })
+        .collect();
+    let total = matching.len();
+    let mut contracts = all_contracts(view);
+    let items: Vec<CustomerSummary> = matching
+        .into_iter()
+        .skip(offset)
+        .take(limit)
+        .map(|customer| {
+            let (theirs, rest) = contracts
+                .drain(..)
+                .partition(|c: &ContractRow| c.cnpj == customer.cnpj);
+            contracts = rest;
+            CustomerSummary {
+                licenses: license_counts(view, Some(customer.cnpj), day),
+                contracts: theirs,
+                customer,
+            }
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({
+        "items": items, "total": total, "offset": offset, "limit": limit,
+    })))
+}
+
+// ---- the license table ----
+
+/// A row of the console's license table: the license plus what its columns and marks need.
+#[derive(Serialize)]
+struct TableRow {
+    #[serde(flatten)]
+    license: LicenseRow,
+    /// "Produto" as people write it (`NF-e Nota Fiscal`).
+    product_name: &'static str,
+    /// The customer's "Fantasia".
+    trade_name: Option<String>,
+    /// "Contrato": the license's contract is active; `None` without a contract.
+    contract_active: Option<bool>,
+    /// Days from the table's day to the expiry (negative once expired).
+    days_left: i64,
+    /// Expired on the table's day.
+    expired: bool,
+    /// Not expired, and within [`WARNING_DAYS`] of expiry (the terminals' warning).
+    expiring: bool,
+}
+
+fn table_row(view: &LedgerView, license: LicenseRow, day: NaiveDate) -> TableRow {
+    let days_left = (license.expires_on - day).num_days();
+    TableRow {
+        product_name: license.product.display_name(),
+        trade_name: view
+            .customer(&license.cnpj)
+            .map(|c| c.trade_name.as_str().to_owned()),
+        contract_active: license
+            .contract_id
+            .map(|id| view.contract(id).is_some_and(|c| c.active)),
+        days_left,
+        expired: days_left < 0,
+        expiring: (0..=WARNING_DAYS).contains(&days_left),
+        license,
+    }
+}
+
+fn enum_param<T: serde::de::DeserializeOwned>(
+    params: &Params,
+    name: &str,
+    expected: &str,
+) -> Result<Option<T>, ApiError> {
+    params
+        .text(name)
+        .map(|s| {
+            serde_json::from_value(serde_json::Value::String(s))
+                .map_err(|_| ApiError::field(name, format!("expected {expected}")))
+        })
+        .transpose()
+}
+
+fn table_query(params: &Params, day: NaiveDate) -> Result<LicenseQuery, ApiError> {
+    Ok(LicenseQuery {
+        cnpj: params.get("cnpj")?,
+        product: params.get("product")?,
+        status: enum_param(
+            params,
+            "status",
+            "active, blocked, deactivated, expired, free or bound",
+        )?,
+        expiring_within_days: params.get("expiring_within_days")?,
+        today: Some(day),
+        hardware_key: params.text("hardware_key"),
+        text: params.text("text"),
+        offset: params.get("offset")?.unwrap_or(0),
+        limit: page_limit(params, 50, PAGE_LIMIT_MAX)?,
+    })
+}
+
+/// `GET /v1/license-table?<the filters of GET /v1/licenses>&sort=&order=asc|desc&as_of=`:
+/// one page of the license table sorted over all matching rows, each row with its product's
+/// name, the customer's trade name, whether its contract is active and its expiry marks. With
+/// `as_of` (RFC 3339) the table is the one rebuilt from the log as it was then, and "today" is
+/// that moment's day.
+async fn license_table(state: State, _caller: As<Readers>, params: Params) -> Answer {
+    read_your_writes(&state, &params).await?;
+    let sort: LicenseSortKey = enum_param(
+        &params,
+        "sort",
+        "id, hardware_key, ip, expires_on, product, blocked, active or contract",
+    )?
+    .unwrap_or_default();
+    let descending = match params.text("order").as_deref() {
+        None | Some("asc") => false,
+        Some("desc") => true,
+        Some(_) => return Err(ApiError::field("order", "expected asc or desc")),
+    };
+    let as_of = params.get::<DateTime<Utc>>("as_of")?;
+    let past;
+    let (view, day, position) = match as_of {
+        None => {
+            let view = state.ledger.view();
+            (view, today(state.ledger.clock().now()), view.position())
+        }
+        Some(t) => {
+            past = state.ledger.view_as_of(AsOf::Time(t)).await?;
+            let position = past.position();
+            (&past, today(t), position)
+        }
+    };
+    let q = table_query(&params, day)?;
+    let page = view.list_licenses_sorted(&q, sort, descending);
+    let items: Vec<TableRow> = page
+        .items
+        .into_iter()
+        .map(|l| table_row(view, l, day))
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({
+        "items": items,
+        "total": page.total,
+        "offset": page.offset,
+        "limit": page.limit,
+        "today": day,
+        "as_of": as_of,
+        "position": position,
+    })))
+}
+
+// ---- the log feed ----
+
+/// The first position in `1..=head` recorded after `t` (or at `t` when `inclusive`), or
+/// `head + 1` if none: `recorded_at` never decreases along the log, so a binary search over
+/// positions finds it in about log2(head) reads.
+async fn first_recorded_after(
+    ledger: &Ledger,
+    t: DateTime<Utc>,
+    inclusive: bool,
+    head: Position,
+) -> Result<Position, ApiError> {
+    let (mut lo, mut hi) = (1, head + 1);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        let record = ledger.record_at(mid).await?.ok_or_else(|| {
+            internal(
+                "a position below the head is not in the log",
+                format!("position {mid}"),
+            )
+        })?;
+        let at = record.envelope.recorded_at;
+        let before = if inclusive { at < t } else { at <= t };
+        if before {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    Ok(lo)
+}
+
+/// The customer an event concerns, if any (licenses and contracts through the live view:
+/// their customer never changes).
+fn customer_of(view: &LedgerView, event: &Event) -> Option<Cnpj> {
+    match event {
+        Event::Customer(e) => Some(*e.cnpj()),
+        Event::Contract(e) => view.contract(e.contract_id()).map(|c| c.cnpj),
+        Event::License(e) => view.license(e.license_id()).map(|l| l.cnpj),
+        Event::Terminal(TerminalEvent::CheckedIn(e)) => Some(e.cnpj),
+        Event::Contingency(e) => Some(*e.cnpj()),
+        Event::OfflineActivation(OfflineActivationEvent::Issued(e)) => e.cnpj.or_else(|| {
+            e.license_id
+                .and_then(|id: LicenseId| view.license(id).map(|l| l.cnpj))
+        }),
+        Event::EmergencyRelease(_) => None,
+    }
+}
+
+/// One line of the feed.
+#[derive(Serialize)]
+struct FeedItem {
+    position: Position,
+    recorded_at: DateTime<Utc>,
+    event_type: String,
+    category: String,
+    stream_id: String,
+    actor: ledger_events::Actor,
+    cnpj: Option<Cnpj>,
+    description: String,
+    hash: String,
+}
+
+struct FeedFilter {
+    event_type: Option<String>,
+    category: Option<String>,
+    cnpj: Option<Cnpj>,
+}
+
+impl FeedFilter {
+    /// The item for `record` if it passes (`None` if not).
+    fn item(&self, view: &LedgerView, record: &Record) -> Result<Option<FeedItem>, ApiError> {
+        let e = &record.envelope;
+        if self.event_type.as_ref().is_some_and(|t| *t != e.event_type)
+            || self
+                .category
+                .as_ref()
+                .is_some_and(|c| c != e.stream_id.category())
+        {
+            return Ok(None);
+        }
+        let event = record
+            .event()
+            .map_err(|err| internal("a stored record does not decode", err))?;
+        let cnpj = customer_of(view, &event);
+        if self.cnpj.is_some_and(|want| cnpj != Some(want)) {
+            return Ok(None);
+        }
+        Ok(Some(FeedItem {
+            position: e.position,
+            recorded_at: e.recorded_at,
+            event_type: e.event_type.clone(),
+            category: e.stream_id.category().to_owned(),
+            stream_id: e.stream_id.as_str().to_owned(),
+            actor: e.actor.clone(),
+            cnpj,
+            description: ledger_projections::describe(e, &event),
+            hash: e.hash.to_string(),
+        }))
+    }
+}
+
+/// `GET /v1/events/search?from_position=&to_position=&type=&category=&cnpj=&since=&until=&before=&limit=`:
+/// the log newest first, filtered by position range, event type, stream category, customer
+/// and time range (`since`/`until` RFC 3339, both included). It examines at most
+/// [`EVENTS_SCAN_MAX`] records per call; `next_before` (when not null) is the `before` of the
+/// next page.
+async fn search_events(state: State, _caller: As<Readers>, params: Params) -> Answer {
+    let limit = page_limit(
+        &params,
+        EVENTS_SEARCH_LIMIT_DEFAULT,
+        EVENTS_SEARCH_LIMIT_MAX,
+    )?;
+    let event_type = params.text("type");
+    if let Some(t) = &event_type {
+        if !EVENT_TYPES.iter().any(|(name, _)| name == t) {
+            return Err(ApiError::field(
+                "type",
+                "not an event type of the catalogue",
+            ));
+        }
+    }
+    let category = params.text("category");
+    if let Some(c) = &category {
+        if !CATEGORIES.contains(&c.as_str()) {
+            return Err(ApiError::field(
+                "category",
+                format!("expected one of {}", CATEGORIES.join(", ")),
+            ));
+        }
+    }
+    let filter = FeedFilter {
+        event_type,
+        category,
+        cnpj: params.get("cnpj")?,
+    };
+    let ledger = &state.ledger;
+    let head = ledger.head().await?.position;
+    let mut lo: Position = params.get::<Position>("from_position")?.unwrap_or(1).max(1);
+    let mut hi: Position = params.get::<Position>("to_position")?.unwrap_or(head);
+    hi = hi.min(head);
+    if let Some(before) = params.get::<Position>("before")? {
+        hi = hi.min(before.saturating_sub(1));
+    }
+    if let Some(since) = params.get::<DateTime<Utc>>("since")? {
+        lo = lo.max(first_recorded_after(ledger, since, true, head).await?);
+    }
+    if let Some(until) = params.get::<DateTime<Utc>>("until")? {
+        hi = hi.min(first_recorded_after(ledger, until, false, head).await? - 1);
+    }
+    let view = ledger.view();
+    let mut items = Vec::new();
+    let mut scanned = 0usize;
+    let mut cursor = hi; // the next position to examine, going down
+    while cursor >= lo && cursor > 0 && items.len() < limit && scanned < EVENTS_SCAN_MAX {
+        let want = (cursor - lo + 1)
+            .min(SCAN_BATCH as u64)
+            .min((EVENTS_SCAN_MAX - scanned) as u64);
+        let start = cursor + 1 - want;
+        let batch = ledger.read_log(start, want as usize).await?;
+        if batch.is_empty() {
+            break;
+        }
+        for record in batch.iter().rev() {
+            let p = record.envelope.position;
+            if p > cursor || p < start {
+                continue;
+            }
+            scanned += 1;
+            cursor = p - 1;
+            if let Some(item) = filter.item(view, record)? {
+                items.push(item);
+                if items.len() == limit {
+                    break;
+                }
+            }
+        }
+        if cursor >= start {
+            // The batch ended short of where it was asked to start: the log is shorter.
+            break;
+        }
+    }
+    let exhausted = cursor < lo || cursor == 0;
+    Ok(HttpResponse::Ok().json(json!({
+        "items": items,
+        "next_before": if exhausted { None } else { Some(cursor + 1) },
+        "scanned": scanned,
+        "head_position": head,
+    })))
+}
+
+// ---- the dashboard ----
+
+/// `GET /v1/dashboard?days=`: licenses by state, how many expire on each of the next `days`
+/// days (default 30, at most [`DASHBOARD_DAYS_MAX`]), and the check-ins recorded in each of
+/// the last 24 hours (from the log; a check-in is recorded when something changed or a day
+/// passed, see the README).
+async fn dashboard(state: State, _caller: As<Readers>, params: Params) -> Answer {
+    read_your_writes(&state, &params).await?;
+    let days: u32 = params.get("days")?.unwrap_or(DASHBOARD_DAYS_DEFAULT);
+    if days > DASHBOARD_DAYS_MAX {
+        return Err(ApiError::field(
+            "days",
+            format!("at most {DASHBOARD_DAYS_MAX}"),
+        ));
+    }
+    let ledger = &state.ledger;
+    let now = ledger.clock().now();
+    let day = today(now);
+    let view = ledger.view();
+    let licenses = license_counts(view, None, day);
+    let expiring: Vec<serde_json::Value> = (0..=days)
+        .filter_map(|d| day.checked_add_days(Days::new(u64::from(d))))
+        .map(|on| {
+            let count = view
+                .list_licenses(&LicenseQuery {
+                    today: Some(on),
+                    expiring_within_days: Some(0),
+                    limit: 0,
+                    ..LicenseQuery::default()
+                })
+                .total;
+            json!({ "day": on, "count": count })
+        })
+        .collect();
+
+    // Check-ins per hour: 24 buckets ending with the current hour.
+    let this_hour = now
+        .duration_trunc(Duration::hours(1))
+        .map_err(|e| internal("truncating the time to the hour", e))?;
+    let from = this_hour - Duration::hours(23);
+    let mut hours = [0u64; 24];
+    let head = ledger.head().await?.position;
+    let mut next = first_recorded_after(ledger, from, true, head).await?;
+    let mut scanned = 0usize;
+    while next <= head && scanned < DASHBOARD_SCAN_MAX {
+        let want = SCAN_BATCH.min(DASHBOARD_SCAN_MAX - scanned);
+        let batch = ledger.read_log(next, want).await?;
+        let Some(last) = batch.last() else { break };
+        next = last.envelope.position + 1;
+        scanned += batch.len();
+        for r in &batch {
+            let e = &r.envelope;
+            if e.event_type != TerminalCheckedIn::TYPE {
+                continue;
+            }
+            let bucket = (e.recorded_at - from).num_hours();
+            if let Some(slot) = usize::try_from(bucket).ok().and_then(|b| hours.get_mut(b)) {
+                *slot += 1;
+            }
+        }
+    }
+    let per_hour: Vec<serde_json::Value> = hours
+        .iter()
+        .enumerate()
+        .map(|(i, n)| json!({ "hour": from + Duration::hours(i as i64), "count": n }))
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({
+        "today": day,
+        "licenses": licenses,
+        "expiring": expiring,
+        "check_ins": {
+            "from": from,
+            "hours": per_hour,
+            "scanned": scanned,
+            "truncated": next <= head,
+        },
+    })))
+}
+
+// ---- verify now ----
+
+static VERIFICATIONS_RUNNING: AtomicUsize = AtomicUsize::new(0);
+
+/// A slot among [`VERIFICATIONS_RUNNING_MAX`]; freed when dropped.
+struct VerificationSlot;
+
+impl VerificationSlot {
+    fn take() -> Option<Self> {
+        VERIFICATIONS_RUNNING
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < VERIFICATIONS_RUNNING_MAX).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| VerificationSlot)
+    }
+}
+
+impl Drop for VerificationSlot {
+    fn drop(&mut self) {
+        VERIFICATIONS_RUNNING.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The body: the receiving end of the verification task's channel.
+struct ChannelBody(mpsc::Receiver<Bytes>);
+
+impl futures_core::Stream for ChannelBody {
+    type Item = Result<Bytes, std::convert::Infallible>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.0.poll_recv(cx).map(|m| m.map(Ok))
+    }
+}
+
+fn line(value: &serde_json::Value) -> Bytes {
+    let mut s = value.to_string();
+    s.push('\n');
+    Bytes::from(s)
+}
+
+/// Walks the log from position 1 to the head taken at the start: each record is encoded
+/// again (its stored hash must be the SHA-256 of its bytes), pushed through the chain
+/// verifier (dense positions, each `prev_hash` the previous hash) and its payload decoded.
+/// Sends a progress line per batch and a last line with the verdict; stops when the client
+/// goes away.
+async fn run_verification(
+    ledger: std::sync::Arc<Ledger>,
+    tx: mpsc::Sender<Bytes>,
+    _slot: VerificationSlot,
+) {
+    let fail = |checked: u64, position: Position, problem: String| {
+        json!({"done": true, "ok": false, "checked": checked, "position": position,
+               "problem": problem})
+    };
+    let head = match ledger.head().await {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::error!(error = %e, "verify: reading the head failed");
+            let _ = tx
+                .send(line(&fail(0, 0, "the log is unavailable".into())))
+                .await;
+            return;
+        }
+    };
+    let mut verifier = ChainVerifier::new();
+    let mut next: Position = 1;
+    while next <= head.position {
+        if tx.is_closed() {
+            return;
+        }
+        let want = (head.position - next + 1).min(SCAN_BATCH as u64) as usize;
+        let batch = match ledger.read_log(next, want).await {
+            Ok(b) if !b.is_empty() => b,
+            Ok(_) => {
+                let msg = fail(
+                    verifier.count(),
+                    next,
+                    "the log ends before its head".into(),
+                );
+                let _ = tx.send(line(&msg)).await;
+                return;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, position = next, "verify: reading the log failed");
+                let msg = fail(verifier.count(), next, format!("reading failed: {e}"));
+                let _ = tx.send(line(&msg)).await;
+                return;
+            }
+        };
+        for record in batch
+            .iter()
+            .filter(|r| r.envelope.position <= head.position)
+        {
+            let position = record.envelope.position;
+            let checked = record
+                .encode()
+                .map_err(|e| e.to_string())
+                .and_then(|bytes| verifier.push_bytes(&bytes).map_err(|e| e.to_string()))
+                .and_then(|()| record.event().map(|_| ()).map_err(|e| e.to_string()));
+            if let Err(problem) = checked {
+                tracing::warn!(position, %problem, "verify: the chain does not hold");
+                let _ = tx
+                    .send(line(&fail(verifier.count(), position, problem)))
+                    .await;
+                return;
+            }
+            next = position + 1;
+        }
+        let progress = json!({"done": false, "checked": verifier.count(),
+                              "head_position": head.position});
+        if tx.send(line(&progress)).await.is_err() {
+            return;
+        }
+    }
+    let reached = verifier.head();
+    let verdict = if reached == head {
+        json!({"done": true, "ok": true, "checked": verifier.count(),
+               "head_position": head.position, "head_hash": head.hash.to_string()})
+    } else {
+        fail(
+            verifier.count(),
+            reached.position,
+            format!(
+                "the chain ends at {} {} but the head is {} {}",
+                reached.position, reached.hash, head.position, head.hash
+            ),
+        )
+    };
+    let _ = tx.send(line(&verdict)).await;
+}
+
+/// `GET /v1/audit/verify`: verifies the hash chain from position 1 to the current head and
+/// streams its progress as JSON lines (`application/x-ndjson`): `{"done": false, "checked",
+/// "head_position"}` per batch, then `{"done": true, "ok": true, "checked", "head_position",
+/// "head_hash"}` or `{"done": true, "ok": false, "checked", "position", "problem"}`. At most
+/// [`VERIFICATIONS_RUNNING_MAX`] run at once (503 beyond).
+async fn verify(state: State, _caller: As<Readers>) -> Answer {
+    let slot = VerificationSlot::take().ok_or_else(|| {
+        ApiError::Unavailable(format!(
+            "{VERIFICATIONS_RUNNING_MAX} verifications are running; retry when one ends"
+        ))
+    })?;
+    let (tx, rx) = mpsc::channel(VERIFY_CHANNEL_MESSAGES);
+    tokio::spawn(run_verification(state.ledger.clone(), tx, slot));
+    Ok(HttpResponse::Ok()
+        .insert_header((CONTENT_TYPE, "application/x-ndjson"))
+        .insert_header((CACHE_CONTROL, "no-cache"))
+        .insert_header(("X-Accel-Buffering", "no"))
+        .streaming(ChannelBody(rx)))
+}

@@ -1,0 +1,738 @@
+//! The on-premises relay (the manual's "IWB Server"): a server at the customer's shop that
+//! terminals use exactly like the center, and that keeps selling when the link fails.
+//!
+//! It follows the center's log for its customer only (`/v1/relay/*` with a `relay` token
+//! bound to that CNPJ) and keeps:
+//! - the **mirror** ([`mirror::MirrorLog`]): the customer's records verbatim, with their
+//!   central positions and hashes;
+//! - the **outbox** ([`outbox::Outbox`]): what happened at the relay (binds, renewals by
+//!   contract, check-in records, contingency entries), written before answering and
+//!   forwarded when the link is up; the center decides each one and its decision is recorded;
+//! - a **view** (`LedgerView`) of mirror + pending outbox events, which check-ins are
+//!   decided on with the center's own `decide_check_in`. A rejected event is dropped and the
+//!   view rebuilt from the mirror and what is still pending: the center's decision wins.
+//!
+//! Schedule (the manual's): a full refresh at start and every 24 h; when one fails, a retry
+//! every hour (logging `Falha ao atualizar as licenças! O sistema irá retentar em 1 hora.`)
+//! and an IntelliWeb contingency entry: licenses then sell until expiry + 7 days, with the
+//! contingency texts. Between refreshes the relay streams the center's new records live. The
+//! next successful refresh clears the contingency.
+//!
+//! Answers are signed with the relay's own key, certified by the center for this customer
+//! (`RelayCertificate`): terminals that trust the center's key verify them.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration as StdDuration;
+
+use chrono::{DateTime, Duration, Utc};
+use ledger_events::answer::RelayCertificate;
+use ledger_events::{
+    texts, Actor, Cnpj, CodecError, ContingencyCleared, ContingencyEntered, ContingencyKind,
+    Envelope, Event, Hash, Note, Position,
+};
+use ledger_projections::view::LedgerView;
+use parking_lot::{Mutex, RwLock};
+use serde::Serialize;
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+use crate::app::answers::{AnswerSigner, KeyError};
+use crate::app::checkin::check_in_context;
+use crate::app::relay::{ForwardedEvent, Resolution};
+use crate::clock::Clock;
+use crate::config::ConfigError;
+use crate::domain::checkin::{decide_check_in, CheckInPlan, CheckInRequest, Step};
+use outbox::{Outbox, Resolved};
+use upstream::{Certified, Upstream, UpstreamError};
+
+pub mod http;
+pub mod mirror;
+pub mod outbox;
+pub mod upstream;
+
+/// Records per feed page during a refresh.
+const REFRESH_PAGE: usize = 1000;
+/// Events per forward request.
+const FORWARD_BATCH: usize = 200;
+/// Renew the certificate when it has less than this left.
+const CERTIFICATE_RENEW_DAYS: i64 = 7;
+/// The certificate file in the data directory.
+pub const CERTIFICATE_FILE: &str = "relay-certificate.json";
+
+/// Why the relay failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    /// A local file could not be read or written.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A local file is damaged, or the center contradicted the mirror.
+    #[error("{0}")]
+    Corrupt(String),
+    /// A record did not decode.
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    /// The signing key.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// The secrets file.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The center.
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+}
+
+/// The relay's settings.
+#[derive(Clone, Debug)]
+pub struct RelayConfig {
+    /// The center's base URL.
+    pub upstream: String,
+    /// The customer served.
+    pub cnpj: Cnpj,
+    /// The `relay` token for that customer.
+    pub token: String,
+    /// Where the mirror, outbox, key and secrets live.
+    pub data_dir: PathBuf,
+    /// How often a full refresh runs (the manual: 24 h).
+    pub refresh_every: Duration,
+    /// How soon a failed refresh is retried (the manual: 1 h).
+    pub retry_every: Duration,
+    /// How old a terminal's recorded check-in may get before an unchanged one is recorded.
+    pub record_interval: Duration,
+}
+
+impl RelayConfig {
+    /// The manual's schedule for `cnpj` at `upstream`.
+    pub fn new(upstream: &str, cnpj: Cnpj, token: &str, data_dir: PathBuf) -> Self {
+        Self {
+            upstream: upstream.to_owned(),
+            cnpj,
+            token: token.to_owned(),
+            data_dir,
+            refresh_every: Duration::hours(24),
+            retry_every: Duration::hours(1),
+            record_interval: Duration::hours(24),
+        }
+    }
+}
+
+/// Whether the center is reachable, as the relay last saw it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LinkState {
+    /// Not tried yet.
+    Unknown,
+    /// The last call (refresh, stream or forward) got through.
+    Up,
+    /// The center could not be reached.
+    Down,
+    /// The center answered but refused the relay (see `last_error`).
+    Refused,
+}
+
+/// What `GET /v1/relay/status` and `license-ledger relay-status` show.
+#[derive(Clone, Debug, Serialize)]
+pub struct RelayStatus {
+    /// The customer served.
+    pub cnpj: Cnpj,
+    /// The center's URL.
+    pub upstream: String,
+    /// The link.
+    pub link: LinkState,
+    /// When the last full refresh succeeded.
+    pub last_refresh: Option<DateTime<Utc>>,
+    /// When the next refresh (or retry) runs.
+    pub next_refresh: DateTime<Utc>,
+    /// The last failure, with the center's own text when it answered (`Usuário inválido.`,
+    /// `Assinatura do token inválida`) or the manual's retry text.
+    pub last_error: Option<String>,
+    /// Since when the relay is in IntelliWeb contingency, if it is.
+    pub contingency_since: Option<DateTime<Utc>>,
+    /// Events waiting to be forwarded.
+    pub outbox_depth: usize,
+    /// Events the center rejected (dropped; the center's state won).
+    pub rejected: usize,
+    /// The mirror's last central position.
+    pub mirror_position: Position,
+    /// Records in the mirror.
+    pub mirror_records: usize,
+    /// Until when the relay's key is certified, if it is.
+    pub certified_until: Option<DateTime<Utc>>,
+}
+
+/// The relay.
+pub struct Relay {
+    config: RelayConfig,
+    clock: Arc<dyn Clock>,
+    upstream: Upstream,
+    mirror: Mutex<mirror::MirrorLog>,
+    outbox: Mutex<Outbox>,
+    view: RwLock<Arc<LedgerView>>,
+    /// Outbox events applied to the current view and not yet seen in the mirror.
+    /// Lock order, where nested: `mirror`, then `outbox`, then `view`, then `applied_local`.
+    applied_local: Mutex<HashSet<Uuid>>,
+    /// Check-ins decide one at a time (a shop's few terminals; no double binds).
+    decide: tokio::sync::Mutex<()>,
+    status: Mutex<RelayStatus>,
+    signer: AnswerSigner,
+    certificate: RwLock<Option<Certified>>,
+    forward_now: Notify,
+    refresh_now: Notify,
+}
+
+impl std::fmt::Debug for Relay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Relay")
+            .field("cnpj", &self.config.cnpj)
+            .field("upstream", &self.config.upstream)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Relay {
+    /// Opens the relay's files in `config.data_dir` (creating them) and builds its view.
+    /// Nothing is asked of the center yet: see [`Relay::run`].
+    pub fn open(config: RelayConfig, clock: Arc<dyn Clock>) -> Result<Relay, RelayError> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| RelayError::Io {
+            context: format!("creating {}", config.data_dir.display()),
+            source,
+        })?;
+        let mirror = mirror::MirrorLog::open(&config.data_dir)?;
+        let outbox = Outbox::open(&config.data_dir)?;
+        let signer = AnswerSigner::load_or_create(
+            &config.data_dir.join(AnswerSigner::FILE_NAME),
+            crate::app::answers::random_seed,
+        )?;
+        let certificate = load_certificate(&config.data_dir);
+        let upstream = Upstream::new(&config.upstream, &config.token, config.cnpj)?;
+        let now = clock.now();
+        let status = RelayStatus {
+            cnpj: config.cnpj,
+            upstream: config.upstream.clone(),
+            link: LinkState::Unknown,
+            last_refresh: None,
+            next_refresh: now,
+            last_error: None,
+            contingency_since: None,
+            outbox_depth: outbox.depth(),
+            rejected: outbox.rejected(),
+            mirror_position: mirror.head_position(),
+            mirror_records: mirror.records().len(),
+            certified_until: certificate.as_ref().map(|c| c.certificate.valid_until),
+        };
+        let relay = Relay {
+            config,
+            clock,
+            upstream,
+            mirror: Mutex::new(mirror),
+            outbox: Mutex::new(outbox),
+            view: RwLock::new(Arc::new(LedgerView::new())),
+            applied_local: Mutex::new(HashSet::new()),
+            decide: tokio::sync::Mutex::new(()),
+            status: Mutex::new(status),
+            signer,
+            certificate: RwLock::new(certificate),
+            forward_now: Notify::new(),
+            refresh_now: Notify::new(),
+        };
+        relay.rebuild();
+        let since = relay.open_contingency_since();
+        relay.status.lock().contingency_since = since;
+        Ok(relay)
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &RelayConfig {
+        &self.config
+    }
+
+    /// The clock.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    /// The answer-signing key.
+    pub fn signer(&self) -> &AnswerSigner {
+        &self.signer
+    }
+
+    /// The center's certificate of the relay's key, if it has one.
+    pub fn certificate(&self) -> Option<Certified> {
+        self.certificate.read().clone()
+    }
+
+    /// The current view (mirror + pending outbox events).
+    pub fn view(&self) -> Arc<LedgerView> {
+        self.view.read().clone()
+    }
+
+    /// The status, now.
+    pub fn status(&self) -> RelayStatus {
+        // One lock at a time: the mirror is always taken before the outbox elsewhere.
+        let mut s = self.status.lock().clone();
+        (s.outbox_depth, s.rejected) = {
+            let outbox = self.outbox.lock();
+            (outbox.depth(), outbox.rejected())
+        };
+        (s.mirror_position, s.mirror_records) = {
+            let mirror = self.mirror.lock();
+            (mirror.head_position(), mirror.records().len())
+        };
+        s.certified_until = self
+            .certificate
+            .read()
+            .as_ref()
+            .map(|c| c.certificate.valid_until);
+        s
+    }
+
+    /// Runs the relay's background work until the process ends: the refresh schedule, the
+    /// live stream, and the forwarding of the outbox.
+    pub fn spawn(self: &Arc<Self>) -> Vec<tokio::task::JoinHandle<()>> {
+        let r = self.clone();
+        let refresher = tokio::spawn(async move { r.refresh_loop().await });
+        let r = self.clone();
+        let follower = tokio::spawn(async move { r.follow_loop().await });
+        let r = self.clone();
+        let forwarder = tokio::spawn(async move { r.forward_loop().await });
+        vec![refresher, follower, forwarder]
+    }
+
+    // ---- check-ins ----
+
+    /// Decides a terminal's check-in on the relay's view, writes the plan's events to the
+    /// outbox (durably) and to the view, and returns the decision.
+    pub async fn check_in(&self, req: &CheckInRequest) -> Result<CheckInPlan, RelayError> {
+        let _turn = self.decide.lock().await;
+        let view = self.view();
+        let now = self.clock.now();
+        let ctx = check_in_context(&view, req, self.config.record_interval);
+        let plan = decide_check_in(req, &ctx, now);
+        let correlation = Uuid::now_v7();
+        let actor = Actor::terminal(&req.hardware_id);
+        for step in &plan.steps {
+            let (event, expected) = match step {
+                Step::Bind {
+                    expected_version,
+                    event,
+                }
+                | Step::Renew {
+                    expected_version,
+                    event,
+                } => (event, Some(*expected_version)),
+                Step::ClearManualContingency { event } | Step::Record { event } => (event, None),
+            };
+            self.record_local(event, expected, &actor, correlation, now)?;
+        }
+        if !plan.steps.is_empty() {
+            self.forward_now.notify_one();
+        }
+        Ok(plan)
+    }
+
+    /// Writes one event that happened here to the outbox and applies it to the view.
+    fn record_local(
+        &self,
+        event: &Event,
+        expected: Option<u64>,
+        actor: &Actor,
+        correlation: Uuid,
+        now: DateTime<Utc>,
+    ) -> Result<(), RelayError> {
+        let fwd = ForwardedEvent {
+            event_id: Uuid::now_v7(),
+            stream_id: event.stream_id().to_string(),
+            expected_version: expected,
+            event_type: event.event_type().to_owned(),
+            data: event.data_json(),
+            actor: actor.clone(),
+            correlation_id: correlation,
+            recorded_at: now,
+        };
+        self.outbox.lock().append(fwd.clone())?;
+        let view = self.view();
+        apply_local(&view, &fwd, event);
+        self.applied_local.lock().insert(fwd.event_id);
+        Ok(())
+    }
+
+    // ---- the mirror and the view ----
+
+    /// Adds records from the center to the mirror and the view.
+    fn ingest(&self, records: &[ledger_events::Record]) -> Result<usize, RelayError> {
+        let mut mirror = self.mirror.lock();
+        let added = mirror.append(records)?;
+        let view = self.view();
+        let mut local = self.applied_local.lock();
+        for r in &added {
+            if local.remove(&r.envelope.event_id) {
+                continue; // our own event, already in the view
+            }
+            match r.event() {
+                Ok(event) => {
+                    if let Err(e) = view.apply_unordered(&r.envelope, &event) {
+                        tracing::warn!(error = %e, "a mirrored record could not be applied in full");
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, position = r.envelope.position, "a mirrored record does not decode")
+                }
+            }
+        }
+        Ok(added.len())
+    }
+
+    /// Builds the view anew from the mirror and the pending outbox events.
+    fn rebuild(&self) {
+        let mirror = self.mirror.lock();
+        let outbox = self.outbox.lock();
+        let view = LedgerView::new();
+        for r in mirror.records() {
+            if let Ok(event) = r.event() {
+                let _ = view.apply_unordered(&r.envelope, &event);
+            }
+        }
+        let mut local = HashSet::new();
+        for fwd in outbox.pending() {
+            if mirror.contains_event(&fwd.event_id) {
+                continue;
+            }
+            match Event::from_data_json(&fwd.event_type, fwd.data.clone()) {
+                Ok(event) => {
+                    apply_local(&view, &fwd, &event);
+                    local.insert(fwd.event_id);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, event_id = %fwd.event_id, "an outbox event does not decode")
+                }
+            }
+        }
+        *self.view.write() = Arc::new(view);
+        *self.applied_local.lock() = local;
+    }
+
+    fn open_contingency_since(&self) -> Option<DateTime<Utc>> {
+        self.view()
+            .open_contingencies(&self.config.cnpj)
+            .into_iter()
+            .find(|c| c.kind == ContingencyKind::Intelliweb && c.hardware_id.is_none())
+            .map(|c| c.entered_at)
+    }
+
+    // ---- refresh, stream, forward ----
+
+    /// One full refresh: the customer's whole feed from the start, checked against the
+    /// mirror, new records added.
+    pub async fn refresh(&self) -> Result<usize, UpstreamError> {
+        let mut from = 1;
+        let mut added = 0;
+        loop {
+            let page = self.upstream.feed(from, REFRESH_PAGE).await?;
+            added += self
+                .ingest(&page.records)
+                .map_err(|e| UpstreamError::Malformed(e.to_string()))?;
+            if page.next > page.head_position || page.next <= from {
+                return Ok(added);
+            }
+            from = page.next;
+        }
+    }
+
+    async fn refresh_loop(self: Arc<Self>) {
+        loop {
+            let due = self.status.lock().next_refresh;
+            if self.clock.now() >= due {
+                self.scheduled_refresh().await;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(StdDuration::from_millis(250)) => {}
+                _ = self.refresh_now.notified() => {
+                    self.status.lock().next_refresh = self.clock.now();
+                }
+            }
+        }
+    }
+
+    async fn scheduled_refresh(&self) {
+        let started = self.clock.now();
+        match self.refresh().await {
+            Ok(added) => {
+                let now = self.clock.now();
+                {
+                    let mut s = self.status.lock();
+                    s.link = LinkState::Up;
+                    s.last_refresh = Some(now);
+                    s.next_refresh = now + self.config.refresh_every;
+                    s.last_error = None;
+                }
+                tracing::info!(added, "licenses refreshed from the center");
+                if let Err(e) = self.ensure_certificate(now).await {
+                    tracing::warn!(error = %e, "could not renew the relay's key certificate");
+                }
+                if self.open_contingency_since().is_some() {
+                    self.set_contingency(false).await;
+                }
+                self.forward_now.notify_one();
+            }
+            Err(e) => {
+                let unreachable = e.is_unreachable();
+                let text = match &e {
+                    UpstreamError::Refused { message, .. } => message.clone(),
+                    _ => texts::REFRESH_FAILED.to_owned(),
+                };
+                tracing::warn!(error = %e, "{}", texts::REFRESH_FAILED);
+                {
+                    let mut s = self.status.lock();
+                    s.link = if unreachable {
+                        LinkState::Down
+                    } else {
+                        LinkState::Refused
+                    };
+                    s.next_refresh = started + self.config.retry_every;
+                    s.last_error = Some(text);
+                }
+                if unreachable && self.open_contingency_since().is_none() {
+                    self.set_contingency(true).await;
+                }
+            }
+        }
+    }
+
+    /// Enters or clears the relay's IntelliWeb contingency (an outbox event, forwarded).
+    async fn set_contingency(&self, open: bool) {
+        let _turn = self.decide.lock().await;
+        let now = self.clock.now();
+        let cnpj = self.config.cnpj;
+        let event: Event = if open {
+            ContingencyEntered {
+                cnpj,
+                kind: ContingencyKind::Intelliweb,
+                hardware_id: None,
+                license_id: None,
+                grace_until: None,
+                note: Note::parse(texts::REFRESH_FAILED).ok(),
+            }
+            .into()
+        } else {
+            ContingencyCleared {
+                cnpj,
+                kind: ContingencyKind::Intelliweb,
+                hardware_id: None,
+                note: None,
+            }
+            .into()
+        };
+        let actor = match Actor::system("relay") {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::error!(error = %e, "no actor for the relay");
+                return;
+            }
+        };
+        match self.record_local(&event, None, &actor, Uuid::now_v7(), now) {
+            Ok(()) => {
+                self.status.lock().contingency_since = open.then_some(now);
+                if open {
+                    tracing::warn!("{}", texts::CONTINGENCY_UPSTREAM);
+                } else {
+                    tracing::info!("IntelliWeb contingency cleared: the center is reachable again");
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "could not record the contingency change"),
+        }
+    }
+
+    async fn follow_loop(self: Arc<Self>) {
+        let mut backoff = StdDuration::from_millis(200);
+        loop {
+            let from = self.mirror.lock().head_position() + 1;
+            let this = self.clone();
+            let result = self
+                .upstream
+                .follow(from, move |records| {
+                    {
+                        let mut s = this.status.lock();
+                        if s.link != LinkState::Up {
+                            s.link = LinkState::Up;
+                        }
+                    }
+                    if let Err(e) = this.ingest(&records) {
+                        tracing::error!(error = %e, "could not mirror the center's records");
+                        return false;
+                    }
+                    true
+                })
+                .await;
+            match result {
+                Ok(()) => backoff = StdDuration::from_millis(200),
+                Err(e) => {
+                    let unreachable = e.is_unreachable();
+                    {
+                        let mut s = self.status.lock();
+                        s.link = if unreachable {
+                            LinkState::Down
+                        } else {
+                            LinkState::Refused
+                        };
+                        if let UpstreamError::Refused { message, .. } = &e {
+                            s.last_error = Some(message.clone());
+                        }
+                    }
+                    if !unreachable {
+                        tracing::warn!(error = %e, "the center refused the relay's stream");
+                    }
+                    backoff = (backoff * 2).min(StdDuration::from_secs(5));
+                }
+            }
+            tokio::time::sleep(backoff).await;
+            // Back after an outage in contingency: refresh now rather than in an hour.
+            if self.status.lock().contingency_since.is_some() {
+                self.refresh_now.notify_one();
+            }
+        }
+    }
+
+    async fn forward_loop(self: Arc<Self>) {
+        loop {
+            tokio::select! {
+                _ = self.forward_now.notified() => {}
+                _ = tokio::time::sleep(StdDuration::from_secs(2)) => {}
+            }
+            if let Err(e) = self.forward_pending().await {
+                if !e.is_unreachable() {
+                    tracing::warn!(error = %e, "forwarding the outbox failed");
+                }
+            }
+        }
+    }
+
+    /// Forwards every pending outbox event, in order, and records the center's decisions.
+    /// Returns how many were decided.
+    pub async fn forward_pending(&self) -> Result<usize, UpstreamError> {
+        let pending = self.outbox.lock().pending();
+        let mut decided = 0;
+        let mut rejected = false;
+        for chunk in pending.chunks(FORWARD_BATCH) {
+            let results = self.upstream.forward(chunk).await?;
+            let now = self.clock.now();
+            let mut outbox = self.outbox.lock();
+            for (event_id, resolution) in results {
+                if let Resolution::Rejected { reason } = &resolution {
+                    tracing::warn!(%event_id, %reason, "the center rejected an event of the relay; its state wins");
+                    rejected = true;
+                }
+                if let Err(e) = outbox.resolve(Resolved {
+                    event_id,
+                    resolution,
+                    at: now,
+                }) {
+                    tracing::error!(error = %e, "could not record a resolution");
+                    return Err(UpstreamError::Malformed(e.to_string()));
+                }
+                decided += 1;
+            }
+        }
+        if rejected {
+            let _turn = self.decide.lock().await;
+            self.rebuild();
+        }
+        Ok(decided)
+    }
+
+    async fn ensure_certificate(&self, now: DateTime<Utc>) -> Result<(), RelayError> {
+        let fresh = self.certificate.read().as_ref().is_some_and(|c| {
+            c.certificate.valid_until - now > Duration::days(CERTIFICATE_RENEW_DAYS)
+        });
+        if fresh {
+            return Ok(());
+        }
+        let public = hex::encode(self.signer.verifying_key().as_bytes());
+        let certified = self.upstream.certify(&public).await?;
+        let central = hex::decode(&certified.central_public_key)
+            .ok()
+            .and_then(|b| <[u8; 32]>::try_from(b).ok())
+            .and_then(|b| ledger_events::answer::VerifyingKey::from_bytes(&b).ok())
+            .ok_or_else(|| RelayError::Corrupt("the center's public key is malformed".into()))?;
+        certified
+            .certificate
+            .verify(&central)
+            .map_err(|e| RelayError::Corrupt(format!("the center's certificate: {e}")))?;
+        save_certificate(&self.config.data_dir, &certified)?;
+        tracing::info!(until = %certified.certificate.valid_until, "the center certified the relay's key");
+        *self.certificate.write() = Some(certified);
+        Ok(())
+    }
+}
+
+/// Applies an outbox event to a view with a made-up envelope (the center gives it its real
+/// position when it is stored).
+fn apply_local(view: &LedgerView, fwd: &ForwardedEvent, event: &Event) {
+    let stream_version = match event {
+        Event::License(l) => view
+            .license(l.license_id())
+            .map_or(1, |row| row.version + 1),
+        _ => 0,
+    };
+    let envelope = Envelope {
+        position: view.position() + 1,
+        stream_id: event.stream_id(),
+        stream_version,
+        event_id: fwd.event_id,
+        event_type: fwd.event_type.clone(),
+        schema_version: event.schema_version(),
+        recorded_at: fwd.recorded_at,
+        actor: fwd.actor.clone(),
+        correlation_id: fwd.correlation_id,
+        prev_hash: Hash::ZERO,
+        hash: Hash::ZERO,
+    };
+    if let Err(e) = view.apply_unordered(&envelope, event) {
+        tracing::warn!(error = %e, "an outbox event could not be applied in full");
+    }
+}
+
+fn load_certificate(dir: &std::path::Path) -> Option<Certified> {
+    let text = std::fs::read_to_string(dir.join(CERTIFICATE_FILE)).ok()?;
+    match serde_json::from_str::<CertifiedFile>(&text) {
+        Ok(f) => Some(Certified {
+            certificate: f.certificate,
+            central_key_id: f.central_key_id,
+            central_public_key: f.central_public_key,
+        }),
+        Err(e) => {
+            tracing::warn!(error = %e, "ignoring an unreadable relay certificate file");
+            None
+        }
+    }
+}
+
+#[derive(Serialize, serde::Deserialize)]
+struct CertifiedFile {
+    certificate: RelayCertificate,
+    central_key_id: String,
+    central_public_key: String,
+}
+
+fn save_certificate(dir: &std::path::Path, c: &Certified) -> Result<(), RelayError> {
+    let text = serde_json::to_string_pretty(&CertifiedFile {
+        certificate: c.certificate.clone(),
+        central_key_id: c.central_key_id.clone(),
+        central_public_key: c.central_public_key.clone(),
+    })
+    .map_err(|e| RelayError::Corrupt(e.to_string()))?;
+    let tmp = dir.join(format!("{CERTIFICATE_FILE}.tmp"));
+    std::fs::write(&tmp, text)
+        .and_then(|()| std::fs::rename(&tmp, dir.join(CERTIFICATE_FILE)))
+        .map_err(|source| RelayError::Io {
+            context: format!("saving {}", dir.join(CERTIFICATE_FILE).display()),
+            source,
+        })
+}

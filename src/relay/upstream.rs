@@ -1,0 +1,283 @@
+//! The relay's HTTP client of the center's `/v1/relay/*` routes.
+//!
+//! Every failure becomes an [`UpstreamError`]: unreachable (the link is down: contingency
+//! rules apply), refused with the center's own answer (401 with the manual's texts
+//! `Usuário inválido.` or `Assinatura do token inválida`, 403 for a token of another
+//! customer), or a malformed answer.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use ledger_events::answer::RelayCertificate;
+use ledger_events::{Cnpj, Position, Record, RecordJson};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::app::relay::{ForwardedEvent, Resolution};
+
+/// How long one request (not the stream) may take.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long connecting may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why a call to the center failed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum UpstreamError {
+    /// The center could not be reached (or did not answer in time).
+    #[error("the center is unreachable: {0}")]
+    Unreachable(String),
+    /// The center answered with an error: `message` is its text (the manual's texts for
+    /// 401).
+    #[error("the center refused ({status}): {message}")]
+    Refused {
+        /// The HTTP status.
+        status: u16,
+        /// The center's `message`.
+        message: String,
+    },
+    /// The center's answer was not what the API documents.
+    #[error("the center's answer is malformed: {0}")]
+    Malformed(String),
+}
+
+impl UpstreamError {
+    /// Whether this means the link is down (as opposed to the center saying no).
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, UpstreamError::Unreachable(_))
+            || matches!(self, UpstreamError::Refused { status, .. } if *status >= 500)
+    }
+}
+
+/// A page of the customer's feed.
+#[derive(Debug)]
+pub struct FeedPage {
+    /// The records, in position order.
+    pub records: Vec<Record>,
+    /// Where the next page starts.
+    pub next: Position,
+    /// The center's head when answering.
+    pub head_position: Position,
+}
+
+#[derive(Deserialize)]
+struct FeedBody {
+    items: Vec<RecordJson>,
+    next: Position,
+    head_position: Position,
+}
+
+#[derive(Deserialize)]
+struct ForwardAnswer {
+    results: Vec<ForwardResult>,
+}
+
+#[derive(Deserialize)]
+struct ForwardResult {
+    event_id: uuid::Uuid,
+    resolution: Resolution,
+}
+
+/// The certificate answer.
+#[derive(Clone, Debug, Deserialize)]
+pub struct Certified {
+    /// The certificate.
+    pub certificate: RelayCertificate,
+    /// The center's key id.
+    pub central_key_id: String,
+    /// The center's public key, hex.
+    pub central_public_key: String,
+}
+
+/// The client: the center's base URL, the relay's token and customer.
+#[derive(Clone)]
+pub struct Upstream {
+    base: String,
+    token: String,
+    cnpj: Cnpj,
+    client: reqwest::Client,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream")
+            .field("base", &self.base)
+            .field("cnpj", &self.cnpj)
+            .finish_non_exhaustive()
+    }
+}
+
+fn unreachable(e: reqwest::Error) -> UpstreamError {
+    UpstreamError::Unreachable(e.to_string())
+}
+
+async fn refusal(res: reqwest::Response) -> UpstreamError {
+    let status = res.status().as_u16();
+    let message = match res.json::<serde_json::Value>().await {
+        Ok(v) => v["message"]
+            .as_str()
+            .map_or_else(|| v.to_string(), str::to_owned),
+        Err(e) => e.to_string(),
+    };
+    UpstreamError::Refused { status, message }
+}
+
+impl Upstream {
+    /// A client of the center at `base` (e.g. `https://licencas.example.com`).
+    pub fn new(base: &str, token: &str, cnpj: Cnpj) -> Result<Upstream, UpstreamError> {
+        let client = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .build()
+            .map_err(unreachable)?;
+        Ok(Upstream {
+            base: base.trim_end_matches('/').to_owned(),
+            token: token.to_owned(),
+            cnpj,
+            client,
+        })
+    }
+
+    /// One page of the customer's records from `from` on.
+    pub async fn feed(&self, from: Position, limit: usize) -> Result<FeedPage, UpstreamError> {
+        let res = self
+            .client
+            .get(format!("{}/v1/relay/feed", self.base))
+            .bearer_auth(&self.token)
+            .query(&[
+                ("cnpj", self.cnpj.to_string()),
+                ("from", from.to_string()),
+                ("limit", limit.to_string()),
+            ])
+            .timeout(REQUEST_TIMEOUT)
+            .send()
+            .await
+            .map_err(unreachable)?;
+        if !res.status().is_success() {
+            return Err(refusal(res).await);
+        }
+        let body: FeedBody = res
+            .json()
+            .await
+            .map_err(|e| UpstreamError::Malformed(e.to_string()))?;
+        let records = body
+            .items
+            .iter()
+            .map(Record::from_json)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| UpstreamError::Malformed(e.to_string()))?;
+        Ok(FeedPage {
+            records,
+            next: body.next,
+            head_position: body.head_position,
+        })
+    }
+
+    /// Follows the customer's records from `from` on as they are stored at the center,
+    /// calling `on_records` with each one; returns when the stream ends or fails.
+    pub async fn follow(
+        &self,
+        from: Position,
+        mut on_records: impl FnMut(Vec<Record>) -> bool,
+    ) -> Result<(), UpstreamError> {
+        let res = self
+            .client
+            .get(format!("{}/v1/relay/stream", self.base))
+            .bearer_auth(&self.token)
+            .query(&[("cnpj", self.cnpj.to_string()), ("from", from.to_string())])
+            .send()
+            .await
+            .map_err(unreachable)?;
+        if !res.status().is_success() {
+            return Err(refusal(res).await);
+        }
+        let mut body = res.bytes_stream();
+        let mut buf: Vec<u8> = Vec::new();
+        // Keep-alives come every 15 s; twice that without a byte means the link is gone.
+        while let Some(chunk) = tokio::time::timeout(Duration::from_secs(35), body.next())
+            .await
+            .map_err(|_| UpstreamError::Unreachable("the stream went silent".into()))?
+        {
+            buf.extend_from_slice(&chunk.map_err(unreachable)?);
+            let mut records = Vec::new();
+            while let Some(end) = find_blank_line(&buf) {
+                let message: Vec<u8> = buf.drain(..end + 2).collect();
+                if let Some(record) = parse_message(&message)? {
+                    records.push(record);
+                }
+            }
+            if !records.is_empty() && !on_records(records) {
+                return Ok(());
+            }
+        }
+        Err(UpstreamError::Unreachable("the stream ended".into()))
+    }
+
+    /// Forwards events; returns the center's decision per event id.
+    pub async fn forward(
+        &self,
+        events: &[ForwardedEvent],
+    ) -> Result<Vec<(uuid::Uuid, Resolution)>, UpstreamError> {
+        let res = self
+            .client
+            .post(format!("{}/v1/relay/events", self.base))
+            .bearer_auth(&self.token)
+            .json(&json!({ "cnpj": self.cnpj, "events": events }))
+            .timeout(REQUEST_TIMEOUT)
+            .send()
+            .await
+            .map_err(unreachable)?;
+        if !res.status().is_success() {
+            return Err(refusal(res).await);
+        }
+        let body: ForwardAnswer = res
+            .json()
+            .await
+            .map_err(|e| UpstreamError::Malformed(e.to_string()))?;
+        Ok(body
+            .results
+            .into_iter()
+            .map(|r| (r.event_id, r.resolution))
+            .collect())
+    }
+
+    /// Asks the center to certify the relay's public key.
+    pub async fn certify(&self, public_key_hex: &str) -> Result<Certified, UpstreamError> {
+        let res = self
+            .client
+            .post(format!("{}/v1/relay/certificate", self.base))
+            .bearer_auth(&self.token)
+            .json(&json!({ "cnpj": self.cnpj, "public_key": public_key_hex }))
+            .timeout(REQUEST_TIMEOUT)
+            .send()
+            .await
+            .map_err(unreachable)?;
+        if !res.status().is_success() {
+            return Err(refusal(res).await);
+        }
+        res.json()
+            .await
+            .map_err(|e| UpstreamError::Malformed(e.to_string()))
+    }
+}
+
+fn find_blank_line(buf: &[u8]) -> Option<usize> {
+    buf.windows(2).position(|w| w == b"\n\n")
+}
+
+/// One SSE message: a `record` event's data is a record's JSON; comments are skipped.
+fn parse_message(message: &[u8]) -> Result<Option<Record>, UpstreamError> {
+    let text = std::str::from_utf8(message).map_err(|e| UpstreamError::Malformed(e.to_string()))?;
+    let mut data = None;
+    for line in text.lines() {
+        if let Some(d) = line.strip_prefix("data: ") {
+            data = Some(d);
+        }
+    }
+    let Some(data) = data else {
+        return Ok(None);
+    };
+    let json: RecordJson =
+        serde_json::from_str(data).map_err(|e| UpstreamError::Malformed(e.to_string()))?;
+    Record::from_json(&json)
+        .map(Some)
+        .map_err(|e| UpstreamError::Malformed(e.to_string()))
+}

@@ -1,0 +1,651 @@
+//! The on-premises relay end to end: a central server and a relay as separate processes of
+//! the real binary on loopback, the relay reaching the center through a proxy the test can
+//! cut (the link failing) and restore, and both reading the time from a clock file the test
+//! moves (days of contingency in seconds).
+
+#[path = "support/process.rs"]
+mod process;
+#[path = "support/proxy.rs"]
+mod proxy;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use ledger_events::answer::{RelayCertificate, SignedAnswer, VerifyingKey};
+use process::{run, Process};
+use proxy::Proxy;
+use reqwest::{Client, StatusCode};
+use serde_json::{json, Value};
+
+const CNPJ: &str = "11222333000181";
+const OTHER_CNPJ: &str = "11444777000161";
+const EXPIRES: &str = "2031-01-31";
+const START: &str = "2031-01-01T10:00:00Z";
+const VALID_TEXT: &str = "Licença do sistema expira no dia: 31/01/2031";
+const CONTINGENCY_TEXT: &str = "Sistema de licenciamento em modo de contingência do IntelliWeb! Por favor, confira a conexão no servidor do IntelliWeb.";
+const CONTINGENCY_EXPIRY: &str =
+    "Licença do sistema expira no dia: 07/02/2031(CONTINGÊNCIA DO INTELLIWEB)";
+const REFRESH_FAILED: &str = "Falha ao atualizar as licenças! O sistema irá retentar em 1 hora.";
+const NOT_RELEASED: &str =
+    "Liberação do sistema não efetivado! Por favor, entre em contato com o suporte técnico...";
+
+fn hw(n: u8) -> (String, String) {
+    (
+        format!("50026B77825EEC{n:02X}"),
+        format!("88A7B56C2B3F326F91362A182483F6{n:02X}"),
+    )
+}
+
+struct World {
+    dir: tempfile::TempDir,
+    clock_file: PathBuf,
+    central: Process,
+    central_admin: String,
+    proxy: Proxy,
+    relay: Option<Process>,
+    relay_admin: String,
+    relay_terminal: String,
+    relay_token: String,
+    http: Client,
+}
+
+impl World {
+    /// A center with a customer and three licenses, a relay token, and a relay following it
+    /// through a proxy, caught up and certified.
+    async fn new() -> World {
+        let dir = tempfile::tempdir().unwrap();
+        let clock_file = dir.path().join("clock");
+        std::fs::write(&clock_file, START).unwrap();
+        let central_dir = dir.path().join("central");
+        let central = Process::start(
+            &[
+                "--data-dir",
+                central_dir.to_str().unwrap(),
+                "--clock-file",
+                clock_file.to_str().unwrap(),
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--workers",
+                "2",
+            ],
+            dir.path(),
+            "central",
+        );
+        let central_admin = central.admin.clone().expect("central admin token");
+        let target = central
+            .url
+            .trim_start_matches("http://")
+            .parse()
+            .expect("central address");
+        let proxy = Proxy::start(target).await;
+        let http = Client::builder()
+            .timeout(Duration::from_secs(20))
+            .build()
+            .unwrap();
+        let mut w = World {
+            dir,
+            clock_file,
+            central,
+            central_admin,
+            proxy,
+            relay: None,
+            relay_admin: String::new(),
+            relay_terminal: String::new(),
+            relay_token: String::new(),
+            http,
+        };
+        for (cnpj, name) in [(CNPJ, "Mercado Bom"), (OTHER_CNPJ, "Padaria Sol")] {
+            w.center(
+                "POST",
+                "/v1/customers",
+                json!({"cnpj": cnpj, "trade_name": name}),
+            )
+            .await;
+        }
+        for _ in 0..3 {
+            w.center(
+                "POST",
+                "/v1/licenses",
+                json!({"cnpj": CNPJ, "product": "easycash", "expires_on": EXPIRES}),
+            )
+            .await;
+        }
+        // Another customer's license: never seen by this relay.
+        w.center(
+            "POST",
+            "/v1/licenses",
+            json!({"cnpj": OTHER_CNPJ, "product": "easycash", "expires_on": EXPIRES}),
+        )
+        .await;
+        w.relay_token = w
+            .center(
+                "POST",
+                "/v1/tokens",
+                json!({"name": "relay-loja", "role": "relay", "cnpj": CNPJ}),
+            )
+            .await["token"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let relay_dir = w.relay_dir();
+        let (code, out, err) = run(&[
+            "--data-dir",
+            relay_dir.to_str().unwrap(),
+            "token",
+            "create",
+            "--role",
+            "terminal",
+            "--cnpj",
+            CNPJ,
+        ]);
+        assert_eq!(code, 0, "{out} {err}");
+        w.relay_terminal = out.lines().last().unwrap().trim().to_owned();
+        let (code, out, err) = run(&[
+            "--data-dir",
+            relay_dir.to_str().unwrap(),
+            "token",
+            "create",
+            "--role",
+            "support",
+        ]);
+        assert_eq!(code, 0, "{out} {err}");
+        w.relay_admin = out.lines().last().unwrap().trim().to_owned();
+        let token = w.relay_token.clone();
+        w.start_relay(CNPJ, &token);
+        // Caught up: the customer and its three licenses, nothing of the other customer.
+        w.wait_status("caught up and certified", |s| {
+            s["mirror_records"] == json!(4) && !s["certified_until"].is_null()
+        })
+        .await;
+        w
+    }
+
+    fn relay_dir(&self) -> PathBuf {
+        self.dir.path().join("relay")
+    }
+
+    fn start_relay(&mut self, cnpj: &str, token: &str) {
+        let upstream = format!("http://{}", self.proxy.addr);
+        let relay = Process::start(
+            &[
+                "--data-dir",
+                self.relay_dir().to_str().unwrap(),
+                "--clock-file",
+                self.clock_file.to_str().unwrap(),
+                "relay",
+                "--upstream",
+                &upstream,
+                "--cnpj",
+                cnpj,
+                "--token",
+                token,
+                "--listen",
+                "127.0.0.1:0",
+            ],
+            self.dir.path(),
+            "relay",
+        );
+        if let Some(admin) = &relay.admin {
+            self.relay_admin = admin.clone();
+        }
+        self.relay = Some(relay);
+    }
+
+    fn relay_url(&self) -> &str {
+        &self.relay.as_ref().expect("relay").url
+    }
+
+    /// Sets both processes' clock (they re-read the file within 20 ms).
+    async fn set_clock(&self, at: &str) {
+        std::fs::write(&self.clock_file, at).unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    async fn call(
+        &self,
+        base: &str,
+        token: &str,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let url = format!("{base}{path}");
+        let mut req = match method {
+            "GET" => self.http.get(url),
+            "PUT" => self.http.put(url),
+            _ => self.http.post(url),
+        }
+        .bearer_auth(token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let res = req.send().await.unwrap();
+        let status = res.status();
+        let text = res.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// An admin call to the center that must succeed.
+    async fn center(&self, method: &str, path: &str, body: Value) -> Value {
+        let body = (method != "GET").then_some(body);
+        let (status, v) = self
+            .call(&self.central.url, &self.central_admin, method, path, body)
+            .await;
+        assert!(status.is_success(), "{method} {path}: {status} {v}");
+        v
+    }
+
+    async fn license_at_center(&self, id: &str) -> Value {
+        let head = self.center("GET", "/v1/audit/head", json!({})).await["head_position"].clone();
+        self.center(
+            "GET",
+            &format!("/v1/licenses/{id}?min_position={head}"),
+            json!({}),
+        )
+        .await
+    }
+
+    /// A terminal's check-in at the relay.
+    async fn check_in(&self, n: u8, nonce: &str) -> (StatusCode, Value) {
+        let (id, key) = hw(n);
+        self.call(
+            self.relay_url(),
+            &self.relay_terminal,
+            "POST",
+            "/v1/checkin",
+            Some(
+                json!({"cnpj": CNPJ, "product": "easycash", "hardware_id": id,
+                        "hardware_key": key, "ip": "192.168.0.10", "nonce": nonce}),
+            ),
+        )
+        .await
+    }
+
+    /// A terminal's check-in at the center itself (admin token), as a terminal elsewhere.
+    async fn check_in_at_center(&self, n: u8) -> Value {
+        let (id, key) = hw(n);
+        self.center(
+            "POST",
+            "/v1/checkin",
+            json!({"cnpj": CNPJ, "product": "easycash", "hardware_id": id, "hardware_key": key}),
+        )
+        .await
+    }
+
+    async fn status(&self) -> Value {
+        let (code, v) = self
+            .call(
+                self.relay_url(),
+                &self.relay_admin,
+                "GET",
+                "/v1/relay/status",
+                None,
+            )
+            .await;
+        assert_eq!(code, StatusCode::OK, "{v}");
+        v
+    }
+
+    async fn wait_status(&self, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let s = self.status().await;
+            if ok(&s) {
+                return s;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "relay never {what}: {s}\nrelay log:\n{}",
+                    self.relay
+                        .as_ref()
+                        .map(|r| r.log_text())
+                        .unwrap_or_default()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn wait_check_in(&self, n: u8, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut i = 0;
+        loop {
+            i += 1;
+            let (_, v) = self.check_in(n, &format!("w{i}")).await;
+            if ok(&v) {
+                return v;
+            }
+            if Instant::now() > deadline {
+                panic!("terminal {n} never {what}: {v}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn central_key(&self) -> VerifyingKey {
+        let keys = self.center("GET", "/v1/keys", json!({})).await;
+        let mut bytes = [0u8; 32];
+        hex::decode_to_slice(keys["public_key"].as_str().unwrap(), &mut bytes).unwrap();
+        VerifyingKey::from_bytes(&bytes).unwrap()
+    }
+}
+
+fn outcome(v: &Value) -> &str {
+    v["outcome"].as_str().unwrap_or("")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_serves_its_customers_terminals_with_answers_the_central_key_vouches_for() {
+    let w = World::new().await;
+
+    let (code, v) = w.check_in(1, "n-1").await;
+    assert_eq!(code, StatusCode::OK, "{v}");
+    assert_eq!(outcome(&v), "VALID", "{v}");
+    assert_eq!(v["messages"], json!([VALID_TEXT]));
+    let license = v["answer"]["license_id"].as_str().unwrap().to_owned();
+
+    // The answer is signed by the relay's key, certified by the center for this customer.
+    let signed: SignedAnswer = serde_json::from_value(v.clone()).unwrap();
+    let cert: RelayCertificate = serde_json::from_value(v["certificate"].clone()).unwrap();
+    let central = w.central_key().await;
+    let relay_key = cert
+        .verify_answer(&central, &signed)
+        .expect("certified answer");
+    signed.verify_with_nonce(&relay_key, "n-1").unwrap();
+    let mut forged = signed.clone();
+    forged.answer.days_left = Some(9999);
+    assert!(cert.verify_answer(&central, &forged).is_err());
+
+    // The bind reaches the center.
+    w.wait_status("forwarded the bind", |s| s["outbox_depth"] == json!(0))
+        .await;
+    let row = w.license_at_center(&license).await;
+    assert_eq!(row["binding"]["hardware_id"], json!(hw(1).0), "{row}");
+
+    // Support blocks the license at the center: the relay follows live.
+    w.center("POST", &format!("/v1/licenses/{license}/block"), json!({}))
+        .await;
+    let blocked = w
+        .wait_check_in(1, "saw the block", |v| outcome(v) == "BLOCKED")
+        .await;
+    assert_eq!(blocked["messages"], json!([NOT_RELEASED]));
+    let s = w.status().await;
+    assert_eq!(s["link"], json!("up"), "{s}");
+    assert_eq!(s["contingency_since"], json!(null), "{s}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_link_cut_past_a_refresh_terminals_sell_in_contingency_until_expiry_plus_seven_days(
+) {
+    let w = World::new().await;
+    assert_eq!(outcome(&w.check_in(1, "a").await.1), "VALID");
+
+    w.proxy.cut();
+    // The next daily refresh fails: contingency, and the manual's retry text.
+    w.set_clock("2031-01-02T10:30:00Z").await;
+    let s = w
+        .wait_status("entered contingency", |s| !s["contingency_since"].is_null())
+        .await;
+    assert_eq!(s["link"], json!("down"), "{s}");
+    assert_eq!(s["last_error"], json!(REFRESH_FAILED), "{s}");
+    let next: chrono::DateTime<chrono::Utc> =
+        serde_json::from_value(s["next_refresh"].clone()).unwrap();
+    let retry_in = next
+        - "2031-01-02T10:30:00Z"
+            .parse::<chrono::DateTime<chrono::Utc>>()
+            .unwrap();
+    assert!(
+        retry_in > chrono::Duration::minutes(55) && retry_in <= chrono::Duration::minutes(61),
+        "retries in an hour: {s}"
+    );
+    let relay_log = w.relay.as_ref().unwrap().log_text();
+    assert!(relay_log.contains(REFRESH_FAILED), "{relay_log}");
+
+    let (code, v) = w.check_in(1, "b").await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(outcome(&v), "CONTINGENCY_UPSTREAM", "{v}");
+    assert_eq!(v["messages"], json!([CONTINGENCY_TEXT, CONTINGENCY_EXPIRY]));
+
+    // Still selling on the last day of grace (expiry 31/01 + 7 days)...
+    w.set_clock("2031-02-07T20:00:00Z").await;
+    let (_, v) = w.check_in(1, "c").await;
+    assert_eq!(outcome(&v), "CONTINGENCY_UPSTREAM", "{v}");
+    // ...blocked the day after.
+    w.set_clock("2031-02-08T08:00:00Z").await;
+    let (_, v) = w.check_in(1, "d").await;
+    assert_eq!(outcome(&v), "GRACE_EXPIRED", "{v}");
+    assert_eq!(v["messages"], json!([NOT_RELEASED]));
+    assert_eq!(v["resources"], json!({}));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binds_during_an_outage_reach_the_center_once_and_the_centers_decisions_win() {
+    let w = World::new().await;
+    let (_, v) = w.check_in(1, "a").await;
+    let l1 = v["answer"]["license_id"].as_str().unwrap().to_owned();
+    w.wait_status("forwarded", |s| s["outbox_depth"] == json!(0))
+        .await;
+
+    w.proxy.cut();
+    w.set_clock("2031-01-02T10:30:00Z").await;
+    w.wait_status("entered contingency", |s| !s["contingency_since"].is_null())
+        .await;
+
+    // At the center meanwhile: support unlinks terminal 1's license, and terminals checking
+    // in elsewhere take it and the next free one.
+    w.center("POST", &format!("/v1/licenses/{l1}/unlink"), json!({}))
+        .await;
+    let t9 = w.check_in_at_center(9).await;
+    let t8 = w.check_in_at_center(8).await;
+    assert_eq!(t9["answer"]["license_id"], json!(l1), "{t9}");
+    let l2 = t8["answer"]["license_id"].as_str().unwrap().to_owned();
+
+    // At the relay meanwhile: terminal 2 binds what the relay believes is free (the same
+    // license terminal 8 took), terminal 1 still sells on its license.
+    let (_, v2) = w.check_in(2, "b").await;
+    assert_eq!(outcome(&v2), "CONTINGENCY_UPSTREAM", "{v2}");
+    assert_eq!(v2["answer"]["license_id"], json!(l2), "{v2}");
+    let (_, v1) = w.check_in(1, "c").await;
+    assert_eq!(v1["answer"]["license_id"], json!(l1), "{v1}");
+    let depth = w.status().await["outbox_depth"].as_u64().unwrap();
+    assert!(
+        depth >= 3,
+        "binds, records and the contingency wait: {depth}"
+    );
+
+    // The link returns.
+    w.proxy.restore();
+    let s = w
+        .wait_status("forwarded everything and left contingency", |s| {
+            s["outbox_depth"] == json!(0) && s["contingency_since"].is_null()
+        })
+        .await;
+    assert_eq!(
+        s["rejected"],
+        json!(1),
+        "terminal 2's bind was rejected: {s}"
+    );
+    assert_eq!(s["link"], json!("up"), "{s}");
+
+    // The center's state won: license 2 is terminal 8's, license 1 terminal 9's.
+    let row2 = w.license_at_center(&l2).await;
+    assert_eq!(row2["binding"]["hardware_id"], json!(hw(8).0), "{row2}");
+    let row1 = w.license_at_center(&l1).await;
+    assert_eq!(row1["binding"]["hardware_id"], json!(hw(9).0), "{row1}");
+    // At the relay, terminal 2 now takes the last free license; terminal 1 has none left.
+    let v2 = w
+        .wait_check_in(2, "bound the last free license", |v| {
+            outcome(v) == "VALID" && v["answer"]["license_id"] != json!(l2)
+        })
+        .await;
+    let l3 = v2["answer"]["license_id"].as_str().unwrap().to_owned();
+    let (_, v1) = w.check_in(1, "e").await;
+    assert_eq!(outcome(&v1), "NO_LICENSE", "{v1}");
+    w.wait_status("forwarded", |s| s["outbox_depth"] == json!(0))
+        .await;
+    let row3 = w.license_at_center(&l3).await;
+    assert_eq!(row3["binding"]["hardware_id"], json!(hw(2).0), "{row3}");
+
+    // Forwarding everything again (a relay that lost the answers) changes nothing.
+    let head = w.center("GET", "/v1/audit/head", json!({})).await;
+    let outbox = std::fs::read_to_string(w.relay_dir().join("outbox.jsonl")).unwrap();
+    let events: Vec<Value> = outbox
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(events.len() >= 6, "{}", events.len());
+    let (code, again) = w
+        .call(
+            &w.central.url,
+            &w.relay_token,
+            "POST",
+            "/v1/relay/events",
+            Some(json!({"cnpj": CNPJ, "events": events})),
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK, "{again}");
+    let after = w.center("GET", "/v1/audit/head", json!({})).await;
+    assert_eq!(
+        after["head_hash"], head["head_hash"],
+        "a second forward stored nothing"
+    );
+    let results = again["results"].as_array().unwrap();
+    let rejected = results
+        .iter()
+        .filter(|r| r["resolution"]["status"] == json!("rejected"))
+        .count();
+    assert_eq!(rejected, 1, "the same decisions: {again}");
+    // Each of the relay's events is in the center's log once.
+    let log = w
+        .center("GET", "/v1/events?from=1&limit=1000", json!({}))
+        .await;
+    for e in &events {
+        let n = log["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["event_id"] == e["event_id"])
+            .count();
+        assert!(n <= 1, "event {} stored {n} times", e["event_id"]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_token_is_refused_for_another_customer_and_its_refusal_is_shown() {
+    let mut w = World::new().await;
+    // Straight to the center: the token is bound to CNPJ.
+    for path in [
+        format!("/v1/relay/feed?cnpj={OTHER_CNPJ}&from=1"),
+        format!("/v1/relay/stream?cnpj={OTHER_CNPJ}&from=1"),
+    ] {
+        let (code, v) = w
+            .call(&w.central.url, &w.relay_token, "GET", &path, None)
+            .await;
+        assert_eq!(code, StatusCode::FORBIDDEN, "{path}: {v}");
+    }
+    let (code, _) = w
+        .call(
+            &w.central.url,
+            &w.relay_token,
+            "POST",
+            "/v1/relay/events",
+            Some(json!({"cnpj": OTHER_CNPJ, "events": []})),
+        )
+        .await;
+    assert_eq!(code, StatusCode::FORBIDDEN);
+    // Another role's token cannot use the relay routes at all.
+    let (code, _) = w
+        .call(
+            &w.central.url,
+            &w.central_admin,
+            "GET",
+            &format!("/v1/relay/feed?cnpj={CNPJ}&from=1"),
+            None,
+        )
+        .await;
+    assert_eq!(code, StatusCode::FORBIDDEN);
+
+    // A revoked (unknown) token: the manual's 401 text.
+    let (code, v) = w
+        .call(
+            &w.central.url,
+            "llt_not-a-relay-token",
+            "GET",
+            &format!("/v1/relay/feed?cnpj={CNPJ}&from=1"),
+            None,
+        )
+        .await;
+    assert_eq!(code, StatusCode::UNAUTHORIZED);
+    assert_eq!(v["message"], json!("Assinatura do token inválida"));
+
+    // The customer deactivated at the center: the next refresh is refused with the manual's
+    // `Usuário inválido.`, shown in the status; a refusal is no outage (no contingency).
+    w.center(
+        "POST",
+        &format!("/v1/customers/{CNPJ}/deactivate"),
+        json!({}),
+    )
+    .await;
+    w.set_clock("2031-01-02T10:30:00Z").await;
+    let s = w
+        .wait_status("surfaced the refusal", |s| {
+            s["last_error"] == json!("Usuário inválido.")
+        })
+        .await;
+    assert_eq!(s["link"], json!("refused"), "{s}");
+    assert_eq!(s["contingency_since"], json!(null), "{s}");
+    let log = w.relay.as_ref().unwrap().log_text();
+    assert!(log.contains("Usuário inválido."), "{log}");
+    w.relay.take();
+
+    // Relays started with this token for the other customer, or with a token the center
+    // never issued, see nothing and say why.
+    let upstream = format!("http://{}", w.proxy.addr);
+    let cases = [
+        (OTHER_CNPJ, w.relay_token.clone(), "another customer"),
+        (
+            CNPJ,
+            "llt_never-issued".to_owned(),
+            "Assinatura do token inválida",
+        ),
+    ];
+    for (i, (cnpj, token, says)) in cases.iter().enumerate() {
+        let dir = w.dir.path().join(format!("relay-refused-{i}"));
+        let relay = Process::start(
+            &[
+                "--data-dir",
+                dir.to_str().unwrap(),
+                "relay",
+                "--upstream",
+                &upstream,
+                "--cnpj",
+                cnpj,
+                "--token",
+                token,
+                "--listen",
+                "127.0.0.1:0",
+            ],
+            w.dir.path(),
+            &format!("relay-refused-{i}"),
+        );
+        let admin = relay.admin.clone().expect("relay admin");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let s = loop {
+            let (_, s) = w
+                .call(&relay.url, &admin, "GET", "/v1/relay/status", None)
+                .await;
+            if s["link"] == json!("refused") || Instant::now() > deadline {
+                break s;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert_eq!(s["link"], json!("refused"), "{s}");
+        assert_eq!(s["mirror_records"], json!(0), "{s}");
+        assert_eq!(s["contingency_since"], json!(null), "{s}");
+        assert!(
+            s["last_error"].as_str().is_some_and(|e| e.contains(says)),
+            "{says}: {s}"
+        );
+    }
+}

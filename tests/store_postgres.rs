@@ -1,0 +1,847 @@
+//! The PostgreSQL store: the conformance suite, then what only a shared database has to prove
+//! (several nodes on one log, the slow-writer race, notifications between nodes, outages,
+//! rows altered in SQL, export and import with the file store, migrations).
+//!
+//! Every test needs `DATABASE_URL` (for example `postgres://postgres@127.0.0.1:5432/test`);
+//! without it each test says on stderr that it was skipped and why, and returns. Each test
+//! works in a schema of its own (`ledger_t_<random>`), dropped at the end, so tests run in
+//! parallel.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ledger_events::{verify_chain, ChainHead, Record};
+use license_ledger::clock::{Clock, ManualClock, SystemClock};
+use license_ledger::store::conformance::{new_event, start_time, stream, Harness};
+use license_ledger::store::file::{FileStore, FileStoreConfig};
+use license_ledger::store::postgres::{
+    migrate, migrate_with, Migration, PgStore, PgStoreConfig, MIGRATIONS,
+};
+use license_ledger::store::{EventStore, ExpectedVersion, NewEvent, StoreError};
+use rand::{Rng, SeedableRng};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
+
+/// A schema of its own in the test database, dropped when this is dropped.
+struct TestDb {
+    url: String,
+    schema: String,
+}
+
+impl TestDb {
+    /// A fresh schema name, or `None` (saying why) when `DATABASE_URL` is not set.
+    fn new(test: &str) -> Option<Self> {
+        match std::env::var("DATABASE_URL") {
+            Ok(url) if !url.trim().is_empty() => Some(Self {
+                url,
+                schema: format!("ledger_t_{:016x}", rand::random::<u64>()),
+            }),
+            _ => {
+                eprintln!(
+                    "{test}: skipped: DATABASE_URL is not set \
+                     (e.g. DATABASE_URL=postgres://postgres@127.0.0.1:5432/test)"
+                );
+                None
+            }
+        }
+    }
+
+    fn config(&self) -> PgStoreConfig {
+        let mut c = PgStoreConfig::new(&self.url);
+        c.schema = Some(self.schema.clone());
+        c.pool_size = 2;
+        c.connect_timeout = Duration::from_secs(5);
+        c.op_timeout = Duration::from_secs(20);
+        c
+    }
+
+    async fn open_with(&self, config: PgStoreConfig, clock: Arc<dyn Clock>) -> PgStore {
+        PgStore::open(config, clock)
+            .await
+            .unwrap_or_else(|e| panic!("open PgStore: {e}"))
+    }
+
+    async fn open(&self) -> PgStore {
+        self.open_with(self.config(), Arc::new(SystemClock)).await
+    }
+
+    /// A plain connection with the test schema on its search path, for SQL by hand.
+    async fn sql(&self) -> tokio_postgres::Client {
+        let mut config: tokio_postgres::Config = self.url.parse().expect("DATABASE_URL");
+        config.options(format!("-c search_path={}", self.schema));
+        let (client, connection) = config
+            .connect(tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+        tokio::spawn(connection);
+        client
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let url = self.url.clone();
+        let schema = self.schema.clone();
+        // Drop runs inside the test's runtime: do the async work on a thread of its own.
+        let dropped = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            rt.block_on(async {
+                let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                tokio::spawn(connection);
+                client
+                    .batch_execute(&format!(
+                        "SET lock_timeout = '10s'; DROP SCHEMA IF EXISTS {schema} CASCADE"
+                    ))
+                    .await
+                    .map_err(|e| e.to_string())
+            })
+        })
+        .join();
+        if !matches!(dropped, Ok(Ok(()))) {
+            eprintln!("could not drop schema {}: {dropped:?}", self.schema);
+        }
+    }
+}
+
+async fn pg_harness(clock: ManualClock) -> Option<Harness> {
+    let db = TestDb::new("conformance")?;
+    let store = db.open_with(db.config(), Arc::new(clock.clone())).await;
+    Some(Harness {
+        store: Arc::new(store),
+        clock,
+        guard: Box::new(db),
+    })
+}
+
+license_ledger::store_conformance_tests!(optional pg_harness);
+
+async fn all_records(store: &dyn EventStore) -> Vec<Record> {
+    let mut out = Vec::new();
+    loop {
+        let next = out.len() as u64 + 1;
+        let batch = store.read_all(next, 10_000).await.expect("read_all");
+        if batch.is_empty() {
+            return out;
+        }
+        out.extend(batch);
+    }
+}
+
+fn assert_dense_chain(records: &[Record]) {
+    for (i, r) in records.iter().enumerate() {
+        assert_eq!(r.envelope.position, i as u64 + 1, "positions are dense");
+    }
+    let bytes: Vec<Vec<u8>> = records
+        .iter()
+        .map(|r| r.encode().expect("encode"))
+        .collect();
+    verify_chain(bytes.iter().map(Vec::as_slice)).expect("the chain verifies");
+    for pair in records.windows(2) {
+        assert!(
+            pair[1].envelope.recorded_at >= pair[0].envelope.recorded_at,
+            "recorded_at went back at position {}",
+            pair[1].envelope.position
+        );
+    }
+}
+
+/// Eight nodes (eight `PgStore`s, each with its own writer connection) append to random
+/// streams at once while a follower on a ninth node subscribes: the follower sees every
+/// acknowledged event exactly once, in position order, with no gap, and each where its append
+/// said it landed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_nodes_appending_at_once_give_one_dense_log_delivered_once_in_order() {
+    let Some(db) = TestDb::new("eight_nodes_appending_at_once") else {
+        return;
+    };
+    const NODES: usize = 8;
+    const APPENDS_PER_NODE: usize = 120;
+    let follower_node = db.open().await;
+    let mut follower = follower_node.subscribe_all(1);
+    let mut nodes = Vec::new();
+    for _ in 0..NODES {
+        nodes.push(db.open().await);
+    }
+    let mut writers = JoinSet::new();
+    for (w, node) in nodes.iter().enumerate() {
+        let node = node.clone();
+        writers.spawn(async move {
+            let mut landed = Vec::new();
+            let mut rng = rand::rngs::StdRng::seed_from_u64(w as u64);
+            for k in 0..APPENDS_PER_NODE {
+                let s = stream(&format!("n{}", rng.gen_range(0..12)));
+                let size = rng.gen_range(1..=3);
+                let events: Vec<NewEvent> = (0..size)
+                    .map(|j| new_event((w * 10_000 + k * 10 + j) as u32))
+                    .collect();
+                let ids: Vec<_> = events.iter().map(|e| e.event_id).collect();
+                let appended = node
+                    .append(&s, ExpectedVersion::Any, events)
+                    .await
+                    .unwrap_or_else(|e| panic!("node {w}: {e}"));
+                assert_eq!(
+                    (*appended.positions.end() - *appended.positions.start() + 1) as usize,
+                    size
+                );
+                for (id, p) in ids.into_iter().zip(appended.positions) {
+                    landed.push((id, p));
+                }
+            }
+            landed
+        });
+    }
+    let mut expected: HashMap<uuid::Uuid, u64> = HashMap::new();
+    while let Some(done) = writers.join_next().await {
+        for (id, p) in done.expect("writer task") {
+            assert!(expected.insert(id, p).is_none(), "an id landed twice");
+        }
+    }
+    let total = expected.len() as u64;
+    let mut seen = HashSet::new();
+    for due in 1..=total {
+        let r = tokio::time::timeout(Duration::from_secs(20), follower.next())
+            .await
+            .unwrap_or_else(|_| panic!("follower stalled at position {due}"))
+            .unwrap_or_else(|e| panic!("follower: {e}"));
+        assert_eq!(r.envelope.position, due, "gap, repeat or reordering");
+        assert!(seen.insert(r.envelope.event_id), "delivered twice");
+        assert_eq!(
+            expected.get(&r.envelope.event_id),
+            Some(&due),
+            "the follower and the append disagree on the position of {}",
+            r.envelope.event_id
+        );
+    }
+    let idle = tokio::time::timeout(Duration::from_millis(300), follower.next()).await;
+    assert!(idle.is_err(), "delivered a record nobody appended");
+    let all = all_records(&follower_node).await;
+    assert_eq!(all.len() as u64, total);
+    assert_dense_chain(&all);
+    // Stream versions are dense per stream too.
+    let mut versions: BTreeMap<String, u64> = BTreeMap::new();
+    for r in &all {
+        let v = versions
+            .entry(r.envelope.stream_id.to_string())
+            .or_default();
+        *v += 1;
+        assert_eq!(r.envelope.stream_version, *v);
+    }
+    let written: u64 = nodes
+        .iter()
+        .map(|n| n.stats().expect("stats").records_written)
+        .sum();
+    assert_eq!(written, total);
+    for node in &nodes {
+        node.close().await.expect("close");
+    }
+    follower_node.close().await.expect("close");
+}
+
+/// A node holding the head (its position taken) stalls while another node appends: the fast
+/// append waits for the slow one, lands after it, and a follower polling the log sees the
+/// slow event first, with no gap. The test checks the stall really overlapped the fast append
+/// (the slow transaction held the head's lock when the fast append started, and the fast one
+/// finished only after the slow one), so it would catch a store that let the fast one commit
+/// first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_writer_holding_a_position_is_never_skipped_by_a_follower() {
+    let Some(db) = TestDb::new("a_slow_writer_holding_a_position") else {
+        return;
+    };
+    const STALL: Duration = Duration::from_millis(1500);
+    let mut slow_config = db.config();
+    slow_config.stall_after_lock = Some(STALL);
+    let slow = db.open_with(slow_config, Arc::new(SystemClock)).await;
+    let fast = db.open().await;
+    let observer = db.open().await;
+    let sql = db.sql().await;
+    fast.append(&stream("warm"), ExpectedVersion::Any, vec![new_event(1)])
+        .await
+        .expect("first append");
+
+    // The follower polls read_all as fast as it can and keeps what it saw, in order.
+    let poller = {
+        let observer = observer.clone();
+        tokio::spawn(async move {
+            let mut seen: Vec<Record> = Vec::new();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while seen.len() < 3 && Instant::now() < deadline {
+                let next = seen.len() as u64 + 1;
+                match observer.read_all(next, 100).await {
+                    Ok(batch) => {
+                        for r in batch {
+                            assert_eq!(r.envelope.position, seen.len() as u64 + 1, "gap");
+                            seen.push(r);
+                        }
+                    }
+                    Err(e) => panic!("follower read: {e}"),
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            seen
+        })
+    };
+    let mut subscription = observer.subscribe_all(1);
+
+    let slow_event = new_event(2);
+    let slow_id = slow_event.event_id;
+    let slow_task = {
+        let slow = slow.clone();
+        tokio::spawn(async move {
+            let a = slow
+                .append(&stream("slow"), ExpectedVersion::Any, vec![slow_event])
+                .await
+                .expect("slow append");
+            (a, Instant::now())
+        })
+    };
+    // Wait until the slow transaction holds the head row (FOR UPDATE takes a row-share lock
+    // on ledger_head that stays granted while it stalls).
+    let waited = Instant::now();
+    let lock_seen = loop {
+        let held: i64 = sql
+            .query_one(
+                "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation \
+                 JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE n.nspname = $1 AND c.relname = 'ledger_head' \
+                   AND l.mode = 'RowShareLock' AND l.granted",
+                &[&db.schema],
+            )
+            .await
+            .expect("pg_locks")
+            .get(0);
+        if held > 0 {
+            break Instant::now();
+        }
+        assert!(
+            waited.elapsed() < STALL / 2,
+            "the slow writer never took the head lock"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    let fast_event = new_event(3);
+    let fast_id = fast_event.event_id;
+    let fast_started = Instant::now();
+    let fast_appended = fast
+        .append(&stream("fast"), ExpectedVersion::Any, vec![fast_event])
+        .await
+        .expect("fast append");
+    let fast_done = Instant::now();
+    let (slow_appended, slow_done) = slow_task.await.expect("slow task");
+
+    // The stall overlapped the fast append (which started while the slow transaction held
+    // the head, well before its stall could end), and the fast one had to wait for it.
+    assert!(
+        fast_started - lock_seen < STALL / 2,
+        "the fast append started too late to overlap the stall"
+    );
+    assert!(fast_started < slow_done, "the fast append started too late");
+    assert!(
+        fast_done - fast_started >= STALL / 3,
+        "the fast append did not wait for the slow one ({:?})",
+        fast_done - fast_started
+    );
+    assert_eq!(*slow_appended.positions.start(), 2);
+    assert_eq!(*fast_appended.positions.start(), 3);
+
+    let seen = poller.await.expect("poller");
+    let ids: Vec<_> = seen.iter().map(|r| r.envelope.event_id).collect();
+    assert_eq!(ids.len(), 3, "the follower saw {} records", ids.len());
+    assert_eq!(ids[1], slow_id, "the slow event comes first");
+    assert_eq!(ids[2], fast_id);
+    for due in 1..=3u64 {
+        let r = tokio::time::timeout(Duration::from_secs(10), subscription.next())
+            .await
+            .expect("subscription stalled")
+            .expect("subscription");
+        assert_eq!(r.envelope.position, due);
+    }
+    assert_dense_chain(&all_records(&observer).await);
+    for s in [&slow, &fast, &observer] {
+        s.close().await.expect("close");
+    }
+}
+
+/// An append on one node reaches a subscription on another through NOTIFY (its polling is
+/// slowed down to an hour, so only the notification can explain the delivery), and keeps
+/// reaching it after the other node's LISTEN connection is killed (it reconnects).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_append_on_one_node_reaches_a_subscription_on_another() {
+    let Some(db) = TestDb::new("an_append_on_one_node_reaches_another") else {
+        return;
+    };
+    let a = db.open().await;
+    let mut b_config = db.config();
+    b_config.poll_interval = Duration::from_secs(3600);
+    b_config.url = with_application_name(&db.url, "ledger_node_b");
+    let b = db.open_with(b_config, Arc::new(SystemClock)).await;
+    let mut sub = b.subscribe_all(1);
+    // Let b's listener subscribe before the first append.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let first = new_event(1);
+    let started = Instant::now();
+    a.append(&stream("x"), ExpectedVersion::NoStream, vec![first.clone()])
+        .await
+        .expect("append on a");
+    let r = tokio::time::timeout(Duration::from_secs(5), sub.next())
+        .await
+        .expect("b's subscription was not told")
+        .expect("subscription");
+    assert_eq!(r.envelope.event_id, first.event_id);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "delivery took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(b.head().await.expect("head"), a.head().await.expect("head"));
+    assert_eq!(b.stream_version(&stream("x")).await.expect("version"), 1);
+
+    // Kill b's LISTEN connection; b reconnects, and a later append still reaches it.
+    let sql = db.sql().await;
+    let channel = format!("LISTEN \"ledger_events.{}\"", db.schema);
+    let killed: i64 = sql
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE query = $1 AND application_name = 'ledger_node_b'",
+            &[&channel],
+        )
+        .await
+        .expect("terminate")
+        .get(0);
+    assert_eq!(killed, 1, "b's LISTEN connection");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let second = new_event(2);
+    a.append(
+        &stream("x"),
+        ExpectedVersion::Exact(1),
+        vec![second.clone()],
+    )
+    .await
+    .expect("append on a");
+    let r = tokio::time::timeout(Duration::from_secs(10), sub.next())
+        .await
+        .expect("b's subscription was not told after its listener was killed")
+        .expect("subscription");
+    assert_eq!(r.envelope.event_id, second.event_id);
+    a.close().await.expect("close");
+    b.close().await.expect("close");
+}
+
+/// `url` with an application name, to tell one node's connections from another's.
+fn with_application_name(url: &str, name: &str) -> String {
+    if url.contains("://") {
+        let separator = if url.contains('?') { '&' } else { '?' };
+        format!("{url}{separator}application_name={name}")
+    } else {
+        format!("{url} application_name={name}")
+    }
+}
+
+/// A TCP proxy in front of the database that the test can cut and restore, to play an outage.
+struct Proxy {
+    port: u16,
+    target: String,
+    tasks: JoinSet<()>,
+}
+
+impl Proxy {
+    async fn start(target: String, port: u16) -> Self {
+        let listener = TcpListener::bind(("127.0.0.1", port))
+            .await
+            .expect("bind proxy");
+        let port = listener.local_addr().expect("addr").port();
+        let mut tasks = JoinSet::new();
+        let to = target.clone();
+        tasks.spawn(async move {
+            let mut conns = JoinSet::new();
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let to = to.clone();
+                conns.spawn(async move {
+                    if let Ok(mut outbound) = TcpStream::connect(&to).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        });
+        Self {
+            port,
+            target,
+            tasks,
+        }
+    }
+
+    /// Closes the listening port and every connection through it.
+    async fn cut(&mut self) {
+        self.tasks.abort_all();
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+/// `DATABASE_URL` as key=value settings pointing at `127.0.0.1:port`.
+fn url_via(url: &str, port: u16) -> (String, String) {
+    let config: tokio_postgres::Config = url.parse().expect("DATABASE_URL");
+    let host = match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        _ => "127.0.0.1".into(),
+    };
+    let db_port = config.get_ports().first().copied().unwrap_or(5432);
+    let quote = |s: &str| format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"));
+    let mut via = format!("host=127.0.0.1 port={port}");
+    if let Some(user) = config.get_user() {
+        via += &format!(" user={}", quote(user));
+    }
+    if let Some(db) = config.get_dbname() {
+        via += &format!(" dbname={}", quote(db));
+    }
+    if let Some(password) = config.get_password() {
+        via += &format!(" password={}", quote(&String::from_utf8_lossy(password)));
+    }
+    (via, format!("{host}:{db_port}"))
+}
+
+/// A store whose database goes away answers with an error that `is_unavailable()` (a 503),
+/// quickly, and carries on by itself when the database is back: appends, reads and a
+/// subscription that was open through the outage. A store opened against a closed port is
+/// refused as unavailable within the connect timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_database_is_unavailable_quickly_and_the_store_recovers() {
+    let Some(db) = TestDb::new("an_unreachable_database_is_unavailable") else {
+        return;
+    };
+    // A closed port: bind one, then let it go.
+    let closed = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let closed_port = closed.local_addr().expect("addr").port();
+    drop(closed);
+    let mut config = db.config();
+    config.url = url_via(&db.url, closed_port).0;
+    config.connect_timeout = Duration::from_secs(2);
+    let started = Instant::now();
+    match PgStore::open(config, Arc::new(SystemClock)).await {
+        Err(e) => assert!(e.is_unavailable(), "{e} is not 'unavailable'"),
+        Ok(_) => panic!("opened a store on a closed port"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(4));
+
+    // Through a proxy that can be cut.
+    let (_, target) = url_via(&db.url, 0);
+    let mut proxy = Proxy::start(target, 0).await;
+    let mut config = db.config();
+    config.url = url_via(&db.url, proxy.port).0;
+    config.connect_timeout = Duration::from_secs(2);
+    config.op_timeout = Duration::from_secs(5);
+    config.poll_interval = Duration::from_millis(100);
+    let store = db.open_with(config, Arc::new(SystemClock)).await;
+    let mut sub = store.subscribe_all(1);
+    store
+        .append(&stream("o"), ExpectedVersion::Any, vec![new_event(1)])
+        .await
+        .expect("append before the outage");
+    sub.next().await.expect("first record");
+
+    proxy.cut().await;
+    let started = Instant::now();
+    match store
+        .append(&stream("o"), ExpectedVersion::Any, vec![new_event(2)])
+        .await
+    {
+        Err(e) => assert!(e.is_unavailable(), "{e} is not 'unavailable'"),
+        Ok(a) => panic!("appended through a cut connection: {a:?}"),
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "took {:?}",
+        started.elapsed()
+    );
+    match store.read_all(1, 10).await {
+        Err(e) => assert!(e.is_unavailable(), "{e}"),
+        Ok(_) => panic!("read through a cut connection"),
+    }
+    // The subscription waits through the outage instead of failing.
+    let waiting = tokio::spawn(async move { (sub.next().await, sub) });
+
+    let port = proxy.port;
+    let target = proxy.target.clone();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut proxy = Proxy::start(target, port).await;
+    let mut appended = None;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while appended.is_none() {
+        match store
+            .append(&stream("o"), ExpectedVersion::Any, vec![new_event(3)])
+            .await
+        {
+            Ok(a) => appended = Some(a),
+            Err(e) if e.is_unavailable() && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            Err(e) => panic!("the store did not recover: {e}"),
+        }
+    }
+    let appended = appended.expect("appended");
+    assert_eq!(
+        *appended.positions.start(),
+        2,
+        "the failed append stored nothing"
+    );
+    let (next, _sub) = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("the subscription did not recover")
+        .expect("task");
+    assert_eq!(next.expect("record").envelope.position, 2);
+    assert_eq!(all_records(&store).await.len(), 2);
+    store.close().await.expect("close");
+    proxy.cut().await;
+}
+
+/// A row changed by SQL is refused when read, naming its position, by every read path; a
+/// deleted row is reported as a missing position. Nothing damaged is ever returned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_altered_with_sql_is_refused_naming_its_position() {
+    let Some(db) = TestDb::new("a_row_altered_with_sql_is_refused") else {
+        return;
+    };
+    let store = db.open().await;
+    for n in 1..=6 {
+        store
+            .append(&stream("c"), ExpectedVersion::Any, vec![new_event(n)])
+            .await
+            .expect("append");
+    }
+    let sql = db.sql().await;
+    let expect_corrupt = |result: Result<Vec<Record>, StoreError>, at: u64, what: &str| match result
+    {
+        Err(StoreError::Corrupt {
+            position, problem, ..
+        }) => assert_eq!(position, at, "{what}: {problem}"),
+        Err(e) => panic!("{what}: expected Corrupt, got {e}"),
+        Ok(r) => panic!("{what}: returned {} damaged records", r.len()),
+    };
+    for (column, change, restore) in [
+        (
+            "payload",
+            "payload = set_byte(payload, 0, get_byte(payload, 0) # 1)",
+            "payload = set_byte(payload, 0, get_byte(payload, 0) # 1)",
+        ),
+        (
+            "actor_name",
+            "actor_name = actor_name || 'x'",
+            "actor_name = left(actor_name, -1)",
+        ),
+        (
+            "recorded_at_micros",
+            "recorded_at_micros = recorded_at_micros + 1",
+            "recorded_at_micros = recorded_at_micros - 1",
+        ),
+        (
+            "stream_version",
+            "stream_version = stream_version + 100",
+            "stream_version = stream_version - 100",
+        ),
+    ] {
+        sql.execute(
+            &format!("UPDATE ledger_events SET {change} WHERE position = 3"),
+            &[],
+        )
+        .await
+        .expect("alter");
+        expect_corrupt(store.read_all(1, 100).await, 3, column);
+        expect_corrupt(store.read_stream(&stream("c"), 1, 100).await, 3, column);
+        assert_eq!(
+            store.read_all(4, 100).await.expect("rows after 3").len(),
+            3,
+            "reads that do not cover the damage still work"
+        );
+        // A subscription reads in batches: the batch holding the damaged row is refused.
+        let mut sub = store.subscribe_all(1);
+        match sub.next().await {
+            Err(StoreError::Corrupt { position, .. }) => assert_eq!(position, 3),
+            other => panic!("{column}: subscription gave {other:?}"),
+        }
+        let mut after = store.subscribe_all(4);
+        assert_eq!(after.next().await.expect("4").envelope.position, 4);
+        sql.execute(
+            &format!("UPDATE ledger_events SET {restore} WHERE position = 3"),
+            &[],
+        )
+        .await
+        .expect("restore");
+        assert_eq!(store.read_all(1, 100).await.expect("restored").len(), 6);
+    }
+    sql.execute("DELETE FROM ledger_events WHERE position = 4", &[])
+        .await
+        .expect("delete");
+    expect_corrupt(store.read_all(1, 100).await, 4, "deleted row");
+    store.close().await.expect("close");
+}
+
+/// The JSON copy is there for auditors' SQL: it is the catalogue's JSON form of the event,
+/// and `recorded_at` (timestamptz) is the exact instant the hash covers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auditors_can_query_the_json_copy_and_the_time_with_sql() {
+    let Some(db) = TestDb::new("auditors_can_query_the_json_copy") else {
+        return;
+    };
+    let clock = ManualClock::new(start_time() + chrono::Duration::microseconds(123_457));
+    let store = db.open_with(db.config(), Arc::new(clock)).await;
+    let event = new_event(41);
+    store
+        .append(&stream("j"), ExpectedVersion::Any, vec![event.clone()])
+        .await
+        .expect("append");
+    let sql = db.sql().await;
+    let row = sql
+        .query_one(
+            "SELECT data::text, recorded_at_micros, \
+                    (extract(epoch FROM recorded_at) * 1000000)::bigint, actor_kind \
+             FROM ledger_events WHERE position = 1",
+            &[],
+        )
+        .await
+        .expect("select");
+    let data: serde_json::Value = serde_json::from_str(row.get::<_, &str>(0)).expect("json");
+    assert_eq!(data, event.event.data_json());
+    let micros: i64 = row.get(1);
+    let from_timestamptz: i64 = row.get(2);
+    assert_eq!(micros, from_timestamptz);
+    assert_eq!(
+        micros,
+        (start_time() + chrono::Duration::microseconds(123_457)).timestamp_micros()
+    );
+    assert_eq!(row.get::<_, &str>(3), "operator");
+    store.close().await.expect("close");
+}
+
+/// Records exported from a file store import into PostgreSQL with the same head (position and
+/// hash) and the same records byte for byte, and back again into a new file store. A record
+/// that does not follow the head is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_from_the_file_store_imports_into_postgres_with_the_same_head_and_back() {
+    let Some(db) = TestDb::new("export_from_the_file_store_imports_into_postgres") else {
+        return;
+    };
+    let clock = ManualClock::new(start_time());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = FileStore::open(FileStoreConfig::new(dir.path()), Arc::new(clock.clone()))
+        .await
+        .expect("open file store");
+    for n in 0..40u32 {
+        let batch: Vec<NewEvent> = (0..(n % 3 + 1)).map(|k| new_event(n * 10 + k)).collect();
+        file.append(&stream(&format!("e{}", n % 5)), ExpectedVersion::Any, batch)
+            .await
+            .expect("append to the file store");
+        clock.advance(chrono::Duration::milliseconds(1500));
+    }
+    let exported = all_records(&file).await;
+    let file_head = file.head().await.expect("head");
+
+    let pg = db.open().await;
+    // Out of order: position 2 before 1.
+    match pg.import_record(&exported[1]).await {
+        Err(StoreError::InvalidAppend(_)) => {}
+        other => panic!("importing position 2 first must be refused, got {other:?}"),
+    }
+    for r in &exported {
+        let a = pg.import_record(r).await.expect("import");
+        assert_eq!(a.positions, r.envelope.position..=r.envelope.position);
+        assert_eq!(a.stream_version, r.envelope.stream_version);
+    }
+    // Importing a record again is a retry: the original position, nothing stored.
+    let again = pg.import_record(&exported[0]).await.expect("re-import");
+    assert!(again.was_retry);
+    assert_eq!(again.positions, 1..=1);
+    // A record that does not follow the head (here: its time was changed, so its hash no
+    // longer matches) is refused.
+    let mut forged = exported[0].clone();
+    forged.envelope.position = file_head.position + 1;
+    forged.envelope.prev_hash = file_head.hash;
+    forged.envelope.event_id = uuid::Uuid::now_v7();
+    match pg.import_record(&forged).await {
+        Err(StoreError::Codec(_)) | Err(StoreError::InvalidAppend(_)) => {}
+        other => panic!("a forged record must be refused, got {other:?}"),
+    }
+    let pg_head: ChainHead = pg.head().await.expect("head");
+    assert_eq!(pg_head, file_head);
+    let from_pg = all_records(&pg).await;
+    assert_eq!(from_pg, exported, "records identical byte for byte");
+    assert_dense_chain(&from_pg);
+    // Appends continue the chain after an import.
+    pg.append(&stream("e0"), ExpectedVersion::Any, vec![new_event(999)])
+        .await
+        .expect("append after import");
+
+    // And back: from PostgreSQL into a new file store.
+    let back_dir = tempfile::tempdir().expect("tempdir");
+    let back = FileStore::open(
+        FileStoreConfig::new(back_dir.path()),
+        Arc::new(clock.clone()),
+    )
+    .await
+    .expect("open file store");
+    let all = all_records(&pg).await;
+    for r in &all {
+        back.import_record(r)
+            .await
+            .expect("import into the file store");
+    }
+    assert_eq!(
+        back.head().await.expect("head"),
+        pg.head().await.expect("head")
+    );
+    assert_eq!(all_records(&back).await, all);
+    file.close().await.expect("close");
+    back.close().await.expect("close");
+    pg.close().await.expect("close");
+}
+
+/// Two runners migrating one schema at once apply each file once; an edited applied
+/// migration, and a version this build does not know, are refused with a clear error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrations_apply_once_and_an_edited_one_is_refused() {
+    let Some(db) = TestDb::new("migrations_apply_once") else {
+        return;
+    };
+    let config = db.config();
+    let (first, second) = tokio::join!(migrate(&config), migrate(&config));
+    let (first, second) = (first.expect("migrate"), second.expect("migrate"));
+    let mut applied = first.applied.clone();
+    applied.extend(second.applied.clone());
+    let names: Vec<String> = MIGRATIONS.iter().map(Migration::file_name).collect();
+    assert_eq!(applied, names, "each file applied exactly once");
+    assert_eq!(
+        first.already_applied + second.already_applied,
+        MIGRATIONS.len()
+    );
+    let again = migrate(&config).await.expect("migrate again");
+    assert!(again.applied.is_empty());
+
+    let sql = db.sql().await;
+    let mut edited: Vec<Migration> = MIGRATIONS.to_vec();
+    edited[0].sql = "CREATE TABLE ledger_events (position bigint PRIMARY KEY);";
+    match migrate_with(&sql, &db.schema, &edited).await {
+        Err(StoreError::Migration(message)) => {
+            assert!(message.contains("0001_create_events"), "{message}");
+            assert!(message.contains("edited"), "{message}");
+        }
+        other => panic!("an edited migration must be refused, got {other:?}"),
+    }
+    sql.execute(
+        "INSERT INTO ledger_migrations (version, name, checksum) VALUES (99, 'from_the_future', '')",
+        &[],
+    )
+    .await
+    .expect("insert");
+    match PgStore::open(config, Arc::new(SystemClock)).await {
+        Err(StoreError::Migration(message)) => {
+            assert!(message.contains("0099_from_the_future"), "{message}")
+        }
+        Err(e) => panic!("expected a Migration error, got {e}"),
+        Ok(_) => panic!("opened a schema migrated by a newer build"),
+    }
+}
