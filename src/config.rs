@@ -42,6 +42,12 @@ pub struct FileConfig {
     pub workers: Option<usize>,
     /// The `relay` command's settings.
     pub relay: Option<RelayFileConfig>,
+    /// `file` (default) or `postgres`.
+    pub store: Option<crate::cli::backend::StoreKind>,
+    /// PostgreSQL connection URL (keep the file mode 0600 when it holds a password).
+    pub database_url: Option<String>,
+    /// PostgreSQL schema.
+    pub database_schema: Option<String>,
 }
 
 /// The `[relay]` table of the configuration file.

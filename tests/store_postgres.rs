@@ -444,6 +444,59 @@ fn with_application_name(url: &str, name: &str) -> String {
     }
 }
 
+/// A retry whose expected version is stale, sent while many other appends are being batched
+/// with it, still gets its original positions (the writer may plan a batch without reading
+/// the stored ids, and must then not answer a retry as a version conflict).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_in_a_busy_batch_gets_its_original_positions() {
+    let Some(db) = TestDb::new("a_retry_in_a_busy_batch") else {
+        return;
+    };
+    let store = db.open().await;
+    for round in 0..5u32 {
+        let s = stream(&format!("r{round}"));
+        let batch: Vec<NewEvent> = (0..2).map(|k| new_event(round * 100 + k)).collect();
+        let first = store
+            .append(&s, ExpectedVersion::NoStream, batch.clone())
+            .await
+            .expect("first append");
+        store
+            .append(
+                &s,
+                ExpectedVersion::Exact(2),
+                vec![new_event(round * 100 + 50)],
+            )
+            .await
+            .expect("move the stream on");
+        let mut others = JoinSet::new();
+        for w in 0..24u32 {
+            let store = store.clone();
+            others.spawn(async move {
+                store
+                    .append(
+                        &stream(&format!("busy{w}")),
+                        ExpectedVersion::Any,
+                        vec![new_event(10_000 + round * 100 + w)],
+                    )
+                    .await
+                    .expect("busy append");
+            });
+        }
+        let retry = store
+            .append(&s, ExpectedVersion::NoStream, batch)
+            .await
+            .expect("a retry must succeed");
+        assert!(retry.was_retry);
+        assert_eq!(retry.positions, first.positions);
+        assert_eq!(retry.stream_version, 2);
+        while let Some(done) = others.join_next().await {
+            done.expect("busy task");
+        }
+    }
+    assert_dense_chain(&all_records(&store).await);
+    store.close().await.expect("close");
+}
+
 /// A TCP proxy in front of the database that the test can cut and restore, to play an outage.
 struct Proxy {
     port: u16,

@@ -93,6 +93,16 @@ impl Ledger {
                 Err(StoreError::WrongExpectedVersion { stream, actual, .. }) => {
                     self.settle_conflict(&stream, actual).await?;
                 }
+                // The store is away (a database outage): a decision that only records the
+                // check-in is still the right answer; the record is skipped (the terminal's
+                // next check-in records it). Binds and renewals need the store.
+                Err(e)
+                    if e.is_unavailable()
+                        && plan.steps.iter().all(|s| matches!(s, Step::Record { .. })) =>
+                {
+                    tracing::warn!(error = %e, terminal = %req.hardware_id, "store unavailable: answering the check-in without recording it");
+                    return Ok(plan);
+                }
                 Err(e) => return Err(e.into()),
             }
         }

@@ -91,28 +91,33 @@ impl DemoSummary {
 }
 
 /// Runs `demo` on `data_dir`: refuses a non-empty log, fills it, prints a summary.
-pub fn run(data_dir: &Path, out: &mut impl Write) -> Result<(), CliError> {
+pub fn run(
+    data_dir: &Path,
+    log: &super::backend::Log,
+    out: &mut impl Write,
+) -> Result<(), CliError> {
     std::fs::create_dir_all(data_dir)?;
     let runtime = super::runtime()?;
     runtime.block_on(async {
-        let store = super::open_store(
-            data_dir,
-            "stop it first, or start it with `serve --demo` on an empty data directory",
-        )
-        .await?;
+        let store = log
+            .open(
+                Arc::new(SystemClock),
+                "stop it first, or start it with `serve --demo` on an empty data directory",
+            )
+            .await?;
         let result = async {
-            let head = crate::store::EventStore::head(store.as_ref()).await?;
+            let head = store.head().await?;
             if head.position != 0 {
                 return Err(CliError::Refused(format!(
                     "the log in {} is not empty ({} records); `demo` only fills an empty \
                      store: pass another --data-dir",
-                    data_dir.display(),
+                    log.describe(),
                     head.position
                 )));
             }
             let (secrets, admin) = SecretsFile::load_or_create(data_dir)?;
             let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-            let ledger = Ledger::start(store.clone(), clock, LedgerConfig::default()).await?;
+            let ledger = Ledger::start(store.store(), clock, LedgerConfig::default()).await?;
             let summary = fill(&ledger, &secrets.secrets).await?;
             drop(ledger);
             summary.write(out)?;

@@ -3,7 +3,6 @@
 //! CSV is a summary for spreadsheets. Reads the log without taking its lock.
 
 use std::io::Write;
-use std::path::Path;
 
 use super::CliError;
 use crate::store::StoreError;
@@ -37,7 +36,11 @@ fn csv_field(s: &str) -> String {
 }
 
 /// Runs `export`.
-pub fn run(data_dir: &Path, args: &ExportArgs, out: &mut impl Write) -> Result<(), CliError> {
+pub fn run(
+    log: &super::backend::Log,
+    args: &ExportArgs,
+    out: &mut impl Write,
+) -> Result<(), CliError> {
     let io = |e: std::io::Error| StoreError::io("writing the export", e);
     if args.format == Format::Csv {
         writeln!(
@@ -45,7 +48,7 @@ pub fn run(data_dir: &Path, args: &ExportArgs, out: &mut impl Write) -> Result<(
             "position,stream_id,stream_version,event_type,recorded_at,actor,hash"
         )?;
     }
-    super::scan_log(data_dir, |record| {
+    super::backend::scan_log(log, |record| {
         let e = &record.envelope;
         if e.position < args.from {
             return Ok(());

@@ -4,7 +4,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
-use std::path::Path;
 
 use ledger_events::{LicenseId, Record};
 use ledger_projections::view::{LedgerView, ProjectionError};
@@ -21,7 +20,11 @@ pub struct HistoryArgs {
 }
 
 /// Runs `history`.
-pub fn run(data_dir: &Path, args: &HistoryArgs, out: &mut impl Write) -> Result<(), CliError> {
+pub fn run(
+    log: &super::backend::Log,
+    args: &HistoryArgs,
+    out: &mut impl Write,
+) -> Result<(), CliError> {
     let id = parse_flag(
         "LICENSE_ID",
         &args.license_id,
@@ -31,7 +34,7 @@ pub fn run(data_dir: &Path, args: &HistoryArgs, out: &mut impl Write) -> Result<
     // First pass: fold the view, which knows which positions concern the license; second
     // pass: keep just those records.
     let view = LedgerView::new();
-    super::scan_log(data_dir, |record| {
+    super::backend::scan_log(log, |record| {
         match view.apply_record(&record) {
             Ok(()) | Err(ProjectionError::Inconsistent { .. }) => {}
             Err(e) => {
@@ -53,7 +56,7 @@ pub fn run(data_dir: &Path, args: &HistoryArgs, out: &mut impl Write) -> Result<
     positions.sort_unstable_by(|a, b| b.cmp(a));
     let wanted: HashSet<u64> = positions.iter().copied().collect();
     let mut records: HashMap<u64, Record> = HashMap::with_capacity(wanted.len());
-    super::scan_log(data_dir, |record| {
+    super::backend::scan_log(log, |record| {
         if wanted.contains(&record.envelope.position) {
             records.insert(record.envelope.position, record);
         }

@@ -3,13 +3,13 @@
 //! time), and written verbatim, so the new log's head equals the exported one's.
 
 use std::io::{BufRead, IsTerminal, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+use std::sync::Arc;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use ledger_events::{Record, RecordJson};
 
 use super::CliError;
-use crate::store::EventStore;
 
 /// Options of `import`.
 #[derive(Debug, clap::Args)]
@@ -21,7 +21,11 @@ pub struct ImportArgs {
 
 /// Runs `import`; the last line is `count=N head_position=P head_hash=<64 hex>` like
 /// `verify`'s.
-pub fn run(data_dir: &Path, args: &ImportArgs, out: &mut impl Write) -> Result<(), CliError> {
+pub fn run(
+    log: &super::backend::Log,
+    args: &ImportArgs,
+    out: &mut impl Write,
+) -> Result<(), CliError> {
     let file = std::fs::File::open(&args.file).map_err(|e| CliError::Input {
         flag: "FILE",
         message: format!(
@@ -30,18 +34,21 @@ pub fn run(data_dir: &Path, args: &ImportArgs, out: &mut impl Write) -> Result<(
         ),
     })?;
     let size = file.metadata().map(|m| m.len()).unwrap_or(0);
-    std::fs::create_dir_all(data_dir)?;
     let runtime = super::runtime()?;
     runtime.block_on(async {
-        let store =
-            super::open_store(data_dir, "stop it, or import into another --data-dir").await?;
+        let store = log
+            .open(
+                Arc::new(crate::clock::SystemClock),
+                "stop it, or import into another --data-dir",
+            )
+            .await?;
         let result = async {
             let head = store.head().await?;
             if head.position != 0 {
                 return Err(CliError::Refused(format!(
                     "the log in {} is not empty ({} records); import only into an empty \
-                     --data-dir",
-                    data_dir.display(),
+                     store",
+                    log.describe(),
                     head.position
                 )));
             }

@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 
 use crate::store::StoreError;
 
+pub mod backend;
 pub mod demo;
 pub mod export;
 pub mod history;
@@ -37,6 +38,29 @@ pub struct Cli {
     /// recorded check-in may get before an unchanged one is recorded again).
     #[arg(long, global = true, env = "LEDGER_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Where the log is: the embedded file store in --data-dir, or PostgreSQL
+    /// [default: file, or `store` in the config file].
+    #[arg(long, global = true, env = "LEDGER_STORE", value_enum)]
+    pub store: Option<backend::StoreKind>,
+    /// PostgreSQL connection URL for --store postgres, e.g.
+    /// postgres://ledger@db.example:5432/ledger [or `database_url` in the config file].
+    #[arg(
+        long,
+        global = true,
+        env = "LEDGER_DATABASE_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub database_url: Option<String>,
+    /// PostgreSQL schema holding the tables [default: public, or `database_schema` in the
+    /// config file].
+    #[arg(
+        long,
+        global = true,
+        env = "LEDGER_DATABASE_SCHEMA",
+        value_name = "NAME"
+    )]
+    pub database_schema: Option<String>,
     /// Testing hook: read the current time from FILE (one RFC 3339 time, moving on with
     /// real time from when it was read) instead of the system clock. Never in production.
     #[arg(
@@ -86,6 +110,9 @@ pub enum Command {
     /// Offline activation: support issues a counter-key; a terminal checks one.
     #[command(subcommand)]
     Offline(offline::OfflineCommand),
+    /// Apply the PostgreSQL schema's pending migrations (`serve` also does on start) and
+    /// print what was applied. Needs --store postgres.
+    Migrate,
     /// Run an on-premises relay for one customer: follows the center's log for that
     /// customer, serves its terminals (POST /v1/checkin) even when the link is down, and
     /// forwards what happened when it returns. Keeps its mirror, outbox, key and tokens in
@@ -162,28 +189,10 @@ pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
         .build()?)
 }
 
-/// Opens the store for writing (takes the directory's lock). `busy` says what to do instead
-/// when a server holds the lock.
-pub(crate) async fn open_store(
-    data_dir: &std::path::Path,
-    busy: &str,
-) -> Result<std::sync::Arc<crate::store::file::FileStore>, CliError> {
-    use crate::store::file::{FileStore, FileStoreConfig};
-    let clock: std::sync::Arc<dyn crate::clock::Clock> =
-        std::sync::Arc::new(crate::clock::SystemClock);
-    match FileStore::open(FileStoreConfig::new(data_dir), clock).await {
-        Ok(store) => Ok(std::sync::Arc::new(store)),
-        Err(StoreError::Locked(dir)) => Err(CliError::Refused(format!(
-            "{dir} is locked: the server is running on it; {busy}"
-        ))),
-        Err(e) => Err(e.into()),
-    }
-}
-
 /// Reads every committed record of the log in `data_dir` without taking its lock (like
 /// `verify`), calling `visit` for each in position order. Safe beside a running server: it
 /// stops at the last complete append.
-pub(crate) fn scan_log(
+pub(crate) fn scan_file_log(
     data_dir: &std::path::Path,
     mut visit: impl FnMut(ledger_events::Record) -> Result<(), StoreError>,
 ) -> Result<ledger_events::ChainHead, CliError> {
@@ -228,6 +237,12 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         None => crate::config::FileConfig::default(),
     };
     let data_dir = serve::resolve_data_dir(cli.data_dir.as_deref(), file.data_dir.as_deref());
+    let log = backend::Log::resolve(
+        cli.store.or(file.store),
+        cli.database_url.or(file.database_url.clone()),
+        cli.database_schema.or(file.database_schema.clone()),
+        &data_dir,
+    )?;
     let clock: std::sync::Arc<dyn crate::clock::Clock> = match &cli.clock_file {
         Some(path) => std::sync::Arc::new(crate::clock::FileClock::new(path)),
         None => std::sync::Arc::new(crate::clock::SystemClock),
@@ -236,14 +251,15 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         .workers
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
     match cli.command {
-        Command::Verify(args) => verify::run(&data_dir, &args, &mut std::io::stdout().lock()),
-        Command::Demo => demo::run(&data_dir, &mut std::io::stdout().lock()),
+        Command::Verify(args) => verify::run(&log, &args, &mut std::io::stdout().lock()),
+        Command::Demo => demo::run(&data_dir, &log, &mut std::io::stdout().lock()),
+        Command::Migrate => migrate(&log, &mut std::io::stdout().lock()),
         Command::Token(cmd) => token::run(&data_dir, cmd, &mut std::io::stdout().lock()),
-        Command::History(args) => history::run(&data_dir, &args, &mut std::io::stdout().lock()),
-        Command::Table(args) => table::run(&data_dir, &args, &mut std::io::stdout().lock()),
-        Command::Export(args) => export::run(&data_dir, &args, &mut std::io::stdout().lock()),
-        Command::Import(args) => import::run(&data_dir, &args, &mut std::io::stdout().lock()),
-        Command::Offline(cmd) => offline::run(&data_dir, cmd, &mut std::io::stdout().lock()),
+        Command::History(args) => history::run(&log, &args, &mut std::io::stdout().lock()),
+        Command::Table(args) => table::run(&log, &args, &mut std::io::stdout().lock()),
+        Command::Export(args) => export::run(&log, &args, &mut std::io::stdout().lock()),
+        Command::Import(args) => import::run(&log, &args, &mut std::io::stdout().lock()),
+        Command::Offline(cmd) => offline::run(&data_dir, &log, cmd, &mut std::io::stdout().lock()),
         Command::Serve(args) => {
             let mut ledger = crate::app::LedgerConfig::default();
             if let Some(h) = file.record_interval_hours {
@@ -251,6 +267,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             }
             let settings = serve::ServeSettings {
                 data_dir,
+                log,
                 listen: args
                     .listen
                     .or(file.listen)
@@ -264,4 +281,28 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Relay(args) => relay::run(&data_dir, args, &file, clock, workers),
         Command::RelayStatus(args) => relay::status(&args, &mut std::io::stdout().lock()),
     }
+}
+
+/// `migrate`: applies the PostgreSQL schema's pending migrations.
+fn migrate(log: &backend::Log, out: &mut impl std::io::Write) -> Result<(), CliError> {
+    let backend::Log::Postgres(config) = log else {
+        return Err(CliError::Input {
+            flag: "--store",
+            message: "migrations are for --store postgres (with --database-url); the file \
+                      store needs none"
+                .into(),
+        });
+    };
+    let report = runtime()?.block_on(crate::store::postgres::migrate(config))?;
+    for name in &report.applied {
+        writeln!(out, "applied {name}")?;
+    }
+    writeln!(
+        out,
+        "schema {}: {} applied now, {} already applied",
+        config.schema_name(),
+        report.applied.len(),
+        report.already_applied
+    )?;
+    Ok(())
 }

@@ -59,9 +59,14 @@ pub struct VerifyArgs {
 }
 
 /// Runs an `offline` subcommand.
-pub fn run(data_dir: &Path, command: OfflineCommand, out: &mut impl Write) -> Result<(), CliError> {
+pub fn run(
+    data_dir: &Path,
+    log: &super::backend::Log,
+    command: OfflineCommand,
+    out: &mut impl Write,
+) -> Result<(), CliError> {
     match command {
-        OfflineCommand::Issue(args) => issue(data_dir, &args, out),
+        OfflineCommand::Issue(args) => issue(data_dir, log, &args, out),
         OfflineCommand::Verify(args) => verify(data_dir, &args, out),
     }
 }
@@ -96,7 +101,12 @@ fn secrets(data_dir: &Path) -> Result<SecretsFile, CliError> {
     Ok(SecretsFile::load_or_create(data_dir)?.0)
 }
 
-fn issue(data_dir: &Path, args: &IssueArgs, out: &mut impl Write) -> Result<(), CliError> {
+fn issue(
+    data_dir: &Path,
+    log: &super::backend::Log,
+    args: &IssueArgs,
+    out: &mut impl Write,
+) -> Result<(), CliError> {
     let request = OfflineRequest {
         serial: serial(&args.serial)?,
         product: product(&args.product)?,
@@ -124,14 +134,15 @@ fn issue(data_dir: &Path, args: &IssueArgs, out: &mut impl Write) -> Result<(), 
     let actor = Actor::operator("suporte").map_err(|e| CliError::Refused(e.to_string()))?;
     let runtime = super::runtime()?;
     runtime.block_on(async {
-        let store = super::open_store(
-            data_dir,
-            "issue it through the API instead: POST /v1/offline-activations",
-        )
-        .await?;
+        let store = log
+            .open(
+                Arc::new(SystemClock),
+                "issue it through the API instead: POST /v1/offline-activations",
+            )
+            .await?;
         let result = async {
             let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-            let ledger = Ledger::start(store.clone(), clock, LedgerConfig::default()).await?;
+            let ledger = Ledger::start(store.store(), clock, LedgerConfig::default()).await?;
             let issued = ledger
                 .issue_offline_activation(&file.secrets, request, &actor, Uuid::now_v7())
                 .await?;

@@ -1,4 +1,4 @@
-//! `serve`: opens the file store, starts the ledger, loads the keys and tokens, and serves the
+//! `serve`: opens the store (file or PostgreSQL), starts the ledger, loads the keys and tokens, and serves the
 //! HTTP API until SIGTERM or Ctrl-C; then stops accepting, lets in-flight requests finish,
 //! and closes the log.
 
@@ -15,7 +15,6 @@ use crate::app::{AppError, Ledger, LedgerConfig};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{ConfigError, SecretsFile};
 use crate::http::{self, AppState, TokenTable};
-use crate::store::file::{FileStore, FileStoreConfig};
 use crate::store::StoreError;
 
 /// Options of `serve`.
@@ -35,8 +34,10 @@ pub struct ServeArgs {
 /// Everything `serve` needs, resolved from flags, environment, config file and defaults.
 #[derive(Clone)]
 pub struct ServeSettings {
-    /// Data directory.
+    /// Data directory (keys and tokens; the log too with the file store).
     pub data_dir: PathBuf,
+    /// Where the log is.
+    pub log: super::backend::Log,
     /// Listen address (port 0 picks a free one).
     pub listen: String,
     /// Command-side settings.
@@ -52,6 +53,7 @@ impl std::fmt::Debug for ServeSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ServeSettings")
             .field("data_dir", &self.data_dir)
+            .field("log", &self.log.describe())
             .field("listen", &self.listen)
             .field("ledger", &self.ledger)
             .field("workers", &self.workers)
@@ -66,6 +68,7 @@ impl ServeSettings {
     pub fn loopback(data_dir: &std::path::Path) -> Self {
         Self {
             data_dir: data_dir.to_path_buf(),
+            log: super::backend::Log::File(data_dir.to_path_buf()),
             listen: "127.0.0.1:0".into(),
             ledger: LedgerConfig::default(),
             workers: 1,
@@ -110,7 +113,7 @@ pub struct Running {
     pub demo: Option<super::demo::DemoSummary>,
     handle: ServerHandle,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
-    store: Arc<FileStore>,
+    store: super::backend::Opened,
     ledger: Arc<Ledger>,
 }
 
@@ -149,8 +152,7 @@ pub async fn start_with(settings: &ServeSettings, demo: bool) -> Result<Running,
         source,
     })?;
     let clock = settings.clock.clone();
-    let store =
-        Arc::new(FileStore::open(FileStoreConfig::new(&settings.data_dir), clock.clone()).await?);
+    let store = settings.log.open_store(clock.clone()).await?;
     match open_rest(settings, store.clone(), clock, demo).await {
         Ok(running) => Ok(running),
         Err(e) => {
@@ -162,7 +164,7 @@ pub async fn start_with(settings: &ServeSettings, demo: bool) -> Result<Running,
 
 async fn open_rest(
     settings: &ServeSettings,
-    store: Arc<FileStore>,
+    store: super::backend::Opened,
     clock: Arc<dyn Clock>,
     demo: bool,
 ) -> Result<Running, ServeError> {
@@ -171,7 +173,7 @@ async fn open_rest(
         random_seed,
     )?;
     let (secrets_file, new_admin_token) = SecretsFile::load_or_create(&settings.data_dir)?;
-    let ledger = Arc::new(Ledger::start(store.clone(), clock, settings.ledger.clone()).await?);
+    let ledger = Arc::new(Ledger::start(store.store(), clock, settings.ledger.clone()).await?);
     let demo = if demo && ledger.head().await?.position == 0 {
         Some(super::demo::fill(&ledger, &secrets_file.secrets).await?)
     } else {

@@ -2,7 +2,6 @@
 //! its 6-digit id first. Reads the log without taking its lock: safe beside a server.
 
 use std::io::Write;
-use std::path::Path;
 
 use chrono::{DateTime, NaiveDate, Utc};
 use ledger_events::LicenseId;
@@ -22,11 +21,11 @@ pub struct TableArgs {
     pub as_of: Option<String>,
 }
 
-/// Builds the view from the log in `data_dir`, up to `until` when given.
-pub fn load_view(data_dir: &Path, until: Option<AsOf>) -> Result<LedgerView, CliError> {
+/// Builds the view from `log`, up to `until` when given.
+pub fn load_view(log: &super::backend::Log, until: Option<AsOf>) -> Result<LedgerView, CliError> {
     let view = LedgerView::new();
     let mut done = false;
-    super::scan_log(data_dir, |record| {
+    super::backend::scan_log(log, |record| {
         if done || until.is_some_and(|u| u.is_past(&record.envelope)) {
             done = true;
             return Ok(());
@@ -52,7 +51,11 @@ pub fn licenses(view: &LedgerView) -> Vec<LicenseRow> {
 }
 
 /// Runs `table`.
-pub fn run(data_dir: &Path, args: &TableArgs, out: &mut impl Write) -> Result<(), CliError> {
+pub fn run(
+    log: &super::backend::Log,
+    args: &TableArgs,
+    out: &mut impl Write,
+) -> Result<(), CliError> {
     let as_of = args
         .as_of
         .as_deref()
@@ -66,7 +69,7 @@ pub fn run(data_dir: &Path, args: &TableArgs, out: &mut impl Write) -> Result<()
             .map(|t| t.with_timezone(&Utc))
         })
         .transpose()?;
-    let view = load_view(data_dir, as_of.map(AsOf::Time))?;
+    let view = load_view(log, as_of.map(AsOf::Time))?;
     let day = crate::domain::today(as_of.unwrap_or_else(|| SystemClock.now()));
     let rows: Vec<[String; 8]> = licenses(&view).iter().map(|l| row(l, day)).collect();
     let header = [

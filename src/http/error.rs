@@ -154,7 +154,21 @@ impl From<StoreError> for ApiError {
             StoreError::Locked(_) => ApiError::Unavailable("the store is unavailable".into()),
             e if e.is_unavailable() => {
                 tracing::error!(error = %e, "store unavailable");
-                ApiError::Unavailable("the store is unavailable; retry later".into())
+                ApiError::Unavailable(
+                    match e {
+                        StoreError::Unavailable(_) => {
+                            "the database (PostgreSQL) cannot be reached: commands are refused \
+                             until it returns (check-ins and queries are answered from the read \
+                             model); retry later"
+                        }
+                        StoreError::Io { .. } | StoreError::Poisoned(_) => {
+                            "the log cannot be written now (disk full or an I/O error): \
+                             commands are refused; retry later"
+                        }
+                        _ => "the store is unavailable; retry later",
+                    }
+                    .into(),
+                )
             }
             e => {
                 tracing::error!(error = %e, "store failure");

@@ -117,9 +117,10 @@ pub struct PgStoreConfig {
     pub schema: Option<String>,
     /// Connections of the read pool (the writer and the listener have their own besides).
     pub pool_size: usize,
-    /// Connections of the writer, taking turns: while one commits, the next has its batch
-    /// waiting for the head lock in the server (see the writer's docs). 1 disables the
-    /// overlap; more than 2 rarely helps, since the head lock serializes them.
+    /// Writer lanes (one connection each, besides the one all speculative inserts share).
+    /// With more than one, the next batch is planned while the previous one commits; on one
+    /// node that measured no faster than one lane, which can plan most batches without
+    /// reading anything (see `benches/results/2026-11-26-postgres.md`), so the default is 1.
     pub writer_connections: usize,
     /// Longest wait for a new connection.
     pub connect_timeout: Duration,
@@ -142,14 +143,14 @@ impl PgStoreConfig {
     /// The schema used when none is configured.
     pub const DEFAULT_SCHEMA: &'static str = "public";
 
-    /// Defaults for `url`: schema `public`, 4 read connections, 2 writer connections, 5 s to
-    /// connect, 30 s per statement, batches of up to 4096 events, polling every 500 ms.
+    /// Defaults for `url`: schema `public`, 4 read connections, 1 writer lane, 5 s to connect,
+    /// 30 s per statement, batches of up to 4096 events, polling every 500 ms.
     pub fn new(url: impl Into<String>) -> Self {
         Self {
             url: url.into(),
             schema: None,
             pool_size: 4,
-            writer_connections: 2,
+            writer_connections: 1,
             connect_timeout: Duration::from_secs(5),
             op_timeout: Duration::from_secs(30),
             batch_events_max: 4096,

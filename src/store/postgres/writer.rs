@@ -375,15 +375,16 @@ struct Plan<'a> {
 }
 
 /// Runs the writer of a node until shutdown or until every sender is gone: `lanes` lanes,
-/// each with its own connection, plus one connection for the speculative inserts.
+/// each with its own connection (reads, locked path), plus one connection that every
+/// speculative insert of the node goes through.
 ///
 /// A lane waits for the first queued request, then for its turn to plan, then takes every
 /// other request queued by then (so a batch holds whatever arrived while the batch before it
-/// was being planned). On the speculative path the turn passes to the next lane as soon as the
-/// insert is queued on the ordered connection: the next batch is planned on top of this one
-/// while this one commits, and its insert runs right after it, with no round trip to this
-/// node in between. On the locked path the turn is held until the commit, so a node never
-/// plans on top of a transaction whose outcome it cannot predict.
+/// was being planned and written). On the speculative path the turn passes on as soon as the
+/// insert is queued on the ordered connection: with several lanes, the next batch is planned
+/// on top of this one while this one commits, and its insert runs right after it. On the
+/// locked path the turn is held until the commit, so a node never plans on top of a
+/// transaction whose outcome it cannot predict.
 pub(crate) async fn run(config: WriterConfig, rx: mpsc::Receiver<WriterMsg>, lanes: usize) {
     let config = Arc::new(config);
     let queue = Arc::new(tokio::sync::Mutex::new(Queue {
@@ -631,6 +632,7 @@ impl Lane {
         } else {
             None
         };
+        let ids_looked_up = known.is_none();
         let snapshot = match known {
             Some(snapshot) => {
                 stats.plans_without_read.fetch_add(1, Ordering::Relaxed);
@@ -685,6 +687,11 @@ impl Lane {
         add_nanos(&stats.plan_nanos, planned_at);
         if plan.rows.is_empty() {
             // Only refusals and retries: nothing to write whose guard would confirm them.
+            return Ok(Speculated::Fallback);
+        }
+        if !ids_looked_up && results.iter().any(Result::is_err) {
+            // Planned without the stored ids: a refusal may really be a retry (whose answer is
+            // its original positions, whatever the expected version says).
             return Ok(Speculated::Fallback);
         }
         let columns = Columns::of(&plan.rows)?;
@@ -780,6 +787,13 @@ impl Lane {
                     "writing an append batch: no answer within {op_timeout:?}; it may or may \
                      not be stored, retry with the same event ids"
                 )));
+            }
+            Ok(Err(e)) if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => {
+                // An id of the batch is stored already (a retry, or a duplicate): the
+                // statement was rolled back whole, and the locked path will sort it out. Not
+                // a wrong guess about the head: no pause.
+                tracing::debug!(error = %e, "speculative append batch hit a stored id");
+                return Ok(Speculated::Fallback);
             }
             Ok(Err(e)) => {
                 if ordered.client.is_closed() {

@@ -1,0 +1,193 @@
+//! Where the log is: the embedded file store in `--data-dir` (the default) or PostgreSQL
+//! (`--store postgres --database-url URL [--database-schema NAME]`). Every command that
+//! reads or writes the log goes through [`Log`], so each works on both.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use ledger_events::{ChainHead, ChainVerifier, Record};
+use serde::Deserialize;
+
+use super::CliError;
+use crate::clock::Clock;
+use crate::store::file::{FileStore, FileStoreConfig};
+use crate::store::postgres::{PgStore, PgStoreConfig};
+use crate::store::{Appended, EventStore, StoreError, READ_BATCH_MAX};
+
+/// `--store`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// The embedded file log in `--data-dir`.
+    File,
+    /// PostgreSQL at `--database-url`.
+    Postgres,
+}
+
+/// The log a command works on.
+#[derive(Clone, Debug)]
+pub enum Log {
+    /// Segment files in a data directory.
+    File(PathBuf),
+    /// A PostgreSQL schema.
+    Postgres(PgStoreConfig),
+}
+
+impl Log {
+    /// The log chosen by flags, environment and config file; `data_dir` is the file store's.
+    pub fn resolve(
+        kind: Option<StoreKind>,
+        url: Option<String>,
+        schema: Option<String>,
+        data_dir: &Path,
+    ) -> Result<Log, CliError> {
+        match kind.unwrap_or(StoreKind::File) {
+            StoreKind::File => {
+                if url.is_some() {
+                    return Err(CliError::Input {
+                        flag: "--database-url",
+                        message: "applies to --store postgres; add --store postgres (or \
+                                  LEDGER_STORE=postgres)"
+                            .into(),
+                    });
+                }
+                Ok(Log::File(data_dir.to_owned()))
+            }
+            StoreKind::Postgres => {
+                let url = url
+                    .filter(|u| !u.trim().is_empty())
+                    .ok_or(CliError::Input {
+                        flag: "--database-url",
+                        message: "required with --store postgres, e.g. \
+                              postgres://user@127.0.0.1:5432/ledger (or LEDGER_DATABASE_URL)"
+                            .into(),
+                    })?;
+                let mut config = PgStoreConfig::new(url);
+                config.schema = schema;
+                Ok(Log::Postgres(config))
+            }
+        }
+    }
+
+    /// For messages: the data directory, or the database and schema (never the password).
+    pub fn describe(&self) -> String {
+        match self {
+            Log::File(dir) => dir.display().to_string(),
+            Log::Postgres(c) => format!("PostgreSQL schema {}", c.schema_name()),
+        }
+    }
+
+    /// Opens the store for writing: the file store takes the directory's lock (`busy` says
+    /// what to do when a server holds it); PostgreSQL applies pending migrations.
+    pub async fn open(&self, clock: Arc<dyn Clock>, busy: &str) -> Result<Opened, CliError> {
+        if let Log::File(dir) = self {
+            std::fs::create_dir_all(dir)?;
+        }
+        match self.open_store(clock).await {
+            Ok(opened) => Ok(opened),
+            Err(StoreError::Locked(dir)) => Err(CliError::Refused(format!(
+                "{dir} is locked: the server is running on it; {busy}"
+            ))),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Opens the store (the directory must exist for the file store).
+    pub async fn open_store(&self, clock: Arc<dyn Clock>) -> Result<Opened, StoreError> {
+        match self {
+            Log::File(dir) => Ok(Opened::File(Arc::new(
+                FileStore::open(FileStoreConfig::new(dir), clock).await?,
+            ))),
+            Log::Postgres(config) => Ok(Opened::Postgres(Arc::new(
+                PgStore::open(config.clone(), clock).await?,
+            ))),
+        }
+    }
+}
+
+/// An open store of either kind.
+#[derive(Clone)]
+pub enum Opened {
+    /// The file store.
+    File(Arc<FileStore>),
+    /// PostgreSQL.
+    Postgres(Arc<PgStore>),
+}
+
+impl Opened {
+    /// The store, for the ledger.
+    pub fn store(&self) -> Arc<dyn EventStore> {
+        match self {
+            Opened::File(s) => s.clone(),
+            Opened::Postgres(s) => s.clone(),
+        }
+    }
+
+    /// The head.
+    pub async fn head(&self) -> Result<ChainHead, StoreError> {
+        self.store().head().await
+    }
+
+    /// Appends one exported record verbatim (position head + 1, chained to the head).
+    pub async fn import_record(&self, record: &Record) -> Result<Appended, StoreError> {
+        match self {
+            Opened::File(s) => s.import_record(record).await,
+            Opened::Postgres(s) => s.import_record(record).await,
+        }
+    }
+
+    /// Flushes and closes.
+    pub async fn close(&self) -> Result<(), StoreError> {
+        match self {
+            Opened::File(s) => s.close().await,
+            Opened::Postgres(s) => s.close().await,
+        }
+    }
+}
+
+/// Reads every committed record in position order, calling `visit` for each, and checks the
+/// chain; returns the head. The file log is read without its lock (safe beside a server);
+/// PostgreSQL through the store's reads.
+pub fn scan_log(
+    log: &Log,
+    mut visit: impl FnMut(Record) -> Result<(), StoreError>,
+) -> Result<ChainHead, CliError> {
+    match log {
+        Log::File(dir) => super::scan_file_log(dir, visit),
+        Log::Postgres(_) => {
+            let runtime = super::runtime()?;
+            runtime.block_on(async {
+                let opened = log.open(Arc::new(crate::clock::SystemClock), "").await?;
+                let store = opened.store();
+                let result = async {
+                    let mut chain = ChainVerifier::new();
+                    let mut next = 1;
+                    loop {
+                        let batch = store.read_all(next, READ_BATCH_MAX).await?;
+                        let Some(last) = batch.last() else {
+                            return Ok::<_, CliError>(chain.head());
+                        };
+                        next = last.envelope.position + 1;
+                        for record in batch {
+                            let bytes = record.encode().map_err(StoreError::from)?;
+                            let view = ledger_events::codec::RecordView::parse(&bytes)
+                                .map_err(StoreError::from)?;
+                            chain.push(&view).map_err(|e| StoreError::Corrupt {
+                                segment: "PostgreSQL".into(),
+                                offset: 0,
+                                position: record.envelope.position,
+                                problem: e.to_string(),
+                            })?;
+                            visit(record)?;
+                        }
+                    }
+                }
+                .await;
+                let closed = opened.close().await;
+                let head = result?;
+                closed?;
+                Ok(head)
+            })
+        }
+    }
+}
