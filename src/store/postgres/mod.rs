@@ -197,7 +197,10 @@ fn redact_url(url: &str) -> String {
             },
             None => authority.to_owned(),
         };
-        let path = redact_password_pairs(path, '&');
+        let path = match path.split_once('?') {
+            Some((path, query)) => format!("{path}?{}", redact_password_pairs(query, '&')),
+            None => path.to_owned(),
+        };
         return format!("{scheme}://{authority}{path}");
     }
     redact_password_pairs(url, ' ')
@@ -207,7 +210,7 @@ fn redact_password_pairs(s: &str, separator: char) -> String {
     s.split(separator)
         .map(|part| {
             let (key, _) = part.split_once('=').unwrap_or((part, ""));
-            if key.trim_start_matches('?').trim() == "password" {
+            if key.trim() == "password" {
                 format!("{}=***", key)
             } else {
                 part.to_owned()

@@ -472,7 +472,11 @@ impl Lane {
             }
         });
         let timeout = self.config.connect_timeout.max(self.config.op_timeout);
-        let write = match tokio::time::timeout(timeout, client.prepare(WRITE)).await {
+        let prepared = async {
+            durable_commits(&client).await?;
+            client.prepare(WRITE).await
+        };
+        let write = match tokio::time::timeout(timeout, prepared).await {
             Ok(Ok(write)) => write,
             Ok(Err(e)) => {
                 driver.abort();
@@ -509,19 +513,7 @@ impl Lane {
                 }
             });
             let prepared = tokio::time::timeout(timeout, async {
-                // Acknowledged must mean durable: refuse to let a server-wide
-                // `synchronous_commit = off` make this connection's commits asynchronous.
-                let sync = client
-                    .query_one("SELECT current_setting('synchronous_commit')", &[])
-                    .await?;
-                let sync: String = sync.try_get(0)?;
-                if sync == "off" {
-                    tracing::warn!(
-                        "synchronous_commit is off on the server; the ledger's writer sets it \
-                         on for its own connection"
-                    );
-                    client.batch_execute("SET synchronous_commit = on").await?;
-                }
+                durable_commits(&client).await?;
                 let (lock, versions, ids, write) = futures_util::future::try_join4(
                     client.prepare(LOCK_HEAD),
                     client.prepare(STREAM_VERSIONS),
@@ -758,15 +750,24 @@ impl Lane {
             Some(done) => Ok(done),
             None => tokio::time::timeout(op_timeout, write).await,
         };
+        // What the node knows moves on (or is forgotten) before the batch leaves the list, so
+        // that a lane planning next finds one or the other up to date.
+        if matches!(result, Ok(Ok(Some(_)))) {
+            config.speculation.known.lock().advance(
+                snapshot.head,
+                plan.head,
+                plan.last_recorded_at,
+                &plan.versions,
+            );
+        } else {
+            // Whatever happened, this node no longer knows the log exactly.
+            config.speculation.known.lock().forget();
+        }
         config
             .speculation
             .in_flight
             .lock()
             .retain(|o| o.id != overlay.id);
-        if !matches!(result, Ok(Ok(Some(_)))) {
-            // Whatever happened, this node no longer knows the log exactly.
-            config.speculation.known.lock().forget();
-        }
         let wrong_guess = || {
             config
                 .speculation
@@ -822,12 +823,6 @@ impl Lane {
             );
         }
         stats.speculative_batches.fetch_add(1, Ordering::Relaxed);
-        config.speculation.known.lock().advance(
-            snapshot.head,
-            plan.head,
-            plan.last_recorded_at,
-            &plan.versions,
-        );
         stats.batches_written.fetch_add(1, Ordering::Relaxed);
         stats
             .records_written
@@ -1166,6 +1161,24 @@ fn recorded_at_of(micros: Option<i64>) -> Result<DateTime<Utc>, StoreError> {
             StoreError::Database(format!("log head's recorded_at {m} is out of range"))
         }),
     }
+}
+
+/// Acknowledged must mean durable: a server-wide `synchronous_commit = off` must not make the
+/// writer's commits asynchronous (readers would see records a crash can lose), so the writer
+/// turns it back on for its own connections.
+async fn durable_commits(client: &Client) -> Result<(), tokio_postgres::Error> {
+    let row = client
+        .query_one("SELECT current_setting('synchronous_commit')", &[])
+        .await?;
+    let setting: String = row.try_get(0)?;
+    if setting == "off" {
+        tracing::warn!(
+            "synchronous_commit is off on the server; the ledger's writer sets it on for its \
+             own connections"
+        );
+        client.batch_execute("SET synchronous_commit = on").await?;
+    }
+    Ok(())
 }
 
 fn to_i64(n: u64) -> Result<i64, StoreError> {
