@@ -23,6 +23,7 @@ DURATION=${DURATION:-20}
 WARMUP=${WARMUP:-10}
 THREADS=${THREADS:-2}
 PORT=${PORT:-18023}
+WORKERS=${WORKERS:-}   # the server's HTTP workers; empty: its default
 command -v wrk >/dev/null || { echo "wrk is missing: apt-get install wrk" >&2; exit 2; }
 
 cargo build --release --quiet --bin license-ledger --example load_seed
@@ -30,7 +31,7 @@ DATA=$(mktemp -d)
 trap 'kill "${SERVER:-}" 2>/dev/null || true; rm -rf "$DATA"' EXIT
 
 target/release/examples/load_seed "$DATA/data" "$DATA/terminals.csv" "$CUSTOMERS" "$PER_CUSTOMER" | tee "$DATA/seed.out"
-LEDGER_LOG=warn target/release/license-ledger --data-dir "$DATA/data" serve --listen "127.0.0.1:$PORT" > "$DATA/serve.out" 2> "$DATA/serve.err" &
+LEDGER_LOG=warn target/release/license-ledger --data-dir "$DATA/data" serve ${WORKERS:+--workers "$WORKERS"} --listen "127.0.0.1:$PORT" > "$DATA/serve.out" 2> "$DATA/serve.err" &
 SERVER=$!
 for _ in $(seq 1 100); do
   curl -fsS "http://127.0.0.1:$PORT/healthz" >/dev/null 2>&1 && break

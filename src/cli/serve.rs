@@ -26,7 +26,7 @@ pub struct ServeArgs {
     /// Fill an empty store with the demo data set (see `demo`) before serving.
     #[arg(long)]
     pub demo: bool,
-    /// HTTP worker threads [default: one per CPU core, or `workers` in the config file].
+    /// HTTP worker threads [default: two per CPU core, or `workers` in the config file].
     #[arg(long, env = "LEDGER_WORKERS", value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
     pub workers: Option<u16>,
 }
