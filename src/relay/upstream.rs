@@ -121,6 +121,20 @@ async fn refusal(res: reqwest::Response) -> UpstreamError {
     UpstreamError::Refused { status, message }
 }
 
+/// Sends `req` and decodes a successful answer; an error answer becomes a refusal with the
+/// center's message.
+async fn answer<T: serde::de::DeserializeOwned>(
+    req: reqwest::RequestBuilder,
+) -> Result<T, UpstreamError> {
+    let res = req.send().await.map_err(unreachable)?;
+    if !res.status().is_success() {
+        return Err(refusal(res).await);
+    }
+    res.json()
+        .await
+        .map_err(|e| UpstreamError::Malformed(e.to_string()))
+}
+
 impl Upstream {
     /// A client of the center at `base` (e.g. `https://licencas.example.com`).
     pub fn new(base: &str, token: &str, cnpj: Cnpj) -> Result<Upstream, UpstreamError> {
@@ -138,26 +152,18 @@ impl Upstream {
 
     /// One page of the customer's records from `from` on.
     pub async fn feed(&self, from: Position, limit: usize) -> Result<FeedPage, UpstreamError> {
-        let res = self
-            .client
-            .get(format!("{}/v1/relay/feed", self.base))
-            .bearer_auth(&self.token)
-            .query(&[
-                ("cnpj", self.cnpj.to_string()),
-                ("from", from.to_string()),
-                ("limit", limit.to_string()),
-            ])
-            .timeout(REQUEST_TIMEOUT)
-            .send()
-            .await
-            .map_err(unreachable)?;
-        if !res.status().is_success() {
-            return Err(refusal(res).await);
-        }
-        let body: FeedBody = res
-            .json()
-            .await
-            .map_err(|e| UpstreamError::Malformed(e.to_string()))?;
+        let body: FeedBody = answer(
+            self.client
+                .get(format!("{}/v1/relay/feed", self.base))
+                .bearer_auth(&self.token)
+                .query(&[
+                    ("cnpj", self.cnpj.to_string()),
+                    ("from", from.to_string()),
+                    ("limit", limit.to_string()),
+                ])
+                .timeout(REQUEST_TIMEOUT),
+        )
+        .await?;
         let records = body
             .items
             .iter()
@@ -216,22 +222,14 @@ impl Upstream {
         &self,
         events: &[ForwardedEvent],
     ) -> Result<Vec<(uuid::Uuid, Resolution)>, UpstreamError> {
-        let res = self
-            .client
-            .post(format!("{}/v1/relay/events", self.base))
-            .bearer_auth(&self.token)
-            .json(&json!({ "cnpj": self.cnpj, "events": events }))
-            .timeout(REQUEST_TIMEOUT)
-            .send()
-            .await
-            .map_err(unreachable)?;
-        if !res.status().is_success() {
-            return Err(refusal(res).await);
-        }
-        let body: ForwardAnswer = res
-            .json()
-            .await
-            .map_err(|e| UpstreamError::Malformed(e.to_string()))?;
+        let body: ForwardAnswer = answer(
+            self.client
+                .post(format!("{}/v1/relay/events", self.base))
+                .bearer_auth(&self.token)
+                .json(&json!({ "cnpj": self.cnpj, "events": events }))
+                .timeout(REQUEST_TIMEOUT),
+        )
+        .await?;
         Ok(body
             .results
             .into_iter()
@@ -241,21 +239,14 @@ impl Upstream {
 
     /// Asks the center to certify the relay's public key.
     pub async fn certify(&self, public_key_hex: &str) -> Result<Certified, UpstreamError> {
-        let res = self
-            .client
-            .post(format!("{}/v1/relay/certificate", self.base))
-            .bearer_auth(&self.token)
-            .json(&json!({ "cnpj": self.cnpj, "public_key": public_key_hex }))
-            .timeout(REQUEST_TIMEOUT)
-            .send()
-            .await
-            .map_err(unreachable)?;
-        if !res.status().is_success() {
-            return Err(refusal(res).await);
-        }
-        res.json()
-            .await
-            .map_err(|e| UpstreamError::Malformed(e.to_string()))
+        answer(
+            self.client
+                .post(format!("{}/v1/relay/certificate", self.base))
+                .bearer_auth(&self.token)
+                .json(&json!({ "cnpj": self.cnpj, "public_key": public_key_hex }))
+                .timeout(REQUEST_TIMEOUT),
+        )
+        .await
     }
 }
 

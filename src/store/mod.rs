@@ -238,6 +238,51 @@ pub trait EventStore: Send + Sync + 'static {
     }
 }
 
+/// An event of an append that passed the checks every backend makes before writing: the
+/// append is not empty nor over [`APPEND_EVENTS_MAX`], no id repeats, and each payload
+/// encodes within `ledger_events::MAX_PAYLOAD_BYTES`. Done in the caller's task.
+pub(crate) struct CheckedEvent {
+    /// The event.
+    pub event: NewEvent,
+    /// Its postcard payload.
+    pub payload: Vec<u8>,
+}
+
+/// Checks an append (see [`CheckedEvent`]) and encodes its payloads.
+pub(crate) fn check_append(events: Vec<NewEvent>) -> Result<Vec<CheckedEvent>, StoreError> {
+    if events.is_empty() {
+        return Err(StoreError::InvalidAppend("no events to append".into()));
+    }
+    if events.len() > APPEND_EVENTS_MAX {
+        return Err(StoreError::InvalidAppend(format!(
+            "{} events in one append, at most {APPEND_EVENTS_MAX}",
+            events.len()
+        )));
+    }
+    let mut ids = std::collections::HashSet::with_capacity(events.len());
+    events
+        .into_iter()
+        .map(|e| {
+            if !ids.insert(e.event_id) {
+                return Err(StoreError::InvalidAppend(format!(
+                    "event id {} appears twice in one append",
+                    e.event_id
+                )));
+            }
+            let payload = e.event.encode_payload()?;
+            if payload.len() > ledger_events::MAX_PAYLOAD_BYTES {
+                return Err(StoreError::InvalidAppend(format!(
+                    "{} payload is {} bytes, at most {}",
+                    e.event.event_type(),
+                    payload.len(),
+                    ledger_events::MAX_PAYLOAD_BYTES
+                )));
+            }
+            Ok(CheckedEvent { event: e, payload })
+        })
+        .collect()
+}
+
 /// Backend-neutral write counters of a store since it was opened (for `/metrics`).
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct StoreStats {

@@ -23,9 +23,7 @@ use self::segment::{
 };
 use self::writer::{AppendRequest, ImportCheck, PreparedEvent, Shared, Writer, WriterMsg};
 use super::subscription::{HeadSource, Subscription};
-use super::{
-    Appended, EventStore, ExpectedVersion, NewEvent, StoreError, APPEND_EVENTS_MAX, READ_BATCH_MAX,
-};
+use super::{Appended, EventStore, ExpectedVersion, NewEvent, StoreError, READ_BATCH_MAX};
 use crate::clock::Clock;
 
 mod index;
@@ -355,43 +353,17 @@ impl FileStore {
     }
 
     fn prepare(events: Vec<NewEvent>) -> Result<Vec<PreparedEvent>, StoreError> {
-        if events.is_empty() {
-            return Err(StoreError::InvalidAppend("no events to append".into()));
-        }
-        if events.len() > APPEND_EVENTS_MAX {
-            return Err(StoreError::InvalidAppend(format!(
-                "{} events in one append, at most {APPEND_EVENTS_MAX}",
-                events.len()
-            )));
-        }
-        let mut ids = std::collections::HashSet::with_capacity(events.len());
-        events
+        Ok(crate::store::check_append(events)?
             .into_iter()
-            .map(|e| {
-                if !ids.insert(e.event_id) {
-                    return Err(StoreError::InvalidAppend(format!(
-                        "event id {} appears twice in one append",
-                        e.event_id
-                    )));
-                }
-                let payload = e.event.encode_payload()?;
-                if payload.len() > MAX_PAYLOAD_BYTES {
-                    return Err(StoreError::InvalidAppend(format!(
-                        "{} payload is {} bytes, at most {MAX_PAYLOAD_BYTES}",
-                        e.event.event_type(),
-                        payload.len()
-                    )));
-                }
-                Ok(PreparedEvent {
-                    event_id: e.event_id,
-                    event_type: e.event.event_type(),
-                    schema_version: e.event.schema_version(),
-                    payload,
-                    actor: e.actor,
-                    correlation_id: e.correlation_id,
-                })
+            .map(|c| PreparedEvent {
+                event_id: c.event.event_id,
+                event_type: c.event.event.event_type(),
+                schema_version: c.event.event.schema_version(),
+                payload: c.payload,
+                actor: c.event.actor,
+                correlation_id: c.event.correlation_id,
             })
-            .collect()
+            .collect())
     }
 }
 

@@ -58,7 +58,9 @@ pub(crate) fn pg_config(
     // `enable_seqscan=off`, a statement prepared while the table is small (or never analyzed:
     // autovacuum off) gets a cached generic plan with a sequential scan, and keeps it as the
     // table grows: the id lookup of each append then reads the whole log (seen in profiles).
-    let ours = format!("-c search_path={schema} -c enable_seqscan=off");
+    // `client_min_messages=warning`: the migrations' `IF NOT EXISTS` notices are not news.
+    let ours =
+        format!("-c search_path={schema} -c enable_seqscan=off -c client_min_messages=warning");
     let options = match config.get_options() {
         Some(existing) if !existing.trim().is_empty() => format!("{existing} {ours}"),
         _ => ours,
@@ -237,7 +239,10 @@ mod tests {
         .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(
             c.get_options(),
-            Some("-c statement_timeout=5s -c search_path=ledger -c enable_seqscan=off")
+            Some(
+                "-c statement_timeout=5s -c search_path=ledger -c enable_seqscan=off \
+                 -c client_min_messages=warning"
+            )
         );
         assert_eq!(c.get_application_name(), Some("license-ledger"));
     }

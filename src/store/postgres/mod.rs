@@ -73,8 +73,7 @@ use self::rows::{decode_log, decode_stream, event_columns};
 use self::writer::{AppendRequest, Counters, ImportCheck, PreparedEvent, WriterConfig, WriterMsg};
 use super::subscription::{HeadSource, Subscription};
 use super::{
-    Appended, EventStore, ExpectedVersion, NewEvent, StoreError, StoreStats, APPEND_EVENTS_MAX,
-    READ_BATCH_MAX,
+    Appended, EventStore, ExpectedVersion, NewEvent, StoreError, StoreStats, READ_BATCH_MAX,
 };
 use crate::clock::Clock;
 
@@ -454,44 +453,21 @@ impl PgStore {
 
     /// Validates and encodes an append in the caller's task, before it reaches the writer.
     fn prepare(events: Vec<NewEvent>) -> Result<Vec<PreparedEvent>, StoreError> {
-        if events.is_empty() {
-            return Err(StoreError::InvalidAppend("no events to append".into()));
-        }
-        if events.len() > APPEND_EVENTS_MAX {
-            return Err(StoreError::InvalidAppend(format!(
-                "{} events in one append, at most {APPEND_EVENTS_MAX}",
-                events.len()
-            )));
-        }
-        let mut ids = std::collections::HashSet::with_capacity(events.len());
-        events
+        crate::store::check_append(events)?
             .into_iter()
-            .map(|e| {
-                if !ids.insert(e.event_id) {
-                    return Err(StoreError::InvalidAppend(format!(
-                        "event id {} appears twice in one append",
-                        e.event_id
-                    )));
-                }
-                let payload = e.event.encode_payload()?;
-                if payload.len() > MAX_PAYLOAD_BYTES {
-                    return Err(StoreError::InvalidAppend(format!(
-                        "{} payload is {} bytes, at most {MAX_PAYLOAD_BYTES}",
-                        e.event.event_type(),
-                        payload.len()
-                    )));
-                }
-                let data_json = serde_json::to_string(&e.event.data_json()).map_err(|err| {
-                    StoreError::InvalidAppend(format!("event data as JSON: {err}"))
-                })?;
+            .map(|c| {
+                let data_json =
+                    serde_json::to_string(&c.event.event.data_json()).map_err(|err| {
+                        StoreError::InvalidAppend(format!("event data as JSON: {err}"))
+                    })?;
                 Ok(PreparedEvent {
-                    event_id: e.event_id,
-                    event_type: e.event.event_type(),
-                    schema_version: e.event.schema_version(),
-                    payload,
+                    event_id: c.event.event_id,
+                    event_type: c.event.event.event_type(),
+                    schema_version: c.event.event.schema_version(),
+                    payload: c.payload,
                     data_json,
-                    actor: e.actor,
-                    correlation_id: e.correlation_id,
+                    actor: c.event.actor,
+                    correlation_id: c.event.correlation_id,
                 })
             })
             .collect()
