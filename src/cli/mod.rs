@@ -248,11 +248,11 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         None => std::sync::Arc::new(crate::clock::SystemClock),
     };
     // Two event loops per core: on the 2-core machine measured (benches/results/
-    // 2026-11-26-http-load.md) this answered 28 % more check-ins than one per core, at a lower
+    // 2026-11-26-http-load.md) this answered 27 % more check-ins than one per core, at a lower
     // p99, because a worker's connections wait less often on a sleeping peer.
-    let workers = file.workers.unwrap_or_else(|| {
-        std::thread::available_parallelism().map_or(4, |n| 2 * n.get())
-    });
+    let workers = file
+        .workers
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(4, |n| 2 * n.get()));
     match cli.command {
         Command::Verify(args) => verify::run(&log, &args, &mut std::io::stdout().lock()),
         Command::Demo => demo::run(&data_dir, &log, &mut std::io::stdout().lock()),
