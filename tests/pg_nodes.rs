@@ -392,3 +392,69 @@ async fn with_the_database_away_commands_answer_503_check_ins_go_on_and_it_recov
         "the block is served: {v} (after {blocked})"
     );
 }
+
+#[test]
+fn an_export_from_the_file_store_imported_into_postgres_and_back_gives_identical_heads() {
+    let Some(url) = database_url("export_import_across_backends") else {
+        return;
+    };
+    let schema = fresh_schema();
+    let _drop = Schema {
+        url: url.clone(),
+        name: schema.clone(),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let file_dir = dir.path().join("file");
+    let keys = dir.path().join("keys");
+    let file = file_dir.to_str().unwrap();
+    let pg = [
+        "--data-dir",
+        keys.to_str().unwrap(),
+        "--store",
+        "postgres",
+        "--database-url",
+        &url,
+        "--database-schema",
+        &schema,
+    ];
+    let last = |s: &str| s.lines().last().unwrap_or_default().to_owned();
+    let ok = |args: &[&str]| {
+        let (code, out, err) = process::run(args);
+        assert_eq!(code, 0, "{args:?}: {out} {err}");
+        out
+    };
+    ok(&["--data-dir", file, "demo"]);
+    let file_head = last(&ok(&["--data-dir", file, "verify"]));
+    assert!(file_head.starts_with("count=27 "), "{file_head}");
+    let export = dir.path().join("file.jsonl");
+    std::fs::write(
+        &export,
+        ok(&["--data-dir", file, "export", "--format", "jsonl"]),
+    )
+    .unwrap();
+
+    let import = [&pg[..], &["import", export.to_str().unwrap()]].concat();
+    assert_eq!(last(&ok(&import)), file_head, "import's last line");
+    let verify = [&pg[..], &["verify"]].concat();
+    assert_eq!(last(&ok(&verify)), file_head, "PostgreSQL's verify");
+    let table = [&pg[..], &["table"]].concat();
+    assert_eq!(
+        ok(&table),
+        ok(&["--data-dir", file, "table"]),
+        "the same license table"
+    );
+
+    // And back: PostgreSQL's export into an empty file store.
+    let export_pg = [&pg[..], &["export", "--format", "jsonl"]].concat();
+    let back = dir.path().join("pg.jsonl");
+    std::fs::write(&back, ok(&export_pg)).unwrap();
+    assert_eq!(
+        std::fs::read(&back).unwrap(),
+        std::fs::read(&export).unwrap(),
+        "byte-identical exports"
+    );
+    let again = dir.path().join("again");
+    let again = again.to_str().unwrap();
+    ok(&["--data-dir", again, "import", back.to_str().unwrap()]);
+    assert_eq!(last(&ok(&["--data-dir", again, "verify"])), file_head);
+}

@@ -373,6 +373,43 @@ async fn a_relay_serves_its_customers_terminals_with_answers_the_central_key_vou
     let s = w.status().await;
     assert_eq!(s["link"], json!("up"), "{s}");
     assert_eq!(s["contingency_since"], json!(null), "{s}");
+
+    // The operator's view of the same status (once the last check-in is forwarded).
+    w.wait_status("forwarded", |s| s["outbox_depth"] == json!(0))
+        .await;
+    let url = w.relay_url().to_owned();
+    let admin = w.relay_admin.clone();
+    let (code, out, err) = tokio::task::spawn_blocking(move || {
+        run(&["relay-status", "--url", &url, "--token", &admin])
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{out} {err}");
+    for line in [
+        "link: up",
+        "outbox depth: 0",
+        "contingency since: -",
+        "customer: 11222333000181",
+    ] {
+        assert!(out.contains(line), "{line:?} in:\n{out}");
+    }
+    assert!(
+        out.contains("last successful refresh: 2031-01-01T10:"),
+        "{out}"
+    );
+    let (code, _, err) = tokio::task::spawn_blocking(|| {
+        run(&[
+            "relay-status",
+            "--url",
+            "http://127.0.0.1:9",
+            "--token",
+            "x",
+        ])
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 1, "an unreachable relay is reported: {err}");
+    assert!(err.contains("cannot reach the relay"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
