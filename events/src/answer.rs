@@ -431,13 +431,8 @@ impl SignedAnswer {
         if self.key_id.is_empty() || self.key_id.len() > MAX_KEY_ID_BYTES {
             return Err(AnswerError::InvalidKeyId);
         }
-        if self.signature.len() != SIGNATURE_HEX_LEN {
-            return Err(AnswerError::BadSignatureEncoding);
-        }
-        let mut bytes = [0u8; 64];
-        hex::decode_to_slice(&self.signature, &mut bytes)
-            .map_err(|_| AnswerError::BadSignatureEncoding)?;
-        let signature = Signature::from_bytes(&bytes);
+        let signature =
+            decode_signature(&self.signature).ok_or(AnswerError::BadSignatureEncoding)?;
         key.verify_strict(&signed_message(&self.answer, &self.key_id), &signature)
             .map_err(|_| AnswerError::BadSignature)
     }
@@ -482,17 +477,9 @@ pub fn verify_head(
     hash: &crate::envelope::Hash,
     signature_hex: &str,
 ) -> Result<(), AnswerError> {
-    if signature_hex.len() != SIGNATURE_HEX_LEN {
-        return Err(AnswerError::BadSignatureEncoding);
-    }
-    let mut bytes = [0u8; 64];
-    hex::decode_to_slice(signature_hex, &mut bytes)
-        .map_err(|_| AnswerError::BadSignatureEncoding)?;
-    key.verify_strict(
-        &head_message(position, hash),
-        &Signature::from_bytes(&bytes),
-    )
-    .map_err(|_| AnswerError::BadSignature)
+    let signature = decode_signature(signature_hex).ok_or(AnswerError::BadSignatureEncoding)?;
+    key.verify_strict(&head_message(position, hash), &signature)
+        .map_err(|_| AnswerError::BadSignature)
 }
 
 /// Domain tag of a relay certificate, so it can never pass for an answer or a head.
@@ -586,9 +573,15 @@ pub fn certify_relay(
     }
 }
 
+/// A signature as the format writes it: exactly 128 lower-case hex digits (one encoding per
+/// signature, so an answer's bytes cannot be varied without the check noticing).
 fn decode_signature(hex_text: &str) -> Option<Signature> {
     let mut bytes = [0u8; 64];
-    (hex_text.len() == SIGNATURE_HEX_LEN && hex::decode_to_slice(hex_text, &mut bytes).is_ok())
+    let canonical = hex_text.len() == SIGNATURE_HEX_LEN
+        && hex_text
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    (canonical && hex::decode_to_slice(hex_text, &mut bytes).is_ok())
         .then(|| Signature::from_bytes(&bytes))
 }
 
@@ -1007,5 +1000,18 @@ mod tests {
             cert.verify_answer(&central.verifying_key(), &forged),
             Err(CertificateError::Answer(AnswerError::BadSignature))
         ));
+    }
+
+    #[test]
+    fn a_signature_in_upper_case_hex_is_refused() {
+        let signed = sign(answer(), &server_key(), "k1");
+        let mut upper = signed.clone();
+        upper.signature = upper.signature.to_uppercase();
+        assert!(upper.signature != signed.signature);
+        assert_eq!(
+            upper.verify(&server_key().verifying_key()),
+            Err(AnswerError::BadSignatureEncoding)
+        );
+        assert_eq!(signed.verify(&server_key().verifying_key()), Ok(()));
     }
 }

@@ -2,11 +2,19 @@
 //! It knows nothing of storage: every handler calls the [`Ledger`], and every failure leaves
 //! through `ApiError`'s one mapping to HTTP.
 
+use std::future::Future;
 use std::net::TcpListener;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
-use actix_web::dev::{Server, Service};
-use actix_web::{web, App, HttpServer};
+use actix_web::dev::{Payload, Server, Service};
+use actix_web::error::PayloadError;
+use actix_web::http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
+use actix_web::web::Bytes;
+use actix_web::{web, App, HttpMessage, HttpServer};
+use futures_core::Stream;
 use parking_lot::Mutex;
 
 use crate::app::answers::AnswerSigner;
@@ -28,6 +36,43 @@ pub mod sse;
 
 pub use auth::TokenTable;
 pub use error::ApiError;
+
+/// Time a client has to send a request's head (line and headers) once it started: a slower
+/// head is answered 408 and its connection closed (slowloris).
+pub const CLIENT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time the server waits for a client to acknowledge a closed connection.
+pub const CLIENT_DISCONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Longest silence allowed inside a request body: a body that stops arriving fails its read
+/// (400) and its connection is closed. actix-web has no body timeout of its own.
+pub const CLIENT_BODY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A request body that fails once no byte arrived for [`CLIENT_BODY_TIMEOUT`].
+struct IdleTimeout {
+    inner: Payload,
+    timer: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl Stream for IdleTimeout {
+    type Item = Result<Bytes, PayloadError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_next(cx) {
+            Poll::Ready(item) => {
+                let deadline = tokio::time::Instant::now() + CLIENT_BODY_TIMEOUT;
+                this.timer.as_mut().reset(deadline);
+                Poll::Ready(item)
+            }
+            Poll::Pending => match this.timer.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(PayloadError::Io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no body bytes for {} s", CLIENT_BODY_TIMEOUT.as_secs()),
+                ))))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+}
 
 /// What every handler shares.
 pub struct AppState {
@@ -57,7 +102,16 @@ pub fn server(state: AppState, listener: TcpListener, workers: usize) -> std::io
             .app_data(data.clone())
             .app_data(gate.clone())
             .app_data(http_metrics.clone())
-            .wrap_fn(move |req, srv| {
+            .wrap_fn(move |mut req, srv| {
+                if req.headers().contains_key(CONTENT_LENGTH)
+                    || req.headers().contains_key(TRANSFER_ENCODING)
+                {
+                    let inner = req.take_payload();
+                    let timer = Box::pin(tokio::time::sleep(CLIENT_BODY_TIMEOUT));
+                    let body: Pin<Box<dyn Stream<Item = Result<Bytes, PayloadError>>>> =
+                        Box::pin(IdleTimeout { inner, timer });
+                    req.set_payload(Payload::from(body));
+                }
                 let method = req.method().clone();
                 let path = req.path().to_owned();
                 // The matched pattern, never the raw path: bounded label cardinality.
@@ -86,6 +140,8 @@ pub fn server(state: AppState, listener: TcpListener, workers: usize) -> std::io
             .configure(routes::configure)
     })
     .workers(workers)
+    .client_request_timeout(CLIENT_REQUEST_TIMEOUT)
+    .client_disconnect_timeout(CLIENT_DISCONNECT_TIMEOUT)
     // A client that closes its connection ends its request at once: an event stream's
     // subscription is dropped on the EOF instead of at the next failed write.
     .h1_allow_half_closed(false)
