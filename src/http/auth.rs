@@ -150,9 +150,15 @@ impl TokenTable {
     }
 
     /// Adds an entry; one whose digest is not 64 hex digits is ignored.
+    ///
+    /// Callers write the token to the secrets file first. Adding waits for a reload in
+    /// progress (it holds `seen`): a reload that read the file before the token was written
+    /// must not replace the table after the token was added, or the token would be lost
+    /// until the file changes again.
     pub fn add(&self, entry: TokenEntry) {
         let mut digest = [0u8; 32];
         if hex::decode_to_slice(&entry.sha256, &mut digest).is_ok() {
+            let _no_reload = self.seen.lock();
             self.entries.write().insert(digest, entry);
         }
     }

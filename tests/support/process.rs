@@ -104,6 +104,11 @@ impl Process {
         }
     }
 
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Kills the process (SIGKILL) and waits for it.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
@@ -120,4 +125,33 @@ impl Drop for Process {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// One HTTP request to a server under test, with `token` as bearer; its status and body as
+/// JSON (a JSON string when the body is not JSON), or `None` when the connection failed
+/// (e.g. the process was killed).
+pub async fn call(
+    http: &reqwest::Client,
+    url: &str,
+    token: &str,
+    method: &str,
+    path: &str,
+    body: Option<&serde_json::Value>,
+) -> Option<(reqwest::StatusCode, serde_json::Value)> {
+    let full = format!("{url}{path}");
+    let mut req = match method {
+        "GET" => http.get(full),
+        "PUT" => http.put(full),
+        "POST" => http.post(full),
+        other => panic!("no method {other} in this API"),
+    };
+    req = req.bearer_auth(token);
+    if let Some(b) = body {
+        req = req.json(b);
+    }
+    let res = req.send().await.ok()?;
+    let status = res.status();
+    let text = res.text().await.ok()?;
+    let json = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+    Some((status, json))
 }

@@ -1,0 +1,334 @@
+//! Soak: the real server under mixed traffic for a while (30 s in CI; `SOAK_SECONDS=600` for
+//! the documented 10-minute run), sampling its resident memory and open file descriptors from
+//! /proc. After the warm-up third, memory and descriptors must stay flat, latency p99 stable,
+//! and no answer may be an error other than the expected 4xx.
+//!
+//! Traffic from 32 tasks: check-ins of 2,000 terminals of 20 customers (each with its terminal
+//! token; every tenth with a nonce, so answers are decided and signed), license queries and
+//! Histórico pages, resource changes (commands that append), and a few expected refusals (an
+//! unknown license; a wrong token every 2 s).
+
+#[path = "support/process.rs"]
+mod process;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use process::Process;
+use reqwest::{Client, StatusCode};
+use serde_json::{json, Value};
+
+fn cnpj(n: u32) -> String {
+    // 8-digit roots with the branch 0001 and valid check digits.
+    let base: Vec<u32> = format!("{:08}0001", 30_000_000 + n)
+        .bytes()
+        .map(|b| u32::from(b - b'0'))
+        .collect();
+    let digit = |digits: &[u32], weights: &[u32]| {
+        let sum: u32 = digits.iter().zip(weights).map(|(d, w)| d * w).sum();
+        let r = sum % 11;
+        if r < 2 {
+            0
+        } else {
+            11 - r
+        }
+    };
+    let d1 = digit(&base, &[5, 4, 3, 2, 9, 8, 7, 6, 5, 4, 3, 2]);
+    let mut with1 = base.clone();
+    with1.push(d1);
+    let d2 = digit(&with1, &[6, 5, 4, 3, 2, 9, 8, 7, 6, 5, 4, 3, 2]);
+    with1.push(d2);
+    with1.iter().map(|d| char::from(b'0' + *d as u8)).collect()
+}
+
+fn proc_sample(pid: u32) -> (u64, usize) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let rss_kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    (rss_kib, fds)
+}
+
+#[derive(Default)]
+struct Counts {
+    ok: AtomicU64,
+    expected_4xx: AtomicU64,
+    unexpected: AtomicU64,
+}
+
+fn p99(mut v: Vec<u64>) -> u64 {
+    if v.is_empty() {
+        return 0;
+    }
+    v.sort_unstable();
+    v[(v.len() * 99 / 100).min(v.len() - 1)]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_mixed_traffic_memory_and_descriptors_stay_flat_and_no_unexpected_error() {
+    let seconds: u64 = std::env::var("SOAK_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(30);
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = Process::start(
+        &[
+            "--data-dir",
+            data.to_str().unwrap(),
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        dir.path(),
+        "soak",
+    );
+    let admin = server.admin.clone().expect("admin token");
+    let base = server.url.clone();
+    let http = Client::builder()
+        .timeout(Duration::from_secs(10))
+        .pool_max_idle_per_host(64)
+        .build()
+        .unwrap();
+    let post = |path: String, token: String, body: Value| {
+        http.post(format!("{base}{path}"))
+            .bearer_auth(token)
+            .json(&body)
+    };
+
+    // 20 customers × 100 licenses, a terminal token each.
+    let mut tokens = Vec::new();
+    let mut licenses = Vec::new();
+    for c in 0..20 {
+        let cnpj = cnpj(c);
+        let r = post(
+            "/v1/customers".into(),
+            admin.clone(),
+            json!({"cnpj": cnpj, "trade_name": format!("Loja {c}")}),
+        )
+        .send()
+        .await
+        .unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{}", r.text().await.unwrap());
+        for _ in 0..100 {
+            let v: Value = post(
+                "/v1/licenses".into(),
+                admin.clone(),
+                json!({"cnpj": cnpj, "product": "easycash", "expires_on": "2099-12-31"}),
+            )
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+            licenses.push(v["license_id"].as_str().unwrap().to_owned());
+        }
+        let v: Value = post(
+            "/v1/tokens".into(),
+            admin.clone(),
+            json!({"name": format!("caixa-{c}"), "role": "terminal", "cnpj": cnpj}),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+        tokens.push((cnpj, v["token"].as_str().unwrap().to_owned()));
+    }
+    let tokens = Arc::new(tokens);
+    let licenses = Arc::new(licenses);
+
+    let counts = Arc::new(Counts::default());
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(seconds);
+    let mut tasks = Vec::new();
+    for t in 0..32u64 {
+        let (http, base, admin) = (http.clone(), base.clone(), admin.clone());
+        let (tokens, licenses, counts) = (tokens.clone(), licenses.clone(), counts.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut latencies: Vec<(u64, u64)> = Vec::new(); // (second, micros)
+            let mut i = t;
+            while Instant::now() < deadline {
+                i = i
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let pick = (i >> 33) % 100;
+                let n = ((i >> 20) % 2000) as usize;
+                let (cnpj, token) = &tokens[n / 100];
+                let license = &licenses[n];
+                let sent = Instant::now();
+                let (req, expect_4xx) = match pick {
+                    0..=74 => {
+                        let mut body = json!({"cnpj": cnpj, "product": "easycash",
+                            "hardware_id": format!("5002{:012X}", n),
+                            "hardware_key": format!("88A7{:028X}", n)});
+                        if pick < 8 {
+                            body["nonce"] = json!(format!("soak-{i:x}"));
+                        }
+                        (
+                            http.post(format!("{base}/v1/checkin"))
+                                .bearer_auth(token)
+                                .json(&body),
+                            false,
+                        )
+                    }
+                    75..=84 => (
+                        http.get(format!("{base}/v1/licenses/{license}"))
+                            .bearer_auth(&admin),
+                        false,
+                    ),
+                    85..=89 => (
+                        http.get(format!("{base}/v1/licenses/{license}/history?limit=20"))
+                            .bearer_auth(&admin),
+                        false,
+                    ),
+                    90..=93 => (
+                        http.put(format!("{base}/v1/licenses/{license}/resources"))
+                            .bearer_auth(&admin)
+                            .json(&json!({"resources": {"habilita_dav": pick % 2 == 0}})),
+                        false,
+                    ),
+                    94..=95 => (
+                        http.get(format!("{base}/v1/licenses?limit=50&cnpj={cnpj}"))
+                            .bearer_auth(&admin),
+                        false,
+                    ),
+                    96..=97 => (
+                        http.get(format!("{base}/v1/licenses/999999"))
+                            .bearer_auth(&admin),
+                        true,
+                    ),
+                    _ => (http.get(format!("{base}/healthz")), false),
+                };
+                match req.send().await {
+                    Ok(res) => {
+                        let status = res.status();
+                        let body = res.bytes().await.unwrap_or_default();
+                        if status.is_success() {
+                            counts.ok.fetch_add(1, Ordering::Relaxed);
+                        } else if expect_4xx && status == StatusCode::NOT_FOUND {
+                            counts.expected_4xx.fetch_add(1, Ordering::Relaxed);
+                        } else {
+                            counts.unexpected.fetch_add(1, Ordering::Relaxed);
+                            eprintln!(
+                                "unexpected {status} for pick {pick}: {}",
+                                String::from_utf8_lossy(&body)
+                            );
+                        }
+                    }
+                    Err(e) => {
+                        counts.unexpected.fetch_add(1, Ordering::Relaxed);
+                        eprintln!("request failed: {e}");
+                    }
+                }
+                latencies.push((
+                    started.elapsed().as_secs(),
+                    sent.elapsed().as_micros() as u64,
+                ));
+            }
+            latencies
+        }));
+    }
+
+    // A wrong token every 2 s: 401, under the failed-authentication limit (60 a minute per
+    // address: every request here comes from 127.0.0.1, so more would rightly be 429).
+    {
+        let (http, base, counts) = (http.clone(), base.clone(), counts.clone());
+        tasks.push(tokio::spawn(async move {
+            while Instant::now() < deadline {
+                match http
+                    .get(format!("{base}/v1/licenses"))
+                    .bearer_auth("llt_wrong")
+                    .send()
+                    .await
+                {
+                    Ok(r) if r.status() == StatusCode::UNAUTHORIZED => {
+                        counts.expected_4xx.fetch_add(1, Ordering::Relaxed);
+                    }
+                    other => {
+                        counts.unexpected.fetch_add(1, Ordering::Relaxed);
+                        eprintln!("wrong token answered {:?}", other.map(|r| r.status()));
+                    }
+                }
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+            Vec::new()
+        }));
+    }
+
+    // Sample the server's memory and descriptors every second.
+    let pid = server.pid();
+    let mut samples = Vec::new();
+    while Instant::now() < deadline {
+        samples.push(proc_sample(pid));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let mut latencies = Vec::new();
+    for t in tasks {
+        latencies.extend(t.await.unwrap());
+    }
+    samples.push(proc_sample(pid));
+
+    let third = seconds / 3;
+    let window = |from: u64, to: u64| {
+        p99(latencies
+            .iter()
+            .filter(|(s, _)| *s >= from && *s < to)
+            .map(|(_, us)| *us)
+            .collect())
+    };
+    let (p99_middle, p99_last) = (window(third, 2 * third), window(2 * third, seconds + 1));
+    let warm = samples.len() / 3;
+    let rss_warm = samples[warm].0;
+    let rss_end = samples.last().unwrap().0;
+    let rss_max = samples[warm..].iter().map(|s| s.0).max().unwrap();
+    let fds_warm = samples[warm].1;
+    let fds_max = samples[warm..].iter().map(|s| s.1).max().unwrap();
+    let total = counts.ok.load(Ordering::Relaxed)
+        + counts.expected_4xx.load(Ordering::Relaxed)
+        + counts.unexpected.load(Ordering::Relaxed);
+    println!(
+        "soak {seconds} s: {total} requests ({} ok, {} expected 4xx, {} unexpected), \
+         RSS {} KiB after warm-up -> {} KiB at the end (max {} KiB), fds {} -> max {}, \
+         p99 {} µs (middle third) / {} µs (last third)",
+        counts.ok.load(Ordering::Relaxed),
+        counts.expected_4xx.load(Ordering::Relaxed),
+        counts.unexpected.load(Ordering::Relaxed),
+        rss_warm,
+        rss_end,
+        rss_max,
+        fds_warm,
+        fds_max,
+        p99_middle,
+        p99_last,
+    );
+    assert_eq!(
+        counts.unexpected.load(Ordering::Relaxed),
+        0,
+        "no unexpected error"
+    );
+    assert!(total > seconds * 100, "traffic flowed: {total} requests");
+    // Flat: growth after warm-up within 20 % (the log's index and check-in records grow a
+    // little with every append).
+    assert!(
+        rss_max <= rss_warm + rss_warm / 5 + 8 * 1024,
+        "resident memory grew from {rss_warm} KiB to {rss_max} KiB"
+    );
+    assert!(
+        fds_max <= fds_warm + 16,
+        "descriptors grew from {fds_warm} to {fds_max}"
+    );
+    assert!(
+        p99_last <= 3 * p99_middle.max(2_000),
+        "p99 drifted: {p99_middle} µs -> {p99_last} µs"
+    );
+}
