@@ -50,6 +50,49 @@ impl Clock for ManualClock {
     }
 }
 
+/// A clock that never goes back: the later of its source's time and the latest time it
+/// returned (or a floor, such as the log's last recorded time). Every decision reads it, so
+/// a system clock stepped backwards cannot re-open an expired license or undo a renewal's
+/// day; the store separately never records a time before the last one.
+pub struct MonotonicClock {
+    inner: Arc<dyn Clock>,
+    /// Latest time returned, in microseconds since the epoch.
+    latest: std::sync::atomic::AtomicI64,
+}
+
+impl std::fmt::Debug for MonotonicClock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MonotonicClock")
+            .field("latest_micros", &self.latest)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MonotonicClock {
+    /// `inner`, never earlier than `floor`.
+    pub fn new(inner: Arc<dyn Clock>, floor: DateTime<Utc>) -> Self {
+        Self {
+            inner,
+            latest: std::sync::atomic::AtomicI64::new(floor.timestamp_micros()),
+        }
+    }
+}
+
+impl Clock for MonotonicClock {
+    fn now(&self) -> DateTime<Utc> {
+        let t = self.inner.now();
+        let micros = t.timestamp_micros();
+        let before = self
+            .latest
+            .fetch_max(micros, std::sync::atomic::Ordering::AcqRel);
+        if before > micros {
+            DateTime::<Utc>::from_timestamp_micros(before).unwrap_or(t)
+        } else {
+            t
+        }
+    }
+}
+
 /// A clock read from a file, for tests that drive a server *process* through time (the
 /// relay's seven days of contingency): the file holds one RFC 3339 time, which the clock
 /// returns, moving on with real time from the moment it was read, so a test writes a new
@@ -130,6 +173,24 @@ impl Clock for FileClock {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_monotonic_clock_never_goes_back_and_starts_at_its_floor() {
+        let at = |s: &str| s.parse::<DateTime<Utc>>().unwrap();
+        let manual = ManualClock::new(at("2031-01-10T00:00:00Z"));
+        let clock = MonotonicClock::new(Arc::new(manual.clone()), at("2031-01-12T00:00:00Z"));
+        assert_eq!(clock.now(), at("2031-01-12T00:00:00Z"), "the floor");
+        manual.set(at("2031-01-14T00:00:00Z"));
+        assert_eq!(clock.now(), at("2031-01-14T00:00:00Z"));
+        manual.set(at("2031-01-11T00:00:00Z"));
+        assert_eq!(
+            clock.now(),
+            at("2031-01-14T00:00:00Z"),
+            "stepped back: holds"
+        );
+        manual.set(at("2031-01-15T00:00:00Z"));
+        assert_eq!(clock.now(), at("2031-01-15T00:00:00Z"));
+    }
 
     #[test]
     fn a_file_clock_follows_its_file_and_moves_on_from_the_time_read() {

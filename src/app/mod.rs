@@ -13,7 +13,7 @@ use std::ops::RangeInclusive;
 use std::sync::Arc;
 use std::time::Duration as StdDuration;
 
-use chrono::Duration;
+use chrono::{DateTime, Duration, Utc};
 use ledger_events::{Actor, Event, Position, StreamId, StreamVersion};
 use ledger_projections::asof::AsOf;
 use ledger_projections::view::{LedgerView, ProjectionError};
@@ -156,6 +156,19 @@ impl Ledger {
         clock: Arc<dyn Clock>,
         config: LedgerConfig,
     ) -> Result<Self, AppError> {
+        // Decisions never see time go back, across restarts too: the floor is the log's last
+        // recorded time (the store never records an earlier one).
+        let head = store.head().await?;
+        let floor = if head.position == 0 {
+            DateTime::<Utc>::MIN_UTC
+        } else {
+            store
+                .read_all(head.position, 1)
+                .await?
+                .first()
+                .map_or(DateTime::<Utc>::MIN_UTC, |r| r.envelope.recorded_at)
+        };
+        let clock: Arc<dyn Clock> = Arc::new(crate::clock::MonotonicClock::new(clock, floor));
         let view = Arc::new(LedgerView::new());
         let (applied_tx, applied) = watch::channel(0);
         let failure = Arc::new(parking_lot::Mutex::new(None));
