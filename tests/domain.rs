@@ -975,3 +975,32 @@ async fn a_decision_holds_until_the_next_day_or_until_the_check_in_is_due_again(
     w.clock.set(at("2023-03-28", (17, 32, 28)));
     assert!(!w.check_in(1).await.steps.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shop_opening_every_terminal_at_once_binds_each_to_its_own_license() {
+    // More terminals racing than the conflict retries allow for by themselves: each lost race
+    // is another terminal's bind, so everyone gets through.
+    let w = World::new(at("2023-03-27", (8, 0, 0))).await;
+    w.customer().await;
+    let n: u8 = 24;
+    for _ in 0..n {
+        w.license("2023-12-31", None).await;
+    }
+    let mut tasks = Vec::new();
+    for t in 1..=n {
+        let ledger = w.ledger.clone();
+        tasks.push(tokio::spawn(
+            async move { ledger.check_in(&request(t)).await },
+        ));
+    }
+    let mut bound = std::collections::HashSet::new();
+    for task in tasks {
+        let plan = task.await.unwrap().expect("no terminal gives up");
+        assert_eq!(plan.code, OutcomeCode::Valid);
+        assert!(
+            bound.insert(plan.license_id.unwrap()),
+            "two terminals on one license"
+        );
+    }
+    assert_eq!(bound.len(), usize::from(n));
+}

@@ -80,9 +80,18 @@ impl Ledger {
         // decide one after the other instead of settling by conflicts.
         let _turn = self.terminal_lock(&req.cnpj, &req.hardware_id).lock().await;
         let actor = Actor::terminal(&req.hardware_id);
-        let attempts = self.config().conflict_retries + 1;
-        for _ in 0..attempts {
-            let plan = decide_check_in(req, &self.check_in_context(req), self.clock().now());
+        // A conflict on a bind means another terminal took that license: each one is progress
+        // for someone, so a terminal may lose once per free license before it decides on a
+        // view with none left (many terminals of one shop starting at once).
+        let mut attempts = self.config().conflict_retries + 1;
+        let mut attempt = 0;
+        while attempt < attempts {
+            attempt += 1;
+            let ctx = self.check_in_context(req);
+            if attempt == 1 {
+                attempts = attempts.saturating_add(ctx.candidates.len() as u32);
+            }
+            let plan = decide_check_in(req, &ctx, self.clock().now());
             match self.run_steps(req, &plan, &actor).await {
                 Ok(last) => {
                     if last > 0 {
