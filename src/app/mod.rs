@@ -217,8 +217,8 @@ impl Ledger {
                 .collect(),
             appends: std::sync::atomic::AtomicU64::new(0),
         };
-        let head = ledger.store.head().await?.position;
-        ledger.wait_for(head).await?;
+        // Caught up with the log as it was when the ledger started.
+        ledger.wait_for(head.position).await?;
         Ok(ledger)
     }
 

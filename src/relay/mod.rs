@@ -138,6 +138,18 @@ pub enum LinkState {
     Refused,
 }
 
+impl LinkState {
+    /// The link after a failed call: down when the center was unreachable, refused when it
+    /// answered no.
+    fn after(e: &UpstreamError) -> LinkState {
+        if e.is_unreachable() {
+            LinkState::Down
+        } else {
+            LinkState::Refused
+        }
+    }
+}
+
 /// What `GET /v1/relay/status` and `license-ledger relay-status` show.
 #[derive(Clone, Debug, Serialize)]
 pub struct RelayStatus {
@@ -491,11 +503,7 @@ impl Relay {
                 tracing::warn!(error = %e, "{}", texts::REFRESH_FAILED);
                 {
                     let mut s = self.status.lock();
-                    s.link = if unreachable {
-                        LinkState::Down
-                    } else {
-                        LinkState::Refused
-                    };
+                    s.link = LinkState::after(&e);
                     s.next_refresh = started + self.config.retry_every;
                     s.last_error = Some(text);
                 }
@@ -577,11 +585,7 @@ impl Relay {
                     let unreachable = e.is_unreachable();
                     {
                         let mut s = self.status.lock();
-                        s.link = if unreachable {
-                            LinkState::Down
-                        } else {
-                            LinkState::Refused
-                        };
+                        s.link = LinkState::after(&e);
                         if let UpstreamError::Refused { message, .. } = &e {
                             s.last_error = Some(message.clone());
                         }
