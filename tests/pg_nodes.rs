@@ -102,19 +102,9 @@ async fn call(
     path: &str,
     body: Option<Value>,
 ) -> (StatusCode, Value) {
-    let url = format!("{}{path}", node.process.url);
-    let mut req = match method {
-        "GET" => http.get(url),
-        _ => http.post(url),
-    }
-    .bearer_auth(token);
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let res = req.send().await.unwrap();
-    let status = res.status();
-    let text = res.text().await.unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    process::call(http, &node.process.url, token, method, path, body.as_ref())
+        .await
+        .unwrap_or_else(|| panic!("{method} {path}: no answer"))
 }
 
 fn checkin_body(n: u8) -> Value {

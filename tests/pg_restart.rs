@@ -189,17 +189,7 @@ async fn no_acknowledged_command_is_lost_when_postgresql_restarts_under_load() {
 
 /// A valid CNPJ for `n` (8-digit root, branch 0001, check digits computed).
 fn cnpj(n: u32) -> String {
-    let mut digits: Vec<u32> = format!("{:08}0001", 40_000_000 + n)
-        .bytes()
-        .map(|b| u32::from(b - b'0'))
-        .collect();
-    for weights in [
-        &[5, 4, 3, 2, 9, 8, 7, 6, 5, 4, 3, 2][..],
-        &[6, 5, 4, 3, 2, 9, 8, 7, 6, 5, 4, 3, 2][..],
-    ] {
-        let sum: u32 = digits.iter().zip(weights).map(|(d, w)| d * w).sum();
-        let r = sum % 11;
-        digits.push(if r < 2 { 0 } else { 11 - r });
-    }
-    digits.iter().map(|d| char::from(b'0' + *d as u8)).collect()
+    ledger_events::Cnpj::with_check_digits(&format!("{:08}0001", 40_000_000 + n))
+        .unwrap()
+        .to_string()
 }

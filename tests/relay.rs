@@ -210,20 +210,9 @@ impl World {
         path: &str,
         body: Option<Value>,
     ) -> (StatusCode, Value) {
-        let url = format!("{base}{path}");
-        let mut req = match method {
-            "GET" => self.http.get(url),
-            "PUT" => self.http.put(url),
-            _ => self.http.post(url),
-        }
-        .bearer_auth(token);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let res = req.send().await.unwrap();
-        let status = res.status();
-        let text = res.text().await.unwrap();
-        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+        process::call(&self.http, base, token, method, path, body.as_ref())
+            .await
+            .unwrap_or_else(|| panic!("{method} {path}: no answer"))
     }
 
     /// An admin call to the center that must succeed.

@@ -19,27 +19,11 @@ use process::Process;
 use reqwest::{Client, StatusCode};
 use serde_json::{json, Value};
 
+/// A valid CNPJ: an 8-digit root, branch 0001, its check digits.
 fn cnpj(n: u32) -> String {
-    // 8-digit roots with the branch 0001 and valid check digits.
-    let base: Vec<u32> = format!("{:08}0001", 30_000_000 + n)
-        .bytes()
-        .map(|b| u32::from(b - b'0'))
-        .collect();
-    let digit = |digits: &[u32], weights: &[u32]| {
-        let sum: u32 = digits.iter().zip(weights).map(|(d, w)| d * w).sum();
-        let r = sum % 11;
-        if r < 2 {
-            0
-        } else {
-            11 - r
-        }
-    };
-    let d1 = digit(&base, &[5, 4, 3, 2, 9, 8, 7, 6, 5, 4, 3, 2]);
-    let mut with1 = base.clone();
-    with1.push(d1);
-    let d2 = digit(&with1, &[6, 5, 4, 3, 2, 9, 8, 7, 6, 5, 4, 3, 2]);
-    with1.push(d2);
-    with1.iter().map(|d| char::from(b'0' + *d as u8)).collect()
+    ledger_events::Cnpj::with_check_digits(&format!("{:08}0001", 30_000_000 + n))
+        .unwrap()
+        .to_string()
 }
 
 fn proc_sample(pid: u32) -> (u64, usize) {

@@ -102,6 +102,25 @@ impl Cnpj {
         Self::from_canonical(chars)
     }
 
+    /// The CNPJ whose first twelve characters are `base` (`0-9A-Z`, either case), with its
+    /// two check digits computed: how tools and tests make valid CNPJs.
+    pub fn with_check_digits(base: &str) -> Result<Self, ValueError> {
+        let bytes = base.as_bytes();
+        if bytes.len() != 12 || !bytes.iter().all(u8::is_ascii_alphanumeric) {
+            return Err(ValueError::new(
+                "CNPJ",
+                "a base is 12 characters of 0-9 and A-Z, before the check digits",
+            ));
+        }
+        let mut chars = [0u8; 14];
+        for (c, b) in chars.iter_mut().zip(bytes) {
+            *c = b.to_ascii_uppercase();
+        }
+        chars[12] = b'0' + Self::check_digit(&chars[..12]);
+        chars[13] = b'0' + Self::check_digit(&chars[..13]);
+        Self::from_canonical(chars)
+    }
+
     /// Checks 14 canonical characters (`0-9A-Z`, numeric check digits): the binary form.
     fn from_canonical(chars: [u8; 14]) -> Result<Self, ValueError> {
         const WHAT: &str = "CNPJ";
@@ -997,6 +1016,26 @@ mod tests {
         let b = Cnpj::parse("11222333000181").unwrap();
         assert_eq!(a, b);
         assert_eq!(a.formatted(), "11.222.333/0001-81");
+    }
+
+    #[test]
+    fn cnpj_with_check_digits_completes_a_base_and_refuses_a_bad_one() {
+        assert_eq!(
+            Cnpj::with_check_digits("112223330001").unwrap(),
+            Cnpj::parse("11222333000181").unwrap()
+        );
+        assert_eq!(
+            Cnpj::with_check_digits("12abc34501de").unwrap(),
+            Cnpj::parse("12ABC34501DE35").unwrap()
+        );
+        for bad in [
+            "11222333000",
+            "1122233300011",
+            "11222333000/",
+            "111111111111",
+        ] {
+            assert!(Cnpj::with_check_digits(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

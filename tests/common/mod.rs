@@ -267,21 +267,9 @@ pub fn next() -> u32 {
 
 /// A valid numeric CNPJ `99nnnnnn0001dd`, new in this test binary.
 pub fn fresh_cnpj() -> String {
-    let base = format!("99{:06}0001", next());
-    let digits: Vec<u32> = base.chars().map(|c| c.to_digit(10).unwrap()).collect();
-    let check = |d: &[u32], weights: &[u32]| {
-        let r = d.iter().zip(weights).map(|(a, b)| a * b).sum::<u32>() % 11;
-        if r < 2 {
-            0
-        } else {
-            11 - r
-        }
-    };
-    let d1 = check(&digits, &[5, 4, 3, 2, 9, 8, 7, 6, 5, 4, 3, 2]);
-    let mut with_d1 = digits.clone();
-    with_d1.push(d1);
-    let d2 = check(&with_d1, &[6, 5, 4, 3, 2, 9, 8, 7, 6, 5, 4, 3, 2]);
-    format!("{base}{d1}{d2}")
+    ledger_events::Cnpj::with_check_digits(&format!("99{:06}0001", next()))
+        .unwrap()
+        .to_string()
 }
 
 /// A terminal's hardware id (16 hex), new in this test binary.
