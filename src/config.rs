@@ -116,7 +116,7 @@ impl FileConfig {
 }
 
 /// An API caller's role.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     /// A point-of-sale terminal of one customer: check-in only, own CNPJ only.

@@ -13,6 +13,8 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 mod common;
+#[path = "support/routes.rs"]
+mod routes;
 use common::{
     fresh_cnpj, fresh_hardware_id, fresh_hardware_key, fresh_serial, next, Answer, TestApp,
 };
@@ -116,6 +118,7 @@ const MATRIX: &[Row] = &[
     //                                                       none bad  termA termB supp  audit admin relayA
     ("GET",  "/healthz",                                    [OK,  OK,  OK,   OK,   OK,   OK,   OK, OK]),
     ("GET",  "/metrics",                                    [OK,  OK,  OK,   OK,   OK,   OK,   OK, OK]),
+    ("GET",  "/openapi.json",                               [OK,  OK,  OK,   OK,   OK,   OK,   OK, OK]),
     ("GET",  "/v1/keys",                                    [OK,  OK,  OK,   OK,   OK,   OK,   OK, OK]),
     // check-in for customer A's CNPJ
     ("POST", "/v1/checkin",                                 [UN,  UN,  OK,   NF,   FB,   FB,   OK, FB]),
@@ -338,7 +341,9 @@ impl Fixture {
     async fn prepare(&self, method: &str, pattern: &str) -> (String, Option<Value>) {
         let note = json!({"note": "matriz de papéis"});
         match (method, pattern) {
-            ("GET", "/healthz" | "/metrics" | "/v1/keys") => (pattern.to_owned(), None),
+            ("GET", "/healthz" | "/metrics" | "/openapi.json" | "/v1/keys") => {
+                (pattern.to_owned(), None)
+            }
             ("POST", "/v1/checkin") => (
                 pattern.to_owned(),
                 Some(checkin_body(CNPJ_A, HW_A, HW_KEY_A)),
@@ -665,50 +670,10 @@ async fn a_refused_caller_is_refused_before_its_body_is_validated() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
-/// Every `.route(` of the `configure` function in `source` (which ends where `end` starts), as
-/// (method, path with `prefix`); routes.rs mounts `/healthz` and `/metrics` outside `/v1`.
-fn routes_of(source: &str, end: &str, prefix: &str) -> Vec<(String, String)> {
-    let configure = source
-        .split("pub fn configure")
-        .nth(1)
-        .and_then(|s| s.split(end).next())
-        .expect("the file has `configure`");
-    let compact: String = configure.split_whitespace().collect();
-    let mut mounted = Vec::new();
-    for piece in compact.split(".route(").skip(1) {
-        let path = piece.split('"').nth(1).unwrap();
-        let method = piece.split("web::").nth(1).unwrap();
-        let method = method.split('(').next().unwrap().to_uppercase();
-        let path = if path.starts_with("/healthz") || path.starts_with("/metrics") {
-            path.to_owned()
-        } else {
-            format!("{prefix}{path}")
-        };
-        mounted.push((method, path));
-    }
-    mounted
-}
-
 #[test]
 fn the_matrix_covers_every_route_of_the_server() {
-    // Every `.route(` of src/http/routes.rs, with `{action}` expanded as the handlers match,
-    // plus the console's pages (mounted at the root) and queries (mounted inside `/v1`).
-    let routes = include_str!("../src/http/routes.rs");
-    let mut mounted = routes_of(routes, "\nasync fn not_found", "/v1");
-    assert!(mounted.len() >= 20, "parsed {mounted:?}");
-    assert!(
-        routes.contains(".configure(super::console_api::configure)")
-            && routes.contains(".configure(super::console::configure)"),
-        "routes.rs mounts the console's routes"
-    );
-    let console_api = routes_of(include_str!("../src/http/console_api.rs"), "\n}\n", "/v1");
-    let console = routes_of(include_str!("../src/http/console.rs"), "\n}\n", "");
-    assert!(
-        console_api.len() >= 6 && console.len() >= 2,
-        "parsed {console_api:?} {console:?}"
-    );
-    mounted.extend(console_api);
-    mounted.extend(console);
+    // Every `.route(` of the server's sources, with `{action}` expanded as the handlers match.
+    let mounted = routes::mounted();
     for (method, path) in &mounted {
         if path.ends_with("/{action}") {
             let prefix = path.trim_end_matches("{action}");

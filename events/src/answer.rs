@@ -125,6 +125,7 @@ pub enum AnswerError {
 ///
 /// JSON and the signed message use [`OutcomeCode::as_str`] (`"VALID"`); codes are never
 /// renamed, only added.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum OutcomeCode {
@@ -209,6 +210,7 @@ impl fmt::Display for OutcomeCode {
 /// Fields are public so the server can build it directly; [`CheckInAnswer::validate`] checks
 /// the rules a decoder enforces (nonce form, message limits), and [`SignedAnswer::verify`]
 /// applies them too.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CheckInAnswer {
     /// The license that answered, if any.
@@ -388,6 +390,7 @@ pub fn signed_message(answer: &CheckInAnswer, key_id: &str) -> Vec<u8> {
 }
 
 /// A check-in answer with the server's signature, as sent to the terminal.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SignedAnswer {
     /// The answer.
@@ -492,6 +495,7 @@ pub const RELAY_CERTIFICATE_TAG: &[u8] = b"license-ledger/relay-certificate/v1";
 /// Signed message: [`RELAY_CERTIFICATE_TAG`], then `cnpj` as `str`, the relay's 32-byte
 /// public key, `valid_until` as `i64` microseconds since 1970-01-01T00:00:00Z, and the
 /// central `issuer_key_id` as `str`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RelayCertificate {
     /// The customer the relay serves.

@@ -269,6 +269,7 @@ pub struct LicenseResourcesChanged {
 // ---------------------------------------------------------------------------------------------
 
 /// The two contingency modes of the manual.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ContingencyKind {
@@ -289,6 +290,7 @@ impl ContingencyKind {
 }
 
 /// Why a check-in was refused.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RefusalReason {
@@ -736,9 +738,10 @@ mod tagged {
     use crate::values::ContractId;
 
     macro_rules! mirrored {
-        ($public:ident, $json:ident, $bin:ident, $tag:literal,
+        ($public:ident, $json:ident, $bin:ident, $tag:tt,
          { $( $variant:ident { $( $(#[$fattr:meta])* $field:ident : $ty:ty ),* } ),+ $(,)? }) => {
             #[derive(Serialize, Deserialize)]
+            #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
             #[serde(rename_all = "snake_case", tag = $tag)]
             enum $json {
                 $( $variant { $( $(#[$fattr])* $field: $ty ),* }, )+
@@ -757,6 +760,24 @@ mod tagged {
                     } else {
                         match value { $( $public::$variant { $($field),* } => $bin::$variant { $($field),* }, )+ }.serialize(s)
                     }
+                }
+            }
+
+            #[cfg(feature = "openapi")]
+            impl utoipa::PartialSchema for $public {
+                fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                    <$json as utoipa::PartialSchema>::schema()
+                }
+            }
+            #[cfg(feature = "openapi")]
+            impl utoipa::ToSchema for $public {
+                fn name() -> std::borrow::Cow<'static, str> {
+                    std::borrow::Cow::Borrowed(stringify!($public))
+                }
+                fn schemas(
+                    schemas: &mut Vec<(String, utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>)>,
+                ) {
+                    <$json as utoipa::ToSchema>::schemas(schemas)
                 }
             }
 

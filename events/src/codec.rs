@@ -571,6 +571,8 @@ impl Record {
 /// The JSON form of a record. `data` is the event's fields (upcast to the current version);
 /// `payload` is the stored bytes in hex, so that anyone can recompute the hash from JSON.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "openapi", schema(as = Record))]
 pub struct RecordJson {
     /// Global position.
     pub position: Position,
@@ -595,7 +597,9 @@ pub struct RecordJson {
     /// This record's hash.
     pub hash: Hash,
     /// The event's fields.
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub data: serde_json::Value,
     /// The stored payload, hex.
+    #[cfg_attr(feature = "openapi", schema(pattern = "^([0-9a-f]{2})*$"))]
     pub payload: String,
 }

@@ -172,6 +172,7 @@ impl<'de> Deserialize<'de> for StreamId {
 }
 
 /// Who caused an event.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ActorKind {
@@ -203,6 +204,7 @@ impl ActorKind {
 
 /// The actor of an event: a kind and a name (operator login, terminal hardware id, or the
 /// system component).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Actor {
     /// Operator, terminal or system.

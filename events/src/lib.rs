@@ -20,6 +20,8 @@ pub mod chain;
 pub mod codec;
 pub mod envelope;
 pub mod offline;
+#[cfg(feature = "openapi")]
+mod openapi;
 pub mod texts;
 mod upcast;
 pub mod values;

@@ -618,6 +618,7 @@ impl<'de> Deserialize<'de> for TerminalNumber {
 
 /// The products the vendor licenses. Codes are stable identifiers; new products are appended
 /// at the end (the binary form is the variant's index, so order is part of the format).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Product {
     /// EasyCash, the point-of-sale program.

@@ -13,6 +13,7 @@ use ledger_events::{
 use serde::Serialize;
 
 /// A customer ("Cliente"), one per CNPJ.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct CustomerRow {
     /// The tenant's CNPJ.
@@ -32,6 +33,7 @@ pub struct CustomerRow {
 }
 
 /// A contract ("Contrato").
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ContractRow {
     /// The contract.
@@ -53,6 +55,7 @@ pub struct ContractRow {
 }
 
 /// The terminal a license is bound to, as the `LicenseBound` event recorded it.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct Binding {
     /// The terminal.
@@ -60,6 +63,7 @@ pub struct Binding {
     /// The key it presents ("Hardware Key" column).
     pub hardware_key: HardwareKey,
     /// Its address when it was bound.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
     pub ip: Option<IpAddr>,
     /// "Nº do Caixa".
     pub caixa: Option<TerminalNumber>,
@@ -70,6 +74,7 @@ pub struct Binding {
 }
 
 /// A recorded check-in, as the `TerminalCheckedIn` event says it.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct LastCheckIn {
     /// When it was recorded.
@@ -77,6 +82,7 @@ pub struct LastCheckIn {
     /// The terminal.
     pub hardware_id: HardwareId,
     /// The terminal's address.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
     pub ip: Option<IpAddr>,
     /// The program version it reported.
     pub program_version: Option<ProgramVersion>,
@@ -87,6 +93,7 @@ pub struct LastCheckIn {
 }
 
 /// A row of the license table ("GERENCIAMENTO DE LICENÇAS").
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct LicenseRow {
     /// "ID".
@@ -108,6 +115,7 @@ pub struct LicenseRow {
     /// The terminal it is bound to; none when free.
     pub binding: Option<Binding>,
     /// "IP": from the binding or the latest check-in this license answered that carried one.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
     pub last_ip: Option<IpAddr>,
     /// The latest recorded check-in this license answered.
     pub last_check_in: Option<LastCheckIn>,
@@ -121,6 +129,7 @@ pub struct LicenseRow {
 }
 
 /// One terminal of one customer (stream `terminal-{cnpj}-{hardware id}`).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct TerminalRow {
     /// The customer.
@@ -135,6 +144,7 @@ pub struct TerminalRow {
 
 /// One contingency entry (tab "Contingências"): opened by `ContingencyEntered`, closed by the
 /// next `ContingencyCleared` of the same customer, kind and terminal.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ContingencyRow {
     /// The customer.

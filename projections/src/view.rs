@@ -91,6 +91,7 @@ pub struct Inconsistency {
 
 /// A license's state as the license table filters it. Several may hold at once (a blocked,
 /// expired, bound license); each filter tests one.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LicenseStatus {
@@ -152,6 +153,7 @@ impl Default for LicenseQuery {
 }
 
 /// A column of the license table to sort by (see [`LedgerView::list_licenses_sorted`]).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LicenseSortKey {
@@ -203,6 +205,7 @@ impl Default for ContingencyQuery {
 }
 
 /// One page of a query's results.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Page<T> {
     /// The rows of this page.

@@ -34,7 +34,7 @@ use crate::store::{ExpectedVersion, NewEvent, StoreError};
 pub const FORWARD_EVENTS_MAX: usize = 500;
 
 /// One event that happened at a relay, as it forwards it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ForwardedEvent {
     /// Chosen once by the relay; a retry reuses it.
@@ -47,6 +47,7 @@ pub struct ForwardedEvent {
     /// The event type, e.g. `license.bound`.
     pub event_type: String,
     /// The event's data, in the log's JSON form.
+    #[schema(value_type = Object)]
     pub data: serde_json::Value,
     /// Who caused it at the relay (a terminal, or the relay itself).
     pub actor: Actor,
@@ -58,7 +59,7 @@ pub struct ForwardedEvent {
 }
 
 /// The center's decision on one forwarded event.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum Resolution {
     /// Stored (now or by an earlier forward of the same event), at `position`; or already

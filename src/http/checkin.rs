@@ -33,9 +33,10 @@ use ledger_events::{
     Cnpj, HardwareId, HardwareKey, Position, Product, ProgramVersion, Resources, TerminalNumber,
 };
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::auth::{As, Terminals};
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody, ErrorCode};
 use super::extract::Json;
 use super::AppState;
 use crate::config::Role;
@@ -46,22 +47,35 @@ use crate::domain::checkin::{CheckInPlan, CheckInRequest};
 pub const ANSWER_CACHE_MAX: usize = 200_000;
 
 /// What a terminal sends (see the README's API section).
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = CheckIn)]
 pub struct CheckInBody {
+    /// The terminal's customer.
     cnpj: Cnpj,
+    /// The program asking.
     product: Product,
+    /// The terminal's hardware id.
     hardware_id: HardwareId,
+    /// The terminal's hardware key: binds a free license, then must stay the same.
     hardware_key: HardwareKey,
+    /// The terminal's own address as it sees it, for the support's view.
     #[serde(default)]
+    #[schema(value_type = Option<String>)]
     ip: Option<IpAddr>,
+    /// The program's version.
     #[serde(default)]
     program_version: Option<ProgramVersion>,
+    /// "Nº do Caixa".
     #[serde(default)]
     caixa: Option<TerminalNumber>,
+    /// "Equipamento".
     #[serde(default)]
     equipamento: Option<TerminalNumber>,
+    /// Echoed inside the signed answer, so a recorded answer cannot be replayed: 1 to 64 of
+    /// `A-Z a-z 0-9 _ -`. Without one, an unchanged answer may be served again.
     #[serde(default)]
+    #[schema(pattern = r"^[A-Za-z0-9_-]{1,64}$")]
     nonce: Option<String>,
 }
 
@@ -88,18 +102,33 @@ impl CheckInBody {
     }
 }
 
-#[derive(Serialize)]
-struct CheckInAnswerBody<'a> {
+/// The answer to a check-in: the signed answer, and its fields repeated at the top for a
+/// reader that does not verify. A refusal to sell is an answer (200), not an error; only an
+/// inactive customer answers 401, with the error fields and the signed answer both.
+#[derive(Serialize, ToSchema)]
+#[schema(as = CheckInResponse)]
+pub struct CheckInAnswerBody<'a> {
     #[serde(flatten)]
     signed: &'a SignedAnswer,
+    /// What the terminal is told to do.
     outcome: OutcomeCode,
+    /// The exact pt-BR texts to show, in order.
     messages: &'a [String],
+    /// The date shown: the license's expiry, or the contingency's own.
     expires_on: Option<NaiveDate>,
+    /// Days left until `expires_on`, when the terminal should show them.
     days_left: Option<i64>,
+    /// The license's resources.
     resources: &'a Resources,
     /// A relay's answers: the center's certificate of the relay's key.
     #[serde(skip_serializing_if = "Option::is_none")]
     certificate: Option<&'a ledger_events::answer::RelayCertificate>,
+    /// With 401 only: `customer_inactive`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<ErrorCode>,
+    /// With 401 only: the manual's text.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message: Option<&'static str>,
 }
 
 /// The HTTP status of a check-in answer: 401 for an inactive customer (the manual's
@@ -126,6 +155,9 @@ pub fn encode_answer(
         days_left: plan.days_left,
         resources: &plan.resources,
         certificate,
+        error: (plan.code == OutcomeCode::CustomerInactive).then_some(ErrorCode::CustomerInactive),
+        message: (plan.code == OutcomeCode::CustomerInactive)
+            .then_some(ledger_events::texts::CUSTOMER_INACTIVE),
     })
     .map(Bytes::from)
     .map_err(|e| {
@@ -277,7 +309,17 @@ pub fn json_answer(status: StatusCode, body: Bytes) -> HttpResponse {
     res
 }
 
-/// `POST /v1/checkin` (terminals for their own customer, and admins).
+/// A terminal asks whether it may sell (terminals for their own customer, and admins). The
+/// answer is signed: verify it with `GET /v1/keys`.
+#[utoipa::path(post, path = "/v1/checkin", tag = "terminals", request_body = CheckInBody,
+    responses(
+        (status = 200, description = "The answer, also when it refuses to sell",
+            body = CheckInAnswerBody),
+        (status = 401, description = "No token or an unknown one (the error alone); or the \
+            customer is inactive: the error fields and the signed answer, outcome \
+            CUSTOMER_INACTIVE, both", body = ErrorBody),
+        (status = 404, description = "A terminal token asking for another customer",
+            body = ErrorBody)))]
 pub async fn check_in(
     state: web::Data<AppState>,
     caller: As<Terminals>,

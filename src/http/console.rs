@@ -17,7 +17,7 @@ use actix_web::http::header::{
 use actix_web::{web, HttpRequest, HttpResponse};
 use sha2::{Digest, Sha256};
 
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 
 /// The policy of every console answer: this origin only, nothing inline, no framing.
 pub const CONTENT_SECURITY_POLICY_VALUE: &str = "default-src 'none'; script-src 'self'; \
@@ -113,10 +113,24 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/console/assets/{name}", web::get().to(asset));
 }
 
+/// The support and audit console (the page; what it shows needs a token).
+#[utoipa::path(get, path = "/", tag = "console", security(()),
+    params(("If-None-Match" = Option<String>, Header, description = "The ETag last received")),
+    responses((status = 200, description = "The console's page", content_type = "text/html",
+        body = String), (status = 304, description = "Unchanged since the ETag sent")))]
 async fn index(req: HttpRequest) -> Result<HttpResponse, ApiError> {
     serve("index.html", &req)
 }
 
+/// One of the console's scripts and style sheets.
+#[utoipa::path(get, path = "/console/assets/{name}", tag = "console", security(()),
+    params(("name" = String, Path, description = "The asset's file name", example = "app.js"),
+        ("If-None-Match" = Option<String>, Header, description = "The ETag last received")),
+    responses((status = 200, description = "The asset", content(
+            (String = "text/javascript; charset=utf-8"), (String = "text/css; charset=utf-8"),
+            (String = "text/html; charset=utf-8"), (String = "image/svg+xml"))),
+        (status = 304, description = "Unchanged since the ETag sent"),
+        (status = 404, description = "No such asset", body = ErrorBody)))]
 async fn asset(req: HttpRequest, name: web::Path<String>) -> Result<HttpResponse, ApiError> {
     serve(&name, &req)
 }

@@ -24,18 +24,21 @@ use ledger_events::{
 };
 use ledger_projections::asof::AsOf;
 use ledger_projections::view::{
-    LedgerView, LicenseQuery, LicenseSortKey, LicenseStatus, PAGE_LIMIT_MAX,
+    LedgerView, LicenseQuery, LicenseSortKey, LicenseStatus, Page, PAGE_LIMIT_MAX,
 };
 use ledger_projections::{ContractRow, CustomerRow, LicenseRow};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::sync::mpsc;
+use utoipa::{IntoParams, ToSchema};
 
 use super::auth::{Admins, Admits, As, Operators, Readers};
 use super::error::ApiError;
-use super::extract::Params;
+use super::extract::Query;
+use super::routes::read_your_writes;
 use super::AppState;
 use crate::app::Ledger;
+use crate::config::Role;
 use crate::domain::checkin::WARNING_DAYS;
 use crate::domain::today;
 
@@ -81,16 +84,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/audit/verify", web::get().to(verify));
 }
 
-/// Waits for `?min_position=` if given.
-async fn read_your_writes(state: &AppState, params: &Params) -> Result<(), ApiError> {
-    if let Some(p) = params.get::<Position>("min_position")? {
-        state.ledger.wait_for(p).await?;
-    }
-    Ok(())
-}
-
-fn page_limit(params: &Params, default: usize, max: usize) -> Result<usize, ApiError> {
-    let limit = params.get::<usize>("limit")?.unwrap_or(default);
+fn page_limit(limit: Option<usize>, default: usize, max: usize) -> Result<usize, ApiError> {
+    let limit = limit.unwrap_or(default);
     if limit > max {
         return Err(ApiError::field("limit", format!("at most {max}")));
     }
@@ -104,32 +99,60 @@ fn internal(what: &str, e: impl std::fmt::Display) -> ApiError {
 
 // ---- session ----
 
-/// `GET /v1/session`: the caller's name and role, what the console may offer it, and the
-/// vocabularies its filters list (products with their names, event types, stream
-/// categories). A terminal token is refused (403) like on every reader route: it cannot sign
-/// in.
+/// A product and its name as people write it.
+#[derive(Serialize, ToSchema)]
+pub struct ProductName {
+    product: Product,
+    /// E.g. `NF-e Nota Fiscal`.
+    name: &'static str,
+}
+
+/// Who is signed in, what the console may offer, and the vocabularies of its filters.
+#[derive(Serialize, ToSchema)]
+pub struct Session {
+    /// The token's name.
+    name: String,
+    role: Role,
+    /// May run commands (support, admin).
+    may_act: bool,
+    /// May do what only admins may (emergency release, tokens).
+    may_admin: bool,
+    products: Vec<ProductName>,
+    /// Event types of the catalogue.
+    event_types: Vec<&'static str>,
+    /// Stream categories of the log.
+    categories: &'static [&'static str],
+}
+
+/// The caller's name and role, what the console may offer it, and the vocabularies its
+/// filters list. A terminal token is refused (403) like on every reader route: it cannot
+/// sign in.
+#[utoipa::path(get, path = "/v1/session", tag = "console",
+    responses((status = 200, body = Session)))]
 async fn session(caller: As<Readers>) -> Answer {
-    let products: Vec<serde_json::Value> = Product::ALL
+    let products = Product::ALL
         .iter()
-        .map(|p| json!({"product": p, "name": p.display_name()}))
+        .map(|&product| ProductName {
+            product,
+            name: product.display_name(),
+        })
         .collect();
-    let event_types: Vec<&str> = EVENT_TYPES.iter().map(|(name, _)| *name).collect();
-    Ok(HttpResponse::Ok().json(json!({
-        "name": caller.name,
-        "role": caller.role,
-        "may_act": Operators::ROLES.contains(&caller.role),
-        "may_admin": Admins::ROLES.contains(&caller.role),
-        "products": products,
-        "event_types": event_types,
-        "categories": CATEGORIES,
-    })))
+    Ok(HttpResponse::Ok().json(Session {
+        may_act: Operators::ROLES.contains(&caller.role),
+        may_admin: Admins::ROLES.contains(&caller.role),
+        name: caller.name.clone(),
+        role: caller.role,
+        products,
+        event_types: EVENT_TYPES.iter().map(|(name, _)| *name).collect(),
+        categories: CATEGORIES,
+    }))
 }
 
 // ---- customers ----
 
-/// How many of a customer's licenses are in each state.
-#[derive(Serialize)]
-struct LicenseCounts {
+/// How many licenses are in each state.
+#[derive(Serialize, ToSchema)]
+pub struct LicenseCounts {
     total: usize,
     active: usize,
     blocked: usize,
@@ -161,8 +184,9 @@ fn license_counts(view: &LedgerView, cnpj: Option<Cnpj>, day: NaiveDate) -> Lice
     }
 }
 
-#[derive(Serialize)]
-struct CustomerSummary {
+/// A customer with its contracts and license counts.
+#[derive(Serialize, ToSchema)]
+pub struct CustomerSummary {
     #[serde(flatten)]
     customer: CustomerRow,
     contracts: Vec<ContractRow>,
@@ -178,13 +202,28 @@ fn all_contracts(view: &LedgerView) -> Vec<ContractRow> {
         .collect()
 }
 
-/// `GET /v1/customers?text=&offset=&limit=`: customers sorted by CNPJ with their contracts
-/// and license counts; `text` matches the CNPJ or the trade name, ignoring case.
-async fn customers(state: State, _caller: As<Readers>, params: Params) -> Answer {
-    read_your_writes(&state, &params).await?;
-    let offset: usize = params.get("offset")?.unwrap_or(0);
-    let limit = page_limit(&params, 50, PAGE_LIMIT_MAX)?;
-    let text = params.text("text").map(|t| t.trim().to_lowercase());
+/// Which customers.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct CustomersQuery {
+    /// Wait until the read model has applied this position (a command's answer).
+    min_position: Option<Position>,
+    /// Matches the CNPJ or the trade name, ignoring case.
+    text: Option<String>,
+    /// Rows to skip.
+    offset: Option<usize>,
+    /// Rows to return (default 50, at most 500).
+    limit: Option<usize>,
+}
+
+/// Customers sorted by CNPJ with their contracts and license counts.
+#[utoipa::path(get, path = "/v1/customers", tag = "console", params(CustomersQuery),
+    responses((status = 200, body = Page<CustomerSummary>)))]
+async fn customers(state: State, _caller: As<Readers>, Query(q): Query<CustomersQuery>) -> Answer {
+    read_your_writes(&state, q.min_position).await?;
+    let offset: usize = q.offset.unwrap_or(0);
+    let limit = page_limit(q.limit, 50, PAGE_LIMIT_MAX)?;
+    let text = q.text.map(|t| t.trim().to_lowercase());
     let view = state.ledger.view();
     let day = today(state.ledger.clock().now());
     let matching: Vec<CustomerRow> = view
@@ -215,16 +254,19 @@ async fn customers(state: State, _caller: As<Readers>, params: Params) -> Answer
             }
         })
         .collect();
-    Ok(HttpResponse::Ok().json(json!({
-        "items": items, "total": total, "offset": offset, "limit": limit,
-    })))
+    Ok(HttpResponse::Ok().json(Page {
+        items,
+        total,
+        offset,
+        limit,
+    }))
 }
 
 // ---- the license table ----
 
 /// A row of the console's license table: the license plus what its columns and marks need.
-#[derive(Serialize)]
-struct TableRow {
+#[derive(Serialize, ToSchema)]
+pub struct TableRow {
     #[serde(flatten)]
     license: LicenseRow,
     /// "Produto" as people write it (`NF-e Nota Fiscal`).
@@ -258,57 +300,91 @@ fn table_row(view: &LedgerView, license: LicenseRow, day: NaiveDate) -> TableRow
     }
 }
 
-fn enum_param<T: serde::de::DeserializeOwned>(
-    params: &Params,
-    name: &str,
-    expected: &str,
-) -> Result<Option<T>, ApiError> {
-    params
-        .text(name)
-        .map(|s| {
-            serde_json::from_value(serde_json::Value::String(s))
-                .map_err(|_| ApiError::field(name, format!("expected {expected}")))
+/// Sort direction.
+#[derive(Clone, Copy, Default, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SortOrder {
+    /// Ascending (the default).
+    #[default]
+    Asc,
+    /// Descending.
+    Desc,
+}
+
+/// The filters of `GET /v1/licenses`, a sort, and a moment.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct TableQuery {
+    /// Wait until the read model has applied this position (a command's answer).
+    min_position: Option<Position>,
+    /// The table as it was at this moment (RFC 3339), rebuilt from the log; "today" is that
+    /// moment's day.
+    as_of: Option<DateTime<Utc>>,
+    #[param(value_type = Option<Cnpj>)]
+    cnpj: Option<Cnpj>,
+    #[param(value_type = Option<Product>)]
+    product: Option<Product>,
+    #[param(value_type = Option<LicenseStatus>)]
+    status: Option<LicenseStatus>,
+    /// Only licenses expiring within this many days.
+    expiring_within_days: Option<u32>,
+    /// Only the license bound to this hardware key.
+    hardware_key: Option<String>,
+    /// Free text: license id, CNPJ, trade name, hardware id.
+    text: Option<String>,
+    /// Rows to skip.
+    offset: Option<usize>,
+    /// Rows to return (default 50, at most 500).
+    limit: Option<usize>,
+    /// The column to sort by (default `id`).
+    #[param(value_type = Option<LicenseSortKey>)]
+    sort: Option<LicenseSortKey>,
+    #[param(value_type = Option<SortOrder>)]
+    order: Option<SortOrder>,
+}
+
+impl TableQuery {
+    fn to_query(&self, day: NaiveDate) -> Result<LicenseQuery, ApiError> {
+        Ok(LicenseQuery {
+            cnpj: self.cnpj,
+            product: self.product,
+            status: self.status,
+            expiring_within_days: self.expiring_within_days,
+            today: Some(day),
+            hardware_key: self.hardware_key.clone(),
+            text: self.text.clone(),
+            offset: self.offset.unwrap_or(0),
+            limit: page_limit(self.limit, 50, PAGE_LIMIT_MAX)?,
         })
-        .transpose()
+    }
 }
 
-fn table_query(params: &Params, day: NaiveDate) -> Result<LicenseQuery, ApiError> {
-    Ok(LicenseQuery {
-        cnpj: params.get("cnpj")?,
-        product: params.get("product")?,
-        status: enum_param(
-            params,
-            "status",
-            "active, blocked, deactivated, expired, free or bound",
-        )?,
-        expiring_within_days: params.get("expiring_within_days")?,
-        today: Some(day),
-        hardware_key: params.text("hardware_key"),
-        text: params.text("text"),
-        offset: params.get("offset")?.unwrap_or(0),
-        limit: page_limit(params, 50, PAGE_LIMIT_MAX)?,
-    })
+/// One page of the license table.
+#[derive(Serialize, ToSchema)]
+pub struct LicenseTable {
+    items: Vec<TableRow>,
+    /// Rows matching, over all pages.
+    total: usize,
+    offset: usize,
+    limit: usize,
+    /// The table's day.
+    today: NaiveDate,
+    /// The moment asked for, if any.
+    as_of: Option<DateTime<Utc>>,
+    /// The log position the table reflects.
+    position: Position,
 }
 
-/// `GET /v1/license-table?<the filters of GET /v1/licenses>&sort=&order=asc|desc&as_of=`:
-/// one page of the license table sorted over all matching rows, each row with its product's
-/// name, the customer's trade name, whether its contract is active and its expiry marks. With
-/// `as_of` (RFC 3339) the table is the one rebuilt from the log as it was then, and "today" is
-/// that moment's day.
-async fn license_table(state: State, _caller: As<Readers>, params: Params) -> Answer {
-    read_your_writes(&state, &params).await?;
-    let sort: LicenseSortKey = enum_param(
-        &params,
-        "sort",
-        "id, hardware_key, ip, expires_on, product, blocked, active or contract",
-    )?
-    .unwrap_or_default();
-    let descending = match params.text("order").as_deref() {
-        None | Some("asc") => false,
-        Some("desc") => true,
-        Some(_) => return Err(ApiError::field("order", "expected asc or desc")),
-    };
-    let as_of = params.get::<DateTime<Utc>>("as_of")?;
+/// One page of the license table sorted over all matching rows, each row with its
+/// product's name, the customer's trade name, whether its contract is active and its expiry
+/// marks.
+#[utoipa::path(get, path = "/v1/license-table", tag = "console", params(TableQuery),
+    responses((status = 200, body = LicenseTable)))]
+async fn license_table(state: State, _caller: As<Readers>, Query(q): Query<TableQuery>) -> Answer {
+    read_your_writes(&state, q.min_position).await?;
+    let sort = q.sort.unwrap_or_default();
+    let descending = matches!(q.order.unwrap_or_default(), SortOrder::Desc);
+    let as_of = q.as_of;
     let past;
     let (view, day, position) = match as_of {
         None => {
@@ -321,22 +397,21 @@ async fn license_table(state: State, _caller: As<Readers>, params: Params) -> An
             (&past, today(t), position)
         }
     };
-    let q = table_query(&params, day)?;
-    let page = view.list_licenses_sorted(&q, sort, descending);
+    let page = view.list_licenses_sorted(&q.to_query(day)?, sort, descending);
     let items: Vec<TableRow> = page
         .items
         .into_iter()
         .map(|l| table_row(view, l, day))
         .collect();
-    Ok(HttpResponse::Ok().json(json!({
-        "items": items,
-        "total": page.total,
-        "offset": page.offset,
-        "limit": page.limit,
-        "today": day,
-        "as_of": as_of,
-        "position": position,
-    })))
+    Ok(HttpResponse::Ok().json(LicenseTable {
+        items,
+        total: page.total,
+        offset: page.offset,
+        limit: page.limit,
+        today: day,
+        as_of,
+        position,
+    }))
 }
 
 // ---- the log feed ----
@@ -388,8 +463,8 @@ fn customer_of(view: &LedgerView, event: &Event) -> Option<Cnpj> {
 }
 
 /// One line of the feed.
-#[derive(Serialize)]
-struct FeedItem {
+#[derive(Serialize, ToSchema)]
+pub struct FeedItem {
     position: Position,
     recorded_at: DateTime<Utc>,
     event_type: String,
@@ -398,7 +473,7 @@ struct FeedItem {
     actor: ledger_events::Actor,
     cnpj: Option<Cnpj>,
     description: String,
-    hash: String,
+    hash: ledger_events::Hash,
 }
 
 struct FeedFilter {
@@ -435,23 +510,62 @@ impl FeedFilter {
             actor: e.actor.clone(),
             cnpj,
             description: ledger_projections::describe(e, &event),
-            hash: e.hash.to_string(),
+            hash: e.hash,
         }))
     }
 }
 
-/// `GET /v1/events/search?from_position=&to_position=&type=&category=&cnpj=&since=&until=&before=&limit=`:
-/// the log newest first, filtered by position range, event type, stream category, customer
-/// and time range (`since`/`until` RFC 3339, both included). It examines at most
-/// [`EVENTS_SCAN_MAX`] records per call; `next_before` (when not null) is the `before` of the
-/// next page.
-async fn search_events(state: State, _caller: As<Readers>, params: Params) -> Answer {
+/// Filters of the log search.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct SearchQuery {
+    /// An event type of the catalogue (see `GET /v1/session`).
+    #[serde(rename = "type")]
+    #[param(rename = "type")]
+    event_type: Option<String>,
+    /// A stream category (see `GET /v1/session`).
+    category: Option<String>,
+    /// Events about this customer.
+    #[param(value_type = Option<Cnpj>)]
+    cnpj: Option<Cnpj>,
+    /// Lowest position.
+    from_position: Option<Position>,
+    /// Highest position.
+    to_position: Option<Position>,
+    /// Only positions below this one: the previous answer's `next_before`.
+    before: Option<Position>,
+    /// Recorded at or after (RFC 3339).
+    since: Option<DateTime<Utc>>,
+    /// Recorded at or before (RFC 3339).
+    until: Option<DateTime<Utc>>,
+    /// Entries to return (default 50, at most 500).
+    limit: Option<usize>,
+}
+
+/// A page of the log search, newest first.
+#[derive(Serialize, ToSchema)]
+pub struct SearchPage {
+    items: Vec<FeedItem>,
+    /// The `before` of the next page; null when the range is exhausted.
+    next_before: Option<Position>,
+    /// Records examined.
+    scanned: usize,
+    /// The log's head.
+    head_position: Position,
+}
+
+/// The log newest first, filtered by position range, event type, stream category, customer
+/// and time range (both ends included). It examines at most 20000 records per call;
+/// `next_before` (when not null) is the `before` of the next page.
+#[utoipa::path(get, path = "/v1/events/search", tag = "console", params(SearchQuery),
+    responses((status = 200, body = SearchPage)))]
+async fn search_events(state: State, _caller: As<Readers>, Query(q): Query<SearchQuery>) -> Answer {
     let limit = page_limit(
-        &params,
+        q.limit,
         EVENTS_SEARCH_LIMIT_DEFAULT,
         EVENTS_SEARCH_LIMIT_MAX,
     )?;
-    let event_type = params.text("type");
+    let event_type = q.event_type;
     if let Some(t) = &event_type {
         if !EVENT_TYPES.iter().any(|(name, _)| name == t) {
             return Err(ApiError::field(
@@ -460,7 +574,7 @@ async fn search_events(state: State, _caller: As<Readers>, params: Params) -> An
             ));
         }
     }
-    let category = params.text("category");
+    let category = q.category;
     if let Some(c) = &category {
         if !CATEGORIES.contains(&c.as_str()) {
             return Err(ApiError::field(
@@ -472,20 +586,20 @@ async fn search_events(state: State, _caller: As<Readers>, params: Params) -> An
     let filter = FeedFilter {
         event_type,
         category,
-        cnpj: params.get("cnpj")?,
+        cnpj: q.cnpj,
     };
     let ledger = &state.ledger;
     let head = ledger.head().await?.position;
-    let mut lo: Position = params.get::<Position>("from_position")?.unwrap_or(1).max(1);
-    let mut hi: Position = params.get::<Position>("to_position")?.unwrap_or(head);
+    let mut lo: Position = q.from_position.unwrap_or(1).max(1);
+    let mut hi: Position = q.to_position.unwrap_or(head);
     hi = hi.min(head);
-    if let Some(before) = params.get::<Position>("before")? {
+    if let Some(before) = q.before {
         hi = hi.min(before.saturating_sub(1));
     }
-    if let Some(since) = params.get::<DateTime<Utc>>("since")? {
+    if let Some(since) = q.since {
         lo = lo.max(first_recorded_after(ledger, since, true, head).await?);
     }
-    if let Some(until) = params.get::<DateTime<Utc>>("until")? {
+    if let Some(until) = q.until {
         hi = hi.min(first_recorded_after(ledger, until, false, head).await? - 1);
     }
     let view = ledger.view();
@@ -521,23 +635,72 @@ async fn search_events(state: State, _caller: As<Readers>, params: Params) -> An
         }
     }
     let exhausted = cursor < lo || cursor == 0;
-    Ok(HttpResponse::Ok().json(json!({
-        "items": items,
-        "next_before": if exhausted { None } else { Some(cursor + 1) },
-        "scanned": scanned,
-        "head_position": head,
-    })))
+    Ok(HttpResponse::Ok().json(SearchPage {
+        items,
+        next_before: if exhausted { None } else { Some(cursor + 1) },
+        scanned,
+        head_position: head,
+    }))
 }
 
 // ---- the dashboard ----
 
-/// `GET /v1/dashboard?days=`: licenses by state, how many expire on each of the next `days`
-/// days (default 30, at most [`DASHBOARD_DAYS_MAX`]), and the check-ins recorded in each of
-/// the last 24 hours (from the log; a check-in is recorded when something changed or a day
-/// passed, see the README).
-async fn dashboard(state: State, _caller: As<Readers>, params: Params) -> Answer {
-    read_your_writes(&state, &params).await?;
-    let days: u32 = params.get("days")?.unwrap_or(DASHBOARD_DAYS_DEFAULT);
+/// How far the dashboard looks ahead.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct DashboardQuery {
+    /// Wait until the read model has applied this position (a command's answer).
+    min_position: Option<Position>,
+    /// Days of expiries to count (default 30, at most 90).
+    days: Option<u32>,
+}
+
+/// Licenses expiring on one day.
+#[derive(Serialize, ToSchema)]
+pub struct DayCount {
+    day: NaiveDate,
+    count: usize,
+}
+
+/// Check-ins recorded in one hour.
+#[derive(Serialize, ToSchema)]
+pub struct HourCount {
+    /// The hour's start.
+    hour: DateTime<Utc>,
+    count: u64,
+}
+
+/// Check-ins per hour over the last 24 hours.
+#[derive(Serialize, ToSchema)]
+pub struct CheckInHours {
+    /// The first hour's start.
+    from: DateTime<Utc>,
+    /// 24 hours, oldest first.
+    hours: Vec<HourCount>,
+    /// Records examined.
+    scanned: usize,
+    /// More records were there than examined.
+    truncated: bool,
+}
+
+/// The dashboard's figures.
+#[derive(Serialize, ToSchema)]
+pub struct Dashboard {
+    today: NaiveDate,
+    licenses: LicenseCounts,
+    /// Expiries per day, from today.
+    expiring: Vec<DayCount>,
+    check_ins: CheckInHours,
+}
+
+/// Licenses by state, how many expire on each of the next `days` days, and the check-ins
+/// recorded in each of the last 24 hours (a check-in is recorded when something changed or
+/// a day passed).
+#[utoipa::path(get, path = "/v1/dashboard", tag = "console", params(DashboardQuery),
+    responses((status = 200, body = Dashboard)))]
+async fn dashboard(state: State, _caller: As<Readers>, Query(q): Query<DashboardQuery>) -> Answer {
+    read_your_writes(&state, q.min_position).await?;
+    let days: u32 = q.days.unwrap_or(DASHBOARD_DAYS_DEFAULT);
     if days > DASHBOARD_DAYS_MAX {
         return Err(ApiError::field(
             "days",
@@ -549,7 +712,7 @@ async fn dashboard(state: State, _caller: As<Readers>, params: Params) -> Answer
     let day = today(now);
     let view = ledger.view();
     let licenses = license_counts(view, None, day);
-    let expiring: Vec<serde_json::Value> = (0..=days)
+    let expiring: Vec<DayCount> = (0..=days)
         .filter_map(|d| day.checked_add_days(Days::new(u64::from(d))))
         .map(|on| {
             let count = view
@@ -560,7 +723,7 @@ async fn dashboard(state: State, _caller: As<Readers>, params: Params) -> Answer
                     ..LicenseQuery::default()
                 })
                 .total;
-            json!({ "day": on, "count": count })
+            DayCount { day: on, count }
         })
         .collect();
 
@@ -590,22 +753,25 @@ async fn dashboard(state: State, _caller: As<Readers>, params: Params) -> Answer
             }
         }
     }
-    let per_hour: Vec<serde_json::Value> = hours
+    let per_hour: Vec<HourCount> = hours
         .iter()
         .enumerate()
-        .map(|(i, n)| json!({ "hour": from + Duration::hours(i as i64), "count": n }))
+        .map(|(i, &count)| HourCount {
+            hour: from + Duration::hours(i as i64),
+            count,
+        })
         .collect();
-    Ok(HttpResponse::Ok().json(json!({
-        "today": day,
-        "licenses": licenses,
-        "expiring": expiring,
-        "check_ins": {
-            "from": from,
-            "hours": per_hour,
-            "scanned": scanned,
-            "truncated": next <= head,
+    Ok(HttpResponse::Ok().json(Dashboard {
+        today: day,
+        licenses,
+        expiring,
+        check_ins: CheckInHours {
+            from,
+            hours: per_hour,
+            scanned,
+            truncated: next <= head,
         },
-    })))
+    }))
 }
 
 // ---- verify now ----
@@ -740,11 +906,13 @@ async fn run_verification(
     let _ = tx.send(line(&verdict)).await;
 }
 
-/// `GET /v1/audit/verify`: verifies the hash chain from position 1 to the current head and
-/// streams its progress as JSON lines (`application/x-ndjson`): `{"done": false, "checked",
-/// "head_position"}` per batch, then `{"done": true, "ok": true, "checked", "head_position",
-/// "head_hash"}` or `{"done": true, "ok": false, "checked", "position", "problem"}`. At most
-/// [`VERIFICATIONS_RUNNING_MAX`] run at once (503 beyond).
+/// Verifies the hash chain from position 1 to the current head and streams its progress as
+/// JSON lines: `{"done": false, "checked", "head_position"}` per batch, then `{"done": true,
+/// "ok": true, "checked", "head_position", "head_hash"}` or `{"done": true, "ok": false,
+/// "checked", "position", "problem"}`. At most two run at once (503 beyond).
+#[utoipa::path(get, path = "/v1/audit/verify", tag = "audit",
+    responses((status = 200, description = "Progress, then the verdict, one JSON object a line",
+        content_type = "application/x-ndjson", body = String)))]
 async fn verify(state: State, _caller: As<Readers>) -> Answer {
     let slot = VerificationSlot::take().ok_or_else(|| {
         ApiError::Unavailable(format!(

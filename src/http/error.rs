@@ -5,6 +5,7 @@
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::app::AppError;
 use crate::domain::DomainError;
@@ -71,30 +72,79 @@ impl ApiError {
     }
 
     /// The stable machine-readable code.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
-            ApiError::Malformed(_) => "malformed",
-            ApiError::BadField { .. } => "invalid_field",
-            ApiError::Unauthenticated => "unauthenticated",
-            ApiError::CustomerInactive => "customer_inactive",
-            ApiError::Forbidden(_) => "forbidden",
-            ApiError::NotFound(_) => "not_found",
-            ApiError::Conflict(_) => "conflict",
-            ApiError::TooLarge(_) => "body_too_large",
-            ApiError::Rejected { .. } => "rejected",
-            ApiError::Unavailable(_) => "unavailable",
-            ApiError::RateLimited(_) => "rate_limited",
-            ApiError::Internal => "internal",
+            ApiError::Malformed(_) => ErrorCode::Malformed,
+            ApiError::BadField { .. } => ErrorCode::InvalidField,
+            ApiError::Unauthenticated => ErrorCode::Unauthenticated,
+            ApiError::CustomerInactive => ErrorCode::CustomerInactive,
+            ApiError::Forbidden(_) => ErrorCode::Forbidden,
+            ApiError::NotFound(_) => ErrorCode::NotFound,
+            ApiError::Conflict(_) => ErrorCode::Conflict,
+            ApiError::TooLarge(_) => ErrorCode::BodyTooLarge,
+            ApiError::Rejected { .. } => ErrorCode::Rejected,
+            ApiError::Unavailable(_) => ErrorCode::Unavailable,
+            ApiError::RateLimited(_) => ErrorCode::RateLimited,
+            ApiError::Internal => ErrorCode::Internal,
+        }
+    }
+
+    /// The body this error answers with.
+    pub fn body(&self) -> ErrorBody {
+        let field = match self {
+            ApiError::BadField { field, .. } => Some(field.clone()),
+            ApiError::Rejected { field, .. } => field.clone(),
+            _ => None,
+        };
+        ErrorBody {
+            error: self.code(),
+            message: self.to_string(),
+            field,
         }
     }
 }
 
-#[derive(Serialize)]
-struct Body<'a> {
-    error: &'a str,
-    message: String,
+/// The stable machine-readable code of an error; codes are only ever added.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// 400: the body or the query string is not of the expected shape.
+    Malformed,
+    /// 400: one field is invalid; `field` names it.
+    InvalidField,
+    /// 401: no token, or an unknown one.
+    Unauthenticated,
+    /// 401: the caller's customer is not active.
+    CustomerInactive,
+    /// 403: the token's role may not do this.
+    Forbidden,
+    /// 404: no such thing, or another customer's.
+    NotFound,
+    /// 409: it exists already, or it changed meanwhile.
+    Conflict,
+    /// 413: the body is larger than the limit.
+    BodyTooLarge,
+    /// 422: a business rule refused the command.
+    Rejected,
+    /// 503: the store cannot take or serve requests now.
+    Unavailable,
+    /// 429: too many requests of this kind.
+    RateLimited,
+    /// 500: a bug or damage; details are in the server log.
+    Internal,
+}
+
+/// Every answer that is not a success: `{"error": code, "message": text, "field": name?}`.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Error)]
+pub struct ErrorBody {
+    /// What kind of error.
+    pub error: ErrorCode,
+    /// What went wrong, for a person to read (pt-BR manual texts where the manual has one).
+    pub message: String,
+    /// The field (of the body, the path or the query) at fault, when one is.
     #[serde(skip_serializing_if = "Option::is_none")]
-    field: Option<&'a str>,
+    pub field: Option<String>,
 }
 
 impl ResponseError for ApiError {
@@ -114,16 +164,7 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        let field = match self {
-            ApiError::BadField { field, .. } => Some(field.as_str()),
-            ApiError::Rejected { field, .. } => field.as_deref(),
-            _ => None,
-        };
-        HttpResponse::build(self.status_code()).json(Body {
-            error: self.code(),
-            message: self.to_string(),
-            field,
-        })
+        HttpResponse::build(self.status_code()).json(self.body())
     }
 }
 

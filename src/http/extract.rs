@@ -1,11 +1,9 @@
 //! Extractors that answer in the one error shape: JSON bodies (limited to
-//! [`BODY_BYTES_MAX`], errors naming the field) and query parameters (parsed by name).
+//! [`BODY_BYTES_MAX`], errors naming the field) and query strings (into a struct, errors
+//! naming the parameter).
 
-use std::collections::HashMap;
-use std::fmt::Display;
 use std::future::{poll_fn, ready, Future, Ready};
 use std::pin::Pin;
-use std::str::FromStr;
 
 use actix_web::dev::Payload;
 use actix_web::http::header::CONTENT_LENGTH;
@@ -18,15 +16,21 @@ use super::error::ApiError;
 /// Largest request body accepted.
 pub const BODY_BYTES_MAX: usize = 64 * 1024;
 
-/// A JSON body of type `T`. An empty body reads as `{}`.
+/// A JSON object body of type `T`. An empty body (no bytes at all) reads as `{}`.
 pub struct Json<T>(pub T);
 
-/// Parses `bytes` as `T`, naming the field a value error is in.
+/// Parses `bytes`, a JSON object, as `T`, naming the field a value error is in. Every body
+/// of the API is an object: anything else is refused before serde sees it, since a derived
+/// struct would otherwise also take its fields as an array (`[null, null]`).
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
-        b"{}"
-    } else {
-        bytes
+    let bytes: &[u8] = match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+        None if bytes.is_empty() => b"{}",
+        Some(b'{') => bytes,
+        _ => {
+            return Err(ApiError::Malformed(
+                "the body must be a JSON object ({...})".into(),
+            ))
+        }
     };
     // The fast path; only a body that fails is parsed again to name the failing field.
     if let Ok(value) = serde_json::from_slice(bytes) {
@@ -39,17 +43,7 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         if inner.is_syntax() || inner.is_eof() {
             return ApiError::Malformed(format!("malformed JSON: {inner}"));
         }
-        let message = inner.to_string();
-        let field = if path == "." || path.is_empty() {
-            // "missing field `cnpj`" names its field only in the message.
-            message.split('`').nth(1).map(str::to_owned)
-        } else {
-            Some(path)
-        };
-        match field {
-            Some(field) => ApiError::BadField { field, message },
-            None => ApiError::Malformed(message),
-        }
+        field_error(&path, inner.to_string())
     })?;
     de.end()
         .map_err(|e| ApiError::Malformed(format!("malformed JSON: {e}")))?;
@@ -84,37 +78,39 @@ impl<T: DeserializeOwned + 'static> FromRequest for Json<T> {
     }
 }
 
-/// The query string's parameters by name.
-pub struct Params(HashMap<String, String>);
-
-impl Params {
-    /// Parameter `name` parsed as `T`, or `None` when absent or empty.
-    pub fn get<T>(&self, name: &str) -> Result<Option<T>, ApiError>
-    where
-        T: FromStr,
-        T::Err: Display,
-    {
-        match self.0.get(name).map(String::as_str) {
-            None | Some("") => Ok(None),
-            Some(v) => v.parse().map(Some).map_err(|e| ApiError::field(name, e)),
-        }
-    }
-
-    /// Parameter `name` as a raw string.
-    pub fn text(&self, name: &str) -> Option<String> {
-        self.0.get(name).filter(|v| !v.is_empty()).cloned()
+/// The error for a value serde refused at `path`, naming the field: from the path, or from
+/// the message when the path is the root ("missing field `cnpj`").
+fn field_error(path: &str, message: String) -> ApiError {
+    let field = if path == "." || path.is_empty() {
+        message.split('`').nth(1).map(str::to_owned)
+    } else {
+        Some(path.to_owned())
+    };
+    match field {
+        Some(field) => ApiError::BadField { field, message },
+        None => ApiError::Malformed(message),
     }
 }
 
-impl FromRequest for Params {
+/// The query string parsed as `T` (a struct whose fields are the parameters; unknown ones
+/// are ignored), errors naming the parameter. An empty value is a value: `?until=` is not a
+/// time (400), `?text=` is the empty text.
+pub struct Query<T>(pub T);
+
+/// Parses a query string as `T`.
+pub fn parse_query<T: DeserializeOwned>(query: &str) -> Result<T, ApiError> {
+    let de = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        field_error(&path, e.into_inner().to_string())
+    })
+}
+
+impl<T: DeserializeOwned> FromRequest for Query<T> {
     type Error = ApiError;
     type Future = Ready<Result<Self, ApiError>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        ready(
-            serde_urlencoded::from_str::<Vec<(String, String)>>(req.query_string())
-                .map(|pairs| Params(pairs.into_iter().collect()))
-                .map_err(|e| ApiError::Malformed(format!("malformed query string: {e}"))),
-        )
+        ready(parse_query(req.query_string()).map(Query))
     }
 }

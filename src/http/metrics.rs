@@ -15,7 +15,7 @@ use actix_web::http::Method;
 use actix_web::{web, HttpResponse};
 use parking_lot::RwLock;
 
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use super::AppState;
 
 /// Upper bounds (seconds) of the latency histogram's buckets; `+Inf` is implied.
@@ -167,7 +167,12 @@ fn gauge(out: &mut String, name: &str, kind: &str, help: &str, value: impl std::
     );
 }
 
-/// `GET /metrics`: no token needed.
+/// Prometheus metrics: requests by route and status, latency histograms, the log's head and
+/// the read model's lag. No token needed.
+#[utoipa::path(get, path = "/metrics", tag = "service", security(()),
+    responses((status = 200, description = "Prometheus text exposition format",
+        content_type = "text/plain; version=0.0.4; charset=utf-8", body = String),
+        (status = 503, body = ErrorBody)))]
 pub async fn metrics(
     state: web::Data<AppState>,
     http: web::Data<HttpMetrics>,

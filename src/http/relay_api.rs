@@ -13,15 +13,15 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::Duration;
 use ledger_events::answer::VerifyingKey;
 use ledger_events::{Cnpj, Position};
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use super::auth::{As, Relays};
-use super::error::ApiError;
-use super::extract::{Json, Params};
+use super::error::{ApiError, ErrorBody};
+use super::extract::{Json, Query};
 use super::sse::{start_position, stream_response, CustomerFilter};
 use super::AppState;
-use crate::app::relay::{ForwardedEvent, FORWARD_EVENTS_MAX};
+use crate::app::relay::{ForwardedEvent, Resolution, FORWARD_EVENTS_MAX};
 
 /// Most records one feed page returns.
 pub const FEED_PAGE_MAX: usize = 1000;
@@ -47,11 +47,39 @@ fn customer(state: &AppState, caller: &As<Relays>, asked: Option<Cnpj>) -> Resul
     }
 }
 
-/// `feed` (see the module documentation).
-pub async fn feed(state: State, caller: As<Relays>, params: Params) -> Answer {
-    let cnpj = customer(&state, &caller, params.get("cnpj")?)?;
-    let from: Position = params.get("from")?.unwrap_or(1).max(1);
-    let limit: usize = params.get("limit")?.unwrap_or(FEED_PAGE_MAX);
+/// A page of a customer's records.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct FeedQuery {
+    /// The relay's customer (required).
+    #[param(value_type = Cnpj)]
+    cnpj: Option<Cnpj>,
+    /// First position to scan (default 1).
+    from: Option<Position>,
+    /// Records to return, 1 to 1000 (default 1000).
+    limit: Option<usize>,
+}
+
+/// A page of the customer's records.
+#[derive(Serialize, ToSchema)]
+pub struct FeedPage {
+    /// The records, verbatim (central positions and hashes).
+    items: Vec<ledger_events::RecordJson>,
+    /// The position to ask for next.
+    next: Position,
+    /// The central log's head when answered.
+    head_position: Position,
+}
+
+/// The customer's records from a position on, a page at a time.
+#[utoipa::path(get, path = "/v1/relay/feed", tag = "relay", params(FeedQuery),
+    responses((status = 200, body = FeedPage),
+        (status = 401, description = "No token, an unknown one, or the customer is inactive",
+            body = ErrorBody)))]
+pub async fn feed(state: State, caller: As<Relays>, Query(q): Query<FeedQuery>) -> Answer {
+    let cnpj = customer(&state, &caller, q.cnpj)?;
+    let from: Position = q.from.unwrap_or(1).max(1);
+    let limit: usize = q.limit.unwrap_or(FEED_PAGE_MAX);
     if limit == 0 || limit > FEED_PAGE_MAX {
         return Err(ApiError::field(
             "limit",
@@ -85,17 +113,40 @@ pub async fn feed(state: State, caller: As<Relays>, params: Params) -> Answer {
             }
         }
     }
-    Ok(HttpResponse::Ok().json(json!({
-        "items": items,
-        "next": next,
-        "head_position": head.position,
-    })))
+    Ok(HttpResponse::Ok().json(FeedPage {
+        items,
+        next,
+        head_position: head.position,
+    }))
 }
 
-/// `stream` (see the module documentation).
-pub async fn stream(state: State, caller: As<Relays>, req: HttpRequest, params: Params) -> Answer {
-    let cnpj = customer(&state, &caller, params.get("cnpj")?)?;
-    let from = start_position(&req, &params)?;
+/// Where a relay's stream starts.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct StreamQuery {
+    /// The relay's customer (required).
+    #[param(value_type = Cnpj)]
+    cnpj: Option<Cnpj>,
+    /// First position to send (default 1); a `Last-Event-ID` header wins.
+    from: Option<Position>,
+}
+
+/// The customer's records as server-sent events: catch-up, then live.
+#[utoipa::path(get, path = "/v1/relay/stream", tag = "relay",
+    params(StreamQuery, ("Last-Event-ID" = Option<Position>, Header,
+        description = "The last position received, to resume after it")),
+    responses((status = 200, description = "Server-sent events, one record each",
+        content_type = "text/event-stream", body = String),
+        (status = 401, description = "No token, an unknown one, or the customer is inactive",
+            body = ErrorBody)))]
+pub async fn stream(
+    state: State,
+    caller: As<Relays>,
+    req: HttpRequest,
+    Query(q): Query<StreamQuery>,
+) -> Answer {
+    let cnpj = customer(&state, &caller, q.cnpj)?;
+    let from = start_position(&req, q.from)?;
     let filter = CustomerFilter {
         ledger: state.ledger.clone(),
         cnpj,
@@ -104,16 +155,33 @@ pub async fn stream(state: State, caller: As<Relays>, req: HttpRequest, params: 
 }
 
 /// The body of `POST /v1/relay/certificate`.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = CertificateRequest)]
 pub struct CertificateBody {
     /// The relay's customer.
     pub cnpj: Cnpj,
     /// The relay's Ed25519 public key, 64 hex digits.
+    #[schema(pattern = "^[0-9A-Fa-f]{64}$")]
     pub public_key: String,
 }
 
-/// `certificate` (see the module documentation).
+/// The relay's certificate, and the central key that signed it.
+#[derive(Serialize, ToSchema)]
+pub struct Certified {
+    certificate: ledger_events::answer::RelayCertificate,
+    /// The central key's id.
+    central_key_id: String,
+    /// The central Ed25519 public key, 64 lower-case hex digits.
+    central_public_key: String,
+}
+
+/// Certifies the relay's answer-signing key for its customer.
+#[utoipa::path(post, path = "/v1/relay/certificate", tag = "relay",
+    request_body = CertificateBody,
+    responses((status = 200, body = Certified),
+        (status = 401, description = "No token, an unknown one, or the customer is inactive",
+            body = ErrorBody)))]
 pub async fn certificate(
     state: State,
     caller: As<Relays>,
@@ -128,24 +196,44 @@ pub async fn certificate(
     let until = state.ledger.clock().now() + Duration::days(CERTIFICATE_DAYS);
     let cert = state.signer.certify_relay(cnpj, &key, until);
     tracing::info!(relay = %caller.name, %cnpj, key_id = %cert.relay_key_id, "relay key certified");
-    Ok(HttpResponse::Ok().json(json!({
-        "certificate": cert,
-        "central_key_id": state.signer.key_id(),
-        "central_public_key": hex::encode(state.signer.verifying_key().as_bytes()),
-    })))
+    Ok(HttpResponse::Ok().json(Certified {
+        certificate: cert,
+        central_key_id: state.signer.key_id().to_owned(),
+        central_public_key: hex::encode(state.signer.verifying_key().as_bytes()),
+    }))
 }
 
 /// The body of `POST /v1/relay/events`.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = ForwardRequest)]
 pub struct ForwardBody {
     /// The relay's customer.
     pub cnpj: Cnpj,
-    /// The events, in the order they happened at the relay.
+    /// The events, in the order they happened at the relay (at most 500).
     pub events: Vec<ForwardedEvent>,
 }
 
-/// `forward` (see the module documentation).
+/// The center's decision on one forwarded event.
+#[derive(Serialize, ToSchema)]
+pub struct ForwardResult {
+    event_id: uuid::Uuid,
+    resolution: Resolution,
+}
+
+/// The decisions, in the order the events came.
+#[derive(Serialize, ToSchema)]
+pub struct Forwarded {
+    results: Vec<ForwardResult>,
+    /// The central log's head after them.
+    position: Position,
+}
+
+/// Events that happened at the relay, decided one by one.
+#[utoipa::path(post, path = "/v1/relay/events", tag = "relay", request_body = ForwardBody,
+    responses((status = 200, body = Forwarded),
+        (status = 401, description = "No token, an unknown one, or the customer is inactive",
+            body = ErrorBody)))]
 pub async fn forward(state: State, caller: As<Relays>, Json(b): Json<ForwardBody>) -> Answer {
     let cnpj = customer(&state, &caller, Some(b.cnpj))?;
     if b.events.len() > FORWARD_EVENTS_MAX {
@@ -161,11 +249,14 @@ pub async fn forward(state: State, caller: As<Relays>, Json(b): Json<ForwardBody
         if let crate::app::relay::Resolution::Rejected { reason } = &resolution {
             tracing::warn!(relay = %caller.name, event_id = %fwd.event_id, %reason, "forwarded event rejected");
         }
-        results.push(json!({ "event_id": fwd.event_id, "resolution": resolution }));
+        results.push(ForwardResult {
+            event_id: fwd.event_id,
+            resolution,
+        });
     }
     let head = state.ledger.head().await?;
-    Ok(HttpResponse::Ok().json(json!({
-        "results": results,
-        "position": head.position,
-    })))
+    Ok(HttpResponse::Ok().json(Forwarded {
+        results,
+        position: head.position,
+    }))
 }

@@ -10,14 +10,15 @@ use ledger_events::{
     Resources, Serial, TerminalNumber, TradeName,
 };
 use ledger_projections::asof::AsOf;
-use ledger_projections::view::{ContingencyQuery, LedgerView, LicenseQuery, LicenseStatus};
+use ledger_projections::rows::{ContingencyRow, LicenseRow};
+use ledger_projections::view::{ContingencyQuery, LedgerView, LicenseQuery, LicenseStatus, Page};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use super::auth::{Admins, As, Operators, Readers};
-use super::error::ApiError;
-use super::extract::{Json, Params};
+use super::error::{ApiError, ErrorBody};
+use super::extract::{Json, Query};
 use super::limits::{LimitKey, OFFLINE_ACTIVATIONS_PER_MINUTE};
 use super::AppState;
 use crate::app::commands::{GrantLicense, OfflineRequest, SignContract};
@@ -43,6 +44,7 @@ type Answer = Result<HttpResponse, ApiError>;
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/healthz", web::get().to(healthz))
         .route("/metrics", web::get().to(super::metrics::metrics))
+        .route("/openapi.json", web::get().to(super::openapi::serve))
         .service(
             web::scope("/v1")
                 .route("/keys", web::get().to(keys))
@@ -90,20 +92,48 @@ async fn not_found() -> Answer {
     Err(ApiError::NotFound("no such route".into()))
 }
 
-async fn healthz(state: State) -> Answer {
-    let head = state.ledger.head().await?;
-    Ok(HttpResponse::Ok().json(json!({
-        "status": "ok",
-        "head_position": head.position,
-        "applied_position": state.ledger.view().position(),
-    })))
+/// The server is up and its store answers.
+#[derive(Serialize, ToSchema)]
+pub struct Health {
+    /// Always `ok` (a failing store answers 503).
+    #[schema(example = "ok")]
+    status: &'static str,
+    /// Position of the last durable record.
+    head_position: Position,
+    /// Position the read model has applied.
+    applied_position: Position,
 }
 
+/// Liveness and readiness.
+#[utoipa::path(get, path = "/healthz", tag = "service", security(()),
+    responses((status = 200, body = Health), (status = 503, body = ErrorBody)))]
+async fn healthz(state: State) -> Answer {
+    let head = state.ledger.head().await?;
+    Ok(HttpResponse::Ok().json(Health {
+        status: "ok",
+        head_position: head.position,
+        applied_position: state.ledger.view().position(),
+    }))
+}
+
+/// The key that signs check-in answers and the audit head.
+#[derive(Serialize, ToSchema)]
+pub struct SigningKey {
+    /// The key's id, as signed answers name it.
+    key_id: String,
+    /// Ed25519 public key, 64 lower-case hex digits.
+    #[schema(pattern = "^[0-9a-f]{64}$")]
+    public_key: String,
+}
+
+/// The public key terminals verify answers with.
+#[utoipa::path(get, path = "/v1/keys", tag = "terminals", security(()),
+    responses((status = 200, body = SigningKey)))]
 async fn keys(state: State) -> Answer {
-    Ok(HttpResponse::Ok().json(json!({
-        "key_id": state.signer.key_id(),
-        "public_key": hex::encode(state.signer.verifying_key().as_bytes()),
-    })))
+    Ok(HttpResponse::Ok().json(SigningKey {
+        key_id: state.signer.key_id().to_owned(),
+        public_key: hex::encode(state.signer.verifying_key().as_bytes()),
+    }))
 }
 
 fn path_value<T>(field: &str, raw: &str) -> Result<T, ApiError>
@@ -114,40 +144,138 @@ where
     raw.parse().map_err(|e| ApiError::field(field, e))
 }
 
-fn command_answer(outcome: &CommandOutcome, extra: serde_json::Value) -> HttpResponse {
-    let mut body = json!({ "position": outcome.position(), "was_retry": outcome.was_retry });
-    if let (Some(b), serde_json::Value::Object(extra)) = (body.as_object_mut(), extra) {
-        b.extend(extra);
-    }
-    HttpResponse::Ok().json(body)
+/// What a command answers: where it landed in the log, and what it names.
+#[derive(Serialize, ToSchema)]
+pub struct Done<T> {
+    /// Position of the command's last event (0 when it changed nothing): pass it as
+    /// `min_position` to a query to read this write.
+    position: Position,
+    /// Whether this repeated a command already done (same `command_id`): nothing new was
+    /// recorded, and the answer is the first one's.
+    was_retry: bool,
+    #[serde(flatten)]
+    item: T,
 }
+
+fn command_answer<T: Serialize>(outcome: &CommandOutcome, item: T) -> HttpResponse {
+    HttpResponse::Ok().json(Done {
+        position: outcome.position(),
+        was_retry: outcome.was_retry,
+        item,
+    })
+}
+
+/// The customer a command was about.
+#[derive(Serialize, ToSchema)]
+pub struct CustomerRef {
+    cnpj: Cnpj,
+}
+
+/// The contract a command was about.
+#[derive(Serialize, ToSchema)]
+pub struct ContractRef {
+    contract_id: ContractId,
+}
+
+/// The license a command was about.
+#[derive(Serialize, ToSchema)]
+pub struct LicenseRef {
+    license_id: LicenseId,
+}
+
+/// Nothing more than the position.
+#[derive(Serialize, ToSchema)]
+pub struct Nothing {}
 
 // ---- customers ----
 
-#[derive(Deserialize)]
+/// A new customer.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct RegisterCustomer {
+pub struct RegisterCustomer {
     cnpj: Cnpj,
     trade_name: TradeName,
+    /// Customer since (default: today).
     #[serde(default)]
     since: Option<NaiveDate>,
+    /// Makes the command idempotent: a retry with the same id records nothing new.
     #[serde(default)]
     command_id: Option<Uuid>,
 }
 
-#[derive(Deserialize, Default)]
+/// An action's optional reason.
+#[derive(Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct NoteBody {
+pub struct NoteBody {
+    /// Why, shown in the history.
     #[serde(default)]
     note: Option<Note>,
+    /// Makes the command idempotent: a retry with the same id records nothing new.
     #[serde(default)]
     command_id: Option<Uuid>,
+}
+
+/// What can be done to a customer.
+#[derive(Clone, Copy, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CustomerAction {
+    /// Active again after deactivation.
+    Activate,
+    /// Inactive: terminals get `Usuário inválido.`
+    Deactivate,
+    /// Blocked: terminals are refused.
+    Block,
+    /// No longer blocked.
+    Unblock,
+    /// Blacklisted ("Lista negra").
+    Blacklist,
+    /// Off the blacklist.
+    Unblacklist,
+}
+
+/// What can be done to a contract.
+#[derive(Clone, Copy, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ContractAction {
+    /// Ends automatic renewals.
+    Deactivate,
+    /// Resumes them.
+    Reactivate,
+}
+
+/// What can be done to a license.
+#[derive(Clone, Copy, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum LicenseAction {
+    /// New expiry (`expires_on` required).
+    Renew,
+    /// Blocked: terminals are refused.
+    Block,
+    /// No longer blocked.
+    Unblock,
+    /// Deactivated.
+    Deactivate,
+    /// Active again.
+    Reactivate,
+    /// Frees the license from its terminal.
+    Unlink,
+}
+
+/// The action named by the path's last segment; an unknown one is a 404 like any unknown
+/// route.
+fn action<A: serde::de::DeserializeOwned>(of: &str, raw: &str) -> Result<A, ApiError> {
+    serde_json::from_value(serde_json::Value::String(raw.to_owned()))
+        .map_err(|_| ApiError::NotFound(format!("no {of} action {raw}")))
 }
 
 fn command_id(id: Option<Uuid>) -> Uuid {
     id.unwrap_or_else(Uuid::now_v7)
 }
 
+/// Registers a customer.
+#[utoipa::path(post, path = "/v1/customers", tag = "customers", request_body = RegisterCustomer,
+    responses((status = 200, body = Done<CustomerRef>), (status = 409, body = ErrorBody),
+        (status = 422, body = ErrorBody)))]
 async fn register_customer(
     state: State,
     caller: As<Operators>,
@@ -162,49 +290,66 @@ async fn register_customer(
         .ledger
         .customer(cmd, &caller.actor()?, command_id(b.command_id))
         .await?;
-    Ok(command_answer(&outcome, json!({ "cnpj": b.cnpj })))
+    Ok(command_answer(&outcome, CustomerRef { cnpj: b.cnpj }))
 }
 
+/// Activates, deactivates, blocks, unblocks, blacklists or unblacklists a customer.
+#[utoipa::path(post, path = "/v1/customers/{cnpj}/{action}", tag = "customers",
+    params(("cnpj" = Cnpj, Path), ("action" = CustomerAction, Path)),
+    request_body = Option<NoteBody>,
+    responses((status = 200, body = Done<CustomerRef>), (status = 404, body = ErrorBody),
+        (status = 409, description = "The `command_id` was used for another command", body = ErrorBody),
+        (status = 422, body = ErrorBody)))]
 async fn customer_action(
     state: State,
     caller: As<Operators>,
     path: web::Path<(String, String)>,
     Json(b): Json<NoteBody>,
 ) -> Answer {
-    let (cnpj, action) = path.into_inner();
+    let (cnpj, raw) = path.into_inner();
     let cnpj: Cnpj = path_value("cnpj", &cnpj)?;
     let note = b.note;
-    let cmd = match action.as_str() {
-        "activate" => CustomerCommand::Activate { cnpj, note },
-        "deactivate" => CustomerCommand::Deactivate { cnpj, note },
-        "block" => CustomerCommand::Block { cnpj, note },
-        "unblock" => CustomerCommand::Unblock { cnpj, note },
-        "blacklist" => CustomerCommand::Blacklist { cnpj, note },
-        "unblacklist" => CustomerCommand::Unblacklist { cnpj, note },
-        _ => return Err(ApiError::NotFound(format!("no customer action {action}"))),
+    let cmd = match action("customer", &raw)? {
+        CustomerAction::Activate => CustomerCommand::Activate { cnpj, note },
+        CustomerAction::Deactivate => CustomerCommand::Deactivate { cnpj, note },
+        CustomerAction::Block => CustomerCommand::Block { cnpj, note },
+        CustomerAction::Unblock => CustomerCommand::Unblock { cnpj, note },
+        CustomerAction::Blacklist => CustomerCommand::Blacklist { cnpj, note },
+        CustomerAction::Unblacklist => CustomerCommand::Unblacklist { cnpj, note },
     };
     let outcome = state
         .ledger
         .customer(cmd, &caller.actor()?, command_id(b.command_id))
         .await?;
-    Ok(command_answer(&outcome, json!({ "cnpj": cnpj })))
+    Ok(command_answer(&outcome, CustomerRef { cnpj }))
 }
 
 // ---- contracts ----
 
-#[derive(Deserialize)]
+/// A new contract: renews the customer's licenses every `interval_days`.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct SignContractBody {
+#[schema(as = SignContract)]
+pub struct SignContractBody {
     cnpj: Cnpj,
     starts_on: NaiveDate,
+    /// Last day of the contract (default: open-ended).
     #[serde(default)]
     ends_on: Option<NaiveDate>,
+    /// Days each renewal adds.
     interval_days: u16,
+    /// Renew this many days before expiry.
     renew_before_days: u16,
+    /// Makes the command idempotent: a retry with the same id records nothing new.
     #[serde(default)]
     command_id: Option<Uuid>,
 }
 
+/// Signs a contract.
+#[utoipa::path(post, path = "/v1/contracts", tag = "contracts", request_body = SignContractBody,
+    responses((status = 200, body = Done<ContractRef>), (status = 404, body = ErrorBody),
+        (status = 409, description = "The `command_id` was used for another command", body = ErrorBody),
+        (status = 422, body = ErrorBody)))]
 async fn sign_contract(
     state: State,
     caller: As<Operators>,
@@ -221,49 +366,62 @@ async fn sign_contract(
         .ledger
         .sign_contract(c, &caller.actor()?, command_id(b.command_id))
         .await?;
-    Ok(command_answer(&outcome, json!({ "contract_id": id })))
+    Ok(command_answer(&outcome, ContractRef { contract_id: id }))
 }
 
+/// Deactivates or reactivates a contract.
+#[utoipa::path(post, path = "/v1/contracts/{id}/{action}", tag = "contracts",
+    params(("id" = ContractId, Path), ("action" = ContractAction, Path)),
+    request_body = Option<NoteBody>,
+    responses((status = 200, body = Done<ContractRef>), (status = 404, body = ErrorBody),
+        (status = 409, description = "The `command_id` was used for another command", body = ErrorBody),
+        (status = 422, body = ErrorBody)))]
 async fn contract_action(
     state: State,
     caller: As<Operators>,
     path: web::Path<(String, String)>,
     Json(b): Json<NoteBody>,
 ) -> Answer {
-    let (id, action) = path.into_inner();
+    let (id, raw) = path.into_inner();
     let contract_id: ContractId = path_value("id", &id)?;
     let note = b.note;
-    let cmd = match action.as_str() {
-        "deactivate" => ContractCommand::Deactivate { contract_id, note },
-        "reactivate" => ContractCommand::Reactivate { contract_id, note },
-        _ => return Err(ApiError::NotFound(format!("no contract action {action}"))),
+    let cmd = match action("contract", &raw)? {
+        ContractAction::Deactivate => ContractCommand::Deactivate { contract_id, note },
+        ContractAction::Reactivate => ContractCommand::Reactivate { contract_id, note },
     };
     let outcome = state
         .ledger
         .contract(cmd, &caller.actor()?, command_id(b.command_id))
         .await?;
-    Ok(command_answer(
-        &outcome,
-        json!({ "contract_id": contract_id }),
-    ))
+    Ok(command_answer(&outcome, ContractRef { contract_id }))
 }
 
 // ---- licenses ----
 
-#[derive(Deserialize)]
+/// A new license for one terminal of the customer's.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct GrantBody {
+#[schema(as = GrantLicense)]
+pub struct GrantBody {
     cnpj: Cnpj,
     product: Product,
+    /// The contract that renews it, if any.
     #[serde(default)]
     contract_id: Option<ContractId>,
     expires_on: NaiveDate,
+    /// Resource flags ("Recursos").
     #[serde(default)]
     resources: Resources,
+    /// Makes the command idempotent: a retry with the same id records nothing new.
     #[serde(default)]
     command_id: Option<Uuid>,
 }
 
+/// Grants a license.
+#[utoipa::path(post, path = "/v1/licenses", tag = "licenses", request_body = GrantBody,
+    responses((status = 200, body = Done<LicenseRef>), (status = 404, body = ErrorBody),
+        (status = 409, description = "The `command_id` was used for another command", body = ErrorBody),
+        (status = 422, body = ErrorBody)))]
 async fn grant_license(state: State, caller: As<Operators>, Json(b): Json<GrantBody>) -> Answer {
     let g = GrantLicense {
         cnpj: b.cnpj,
@@ -276,62 +434,76 @@ async fn grant_license(state: State, caller: As<Operators>, Json(b): Json<GrantB
         .ledger
         .grant_license(g, &caller.actor()?, command_id(b.command_id))
         .await?;
-    Ok(command_answer(&outcome, json!({ "license_id": id })))
+    Ok(command_answer(&outcome, LicenseRef { license_id: id }))
 }
 
-#[derive(Deserialize, Default)]
+/// An action on a license.
+#[derive(Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct LicenseActionBody {
+pub struct LicenseActionBody {
+    /// Why, shown in the history.
     #[serde(default)]
     note: Option<Note>,
-    /// For `renew`: the new expiry.
+    /// For `renew` (required there): the new expiry.
     #[serde(default)]
     expires_on: Option<NaiveDate>,
+    /// Makes the command idempotent: a retry with the same id records nothing new.
     #[serde(default)]
     command_id: Option<Uuid>,
 }
 
+/// Renews, blocks, unblocks, deactivates, reactivates or unlinks a license.
+#[utoipa::path(post, path = "/v1/licenses/{id}/{action}", tag = "licenses",
+    params(("id" = LicenseId, Path), ("action" = LicenseAction, Path)),
+    request_body = Option<LicenseActionBody>,
+    responses((status = 200, body = Done<LicenseRef>), (status = 404, body = ErrorBody),
+        (status = 409, description = "The `command_id` was used for another command", body = ErrorBody),
+        (status = 422, body = ErrorBody)))]
 async fn license_action(
     state: State,
     caller: As<Operators>,
     path: web::Path<(String, String)>,
     Json(b): Json<LicenseActionBody>,
 ) -> Answer {
-    let (id, action) = path.into_inner();
+    let (id, raw) = path.into_inner();
     let license_id: LicenseId = path_value("id", &id)?;
     let note = b.note;
-    let cmd = match action.as_str() {
-        "renew" => LicenseCommand::Renew {
+    let cmd = match action("license", &raw)? {
+        LicenseAction::Renew => LicenseCommand::Renew {
             license_id,
             expires_on: b
                 .expires_on
                 .ok_or_else(|| ApiError::field("expires_on", "required to renew"))?,
         },
-        "block" => LicenseCommand::Block { license_id, note },
-        "unblock" => LicenseCommand::Unblock { license_id, note },
-        "deactivate" => LicenseCommand::Deactivate { license_id, note },
-        "reactivate" => LicenseCommand::Reactivate { license_id, note },
-        "unlink" => LicenseCommand::Unlink { license_id, note },
-        _ => return Err(ApiError::NotFound(format!("no license action {action}"))),
+        LicenseAction::Block => LicenseCommand::Block { license_id, note },
+        LicenseAction::Unblock => LicenseCommand::Unblock { license_id, note },
+        LicenseAction::Deactivate => LicenseCommand::Deactivate { license_id, note },
+        LicenseAction::Reactivate => LicenseCommand::Reactivate { license_id, note },
+        LicenseAction::Unlink => LicenseCommand::Unlink { license_id, note },
     };
     let outcome = state
         .ledger
         .license(cmd, &caller.actor()?, command_id(b.command_id))
         .await?;
-    Ok(command_answer(
-        &outcome,
-        json!({ "license_id": license_id }),
-    ))
+    Ok(command_answer(&outcome, LicenseRef { license_id }))
 }
 
-#[derive(Deserialize)]
+/// A license's new resources, replacing the old ones.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct ResourcesBody {
+pub struct ResourcesBody {
     resources: Resources,
+    /// Makes the command idempotent: a retry with the same id records nothing new.
     #[serde(default)]
     command_id: Option<Uuid>,
 }
 
+/// Replaces a license's resources.
+#[utoipa::path(put, path = "/v1/licenses/{id}/resources", tag = "licenses",
+    params(("id" = LicenseId, Path)), request_body = ResourcesBody,
+    responses((status = 200, body = Done<LicenseRef>), (status = 404, body = ErrorBody),
+        (status = 409, description = "The `command_id` was used for another command", body = ErrorBody),
+        (status = 422, body = ErrorBody)))]
 async fn change_resources(
     state: State,
     caller: As<Operators>,
@@ -347,31 +519,41 @@ async fn change_resources(
         .ledger
         .license(cmd, &caller.actor()?, command_id(b.command_id))
         .await?;
-    Ok(command_answer(
-        &outcome,
-        json!({ "license_id": license_id }),
-    ))
+    Ok(command_answer(&outcome, LicenseRef { license_id }))
 }
 
 // ---- contingencies, offline activation, emergency release ----
 
-#[derive(Deserialize)]
+/// A contingency to enter or clear.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct ContingencyBody {
+#[schema(as = Contingency)]
+pub struct ContingencyBody {
     cnpj: Cnpj,
     kind: ContingencyKind,
+    /// One terminal only (default: the whole customer).
     #[serde(default)]
     hardware_id: Option<HardwareId>,
+    /// Entering only: the license it is about.
     #[serde(default)]
     license_id: Option<LicenseId>,
+    /// Entering only: the last day terminals may sell under it.
     #[serde(default)]
     grace_until: Option<NaiveDate>,
+    /// Why, shown in the history.
     #[serde(default)]
     note: Option<Note>,
+    /// Makes the command idempotent: a retry with the same id records nothing new.
     #[serde(default)]
     command_id: Option<Uuid>,
 }
 
+/// Enters a contingency.
+#[utoipa::path(post, path = "/v1/contingencies", tag = "contingencies",
+    request_body = ContingencyBody,
+    responses((status = 200, body = Done<Nothing>), (status = 404, body = ErrorBody),
+        (status = 409, description = "The `command_id` was used for another command", body = ErrorBody),
+        (status = 422, body = ErrorBody)))]
 async fn enter_contingency(
     state: State,
     caller: As<Operators>,
@@ -389,9 +571,15 @@ async fn enter_contingency(
         .ledger
         .contingency(cmd, &caller.actor()?, command_id(b.command_id))
         .await?;
-    Ok(command_answer(&outcome, json!({})))
+    Ok(command_answer(&outcome, Nothing {}))
 }
 
+/// Clears a contingency.
+#[utoipa::path(post, path = "/v1/contingencies/clear", tag = "contingencies",
+    request_body = ContingencyBody,
+    responses((status = 200, body = Done<Nothing>), (status = 404, body = ErrorBody),
+        (status = 409, description = "The `command_id` was used for another command", body = ErrorBody),
+        (status = 422, body = ErrorBody)))]
 async fn clear_contingency(
     state: State,
     caller: As<Operators>,
@@ -417,26 +605,51 @@ async fn clear_contingency(
         .ledger
         .contingency(cmd, &caller.actor()?, command_id(b.command_id))
         .await?;
-    Ok(command_answer(&outcome, json!({})))
+    Ok(command_answer(&outcome, Nothing {}))
 }
 
-#[derive(Deserialize)]
+/// An offline terminal's serial, to answer with a counter-key.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct OfflineBody {
+#[schema(as = OfflineActivation)]
+pub struct OfflineBody {
+    /// The serial the terminal shows.
     serial: Serial,
     product: Product,
+    /// The customer (or give `license_id`).
     #[serde(default)]
     cnpj: Option<Cnpj>,
+    /// The license (or give `cnpj`).
     #[serde(default)]
     license_id: Option<LicenseId>,
     #[serde(default)]
     caixa: Option<TerminalNumber>,
     #[serde(default)]
     equipamento: Option<TerminalNumber>,
+    /// Makes the command idempotent: a retry with the same id records nothing new.
     #[serde(default)]
     command_id: Option<Uuid>,
 }
 
+/// A counter-key the terminal accepts offline.
+#[derive(Serialize, ToSchema)]
+pub struct OfflineIssued {
+    /// 16 upper-case hex digits in four groups, as the terminal's screen asks for them.
+    #[schema(
+        pattern = "^[0-9A-F]{4} [0-9A-F]{4} [0-9A-F]{4} [0-9A-F]{4}$",
+        example = "0A1B 2C3D 4E5F 6071"
+    )]
+    counter_key: String,
+    /// The last day the terminal may sell on it.
+    valid_until: NaiveDate,
+}
+
+/// Issues an offline activation (rate limited per token and per address).
+#[utoipa::path(post, path = "/v1/offline-activations", tag = "terminals",
+    request_body = OfflineBody,
+    responses((status = 200, body = Done<OfflineIssued>), (status = 404, body = ErrorBody),
+        (status = 409, description = "The `command_id` was used for another command", body = ErrorBody),
+        (status = 422, body = ErrorBody), (status = 429, body = ErrorBody)))]
 async fn offline_activation(
     state: State,
     caller: As<Operators>,
@@ -478,24 +691,45 @@ async fn offline_activation(
         .await?;
     Ok(command_answer(
         &issued.outcome,
-        json!({
-            "counter_key": issued.counter_key.grouped(),
-            "valid_until": issued.valid_until,
-        }),
+        OfflineIssued {
+            counter_key: issued.counter_key.grouped(),
+            valid_until: issued.valid_until,
+        },
     ))
 }
 
-#[derive(Deserialize)]
+/// A terminal to release in an emergency, without a license.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct EmergencyBody {
+#[schema(as = EmergencyRelease)]
+pub struct EmergencyBody {
     product: Product,
     hardware_id: HardwareId,
     hardware_key: HardwareKey,
+    /// The name the release shows.
     licensed_to: TradeName,
+    /// Makes the command idempotent: a retry with the same id records nothing new.
     #[serde(default)]
     command_id: Option<Uuid>,
 }
 
+/// What an emergency release gives the terminal.
+#[derive(Serialize, ToSchema)]
+pub struct EmergencyIssued {
+    activation_code: ledger_events::ActivationCode,
+    /// 16 upper-case hex digits in four groups, as the terminal's screen asks for them.
+    #[schema(
+        pattern = "^[0-9A-F]{4} [0-9A-F]{4} [0-9A-F]{4} [0-9A-F]{4}$",
+        example = "0A1B 2C3D 4E5F 6071"
+    )]
+    counter_key: String,
+}
+
+/// Issues an emergency release (admins only).
+#[utoipa::path(post, path = "/v1/emergency-releases", tag = "terminals",
+    request_body = EmergencyBody,
+    responses((status = 200, body = Done<EmergencyIssued>), (status = 409, description = "The `command_id` was used for another command", body = ErrorBody),
+        (status = 422, body = ErrorBody)))]
 async fn emergency_release(
     state: State,
     caller: As<Admins>,
@@ -516,24 +750,42 @@ async fn emergency_release(
         .await?;
     Ok(command_answer(
         &issued.outcome,
-        json!({
-            "activation_code": issued.activation_code.to_string(),
-            "counter_key": issued.counter_key.grouped(),
-        }),
+        EmergencyIssued {
+            activation_code: issued.activation_code,
+            counter_key: issued.counter_key.grouped(),
+        },
     ))
 }
 
 // ---- tokens ----
 
-#[derive(Deserialize)]
+/// A new API token.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct TokenBody {
+#[schema(as = NewToken)]
+pub struct TokenBody {
+    /// Who holds it: becomes the actor of the events it causes.
+    #[schema(min_length = 1, max_length = 128)]
     name: String,
     role: Role,
+    /// The customer of a terminal or relay token; other roles take none.
     #[serde(default)]
     cnpj: Option<Cnpj>,
 }
 
+/// A token, shown once: only its digest is kept.
+#[derive(Serialize, ToSchema)]
+pub struct TokenIssued {
+    /// The bearer token.
+    token: String,
+    name: String,
+    role: Role,
+    cnpj: Option<Cnpj>,
+}
+
+/// Creates a token (admins only); it works at once and is saved to the secrets file.
+#[utoipa::path(post, path = "/v1/tokens", tag = "service", request_body = TokenBody,
+    responses((status = 200, body = TokenIssued)))]
 async fn create_token(state: State, _caller: As<Admins>, Json(b): Json<TokenBody>) -> Answer {
     ledger_events::Actor::operator(&b.name).map_err(|e| ApiError::field("name", e))?;
     if b.role.is_bound_to_customer() != b.cnpj.is_some() {
@@ -562,32 +814,47 @@ async fn create_token(state: State, _caller: As<Admins>, Json(b): Json<TokenBody
         })?;
     tracing::info!(name = %entry.name, role = ?entry.role, "token created");
     state.gate.tokens.add(entry.clone());
-    Ok(HttpResponse::Ok().json(json!({
-        "token": token,
-        "name": entry.name,
-        "role": entry.role,
-        "cnpj": entry.cnpj,
-    })))
+    Ok(HttpResponse::Ok().json(TokenIssued {
+        token,
+        name: entry.name,
+        role: entry.role,
+        cnpj: entry.cnpj,
+    }))
 }
 
 // ---- queries ----
 
-/// Waits for `?min_position=` if given.
-async fn read_your_writes(state: &AppState, params: &Params) -> Result<(), ApiError> {
-    if let Some(p) = params.get::<Position>("min_position")? {
-        state.ledger.wait_for(p).await?;
+/// Waits, bounded, until the read model has applied `min_position` (read your writes).
+pub async fn read_your_writes(
+    state: &AppState,
+    min_position: Option<Position>,
+) -> Result<(), ApiError> {
+    let Some(p) = min_position else {
+        return Ok(());
+    };
+    if state.ledger.view().position() >= p {
+        return Ok(());
     }
+    // A position past the durable head was never answered to anyone: waiting cannot help.
+    let head = state.ledger.head().await?.position;
+    if p > head {
+        return Err(ApiError::field(
+            "min_position",
+            format!("{p} is past the log's head {head}; pass the position a command answered"),
+        ));
+    }
+    state.ledger.wait_for(p).await?;
     Ok(())
 }
 
-/// The view to read: the live one, or one rebuilt as of `?as_of=` (RFC 3339).
+/// The view to read: the live one, or one rebuilt as of a moment.
 enum ViewAt {
     Live,
     Past(Box<LedgerView>, DateTime<Utc>),
 }
 
-async fn view_at(state: &AppState, params: &Params) -> Result<ViewAt, ApiError> {
-    match params.get::<DateTime<Utc>>("as_of")? {
+async fn view_at(state: &AppState, as_of: Option<DateTime<Utc>>) -> Result<ViewAt, ApiError> {
+    match as_of {
         None => Ok(ViewAt::Live),
         Some(t) => {
             let view = state.ledger.view_as_of(AsOf::Time(t)).await?;
@@ -596,63 +863,91 @@ async fn view_at(state: &AppState, params: &Params) -> Result<ViewAt, ApiError> 
     }
 }
 
-fn status_param(params: &Params) -> Result<Option<LicenseStatus>, ApiError> {
-    params
-        .text("status")
-        .map(|s| {
-            serde_json::from_value(serde_json::Value::String(s)).map_err(|_| {
-                ApiError::field(
-                    "status",
-                    "expected active, blocked, deactivated, expired, free or bound",
-                )
-            })
-        })
-        .transpose()
-}
-
-fn license_query(
-    params: &Params,
+/// Filters of a license listing.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct LicenseListQuery {
+    /// Wait until the read model has applied this position (a command's answer).
+    min_position: Option<Position>,
+    /// Answer as the table stood at this moment (RFC 3339), rebuilt from the log.
+    as_of: Option<DateTime<Utc>>,
+    /// One customer's licenses (on `/v1/customers/{cnpj}/licenses` the path's wins).
+    #[param(value_type = Option<Cnpj>)]
     cnpj: Option<Cnpj>,
-    day: NaiveDate,
-) -> Result<LicenseQuery, ApiError> {
-    let defaults = LicenseQuery::default();
-    Ok(LicenseQuery {
-        cnpj: match cnpj {
-            Some(c) => Some(c),
-            None => params.get("cnpj")?,
-        },
-        product: params.get("product")?,
-        status: status_param(params)?,
-        expiring_within_days: params.get("expiring_within_days")?,
-        today: Some(day),
-        hardware_key: params.text("hardware_key"),
-        text: params.text("text"),
-        offset: params.get("offset")?.unwrap_or(0),
-        limit: params.get("limit")?.unwrap_or(defaults.limit),
-    })
+    #[param(value_type = Option<Product>)]
+    product: Option<Product>,
+    #[param(value_type = Option<LicenseStatus>)]
+    status: Option<LicenseStatus>,
+    /// Only licenses expiring within this many days.
+    expiring_within_days: Option<u32>,
+    /// Only the license bound to this hardware key.
+    hardware_key: Option<String>,
+    /// Free text: license id, CNPJ, trade name, hardware id.
+    text: Option<String>,
+    /// Rows to skip.
+    offset: Option<usize>,
+    /// Rows to return.
+    limit: Option<usize>,
 }
 
-async fn list_licenses(state: State, _caller: As<Readers>, params: Params) -> Answer {
-    read_your_writes(&state, &params).await?;
-    let page = match view_at(&state, &params).await? {
-        ViewAt::Live => {
-            let q = license_query(&params, None, today(state.ledger.clock().now()))?;
-            state.ledger.view().list_licenses(&q)
+impl LicenseListQuery {
+    fn to_query(&self, cnpj: Option<Cnpj>, day: NaiveDate) -> LicenseQuery {
+        LicenseQuery {
+            cnpj: cnpj.or(self.cnpj),
+            product: self.product,
+            status: self.status,
+            expiring_within_days: self.expiring_within_days,
+            today: Some(day),
+            hardware_key: self.hardware_key.clone(),
+            text: self.text.clone(),
+            offset: self.offset.unwrap_or(0),
+            limit: self.limit.unwrap_or(LicenseQuery::default().limit),
         }
-        ViewAt::Past(view, t) => view.list_licenses(&license_query(&params, None, today(t))?),
+    }
+}
+
+/// Lists licenses, filtered and paged, now or as of a moment.
+#[utoipa::path(get, path = "/v1/licenses", tag = "licenses", params(LicenseListQuery),
+    responses((status = 200, body = Page<LicenseRow>)))]
+async fn list_licenses(
+    state: State,
+    _caller: As<Readers>,
+    Query(q): Query<LicenseListQuery>,
+) -> Answer {
+    read_your_writes(&state, q.min_position).await?;
+    let page = match view_at(&state, q.as_of).await? {
+        ViewAt::Live => {
+            let day = today(state.ledger.clock().now());
+            state.ledger.view().list_licenses(&q.to_query(None, day))
+        }
+        ViewAt::Past(view, t) => view.list_licenses(&q.to_query(None, today(t))),
     };
     Ok(HttpResponse::Ok().json(page))
 }
 
+/// A read, now or as of a moment.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ReadAt {
+    /// Wait until the read model has applied this position (a command's answer).
+    min_position: Option<Position>,
+    /// Answer as things stood at this moment (RFC 3339), rebuilt from the log.
+    as_of: Option<DateTime<Utc>>,
+}
+
+/// One license.
+#[utoipa::path(get, path = "/v1/licenses/{id}", tag = "licenses",
+    params(("id" = LicenseId, Path), ReadAt),
+    responses((status = 200, body = LicenseRow), (status = 404, body = ErrorBody)))]
 async fn get_license(
     state: State,
     _caller: As<Readers>,
     id: web::Path<String>,
-    params: Params,
+    Query(q): Query<ReadAt>,
 ) -> Answer {
     let license_id: LicenseId = path_value("id", &id)?;
-    read_your_writes(&state, &params).await?;
-    let row = match view_at(&state, &params).await? {
+    read_your_writes(&state, q.min_position).await?;
+    let row = match view_at(&state, q.as_of).await? {
         ViewAt::Live => state.ledger.view().license(license_id),
         ViewAt::Past(view, _) => view.license(license_id),
     };
@@ -661,33 +956,52 @@ async fn get_license(
     Ok(HttpResponse::Ok().json(row))
 }
 
-#[derive(Serialize)]
-struct HistoryEntry {
+/// One entry of a license's history ("Histórico"), newest first.
+#[derive(Serialize, ToSchema)]
+pub struct HistoryEntry {
     position: Position,
-    hash: String,
+    hash: ledger_events::Hash,
     recorded_at: DateTime<Utc>,
     actor: ledger_events::Actor,
+    /// The event's type, e.g. `LicenseRenewed`.
     event_type: String,
+    /// What happened, in pt-BR.
     description: String,
 }
 
+/// A page of something.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PageAt {
+    /// Wait until the read model has applied this position (a command's answer).
+    min_position: Option<Position>,
+    /// Entries to skip.
+    offset: Option<usize>,
+    /// Entries to return (at most 500 for a history).
+    limit: Option<usize>,
+}
+
+/// A license's history, newest first.
+#[utoipa::path(get, path = "/v1/licenses/{id}/history", tag = "licenses",
+    params(("id" = LicenseId, Path), PageAt),
+    responses((status = 200, body = Page<HistoryEntry>), (status = 404, body = ErrorBody)))]
 async fn history(
     state: State,
     _caller: As<Readers>,
     id: web::Path<String>,
-    params: Params,
+    Query(q): Query<PageAt>,
 ) -> Answer {
     let license_id: LicenseId = path_value("id", &id)?;
-    read_your_writes(&state, &params).await?;
+    read_your_writes(&state, q.min_position).await?;
     let view = state.ledger.view();
     if view.license(license_id).is_none() {
         return Err(ApiError::NotFound(format!(
             "license {license_id} does not exist"
         )));
     }
-    let offset: usize = params.get("offset")?.unwrap_or(0);
-    let limit = params
-        .get::<usize>("limit")?
+    let offset = q.offset.unwrap_or(0);
+    let limit = q
+        .limit
         .unwrap_or(HISTORY_PAGE_DEFAULT)
         .min(HISTORY_PAGE_MAX);
     let mut positions = view.history(license_id);
@@ -705,60 +1019,121 @@ async fn history(
         let e = &record.envelope;
         items.push(HistoryEntry {
             position: e.position,
-            hash: e.hash.to_string(),
+            hash: e.hash,
             recorded_at: e.recorded_at,
             actor: e.actor.clone(),
             event_type: e.event_type.clone(),
             description: ledger_projections::describe(e, &event),
         });
     }
-    Ok(HttpResponse::Ok().json(json!({
-        "items": items, "total": total, "offset": offset, "limit": limit,
-    })))
+    Ok(HttpResponse::Ok().json(Page {
+        items,
+        total,
+        offset,
+        limit,
+    }))
 }
 
-async fn list_contingencies(state: State, _caller: As<Readers>, params: Params) -> Answer {
-    read_your_writes(&state, &params).await?;
+/// Filters of the contingency list.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ContingencyListQuery {
+    /// Wait until the read model has applied this position (a command's answer).
+    min_position: Option<Position>,
+    #[param(value_type = Option<Cnpj>)]
+    cnpj: Option<Cnpj>,
+    /// Only contingencies not cleared.
+    open_only: Option<bool>,
+    #[param(value_type = Option<ContingencyKind>)]
+    kind: Option<ContingencyKind>,
+    /// Rows to skip.
+    offset: Option<usize>,
+    /// Rows to return.
+    limit: Option<usize>,
+}
+
+/// The contingency list.
+#[utoipa::path(get, path = "/v1/contingencies", tag = "contingencies",
+    params(ContingencyListQuery), responses((status = 200, body = Page<ContingencyRow>)))]
+async fn list_contingencies(
+    state: State,
+    _caller: As<Readers>,
+    Query(q): Query<ContingencyListQuery>,
+) -> Answer {
+    read_your_writes(&state, q.min_position).await?;
     let defaults = ContingencyQuery::default();
-    let kind = params
-        .text("kind")
-        .map(|s| {
-            serde_json::from_value::<ContingencyKind>(serde_json::Value::String(s))
-                .map_err(|_| ApiError::field("kind", "expected intelliweb or manual"))
-        })
-        .transpose()?;
-    let q = ContingencyQuery {
-        cnpj: params.get("cnpj")?,
-        open_only: params.get("open_only")?.unwrap_or(false),
-        kind,
-        offset: params.get("offset")?.unwrap_or(0),
-        limit: params.get("limit")?.unwrap_or(defaults.limit),
+    let query = ContingencyQuery {
+        cnpj: q.cnpj,
+        open_only: q.open_only.unwrap_or(false),
+        kind: q.kind,
+        offset: q.offset.unwrap_or(0),
+        limit: q.limit.unwrap_or(defaults.limit),
     };
-    Ok(HttpResponse::Ok().json(state.ledger.view().contingencies(&q)))
+    Ok(HttpResponse::Ok().json(state.ledger.view().contingencies(&query)))
 }
 
+/// One customer's licenses, filtered and paged, now or as of a moment.
+#[utoipa::path(get, path = "/v1/customers/{cnpj}/licenses", tag = "customers",
+    params(("cnpj" = Cnpj, Path), LicenseListQuery),
+    responses((status = 200, body = Page<LicenseRow>), (status = 404, body = ErrorBody)))]
 async fn customer_licenses(
     state: State,
     _caller: As<Readers>,
     path: web::Path<String>,
-    params: Params,
+    Query(q): Query<LicenseListQuery>,
 ) -> Answer {
     let cnpj: Cnpj = path_value("cnpj", &path)?;
-    read_your_writes(&state, &params).await?;
-    if state.ledger.view().customer(&cnpj).is_none() {
-        return Err(ApiError::NotFound(format!(
-            "customer {cnpj} does not exist"
-        )));
-    }
-    let q = license_query(&params, Some(cnpj), today(state.ledger.clock().now()))?;
-    Ok(HttpResponse::Ok().json(state.ledger.view().list_licenses(&q)))
+    read_your_writes(&state, q.min_position).await?;
+    let page = match view_at(&state, q.as_of).await? {
+        ViewAt::Live => {
+            let view = state.ledger.view();
+            if view.customer(&cnpj).is_none() {
+                return Err(ApiError::NotFound(format!(
+                    "customer {cnpj} does not exist"
+                )));
+            }
+            let day = today(state.ledger.clock().now());
+            view.list_licenses(&q.to_query(Some(cnpj), day))
+        }
+        ViewAt::Past(view, t) => {
+            if view.customer(&cnpj).is_none() {
+                return Err(ApiError::NotFound(format!(
+                    "customer {cnpj} did not exist at {t}"
+                )));
+            }
+            view.list_licenses(&q.to_query(Some(cnpj), today(t)))
+        }
+    };
+    Ok(HttpResponse::Ok().json(page))
 }
 
 // ---- auditors ----
 
-async fn events(state: State, _caller: As<Readers>, params: Params) -> Answer {
-    let from: Position = params.get("from")?.unwrap_or(1);
-    let limit: usize = params.get("limit")?.unwrap_or(100);
+/// A page of the raw log.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct LogPage {
+    /// First position (default 1).
+    from: Option<Position>,
+    /// Records to return, at most 1000 (default 100).
+    limit: Option<usize>,
+}
+
+/// Records of the log, each with its envelope, its hash and its event's JSON.
+#[derive(Serialize, ToSchema)]
+pub struct LogRecords {
+    /// The records, in position order.
+    items: Vec<ledger_events::RecordJson>,
+    /// The position to ask for next.
+    next: Position,
+}
+
+/// Reads the raw log.
+#[utoipa::path(get, path = "/v1/events", tag = "audit", params(LogPage),
+    responses((status = 200, body = LogRecords)))]
+async fn events(state: State, _caller: As<Readers>, Query(q): Query<LogPage>) -> Answer {
+    let from: Position = q.from.unwrap_or(1);
+    let limit: usize = q.limit.unwrap_or(100);
     if limit > EVENTS_PAGE_MAX {
         return Err(ApiError::field(
             "limit",
@@ -775,16 +1150,35 @@ async fn events(state: State, _caller: As<Readers>, params: Params) -> Answer {
         items.push(json);
     }
     let next = records.last().map_or(from, |r| r.envelope.position + 1);
-    Ok(HttpResponse::Ok().json(json!({ "items": items, "next": next })))
+    Ok(HttpResponse::Ok().json(LogRecords { items, next }))
 }
 
+/// The log's head, signed by the server's key: an auditor compares it with a replay.
+#[derive(Serialize, ToSchema)]
+pub struct SignedHead {
+    /// Records in the log.
+    count: Position,
+    /// Position of the last record.
+    head_position: Position,
+    /// Hash of the last record (all zeros for an empty log).
+    head_hash: ledger_events::Hash,
+    /// The signing key's id.
+    key_id: String,
+    /// Ed25519 signature over the position and hash, 128 lower-case hex digits.
+    #[schema(pattern = "^[0-9a-f]{128}$")]
+    signature: String,
+}
+
+/// The signed head of the log.
+#[utoipa::path(get, path = "/v1/audit/head", tag = "audit",
+    responses((status = 200, body = SignedHead)))]
 async fn audit_head(state: State, _caller: As<Readers>) -> Answer {
     let head = state.ledger.head().await?;
-    Ok(HttpResponse::Ok().json(json!({
-        "count": head.position,
-        "head_position": head.position,
-        "head_hash": head.hash.to_string(),
-        "key_id": state.signer.key_id(),
-        "signature": state.signer.sign_head(head.position, &head.hash),
-    })))
+    Ok(HttpResponse::Ok().json(SignedHead {
+        count: head.position,
+        head_position: head.position,
+        head_hash: head.hash,
+        key_id: state.signer.key_id().to_owned(),
+        signature: state.signer.sign_head(head.position, &head.hash),
+    }))
 }

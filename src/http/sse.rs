@@ -20,10 +20,12 @@ use tokio::sync::mpsc;
 
 use super::auth::{As, Readers};
 use super::error::ApiError;
-use super::extract::Params;
+use super::extract::Query;
 use super::AppState;
 use crate::app::{AppError, LogFeed};
 use crate::store::StoreError;
+use serde::Deserialize;
+use utoipa::IntoParams;
 
 /// Messages buffered per connection between the feed task and the client.
 pub const SSE_CHANNEL_MESSAGES: usize = 64;
@@ -51,9 +53,18 @@ fn message(record: &Record) -> Result<Bytes, String> {
     )))
 }
 
-/// The first position to send: after `Last-Event-ID` when the client resumes, else `?from=`
+/// Where a stream starts.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct StreamFrom {
+    /// First position to send (default 1); a `Last-Event-ID` header, when a client resumes,
+    /// wins.
+    pub from: Option<Position>,
+}
+
+/// The first position to send: after `Last-Event-ID` when the client resumes, else `from`
 /// (default 1).
-pub fn start_position(req: &HttpRequest, params: &Params) -> Result<Position, ApiError> {
+pub fn start_position(req: &HttpRequest, from: Option<Position>) -> Result<Position, ApiError> {
     if let Some(v) = req.headers().get("Last-Event-ID") {
         let last: Position = v
             .to_str()
@@ -62,7 +73,7 @@ pub fn start_position(req: &HttpRequest, params: &Params) -> Result<Position, Ap
             .ok_or_else(|| ApiError::field("Last-Event-ID", "expected a position"))?;
         return Ok(last.saturating_add(1));
     }
-    Ok(params.get::<Position>("from")?.unwrap_or(1).max(1))
+    Ok(from.unwrap_or(1).max(1))
 }
 
 /// Sends only one customer's records: a relay's feed.
@@ -126,14 +137,20 @@ async fn follow(mut feed: LogFeed, tx: mpsc::Sender<Bytes>, filter: Option<Custo
     }
 }
 
-/// `GET /v1/events/stream?from=POS` (support, auditor, admin).
+/// The log as server-sent events from a position: catch-up, then live (support, auditor,
+/// admin). Each message is `id: position`, `event: record`, `data: ` the record's JSON.
+#[utoipa::path(get, path = "/v1/events/stream", tag = "audit",
+    params(StreamFrom, ("Last-Event-ID" = Option<Position>, Header,
+        description = "The last position received, to resume after it")),
+    responses((status = 200, description = "Server-sent events, one record each",
+        content_type = "text/event-stream", body = String)))]
 pub async fn events_stream(
     state: web::Data<AppState>,
     _caller: As<Readers>,
     req: HttpRequest,
-    params: Params,
+    Query(q): Query<StreamFrom>,
 ) -> Result<HttpResponse, ApiError> {
-    let from = start_position(&req, &params)?;
+    let from = start_position(&req, q.from)?;
     Ok(stream_response(&state, from, None))
 }
 
