@@ -9,13 +9,14 @@
 //! `fdatasync`: this covers the store's "write failed: cut back and keep going" path, not
 //! the "fsync failed: refuse appends until reopened" one.
 
+#[path = "support/fs.rs"]
+mod fs;
 #[path = "support/process.rs"]
 mod process;
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
+use fs::{fill, Tmpfs};
 use process::{call, run, Process};
 use reqwest::{Client, StatusCode};
 use serde_json::{json, Value};
@@ -23,58 +24,6 @@ use serde_json::{json, Value};
 const CNPJ: &str = "11222333000181";
 const HW_ID: &str = "50026B77825EECA5";
 const HW_KEY: &str = "88A7B56C2B3F326F91362A182483F63E";
-
-/// A tmpfs mounted for the test, unmounted when dropped.
-struct Tmpfs {
-    at: PathBuf,
-}
-
-impl Tmpfs {
-    fn mount(at: &Path, size: &str) -> Result<Tmpfs, String> {
-        std::fs::create_dir_all(at).map_err(|e| e.to_string())?;
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(at)
-            .output()
-            .map_err(|e| format!("cannot run mount: {e}"))?;
-        if out.status.success() {
-            Ok(Tmpfs { at: at.to_owned() })
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
-        }
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.at).status();
-    }
-}
-
-/// Writes `path` until the file system refuses (ENOSPC); returns the bytes written.
-fn fill(path: &Path) -> u64 {
-    let mut f = std::fs::File::create(path).unwrap();
-    let chunk = vec![0xA5u8; 64 * 1024];
-    let mut written = 0u64;
-    loop {
-        match f.write(&chunk) {
-            Ok(0) => break,
-            Ok(n) => written += n as u64,
-            Err(e) => {
-                assert_eq!(e.raw_os_error(), Some(28), "expected ENOSPC, got {e}");
-                break;
-            }
-        }
-    }
-    // A partial last page may still take a few bytes: take them too.
-    while let Ok(n) = f.write(&chunk[..1]) {
-        if n == 0 {
-            break;
-        }
-        written += 1;
-    }
-    written
-}
 
 fn verify(data: &Path) -> (u64, String) {
     let (code, out, err) = run(&["--data-dir", data.to_str().unwrap(), "verify", "--json"]);

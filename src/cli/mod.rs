@@ -16,6 +16,7 @@ pub mod history;
 pub mod import;
 pub mod offline;
 pub mod relay;
+pub mod repair;
 pub mod serve;
 pub mod table;
 pub mod token;
@@ -120,6 +121,11 @@ pub enum Command {
     Relay(relay::RelayArgs),
     /// Show a running relay's status: last refresh, next retry, link, contingency, outbox.
     RelayStatus(relay::RelayStatusArgs),
+    /// Cut the file store's log back to the end of the append ending at a position (after a
+    /// failed fdatasync, the server logs the last position it acknowledged). Every record
+    /// kept is verified; every byte cut is moved to `<log dir>/cut/`, never deleted. Without
+    /// --yes it only says what it would cut. Needs the server stopped.
+    Repair(repair::RepairArgs),
 }
 
 /// Why a command failed.
@@ -283,6 +289,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         }
         Command::Relay(args) => relay::run(&data_dir, args, &file, clock, workers),
         Command::RelayStatus(args) => relay::status(&args, &mut std::io::stdout().lock()),
+        Command::Repair(args) => repair::run(&log, &args, &mut std::io::stdout().lock()),
     }
 }
 

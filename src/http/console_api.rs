@@ -213,6 +213,7 @@ pub struct CustomersQuery {
     /// Rows to skip.
     offset: Option<usize>,
     /// Rows to return (default 50, at most 500).
+    #[param(maximum = 500)]
     limit: Option<usize>,
 }
 
@@ -335,6 +336,7 @@ pub struct TableQuery {
     /// Rows to skip.
     offset: Option<usize>,
     /// Rows to return (default 50, at most 500).
+    #[param(maximum = 500)]
     limit: Option<usize>,
     /// The column to sort by (default `id`).
     #[param(value_type = Option<LicenseSortKey>)]
@@ -539,6 +541,7 @@ pub struct SearchQuery {
     /// Recorded at or before (RFC 3339).
     until: Option<DateTime<Utc>>,
     /// Entries to return (default 50, at most 500).
+    #[param(maximum = 500)]
     limit: Option<usize>,
 }
 
@@ -652,6 +655,7 @@ pub struct DashboardQuery {
     /// Wait until the read model has applied this position (a command's answer).
     min_position: Option<Position>,
     /// Days of expiries to count (default 30, at most 90).
+    #[param(maximum = 90)]
     days: Option<u32>,
 }
 

@@ -202,9 +202,14 @@ impl From<StoreError> for ApiError {
                              until it returns (check-ins and queries are answered from the read \
                              model); retry later"
                         }
-                        StoreError::Io { .. } | StoreError::Poisoned(_) => {
+                        StoreError::Io { .. } => {
                             "the log cannot be written now (disk full or an I/O error): \
                              commands are refused; retry later"
+                        }
+                        StoreError::Poisoned(_) => {
+                            "the log's disk failed to make a write durable (fdatasync): \
+                             commands are refused until the server is restarted on a \
+                             repaired disk (check-ins and queries are answered); retry later"
                         }
                         _ => "the store is unavailable; retry later",
                     }

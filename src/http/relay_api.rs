@@ -57,6 +57,7 @@ pub struct FeedQuery {
     /// First position to scan (default 1).
     from: Option<Position>,
     /// Records to return, 1 to 1000 (default 1000).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
 }
 

@@ -1116,6 +1116,7 @@ pub struct LogPage {
     /// First position (default 1).
     from: Option<Position>,
     /// Records to return, at most 1000 (default 100).
+    #[param(maximum = 1000)]
     limit: Option<usize>,
 }
 

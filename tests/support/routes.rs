@@ -1,3 +1,4 @@
+#![allow(dead_code)] // shared by several test files, each using part of it
 //! The routes the server mounts, read from its sources: every `.route(` of the `configure`
 //! functions of src/http/routes.rs (inside `/v1`, except the few at the root), of
 //! src/http/console_api.rs (inside `/v1`) and of src/http/console.rs (at the root). Tests

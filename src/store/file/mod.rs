@@ -27,6 +27,7 @@ use super::{Appended, EventStore, ExpectedVersion, NewEvent, StoreError, READ_BA
 use crate::clock::Clock;
 
 mod index;
+pub mod repair;
 pub mod segment;
 mod writer;
 
@@ -86,6 +87,24 @@ struct Inner {
 }
 
 /// Makes a directory entry change (a new or removed file) durable.
+/// Takes the log directory's `LOCK` (held while the returned file is open): one process at a
+/// time writes a log.
+pub(crate) fn lock_dir(dir: &Path) -> Result<fs::File, StoreError> {
+    let lock = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("LOCK"))
+        .map_err(|e| StoreError::io(format!("opening {}/LOCK", dir.display()), e))?;
+    match lock.try_lock() {
+        Ok(()) => Ok(lock),
+        Err(fs::TryLockError::WouldBlock) => Err(StoreError::Locked(dir.display().to_string())),
+        Err(fs::TryLockError::Error(e)) => {
+            Err(StoreError::io(format!("locking {}", dir.display()), e))
+        }
+    }
+}
+
 pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
@@ -111,21 +130,7 @@ impl FileStore {
         let dir = config.dir.clone();
         fs::create_dir_all(&dir)
             .map_err(|e| StoreError::io(format!("creating {}", dir.display()), e))?;
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(dir.join("LOCK"))
-            .map_err(|e| StoreError::io(format!("opening {}/LOCK", dir.display()), e))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(fs::TryLockError::WouldBlock) => {
-                return Err(StoreError::Locked(dir.display().to_string()))
-            }
-            Err(fs::TryLockError::Error(e)) => {
-                return Err(StoreError::io(format!("locking {}", dir.display()), e))
-            }
-        }
+        let lock = lock_dir(&dir)?;
 
         let mut segments = list_segments(&dir)?;
         let mut index = Index::default();

@@ -192,6 +192,9 @@ pub struct ScanReport {
     pub segment_lens: Vec<u64>,
     /// `recorded_at` of the last record, in microseconds.
     pub last_recorded_at_micros: Option<i64>,
+    /// With [`scan_until`]: the segment (index into the list) and offset where the append
+    /// ending at the asked position ends.
+    pub stopped_at: Option<(usize, u64)>,
 }
 
 fn corrupt(
@@ -213,8 +216,20 @@ fn corrupt(
 /// far. Changes nothing on disk: the caller decides what to do with a torn tail.
 pub fn scan(
     segments: &[SegmentFile],
+    visit: impl FnMut(&RecordView<'_>, RecordLoc) -> Result<(), StoreError>,
+    progress: impl FnMut(u64),
+) -> Result<ScanReport, StoreError> {
+    scan_until(segments, visit, progress, None)
+}
+
+/// Like [`scan`], but stops at the end of the append whose last record is `stop_after`:
+/// nothing after it is read. The report's `stopped_at` then says where that append ends;
+/// when the log ends (or an append ends past it) first, `stopped_at` is `None`.
+pub fn scan_until(
+    segments: &[SegmentFile],
     mut visit: impl FnMut(&RecordView<'_>, RecordLoc) -> Result<(), StoreError>,
     mut progress: impl FnMut(u64),
+    stop_after: Option<Position>,
 ) -> Result<ScanReport, StoreError> {
     // `chain` runs over every complete record; `committed` is its value at the last
     // end-of-append mark, which is what survives.
@@ -325,6 +340,15 @@ pub fn scan(
                 committed = chain;
                 committed_len = at;
                 report.last_recorded_at_micros = last_micros;
+                if stop_after.is_some_and(|p| committed.head().position >= p) {
+                    if stop_after == Some(committed.head().position) {
+                        report.stopped_at = Some((i, committed_len as u64));
+                    }
+                    report.segment_lens.push(committed_len as u64);
+                    report.head = committed.head();
+                    report.count = committed.count();
+                    return Ok(report);
+                }
             }
         }
         if torn_at.is_some() || !pending.is_empty() {

@@ -119,7 +119,19 @@ pub(crate) struct Counters {
 
 impl Shared {
     fn poison(&self, why: String) {
-        tracing::error!(%why, "refusing appends until the log is reopened");
+        // The last position acknowledged (readers see only durable records). Not read when
+        // the index is held (the caller may hold it): the line then says so.
+        match self.index.try_read().map(|index| index.head.position) {
+            Some(durable_head) => tracing::error!(
+                %why,
+                durable_head,
+                "refusing appends until the log is reopened; every position up to durable_head \
+                 was acknowledged, none after it. If the log does not verify once the disk is \
+                 repaired, `license-ledger repair --truncate-after {durable_head}` cuts only \
+                 what was never acknowledged",
+            ),
+            None => tracing::error!(%why, "refusing appends until the log is reopened"),
+        }
         let mut p = self.poisoned.lock();
         if p.is_none() {
             *p = Some(why);

@@ -1,0 +1,138 @@
+//! Cutting the log back to a position the operator names.
+//!
+//! After a failed `fdatasync` the store refuses appends until it is reopened (see
+//! `writer.rs`), and logs its durable head: the last position it acknowledged. What it wrote
+//! after that may be on disk in any pattern — the kernel writes pages back in any order, and
+//! a file system that lost writes may keep some — so a reopen can meet a complete frame with a
+//! bad CRC after the last acknowledged append. Recovery refuses that (it cannot tell it from a
+//! damaged acknowledged record), naming segment, offset and position. The operator, who has
+//! the server's log line, then runs `license-ledger repair --truncate-after P`: every record
+//! up to P is verified (CRC, hash, chain, up to the end of P's append), and every byte after
+//! it is moved, unread, into `<log dir>/cut/`. Nothing is deleted.
+
+use std::fs::{self, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use ledger_events::{ChainHead, Position};
+
+use super::segment::{list_segments, scan_until};
+use super::{lock_dir, sync_dir};
+use crate::store::StoreError;
+
+/// Where the cut bytes go, inside the log directory.
+pub const CUT_DIR: &str = "cut";
+
+/// What cutting after a position does (or did).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Cut {
+    /// The log keeps the records up to `head` (all verified); `bytes` after them, in the
+    /// segment `segment` from offset `keep_len` and in the `later` segments, go to `aside`.
+    Plan {
+        /// The last record kept.
+        head: ChainHead,
+        /// Records kept.
+        count: u64,
+        /// The segment cut.
+        segment: PathBuf,
+        /// Its length after the cut.
+        keep_len: u64,
+        /// Bytes moved aside, in all.
+        bytes: u64,
+        /// Whole segments after it, moved aside.
+        later: Vec<PathBuf>,
+        /// Where the bytes go (or went).
+        aside: PathBuf,
+    },
+    /// The position is not the end of an append the log has intact: the scan reached
+    /// `reached` (the end of the last intact append at or past it, or the log's end).
+    NotAnAppendEnd {
+        /// The last position of the append where the scan stopped.
+        reached: Position,
+    },
+}
+
+/// Plans the cut after `position` in the log `dir` and, with `apply`, makes it. Holds the
+/// directory's `LOCK` throughout: refuses (`Locked`) while a server has the log open.
+pub fn cut_after(dir: &Path, position: Position, apply: bool) -> Result<Cut, StoreError> {
+    let _lock = lock_dir(dir)?;
+    let segments = list_segments(dir)?;
+    let report = scan_until(&segments, |_, _| Ok(()), |_| {}, Some(position))?;
+    let Some((index, keep_len)) = report.stopped_at else {
+        return Ok(Cut::NotAnAppendEnd {
+            reached: report.head.position,
+        });
+    };
+    let segment = segments[index].path.clone();
+    let io = |what: &str, path: &Path, e: std::io::Error| {
+        StoreError::io(format!("{what} {}", path.display()), e)
+    };
+    let file_len = fs::metadata(&segment)
+        .map_err(|e| io("reading", &segment, e))?
+        .len();
+    let later: Vec<PathBuf> = segments[index + 1..]
+        .iter()
+        .map(|s| s.path.clone())
+        .collect();
+    let mut bytes = file_len.saturating_sub(keep_len);
+    for path in &later {
+        bytes += fs::metadata(path)
+            .map_err(|e| io("reading", path, e))?
+            .len();
+    }
+    let aside = dir.join(CUT_DIR);
+    let plan = Cut::Plan {
+        head: report.head,
+        count: report.count,
+        segment: segment.clone(),
+        keep_len,
+        bytes,
+        later: later.clone(),
+        aside: aside.clone(),
+    };
+    if !apply || (file_len == keep_len && later.is_empty()) {
+        return Ok(plan);
+    }
+
+    fs::create_dir_all(&aside).map_err(|e| io("creating", &aside, e))?;
+    let suffix = format!("after-{position}");
+    let name = |path: &Path| {
+        let file = path.file_name().unwrap_or_default().to_string_lossy();
+        aside.join(format!("{file}.{suffix}"))
+    };
+    // First a copy of the tail, made durable; only then the cut.
+    if file_len > keep_len {
+        let mut tail = Vec::new();
+        let mut f = fs::File::open(&segment).map_err(|e| io("opening", &segment, e))?;
+        f.seek(SeekFrom::Start(keep_len))
+            .and_then(|_| f.read_to_end(&mut tail))
+            .map_err(|e| io("reading", &segment, e))?;
+        let copy = name(&segment);
+        let mut out = fs::File::create(&copy).map_err(|e| io("creating", &copy, e))?;
+        out.write_all(&tail)
+            .and_then(|()| out.sync_all())
+            .map_err(|e| io("writing", &copy, e))?;
+    }
+    for path in &later {
+        let to = name(path);
+        fs::rename(path, &to).map_err(|e| io("moving", path, e))?;
+    }
+    sync_dir(&aside).map_err(|e| io("syncing", &aside, e))?;
+    let f = OpenOptions::new()
+        .write(true)
+        .open(&segment)
+        .map_err(|e| io("opening", &segment, e))?;
+    f.set_len(keep_len)
+        .and_then(|()| f.sync_all())
+        .map_err(|e| io("cutting", &segment, e))?;
+    sync_dir(dir).map_err(|e| io("syncing", dir, e))?;
+    tracing::warn!(
+        position,
+        segment = %segment.display(),
+        keep_len,
+        bytes,
+        aside = %aside.display(),
+        "cut the log after a position"
+    );
+    Ok(plan)
+}
