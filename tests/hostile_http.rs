@@ -349,11 +349,11 @@ async fn a_client_that_never_finishes_its_body_is_cut_off_within_the_body_timeou
         waited < deadline,
         "connection with an unfinished body still open after {waited:?} ({status} {text})"
     );
-    // The body read fails (400, naming the time-out) and the connection is closed: the read
+    // The body read fails (408, naming the time-out) and the connection is closed: the read
     // above only returns early on EOF.
-    assert_eq!(status, 400, "{text}");
+    assert_eq!(status, 408, "{text}");
     let json = body_json(&text);
-    assert_error_shape(&json, "malformed", "unfinished body");
+    assert_error_shape(&json, "body_timeout", "unfinished body");
     assert!(
         waited >= license_ledger::http::CLIENT_BODY_TIMEOUT - Duration::from_millis(500),
         "cut off after only {waited:?}"

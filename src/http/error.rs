@@ -43,6 +43,9 @@ pub enum ApiError {
     /// 413: the body is larger than the limit.
     #[error("request body larger than {0} bytes")]
     TooLarge(usize),
+    /// 408: the body stopped arriving.
+    #[error("{0}")]
+    BodyTimeout(String),
     /// 422: a business rule refused the command.
     #[error("{message}")]
     Rejected {
@@ -82,6 +85,7 @@ impl ApiError {
             ApiError::NotFound(_) => ErrorCode::NotFound,
             ApiError::Conflict(_) => ErrorCode::Conflict,
             ApiError::TooLarge(_) => ErrorCode::BodyTooLarge,
+            ApiError::BodyTimeout(_) => ErrorCode::BodyTimeout,
             ApiError::Rejected { .. } => ErrorCode::Rejected,
             ApiError::Unavailable(_) => ErrorCode::Unavailable,
             ApiError::RateLimited(_) => ErrorCode::RateLimited,
@@ -124,6 +128,8 @@ pub enum ErrorCode {
     Conflict,
     /// 413: the body is larger than the limit.
     BodyTooLarge,
+    /// 408: the body stopped arriving before it was complete.
+    BodyTimeout,
     /// 422: a business rule refused the command.
     Rejected,
     /// 503: the store cannot take or serve requests now.
@@ -156,6 +162,7 @@ impl ResponseError for ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Rejected { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,

@@ -6,6 +6,7 @@ use std::future::{poll_fn, ready, Future, Ready};
 use std::pin::Pin;
 
 use actix_web::dev::Payload;
+use actix_web::error::PayloadError;
 use actix_web::http::header::CONTENT_LENGTH;
 use actix_web::{FromRequest, HttpRequest};
 use futures_core::Stream;
@@ -67,7 +68,13 @@ impl<T: DeserializeOwned + 'static> FromRequest for Json<T> {
             }
             let mut body = Vec::new();
             while let Some(chunk) = poll_fn(|cx| Pin::new(&mut payload).poll_next(cx)).await {
-                let chunk = chunk.map_err(|e| ApiError::Malformed(e.to_string()))?;
+                let chunk = chunk.map_err(|e| match e {
+                    // The idle time-out of `http::mod` (a body that stopped arriving).
+                    PayloadError::Io(io) if io.kind() == std::io::ErrorKind::TimedOut => {
+                        ApiError::BodyTimeout(format!("unfinished body: {io}"))
+                    }
+                    e => ApiError::Malformed(e.to_string()),
+                })?;
                 if body.len() + chunk.len() > BODY_BYTES_MAX {
                     return Err(ApiError::TooLarge(BODY_BYTES_MAX));
                 }

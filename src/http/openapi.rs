@@ -110,7 +110,10 @@ const WITH_INPUT: &[(&str, &str)] = &[(
     "400",
     "A malformed body or query string, or an invalid field (`field` names it).",
 )];
-const WITH_BODY: &[(&str, &str)] = &[("413", "The body is larger than 64 KiB.")];
+const WITH_BODY: &[(&str, &str)] = &[
+    ("408", "The body stopped arriving (10 s without a byte)."),
+    ("413", "The body is larger than 64 KiB."),
+];
 
 impl Modify for CommonErrors {
     fn modify(&self, api: &mut utoipa::openapi::OpenApi) {
