@@ -597,3 +597,63 @@ async fn failed_authentication_and_offline_activations_are_rate_limited() {
     }
     assert_eq!(last, StatusCode::TOO_MANY_REQUESTS);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_license_listing_sorts_on_request_and_refuses_a_page_over_the_limit() {
+    let app = TestApp::spawn().await;
+    let cnpj = common::fresh_cnpj();
+    app.admin(
+        "POST",
+        "/v1/customers",
+        json!({"cnpj": cnpj, "trade_name": "Loja"}),
+    )
+    .await;
+    for expires_on in ["2031-05-01", "2030-01-31", "2032-12-31"] {
+        app.admin(
+            "POST",
+            "/v1/licenses",
+            json!({"cnpj": cnpj, "product": "easycash", "expires_on": expires_on}),
+        )
+        .await;
+    }
+    let expiries = |page: &Value| -> Vec<String> {
+        page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["expires_on"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    // No sort: license id order, i.e. the order granted.
+    let page = app
+        .get(&format!("/v1/licenses?cnpj={cnpj}"), &app.admin)
+        .await;
+    assert_eq!(expiries(&page), ["2031-05-01", "2030-01-31", "2032-12-31"]);
+    let page = app
+        .get(
+            &format!("/v1/customers/{cnpj}/licenses?sort=expires_on&order=desc"),
+            &app.admin,
+        )
+        .await;
+    assert_eq!(expiries(&page), ["2032-12-31", "2031-05-01", "2030-01-31"]);
+    let page = app
+        .get(
+            &format!("/v1/licenses?cnpj={cnpj}&sort=expires_on"),
+            &app.admin,
+        )
+        .await;
+    assert_eq!(expiries(&page), ["2030-01-31", "2031-05-01", "2032-12-31"]);
+
+    for query in ["limit=501", "sort=colour", "order=up"] {
+        let (status, body) = app
+            .call(
+                "GET",
+                &format!("/v1/licenses?{query}"),
+                Some(&app.admin),
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{query}: {body}");
+        assert_eq!(body["field"], query.split('=').next().unwrap(), "{body}");
+    }
+}

@@ -81,19 +81,7 @@ fn env_u64(name: &str) -> Option<u64> {
 }
 
 fn start(data: &Path, logs: &Path, name: &str) -> Process {
-    Process::start(
-        &[
-            "--data-dir",
-            data.to_str().unwrap(),
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--workers",
-            "2",
-        ],
-        logs,
-        name,
-    )
+    Process::serve(data, logs, name)
 }
 
 /// A client's way to the server.

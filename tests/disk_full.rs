@@ -53,19 +53,7 @@ async fn a_full_disk_refuses_commands_with_503_keeps_answering_and_recovers_when
         }
     };
     let data = tmpfs.at.join("data");
-    let server = Process::start(
-        &[
-            "--data-dir",
-            data.to_str().unwrap(),
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--workers",
-            "2",
-        ],
-        dir.path(),
-        "server",
-    );
+    let server = Process::serve(&data, dir.path(), "server");
     let admin = server.admin.clone().expect("admin token");
     let http = Client::new();
     let url = server.url.clone();

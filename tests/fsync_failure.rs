@@ -40,19 +40,6 @@ fn verify(data: &Path) -> (i32, Value) {
     (code, report)
 }
 
-fn serve(data: &Path, logs: &Path, name: &str) -> Process {
-    let args = [
-        "--data-dir",
-        data.to_str().unwrap(),
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--workers",
-        "2",
-    ];
-    Process::start(&args, logs, name)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_fdatasync_refuses_appends_until_restart_and_loses_nothing_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
@@ -66,7 +53,7 @@ async fn a_failed_fdatasync_refuses_appends_until_restart_and_loses_nothing_ackn
         }
     };
     let data = disk.at.join("data");
-    let mut server = serve(&data, dir.path(), "server");
+    let mut server = Process::serve(&data, dir.path(), "server");
     let admin = server.admin.clone().expect("admin token");
     let http = Client::new();
     let url = server.url.clone();
@@ -249,7 +236,7 @@ async fn a_failed_fdatasync_refuses_appends_until_restart_and_loses_nothing_ackn
         head >= durable_head,
         "head {head} < durable head {durable_head}"
     );
-    let server = serve(&data, dir.path(), "server-again");
+    let server = Process::serve(&data, dir.path(), "server-again");
     let url = server.url.clone();
     let send = |path: String| {
         let (http, url, admin) = (http.clone(), url.clone(), admin.clone());

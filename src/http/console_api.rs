@@ -23,9 +23,7 @@ use ledger_events::{
     Position, Product, Record, TerminalCheckedIn, TerminalEvent, EVENT_TYPES,
 };
 use ledger_projections::asof::AsOf;
-use ledger_projections::view::{
-    LedgerView, LicenseQuery, LicenseSortKey, LicenseStatus, Page, PAGE_LIMIT_MAX,
-};
+use ledger_projections::view::{LedgerView, LicenseQuery, LicenseStatus, Page, PAGE_LIMIT_MAX};
 use ledger_projections::{ContractRow, CustomerRow, LicenseRow};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -35,7 +33,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::auth::{Admins, Admits, As, Operators, Readers};
 use super::error::ApiError;
 use super::extract::Query;
-use super::routes::read_your_writes;
+use super::routes::{read_your_writes, LicenseListQuery};
 use super::AppState;
 use crate::app::Ledger;
 use crate::config::Role;
@@ -301,66 +299,6 @@ fn table_row(view: &LedgerView, license: LicenseRow, day: NaiveDate) -> TableRow
     }
 }
 
-/// Sort direction.
-#[derive(Clone, Copy, Default, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum SortOrder {
-    /// Ascending (the default).
-    #[default]
-    Asc,
-    /// Descending.
-    Desc,
-}
-
-/// The filters of `GET /v1/licenses`, a sort, and a moment.
-#[derive(Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct TableQuery {
-    /// Wait until the read model has applied this position (a command's answer).
-    min_position: Option<Position>,
-    /// The table as it was at this moment (RFC 3339), rebuilt from the log; "today" is that
-    /// moment's day.
-    as_of: Option<DateTime<Utc>>,
-    #[param(value_type = Option<Cnpj>)]
-    cnpj: Option<Cnpj>,
-    #[param(value_type = Option<Product>)]
-    product: Option<Product>,
-    #[param(value_type = Option<LicenseStatus>)]
-    status: Option<LicenseStatus>,
-    /// Only licenses expiring within this many days.
-    expiring_within_days: Option<u32>,
-    /// Only the license bound to this hardware key.
-    hardware_key: Option<String>,
-    /// Free text: license id, CNPJ, trade name, hardware id.
-    text: Option<String>,
-    /// Rows to skip.
-    offset: Option<usize>,
-    /// Rows to return (default 50, at most 500).
-    #[param(maximum = 500)]
-    limit: Option<usize>,
-    /// The column to sort by (default `id`).
-    #[param(value_type = Option<LicenseSortKey>)]
-    sort: Option<LicenseSortKey>,
-    #[param(value_type = Option<SortOrder>)]
-    order: Option<SortOrder>,
-}
-
-impl TableQuery {
-    fn to_query(&self, day: NaiveDate) -> Result<LicenseQuery, ApiError> {
-        Ok(LicenseQuery {
-            cnpj: self.cnpj,
-            product: self.product,
-            status: self.status,
-            expiring_within_days: self.expiring_within_days,
-            today: Some(day),
-            hardware_key: self.hardware_key.clone(),
-            text: self.text.clone(),
-            offset: self.offset.unwrap_or(0),
-            limit: page_limit(self.limit, 50, PAGE_LIMIT_MAX)?,
-        })
-    }
-}
-
 /// One page of the license table.
 #[derive(Serialize, ToSchema)]
 pub struct LicenseTable {
@@ -380,12 +318,15 @@ pub struct LicenseTable {
 /// One page of the license table sorted over all matching rows, each row with its
 /// product's name, the customer's trade name, whether its contract is active and its expiry
 /// marks.
-#[utoipa::path(get, path = "/v1/license-table", tag = "console", params(TableQuery),
+#[utoipa::path(get, path = "/v1/license-table", tag = "console", params(LicenseListQuery),
     responses((status = 200, body = LicenseTable)))]
-async fn license_table(state: State, _caller: As<Readers>, Query(q): Query<TableQuery>) -> Answer {
+async fn license_table(
+    state: State,
+    _caller: As<Readers>,
+    Query(q): Query<LicenseListQuery>,
+) -> Answer {
     read_your_writes(&state, q.min_position).await?;
-    let sort = q.sort.unwrap_or_default();
-    let descending = matches!(q.order.unwrap_or_default(), SortOrder::Desc);
+    let (sort, descending) = q.sort();
     let as_of = q.as_of;
     let past;
     let (view, day, position) = match as_of {
@@ -399,7 +340,7 @@ async fn license_table(state: State, _caller: As<Readers>, Query(q): Query<Table
             (&past, today(t), position)
         }
     };
-    let page = view.list_licenses_sorted(&q.to_query(day)?, sort, descending);
+    let page = view.list_licenses_sorted(&q.to_query(None, day)?, sort, descending);
     let items: Vec<TableRow> = page
         .items
         .into_iter()

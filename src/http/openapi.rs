@@ -73,7 +73,7 @@ use super::error::ErrorBody;
         super::routes::LicenseAction,
         ledger_projections::view::LicenseStatus,
         ledger_projections::view::LicenseSortKey,
-        super::console_api::SortOrder,
+        super::routes::SortOrder,
     )),
     modifiers(&CommonErrors),
     security(("bearer" = [])),

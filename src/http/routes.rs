@@ -11,7 +11,9 @@ use ledger_events::{
 };
 use ledger_projections::asof::AsOf;
 use ledger_projections::rows::{ContingencyRow, LicenseRow};
-use ledger_projections::view::{ContingencyQuery, LedgerView, LicenseQuery, LicenseStatus, Page};
+use ledger_projections::view::{
+    ContingencyQuery, LedgerView, LicenseQuery, LicenseSortKey, LicenseStatus, Page, PAGE_LIMIT_MAX,
+};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
@@ -863,14 +865,27 @@ async fn view_at(state: &AppState, as_of: Option<DateTime<Utc>>) -> Result<ViewA
     }
 }
 
-/// Filters of a license listing.
+/// Sort direction.
+#[derive(Clone, Copy, Default, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SortOrder {
+    /// Ascending (the default).
+    #[default]
+    Asc,
+    /// Descending.
+    Desc,
+}
+
+/// Filters, sort and moment of a license listing (`/v1/licenses`, a customer's licenses,
+/// the console's license table).
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct LicenseListQuery {
     /// Wait until the read model has applied this position (a command's answer).
-    min_position: Option<Position>,
-    /// Answer as the table stood at this moment (RFC 3339), rebuilt from the log.
-    as_of: Option<DateTime<Utc>>,
+    pub min_position: Option<Position>,
+    /// Answer as the table stood at this moment (RFC 3339), rebuilt from the log; "today"
+    /// is that moment's day.
+    pub as_of: Option<DateTime<Utc>>,
     /// One customer's licenses (on `/v1/customers/{cnpj}/licenses` the path's wins).
     #[param(value_type = Option<Cnpj>)]
     cnpj: Option<Cnpj>,
@@ -886,13 +901,28 @@ pub struct LicenseListQuery {
     text: Option<String>,
     /// Rows to skip.
     offset: Option<usize>,
-    /// Rows to return.
+    /// Rows to return (default 50, at most 500).
+    #[param(maximum = 500)]
     limit: Option<usize>,
+    /// The column to sort by (default: license id).
+    #[param(value_type = Option<LicenseSortKey>)]
+    sort: Option<LicenseSortKey>,
+    #[param(value_type = Option<SortOrder>)]
+    order: Option<SortOrder>,
 }
 
 impl LicenseListQuery {
-    fn to_query(&self, cnpj: Option<Cnpj>, day: NaiveDate) -> LicenseQuery {
-        LicenseQuery {
+    /// The view's query on `day`, for `cnpj` if given (else the parameter's).
+    pub fn to_query(&self, cnpj: Option<Cnpj>, day: NaiveDate) -> Result<LicenseQuery, ApiError> {
+        let defaults = LicenseQuery::default();
+        let limit = self.limit.unwrap_or(defaults.limit);
+        if limit > PAGE_LIMIT_MAX {
+            return Err(ApiError::field(
+                "limit",
+                format!("at most {PAGE_LIMIT_MAX}"),
+            ));
+        }
+        Ok(LicenseQuery {
             cnpj: cnpj.or(self.cnpj),
             product: self.product,
             status: self.status,
@@ -901,8 +931,34 @@ impl LicenseListQuery {
             hardware_key: self.hardware_key.clone(),
             text: self.text.clone(),
             offset: self.offset.unwrap_or(0),
-            limit: self.limit.unwrap_or(LicenseQuery::default().limit),
-        }
+            limit,
+        })
+    }
+
+    /// The sort asked for, and whether it is descending.
+    pub fn sort(&self) -> (LicenseSortKey, bool) {
+        (
+            self.sort.unwrap_or_default(),
+            matches!(self.order.unwrap_or_default(), SortOrder::Desc),
+        )
+    }
+
+    /// A page of `view` on `day`, sorted as asked (in id order, the cheap way, when no
+    /// sort is asked).
+    fn page(
+        &self,
+        view: &LedgerView,
+        cnpj: Option<Cnpj>,
+        day: NaiveDate,
+    ) -> Result<Page<LicenseRow>, ApiError> {
+        let query = self.to_query(cnpj, day)?;
+        Ok(match (self.sort, self.order) {
+            (None, None) => view.list_licenses(&query),
+            _ => {
+                let (key, descending) = self.sort();
+                view.list_licenses_sorted(&query, key, descending)
+            }
+        })
     }
 }
 
@@ -918,9 +974,9 @@ async fn list_licenses(
     let page = match view_at(&state, q.as_of).await? {
         ViewAt::Live => {
             let day = today(state.ledger.clock().now());
-            state.ledger.view().list_licenses(&q.to_query(None, day))
+            q.page(state.ledger.view(), None, day)?
         }
-        ViewAt::Past(view, t) => view.list_licenses(&q.to_query(None, today(t))),
+        ViewAt::Past(view, t) => q.page(&view, None, today(t))?,
     };
     Ok(HttpResponse::Ok().json(page))
 }
@@ -1093,7 +1149,7 @@ async fn customer_licenses(
                 )));
             }
             let day = today(state.ledger.clock().now());
-            view.list_licenses(&q.to_query(Some(cnpj), day))
+            q.page(view, Some(cnpj), day)?
         }
         ViewAt::Past(view, t) => {
             if view.customer(&cnpj).is_none() {
@@ -1101,7 +1157,7 @@ async fn customer_licenses(
                     "customer {cnpj} did not exist at {t}"
                 )));
             }
-            view.list_licenses(&q.to_query(Some(cnpj), today(t)))
+            q.page(&view, Some(cnpj), today(t))?
         }
     };
     Ok(HttpResponse::Ok().json(page))

@@ -104,6 +104,21 @@ impl Process {
         }
     }
 
+    /// `serve` on the file store in `data`, on a free loopback port with two workers.
+    pub fn serve(data: &Path, log_dir: &Path, name: &str) -> Process {
+        let data = data.to_str().expect("a UTF-8 path");
+        let args = [
+            "--data-dir",
+            data,
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--workers",
+            "2",
+        ];
+        Process::start(&args, log_dir, name)
+    }
+
     /// Its process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
