@@ -538,3 +538,44 @@ proptest! {
         check_json_text(&bytes);
     }
 }
+
+/// Regenerates `fuzz/corpus/payload/` (the cargo-fuzz `payload` target's seeds: one byte
+/// picking the `(type, version)` in `EVENT_TYPES`, then that event's payload) when
+/// `LEDGER_FUZZ_WRITE_CORPUS=1`; otherwise replays it through the payload decoders.
+#[test]
+fn the_payload_corpus_replays_without_panic() {
+    let corpus = fuzz_dir("corpus/payload");
+    if std::env::var_os("LEDGER_FUZZ_WRITE_CORPUS").is_some() {
+        std::fs::create_dir_all(&corpus).expect("corpus dir");
+        for s in all_samples() {
+            let (_, record) = golden_record(&s);
+            let e = &record.envelope;
+            let pick = EVENT_TYPES
+                .iter()
+                .position(|&(t, v)| t == e.event_type && v == e.schema_version)
+                .expect("a catalogue type");
+            let mut seed = vec![u8::try_from(pick).expect("under 256 types")];
+            seed.extend_from_slice(&record.payload);
+            let name = format!("{}-v{}.bin", e.event_type, e.schema_version);
+            std::fs::write(corpus.join(name), seed).expect("write seed");
+        }
+    }
+    let files = files_in(&corpus);
+    assert!(
+        files.len() >= EVENT_TYPES.len(),
+        "{} holds {} seeds for {} types; run with LEDGER_FUZZ_WRITE_CORPUS=1 to write them",
+        corpus.display(),
+        files.len(),
+        EVENT_TYPES.len()
+    );
+    for (path, bytes) in files {
+        let (&pick, payload) = bytes.split_first().expect("a seed has a type byte");
+        let (event_type, version) = EVENT_TYPES[usize::from(pick) % EVENT_TYPES.len()];
+        check_payload(event_type, version, payload);
+        assert!(
+            Event::decode_payload(event_type, version, payload).is_ok(),
+            "seed {} does not decode",
+            path.display()
+        );
+    }
+}
