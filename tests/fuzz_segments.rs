@@ -9,6 +9,9 @@
 //!
 //! Cases per property: `PROPTEST_CASES` (default 128 for scans, a quarter for opens).
 
+#[path = "../events/tests/support/mutation.rs"]
+mod mutation;
+
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
@@ -17,6 +20,7 @@ use license_ledger::store::conformance::{new_event, start_time, stream};
 use license_ledger::store::file::segment::{list_segments, scan, segment_path, ScanReport};
 use license_ledger::store::file::{FileStore, FileStoreConfig};
 use license_ledger::store::{EventStore, ExpectedVersion, StoreError};
+use mutation::{mutate, mutations, Mutation};
 use proptest::prelude::*;
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -331,73 +335,10 @@ fn zeros_or_a_cut_frame_appended_to_a_valid_log_are_cut_and_nothing_else_is_lost
 // Proptest.
 // ---------------------------------------------------------------------------------------------
 
-#[derive(Clone, Debug)]
-enum Mutation {
-    Flip { at: usize, bit: u8 },
-    Set { at: usize, value: u8 },
-    Truncate { len: usize },
-    Insert { at: usize, bytes: Vec<u8> },
-    Remove { at: usize, n: usize },
-    Length { at: usize, value: u32 },
-}
-
+/// Removals of 1 to 63 bytes; frame words of 0, 2^31 - 1, 2^31 (the end-of-append bit
+/// alone) and 4 GiB - 1, or any; nothing appended (appending is its own test below).
 fn mutation() -> impl Strategy<Value = Mutation> {
-    prop_oneof![
-        (any::<usize>(), 0u8..8).prop_map(|(at, bit)| Mutation::Flip { at, bit }),
-        (any::<usize>(), any::<u8>()).prop_map(|(at, value)| Mutation::Set { at, value }),
-        any::<usize>().prop_map(|len| Mutation::Truncate { len }),
-        (
-            any::<usize>(),
-            proptest::collection::vec(any::<u8>(), 1..16)
-        )
-            .prop_map(|(at, bytes)| Mutation::Insert { at, bytes }),
-        (any::<usize>(), 1usize..64).prop_map(|(at, n)| Mutation::Remove { at, n }),
-        (
-            any::<usize>(),
-            prop_oneof![
-                Just(u32::MAX),
-                Just(0x7fff_ffff),
-                Just(0x8000_0000),
-                Just(0),
-                any::<u32>()
-            ]
-        )
-            .prop_map(|(at, value)| Mutation::Length { at, value }),
-    ]
-}
-
-fn mutate(bytes: &mut Vec<u8>, m: &Mutation) {
-    let n = bytes.len().max(1);
-    match m {
-        Mutation::Flip { at, bit } => {
-            if let Some(b) = bytes.get_mut(at % n) {
-                *b ^= 1 << bit;
-            }
-        }
-        Mutation::Set { at, value } => {
-            if let Some(b) = bytes.get_mut(at % n) {
-                *b = *value;
-            }
-        }
-        Mutation::Truncate { len } => bytes.truncate(len % n),
-        Mutation::Insert { at, bytes: ins } => {
-            let at = at % (bytes.len() + 1);
-            bytes.splice(at..at, ins.iter().copied());
-        }
-        Mutation::Remove { at, n: k } => {
-            let at = at % n;
-            let end = (at + k).min(bytes.len());
-            if at < end {
-                bytes.drain(at..end);
-            }
-        }
-        Mutation::Length { at, value } => {
-            if bytes.len() >= 4 {
-                let at = at % (bytes.len() - 3);
-                bytes[at..at + 4].copy_from_slice(&value.to_be_bytes());
-            }
-        }
-    }
+    mutations(64, &[u32::MAX, 0x7fff_ffff, 0x8000_0000, 0], false)
 }
 
 fn cases(default: u32) -> u32 {

@@ -9,6 +9,8 @@
 //! Cases per property: `PROPTEST_CASES` (default 256 here; CI may raise it).
 
 mod common;
+#[path = "support/mutation.rs"]
+mod mutation;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -16,6 +18,7 @@ use std::path::{Path, PathBuf};
 
 use common::{all_samples, build_chain, golden_record};
 use ledger_events::{CodecError, Event, Record, RecordJson, RecordView, EVENT_TYPES};
+use mutation::{mutate, mutations, Mutation};
 use proptest::prelude::*;
 
 // ---------------------------------------------------------------------------------------------
@@ -334,96 +337,10 @@ fn a_sequence_length_prefix_claiming_huge_counts_allocates_at_most_the_fixed_all
 // Proptest.
 // ---------------------------------------------------------------------------------------------
 
-#[derive(Clone, Debug)]
-enum Mutation {
-    Flip {
-        at: usize,
-        bit: u8,
-    },
-    Set {
-        at: usize,
-        value: u8,
-    },
-    Truncate {
-        len: usize,
-    },
-    Insert {
-        at: usize,
-        bytes: Vec<u8>,
-    },
-    Remove {
-        at: usize,
-        n: usize,
-    },
-    /// Overwrite 4 bytes with a big-endian length-like value.
-    Length {
-        at: usize,
-        value: u32,
-    },
-    Append {
-        bytes: Vec<u8>,
-    },
-}
-
+/// Removals of 1 to 15 bytes; length words of 0, 64 KiB, 64 KiB + 1 and 4 GiB - 1 (the
+/// record format's limits), or any; random bytes appended.
 fn mutation() -> impl Strategy<Value = Mutation> {
-    prop_oneof![
-        (any::<usize>(), 0u8..8).prop_map(|(at, bit)| Mutation::Flip { at, bit }),
-        (any::<usize>(), any::<u8>()).prop_map(|(at, value)| Mutation::Set { at, value }),
-        any::<usize>().prop_map(|len| Mutation::Truncate { len }),
-        (
-            any::<usize>(),
-            proptest::collection::vec(any::<u8>(), 1..16)
-        )
-            .prop_map(|(at, bytes)| Mutation::Insert { at, bytes }),
-        (any::<usize>(), 1usize..16).prop_map(|(at, n)| Mutation::Remove { at, n }),
-        (
-            any::<usize>(),
-            prop_oneof![
-                Just(u32::MAX),
-                Just(0),
-                Just(65_536),
-                Just(65_537),
-                any::<u32>()
-            ]
-        )
-            .prop_map(|(at, value)| Mutation::Length { at, value }),
-        proptest::collection::vec(any::<u8>(), 1..64).prop_map(|bytes| Mutation::Append { bytes }),
-    ]
-}
-
-fn mutate(bytes: &mut Vec<u8>, m: &Mutation) {
-    let n = bytes.len().max(1);
-    match m {
-        Mutation::Flip { at, bit } => {
-            if let Some(b) = bytes.get_mut(at % n) {
-                *b ^= 1 << bit;
-            }
-        }
-        Mutation::Set { at, value } => {
-            if let Some(b) = bytes.get_mut(at % n) {
-                *b = *value;
-            }
-        }
-        Mutation::Truncate { len } => bytes.truncate(len % n),
-        Mutation::Insert { at, bytes: ins } => {
-            let at = at % (bytes.len() + 1);
-            bytes.splice(at..at, ins.iter().copied());
-        }
-        Mutation::Remove { at, n: k } => {
-            let at = at % n;
-            let end = (at + k).min(bytes.len());
-            if at < end {
-                bytes.drain(at..end);
-            }
-        }
-        Mutation::Length { at, value } => {
-            if bytes.len() >= 4 {
-                let at = at % (bytes.len() - 3);
-                bytes[at..at + 4].copy_from_slice(&value.to_be_bytes());
-            }
-        }
-        Mutation::Append { bytes: more } => bytes.extend_from_slice(more),
-    }
+    mutations(16, &[u32::MAX, 0, 65_536, 65_537], true)
 }
 
 /// A JSON value to put in place of a field.
