@@ -13,8 +13,10 @@
 use std::ops::RangeInclusive;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use ledger_events::{
-    Actor, ChainHead, CodecError, Event, Position, Record, StreamId, StreamVersion,
+    truncate_to_micros, Actor, ChainHead, CodecError, Event, Position, Record, StreamId,
+    StreamVersion,
 };
 use uuid::Uuid;
 
@@ -246,6 +248,45 @@ pub(crate) struct CheckedEvent {
     pub event: NewEvent,
     /// Its postcard payload.
     pub payload: Vec<u8>,
+}
+
+/// What an imported record (replayed verbatim from an export) must land on for its stored
+/// hash to stay valid.
+pub(crate) struct ImportCheck {
+    pub position: Position,
+    pub prev_hash: ledger_events::Hash,
+    pub recorded_at: DateTime<Utc>,
+    /// The hash the export recorded (PostgreSQL checks it again after encoding).
+    pub hash: ledger_events::Hash,
+}
+
+/// When an append of `events` records after `head`, whose last record was recorded at
+/// `last`: `now` truncated to microseconds and never before `last`; for an import, the time
+/// its export recorded, once every other input of its hash (one record, its position, the
+/// previous hash, its order in time) is checked to be what the export recorded.
+pub(crate) fn recorded_at(
+    now: DateTime<Utc>,
+    import: Option<&ImportCheck>,
+    events: usize,
+    head: ChainHead,
+    last: DateTime<Utc>,
+) -> Result<DateTime<Utc>, StoreError> {
+    let Some(import) = import else {
+        return Ok(truncate_to_micros(now).max(last));
+    };
+    if events != 1
+        || import.position != head.position + 1
+        || import.prev_hash != head.hash
+        || import.recorded_at < last
+        || truncate_to_micros(import.recorded_at) != import.recorded_at
+    {
+        return Err(StoreError::InvalidAppend(format!(
+            "imported record at position {} does not follow the head (position {}, hash {}) \
+             in position, hash chain or time",
+            import.position, head.position, head.hash
+        )));
+    }
+    Ok(import.recorded_at)
 }
 
 /// Checks an append (see [`CheckedEvent`]) and encodes its payloads.

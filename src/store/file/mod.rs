@@ -21,9 +21,11 @@ use self::index::{Index, OpenSegment};
 use self::segment::{
     check_frame, list_segments, scan, segment_header, segment_path, RecordLoc, FRAME_HEADER_BYTES,
 };
-use self::writer::{AppendRequest, ImportCheck, PreparedEvent, Shared, Writer, WriterMsg};
+use self::writer::{AppendRequest, PreparedEvent, Shared, Writer, WriterMsg};
 use super::subscription::{HeadSource, Subscription};
-use super::{Appended, EventStore, ExpectedVersion, NewEvent, StoreError, READ_BATCH_MAX};
+use super::{
+    Appended, EventStore, ExpectedVersion, ImportCheck, NewEvent, StoreError, READ_BATCH_MAX,
+};
 use crate::clock::Clock;
 
 mod index;
@@ -323,6 +325,7 @@ impl FileStore {
             position: e.position,
             prev_hash: e.prev_hash,
             recorded_at: e.recorded_at,
+            hash: e.hash,
         };
         self.submit(
             &e.stream_id,

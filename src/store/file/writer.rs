@@ -29,8 +29,8 @@ use std::time::Instant;
 use ahash::AHashMap;
 use chrono::{DateTime, Utc};
 use ledger_events::{
-    encode_header_into, truncate_to_micros, Actor, ChainHead, Position, RecordHeader, StreamId,
-    StreamVersion, MIN_RECORD_BYTES,
+    encode_header_into, Actor, ChainHead, Position, RecordHeader, StreamId, StreamVersion,
+    MIN_RECORD_BYTES,
 };
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -43,7 +43,7 @@ use super::segment::{
 };
 use super::sync_dir;
 use crate::clock::Clock;
-use crate::store::{Appended, ExpectedVersion, StoreError};
+use crate::store::{recorded_at, Appended, ExpectedVersion, ImportCheck, StoreError};
 
 /// Batches written but not yet synced before the writer waits for the syncer.
 const BATCHES_IN_FLIGHT_MAX: usize = 64;
@@ -79,13 +79,6 @@ pub(crate) struct AppendRequest {
     pub reply: Reply,
     /// Set when replaying an exported record verbatim (see `FileStore::import_record`).
     pub import: Option<ImportCheck>,
-}
-
-/// What an imported record must land on for its stored hash to stay valid.
-pub(crate) struct ImportCheck {
-    pub position: Position,
-    pub prev_hash: ledger_events::Hash,
-    pub recorded_at: DateTime<Utc>,
 }
 
 pub(crate) enum WriterMsg {
@@ -433,26 +426,19 @@ impl Writer {
         let placed_before = batch.placed.len();
         let stream_ix = batch.streams.len() as u32;
         let mut head = batch.head;
-        let recorded_at = match &request.import {
-            None => truncate_to_micros(self.clock.now()).max(batch.last_recorded_at),
-            Some(import) => {
-                // Every input of the record's hash must be what the export recorded.
-                if request.events.len() != 1
-                    || import.position != first
-                    || import.prev_hash != batch.head.hash
-                    || import.recorded_at < batch.last_recorded_at
-                    || truncate_to_micros(import.recorded_at) != import.recorded_at
-                {
-                    if opens_segment {
-                        batch.chunks.pop();
-                    }
-                    return Err(StoreError::InvalidAppend(format!(
-                        "imported record at position {} does not follow the head (position {}, \
-                         hash {}) in position, hash chain or time",
-                        import.position, batch.head.position, batch.head.hash
-                    )));
+        let recorded_at = match recorded_at(
+            self.clock.now(),
+            request.import.as_ref(),
+            request.events.len(),
+            batch.head,
+            batch.last_recorded_at,
+        ) {
+            Ok(t) => t,
+            Err(e) => {
+                if opens_segment {
+                    batch.chunks.pop();
                 }
-                import.recorded_at
+                return Err(e);
             }
         };
         let Some(chunk) = batch.chunks.last_mut() else {

@@ -70,10 +70,11 @@ use tokio_postgres::types::ToSql;
 use self::conn::{pg_config, pg_error, pool_error, read_pool, timed};
 use self::listen::{Listener, READ_HEAD};
 use self::rows::{decode_log, decode_stream, event_columns};
-use self::writer::{AppendRequest, Counters, ImportCheck, PreparedEvent, WriterConfig, WriterMsg};
+use self::writer::{AppendRequest, Counters, PreparedEvent, WriterConfig, WriterMsg};
 use super::subscription::{HeadSource, Subscription};
 use super::{
-    Appended, EventStore, ExpectedVersion, NewEvent, StoreError, StoreStats, READ_BATCH_MAX,
+    Appended, EventStore, ExpectedVersion, ImportCheck, NewEvent, StoreError, StoreStats,
+    READ_BATCH_MAX,
 };
 use crate::clock::Clock;
 

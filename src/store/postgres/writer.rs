@@ -46,8 +46,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, TimeZone, Utc};
 use futures_util::future::{join, join4};
 use ledger_events::{
-    encode_header_into, truncate_to_micros, Actor, ChainHead, Hash, Position, RecordHeader,
-    StreamId, StreamVersion,
+    encode_header_into, Actor, ChainHead, Hash, Position, RecordHeader, StreamId, StreamVersion,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -57,7 +56,7 @@ use uuid::Uuid;
 use super::conn::{connect, pg_error, replicate};
 use super::rows::actor_kind_name;
 use crate::clock::Clock;
-use crate::store::{Appended, ExpectedVersion, StoreError};
+use crate::store::{recorded_at, Appended, ExpectedVersion, ImportCheck, StoreError};
 
 const LOCK_HEAD: &str = "SELECT last_position, last_hash, last_recorded_micros \
      FROM ledger_head WHERE id = 1 FOR UPDATE";
@@ -115,14 +114,6 @@ pub(crate) struct PreparedEvent {
     pub data_json: String,
     pub actor: Actor,
     pub correlation_id: Uuid,
-}
-
-/// What an imported record must land on for its stored hash to stay valid.
-pub(crate) struct ImportCheck {
-    pub position: Position,
-    pub prev_hash: Hash,
-    pub recorded_at: DateTime<Utc>,
-    pub hash: Hash,
 }
 
 type Reply = oneshot::Sender<Result<Appended, StoreError>>;
@@ -1334,25 +1325,13 @@ impl<'a> Plan<'a> {
             });
         }
         let first = self.head.position + 1;
-        let recorded_at = match import {
-            None => truncate_to_micros(clock.now()).max(self.last_recorded_at),
-            Some(import) => {
-                // Every input of the record's hash must be what the export recorded.
-                if events.len() != 1
-                    || import.position != first
-                    || import.prev_hash != self.head.hash
-                    || import.recorded_at < self.last_recorded_at
-                    || truncate_to_micros(import.recorded_at) != import.recorded_at
-                {
-                    return Err(StoreError::InvalidAppend(format!(
-                        "imported record at position {} does not follow the head (position {}, \
-                         hash {}) in position, hash chain or time",
-                        import.position, self.head.position, self.head.hash
-                    )));
-                }
-                import.recorded_at
-            }
-        };
+        let recorded_at = recorded_at(
+            clock.now(),
+            import,
+            events.len(),
+            self.head,
+            self.last_recorded_at,
+        )?;
         let mut head = self.head;
         let mut rows = Vec::with_capacity(events.len());
         for (i, e) in events.iter().enumerate() {
