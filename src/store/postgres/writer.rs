@@ -677,10 +677,7 @@ impl Lane {
             // its original positions, whatever the expected version says).
             return Ok(Speculated::Fallback);
         }
-        let columns = Columns::of(&plan.rows)?;
-        let new_position = to_i64(plan.head.position)?;
-        let old_position = to_i64(snapshot.head.position)?;
-        let last_micros = plan.last_recorded_at.timestamp_micros();
+        let write_params = WriteParams::of(&plan, &snapshot.head, &config.channel)?;
         let overlay = Arc::new(Overlay {
             id: config.speculation.next_id.fetch_add(1, Ordering::Relaxed),
             head: plan.head,
@@ -709,28 +706,7 @@ impl Lane {
             }
         };
         let written_at = Instant::now();
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 20] = [
-            &new_position,
-            &plan.head.hash.0.as_slice(),
-            &last_micros,
-            &old_position,
-            &snapshot.head.hash.0.as_slice(),
-            &config.channel,
-            &columns.positions,
-            &columns.streams,
-            &columns.versions,
-            &columns.ids,
-            &columns.types,
-            &columns.schema_versions,
-            &columns.micros,
-            &columns.actor_kinds,
-            &columns.actor_names,
-            &columns.correlation_ids,
-            &columns.payloads,
-            &columns.data,
-            &columns.prev_hashes,
-            &columns.hashes,
-        ];
+        let params = write_params.params();
         let write = ordered.client.query_opt(&ordered.write, &params);
         let mut write = std::pin::pin!(write);
         // The first poll queues the insert on the ordered connection; only then may the next
@@ -928,40 +904,13 @@ impl Lane {
         }
 
         // 3. Write and commit (pipelined).
-        let columns = Columns::of(&plan.rows)?;
         let new_head = plan.head;
-        let last_micros = plan.last_recorded_at.timestamp_micros();
+        let write_params = WriteParams::of(&plan, &snapshot.head, &config.channel)?;
         let written_at = Instant::now();
-        let new_position = to_i64(new_head.position)?;
-        let old_position = to_i64(snapshot.head.position)?;
         let result = tokio::time::timeout(
             op_timeout,
             join(
-                conn.client.query_opt(
-                    &conn.write,
-                    &[
-                        &new_position,
-                        &new_head.hash.0.as_slice(),
-                        &last_micros,
-                        &old_position,
-                        &snapshot.head.hash.0.as_slice(),
-                        &config.channel,
-                        &columns.positions,
-                        &columns.streams,
-                        &columns.versions,
-                        &columns.ids,
-                        &columns.types,
-                        &columns.schema_versions,
-                        &columns.micros,
-                        &columns.actor_kinds,
-                        &columns.actor_names,
-                        &columns.correlation_ids,
-                        &columns.payloads,
-                        &columns.data,
-                        &columns.prev_hashes,
-                        &columns.hashes,
-                    ],
-                ),
+                conn.client.query_opt(&conn.write, &write_params.params()),
                 conn.client.batch_execute("COMMIT"),
             ),
         )
@@ -1383,6 +1332,58 @@ impl<'a> Plan<'a> {
             stream_version,
             was_retry: false,
         })
+    }
+}
+
+/// The write statement's parameters, in its order (`$1` to `$20`): the new head, the head it
+/// must still find, the channel to notify, and the batch as columns.
+struct WriteParams<'a> {
+    new_position: i64,
+    new_hash: &'a [u8],
+    last_micros: i64,
+    old_position: i64,
+    old_hash: &'a [u8],
+    channel: &'a str,
+    columns: Columns<'a>,
+}
+
+impl<'a> WriteParams<'a> {
+    fn of(plan: &'a Plan<'a>, old: &'a ChainHead, channel: &'a str) -> Result<Self, StoreError> {
+        Ok(WriteParams {
+            new_position: to_i64(plan.head.position)?,
+            new_hash: plan.head.hash.0.as_slice(),
+            last_micros: plan.last_recorded_at.timestamp_micros(),
+            old_position: to_i64(old.position)?,
+            old_hash: old.hash.0.as_slice(),
+            channel,
+            columns: Columns::of(&plan.rows)?,
+        })
+    }
+
+    fn params(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 20] {
+        let c = &self.columns;
+        [
+            &self.new_position,
+            &self.new_hash,
+            &self.last_micros,
+            &self.old_position,
+            &self.old_hash,
+            &self.channel,
+            &c.positions,
+            &c.streams,
+            &c.versions,
+            &c.ids,
+            &c.types,
+            &c.schema_versions,
+            &c.micros,
+            &c.actor_kinds,
+            &c.actor_names,
+            &c.correlation_ids,
+            &c.payloads,
+            &c.data,
+            &c.prev_hashes,
+            &c.hashes,
+        ]
     }
 }
 
