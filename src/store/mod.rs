@@ -260,6 +260,35 @@ pub(crate) struct ImportCheck {
     pub hash: ledger_events::Hash,
 }
 
+/// Checks a record to import on its own (it encodes to its stored hash, its payload decodes
+/// as its type says, within the size limit, at a stream version of 1 or more): its event,
+/// and what it must land on (checked by the writer with [`recorded_at`]).
+pub(crate) fn check_import(record: &Record) -> Result<(Event, ImportCheck), StoreError> {
+    record.encode()?;
+    let e = &record.envelope;
+    let event = record.event()?;
+    let event_type = event.event_type();
+    if event_type != e.event_type {
+        return Err(StoreError::InvalidAppend(format!(
+            "record at position {} has type {} but decodes as {event_type}",
+            e.position, e.event_type
+        )));
+    }
+    if record.payload.len() > ledger_events::MAX_PAYLOAD_BYTES || e.stream_version == 0 {
+        return Err(StoreError::InvalidAppend(format!(
+            "record at position {} has an invalid payload size or stream version",
+            e.position
+        )));
+    }
+    let import = ImportCheck {
+        position: e.position,
+        prev_hash: e.prev_hash,
+        recorded_at: e.recorded_at,
+        hash: e.hash,
+    };
+    Ok((event, import))
+}
+
 /// When an append of `events` records after `head`, whose last record was recorded at
 /// `last`: `now` truncated to microseconds and never before `last`; for an import, the time
 /// its export recorded, once every other input of its hash (one record, its position, the

@@ -11,9 +11,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, TimeZone, Utc};
-use ledger_events::{
-    ChainHead, Position, Record, RecordView, StreamId, StreamVersion, MAX_PAYLOAD_BYTES,
-};
+use ledger_events::{ChainHead, Position, Record, RecordView, StreamId, StreamVersion};
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -24,7 +22,8 @@ use self::segment::{
 use self::writer::{AppendRequest, PreparedEvent, Shared, Writer, WriterMsg};
 use super::subscription::{HeadSource, Subscription};
 use super::{
-    Appended, EventStore, ExpectedVersion, ImportCheck, NewEvent, StoreError, READ_BATCH_MAX,
+    check_import, Appended, EventStore, ExpectedVersion, ImportCheck, NewEvent, StoreError,
+    READ_BATCH_MAX,
 };
 use crate::clock::Clock;
 
@@ -297,22 +296,9 @@ impl FileStore {
     /// follow the current head (position, previous hash, time never decreasing); the writer
     /// checks the last two under its lock, so the chain stays intact whatever else runs.
     pub async fn import_record(&self, record: &Record) -> Result<Appended, StoreError> {
-        record.encode()?;
+        let (event, import) = check_import(record)?;
         let e = &record.envelope;
-        let event = record.event()?;
         let event_type = event.event_type();
-        if event_type != e.event_type {
-            return Err(StoreError::InvalidAppend(format!(
-                "record at position {} has type {} but decodes as {event_type}",
-                e.position, e.event_type
-            )));
-        }
-        if record.payload.len() > MAX_PAYLOAD_BYTES || e.stream_version == 0 {
-            return Err(StoreError::InvalidAppend(format!(
-                "record at position {} has an invalid payload size or stream version",
-                e.position
-            )));
-        }
         let prepared = PreparedEvent {
             event_id: e.event_id,
             event_type,
@@ -320,12 +306,6 @@ impl FileStore {
             payload: record.payload.clone(),
             actor: e.actor.clone(),
             correlation_id: e.correlation_id,
-        };
-        let import = ImportCheck {
-            position: e.position,
-            prev_hash: e.prev_hash,
-            recorded_at: e.recorded_at,
-            hash: e.hash,
         };
         self.submit(
             &e.stream_id,

@@ -59,9 +59,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use deadpool_postgres::Pool;
-use ledger_events::{
-    ChainHead, Hash, Position, Record, StreamId, StreamVersion, MAX_PAYLOAD_BYTES,
-};
+use ledger_events::{ChainHead, Hash, Position, Record, StreamId, StreamVersion};
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -73,8 +71,8 @@ use self::rows::{decode_log, decode_stream, event_columns};
 use self::writer::{AppendRequest, Counters, PreparedEvent, WriterConfig, WriterMsg};
 use super::subscription::{HeadSource, Subscription};
 use super::{
-    Appended, EventStore, ExpectedVersion, ImportCheck, NewEvent, StoreError, StoreStats,
-    READ_BATCH_MAX,
+    check_import, Appended, EventStore, ExpectedVersion, ImportCheck, NewEvent, StoreError,
+    StoreStats, READ_BATCH_MAX,
 };
 use crate::clock::Clock;
 
@@ -389,22 +387,9 @@ impl PgStore {
     /// decreasing); the writer checks the last two under the head lock, so the chain stays
     /// intact whatever else runs.
     pub async fn import_record(&self, record: &Record) -> Result<Appended, StoreError> {
-        record.encode()?;
+        let (event, import) = check_import(record)?;
         let e = &record.envelope;
-        let event = record.event()?;
         let event_type = event.event_type();
-        if event_type != e.event_type {
-            return Err(StoreError::InvalidAppend(format!(
-                "record at position {} has type {} but decodes as {event_type}",
-                e.position, e.event_type
-            )));
-        }
-        if record.payload.len() > MAX_PAYLOAD_BYTES || e.stream_version == 0 {
-            return Err(StoreError::InvalidAppend(format!(
-                "record at position {} has an invalid payload size or stream version",
-                e.position
-            )));
-        }
         let data_json = serde_json::to_string(&event.data_json())
             .map_err(|err| StoreError::InvalidAppend(format!("event data as JSON: {err}")))?;
         let prepared = PreparedEvent {
@@ -415,12 +400,6 @@ impl PgStore {
             data_json,
             actor: e.actor.clone(),
             correlation_id: e.correlation_id,
-        };
-        let import = ImportCheck {
-            position: e.position,
-            prev_hash: e.prev_hash,
-            recorded_at: e.recorded_at,
-            hash: e.hash,
         };
         self.submit(
             &e.stream_id,
