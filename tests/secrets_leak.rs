@@ -118,6 +118,28 @@ fn stored_secrets(data: &Path) -> Vec<(String, String)> {
     out
 }
 
+/// The customer [`CNPJ`] with one EasyCash license.
+async fn open_shop(c: &Client, server: &Server, admin: &str) {
+    call(
+        c,
+        server,
+        "POST",
+        "/v1/customers",
+        admin,
+        json!({"cnpj": CNPJ, "trade_name": "Padaria"}),
+    )
+    .await;
+    call(
+        c,
+        server,
+        "POST",
+        "/v1/licenses",
+        admin,
+        json!({"cnpj": CNPJ, "product": "easycash", "expires_on": "2099-12-31"}),
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_token_key_or_seed_appears_in_logs_exports_or_the_event_feed() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -156,24 +178,7 @@ async fn no_token_key_or_seed_appears_in_logs_exports_or_the_event_feed() {
     let terminal = made[2].1.clone();
 
     // A customer with a license, check-ins (with and without nonce, and a bad token).
-    call(
-        &c,
-        &server,
-        "POST",
-        "/v1/customers",
-        &admin,
-        json!({"cnpj": CNPJ, "trade_name": "Padaria"}),
-    )
-    .await;
-    call(
-        &c,
-        &server,
-        "POST",
-        "/v1/licenses",
-        &admin,
-        json!({"cnpj": CNPJ, "product": "easycash", "expires_on": "2099-12-31"}),
-    )
-    .await;
+    open_shop(&c, &server, &admin).await;
     let checkin = json!({"cnpj": CNPJ, "product": "easycash", "hardware_id": HW_ID,
         "hardware_key": HW_KEY, "nonce": "n-1"});
     call(
@@ -319,24 +324,7 @@ async fn a_check_in_answer_with_any_byte_changed_fails_verification() {
     let server = start(&data, &dir.path().join("server.log"));
     let c = Client::new();
     let admin = server.admin.clone();
-    call(
-        &c,
-        &server,
-        "POST",
-        "/v1/customers",
-        &admin,
-        json!({"cnpj": CNPJ, "trade_name": "Padaria"}),
-    )
-    .await;
-    call(
-        &c,
-        &server,
-        "POST",
-        "/v1/licenses",
-        &admin,
-        json!({"cnpj": CNPJ, "product": "easycash", "expires_on": "2099-12-31"}),
-    )
-    .await;
+    open_shop(&c, &server, &admin).await;
     let body = call(
         &c,
         &server,
