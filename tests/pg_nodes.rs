@@ -107,6 +107,33 @@ async fn call(
         .unwrap_or_else(|| panic!("{method} {path}: no answer"))
 }
 
+/// Registers the customer [`CNPJ`] and grants it one EasyCash license on `node`: the
+/// grant's answer and the license id.
+async fn open_shop(http: &Client, node: &Node, admin: &str) -> (Value, String) {
+    let (code, reg) = call(
+        http,
+        node,
+        admin,
+        "POST",
+        "/v1/customers",
+        Some(json!({"cnpj": CNPJ, "trade_name": "Mercado Bom"})),
+    )
+    .await;
+    assert_eq!(code, StatusCode::OK, "{reg}");
+    let (code, grant) = call(
+        http,
+        node,
+        admin,
+        "POST",
+        "/v1/licenses",
+        Some(json!({"cnpj": CNPJ, "product": "easycash", "expires_on": "2031-01-31"})),
+    )
+    .await;
+    assert_eq!(code, StatusCode::OK, "{grant}");
+    let license = grant["license_id"].as_str().unwrap().to_owned();
+    (grant, license)
+}
+
 fn checkin_body(n: u8) -> Value {
     json!({"cnpj": CNPJ, "product": "easycash",
            "hardware_id": format!("50026B77825EEC{n:02X}"),
@@ -139,27 +166,7 @@ async fn two_nodes_on_one_database_see_each_others_writes_and_one_terminal_wins_
         .unwrap();
 
     // A command on node A is visible on node B with min_position.
-    let (code, reg) = call(
-        &http,
-        &a,
-        &admin,
-        "POST",
-        "/v1/customers",
-        Some(json!({"cnpj": CNPJ, "trade_name": "Mercado Bom"})),
-    )
-    .await;
-    assert_eq!(code, StatusCode::OK, "{reg}");
-    let (code, grant) = call(
-        &http,
-        &a,
-        &admin,
-        "POST",
-        "/v1/licenses",
-        Some(json!({"cnpj": CNPJ, "product": "easycash", "expires_on": "2031-01-31"})),
-    )
-    .await;
-    assert_eq!(code, StatusCode::OK, "{grant}");
-    let license = grant["license_id"].as_str().unwrap().to_owned();
+    let (grant, license) = open_shop(&http, &a, &admin).await;
     let (code, row) = call(
         &http,
         &b,
@@ -274,20 +281,7 @@ async fn with_the_database_away_commands_answer_503_check_ins_go_on_and_it_recov
         .timeout(Duration::from_secs(30))
         .build()
         .unwrap();
-    for body in [json!({"cnpj": CNPJ, "trade_name": "Mercado Bom"})] {
-        let (code, v) = call(&http, &node, &admin, "POST", "/v1/customers", Some(body)).await;
-        assert_eq!(code, StatusCode::OK, "{v}");
-    }
-    let (_, grant) = call(
-        &http,
-        &node,
-        &admin,
-        "POST",
-        "/v1/licenses",
-        Some(json!({"cnpj": CNPJ, "product": "easycash", "expires_on": "2031-01-31"})),
-    )
-    .await;
-    let license = grant["license_id"].as_str().unwrap().to_owned();
+    let (_, license) = open_shop(&http, &node, &admin).await;
     let (code, first) = call(
         &http,
         &node,
