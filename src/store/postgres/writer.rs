@@ -154,6 +154,33 @@ fn add_nanos(counter: &AtomicU64, since: Instant) {
 }
 
 /// Moves a head watch forward (never back).
+/// What follows a committed batch of `rows` rows, written since `written_at`, the insert
+/// having reported `inserted`: the counters, and the node's durable head moves to `head`.
+fn committed(
+    config: &WriterConfig,
+    written_at: Instant,
+    inserted: i64,
+    rows: usize,
+    head: Position,
+) {
+    let stats = &config.stats;
+    stats.commits.fetch_add(1, Ordering::Relaxed);
+    add_nanos(&stats.commit_nanos, written_at);
+    if usize::try_from(inserted).ok() != Some(rows) {
+        // Cannot happen: the insert takes every row or fails. Say so loudly if it does.
+        tracing::error!(
+            inserted,
+            planned = rows,
+            "append batch inserted an unexpected number of rows"
+        );
+    }
+    stats.batches_written.fetch_add(1, Ordering::Relaxed);
+    stats
+        .records_written
+        .fetch_add(rows as u64, Ordering::Relaxed);
+    advance(&config.head_tx, head);
+}
+
 pub(crate) fn advance(head_tx: &watch::Sender<Position>, position: Position) {
     head_tx.send_if_modified(|h| {
         let moved = position > *h;
@@ -780,21 +807,14 @@ impl Lane {
             Ok(Ok(None)) => return wrong_guess(),
             Ok(Ok(Some(row))) => row.try_get::<_, i64>(0).unwrap_or(-1),
         };
-        stats.commits.fetch_add(1, Ordering::Relaxed);
-        add_nanos(&stats.commit_nanos, written_at);
-        if usize::try_from(inserted).ok() != Some(plan.rows.len()) {
-            tracing::error!(
-                inserted,
-                planned = plan.rows.len(),
-                "append batch inserted an unexpected number of rows"
-            );
-        }
         stats.speculative_batches.fetch_add(1, Ordering::Relaxed);
-        stats.batches_written.fetch_add(1, Ordering::Relaxed);
-        stats
-            .records_written
-            .fetch_add(plan.rows.len() as u64, Ordering::Relaxed);
-        advance(&config.head_tx, plan.head.position);
+        committed(
+            &config,
+            written_at,
+            inserted,
+            plan.rows.len(),
+            plan.head.position,
+        );
         for (result, reply) in results.into_iter().zip(replies.iter_mut()) {
             if let Some(reply) = reply.take() {
                 let _ = reply.send(result);
@@ -949,21 +969,13 @@ impl Lane {
                 "{e}; the batch may or may not be stored, retry with the same event ids"
             )));
         }
-        stats.commits.fetch_add(1, Ordering::Relaxed);
-        add_nanos(&stats.commit_nanos, written_at);
-        if usize::try_from(inserted).ok() != Some(plan.rows.len()) {
-            // Cannot happen: the insert takes every row or fails. Say so loudly if it does.
-            tracing::error!(
-                inserted,
-                planned = plan.rows.len(),
-                "append batch inserted an unexpected number of rows"
-            );
-        }
-        stats.batches_written.fetch_add(1, Ordering::Relaxed);
-        stats
-            .records_written
-            .fetch_add(plan.rows.len() as u64, Ordering::Relaxed);
-        advance(&config.head_tx, new_head.position);
+        committed(
+            &config,
+            written_at,
+            inserted,
+            plan.rows.len(),
+            new_head.position,
+        );
         for (verdict, reply) in verdicts.into_iter().zip(replies.iter_mut()) {
             if let (Some(a), Some(reply)) = (verdict, reply.take()) {
                 let _ = reply.send(Ok(a));
