@@ -9,18 +9,18 @@
 //!
 //! Cases per property: `PROPTEST_CASES` (default 128 for scans, a quarter for opens).
 
-#[path = "../events/tests/support/mutation.rs"]
-mod mutation;
+#[path = "../events/tests/support/fuzz.rs"]
+mod fuzz;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
+use fuzz::{files_in, mutate, mutations, Mutation};
 use license_ledger::clock::ManualClock;
 use license_ledger::store::conformance::{new_event, start_time, stream};
 use license_ledger::store::file::segment::{list_segments, scan, segment_path, ScanReport};
 use license_ledger::store::file::{FileStore, FileStoreConfig};
 use license_ledger::store::{EventStore, ExpectedVersion, StoreError};
-use mutation::{mutate, mutations, Mutation};
 use proptest::prelude::*;
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -224,23 +224,6 @@ fn check_open(segments: &[(u64, Vec<u8>)], written: Option<&[Vec<u8>]>) -> Optio
 
 fn fuzz_dir(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz").join(rel)
-}
-
-fn files_in(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    let mut files: Vec<_> = entries
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.is_file() && p.extension().is_none_or(|x| x != "md"))
-        .map(|p| {
-            let bytes = std::fs::read(&p).expect("read corpus file");
-            (p, bytes)
-        })
-        .collect();
-    files.sort();
-    files
 }
 
 /// Regenerates `fuzz/corpus/segment/` when `LEDGER_FUZZ_WRITE_CORPUS=1`; otherwise replays it

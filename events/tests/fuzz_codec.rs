@@ -9,16 +9,16 @@
 //! Cases per property: `PROPTEST_CASES` (default 256 here; CI may raise it).
 
 mod common;
-#[path = "support/mutation.rs"]
-mod mutation;
+#[path = "support/fuzz.rs"]
+mod fuzz;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::path::{Path, PathBuf};
 
 use common::{all_samples, build_chain, golden_record};
+use fuzz::{files_in, mutate, mutations, Mutation};
 use ledger_events::{CodecError, Event, Record, RecordJson, RecordView, EVENT_TYPES};
-use mutation::{mutate, mutations, Mutation};
 use proptest::prelude::*;
 
 // ---------------------------------------------------------------------------------------------
@@ -207,23 +207,6 @@ fn fuzz_dir(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../fuzz")
         .join(rel)
-}
-
-fn files_in(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    let mut files: Vec<_> = entries
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.is_file() && p.extension().is_none_or(|x| x != "md"))
-        .map(|p| {
-            let bytes = std::fs::read(&p).expect("read corpus file");
-            (p, bytes)
-        })
-        .collect();
-    files.sort();
-    files
 }
 
 /// Regenerates `fuzz/corpus/record/` when `LEDGER_FUZZ_WRITE_CORPUS=1`; otherwise replays

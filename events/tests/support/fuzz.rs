@@ -1,8 +1,29 @@
-//! Byte-level mutations for the proptest fuzzers of the record decoder
-//! (`events/tests/fuzz_codec.rs`) and the segment reader (`tests/fuzz_segments.rs`, which
-//! includes this file by path).
+//! What the proptest fuzzers of the record decoder (`events/tests/fuzz_codec.rs`) and the
+//! segment reader (`tests/fuzz_segments.rs`, which includes this file by path) share:
+//! byte-level mutations, and reading a corpus folder.
+
+use std::path::{Path, PathBuf};
 
 use proptest::prelude::*;
+
+/// The files of a corpus or regression folder (not its README), sorted by name, with their
+/// bytes; none when the folder does not exist.
+pub fn files_in(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut files: Vec<_> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.is_file() && p.extension().is_none_or(|x| x != "md"))
+        .map(|p| {
+            let bytes = std::fs::read(&p).expect("read corpus file");
+            (p, bytes)
+        })
+        .collect();
+    files.sort();
+    files
+}
 
 /// One change to a byte string.
 #[derive(Clone, Debug)]
