@@ -80,10 +80,6 @@ fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
 }
 
-fn start(data: &Path, logs: &Path, name: &str) -> Process {
-    Process::serve(data, logs, name)
-}
-
 /// A client's way to the server.
 struct Conn {
     http: Client,
@@ -287,7 +283,7 @@ async fn every_acknowledged_command_survives_sigkill_at_a_random_moment() {
         .unwrap();
     let started = Instant::now();
 
-    let mut server = start(&data, dir.path(), "start-0");
+    let mut server = Process::serve(&data, dir.path(), "start-0");
     let admin = server
         .admin
         .clone()
@@ -334,7 +330,7 @@ async fn every_acknowledged_command_survives_sigkill_at_a_random_moment() {
             server.log_text()
         );
 
-        server = start(&data, dir.path(), &format!("start-{cycle}"));
+        server = Process::serve(&data, dir.path(), &format!("start-{cycle}"));
         let url = server.url.clone();
 
         // The log: verified by the CLI, its head the one the server signs.
