@@ -100,7 +100,7 @@ fn bench_read(c: &mut Criterion) {
     group.bench_function("scan", |b| {
         b.iter(|| {
             let segments = list_segments(dir.path()).expect("list");
-            let report = scan(&segments, |_, _| Ok(()), |_| {}).expect("scan");
+            let report = scan(&segments, None, |_, _| Ok(()), |_| {}).expect("scan");
             assert_eq!(report.head.position, stored);
         })
     });
@@ -115,7 +115,7 @@ fn bench_read(c: &mut Criterion) {
         let t = Instant::now();
         if f == 0 {
             let segments = list_segments(dir.path()).expect("list");
-            scan(&segments, |_, _| Ok(()), |_| {}).expect("scan");
+            scan(&segments, None, |_, _| Ok(()), |_| {}).expect("scan");
         } else {
             rt.block_on(read_and_decode(&store));
         }

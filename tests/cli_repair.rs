@@ -1,5 +1,6 @@
 //! `license-ledger repair` end to end on the real binary: a demo log with a damaged frame
-//! after its last append (what a failed fdatasync can leave) fails `verify`; `repair` says
+//! after its last append (what a failed fdatasync can leave) and no durable-head marker to
+//! prove it unacknowledged fails `verify`; `repair` says
 //! what it would cut, refuses positions that would keep damage, cuts with `--yes`, and the log
 //! verifies with the same head as before the damage.
 
@@ -23,6 +24,13 @@ fn the_cli_says_what_it_would_cut_then_cuts_and_explains_wrong_positions() {
     let report: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     let head = report["head_position"].as_u64().unwrap();
     append_damaged_frame(&data);
+    // The durable-head marker proves the frame after the last acknowledged append was never
+    // acknowledged: verify says so and passes, and `serve` would set it aside by itself.
+    let (code, out, err) = run(&["--data-dir", d, "verify"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("torn tail of") && out.contains("not acknowledged"), "{out}");
+    // Without the marker (a log from before markers) nothing proves it: the operator decides.
+    std::fs::rename(data.join("durable.head"), dir.path().join("durable.head")).unwrap();
     let (code, _, err) = run(&["--data-dir", d, "verify"]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains(&format!("(position {})", head + 1)), "{err}");

@@ -7,6 +7,10 @@ use std::sync::Arc;
 
 use license_ledger::clock::ManualClock;
 use license_ledger::store::conformance::{new_event, start_time, stream};
+#[path = "support/frames.rs"]
+mod frames;
+
+use frames::{acknowledged_only_up_to, remove_marker};
 use license_ledger::store::file::segment::list_segments;
 use license_ledger::store::file::{FileStore, FileStoreConfig};
 use license_ledger::store::{EventStore, ExpectedVersion};
@@ -98,8 +102,20 @@ async fn verify_reports_a_torn_tail_without_failing() {
     let seg = list_segments(dir.path()).unwrap().pop().unwrap().path;
     let bytes = fs::read(&seg).unwrap();
     fs::write(&seg, &bytes[..bytes.len() - 10]).unwrap();
+    // Cut short, the third record was acknowledged: damage, exit 1.
+    let (code, _, stderr) = verify(dir.path(), &[]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("position 3 was acknowledged"), "{stderr}");
+    // Written but not yet acknowledged when the process stopped: a torn tail, exit 0.
+    acknowledged_only_up_to(dir.path(), 2);
     let (code, stdout, stderr) = verify(dir.path(), &[]);
     assert_eq!(code, 0, "stderr: {stderr}");
-    assert!(stdout.contains("warning:"), "{stdout}");
+    assert!(stdout.contains("warning: torn tail of"), "{stdout}");
+    assert!(stdout.contains("not acknowledged"), "{stdout}");
     assert!(stdout.contains("records: 2"), "{stdout}");
+    // Without a marker nothing proves it: bytes nothing accounts for never exit 0.
+    remove_marker(dir.path());
+    let (code, _, stderr) = verify(dir.path(), &[]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("no durable.head marker"), "{stderr}");
 }

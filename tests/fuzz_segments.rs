@@ -18,6 +18,7 @@ use std::sync::{Arc, OnceLock};
 use fuzz::{files_in, mutate, mutations, Mutation};
 use license_ledger::clock::ManualClock;
 use license_ledger::store::conformance::{new_event, start_time, stream};
+use license_ledger::store::file::durable::read_mark;
 use license_ledger::store::file::segment::{list_segments, scan, segment_path, ScanReport};
 use license_ledger::store::file::{FileStore, FileStoreConfig};
 use license_ledger::store::{EventStore, ExpectedVersion, StoreError};
@@ -96,8 +97,13 @@ fn scan_dir(dir: &Path) -> (Result<ScanReport, StoreError>, Vec<Vec<u8>>) {
         Ok(s) => s,
         Err(e) => return (Err(e), seen),
     };
+    let mark = match read_mark(dir) {
+        Ok(m) => m,
+        Err(e) => return (Err(e), seen),
+    };
     let report = scan(
         &segments,
+        mark.as_ref(),
         |view, _| {
             seen.push(view.bytes().to_vec());
             Ok(())

@@ -14,7 +14,7 @@ use std::fs;
 use std::path::Path;
 use std::sync::Arc;
 
-use frames::{append_damaged_frame, frames};
+use frames::{append_damaged_frame, frames, remove_marker};
 use ledger_events::Position;
 use license_ledger::clock::ManualClock;
 use license_ledger::store::conformance::{new_event, start_time, stream};
@@ -55,6 +55,9 @@ async fn a_cut_keeps_every_verified_record_up_to_the_position_and_moves_the_rest
     let dir = tempfile::tempdir().unwrap();
     four_records(dir.path()).await;
     let damaged = append_damaged_frame(dir.path());
+    // With the durable-head marker the open would set the frame aside by itself (it follows
+    // the last acknowledged position); a log from before markers needs the operator.
+    remove_marker(dir.path());
     let e = open(dir.path())
         .await
         .err()

@@ -1,10 +1,14 @@
 //! The file store: the conformance suite, then what only a file log has to prove
 //! (durability across reopen, crash recovery, damage detection, segments, locking).
 
+#[path = "support/frames.rs"]
+mod frames;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use frames::acknowledged_only_up_to;
 use ledger_events::{verify_chain, Record};
 use license_ledger::clock::{Clock, ManualClock};
 use license_ledger::store::conformance::{new_event, start_time, stream, Harness};
@@ -173,6 +177,8 @@ async fn a_torn_last_record_is_cut_off_at_every_offset() {
     let records = fill(&store, 6).await;
     store.close().await.unwrap();
     drop(store);
+    // The sixth append was written but not yet acknowledged when the process stopped.
+    acknowledged_only_up_to(dir.path(), 5);
     let seg = last_segment(dir.path());
     let original = fs::read(&seg).unwrap();
     let last_len = records.last().unwrap().encode().unwrap().len() + 8;
@@ -191,6 +197,16 @@ async fn a_torn_last_record_is_cut_off_at_every_offset() {
             "tail truncated"
         );
     }
+    // Nothing was deleted: every cut tail is in cut/, byte for byte.
+    let mut aside: Vec<Vec<u8>> = fs::read_dir(dir.path().join("cut"))
+        .unwrap()
+        .map(|e| fs::read(e.unwrap().path()).unwrap())
+        .collect();
+    aside.sort_by_key(|b| b.len());
+    let expected: Vec<Vec<u8>> = (last_start + 1..original.len())
+        .map(|cut| original[last_start..cut].to_vec())
+        .collect();
+    assert_eq!(aside, expected);
 }
 
 /// A crash in the middle of a multi-event append leaves no part of it behind.
@@ -216,6 +232,7 @@ async fn an_append_cut_between_its_records_disappears_whole() {
     let frame = |r: &Record| r.encode().unwrap().len() + 8;
     let cut = original.len() - frame(&records[3]) - frame(&records[2]);
     fs::write(&seg, &original[..cut]).unwrap();
+    acknowledged_only_up_to(dir.path(), 1);
     let store = open(dir.path()).await.unwrap();
     assert_eq!(all_records(&store).await, records[..1]);
     assert_eq!(store.stream_version(&stream("b")).await.unwrap(), 0);

@@ -202,13 +202,18 @@ pub(crate) fn scan_file_log(
     data_dir: &std::path::Path,
     mut visit: impl FnMut(ledger_events::Record) -> Result<(), StoreError>,
 ) -> Result<ledger_events::ChainHead, CliError> {
+    use crate::store::file::durable::read_mark;
     use crate::store::file::segment::{list_segments, scan};
     if !data_dir.is_dir() {
         return Err(CliError::NoDataDir(data_dir.to_owned()));
     }
+    // The marker before the segments: beside a running server, everything it names is
+    // already on disk when the segments are read.
+    let mark = read_mark(data_dir)?;
     let segments = list_segments(data_dir)?;
     let report = scan(
         &segments,
+        mark.as_ref(),
         |view, _| {
             let record = view.to_record().map_err(|e| StoreError::Corrupt {
                 segment: String::new(),

@@ -8,6 +8,7 @@ use ledger_events::ChainHead;
 use serde::Serialize;
 
 use super::CliError;
+use crate::store::file::durable::read_mark;
 use crate::store::file::segment::{list_segments, scan, TornTail};
 use crate::store::StoreError;
 
@@ -33,7 +34,8 @@ pub struct VerifyReport {
     pub head_hash: String,
     /// Segment files read.
     pub segments: usize,
-    /// An interrupted, never-acknowledged write at the end (the server cuts it on open).
+    /// An interrupted write at the end, proven never acknowledged by the durable-head marker
+    /// (the server moves it to `cut/` when it next opens the log).
     pub torn_tail: Option<String>,
 }
 
@@ -76,6 +78,9 @@ pub fn verify(data_dir: &Path) -> Result<VerifyReport, CliError> {
     if !data_dir.is_dir() {
         return Err(CliError::NoDataDir(data_dir.to_owned()));
     }
+    // The marker before the segments: beside a running server, everything it names is
+    // already on disk when the segments are read.
+    let mark = read_mark(data_dir)?;
     let segments = list_segments(data_dir)?;
     let total: u64 = segments
         .iter()
@@ -95,6 +100,7 @@ pub fn verify(data_dir: &Path) -> Result<VerifyReport, CliError> {
     };
     let result = scan(
         &segments,
+        mark.as_ref(),
         |view, _| {
             let bad = |problem: String| StoreError::Corrupt {
                 segment: String::new(),
@@ -110,13 +116,27 @@ pub fn verify(data_dir: &Path) -> Result<VerifyReport, CliError> {
     );
     bar.finish_and_clear();
     let report = result?;
+    if let Some(torn) = report.torn.as_ref().filter(|t| !t.is_proven()) {
+        // Bytes nothing accounts for: not an error of the records kept, but not provably
+        // harmless either, so never a clean exit.
+        return Err(CliError::Damaged(StoreError::Corrupt {
+            segment: torn.segment.display().to_string(),
+            offset: torn.valid_len,
+            position: torn.after + 1,
+            problem: format!(
+                "{}; `serve` would move these bytes to {}/cut/ and go on without them",
+                torn.describe(),
+                data_dir.display()
+            ),
+        }));
+    }
     let ChainHead { position, hash } = report.head;
     Ok(VerifyReport {
         count: report.count,
         head_position: position,
         head_hash: hash.to_string(),
         segments: segments.len(),
-        torn_tail: report.torn.as_ref().map(describe_torn),
+        torn_tail: report.torn.as_ref().map(TornTail::describe),
     })
 }
 
@@ -141,14 +161,4 @@ fn verify_database(log: &super::backend::Log) -> Result<VerifyReport, CliError> 
         segments: 0,
         torn_tail: None,
     })
-}
-
-fn describe_torn(t: &TornTail) -> String {
-    format!(
-        "{} has {} bytes after offset {} from an interrupted write; it was never acknowledged \
-         and the server removes it when it next opens the log",
-        t.segment.display(),
-        t.file_len - t.valid_len,
-        t.valid_len
-    )
 }

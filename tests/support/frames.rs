@@ -37,3 +37,25 @@ pub fn append_damaged_frame(dir: &Path) -> Vec<u8> {
     fs::write(&seg, &data).unwrap();
     frame
 }
+
+/// Rewinds the log's durable-head marker to `position`: the state of a log whose later
+/// appends were written but not yet acknowledged when the process stopped (what a crash
+/// mid-write leaves). The records up to `position` must be intact.
+pub fn acknowledged_only_up_to(dir: &Path, position: u64) {
+    use license_ledger::store::file::durable::{DurableMark, MarkWriter};
+    use license_ledger::store::file::segment::scan_until;
+    let segments = list_segments(dir).unwrap();
+    let report = scan_until(&segments, None, |_, _| Ok(()), |_| {}, Some(position)).unwrap();
+    let (index, segment_len) = report.stopped_at.expect("position ends an append");
+    let mark = DurableMark {
+        head: report.head,
+        segment_first: segments[index].first_position,
+        segment_len,
+    };
+    MarkWriter::create(dir, &mark).unwrap();
+}
+
+/// Removes the durable-head marker: a log written before markers existed.
+pub fn remove_marker(dir: &Path) {
+    fs::remove_file(dir.join(license_ledger::store::file::durable::MARKER_FILE)).unwrap();
+}

@@ -27,6 +27,7 @@ use super::{
 };
 use crate::clock::Clock;
 
+pub mod durable;
 mod index;
 pub mod repair;
 pub mod segment;
@@ -134,9 +135,11 @@ impl FileStore {
         let lock = lock_dir(&dir)?;
 
         let mut segments = list_segments(&dir)?;
+        let mark = durable::read_mark(&dir)?;
         let mut index = Index::default();
         let report = scan(
             &segments,
+            mark.as_ref(),
             |view, loc| {
                 let stream = view.stream_id().map_err(|e| corrupt_here(e.to_string()))?;
                 index
@@ -152,25 +155,22 @@ impl FileStore {
             |_| {},
         )?;
         if let Some(torn) = &report.torn {
+            let later: Vec<PathBuf> = torn.later.iter().map(|l| l.0.clone()).collect();
+            let label = format!("torn-after-{}", torn.after);
+            let aside = repair::set_aside(&dir, &torn.segment, torn.valid_len, &later, &label)?;
             tracing::warn!(
                 segment = %torn.segment.display(),
+                after_position = torn.after,
                 valid_len = torn.valid_len,
                 file_len = torn.file_len,
-                "cutting off an interrupted write at the end of the log (it was never acknowledged)"
+                later_segments = torn.later.len(),
+                bytes = torn.bytes(),
+                aside = %aside.display(),
+                proven = torn.is_proven(),
+                "set aside an interrupted write at the end of the log: {}",
+                torn.describe()
             );
-            if torn.remove_segment {
-                fs::remove_file(&torn.segment).map_err(|e| {
-                    StoreError::io(format!("removing {}", torn.segment.display()), e)
-                })?;
-                segments.pop();
-                sync_dir(&dir).map_err(|e| StoreError::io("syncing the data directory", e))?;
-            } else {
-                let f = OpenOptions::new()
-                    .write(true)
-                    .open(&torn.segment)
-                    .and_then(|f| f.set_len(torn.valid_len).and_then(|()| f.sync_all()));
-                f.map_err(|e| StoreError::io(format!("truncating {}", torn.segment.display()), e))?;
-            }
+            segments.truncate(torn.segment_index + usize::from(torn.valid_len > 0));
         }
         let mut segment_lens = report.segment_lens.clone();
         if segments.is_empty() {
@@ -208,6 +208,7 @@ impl FileStore {
             .open(&segments[last].path)
             .map_err(|e| StoreError::io(format!("opening {}", segments[last].path.display()), e))?;
         index.head = report.head;
+        let mark = Self::mark_on_open(&dir, &segments, &index, mark.as_ref(), report.head)?;
         let last_recorded_at: DateTime<Utc> = report
             .last_recorded_at_micros
             .and_then(|m| Utc.timestamp_micros(m).single())
@@ -236,6 +237,7 @@ impl FileStore {
             batch_events_max: config.batch_events_max.max(1),
             active_file: Arc::new(active_file),
             active_segment: last as u32,
+            active_first: segments[last].first_position,
             active_len: segment_lens
                 .get(last)
                 .copied()
@@ -243,6 +245,7 @@ impl FileStore {
             head: report.head,
             last_recorded_at,
             lock,
+            mark: Some(mark),
         };
         let handle = std::thread::Builder::new()
             .name("ledger-writer".into())
@@ -352,6 +355,50 @@ impl FileStore {
                 correlation_id: c.event.correlation_id,
             })
             .collect())
+    }
+}
+
+impl FileStore {
+    /// Makes every record on disk durable and the marker say so: whatever a killed process
+    /// left in the page cache past the old marker is synced before the new marker names it.
+    fn mark_on_open(
+        dir: &Path,
+        segments: &[segment::SegmentFile],
+        index: &Index,
+        old: Option<&durable::DurableMark>,
+        head: ChainHead,
+    ) -> Result<durable::MarkWriter, StoreError> {
+        let from = old.map_or(0, |m| {
+            segments
+                .iter()
+                .rposition(|s| s.first_position <= m.segment_first)
+                .unwrap_or(0)
+        });
+        for seg in &segments[from..] {
+            File::open(&seg.path)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| StoreError::io(format!("syncing {}", seg.path.display()), e))?;
+        }
+        let mark = match head.position.checked_sub(1).and_then(|i| index.locs.get(i as usize)) {
+            Some(loc) => durable::DurableMark {
+                head,
+                segment_first: segments[loc.segment as usize].first_position,
+                segment_len: loc.offset + u64::from(loc.len),
+            },
+            None => durable::DurableMark {
+                head,
+                segment_first: segments[0].first_position,
+                segment_len: segment::SEGMENT_HEADER_BYTES,
+            },
+        };
+        if old != Some(&mark) {
+            tracing::info!(
+                position = head.position,
+                previous = old.map(|m| m.head.position),
+                "durable-head marker set"
+            );
+        }
+        durable::MarkWriter::create(dir, &mark)
     }
 }
 

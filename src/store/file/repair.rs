@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 
 use ledger_events::{ChainHead, Position};
 
+use super::durable::{read_mark, DurableMark, MarkWriter};
 use super::segment::{list_segments, scan_until};
 use super::{lock_dir, sync_dir};
 use crate::store::StoreError;
@@ -57,7 +58,8 @@ pub enum Cut {
 pub fn cut_after(dir: &Path, position: Position, apply: bool) -> Result<Cut, StoreError> {
     let _lock = lock_dir(dir)?;
     let segments = list_segments(dir)?;
-    let report = scan_until(&segments, |_, _| Ok(()), |_| {}, Some(position))?;
+    let mark = read_mark(dir)?;
+    let report = scan_until(&segments, mark.as_ref(), |_, _| Ok(()), |_| {}, Some(position))?;
     let Some((index, keep_len)) = report.stopped_at else {
         return Ok(Cut::NotAnAppendEnd {
             reached: report.head.position,
@@ -94,38 +96,9 @@ pub fn cut_after(dir: &Path, position: Position, apply: bool) -> Result<Cut, Sto
         return Ok(plan);
     }
 
-    fs::create_dir_all(&aside).map_err(|e| io("creating", &aside, e))?;
-    let suffix = format!("after-{position}");
-    let name = |path: &Path| {
-        let file = path.file_name().unwrap_or_default().to_string_lossy();
-        aside.join(format!("{file}.{suffix}"))
-    };
-    // First a copy of the tail, made durable; only then the cut.
-    if file_len > keep_len {
-        let mut tail = Vec::new();
-        let mut f = fs::File::open(&segment).map_err(|e| io("opening", &segment, e))?;
-        f.seek(SeekFrom::Start(keep_len))
-            .and_then(|_| f.read_to_end(&mut tail))
-            .map_err(|e| io("reading", &segment, e))?;
-        let copy = name(&segment);
-        let mut out = fs::File::create(&copy).map_err(|e| io("creating", &copy, e))?;
-        out.write_all(&tail)
-            .and_then(|()| out.sync_all())
-            .map_err(|e| io("writing", &copy, e))?;
-    }
-    for path in &later {
-        let to = name(path);
-        fs::rename(path, &to).map_err(|e| io("moving", path, e))?;
-    }
-    sync_dir(&aside).map_err(|e| io("syncing", &aside, e))?;
-    let f = OpenOptions::new()
-        .write(true)
-        .open(&segment)
-        .map_err(|e| io("opening", &segment, e))?;
-    f.set_len(keep_len)
-        .and_then(|()| f.sync_all())
-        .map_err(|e| io("cutting", &segment, e))?;
-    sync_dir(dir).map_err(|e| io("syncing", dir, e))?;
+    // The marker first: should this stop half-way, the next open cuts the rest itself.
+    write_mark(dir, &segments[..=index], index, report.head, keep_len)?;
+    set_aside(dir, &segment, keep_len, &later, &format!("after-{position}"))?;
     tracing::warn!(
         position,
         segment = %segment.display(),
@@ -135,4 +108,84 @@ pub fn cut_after(dir: &Path, position: Position, apply: bool) -> Result<Cut, Sto
         "cut the log after a position"
     );
     Ok(plan)
+}
+
+/// Moves every byte of `segment` from `keep_len` on (all of it when `keep_len` is 0) and the
+/// `later` segment files into `<dir>/cut/`, named `<segment file>.<label>` (with `.1`, `.2`...
+/// when that name is taken), then cuts `segment` back. A copy of the tail is made durable
+/// before anything is cut or moved: nothing is deleted. Returns the folder.
+pub(crate) fn set_aside(
+    dir: &Path,
+    segment: &Path,
+    keep_len: u64,
+    later: &[PathBuf],
+    label: &str,
+) -> Result<PathBuf, StoreError> {
+    let io = |what: &str, path: &Path, e: std::io::Error| {
+        StoreError::io(format!("{what} {}", path.display()), e)
+    };
+    let aside = dir.join(CUT_DIR);
+    fs::create_dir_all(&aside).map_err(|e| io("creating", &aside, e))?;
+    let name = |path: &Path| {
+        let file = path.file_name().unwrap_or_default().to_string_lossy();
+        let mut to = aside.join(format!("{file}.{label}"));
+        let mut n = 0;
+        while to.exists() {
+            n += 1;
+            to = aside.join(format!("{file}.{label}.{n}"));
+        }
+        to
+    };
+    let file_len = fs::metadata(segment)
+        .map_err(|e| io("reading", segment, e))?
+        .len();
+    let whole = keep_len == 0;
+    if whole {
+        let to = name(segment);
+        fs::rename(segment, &to).map_err(|e| io("moving", segment, e))?;
+    } else if file_len > keep_len {
+        let mut tail = Vec::new();
+        let mut f = fs::File::open(segment).map_err(|e| io("opening", segment, e))?;
+        f.seek(SeekFrom::Start(keep_len))
+            .and_then(|_| f.read_to_end(&mut tail))
+            .map_err(|e| io("reading", segment, e))?;
+        let copy = name(segment);
+        let mut out = fs::File::create(&copy).map_err(|e| io("creating", &copy, e))?;
+        out.write_all(&tail)
+            .and_then(|()| out.sync_all())
+            .map_err(|e| io("writing", &copy, e))?;
+    }
+    for path in later {
+        let to = name(path);
+        fs::rename(path, &to).map_err(|e| io("moving", path, e))?;
+    }
+    sync_dir(&aside).map_err(|e| io("syncing", &aside, e))?;
+    if !whole && file_len > keep_len {
+        let f = OpenOptions::new()
+            .write(true)
+            .open(segment)
+            .map_err(|e| io("opening", segment, e))?;
+        f.set_len(keep_len)
+            .and_then(|()| f.sync_all())
+            .map_err(|e| io("cutting", segment, e))?;
+    }
+    sync_dir(dir).map_err(|e| io("syncing", dir, e))?;
+    Ok(aside)
+}
+
+/// Replaces the durable-head marker after a cut: the operator chose `head` as the last
+/// record, ending at `len` in `segments[index]`.
+fn write_mark(
+    dir: &Path,
+    segments: &[super::segment::SegmentFile],
+    index: usize,
+    head: ChainHead,
+    len: u64,
+) -> Result<(), StoreError> {
+    let mark = DurableMark {
+        head,
+        segment_first: segments[index].first_position,
+        segment_len: len,
+    };
+    MarkWriter::create(dir, &mark).map(drop)
 }

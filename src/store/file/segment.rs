@@ -13,14 +13,17 @@
 //! word and the record. The record itself is the `ledger_events::codec` format with its own
 //! hash chain. An append never spans two segments.
 //!
-//! Recovery rule: in the *last* segment only, whatever follows the last end-of-append mark
-//! (a frame cut short by the end of the file, a tail of zero bytes, or complete records of an
-//! append whose last record never made it) is a write the crash interrupted. It was never
-//! acknowledged, since acknowledgement waits for `fdatasync` of whole appends, so it is
-//! reported as [`TornTail`] and may be truncated: no append is ever half there. Anything else
-//! that fails (a bad CRC on a complete frame, a broken chain, a bad header, damage in an
-//! earlier segment) is [`StoreError::Corrupt`], naming segment, offset and position, and
-//! nothing is changed.
+//! Recovery rule: where the bytes stop making records (a frame cut short by the end of the
+//! file, zeros, a bad CRC, a broken chain, a bad header), the scan decides whether that is a
+//! write a crash interrupted or damage, with the durable-head marker
+//! ([`super::durable`]): every position up to the marker's was acknowledged, so a stop at or
+//! before it is [`StoreError::Corrupt`] (naming segment, offset and position, changing
+//! nothing), and everything after it, in this segment and any later one, is a [`TornTail`]
+//! that recovery moves to `cut/`. Without a marker (a log written before markers), only what
+//! can be nothing but an interrupted write is a torn tail: in the last segment, an append
+//! without its end mark, zeros, or a frame running past the end of the file with no valid
+//! frame in the at most one frame's worth of bytes after it. A record kept is always whole
+//! and verified; an append is never half there.
 
 use std::fs;
 use std::io::Read;
@@ -30,6 +33,7 @@ use ledger_events::{
     ChainHead, ChainVerifier, Position, RecordView, MAX_RECORD_BYTES, MIN_RECORD_BYTES,
 };
 
+use super::durable::DurableMark;
 use crate::store::StoreError;
 
 /// Bytes in a segment header.
@@ -166,17 +170,78 @@ pub struct RecordLoc {
     pub len: u32,
 }
 
-/// An interrupted write at the end of the last segment.
+/// Why the bytes after the last record kept may be cut.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TornProof {
+    /// The durable-head marker says the last acknowledged position is this one, and every
+    /// record up to it is intact: nothing after it was ever acknowledged.
+    Acknowledged(Position),
+    /// No marker (a log written before markers, or the file was removed): the bytes look like
+    /// an interrupted write (the last segment only, an append without its end, zeros, or a
+    /// frame running past the end of the file with no valid frame after it), which is strong
+    /// evidence but no proof.
+    Unmarked,
+}
+
+/// An interrupted write at the end of the log: what recovery sets aside.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TornTail {
-    /// The segment.
+    /// The segment where the cut starts.
     pub segment: PathBuf,
-    /// Where the valid part ends (the file should be cut to this length).
+    /// Its index in the list of segments.
+    pub segment_index: usize,
+    /// Bytes of it that are kept (0: the whole file goes, its header is unusable).
     pub valid_len: u64,
-    /// The file's length.
+    /// Its length.
     pub file_len: u64,
-    /// Whether the whole segment is unusable (a torn header): remove it instead of cutting.
-    pub remove_segment: bool,
+    /// Later segments (path, length), which go whole.
+    pub later: Vec<(PathBuf, u64)>,
+    /// The last position kept.
+    pub after: Position,
+    /// Why cutting loses nothing acknowledged.
+    pub proof: TornProof,
+}
+
+impl TornTail {
+    /// Bytes cut in all.
+    pub fn bytes(&self) -> u64 {
+        self.file_len.saturating_sub(self.valid_len) + self.later.iter().map(|l| l.1).sum::<u64>()
+    }
+
+    /// Whether the cut is proven safe (see [`TornProof`]).
+    pub fn is_proven(&self) -> bool {
+        matches!(self.proof, TornProof::Acknowledged(_))
+    }
+
+    /// One sentence for a log line or a report.
+    pub fn describe(&self) -> String {
+        let whole = if self.valid_len == 0 {
+            " (all of it)".to_owned()
+        } else {
+            String::new()
+        };
+        let later = if self.later.is_empty() {
+            String::new()
+        } else {
+            format!(" and {} later segment file(s)", self.later.len())
+        };
+        let why = match self.proof {
+            TornProof::Acknowledged(p) => format!(
+                "not acknowledged: the last acknowledged position is {p} (durable.head) and \
+                 every record up to it verifies"
+            ),
+            TornProof::Unmarked => "it looks like an interrupted write, but the log has no \
+                                    durable.head marker to prove it was never acknowledged"
+                .to_owned(),
+        };
+        format!(
+            "torn tail of {} bytes after position {}: {} from offset {}{whole}{later}; {why}",
+            self.bytes(),
+            self.after,
+            self.segment.display(),
+            self.valid_len,
+        )
+    }
 }
 
 /// The result of a scan.
@@ -188,7 +253,7 @@ pub struct ScanReport {
     pub count: u64,
     /// An interrupted write at the end, if any.
     pub torn: Option<TornTail>,
-    /// Valid length of each segment (after removing a torn tail), in log order.
+    /// Valid length of each segment kept (after removing a torn tail), in log order.
     pub segment_lens: Vec<u64>,
     /// `recorded_at` of the last record, in microseconds.
     pub last_recorded_at_micros: Option<i64>,
@@ -211,15 +276,37 @@ fn corrupt(
     }
 }
 
+/// Where a scan met bytes it could not read as the next record, and why.
+struct Stop {
+    segment: usize,
+    /// Where the unreadable bytes start.
+    offset: u64,
+    /// The segment's length up to its last complete append (0: its header is unusable).
+    keep_len: u64,
+    /// The position the unreadable record would have had.
+    position: Position,
+    problem: String,
+    /// Whether it looks like a write cut short (bytes missing or zero), rather than bytes
+    /// that are there and wrong.
+    incomplete: bool,
+}
+
 /// Reads every segment in order, checking headers, frames, CRCs and the hash chain, and calls
-/// `visit` for each record of each complete append. `progress` receives the bytes read so
-/// far. Changes nothing on disk: the caller decides what to do with a torn tail.
+/// `visit` for each record of each complete append. `mark` is the log's durable-head marker
+/// ([`super::durable::read_mark`]). `progress` receives the bytes read so far. Changes nothing
+/// on disk: the caller decides what to do with a torn tail.
+///
+/// Where the bytes stop making records, the scan decides (see [`TornProof`]): with a marker,
+/// damage at or before the last acknowledged position is [`StoreError::Corrupt`] and anything
+/// after it is a torn tail; without one, only what can be nothing but an interrupted write at
+/// the end of the last segment is.
 pub fn scan(
     segments: &[SegmentFile],
+    mark: Option<&DurableMark>,
     visit: impl FnMut(&RecordView<'_>, RecordLoc) -> Result<(), StoreError>,
     progress: impl FnMut(u64),
 ) -> Result<ScanReport, StoreError> {
-    scan_until(segments, visit, progress, None)
+    scan_until(segments, mark, visit, progress, None)
 }
 
 /// Like [`scan`], but stops at the end of the append whose last record is `stop_after`:
@@ -227,6 +314,7 @@ pub fn scan(
 /// when the log ends (or an append ends past it) first, `stopped_at` is `None`.
 pub fn scan_until(
     segments: &[SegmentFile],
+    mark: Option<&DurableMark>,
     mut visit: impl FnMut(&RecordView<'_>, RecordLoc) -> Result<(), StoreError>,
     mut progress: impl FnMut(u64),
     stop_after: Option<Position>,
@@ -239,80 +327,117 @@ pub fn scan_until(
     let mut bytes_done = 0u64;
     let mut last_micros: Option<i64> = None;
     let mut data = Vec::new();
-    for (i, seg) in segments.iter().enumerate() {
-        let is_last = i + 1 == segments.len();
+    let mut stop: Option<Stop> = None;
+    let acknowledged = mark.map_or(0, |m| m.head.position);
+    'segments: for (i, seg) in segments.iter().enumerate() {
         data.clear();
         fs::File::open(&seg.path)
             .and_then(|mut f| f.read_to_end(&mut data))
             .map_err(|e| StoreError::io(format!("reading {}", seg.path.display()), e))?;
         let expected_first = committed.head().position + 1;
+        let mut halt = |offset: usize, keep_len: usize, position, problem: String, incomplete| {
+            stop = Some(Stop {
+                segment: i,
+                offset: offset as u64,
+                keep_len: keep_len as u64,
+                position,
+                problem,
+                incomplete,
+            });
+        };
         if seg.first_position != expected_first {
-            return Err(corrupt(
-                seg,
+            halt(
+                0,
                 0,
                 expected_first,
                 format!(
                     "segment starts at position {}, expected {expected_first}",
                     seg.first_position
                 ),
-            ));
+                false,
+            );
+            break;
         }
         let header_ok = data.len() as u64 >= SEGMENT_HEADER_BYTES
             && data[..SEGMENT_HEADER_BYTES as usize] == segment_header(seg.first_position);
         if !header_ok {
             let torn = data.len() < SEGMENT_HEADER_BYTES as usize || data.iter().all(|&b| b == 0);
-            if is_last && torn {
-                report.torn = Some(TornTail {
-                    segment: seg.path.clone(),
-                    valid_len: 0,
-                    file_len: data.len() as u64,
-                    remove_segment: true,
-                });
-                break;
-            }
-            return Err(corrupt(seg, 0, expected_first, "bad segment header"));
+            halt(0, 0, expected_first, "bad segment header".into(), torn);
+            break;
         }
         let mut at = SEGMENT_HEADER_BYTES as usize;
         let mut committed_len = at;
         // Records of the append in progress, visited once its end mark is seen.
         let mut pending: Vec<(RecordView<'_>, RecordLoc)> = Vec::new();
-        let mut torn_at: Option<usize> = None;
         while at < data.len() {
             let position = chain.head().position + 1;
             let rest = &data[at..];
             if rest.len() < FRAME_HEADER_BYTES || rest.iter().all(|&b| b == 0) {
-                torn_at = Some(at);
-                break;
+                let problem = if rest.len() < FRAME_HEADER_BYTES {
+                    "frame header cut short by the end of the file"
+                } else {
+                    "zero bytes where a frame should start"
+                };
+                halt(at, committed_len, position, problem.into(), true);
+                break 'segments;
             }
             let (len, _) = frame_word(rest);
             if !(MIN_RECORD_BYTES..=MAX_RECORD_BYTES).contains(&len) {
-                return Err(corrupt(
-                    seg,
-                    at as u64,
+                halt(
+                    at,
+                    committed_len,
                     position,
                     format!("impossible frame length {len}"),
-                ));
+                    false,
+                );
+                break 'segments;
             }
             if rest.len() < FRAME_HEADER_BYTES + len {
-                torn_at = Some(at);
-                break;
+                halt(
+                    at,
+                    committed_len,
+                    position,
+                    format!(
+                        "frame of {len} bytes runs past the end of the file ({} bytes left)",
+                        rest.len() - FRAME_HEADER_BYTES
+                    ),
+                    true,
+                );
+                break 'segments;
             }
             let frame = &rest[..FRAME_HEADER_BYTES + len];
-            let (record, end_of_append) =
-                check_frame(frame).map_err(|p| corrupt(seg, at as u64, position, p))?;
-            let view = RecordView::parse(record)
-                .map_err(|e| corrupt(seg, at as u64, position, e.to_string()))?;
-            chain
-                .push(&view)
-                .map_err(|e| corrupt(seg, at as u64, e.position, e.fault.to_string()))?;
+            let checked = check_frame(frame).and_then(|(record, end)| {
+                RecordView::parse(record)
+                    .map(|view| (view, end))
+                    .map_err(|e| e.to_string())
+            });
+            let (view, end_of_append) = match checked {
+                Ok(v) => v,
+                Err(problem) => {
+                    halt(at, committed_len, position, problem, false);
+                    break 'segments;
+                }
+            };
+            if let Err(e) = chain.push(&view) {
+                halt(
+                    at,
+                    committed_len,
+                    e.position,
+                    e.fault.to_string(),
+                    false,
+                );
+                break 'segments;
+            }
             let micros = view.recorded_at_micros();
             if last_micros.is_some_and(|prev| micros < prev) {
-                return Err(corrupt(
-                    seg,
-                    at as u64,
+                halt(
+                    at,
+                    committed_len,
                     position,
-                    "recorded_at goes backwards",
-                ));
+                    "recorded_at goes backwards".into(),
+                    false,
+                );
+                break 'segments;
             }
             last_micros = Some(micros);
             let loc = RecordLoc {
@@ -337,9 +462,15 @@ pub fn scan_until(
                         other => other,
                     })?;
                 }
+                let before = committed.head().position;
                 committed = chain;
                 committed_len = at;
                 report.last_recorded_at_micros = last_micros;
+                if let Some(m) = mark.filter(|m| {
+                    (before + 1..=committed.head().position).contains(&m.head.position)
+                }) {
+                    check_mark(m, seg, committed.head(), committed_len as u64)?;
+                }
                 if stop_after.is_some_and(|p| committed.head().position >= p) {
                     if stop_after == Some(committed.head().position) {
                         report.stopped_at = Some((i, committed_len as u64));
@@ -351,22 +482,15 @@ pub fn scan_until(
                 }
             }
         }
-        if torn_at.is_some() || !pending.is_empty() {
-            if !is_last {
-                let position = committed.head().position + 1;
-                return Err(corrupt(
-                    seg,
-                    committed_len as u64,
-                    position,
-                    "append cut short before the end of a sealed segment",
-                ));
-            }
-            report.torn = Some(TornTail {
-                segment: seg.path.clone(),
-                valid_len: committed_len as u64,
-                file_len: data.len() as u64,
-                remove_segment: false,
-            });
+        if !pending.is_empty() {
+            halt(
+                committed_len,
+                committed_len,
+                committed.head().position + 1,
+                "an append cut short: its last record never made it".into(),
+                true,
+            );
+            break;
         }
         bytes_done += data.len() as u64;
         progress(bytes_done);
@@ -374,5 +498,114 @@ pub fn scan_until(
     }
     report.head = committed.head();
     report.count = committed.count();
+    if committed.head().position < acknowledged {
+        return Err(match &stop {
+            Some(s) => corrupt(
+                &segments[s.segment],
+                s.offset,
+                s.position,
+                format!(
+                    "{}; position {acknowledged} was acknowledged (durable.head), so this is \
+                     damage, not an interrupted write",
+                    s.problem
+                ),
+            ),
+            None => StoreError::Corrupt {
+                segment: segments
+                    .last()
+                    .map_or_else(String::new, |s| s.path.display().to_string()),
+                offset: data.len() as u64,
+                position: committed.head().position + 1,
+                problem: format!(
+                    "the log ends at position {} but position {acknowledged} was acknowledged \
+                     (durable.head): segments are missing or cut short",
+                    committed.head().position
+                ),
+            },
+        });
+    }
+    let Some(stop) = stop else {
+        return Ok(report);
+    };
+    let seg = &segments[stop.segment];
+    let proof = match mark {
+        Some(_) => TornProof::Acknowledged(acknowledged),
+        None if stop.segment + 1 == segments.len()
+            && stop.incomplete
+            && looks_interrupted(&data[stop.offset as usize..]) =>
+        {
+            TornProof::Unmarked
+        }
+        None => {
+            return Err(corrupt(seg, stop.offset, stop.position, stop.problem));
+        }
+    };
+    if stop.keep_len > 0 {
+        report.segment_lens.push(stop.keep_len);
+    }
+    let mut later = Vec::new();
+    for s in &segments[stop.segment + 1..] {
+        let len = fs::metadata(&s.path)
+            .map_err(|e| StoreError::io(format!("reading {}", s.path.display()), e))?
+            .len();
+        later.push((s.path.clone(), len));
+    }
+    report.torn = Some(TornTail {
+        segment: seg.path.clone(),
+        segment_index: stop.segment,
+        valid_len: stop.keep_len,
+        file_len: data.len() as u64,
+        later,
+        after: committed.head().position,
+        proof,
+    });
     Ok(report)
+}
+
+/// Checks the durable-head marker against the append that just took the log to or past
+/// its position.
+fn check_mark(
+    mark: &DurableMark,
+    seg: &SegmentFile,
+    head: ChainHead,
+    len: u64,
+) -> Result<(), StoreError> {
+    let p = mark.head.position;
+    let problem = if head.position != p {
+        format!("position {p} (durable.head) is not the end of an append in the log")
+    } else if head.hash != mark.head.hash {
+        format!(
+            "position {p} has hash {}, but durable.head says {}",
+            head.hash, mark.head.hash
+        )
+    } else if seg.first_position != mark.segment_first || len != mark.segment_len {
+        format!(
+            "position {p} ends at offset {len} of the segment starting at {}, but durable.head \
+             says offset {} of the segment starting at {}",
+            seg.first_position, mark.segment_len, mark.segment_first
+        )
+    } else {
+        return Ok(());
+    };
+    Err(corrupt(seg, len, p, problem))
+}
+
+/// Whether `tail` (from the first unreadable byte to the end of the last segment) can be
+/// nothing but a write cut short: all zeros, or no more than one frame's worth of bytes in
+/// which no valid frame starts. A valid frame after a bad one, or more bytes than one frame
+/// holds, means records are there and something damaged what leads to them.
+fn looks_interrupted(tail: &[u8]) -> bool {
+    if tail.iter().all(|&b| b == 0) {
+        return true;
+    }
+    if tail.len() > FRAME_HEADER_BYTES + MAX_RECORD_BYTES {
+        return false;
+    }
+    (1..tail.len().saturating_sub(FRAME_HEADER_BYTES)).all(|at| {
+        let rest = &tail[at..];
+        let (len, _) = frame_word(rest);
+        !((MIN_RECORD_BYTES..=MAX_RECORD_BYTES).contains(&len)
+            && rest.len() >= FRAME_HEADER_BYTES + len
+            && check_frame(&rest[..FRAME_HEADER_BYTES + len]).is_ok())
+    })
 }

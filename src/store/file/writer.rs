@@ -41,6 +41,7 @@ use super::segment::{
     frame_len, seal_frame, segment_header, segment_path, RecordLoc, FRAME_HEADER_BYTES,
     SEGMENT_HEADER_BYTES,
 };
+use super::durable::{DurableMark, MarkWriter};
 use super::sync_dir;
 use crate::clock::Clock;
 use crate::store::{recorded_at, Appended, ExpectedVersion, ImportCheck, StoreError};
@@ -144,12 +145,16 @@ pub(crate) struct Writer {
     pub batch_events_max: usize,
     pub active_file: Arc<File>,
     pub active_segment: u32,
+    /// First position of the active segment.
+    pub active_first: Position,
     pub active_len: u64,
     /// Head of what has been written (durable or not).
     pub head: ChainHead,
     pub last_recorded_at: DateTime<Utc>,
     /// Held for the writer's lifetime: the data directory's lock.
     pub lock: File,
+    /// The durable-head marker, handed to the syncer.
+    pub mark: Option<MarkWriter>,
 }
 
 /// One stretch of bytes to write into one segment.
@@ -223,7 +228,8 @@ enum Verdict {
 
 /// What the writer hands the syncer: files to sync, then answers to give.
 struct Written {
-    head: ChainHead,
+    /// Where the batch ends on disk, for the durable-head marker.
+    mark: DurableMark,
     files: Vec<Arc<File>>,
     sync_dir: bool,
     replies: Vec<(Reply, Appended)>,
@@ -236,9 +242,10 @@ impl Writer {
         let syncer = {
             let shared = self.shared.clone();
             let dir = self.dir.clone();
+            let mark = self.mark.take();
             std::thread::Builder::new()
                 .name("ledger-syncer".into())
-                .spawn(move || run_syncer(&shared, &dir, syncer_rx, head_tx))
+                .spawn(move || run_syncer(&shared, &dir, mark, syncer_rx, head_tx))
         };
         let syncer = match syncer {
             Ok(handle) => handle,
@@ -354,7 +361,11 @@ impl Writer {
         }
         if batch.placed.is_empty() {
             return (!deferred.is_empty()).then(|| Written {
-                head: self.head,
+                mark: DurableMark {
+                    head: self.head,
+                    segment_first: self.active_first,
+                    segment_len: self.active_len,
+                },
                 files: Vec::new(),
                 sync_dir: false,
                 replies: deferred,
@@ -581,6 +592,7 @@ impl Writer {
                         let file = Arc::new(file);
                         new_files.push(NewSegment {
                             segment: chunk.segment,
+                            first,
                             file: file.clone(),
                             path,
                         });
@@ -630,6 +642,7 @@ impl Writer {
                 files.push(s.file.clone());
                 self.active_file = s.file;
                 self.active_segment = s.segment;
+                self.active_first = s.first;
             }
             let mut position = batch.base;
             for p in &batch.placed {
@@ -655,7 +668,11 @@ impl Writer {
         self.head = batch.head;
         self.last_recorded_at = batch.last_recorded_at;
         Written {
-            head: batch.head,
+            mark: DurableMark {
+                head: batch.head,
+                segment_first: self.active_first,
+                segment_len: batch.segment_len,
+            },
             files,
             sync_dir,
             replies: batch.accepted,
@@ -666,6 +683,7 @@ impl Writer {
 /// A segment created by a batch.
 struct NewSegment {
     segment: u32,
+    first: Position,
     file: Arc<File>,
     path: PathBuf,
 }
@@ -675,6 +693,7 @@ struct NewSegment {
 fn run_syncer(
     shared: &Shared,
     dir: &std::path::Path,
+    mut mark: Option<MarkWriter>,
     rx: std_mpsc::Receiver<Written>,
     head_tx: watch::Sender<Position>,
 ) {
@@ -730,11 +749,24 @@ fn run_syncer(
             });
             continue;
         }
-        let head = batches
-            .iter()
-            .map(|b| b.head)
-            .max_by_key(|h| h.position)
-            .unwrap_or_default();
+        let newest = batches.iter().map(|b| b.mark).max_by_key(|m| m.head.position);
+        // The marker moves only once the records it names are durable, and before any of
+        // them is acknowledged: recovery never cuts at or before it.
+        let marked = match (mark.as_mut(), newest) {
+            (Some(m), Some(newest)) => m.store(&newest),
+            _ => Ok(()),
+        };
+        if let Err(e) = marked {
+            shared.poison(format!("writing the durable-head marker failed: {e}"));
+            let why = e.to_string();
+            answer_all(batches, |_| {
+                Err(StoreError::Poisoned(format!(
+                    "writing the durable-head marker failed: {why}"
+                )))
+            });
+            continue;
+        }
+        let head = newest.map(|m| m.head).unwrap_or_default();
         {
             let mut index = shared.index.write();
             if head.position > index.head.position {
