@@ -28,7 +28,10 @@ fn the_cli_says_what_it_would_cut_then_cuts_and_explains_wrong_positions() {
     // acknowledged: verify says so and passes, and `serve` would set it aside by itself.
     let (code, out, err) = run(&["--data-dir", d, "verify"]);
     assert_eq!(code, 0, "{out}{err}");
-    assert!(out.contains("torn tail of") && out.contains("not acknowledged"), "{out}");
+    assert!(
+        out.contains("torn tail of") && out.contains("not acknowledged"),
+        "{out}"
+    );
     // Without the marker (a log from before markers) nothing proves it: the operator decides.
     std::fs::rename(data.join("durable.head"), dir.path().join("durable.head")).unwrap();
     let (code, _, err) = run(&["--data-dir", d, "verify"]);

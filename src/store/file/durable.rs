@@ -100,9 +100,7 @@ pub fn read_mark(dir: &Path) -> Result<Option<DurableMark>, StoreError> {
     };
     let slot = |at: u64| {
         let at = at as usize;
-        bytes
-            .get(at..at + SLOT_BYTES)
-            .and_then(DurableMark::decode)
+        bytes.get(at..at + SLOT_BYTES).and_then(DurableMark::decode)
     };
     match (slot(0), slot(SLOT_STRIDE)) {
         (Some(a), Some(b)) => Ok(Some(if a.0 >= b.0 { a.1 } else { b.1 })),
@@ -147,11 +145,7 @@ impl MarkWriter {
             .map_err(|e| io("writing", &temp, e))?;
         fs::rename(&temp, &path).map_err(|e| io("renaming", &temp, e))?;
         sync_dir(dir).map_err(|e| io("syncing", dir, e))?;
-        Ok(MarkWriter {
-            file,
-            path,
-            seq: 1,
-        })
+        Ok(MarkWriter { file, path, seq: 1 })
     }
 
     /// Makes `mark` the marker: writes the older slot and `fdatasync`s it. Call only once

@@ -379,7 +379,11 @@ impl FileStore {
                 .and_then(|f| f.sync_all())
                 .map_err(|e| StoreError::io(format!("syncing {}", seg.path.display()), e))?;
         }
-        let mark = match head.position.checked_sub(1).and_then(|i| index.locs.get(i as usize)) {
+        let mark = match head
+            .position
+            .checked_sub(1)
+            .and_then(|i| index.locs.get(i as usize))
+        {
             Some(loc) => durable::DurableMark {
                 head,
                 segment_first: segments[loc.segment as usize].first_position,

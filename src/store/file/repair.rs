@@ -59,7 +59,13 @@ pub fn cut_after(dir: &Path, position: Position, apply: bool) -> Result<Cut, Sto
     let _lock = lock_dir(dir)?;
     let segments = list_segments(dir)?;
     let mark = read_mark(dir)?;
-    let report = scan_until(&segments, mark.as_ref(), |_, _| Ok(()), |_| {}, Some(position))?;
+    let report = scan_until(
+        &segments,
+        mark.as_ref(),
+        |_, _| Ok(()),
+        |_| {},
+        Some(position),
+    )?;
     let Some((index, keep_len)) = report.stopped_at else {
         return Ok(Cut::NotAnAppendEnd {
             reached: report.head.position,
@@ -98,7 +104,13 @@ pub fn cut_after(dir: &Path, position: Position, apply: bool) -> Result<Cut, Sto
 
     // The marker first: should this stop half-way, the next open cuts the rest itself.
     write_mark(dir, &segments[..=index], index, report.head, keep_len)?;
-    set_aside(dir, &segment, keep_len, &later, &format!("after-{position}"))?;
+    set_aside(
+        dir,
+        &segment,
+        keep_len,
+        &later,
+        &format!("after-{position}"),
+    )?;
     tracing::warn!(
         position,
         segment = %segment.display(),

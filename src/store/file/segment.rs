@@ -419,13 +419,7 @@ pub fn scan_until(
                 }
             };
             if let Err(e) = chain.push(&view) {
-                halt(
-                    at,
-                    committed_len,
-                    e.position,
-                    e.fault.to_string(),
-                    false,
-                );
+                halt(at, committed_len, e.position, e.fault.to_string(), false);
                 break 'segments;
             }
             let micros = view.recorded_at_micros();
@@ -466,9 +460,9 @@ pub fn scan_until(
                 committed = chain;
                 committed_len = at;
                 report.last_recorded_at_micros = last_micros;
-                if let Some(m) = mark.filter(|m| {
-                    (before + 1..=committed.head().position).contains(&m.head.position)
-                }) {
+                if let Some(m) = mark
+                    .filter(|m| (before + 1..=committed.head().position).contains(&m.head.position))
+                {
                     check_mark(m, seg, committed.head(), committed_len as u64)?;
                 }
                 if stop_after.is_some_and(|p| committed.head().position >= p) {

@@ -36,12 +36,12 @@ use parking_lot::{Mutex, RwLock};
 use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
+use super::durable::{DurableMark, MarkWriter};
 use super::index::{Index, OpenSegment};
 use super::segment::{
     frame_len, seal_frame, segment_header, segment_path, RecordLoc, FRAME_HEADER_BYTES,
     SEGMENT_HEADER_BYTES,
 };
-use super::durable::{DurableMark, MarkWriter};
 use super::sync_dir;
 use crate::clock::Clock;
 use crate::store::{recorded_at, Appended, ExpectedVersion, ImportCheck, StoreError};
@@ -749,7 +749,10 @@ fn run_syncer(
             });
             continue;
         }
-        let newest = batches.iter().map(|b| b.mark).max_by_key(|m| m.head.position);
+        let newest = batches
+            .iter()
+            .map(|b| b.mark)
+            .max_by_key(|m| m.head.position);
         // The marker moves only once the records it names are durable, and before any of
         // them is acknowledged: recovery never cuts at or before it.
         let marked = match (mark.as_mut(), newest) {
