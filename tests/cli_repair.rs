@@ -71,3 +71,51 @@ fn the_cli_says_what_it_would_cut_then_cuts_and_explains_wrong_positions() {
         "{err}"
     );
 }
+
+/// The failure found from outside: one flipped bit in the first frame's length of a demo log
+/// (every record acknowledged) made `verify` exit 0 and `serve` truncate the log to its
+/// header. Now both refuse, naming the place, and nothing on disk changes.
+#[test]
+fn a_flipped_length_bit_is_damage_that_verify_and_serve_refuse_without_cutting() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let d = data.to_str().unwrap();
+    let (code, out, err) = run(&["--data-dir", d, "demo"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (seg, frames) = frames::frames(&data);
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let (first, _) = frames[0];
+    bytes[first + 1] ^= 0x01; // 8000 00c4 → 8001 00c4
+    std::fs::write(&seg, &bytes).unwrap();
+
+    let (code, out, err) = run(&["--data-dir", d, "verify"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains(&format!("offset {first} (position 1)")) && err.contains("acknowledged"),
+        "{err}"
+    );
+
+    let mut server = std::process::Command::new(process::binary())
+        .args(["--data-dir", d, "serve", "--listen", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = server.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            server.kill().unwrap();
+            panic!("serve started on a damaged log");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut server.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("damage, not an interrupted write"), "{err}");
+    assert_eq!(std::fs::read(&seg).unwrap(), bytes, "serve changed the segment");
+    assert!(!data.join("cut").exists(), "serve cut something");
+}

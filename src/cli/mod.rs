@@ -173,6 +173,10 @@ impl CliError {
     pub fn exit_code(&self) -> ExitCode {
         match self {
             CliError::Damaged(_) | CliError::Failed(_) => ExitCode::from(1),
+            // A server that will not open a damaged log failed the same check as `verify`.
+            CliError::Serve(serve::ServeError::Store(StoreError::Corrupt { .. })) => {
+                ExitCode::from(1)
+            }
             _ => ExitCode::from(2),
         }
     }
