@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{fresh_cnpj, TestApp};
+use common::{assert_dense_ids, fresh_cnpj, TestApp};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -18,29 +18,6 @@ async fn all_at_once(
 ) -> Vec<(StatusCode, Value)> {
     let calls = (0..n).map(|i| app.call("POST", path, Some(app.admin.as_str()), Some(body(i))));
     futures::future::join_all(calls).await
-}
-
-/// Every answer is a 200; their `field`s, parsed, are exactly 1..=n.
-fn assert_dense_ids(answers: &[(StatusCode, Value)], field: &str) {
-    let refused: Vec<String> = answers
-        .iter()
-        .filter(|(status, _)| *status != StatusCode::OK)
-        .map(|(status, body)| format!("{status} {body}"))
-        .collect();
-    assert!(
-        refused.is_empty(),
-        "{} of {} refused, e.g. {:?}",
-        refused.len(),
-        answers.len(),
-        refused.first()
-    );
-    let mut ids: Vec<u32> = answers
-        .iter()
-        .map(|(_, body)| body[field].as_str().unwrap().parse().unwrap())
-        .collect();
-    ids.sort_unstable();
-    let expected: Vec<u32> = (1..=answers.len() as u32).collect();
-    assert_eq!(ids, expected, "{field}s are distinct and dense from 1");
 }
 
 async fn concurrent_grants_for_one_customer_all_succeed_with_ids_1_to(n: usize) {

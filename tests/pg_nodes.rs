@@ -5,6 +5,7 @@
 //! prints that it skipped, except under CI (`CI=true`), where it fails naming it. Each test
 //! works in its own schema and drops it.
 
+mod common;
 #[path = "support/process.rs"]
 mod process;
 #[path = "support/proxy.rs"]
@@ -319,18 +320,7 @@ async fn sixty_four_grants_at_once_for_one_customer_through_two_nodes_get_ids_1_
     });
     let answers = futures::future::join_all(grants).await;
 
-    let refused: Vec<String> = answers
-        .iter()
-        .filter(|(code, _)| *code != StatusCode::OK)
-        .map(|(code, v)| format!("{code} {v}"))
-        .collect();
-    assert!(refused.is_empty(), "{} refused: {refused:?}", refused.len());
-    let mut ids: Vec<u32> = answers
-        .iter()
-        .map(|(_, v)| v["license_id"].as_str().unwrap().parse().unwrap())
-        .collect();
-    ids.sort_unstable();
-    assert_eq!(ids, (1..=64).collect::<Vec<u32>>(), "distinct and dense");
+    common::assert_dense_ids(&answers, "license_id");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
