@@ -142,6 +142,18 @@ async fn every_reference_resolves_and_every_error_answer_is_the_error_shape() {
         }
     }
     assert!(errors_checked > 150, "only {errors_checked} error answers");
+    // Commands that allocate an id say that a busy 503 comes with Retry-After.
+    assert!(
+        codes.as_array().is_some_and(|c| c.contains(&json!("busy"))),
+        "{codes}"
+    );
+    for path in ["/v1/licenses", "/v1/contracts"] {
+        let busy = &doc["paths"][path]["post"]["responses"]["503"];
+        assert_eq!(
+            busy["headers"]["Retry-After"]["schema"]["type"], "integer",
+            "POST {path} 503: {busy}"
+        );
+    }
 
     // The real answers carry the documented codes.
     let no_token = app.send("GET", "/v1/licenses", None, None).await;

@@ -7,11 +7,13 @@ use hmac::{Hmac, Mac};
 use ledger_events::offline;
 use ledger_events::{
     ActivationCode, Actor, Cnpj, ContractId, CounterKey, HardwareId, HardwareKey, LicenseId,
-    Product, Resources, Serial, StreamId, TerminalNumber, TradeName,
+    Product, Resources, Serial, StreamId, TerminalNumber, TradeName, ValueError,
 };
+use ledger_projections::view::LedgerView;
 use sha2::Sha256;
 use uuid::Uuid;
 
+use super::ids::IdAllocator;
 use super::{event_id_for, AppError, CommandOutcome, Ledger};
 use crate::domain::contract::{Contract, ContractCommand};
 use crate::domain::customer::{Customer, CustomerCommand};
@@ -22,9 +24,6 @@ use crate::domain::release::{
 };
 use crate::domain::{today, DomainError};
 use crate::store::StoreError;
-
-/// Ids tried when allocating a new license or contract id under contention.
-const ID_ALLOCATION_ATTEMPTS: u32 = 32;
 
 /// Secrets the command side uses and never records.
 #[derive(Clone, Default)]
@@ -131,37 +130,19 @@ impl Ledger {
         command_id: Uuid,
     ) -> Result<(ContractId, CommandOutcome), AppError> {
         self.require_customer(&c.cnpj).await?;
-        let mut next = self.view().max_contract_id().map_or(1, |id| id.get() + 1);
-        for _ in 0..ID_ALLOCATION_ATTEMPTS {
-            let contract_id =
-                ContractId::new(next).map_err(|e| DomainError::rejected(e.to_string()))?;
-            let command = ContractCommand::Sign {
+        self.allocate::<Contract, ContractId>(
+            |contract_id| ContractCommand::Sign {
                 contract_id,
                 cnpj: c.cnpj,
                 starts_on: c.starts_on,
                 ends_on: c.ends_on,
                 interval_days: c.interval_days,
                 renew_before_days: c.renew_before_days,
-            };
-            match self
-                .allocating::<Contract>(
-                    &StreamId::contract(contract_id),
-                    &command,
-                    actor,
-                    command_id,
-                )
-                .await?
-            {
-                Allocated::Done(outcome) => return Ok((contract_id, outcome)),
-                Allocated::Retry(outcome, id) => {
-                    let id =
-                        ContractId::parse(&id).map_err(|e| DomainError::rejected(e.to_string()))?;
-                    return Ok((id, outcome));
-                }
-                Allocated::Taken => next += 1,
-            }
-        }
-        Err(DomainError::rejected("could not allocate a contract id; try again").into())
+            },
+            actor,
+            command_id,
+        )
+        .await
     }
 
     /// Any command on an existing contract.
@@ -203,32 +184,19 @@ impl Ledger {
                 }
             }
         }
-        let mut next = self.view().max_license_id().map_or(1, |id| id.get() + 1);
-        for _ in 0..ID_ALLOCATION_ATTEMPTS {
-            let license_id =
-                LicenseId::new(next).map_err(|e| DomainError::rejected(e.to_string()))?;
-            let command = LicenseCommand::Grant {
+        self.allocate::<License, LicenseId>(
+            |license_id| LicenseCommand::Grant {
                 license_id,
                 cnpj: g.cnpj,
                 product: g.product,
                 contract_id: g.contract_id,
                 expires_on: g.expires_on,
                 resources: g.resources.clone(),
-            };
-            match self
-                .allocating::<License>(&StreamId::license(license_id), &command, actor, command_id)
-                .await?
-            {
-                Allocated::Done(outcome) => return Ok((license_id, outcome)),
-                Allocated::Retry(outcome, id) => {
-                    let id =
-                        LicenseId::parse(&id).map_err(|e| DomainError::rejected(e.to_string()))?;
-                    return Ok((id, outcome));
-                }
-                Allocated::Taken => next += 1,
-            }
-        }
-        Err(DomainError::rejected("could not allocate a license id; try again").into())
+            },
+            actor,
+            command_id,
+        )
+        .await
     }
 
     /// Any command on an existing license. `RenewByContract` is filled in from the view
@@ -408,6 +376,53 @@ impl Ledger {
         .into())
     }
 
+    /// Runs the creating command `command(id)` under an id from the process's allocator (see
+    /// [`super::ids`]) until one is stored. An id another node took first is marked used and
+    /// the next one tried, for at most [`LedgerConfig::id_allocation_timeout`]
+    /// (then [`AppError::IdsBusy`]); an id whose command failed goes back to the allocator. A
+    /// retry of this very command answers with the id it stored the first time.
+    ///
+    /// [`LedgerConfig::id_allocation_timeout`]: super::LedgerConfig::id_allocation_timeout
+    async fn allocate<A: crate::domain::Aggregate, I: NewId>(
+        &self,
+        command: impl Fn(I) -> A::Command,
+        actor: &Actor,
+        command_id: Uuid,
+    ) -> Result<(I, CommandOutcome), AppError> {
+        let started = std::time::Instant::now();
+        loop {
+            let floor = I::max_in_view(self.view()).saturating_add(1);
+            let reservation = I::allocator(self).reserve(floor, |n| {
+                I::new(n).is_ok_and(|id| I::in_view(self.view(), id))
+            });
+            let id = I::new(reservation.id()).map_err(|e| DomainError::rejected(e.to_string()))?;
+            match self
+                .allocating::<A>(&id.stream(), &command(id), actor, command_id)
+                .await?
+            {
+                Allocated::Done(outcome) => {
+                    reservation.used();
+                    return Ok((id, outcome));
+                }
+                // The reserved id stays free: the command is stored under another.
+                Allocated::Retry(outcome, stored) => {
+                    let stored =
+                        I::parse(&stored).map_err(|e| DomainError::rejected(e.to_string()))?;
+                    return Ok((stored, outcome));
+                }
+                Allocated::Taken => reservation.used(),
+            }
+            // Another node took it: once the view has its events, the floor is past them.
+            self.catch_up().await?;
+            if started.elapsed() >= self.config().id_allocation_timeout {
+                return Err(AppError::IdsBusy {
+                    what: I::WHAT,
+                    waited_ms: started.elapsed().as_millis(),
+                });
+            }
+        }
+    }
+
     /// Runs a creating command on a freshly allocated stream; tells a taken id apart from a
     /// retry of this very command (whose first event id is then stored elsewhere).
     async fn allocating<A: crate::domain::Aggregate>(
@@ -450,6 +465,68 @@ enum Allocated {
     Done(CommandOutcome),
     Retry(CommandOutcome, String),
     Taken,
+}
+
+/// An id the ledger allocates for a new aggregate: license and contract ids.
+trait NewId: Copy {
+    /// What it names, for errors.
+    const WHAT: &'static str;
+    /// The id numbered `n`, if in range.
+    fn new(n: u32) -> Result<Self, ValueError>;
+    /// The id as a stream name writes it.
+    fn parse(s: &str) -> Result<Self, ValueError>;
+    /// The stream of the aggregate it names.
+    fn stream(self) -> StreamId;
+    /// The process's allocator of these ids.
+    fn allocator(ledger: &Ledger) -> &IdAllocator;
+    /// The largest such id the view knows (0 for none).
+    fn max_in_view(view: &LedgerView) -> u32;
+    /// Whether the view knows it as used.
+    fn in_view(view: &LedgerView, id: Self) -> bool;
+}
+
+impl NewId for LicenseId {
+    const WHAT: &'static str = "license";
+    fn new(n: u32) -> Result<Self, ValueError> {
+        LicenseId::new(n)
+    }
+    fn parse(s: &str) -> Result<Self, ValueError> {
+        LicenseId::parse(s)
+    }
+    fn stream(self) -> StreamId {
+        StreamId::license(self)
+    }
+    fn allocator(ledger: &Ledger) -> &IdAllocator {
+        &ledger.license_ids
+    }
+    fn max_in_view(view: &LedgerView) -> u32 {
+        view.max_license_id().map_or(0, LicenseId::get)
+    }
+    fn in_view(view: &LedgerView, id: Self) -> bool {
+        view.license(id).is_some()
+    }
+}
+
+impl NewId for ContractId {
+    const WHAT: &'static str = "contract";
+    fn new(n: u32) -> Result<Self, ValueError> {
+        ContractId::new(n)
+    }
+    fn parse(s: &str) -> Result<Self, ValueError> {
+        ContractId::parse(s)
+    }
+    fn stream(self) -> StreamId {
+        StreamId::contract(self)
+    }
+    fn allocator(ledger: &Ledger) -> &IdAllocator {
+        &ledger.contract_ids
+    }
+    fn max_in_view(view: &LedgerView) -> u32 {
+        view.max_contract_id().map_or(0, ContractId::get)
+    }
+    fn in_view(view: &LedgerView, id: Self) -> bool {
+        view.contract(id).is_some()
+    }
 }
 
 /// The last microsecond of `day`, UTC.

@@ -31,6 +31,7 @@ use crate::store::{
 pub mod answers;
 pub mod checkin;
 pub mod commands;
+pub mod ids;
 pub mod relay;
 
 /// Settings of the command side.
@@ -43,6 +44,9 @@ pub struct LedgerConfig {
     pub conflict_retries: u32,
     /// Longest a caller waits for the view to reach a position.
     pub catch_up_timeout: StdDuration,
+    /// Longest a new license or contract keeps trying ids other nodes took first before it
+    /// gives up as busy ([`AppError::IdsBusy`]).
+    pub id_allocation_timeout: StdDuration,
 }
 
 impl Default for LedgerConfig {
@@ -51,6 +55,7 @@ impl Default for LedgerConfig {
             record_interval: Duration::hours(24),
             conflict_retries: 8,
             catch_up_timeout: StdDuration::from_secs(5),
+            id_allocation_timeout: StdDuration::from_secs(5),
         }
     }
 }
@@ -78,6 +83,15 @@ pub enum AppError {
         /// The position waited for.
         position: Position,
         /// How long.
+        waited_ms: u128,
+    },
+    /// Every id tried for a new license or contract was taken by another node first, for
+    /// longer than the time limit (heavy contention between nodes on one log).
+    #[error("could not allocate a {what} id within {waited_ms} ms: other nodes kept taking them")]
+    IdsBusy {
+        /// "license" or "contract".
+        what: &'static str,
+        /// How long it tried.
         waited_ms: u128,
     },
     /// The view stopped following the log (it logged why).
@@ -115,6 +129,8 @@ pub struct Ledger {
     applier: tokio::task::JoinHandle<()>,
     terminal_locks: Vec<tokio::sync::Mutex<()>>,
     appends: std::sync::atomic::AtomicU64,
+    license_ids: ids::IdAllocator,
+    contract_ids: ids::IdAllocator,
 }
 
 /// A live feed of the log for auditors: the records already stored from a position on, then
@@ -216,6 +232,8 @@ impl Ledger {
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
             appends: std::sync::atomic::AtomicU64::new(0),
+            license_ids: ids::IdAllocator::new(),
+            contract_ids: ids::IdAllocator::new(),
         };
         // Caught up with the log as it was when the ledger started.
         ledger.wait_for(head.position).await?;

@@ -11,6 +11,9 @@ use crate::app::AppError;
 use crate::domain::DomainError;
 use crate::store::StoreError;
 
+/// Seconds a busy answer asks the client to wait (`Retry-After`).
+pub const BUSY_RETRY_AFTER_S: u32 = 1;
+
 /// Why a request failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -60,6 +63,16 @@ pub enum ApiError {
     /// 429: too many requests of this kind from this caller or address; retry later.
     #[error("{0}")]
     RateLimited(String),
+    /// 503 with `Retry-After`: the command met contention it could not resolve in time (ids
+    /// taken by other nodes, version conflicts, a read model behind); nothing is wrong with
+    /// the request, retry it (with the same `command_id`) after `retry_after_s` seconds.
+    #[error("{message}")]
+    Busy {
+        /// What was contended.
+        message: String,
+        /// Seconds the client should wait, sent as `Retry-After`.
+        retry_after_s: u32,
+    },
     /// 500: a bug or damage; details are in the log only.
     #[error("internal error")]
     Internal,
@@ -89,6 +102,7 @@ impl ApiError {
             ApiError::Rejected { .. } => ErrorCode::Rejected,
             ApiError::Unavailable(_) => ErrorCode::Unavailable,
             ApiError::RateLimited(_) => ErrorCode::RateLimited,
+            ApiError::Busy { .. } => ErrorCode::Busy,
             ApiError::Internal => ErrorCode::Internal,
         }
     }
@@ -138,6 +152,8 @@ pub enum ErrorCode {
     RateLimited,
     /// 500: a bug or damage; details are in the server log.
     Internal,
+    /// 503 with `Retry-After`: contention the command could not resolve in time; retry.
+    Busy,
 }
 
 /// Every answer that is not a success: `{"error": code, "message": text, "field": name?}`.
@@ -164,14 +180,18 @@ impl ResponseError for ApiError {
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Rejected { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) | ApiError::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
     fn error_response(&self) -> HttpResponse {
-        HttpResponse::build(self.status_code()).json(self.body())
+        let mut answer = HttpResponse::build(self.status_code());
+        if let ApiError::Busy { retry_after_s, .. } = self {
+            answer.insert_header((actix_web::http::header::RETRY_AFTER, *retry_after_s));
+        }
+        answer.json(self.body())
     }
 }
 
@@ -236,14 +256,69 @@ impl From<AppError> for ApiError {
         match e {
             AppError::Domain(d) => d.into(),
             AppError::Store(s) => s.into(),
-            AppError::Contention { .. } | AppError::CatchUpTimeout { .. } => {
+            AppError::Contention { .. }
+            | AppError::CatchUpTimeout { .. }
+            | AppError::IdsBusy { .. } => {
                 tracing::warn!(error = %e, "busy");
-                ApiError::Unavailable(format!("{e}; retry later"))
+                ApiError::Busy {
+                    message: format!("{e}; retry later"),
+                    retry_after_s: BUSY_RETRY_AFTER_S,
+                }
             }
             AppError::ViewStopped(_) => {
                 tracing::error!(error = %e, "read model stopped");
                 ApiError::Unavailable("the read model stopped; see the server log".into())
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::body::MessageBody;
+    use ledger_events::StreamId;
+
+    #[test]
+    fn ids_taken_by_other_nodes_until_the_time_limit_answer_503_busy_with_retry_after() {
+        let e: ApiError = AppError::IdsBusy {
+            what: "license",
+            waited_ms: 5003,
+        }
+        .into();
+        let answer = e.error_response();
+        assert_eq!(answer.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let retry_after = answer
+            .headers()
+            .get(actix_web::http::header::RETRY_AFTER)
+            .map(|v| v.to_str().unwrap().to_owned());
+        assert_eq!(retry_after.as_deref(), Some("1"));
+        let body = answer.into_body().try_into_bytes().unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(json["error"], "busy", "{json}");
+        let message = json["message"].as_str().unwrap();
+        assert!(message.contains("license id"), "{message}");
+        assert!(message.ends_with("retry later"), "{message}");
+    }
+
+    #[test]
+    fn version_conflicts_and_a_late_read_model_answer_503_busy_with_retry_after_too() {
+        let busy = [
+            AppError::Contention {
+                stream: StreamId::license(ledger_events::LicenseId::new(7).unwrap()),
+                attempts: 9,
+            },
+            AppError::CatchUpTimeout {
+                position: 12,
+                waited_ms: 5000,
+            },
+        ];
+        for e in busy {
+            let answer = ApiError::from(e).error_response();
+            assert_eq!(answer.status(), StatusCode::SERVICE_UNAVAILABLE);
+            assert!(answer
+                .headers()
+                .contains_key(actix_web::http::header::RETRY_AFTER));
         }
     }
 }

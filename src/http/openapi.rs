@@ -11,8 +11,9 @@
 use std::sync::OnceLock;
 
 use actix_web::HttpResponse;
+use utoipa::openapi::header::HeaderBuilder;
 use utoipa::openapi::path::Operation;
-use utoipa::openapi::schema::{Schema, SchemaType, Type};
+use utoipa::openapi::schema::{Object, Schema, SchemaType, Type};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{Ref, RefOr, Required, Response, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
@@ -104,7 +105,12 @@ const WITH_TOKEN: &[(&str, &str)] = &[
         "500",
         "A bug or damage; details are in the server log only.",
     ),
-    ("503", "The store cannot serve this now; retry later."),
+    (
+        "503",
+        "The store cannot serve this now (`unavailable`), or the command met contention it \
+         could not resolve in time (`busy`: ids taken by other nodes, version conflicts, a read \
+         model behind; it comes with `Retry-After`). Retry later, with the same `command_id`.",
+    ),
 ];
 const WITH_INPUT: &[(&str, &str)] = &[(
     "400",
@@ -155,16 +161,25 @@ impl Modify for CommonErrors {
     }
 }
 
-fn error_response(description: &str) -> RefOr<Response> {
-    ResponseBuilder::new()
-        .description(description)
-        .content(
-            "application/json",
-            utoipa::openapi::content::ContentBuilder::new()
-                .schema(Some(Ref::from_schema_name("Error")))
+fn error_response(status: &str, description: &str) -> RefOr<Response> {
+    let mut response = ResponseBuilder::new().description(description).content(
+        "application/json",
+        utoipa::openapi::content::ContentBuilder::new()
+            .schema(Some(Ref::from_schema_name("Error")))
+            .build(),
+    );
+    if status == "503" {
+        response = response.header(
+            "Retry-After",
+            HeaderBuilder::new()
+                .schema(Object::with_type(Type::Integer))
+                .description(Some(
+                    "Sent with `busy`: seconds to wait before retrying the same command.",
+                ))
                 .build(),
-        )
-        .into()
+        );
+    }
+    response.into()
 }
 
 fn add_errors(op: &mut Operation, errors: &[(&str, &str)]) {
@@ -172,7 +187,7 @@ fn add_errors(op: &mut Operation, errors: &[(&str, &str)]) {
         op.responses
             .responses
             .entry((*status).to_owned())
-            .or_insert_with(|| error_response(description));
+            .or_insert_with(|| error_response(status, description));
     }
 }
 

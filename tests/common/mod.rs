@@ -256,6 +256,31 @@ impl TestApp {
     }
 }
 
+// ---- checks ----
+
+/// Every answer is a 200; their `field`s, parsed, are exactly 1..=n.
+pub fn assert_dense_ids(answers: &[(StatusCode, Value)], field: &str) {
+    let refused: Vec<String> = answers
+        .iter()
+        .filter(|(status, _)| *status != StatusCode::OK)
+        .map(|(status, body)| format!("{status} {body}"))
+        .collect();
+    assert!(
+        refused.is_empty(),
+        "{} of {} refused, e.g. {:?}",
+        refused.len(),
+        answers.len(),
+        refused.first()
+    );
+    let mut ids: Vec<u32> = answers
+        .iter()
+        .map(|(_, body)| body[field].as_str().unwrap().parse().unwrap())
+        .collect();
+    ids.sort_unstable();
+    let expected: Vec<u32> = (1..=answers.len() as u32).collect();
+    assert_eq!(ids, expected, "{field}s are distinct and dense from 1");
+}
+
 // ---- fresh values ----
 
 static NEXT: AtomicU32 = AtomicU32::new(1);
