@@ -23,9 +23,14 @@
 //! # Reads
 //! Reads go through a small pool and only ever see committed rows, and every row is turned
 //! back into the exact record bytes the file store would hold and checked against its stored
-//! hash (see [`rows`](self)): a row altered in SQL is refused with [`StoreError::Corrupt`]
-//! naming its position. `verify_chain` and the `verify` of an export therefore work the same
-//! on both backends, and [`PgStore::import_record`] replays a file store's export verbatim.
+//! hash, and its `recorded_at` against the instant the hash covers (see [`rows`](self)): a
+//! row altered in SQL is refused with [`StoreError::Corrupt`] naming its position. The JSON
+//! copy `data`, which no read returns, is checked against the payload by the reads that
+//! select it: [`PgStore::read_all_columns`] (`verify`) and the lookup of a retry's event ids,
+//! which answers a retry only from a verified row. `open` checks the head row against the
+//! record it names and refuses a damaged one. `verify_chain` and the `verify` of an export
+//! therefore work the same on both backends, and [`PgStore::import_record`] replays a file
+//! store's export verbatim.
 //!
 //! # Subscriptions
 //! [`EventStore::subscribe_all`] is the backend-neutral [`Subscription`] over a head watch
