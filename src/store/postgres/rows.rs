@@ -150,9 +150,10 @@ pub(crate) fn decode_row(row: &Row, table: &str, buf: &mut Vec<u8>) -> Result<Re
     let hash: &[u8] = row.try_get(12).map_err(field)?;
     let hash = hash_of(hash).ok_or_else(|| bad("hash is not 32 bytes".into()))?;
     let timestamp: PgTimestamp = row.try_get(13).map_err(field)?;
-    let data: Option<JsonbText> = match row.len() > DATA_COLUMN {
-        true => Some(row.try_get(DATA_COLUMN).map_err(field)?),
-        false => None,
+    let data: Option<JsonbText> = if row.len() > DATA_COLUMN {
+        Some(row.try_get(DATA_COLUMN).map_err(field)?)
+    } else {
+        None
     };
 
     let envelope = Envelope {
