@@ -7,7 +7,8 @@
 //! autocommit `INSERT` per event into a simple table (no chain, no head, no version check).
 //! Each pass runs for a fixed time and records every append's latency for p50/p99; the
 //! store's counters give events per transaction and where the time of a transaction goes
-//! (waiting for the head lock and the lookups, planning, insert + commit).
+//! (waiting for the head lock and the lookups, planning, insert + commit). Read pass: the log
+//! the store pass wrote, read back with `read_all` for the same time (records per second).
 //!
 //! Needs `DATABASE_URL` (for example `postgres://postgres@127.0.0.1:5432/test`); without it the
 //! bench says so and exits. Works in a schema of its own, dropped at the end.
@@ -23,7 +24,7 @@ use std::time::{Duration, Instant};
 use license_ledger::clock::SystemClock;
 use license_ledger::store::conformance::{new_event, stream};
 use license_ledger::store::postgres::{PgStore, PgStoreConfig};
-use license_ledger::store::{EventStore, ExpectedVersion, NewEvent};
+use license_ledger::store::{EventStore, ExpectedVersion, NewEvent, READ_BATCH_MAX};
 use tokio_postgres::NoTls;
 use uuid::Uuid;
 
@@ -82,6 +83,7 @@ async fn run_all(url: &str, pass: Duration) {
         let store_schema = format!("{schema}_{writers}");
         let store = open_store(url, &store_schema).await;
         let store_pass = run_store(&store, writers, pass).await;
+        let read_pass = run_read(&store, pass).await;
         store.close().await.expect("close");
         drop(store);
         let baseline = run_baseline(url, &store_schema, writers, pass).await;
@@ -90,6 +92,7 @@ async fn run_all(url: &str, pass: Duration) {
             &serde_json::json!({
                 "writers": writers,
                 "store": store_pass,
+                "read": read_pass,
                 "baseline": baseline,
                 "postgres": server_version,
             }),
@@ -192,6 +195,36 @@ async fn run_store(store: &PgStore, writers: usize, pass: Duration) -> serde_jso
     out["locked_fallbacks"] = (after.fallbacks - before.fallbacks).into();
     out["plans_without_read"] = (after.plans_without_read - before.plans_without_read).into();
     println!("store    writers={writers:>2} {out}");
+    out
+}
+
+/// Reads the whole log the store pass wrote, front to back in batches of
+/// [`READ_BATCH_MAX`], over and over until `pass` is over: records read per second, each row
+/// rebuilt into its record and checked on the way (see `store::postgres` § Reads).
+async fn run_read(store: &PgStore, pass: Duration) -> serde_json::Value {
+    let start = Instant::now();
+    let mut records = 0u64;
+    let mut batches = 0u64;
+    let mut next = 1;
+    while start.elapsed() < pass {
+        let batch = store
+            .read_all(next, READ_BATCH_MAX)
+            .await
+            .expect("read_all");
+        next = match batch.last() {
+            Some(last) => last.envelope.position + 1,
+            None => 1,
+        };
+        records += batch.len() as u64;
+        batches += 1;
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let out = serde_json::json!({
+        "records": records,
+        "records_per_s": (records as f64 / elapsed).round(),
+        "us_per_batch": (elapsed * 1e6 / batches.max(1) as f64).round(),
+    });
+    println!("read     {out}");
     out
 }
 

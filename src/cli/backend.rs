@@ -136,6 +136,19 @@ impl Opened {
         }
     }
 
+    /// Reads the log from `from` like [`EventStore::read_all`], checking every column
+    /// (PostgreSQL's JSON copy `data` included): for `verify`.
+    pub async fn read_all_checked(
+        &self,
+        from: ledger_events::Position,
+        limit: usize,
+    ) -> Result<Vec<Record>, StoreError> {
+        match self {
+            Opened::File(s) => s.read_all(from, limit).await,
+            Opened::Postgres(s) => s.read_all_columns(from, limit).await,
+        }
+    }
+
     /// Flushes and closes.
     pub async fn close(&self) -> Result<(), StoreError> {
         match self {
@@ -147,7 +160,8 @@ impl Opened {
 
 /// Reads every committed record in position order, calling `visit` for each, and checks the
 /// chain; returns the head. The file log is read without its lock (safe beside a server);
-/// PostgreSQL through the store's reads.
+/// PostgreSQL through the store's reads, every column of every row checked, and the head row
+/// checked against the record it names.
 pub fn scan_log(
     log: &Log,
     mut visit: impl FnMut(Record) -> Result<(), StoreError>,
@@ -157,13 +171,13 @@ pub fn scan_log(
         Log::Postgres(_) => {
             let runtime = super::runtime()?;
             runtime.block_on(async {
+                // Opening checks the head row against the record it names.
                 let opened = log.open(Arc::new(crate::clock::SystemClock), "").await?;
-                let store = opened.store();
                 let result = async {
                     let mut chain = ChainVerifier::new();
                     let mut next = 1;
                     loop {
-                        let batch = store.read_all(next, READ_BATCH_MAX).await?;
+                        let batch = opened.read_all_checked(next, READ_BATCH_MAX).await?;
                         let Some(last) = batch.last() else {
                             return Ok::<_, CliError>(chain.head());
                         };

@@ -202,6 +202,17 @@ pub(crate) fn replicate(e: &StoreError) -> StoreError {
         StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
         StoreError::Database(m) => StoreError::Database(m.clone()),
         StoreError::Closed => StoreError::Closed,
+        StoreError::Corrupt {
+            segment,
+            offset,
+            position,
+            problem,
+        } => StoreError::Corrupt {
+            segment: segment.clone(),
+            offset: *offset,
+            position: *position,
+            problem: problem.clone(),
+        },
         other => StoreError::Database(other.to_string()),
     }
 }

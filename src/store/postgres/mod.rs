@@ -23,9 +23,14 @@
 //! # Reads
 //! Reads go through a small pool and only ever see committed rows, and every row is turned
 //! back into the exact record bytes the file store would hold and checked against its stored
-//! hash (see [`rows`](self)): a row altered in SQL is refused with [`StoreError::Corrupt`]
-//! naming its position. `verify_chain` and the `verify` of an export therefore work the same
-//! on both backends, and [`PgStore::import_record`] replays a file store's export verbatim.
+//! hash, and its `recorded_at` against the instant the hash covers (see [`rows`](self)): a
+//! row altered in SQL is refused with [`StoreError::Corrupt`] naming its position. The JSON
+//! copy `data`, which no read returns, is checked against the payload by the reads that
+//! select it: [`PgStore::read_all_columns`] (`verify`) and the lookup of a retry's event ids,
+//! which answers a retry only from a verified row. `open` checks the head row against the
+//! record it names and refuses a damaged one. `verify_chain` and the `verify` of an export
+//! therefore work the same on both backends, and [`PgStore::import_record`] replays a file
+//! store's export verbatim.
 //!
 //! # Subscriptions
 //! [`EventStore::subscribe_all`] is the backend-neutral [`Subscription`] over a head watch
@@ -67,7 +72,10 @@ use tokio_postgres::types::ToSql;
 
 use self::conn::{pg_config, pg_error, pool_error, read_pool, timed};
 use self::listen::{Listener, READ_HEAD};
-use self::rows::{decode_log, decode_stream, event_columns};
+use self::rows::{
+    all_event_columns, check_head, decode_head, decode_log, decode_stream, event_columns,
+    StoredHead, READ_HEAD_ROW,
+};
 use self::writer::{AppendRequest, Counters, PreparedEvent, WriterConfig, WriterMsg};
 use super::subscription::{HeadSource, Subscription};
 use super::{
@@ -87,6 +95,13 @@ pub use self::migrate::{migrate, migrate_with, Migration, MigrationReport, MIGRA
 const READ_ALL: &str = concat!(
     "SELECT ",
     event_columns!(),
+    " FROM ledger_events WHERE position >= $1 ORDER BY position LIMIT $2"
+);
+
+/// [`READ_ALL`] with every column, `data` included: what `verify` reads.
+const READ_ALL_COLUMNS: &str = concat!(
+    "SELECT ",
+    all_event_columns!(),
     " FROM ledger_events WHERE position >= $1 ORDER BY position LIMIT $2"
 );
 
@@ -268,6 +283,8 @@ struct ReadSide {
     pool: Pool,
     /// `schema.ledger_events`, for error messages.
     table: String,
+    /// `schema.ledger_head`, for error messages.
+    head_table: String,
     op_timeout: Duration,
     head_rx: watch::Receiver<Position>,
     shutdown: watch::Receiver<bool>,
@@ -293,11 +310,12 @@ impl PgStore {
         let read = Arc::new(ReadSide {
             pool: pool.clone(),
             table: format!("{schema}.ledger_events"),
+            head_table: format!("{schema}.ledger_head"),
             op_timeout: config.op_timeout,
             head_rx,
             shutdown: shutdown_rx.clone(),
         });
-        let head = read.head().await?;
+        let head = read.checked_head().await?;
         head_tx.send_replace(head.position);
         let head_tx = Arc::new(head_tx);
         let channel = format!("ledger_events.{schema}");
@@ -310,6 +328,7 @@ impl PgStore {
             batch_events_max: config.batch_events_max.max(1),
             stall_after_lock: config.stall_after_lock,
             channel: channel.clone(),
+            table: read.table.clone(),
             head_tx: head_tx.clone(),
             stats: stats.clone(),
             speculation: Default::default(),
@@ -410,6 +429,20 @@ impl PgStore {
         .await
     }
 
+    /// Reads like [`EventStore::read_all`], and also checks every row's JSON copy `data`
+    /// against its payload (which no other read does: no read returns it): what `verify`
+    /// reads.
+    pub async fn read_all_columns(
+        &self,
+        from_position: Position,
+        limit: usize,
+    ) -> Result<Vec<Record>, StoreError> {
+        self.inner
+            .read
+            .read_log(READ_ALL_COLUMNS, from_position, limit)
+            .await
+    }
+
     async fn submit(
         &self,
         stream: &StreamId,
@@ -482,17 +515,23 @@ impl ReadSide {
     }
 
     async fn read_all(&self, from: Position, limit: usize) -> Result<Vec<Record>, StoreError> {
+        self.read_log(READ_ALL, from, limit).await
+    }
+
+    /// Reads the log with `sql` ([`READ_ALL`] or [`READ_ALL_COLUMNS`]).
+    async fn read_log(
+        &self,
+        sql: &str,
+        from: Position,
+        limit: usize,
+    ) -> Result<Vec<Record>, StoreError> {
         let from = from.max(1);
         let limit = limit.min(READ_BATCH_MAX);
         if limit == 0 {
             return Ok(Vec::new());
         }
         let rows = self
-            .query(
-                "reading the log",
-                READ_ALL,
-                &[&clamp_i64(from), &(limit as i64)],
-            )
+            .query("reading the log", sql, &[&clamp_i64(from), &(limit as i64)])
             .await?;
         decode_log(&rows, &self.table, from)
     }
@@ -532,6 +571,31 @@ impl ReadSide {
             position: u64::try_from(position).unwrap_or(0),
             hash: Hash(hash),
         })
+    }
+
+    /// The head row, checked against the record it names (see [`check_head`]): what `open`
+    /// starts from, so that a store (and `verify`) refuses a damaged head instead of appending
+    /// after it. A head that moved while it was checked (another node appending) is read
+    /// again.
+    async fn checked_head(&self) -> Result<ChainHead, StoreError> {
+        let mut attempts = 0;
+        loop {
+            let stored = self.stored_head().await?;
+            let last = self.read_all(stored.head.position.max(1), 1).await?;
+            match check_head(&stored, last.first(), &self.head_table) {
+                Err(_) if attempts < 3 && self.stored_head().await?.head != stored.head => {
+                    attempts += 1;
+                }
+                checked => return checked,
+            }
+        }
+    }
+
+    async fn stored_head(&self) -> Result<StoredHead, StoreError> {
+        let rows = self
+            .query("reading the log head", READ_HEAD_ROW, &[])
+            .await?;
+        decode_head(&rows, &self.head_table)
     }
 
     async fn stream_version(&self, stream: &StreamId) -> Result<StreamVersion, StoreError> {

@@ -2,24 +2,51 @@
 //! same codec as the file store (`ledger_events::codec`) and checks that their SHA-256 is the
 //! stored hash, so a row altered in SQL is refused, naming its position, and never returned.
 //! The write side computed that hash from the same fields; this is the other half of the pair.
+//!
+//! Every column of `ledger_events` is checked here, in [`decode_row`]: the hash covers all but
+//! two, and those two are copies that must say what the hashed ones say (`recorded_at` the
+//! instant of `recorded_at_micros`, `data` the JSON of `payload`). `data` is for auditors'
+//! SQL: no read of the store returns it, so only the reads that select it check it
+//! ([`all_event_columns`]: `verify` and the lookups of a retry's ids); checking it on every
+//! read would cost more than the read itself (`benches/append_pg.rs`, read pass). The head row
+//! is checked against the record it names by [`check_head`].
+
+use std::error::Error;
 
 use chrono::{TimeZone, Utc};
 use ledger_events::{
-    encode_record_into, Actor, ActorKind, Envelope, Hash, Position, Record, StreamId,
+    encode_record_into, Actor, ActorKind, ChainHead, Envelope, Event, Hash, Position, Record,
+    StreamId,
 };
+use tokio_postgres::types::{FromSql, Type};
 use tokio_postgres::Row;
 use uuid::Uuid;
 
 use crate::store::StoreError;
 
-/// The columns [`decode_row`] reads, in its order (a macro so that queries can `concat!` it).
+/// The columns [`decode_row`] reads, in its order (a macro so that queries can `concat!` it):
+/// every column of `ledger_events` a record is rebuilt from, and its time for SQL.
 macro_rules! event_columns {
     () => {
         "position, stream_id, stream_version, event_id, event_type, schema_version, \
-         recorded_at_micros, actor_kind, actor_name, correlation_id, payload, prev_hash, hash"
+         recorded_at_micros, actor_kind, actor_name, correlation_id, payload, prev_hash, hash, \
+         recorded_at"
     };
 }
 pub(crate) use event_columns;
+
+/// [`event_columns`] and the JSON copy `data`: every column of `ledger_events`, for the reads
+/// that check them all.
+macro_rules! all_event_columns {
+    () => {
+        concat!($crate::store::postgres::rows::event_columns!(), ", data")
+    };
+}
+pub(crate) use all_event_columns;
+
+/// The columns of the head row [`decode_head`] reads, in its order.
+pub(crate) const READ_HEAD_ROW: &str =
+    "SELECT id, last_position, last_hash, last_recorded_micros FROM ledger_head";
 
 /// The text stored in `actor_kind` (the catalogue's JSON name of the kind).
 pub(crate) fn actor_kind_name(kind: ActorKind) -> &'static str {
@@ -53,8 +80,41 @@ fn hash_of(bytes: &[u8]) -> Option<Hash> {
     <[u8; 32]>::try_from(bytes).ok().map(Hash)
 }
 
-/// Rebuilds and verifies the record of one row of `event_columns!()`. `buf` is scratch space
-/// for the record's bytes.
+/// A `timestamptz` as PostgreSQL sends it: microseconds since 2000-01-01 00:00 UTC.
+struct PgTimestamp(i64);
+
+/// 2000-01-01 00:00 UTC (PostgreSQL's epoch) in microseconds since 1970-01-01.
+const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
+
+impl<'a> FromSql<'a> for PgTimestamp {
+    fn from_sql(_: &Type, raw: &'a [u8]) -> Result<Self, Box<dyn Error + Sync + Send>> {
+        Ok(Self(i64::from_be_bytes(<[u8; 8]>::try_from(raw)?)))
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        *ty == Type::TIMESTAMPTZ
+    }
+}
+
+/// A `jsonb` as PostgreSQL sends it: the JSON text, after the format's version byte (1).
+struct JsonbText<'a>(&'a [u8]);
+
+impl<'a> FromSql<'a> for JsonbText<'a> {
+    fn from_sql(_: &Type, raw: &'a [u8]) -> Result<Self, Box<dyn Error + Sync + Send>> {
+        match raw.split_first() {
+            Some((1, text)) => Ok(Self(text)),
+            _ => Err("not jsonb format version 1".into()),
+        }
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        *ty == Type::JSONB
+    }
+}
+
+/// Rebuilds and verifies the record of one row of `event_columns!()` or
+/// `all_event_columns!()`: every column it has must say what the record's bytes say. `buf` is
+/// scratch space for the record's bytes.
 pub(crate) fn decode_row(row: &Row, table: &str, buf: &mut Vec<u8>) -> Result<Record, StoreError> {
     let raw_position: i64 = row
         .try_get(0)
@@ -89,6 +149,12 @@ pub(crate) fn decode_row(row: &Row, table: &str, buf: &mut Vec<u8>) -> Result<Re
     let prev_hash = hash_of(prev_hash).ok_or_else(|| bad("prev_hash is not 32 bytes".into()))?;
     let hash: &[u8] = row.try_get(12).map_err(field)?;
     let hash = hash_of(hash).ok_or_else(|| bad("hash is not 32 bytes".into()))?;
+    let timestamp: PgTimestamp = row.try_get(13).map_err(field)?;
+    let data: Option<JsonbText> = if row.len() > DATA_COLUMN {
+        Some(row.try_get(DATA_COLUMN).map_err(field)?)
+    } else {
+        None
+    };
 
     let envelope = Envelope {
         position,
@@ -111,10 +177,132 @@ pub(crate) fn decode_row(row: &Row, table: &str, buf: &mut Vec<u8>) -> Result<Re
             "hash mismatch: stored {hash}, computed {computed} from the row (the row was altered)"
         )));
     }
+    check_copies(&envelope, payload, timestamp, data).map_err(bad)?;
     Ok(Record {
         envelope,
         payload: payload.to_vec(),
     })
+}
+
+/// Where `data` is in a row of `all_event_columns!()`.
+const DATA_COLUMN: usize = 14;
+
+/// The two columns the hash does not cover are copies for SQL; they must say what the hashed
+/// columns say: `recorded_at` the same instant as `recorded_at_micros`, and `data` (when
+/// read) the JSON of the payload. `data` is compared when this build decodes the payload at
+/// its own schema version (the JSON of an older version, or of a type this build does not
+/// know, is not something it can rebuild).
+fn check_copies(
+    envelope: &Envelope,
+    payload: &[u8],
+    timestamp: PgTimestamp,
+    data: Option<JsonbText>,
+) -> Result<(), String> {
+    let micros = envelope.recorded_at.timestamp_micros();
+    if timestamp.0.checked_add(PG_EPOCH_MICROS) != Some(micros) {
+        return Err(format!(
+            "recorded_at is not the instant of recorded_at_micros {micros} (the row was altered)"
+        ));
+    }
+    let Some(data) = data else {
+        return Ok(());
+    };
+    let Ok(event) = Event::decode_payload(&envelope.event_type, envelope.schema_version, payload)
+    else {
+        return Ok(());
+    };
+    if event.schema_version() != envelope.schema_version {
+        return Ok(());
+    }
+    let stored: serde_json::Value = serde_json::from_slice(data.0)
+        .map_err(|e| format!("data is not JSON ({e}); the row was altered"))?;
+    if stored != event.data_json() {
+        return Err("data is not the JSON of the payload (the row was altered)".into());
+    }
+    Ok(())
+}
+
+/// The head row as stored.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct StoredHead {
+    /// The last position and its hash.
+    pub head: ChainHead,
+    /// `recorded_at` of the last record in microseconds; `None` while the log is empty.
+    pub recorded_micros: Option<i64>,
+}
+
+/// Reads the rows of [`READ_HEAD_ROW`]: exactly one, with id 1, a position, a 32-byte hash.
+pub(crate) fn decode_head(rows: &[Row], table: &str) -> Result<StoredHead, StoreError> {
+    let [row] = rows else {
+        return Err(corrupt(
+            table,
+            0,
+            format!("{} rows where there is always exactly one", rows.len()),
+        ));
+    };
+    let bad = |problem: String| corrupt(table, 0, problem);
+    let field = |e: tokio_postgres::Error| bad(format!("unreadable column: {e}"));
+    let id: i16 = row.try_get(0).map_err(field)?;
+    if id != 1 {
+        return Err(bad(format!("the row's id is {id}, not 1")));
+    }
+    let position: i64 = row.try_get(1).map_err(field)?;
+    let position = Position::try_from(position)
+        .map_err(|_| bad(format!("negative last_position {position}")))?;
+    let hash: &[u8] = row.try_get(2).map_err(field)?;
+    let hash = hash_of(hash).ok_or_else(|| bad("last_hash is not 32 bytes".into()))?;
+    Ok(StoredHead {
+        head: ChainHead { position, hash },
+        recorded_micros: row.try_get(3).map_err(field)?,
+    })
+}
+
+/// The head row must describe the record it names: `last` is the first verified record at or
+/// after its position (after position 1 for an empty log), `None` when there is none. The
+/// record must be at that position and have the head's hash and time; an empty log has no
+/// record, the zero hash and no time.
+pub(crate) fn check_head(
+    stored: &StoredHead,
+    last: Option<&Record>,
+    table: &str,
+) -> Result<ChainHead, StoreError> {
+    let StoredHead {
+        head,
+        recorded_micros,
+    } = *stored;
+    let bad = |problem: String| corrupt(table, head.position, problem);
+    let expected = match (head.position, last) {
+        (0, None) => (Hash::default(), None),
+        (0, Some(r)) => {
+            return Err(bad(format!(
+                "last_position is 0, but the log has a record at position {}",
+                r.envelope.position
+            )))
+        }
+        (p, Some(r)) if r.envelope.position == p => (
+            r.envelope.hash,
+            Some(r.envelope.recorded_at.timestamp_micros()),
+        ),
+        (p, _) => {
+            return Err(bad(format!(
+                "last_position is {p}, but the log has no record there"
+            )))
+        }
+    };
+    if head.hash != expected.0 {
+        return Err(bad(format!(
+            "last_hash {} is not {}, the hash of the record at last_position",
+            head.hash, expected.0
+        )));
+    }
+    if recorded_micros != expected.1 {
+        return Err(bad(format!(
+            "last_recorded_micros {recorded_micros:?} is not {:?}, the time of the record at \
+             last_position",
+            expected.1
+        )));
+    }
+    Ok(head)
 }
 
 /// Decodes rows of consecutive positions starting at `first` (a read of the global log):

@@ -54,7 +54,7 @@ use tokio_postgres::{Client, Config, Statement};
 use uuid::Uuid;
 
 use super::conn::{connect, pg_error, replicate};
-use super::rows::actor_kind_name;
+use super::rows::{actor_kind_name, all_event_columns, decode_row};
 use crate::clock::Clock;
 use crate::store::{recorded_at, Appended, ExpectedVersion, ImportCheck, StoreError};
 
@@ -65,8 +65,12 @@ const STREAM_VERSIONS: &str = "SELECT u.stream_id, COALESCE((SELECT max(e.stream
      FROM ledger_events e WHERE e.stream_id = u.stream_id), 0) \
      FROM unnest($1::text[]) AS u(stream_id)";
 
-const FIND_IDS: &str = "SELECT event_id, position, stream_id, stream_version \
-     FROM ledger_events WHERE event_id = ANY($1::uuid[])";
+/// The stored rows of a batch's ids, whole: each is verified before it answers a retry.
+const FIND_IDS: &str = concat!(
+    "SELECT ",
+    all_event_columns!(),
+    " FROM ledger_events WHERE event_id = ANY($1::uuid[])"
+);
 
 /// The head, the batch's streams' versions and its stored ids, in one statement (so from one
 /// snapshot), without any lock: what the speculative path plans on.
@@ -220,6 +224,8 @@ pub(crate) struct WriterConfig {
     pub stall_after_lock: Option<Duration>,
     /// The `pg_notify` channel of the schema.
     pub channel: String,
+    /// `schema.ledger_events`, for error messages.
+    pub table: String,
     pub head_tx: Arc<watch::Sender<Position>>,
     pub stats: Arc<Counters>,
     pub speculation: Speculation,
@@ -671,6 +677,11 @@ impl Lane {
                     Ok(Ok(rows)) => rows,
                 };
                 let mut snapshot = snapshot_from_peek(&rows)?;
+                if !snapshot.ids.is_empty() {
+                    // Ids already stored (a retry, or a reuse): the locked path answers them
+                    // from their rows, read whole and verified.
+                    return Ok(Speculated::Fallback);
+                }
                 if let Some(last) = overlays.last() {
                     for o in &overlays {
                         for (stream, version) in &o.versions {
@@ -864,7 +875,9 @@ impl Lane {
                     .and(head)
                     .and_then(|head| Ok((head, versions?, found?)))
                     .map_err(|e| pg_error("locking the log head", &e))
-                    .and_then(|(head, versions, found)| snapshot(&head, &versions, &found));
+                    .and_then(|(head, versions, found)| {
+                        snapshot(&head, &versions, &found, &config.table)
+                    });
                 match read {
                     Ok(s) => s,
                     Err(e) => {
@@ -1148,6 +1161,7 @@ fn snapshot(
     head: &tokio_postgres::Row,
     versions: &[tokio_postgres::Row],
     found: &[tokio_postgres::Row],
+    table: &str,
 ) -> Result<Snapshot, StoreError> {
     let read = |e: tokio_postgres::Error| pg_error("reading the log head", &e);
     let position: i64 = head.try_get(0).map_err(read)?;
@@ -1172,18 +1186,12 @@ fn snapshot(
             .versions
             .insert(stream, u64::try_from(version).unwrap_or(0));
     }
+    let mut buf = Vec::new();
     for row in found {
-        let id: Uuid = row.try_get(0).map_err(read)?;
-        let position: i64 = row.try_get(1).map_err(read)?;
-        let stream: String = row.try_get(2).map_err(read)?;
-        let version: i64 = row.try_get(3).map_err(read)?;
+        let e = decode_row(row, table, &mut buf)?.envelope;
         snapshot.ids.insert(
-            id,
-            (
-                u64::try_from(position).unwrap_or(0),
-                stream,
-                u64::try_from(version).unwrap_or(0),
-            ),
+            e.event_id,
+            (e.position, e.stream_id.to_string(), e.stream_version),
         );
     }
     Ok(snapshot)
