@@ -80,16 +80,7 @@ async fn run(
 }
 
 fn bench_append(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(
-            std::env::var("BENCH_WORKERS")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(2),
-        )
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = common::runtime();
     let scratch = tempfile::tempdir().expect("tempdir");
     let fsync_rate = common::fdatasync_rate(scratch.path(), Duration::from_secs(2));
     common::record(

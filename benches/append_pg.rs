@@ -44,21 +44,9 @@ fn main() {
         return;
     };
     let benching = std::env::args().any(|a| a == "--bench");
-    let seconds = std::env::var("BENCH_SECONDS")
-        .ok()
-        .and_then(|v| v.parse::<f64>().ok())
-        .unwrap_or(if benching { 5.0 } else { 0.5 });
+    let seconds = common::env_or("BENCH_SECONDS", if benching { 5.0 } else { 0.5 });
     let pass = Duration::from_secs_f64(seconds);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(
-            std::env::var("BENCH_WORKERS")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(2),
-        )
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = common::runtime();
     rt.block_on(run_all(&url, pass));
 }
 

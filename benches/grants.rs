@@ -110,20 +110,8 @@ async fn run(
 }
 
 fn bench_grants(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(
-            std::env::var("BENCH_WORKERS")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(2),
-        )
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let seconds = std::env::var("BENCH_SECONDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(5);
+    let rt = common::runtime();
+    let seconds = common::env_or("BENCH_SECONDS", 5);
 
     let mut group = c.benchmark_group("grant_license");
     group.throughput(Throughput::Elements(1));

@@ -178,6 +178,21 @@ fn check_scan(
     (report, seen)
 }
 
+/// Every record an opened store serves, encoded.
+async fn stored_records(store: &FileStore) -> Vec<Vec<u8>> {
+    let mut kept = Vec::new();
+    loop {
+        let batch = store
+            .read_all(kept.len() as u64 + 1, 1000)
+            .await
+            .expect("read an opened store");
+        if batch.is_empty() {
+            return kept;
+        }
+        kept.extend(batch.into_iter().map(|r| r.encode().expect("encode")));
+    }
+}
+
 /// The same log through `FileStore::open` (which cuts a torn tail), then a reopen.
 fn check_open(segments: &[(u64, Vec<u8>)], written: Option<&[Vec<u8>]>) -> Option<usize> {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -191,17 +206,7 @@ fn check_open(segments: &[(u64, Vec<u8>)], written: Option<&[Vec<u8>]>) -> Optio
         };
         match open().await {
             Ok(store) => {
-                let mut kept = Vec::new();
-                loop {
-                    let batch = store
-                        .read_all(kept.len() as u64 + 1, 1000)
-                        .await
-                        .expect("read an opened store");
-                    if batch.is_empty() {
-                        break;
-                    }
-                    kept.extend(batch.into_iter().map(|r| r.encode().expect("encode")));
-                }
+                let kept = stored_records(&store).await;
                 if let Some(written) = written {
                     assert!(kept.len() <= written.len());
                     assert_eq!(kept[..], written[..kept.len()]);
@@ -597,17 +602,7 @@ fn damage_case(
                 Outcome::Refused
             }
             (Ok(report), Ok(store)) => {
-                let mut kept = Vec::new();
-                loop {
-                    let batch = store
-                        .read_all(kept.len() as u64 + 1, 1000)
-                        .await
-                        .expect("read an opened store");
-                    if batch.is_empty() {
-                        break;
-                    }
-                    kept.extend(batch.into_iter().map(|r| r.encode().expect("encode")));
-                }
+                let kept = stored_records(&store).await;
                 store.close().await.expect("close");
                 assert!(
                     kept.len() >= acked.len(),

@@ -59,3 +59,22 @@ pub fn record(name: &str, line: &serde_json::Value) {
         let _ = writeln!(f, "{line}");
     }
 }
+
+/// A benchmark setting from the environment (`BENCH_SECONDS`, `BENCH_WORKERS`...), or
+/// `default` when unset or unparsable.
+pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The multi-threaded runtime the benches drive the store with: `BENCH_WORKERS` threads
+/// (default 2, the machine's cores).
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(env_or("BENCH_WORKERS", 2))
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
