@@ -1,14 +1,17 @@
 //! The single writer of the file log, with pipelined group commit.
 //!
-//! Two threads share the work:
+//! Three threads share the work:
 //! - the **writer** takes the first waiting append request, drains whatever else is queued
 //!   (up to a batch limit), checks each request (idempotent retry, expected version) against
 //!   the index, encodes the accepted ones into frames, writes them with one positional write
 //!   per segment touched, adds them to the index beyond the durable head, and hands the batch
 //!   to the syncer; then it goes straight on with the next batch;
-//! - the **syncer** takes every batch handed over so far, runs one `fdatasync` per file they
-//!   touched (plus the directory when a segment was created), then moves the durable head
-//!   and answers their requests.
+//! - the **syncer** takes every batch handed over so far and runs one `fdatasync` per file
+//!   they touched (plus the directory when a segment was created), then hands them on and
+//!   goes straight on with the next round;
+//! - the **marker** thread writes and `fdatasync`s the durable-head marker (`durable.head`,
+//!   see [`super::durable`]) for every round handed over so far, then moves the durable head
+//!   and answers their requests. Its sync overlaps the syncer's next one.
 //!
 //! So the disk is never idle while requests wait, batches grow with load, an acknowledged
 //! append is durable, and readers (who stop at the durable head) never see a record that is
@@ -691,12 +694,28 @@ struct NewSegment {
 /// The syncer: drains every batch handed over, syncs their files once, then publishes the
 /// new durable head and answers.
 fn run_syncer(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     dir: &std::path::Path,
-    mut mark: Option<MarkWriter>,
+    mark: Option<MarkWriter>,
     rx: std_mpsc::Receiver<Written>,
     head_tx: watch::Sender<Position>,
 ) {
+    // The marker's `fdatasync` runs on its own thread, so that the next round's data sync
+    // overlaps it: under load a round costs one sync, not two.
+    let (to_marker, marker_rx) = std_mpsc::sync_channel::<Vec<Written>>(BATCHES_IN_FLIGHT_MAX);
+    let marker = {
+        let shared = shared.clone();
+        std::thread::Builder::new()
+            .name("ledger-marker".into())
+            .spawn(move || run_marker(&shared, mark, marker_rx, head_tx))
+    };
+    let marker = match marker {
+        Ok(handle) => Some(handle),
+        Err(e) => {
+            shared.poison(format!("could not start the marker thread: {e}"));
+            None
+        }
+    };
     while let Ok(first) = rx.recv() {
         let mut batches = vec![first];
         // Group commit: take every batch already written, and while more appends are on
@@ -749,24 +768,48 @@ fn run_syncer(
             });
             continue;
         }
+        if let Err(std_mpsc::SendError(batches)) = to_marker.send(batches) {
+            answer_all(batches, |_| Err(StoreError::Closed));
+        }
+    }
+    drop(to_marker);
+    if let Some(marker) = marker {
+        let _ = marker.join();
+    }
+}
+
+/// The marker thread: for rounds whose records are durable, moves the durable-head marker
+/// (one write and `fdatasync` for every round waiting), then publishes the new durable head
+/// and answers. The marker moves only once the records it names are durable, and before any
+/// of them is acknowledged: recovery never cuts at or before it.
+fn run_marker(
+    shared: &Shared,
+    mut mark: Option<MarkWriter>,
+    rx: std_mpsc::Receiver<Vec<Written>>,
+    head_tx: watch::Sender<Position>,
+) {
+    let mut failed: Option<String> = None;
+    while let Ok(mut batches) = rx.recv() {
+        while let Ok(more) = rx.try_recv() {
+            batches.extend(more);
+        }
+        if let Some(why) = &failed {
+            answer_all(batches, |_| Err(StoreError::Poisoned(why.clone())));
+            continue;
+        }
         let newest = batches
             .iter()
             .map(|b| b.mark)
             .max_by_key(|m| m.head.position);
-        // The marker moves only once the records it names are durable, and before any of
-        // them is acknowledged: recovery never cuts at or before it.
         let marked = match (mark.as_mut(), newest) {
             (Some(m), Some(newest)) => m.store(&newest),
             _ => Ok(()),
         };
         if let Err(e) = marked {
-            shared.poison(format!("writing the durable-head marker failed: {e}"));
-            let why = e.to_string();
-            answer_all(batches, |_| {
-                Err(StoreError::Poisoned(format!(
-                    "writing the durable-head marker failed: {why}"
-                )))
-            });
+            let why = format!("writing the durable-head marker failed: {e}");
+            shared.poison(why.clone());
+            answer_all(batches, |_| Err(StoreError::Poisoned(why.clone())));
+            failed = Some(why);
             continue;
         }
         let head = newest.map(|m| m.head).unwrap_or_default();
