@@ -675,3 +675,49 @@ async fn a_relay_token_is_refused_for_another_customer_and_its_refusal_is_shown(
         );
     }
 }
+
+fn issued_at(v: &Value) -> chrono::DateTime<chrono::Utc> {
+    serde_json::from_value(v["answer"]["issued_at"].clone())
+        .unwrap_or_else(|e| panic!("no issued_at ({e}) in {v}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_clock_stepped_back_after_grace_expired_keeps_refusing_across_a_restart_too() {
+    let mut w = World::new().await;
+    assert_eq!(outcome(&w.check_in(1, "a").await.1), "VALID");
+    w.proxy.cut();
+    w.set_clock("2031-01-02T10:30:00Z").await;
+    w.wait_status("entered contingency", |s| !s["contingency_since"].is_null())
+        .await;
+
+    w.set_clock("2031-02-08T08:00:00Z").await;
+    let (_, v) = w.check_in(1, "b").await;
+    assert_eq!(outcome(&v), "GRACE_EXPIRED", "{v}");
+    // Later the same day: an answer that records nothing (only the clock mark covers it).
+    w.set_clock("2031-02-08T20:00:00Z").await;
+    let depth = w.status().await["outbox_depth"].clone();
+    let (_, v) = w.check_in(1, "c").await;
+    assert_eq!(outcome(&v), "GRACE_EXPIRED", "{v}");
+    assert_eq!(w.status().await["outbox_depth"], depth, "nothing recorded");
+    let refused_at = issued_at(&v);
+
+    // The clock stepped back into the grace period: still refused, time does not go back.
+    w.set_clock("2031-02-06T08:00:00Z").await;
+    let (_, v) = w.check_in(1, "d").await;
+    assert_eq!(outcome(&v), "GRACE_EXPIRED", "{v}");
+    assert_eq!(v["messages"], json!([NOT_RELEASED]));
+    assert!(issued_at(&v) >= refused_at, "{v}");
+
+    // Killed and restarted with the clock still back: the same.
+    w.relay.take();
+    let token = w.relay_token.clone();
+    w.start_relay(CNPJ, &token);
+    let (_, v) = w.check_in(1, "e").await;
+    assert_eq!(outcome(&v), "GRACE_EXPIRED", "{v}");
+    assert!(issued_at(&v) >= refused_at, "{v}");
+    let s = w.status().await;
+    assert!(
+        !s["contingency_since"].is_null(),
+        "still in contingency: {s}"
+    );
+}

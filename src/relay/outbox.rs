@@ -140,6 +140,11 @@ impl Outbox {
         Ok(())
     }
 
+    /// The latest `recorded_at` of the events written, if any.
+    pub fn last_recorded_at(&self) -> Option<DateTime<Utc>> {
+        self.entries.iter().map(|e| e.recorded_at).max()
+    }
+
     /// Events without a decision yet, in order.
     pub fn pending(&self) -> Vec<ForwardedEvent> {
         self.entries
