@@ -1,23 +1,33 @@
 //! The relay's files: the mirror keeps upstream records verbatim (gaps allowed), cuts a torn
 //! last frame and refuses damage elsewhere; the outbox keeps its events and resolutions
-//! across reopen and cuts a torn last line.
+//! across reopen and cuts a torn last line. Whatever is cut is copied into `cut/` first.
+//!
+//! Damage sweeps: every byte of a small relay's `mirror.log`, `outbox.jsonl` and
+//! `resolutions.jsonl` flipped (each bit, one at a time) and every truncation, plus random
+//! multi-byte damage (proptest): opening either refuses, naming the file and where, and
+//! changes nothing, or keeps every record the bytes still hold whole.
 
 use std::io::Write;
+use std::path::Path;
 use std::sync::Arc;
 
 use ledger_events::{Actor, Record};
 use license_ledger::app::relay::{ForwardedEvent, Resolution};
 use license_ledger::clock::ManualClock;
-use license_ledger::relay::mirror::{MirrorLog, MIRROR_FILE};
-use license_ledger::relay::outbox::{Outbox, Resolved, OUTBOX_FILE};
+use license_ledger::relay::cut::CUT_DIR;
+use license_ledger::relay::mirror::{MirrorLog, FRAME_HEADER_BYTES, MIRROR_FILE};
+use license_ledger::relay::outbox::{
+    Outbox, Resolved, LINE_HEADER_BYTES, OUTBOX_FILE, RESOLUTIONS_FILE,
+};
 use license_ledger::relay::RelayError;
 use license_ledger::store::conformance::{new_event, start_time, stream};
 use license_ledger::store::file::{FileStore, FileStoreConfig};
 use license_ledger::store::{EventStore, ExpectedVersion};
+use proptest::prelude::*;
 use uuid::Uuid;
 
-/// Ten records of a real log (two streams interleaved).
-async fn records() -> Vec<Record> {
+/// `count` records of a real log (two streams interleaved).
+async fn records(count: u32) -> Vec<Record> {
     let dir = tempfile::tempdir().unwrap();
     let store = FileStore::open(
         FileStoreConfig::new(dir.path()),
@@ -25,7 +35,7 @@ async fn records() -> Vec<Record> {
     )
     .await
     .unwrap();
-    for n in 0..10 {
+    for n in 0..count {
         let s = stream(if n % 2 == 0 { "a" } else { "b" });
         store
             .append(&s, ExpectedVersion::Any, vec![new_event(n)])
@@ -39,7 +49,7 @@ async fn records() -> Vec<Record> {
 
 #[tokio::test]
 async fn the_mirror_keeps_records_with_gaps_verbatim_across_reopen() {
-    let all = records().await;
+    let all = records(10).await;
     // One customer's part: every other record.
     let part: Vec<Record> = all.iter().step_by(2).cloned().collect();
     let dir = tempfile::tempdir().unwrap();
@@ -57,7 +67,7 @@ async fn the_mirror_keeps_records_with_gaps_verbatim_across_reopen() {
 
 #[tokio::test]
 async fn the_mirror_refuses_a_record_that_contradicts_its_copy_or_its_own_hash() {
-    let all = records().await;
+    let all = records(10).await;
     let dir = tempfile::tempdir().unwrap();
     let mut m = MirrorLog::open(dir.path()).unwrap();
     m.append(&all[..4]).unwrap();
@@ -77,7 +87,7 @@ async fn the_mirror_refuses_a_record_that_contradicts_its_copy_or_its_own_hash()
 
 #[tokio::test]
 async fn a_torn_last_frame_is_cut_and_damage_elsewhere_refuses_to_open() {
-    let all = records().await;
+    let all = records(10).await;
     let dir = tempfile::tempdir().unwrap();
     let mut m = MirrorLog::open(dir.path()).unwrap();
     m.append(&all[..5]).unwrap();
@@ -99,10 +109,15 @@ async fn a_torn_last_frame_is_cut_and_damage_elsewhere_refuses_to_open() {
         whole,
         "the torn tail was cut"
     );
+    assert_eq!(
+        cut_bytes(dir.path()),
+        vec![0, 0, 1, 0, 9, 9],
+        "and kept in cut/"
+    );
 
     // A flipped byte inside the second frame: refused, naming the offset, file untouched.
     let mut damaged = whole.clone();
-    let second = 8 + u32::from_be_bytes(whole[0..4].try_into().unwrap()) as usize;
+    let second = FRAME_HEADER_BYTES + u32::from_be_bytes(whole[0..4].try_into().unwrap()) as usize;
     damaged[second + 20] ^= 0x40;
     std::fs::write(&path, &damaged).unwrap();
     let err = MirrorLog::open(dir.path()).unwrap_err();
@@ -154,13 +169,382 @@ fn the_outbox_keeps_events_and_decisions_across_reopen_and_cuts_a_torn_line() {
         .append(true)
         .open(dir.path().join(OUTBOX_FILE))
         .unwrap();
-    f.write_all(b"{\"event_id\":\"01").unwrap();
+    f.write_all(b"0000012c 3a").unwrap();
     drop(f);
     let o = Outbox::open(dir.path()).unwrap();
+    assert_eq!(
+        cut_bytes(dir.path()),
+        b"0000012c 3a",
+        "the torn line is in cut/"
+    );
     assert_eq!(o.pending(), vec![c.clone()]);
     assert_eq!((o.depth(), o.rejected()), (1, 1));
     assert!(matches!(
         o.resolution(&a.event_id).map(|r| &r.resolution),
         Some(Resolution::Accepted { position: Some(7) })
     ));
+}
+
+/// A directory for the sweeps, in memory where there is a tmpfs: they open the files
+/// thousands of times and each cut syncs four times, which is not what they test.
+fn sweep_dir() -> tempfile::TempDir {
+    tempfile::tempdir_in("/dev/shm").unwrap_or_else(|_| tempfile::tempdir().unwrap())
+}
+
+/// Every byte in the data directory's `cut/`, file by file in name order.
+fn cut_bytes(dir: &Path) -> Vec<u8> {
+    let Ok(entries) = std::fs::read_dir(dir.join(CUT_DIR)) else {
+        return Vec::new();
+    };
+    let mut paths: Vec<_> = entries.map(|e| e.unwrap().path()).collect();
+    paths.sort();
+    paths
+        .iter()
+        .flat_map(|p| std::fs::read(p).unwrap())
+        .collect()
+}
+
+/// Writes `damaged` as `dir/name` (no `cut/`), opens with `open` (which lists what it kept of
+/// `original`), and checks the rule: refused, naming the file, with nothing changed (returns
+/// the error's text); or opened keeping a prefix of `original` unchanged, every byte it took
+/// off the file copied into `cut/` (returns how many it kept).
+fn open_damaged<T: PartialEq + std::fmt::Debug>(
+    dir: &Path,
+    name: &str,
+    damaged: &[u8],
+    open: &dyn Fn(&Path) -> Result<Vec<T>, RelayError>,
+    original: &[T],
+) -> Result<usize, String> {
+    let _ = std::fs::remove_dir_all(dir.join(CUT_DIR));
+    std::fs::write(dir.join(name), damaged).unwrap();
+    let after = || {
+        let bytes = std::fs::read(dir.join(name)).unwrap();
+        (bytes, cut_bytes(dir))
+    };
+    match open(dir) {
+        Err(e) => {
+            let (bytes, cut) = after();
+            assert!(e.to_string().contains(name), "{e}");
+            assert_eq!(bytes, damaged, "refused, yet the file changed: {e}");
+            assert!(cut.is_empty(), "refused, yet bytes were cut: {e}");
+            Err(e.to_string())
+        }
+        Ok(kept) => {
+            let (mut bytes, cut) = after();
+            assert_eq!(
+                kept[..],
+                original[..kept.len()],
+                "kept records are unchanged"
+            );
+            if bytes.len() == damaged.len() + 1 && name.ends_with(".jsonl") {
+                assert_eq!(bytes.pop(), Some(b'\n'), "only a newline may be added");
+            }
+            bytes.extend_from_slice(&cut);
+            assert_eq!(bytes, damaged, "every byte is in the file or in cut/");
+            Ok(kept.len())
+        }
+    }
+}
+
+/// Where each frame or line of `bytes` starts, and the end.
+fn bounds(bytes: &[u8], next: impl Fn(&[u8]) -> usize) -> Vec<usize> {
+    let mut starts = vec![0];
+    while *starts.last().unwrap() < bytes.len() {
+        let at = *starts.last().unwrap();
+        starts.push(at + next(&bytes[at..]));
+    }
+    starts
+}
+
+/// Flips every byte of `file` one at a time and cuts it at every offset: a flip is refused,
+/// naming the file and where the frame or line hit starts (`names_start`), or keeps
+/// everything; a cut keeps every frame or line before it. Returns (flips, cuts).
+fn sweep<T: PartialEq + std::fmt::Debug>(
+    dir: &Path,
+    name: &str,
+    open: &dyn Fn(&Path) -> Result<Vec<T>, RelayError>,
+    original: &[T],
+    starts: &[usize],
+    header_bytes: usize,
+    names_start: &dyn Fn(usize, usize) -> String,
+) -> (usize, usize) {
+    let whole = std::fs::read(dir.join(name)).unwrap();
+    assert_eq!(starts.len(), original.len() + 1);
+    assert_eq!(*starts.last().unwrap(), whole.len());
+    let mut flips = 0;
+    for at in 0..whole.len() {
+        // The frame or line holding the byte.
+        let k = starts.iter().rposition(|s| *s <= at).unwrap();
+        // Every bit of a header (where a length that passes for a torn tail would be), one
+        // bit of every other byte, each bit in turn along the file (random values of any
+        // byte: the proptest below).
+        let bits = if at - starts[k] < header_bytes {
+            0..8
+        } else {
+            at % 8..at % 8 + 1
+        };
+        for bit in bits {
+            let mut damaged = whole.clone();
+            damaged[at] ^= 1 << bit;
+            match open_damaged(dir, name, &damaged, open, original) {
+                Err(e) => {
+                    let place = names_start(k, starts[k]);
+                    assert!(
+                        e.contains(&place),
+                        "byte {at} bit {bit}: {e} (expected {place})"
+                    );
+                }
+                Ok(kept) => assert_eq!(kept, original.len(), "byte {at} bit {bit} lost records"),
+            }
+            flips += 1;
+        }
+    }
+    for len in 0..whole.len() {
+        let whole_before = starts.iter().filter(|s| **s <= len).count() - 1;
+        let kept = open_damaged(dir, name, &whole[..len], open, original)
+            .unwrap_or_else(|e| panic!("cut at {len}: {e}"));
+        // A line complete but for its newline is kept too.
+        let ends_line =
+            name.ends_with(".jsonl") && starts.get(whole_before + 1) == Some(&(len + 1));
+        assert_eq!(kept, whole_before + usize::from(ends_line), "cut at {len}");
+    }
+    std::fs::write(dir.join(name), &whole).unwrap();
+    let _ = std::fs::remove_dir_all(dir.join(CUT_DIR));
+    (flips, whole.len())
+}
+
+/// A relay's mirror of 36 records written in appends of 1 to 4.
+async fn small_mirror(dir: &Path) -> Vec<Record> {
+    let all = records(36).await;
+    let mut m = MirrorLog::open(dir).unwrap();
+    let mut at = 0;
+    for n in (1..=4).cycle() {
+        if at >= all.len() {
+            break;
+        }
+        let end = (at + n).min(all.len());
+        m.append(&all[at..end]).unwrap();
+        at = end;
+    }
+    all
+}
+
+fn frame_len(bytes: &[u8]) -> usize {
+    FRAME_HEADER_BYTES + u32::from_be_bytes(bytes[0..4].try_into().unwrap()) as usize
+}
+
+fn open_mirror(dir: &Path) -> Result<Vec<Record>, RelayError> {
+    MirrorLog::open(dir).map(|m| m.records().to_vec())
+}
+
+#[tokio::test]
+async fn every_flipped_bit_of_the_mirror_is_refused_and_every_truncation_keeps_the_whole_frames() {
+    let dir = sweep_dir();
+    let all = small_mirror(dir.path()).await;
+    let whole = std::fs::read(dir.path().join(MIRROR_FILE)).unwrap();
+    let starts = bounds(&whole, frame_len);
+    let started = std::time::Instant::now();
+    let (flips, cuts) = sweep(
+        dir.path(),
+        MIRROR_FILE,
+        &open_mirror,
+        &all,
+        &starts,
+        FRAME_HEADER_BYTES,
+        &|_, start| format!("at offset {start}:"),
+    );
+    eprintln!(
+        "mirror.log: {} records, {} bytes: {flips} flips, {cuts} truncations, 0 records lost, in {:?}",
+        all.len(),
+        whole.len(),
+        started.elapsed()
+    );
+}
+
+/// An outbox of six events, four of them decided (one rejected).
+fn small_outbox(dir: &Path) -> (Vec<ForwardedEvent>, Vec<Resolved>) {
+    let mut o = Outbox::open(dir).unwrap();
+    let events: Vec<ForwardedEvent> = (1..=6).map(forwarded).collect();
+    let mut resolutions = Vec::new();
+    for (i, e) in events.iter().enumerate() {
+        o.append(e.clone()).unwrap();
+        if i % 3 != 2 {
+            let resolution = if i == 1 {
+                Resolution::Rejected {
+                    reason: "bound elsewhere".into(),
+                }
+            } else {
+                Resolution::Accepted {
+                    position: Some(i as u64 + 7),
+                }
+            };
+            let r = Resolved {
+                event_id: e.event_id,
+                resolution,
+                at: start_time(),
+            };
+            o.resolve(r.clone()).unwrap();
+            resolutions.push(r);
+        }
+    }
+    (events, resolutions)
+}
+
+fn line_len(bytes: &[u8]) -> usize {
+    bytes
+        .iter()
+        .position(|b| *b == b'\n')
+        .map_or(bytes.len(), |i| i + 1)
+}
+
+fn open_events(dir: &Path) -> Result<Vec<ForwardedEvent>, RelayError> {
+    Outbox::open(dir).map(|o| o.events().to_vec())
+}
+
+/// The resolutions found, in the order written (those `small_outbox` wrote, looked up).
+fn open_resolutions(dir: &Path, written: &[Resolved]) -> Result<Vec<Resolved>, RelayError> {
+    let o = Outbox::open(dir)?;
+    Ok(written
+        .iter()
+        .filter(|r| o.resolution(&r.event_id) == Some(*r))
+        .cloned()
+        .collect())
+}
+
+#[test]
+fn every_flipped_bit_of_the_outbox_is_refused_and_every_truncation_keeps_the_whole_lines() {
+    let dir = sweep_dir();
+    let (events, resolutions) = small_outbox(dir.path());
+    let names_line = |k: usize, start: usize| format!("line {} (byte {start})", k + 1);
+    let started = std::time::Instant::now();
+    let mut report = Vec::new();
+    for name in [OUTBOX_FILE, RESOLUTIONS_FILE] {
+        let whole = std::fs::read(dir.path().join(name)).unwrap();
+        let starts = bounds(&whole, line_len);
+        let (flips, cuts) = if name == OUTBOX_FILE {
+            sweep(
+                dir.path(),
+                name,
+                &open_events,
+                &events,
+                &starts,
+                LINE_HEADER_BYTES,
+                &names_line,
+            )
+        } else {
+            let open = |d: &Path| open_resolutions(d, &resolutions);
+            sweep(
+                dir.path(),
+                name,
+                &open,
+                &resolutions,
+                &starts,
+                LINE_HEADER_BYTES,
+                &names_line,
+            )
+        };
+        report.push(format!(
+            "{name}: {} lines, {} bytes: {flips} flips, {cuts} truncations",
+            starts.len() - 1,
+            whole.len()
+        ));
+    }
+    eprintln!(
+        "{}; 0 lines lost, in {:?}",
+        report.join("; "),
+        started.elapsed()
+    );
+}
+
+/// Up to eight bytes changed anywhere, then maybe a cut: `(offset, xor)` pairs and a length.
+fn damage() -> impl Strategy<Value = (Vec<(prop::sample::Index, u8)>, Option<prop::sample::Index>)>
+{
+    (
+        prop::collection::vec((any::<prop::sample::Index>(), 1..=255u8), 1..=8),
+        prop::option::of(any::<prop::sample::Index>()),
+    )
+}
+
+fn apply_damage(
+    whole: &[u8],
+    (flips, cut): &(Vec<(prop::sample::Index, u8)>, Option<prop::sample::Index>),
+) -> Vec<u8> {
+    let mut bytes = whole.to_vec();
+    for (at, xor) in flips {
+        bytes[at.index(whole.len())] ^= xor;
+    }
+    if let Some(len) = cut {
+        bytes.truncate(len.index(whole.len()));
+    }
+    bytes
+}
+
+/// A mirror and an outbox to damage, built once.
+struct Fixture {
+    dir: tempfile::TempDir,
+    mirror: Vec<Record>,
+    events: Vec<ForwardedEvent>,
+    resolutions: Vec<Resolved>,
+}
+
+fn fixture() -> &'static std::sync::Mutex<Fixture> {
+    static FIXTURE: std::sync::OnceLock<std::sync::Mutex<Fixture>> = std::sync::OnceLock::new();
+    FIXTURE.get_or_init(|| {
+        let dir = sweep_dir();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let mirror = runtime.block_on(small_mirror(dir.path()));
+        let (events, resolutions) = small_outbox(dir.path());
+        std::sync::Mutex::new(Fixture {
+            dir,
+            mirror,
+            events,
+            resolutions,
+        })
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 256,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn random_damage_to_the_relays_files_is_refused_or_loses_no_whole_record(
+        which in 0..3usize,
+        hit in damage(),
+    ) {
+        let f = fixture().lock().unwrap_or_else(|e| e.into_inner());
+        let dir = f.dir.path();
+        let name = [MIRROR_FILE, OUTBOX_FILE, RESOLUTIONS_FILE][which];
+        let whole = std::fs::read(dir.join(name)).unwrap();
+        let damaged = apply_damage(&whole, &hit);
+        // Every record whose frame or line the bytes still hold whole must be kept (or the
+        // open refused): damage inside one is no torn tail.
+        let starts = if which == 0 {
+            bounds(&whole, frame_len)
+        } else {
+            bounds(&whole, line_len)
+        };
+        let whole_before = starts.iter().filter(|s| **s <= damaged.len()).count() - 1;
+        let result = match which {
+            0 => open_damaged(dir, name, &damaged, &open_mirror, &f.mirror),
+            1 => open_damaged(dir, name, &damaged, &open_events, &f.events),
+            _ => {
+                let open = |d: &Path| open_resolutions(d, &f.resolutions);
+                open_damaged(dir, name, &damaged, &open, &f.resolutions)
+            }
+        };
+        std::fs::write(dir.join(name), &whole).unwrap();
+        let _ = std::fs::remove_dir_all(dir.join(CUT_DIR));
+        if let Ok(kept) = result {
+            prop_assert!(
+                kept >= whole_before,
+                "{name}: kept {kept} of the {whole_before} records held whole"
+            );
+        }
+    }
 }

@@ -2,12 +2,20 @@
 //! (their central positions, previous hashes and hashes), in one append-only file
 //! `mirror.log`.
 //!
-//! Frame: `length: u32 BE ‖ CRC-32C of the record: u32 BE ‖ record bytes` (the record format
-//! of `ledger_events::codec`). Positions strictly increase but have gaps (other customers'
-//! records are not here), so the chain between two records cannot be checked locally; each
-//! record's own hash is checked on append and on open, and an auditor can match every
-//! (position, hash) against the central log. A crash mid-append leaves a torn last frame,
-//! cut on open; damage anywhere else refuses to open, naming the offset.
+//! Frame: `length: u32 BE ‖ CRC-32C of the record: u32 BE ‖ CRC-32C of the 8 bytes before:
+//! u32 BE ‖ record bytes` (the record format of `ledger_events::codec`). Positions strictly
+//! increase but have gaps (other customers' records are not here), so the chain between two
+//! records cannot be checked locally; each record's own hash is checked on append and on
+//! open, and an auditor can match every (position, hash) against the central log.
+//!
+//! Torn tail versus damage: a crash mid-append leaves a strict prefix of what was being
+//! written, so the only frame that may be cut on open is the final one, and only when it is
+//! incomplete: fewer bytes than a header, or a header that checks out (its own CRC: a
+//! flipped length bit cannot pass for a long frame) announcing more bytes than the file
+//! holds. The cut bytes are copied into `cut/` first ([`super::cut`]). Anything else (a bad
+//! header, a complete frame with a bad CRC or record, even the last one) is damage: opening
+//! refuses, naming the file and the frame's offset, and changes nothing. The mirror is a copy
+//! of the center's records: moving a damaged file away makes the relay fetch them again.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -23,6 +31,8 @@ use super::RelayError;
 pub const MIRROR_FILE: &str = "mirror.log";
 /// Largest record accepted (the codec's own limit is lower).
 const FRAME_BYTES_MAX: u32 = 4 * 1024 * 1024;
+/// A frame's header: length, the record's CRC, the header's own CRC.
+pub const FRAME_HEADER_BYTES: usize = 12;
 
 /// The mirror: the records in memory (one customer's part is small) and the file.
 pub struct MirrorLog {
@@ -43,7 +53,8 @@ impl std::fmt::Debug for MirrorLog {
 }
 
 impl MirrorLog {
-    /// Opens (or creates) `dir/mirror.log`, checking every frame and cutting a torn tail.
+    /// Opens (or creates) `dir/mirror.log`, checking every frame and cutting a torn tail
+    /// (copied into `dir/cut/` first).
     pub fn open(dir: &Path) -> Result<MirrorLog, RelayError> {
         let path = dir.join(MIRROR_FILE);
         let io = |what: &str| {
@@ -82,9 +93,7 @@ impl MirrorLog {
                     offset += len;
                 }
                 Frame::Torn => {
-                    tracing::warn!(path = %path.display(), offset, cut = bytes.len() - offset, "cutting a torn last frame of the mirror");
-                    file.set_len(offset as u64).map_err(io("cutting"))?;
-                    file.sync_data().map_err(io("syncing"))?;
+                    super::cut::cut_tail(dir, &path, &file, offset, &bytes[offset..])?;
                     break;
                 }
                 Frame::Bad(problem) => {
@@ -127,9 +136,7 @@ impl MirrorLog {
             }
             RecordView::parse(&bytes)?.verify_hash()?;
             head = p;
-            buf.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
-            buf.extend_from_slice(&crc32c::crc32c(&bytes).to_be_bytes());
-            buf.extend_from_slice(&bytes);
+            frame_into(&mut buf, &bytes)?;
             added.push(record.clone());
         }
         if added.is_empty() {
@@ -179,36 +186,50 @@ impl MirrorLog {
     }
 }
 
+/// Appends `record`'s frame to `buf`.
+fn frame_into(buf: &mut Vec<u8>, record: &[u8]) -> Result<(), RelayError> {
+    let len = u32::try_from(record.len())
+        .ok()
+        .filter(|len| (1..=FRAME_BYTES_MAX).contains(len))
+        .ok_or_else(|| RelayError::Corrupt(format!("a record of {} bytes", record.len())))?;
+    let start = buf.len();
+    buf.extend_from_slice(&len.to_be_bytes());
+    buf.extend_from_slice(&crc32c::crc32c(record).to_be_bytes());
+    let header_crc = crc32c::crc32c(&buf[start..]);
+    buf.extend_from_slice(&header_crc.to_be_bytes());
+    buf.extend_from_slice(record);
+    Ok(())
+}
+
 enum Frame {
     Whole {
         record: Box<Record>,
         len: usize,
     },
-    /// Incomplete at the end of the file: a crash mid-append.
+    /// The final frame, incomplete: a strict prefix of a frame, as a crash mid-append leaves.
     Torn,
     Bad(String),
 }
 
 fn parse_frame(bytes: &[u8]) -> Frame {
-    let Some(header) = bytes.get(..8) else {
+    let Some(header) = bytes.get(..FRAME_HEADER_BYTES) else {
         return Frame::Torn;
     };
-    let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]);
-    let crc = u32::from_be_bytes([header[4], header[5], header[6], header[7]]);
+    let word =
+        |i: usize| u32::from_be_bytes([header[i], header[i + 1], header[i + 2], header[i + 3]]);
+    let (len, crc, header_crc) = (word(0), word(4), word(8));
+    if crc32c::crc32c(&header[..8]) != header_crc {
+        return Frame::Bad("frame header checksum mismatch".into());
+    }
     if len == 0 || len > FRAME_BYTES_MAX {
         return Frame::Bad(format!("frame length {len}"));
     }
-    let end = 8 + len as usize;
-    let Some(body) = bytes.get(8..end) else {
+    let end = FRAME_HEADER_BYTES + len as usize;
+    let Some(body) = bytes.get(FRAME_HEADER_BYTES..end) else {
         return Frame::Torn;
     };
     if crc32c::crc32c(body) != crc {
-        // A last frame whose bytes did not all reach the disk looks like this too.
-        return if end == bytes.len() {
-            Frame::Torn
-        } else {
-            Frame::Bad("CRC mismatch".into())
-        };
+        return Frame::Bad("CRC mismatch".into());
     }
     match Record::decode(body) {
         Ok(record) => Frame::Whole {

@@ -47,6 +47,7 @@ use crate::domain::checkin::{decide_check_in, CheckInPlan, CheckInRequest, Step}
 use outbox::{Outbox, Resolved};
 use upstream::{Certified, Upstream, UpstreamError};
 
+pub mod cut;
 pub mod http;
 pub mod mirror;
 pub mod outbox;
