@@ -1,11 +1,17 @@
 //! The relay's files: the mirror keeps upstream records verbatim (gaps allowed), cuts a torn
 //! last frame and refuses damage elsewhere; the outbox keeps its events and resolutions
-//! across reopen and cuts a torn last line. Whatever is cut is copied into `cut/` first.
+//! across reopen, refuses when acknowledged lines are missing (its durable head says how many
+//! there were) and cuts only what follows them. Whatever is cut is copied into `cut/` first.
+//! Files in the format written before checksummed headers are converted, the old ones kept.
 //!
-//! Damage sweeps: every byte of a small relay's `mirror.log`, `outbox.jsonl` and
-//! `resolutions.jsonl` flipped (each bit, one at a time) and every truncation, plus random
-//! multi-byte damage (proptest): opening either refuses, naming the file and where, and
-//! changes nothing, or keeps every record the bytes still hold whole.
+//! Damage sweeps: every byte of a small relay's `mirror.log`, `outbox.jsonl`,
+//! `resolutions.jsonl` and `outbox.head` flipped (each bit, one at a time) and every
+//! truncation, plus random multi-byte damage (proptest): opening either refuses, naming the
+//! file and where, and changes nothing, or keeps every record the bytes still hold whole, and
+//! every acknowledged outbox line.
+
+#[path = "support/relay_v1.rs"]
+mod relay_v1;
 
 use std::io::Write;
 use std::path::Path;
@@ -15,6 +21,7 @@ use ledger_events::{Actor, Record};
 use license_ledger::app::relay::{ForwardedEvent, Resolution};
 use license_ledger::clock::ManualClock;
 use license_ledger::relay::cut::CUT_DIR;
+use license_ledger::relay::head::{HEAD_FILE, SLOT_BYTES, SLOT_STRIDE};
 use license_ledger::relay::mirror::{MirrorLog, FRAME_HEADER_BYTES, MIRROR_FILE};
 use license_ledger::relay::outbox::{
     Outbox, Resolved, LINE_HEADER_BYTES, OUTBOX_FILE, RESOLUTIONS_FILE,
@@ -258,7 +265,10 @@ fn bounds(bytes: &[u8], next: impl Fn(&[u8]) -> usize) -> Vec<usize> {
 
 /// Flips every byte of `file` one at a time and cuts it at every offset: a flip is refused,
 /// naming the file and where the frame or line hit starts (`names_start`), or keeps
-/// everything; a cut keeps every frame or line before it. Returns (flips, cuts).
+/// everything; a cut keeps every frame or line before it, or, when every byte was
+/// `acknowledged` (the outbox's durable head covers them), is refused naming the file and
+/// what is missing. Returns (flips, cuts).
+#[allow(clippy::too_many_arguments)]
 fn sweep<T: PartialEq + std::fmt::Debug>(
     dir: &Path,
     name: &str,
@@ -267,6 +277,7 @@ fn sweep<T: PartialEq + std::fmt::Debug>(
     starts: &[usize],
     header_bytes: usize,
     names_start: &dyn Fn(usize, usize) -> String,
+    acknowledged: bool,
 ) -> (usize, usize) {
     let whole = std::fs::read(dir.join(name)).unwrap();
     assert_eq!(starts.len(), original.len() + 1);
@@ -300,9 +311,23 @@ fn sweep<T: PartialEq + std::fmt::Debug>(
         }
     }
     for len in 0..whole.len() {
+        let result = open_damaged(dir, name, &whole[..len], open, original);
+        if acknowledged {
+            // At a line boundary too, where the file looks whole.
+            let e = result.expect_err("a cut removing acknowledged lines was accepted");
+            let missing = format!(
+                "holds {len} bytes ({} lines) where {} bytes ({} lines) were acknowledged \
+                 ({HEAD_FILE}): the last {} bytes of acknowledged events are missing",
+                starts.iter().filter(|s| **s != 0 && **s <= len).count(),
+                whole.len(),
+                original.len(),
+                whole.len() - len
+            );
+            assert!(e.contains(&missing), "cut at {len}: {e}");
+            continue;
+        }
         let whole_before = starts.iter().filter(|s| **s <= len).count() - 1;
-        let kept = open_damaged(dir, name, &whole[..len], open, original)
-            .unwrap_or_else(|e| panic!("cut at {len}: {e}"));
+        let kept = result.unwrap_or_else(|e| panic!("cut at {len}: {e}"));
         // A line complete but for its newline is kept too.
         let ends_line =
             name.ends_with(".jsonl") && starts.get(whole_before + 1) == Some(&(len + 1));
@@ -352,6 +377,7 @@ async fn every_flipped_bit_of_the_mirror_is_refused_and_every_truncation_keeps_t
         &starts,
         FRAME_HEADER_BYTES,
         &|_, start| format!("at offset {start}:"),
+        false,
     );
     eprintln!(
         "mirror.log: {} records, {} bytes: {flips} flips, {cuts} truncations, 0 records lost, in {:?}",
@@ -412,7 +438,7 @@ fn open_resolutions(dir: &Path, written: &[Resolved]) -> Result<Vec<Resolved>, R
 }
 
 #[test]
-fn every_flipped_bit_of_the_outbox_is_refused_and_every_truncation_keeps_the_whole_lines() {
+fn every_flipped_bit_of_the_outbox_is_refused_and_every_truncation_of_acknowledged_lines_too() {
     let dir = sweep_dir();
     let (events, resolutions) = small_outbox(dir.path());
     let names_line = |k: usize, start: usize| format!("line {} (byte {start})", k + 1);
@@ -430,6 +456,7 @@ fn every_flipped_bit_of_the_outbox_is_refused_and_every_truncation_keeps_the_who
                 &starts,
                 LINE_HEADER_BYTES,
                 &names_line,
+                true,
             )
         } else {
             let open = |d: &Path| open_resolutions(d, &resolutions);
@@ -441,6 +468,7 @@ fn every_flipped_bit_of_the_outbox_is_refused_and_every_truncation_keeps_the_who
                 &starts,
                 LINE_HEADER_BYTES,
                 &names_line,
+                true,
             )
         };
         report.push(format!(
@@ -546,5 +574,314 @@ proptest! {
                 "{name}: kept {kept} of the {whole_before} records held whole"
             );
         }
+    }
+}
+
+/// Every event with its decision, as an open finds them.
+type Decided = (Uuid, Option<Resolved>);
+
+fn open_decided(dir: &Path) -> Result<Vec<Decided>, RelayError> {
+    let o = Outbox::open(dir)?;
+    Ok(o.events()
+        .iter()
+        .map(|e| (e.event_id, o.resolution(&e.event_id).cloned()))
+        .collect())
+}
+
+#[test]
+fn every_flipped_bit_and_truncation_of_the_outbox_head_is_refused_or_keeps_every_line() {
+    let dir = sweep_dir();
+    small_outbox(dir.path());
+    let all = open_decided(dir.path()).unwrap();
+    assert_eq!(all.len(), 6);
+    let whole = std::fs::read(dir.path().join(HEAD_FILE)).unwrap();
+    assert_eq!(whole.len(), SLOT_STRIDE as usize + SLOT_BYTES);
+    let in_slot = |at: usize| at < SLOT_BYTES || at >= SLOT_STRIDE as usize;
+    let keeps_all = |damaged: &[u8], what: &str| {
+        let kept = open_damaged(dir.path(), HEAD_FILE, damaged, &open_decided, &all)
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(kept, all.len(), "{what}");
+    };
+    let started = std::time::Instant::now();
+    let (mut flips, mut refused) = (0, 0);
+    // One slot damaged: the other one (the newest, or one append behind: the line after it
+    // is kept, as a write not acknowledged yet) vouches for the files.
+    for at in 0..whole.len() {
+        let bits = if in_slot(at) {
+            0..8
+        } else {
+            at % 8..at % 8 + 1
+        };
+        for bit in bits {
+            let mut damaged = whole.clone();
+            damaged[at] ^= 1 << bit;
+            keeps_all(&damaged, &format!("byte {at} bit {bit}"));
+            flips += 1;
+        }
+    }
+    // Both slots damaged: refused, naming the marker.
+    for at in 0..SLOT_BYTES {
+        let mut damaged = whole.clone();
+        damaged[at] ^= 0x10;
+        damaged[SLOT_STRIDE as usize + at] ^= 0x01;
+        let e = open_damaged(dir.path(), HEAD_FILE, &damaged, &open_decided, &all).unwrap_err();
+        assert!(e.contains("both slots"), "byte {at}: {e}");
+        flips += 1;
+        refused += 1;
+    }
+    // Cut: the first slot alone still vouches; shorter than a slot, nothing does.
+    for len in 0..whole.len() {
+        if len < SLOT_BYTES {
+            let e = open_damaged(dir.path(), HEAD_FILE, &whole[..len], &open_decided, &all)
+                .unwrap_err();
+            assert!(e.contains("both slots"), "cut at {len}: {e}");
+            refused += 1;
+        } else {
+            keeps_all(&whole[..len], &format!("cut at {len}"));
+        }
+    }
+    eprintln!(
+        "{HEAD_FILE}: {} bytes: {flips} flips, {} truncations, {refused} refused, 0 lines \
+         lost, in {:?}",
+        whole.len(),
+        whole.len(),
+        started.elapsed()
+    );
+}
+
+#[test]
+fn an_outbox_cut_at_a_line_boundary_is_refused_naming_the_file_and_what_is_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    small_outbox(dir.path());
+    let path = dir.path().join(OUTBOX_FILE);
+    let whole = std::fs::read(&path).unwrap();
+    // The last event's line gone, whole: the file looks like a valid five-line outbox.
+    let boundary = whole[..whole.len() - 1]
+        .iter()
+        .rposition(|b| *b == b'\n')
+        .unwrap()
+        + 1;
+    std::fs::write(&path, &whole[..boundary]).unwrap();
+    let err = Outbox::open(dir.path()).unwrap_err().to_string();
+    assert!(err.contains(OUTBOX_FILE), "{err}");
+    assert!(err.contains("(5 lines) where"), "{err}");
+    assert!(err.contains("bytes (6 lines) were acknowledged"), "{err}");
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        &whole[..boundary],
+        "left as it is"
+    );
+    // Put back: it opens with every event.
+    std::fs::write(&path, &whole).unwrap();
+    assert_eq!(Outbox::open(dir.path()).unwrap().events().len(), 6);
+    // The same line replaced by another whole line of the right length is refused too.
+    let mut swapped = whole[..boundary].to_vec();
+    let other = {
+        let d = tempfile::tempdir().unwrap();
+        let mut o = Outbox::open(d.path()).unwrap();
+        o.append(forwarded(6)).unwrap();
+        std::fs::read(d.path().join(OUTBOX_FILE)).unwrap()
+    };
+    assert_eq!(other.len(), whole.len() - boundary);
+    swapped.extend_from_slice(&other);
+    std::fs::write(&path, &swapped).unwrap();
+    let err = Outbox::open(dir.path()).unwrap_err().to_string();
+    assert!(
+        err.contains("acknowledged lines were removed or changed"),
+        "{err}"
+    );
+}
+
+#[test]
+fn lines_after_the_durable_head_were_never_acknowledged_and_only_they_may_be_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = Outbox::open(dir.path()).unwrap();
+    let events: Vec<ForwardedEvent> = (1..=3).map(forwarded).collect();
+    o.append(events[0].clone()).unwrap();
+    o.append(events[1].clone()).unwrap();
+    let head = std::fs::read(dir.path().join(HEAD_FILE)).unwrap();
+    o.append(events[2].clone()).unwrap();
+    drop(o);
+    // A crash after the third line was durable and before the head said so.
+    std::fs::write(dir.path().join(HEAD_FILE), &head).unwrap();
+    let path = dir.path().join(OUTBOX_FILE);
+    let whole = std::fs::read(&path).unwrap();
+    assert_eq!(
+        Outbox::open(dir.path()).unwrap().events(),
+        &events[..],
+        "a whole line after the head is kept"
+    );
+    // The same line damaged (all of it reached the disk, not all of it right): it was never
+    // acknowledged, so it is cut, into cut/.
+    std::fs::write(dir.path().join(HEAD_FILE), &head).unwrap();
+    let third = whole[..whole.len() - 1]
+        .iter()
+        .rposition(|b| *b == b'\n')
+        .unwrap()
+        + 1;
+    let mut damaged = whole.clone();
+    damaged[third + 40] ^= 0x04;
+    std::fs::write(&path, &damaged).unwrap();
+    let o = Outbox::open(dir.path()).unwrap();
+    assert_eq!(o.events(), &events[..2]);
+    drop(o);
+    assert_eq!(std::fs::read(&path).unwrap(), &whole[..third]);
+    assert_eq!(cut_bytes(dir.path()), &damaged[third..], "kept in cut/");
+    // The same damage to a line the head covers is refused.
+    let mut o = Outbox::open(dir.path()).unwrap();
+    o.append(events[2].clone()).unwrap();
+    drop(o);
+    std::fs::write(&path, &damaged).unwrap();
+    let err = Outbox::open(dir.path()).unwrap_err().to_string();
+    assert!(err.contains(&format!("line 3 (byte {third})")), "{err}");
+}
+
+#[test]
+fn outbox_files_without_a_durable_head_open_by_the_tail_rules_and_get_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (events, _) = small_outbox(dir.path());
+    std::fs::remove_file(dir.path().join(HEAD_FILE)).unwrap();
+    // Nothing can tell a cut at a line boundary without the head: the five lines are kept...
+    let path = dir.path().join(OUTBOX_FILE);
+    let whole = std::fs::read(&path).unwrap();
+    let boundary = whole[..whole.len() - 1]
+        .iter()
+        .rposition(|b| *b == b'\n')
+        .unwrap()
+        + 1;
+    std::fs::write(&path, &whole[..boundary]).unwrap();
+    assert_eq!(Outbox::open(dir.path()).unwrap().events(), &events[..5]);
+    // ... and a head is written for them: a cut of those is now refused.
+    assert!(dir.path().join(HEAD_FILE).exists());
+    let four = whole[..boundary - 1]
+        .iter()
+        .rposition(|b| *b == b'\n')
+        .unwrap()
+        + 1;
+    std::fs::write(&path, &whole[..four]).unwrap();
+    let err = Outbox::open(dir.path()).unwrap_err().to_string();
+    assert!(err.contains("acknowledged events are missing"), "{err}");
+}
+
+/// A relay's files as the code before checksummed headers wrote them: a mirror of 12
+/// records, an outbox of four events (one decided), a torn fifth line.
+async fn old_relay_files(dir: &Path) -> (Vec<Record>, Vec<ForwardedEvent>, Resolved) {
+    let all = records(12).await;
+    let mirror: Vec<u8> = all
+        .iter()
+        .flat_map(|r| relay_v1::mirror_frame(&r.encode().unwrap()))
+        .collect();
+    std::fs::write(dir.join(MIRROR_FILE), mirror).unwrap();
+    let events: Vec<ForwardedEvent> = (1..=4).map(forwarded).collect();
+    let mut outbox: Vec<u8> = events.iter().flat_map(relay_v1::outbox_line).collect();
+    outbox.extend_from_slice(b"{\"event_id\":\"01");
+    std::fs::write(dir.join(OUTBOX_FILE), outbox).unwrap();
+    let decided = Resolved {
+        event_id: events[0].event_id,
+        resolution: Resolution::Accepted { position: Some(3) },
+        at: start_time(),
+    };
+    std::fs::write(dir.join(RESOLUTIONS_FILE), relay_v1::outbox_line(&decided)).unwrap();
+    (all, events, decided)
+}
+
+#[tokio::test]
+async fn files_written_before_checksummed_headers_are_converted_and_the_old_ones_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let (records, events, decided) = old_relay_files(dir.path()).await;
+    let old: Vec<(&str, Vec<u8>)> = [MIRROR_FILE, OUTBOX_FILE, RESOLUTIONS_FILE]
+        .into_iter()
+        .map(|name| (name, std::fs::read(dir.path().join(name)).unwrap()))
+        .collect();
+
+    let m = MirrorLog::open(dir.path()).unwrap();
+    assert_eq!(m.records(), &records[..]);
+    let o = Outbox::open(dir.path()).unwrap();
+    assert_eq!(o.events(), &events[..], "the torn fifth line is left out");
+    assert_eq!(o.pending(), events[1..].to_vec());
+    assert_eq!(o.resolution(&decided.event_id), Some(&decided));
+    drop((m, o));
+    for (name, bytes) in &old {
+        let kept = std::fs::read(dir.path().join(CUT_DIR).join(format!("{name}.v1"))).unwrap();
+        assert_eq!(&kept, bytes, "{name}: the old file is kept whole");
+        let new = std::fs::read(dir.path().join(name)).unwrap();
+        assert_ne!(&new, bytes, "{name} is converted");
+    }
+    // The new files are the current format, under a durable head: they open as they are,
+    // and a cut of an acknowledged event is refused.
+    assert_eq!(MirrorLog::open(dir.path()).unwrap().records(), &records[..]);
+    let mut o = Outbox::open(dir.path()).unwrap();
+    assert_eq!(o.events(), &events[..]);
+    o.append(forwarded(5)).unwrap();
+    drop(o);
+    assert_eq!(
+        std::fs::read_dir(dir.path().join(CUT_DIR)).unwrap().count(),
+        3
+    );
+    let path = dir.path().join(OUTBOX_FILE);
+    let whole = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &whole[..whole.len() - 1]).unwrap();
+    assert!(Outbox::open(dir.path()).is_err());
+}
+
+#[tokio::test]
+async fn old_files_that_do_not_check_out_and_damaged_new_ones_are_refused_not_converted() {
+    let dir = tempfile::tempdir().unwrap();
+    old_relay_files(dir.path()).await;
+    let unchanged = |dir: &Path, name: &str, bytes: &[u8]| {
+        assert_eq!(std::fs::read(dir.join(name)).unwrap(), bytes, "{name}");
+        assert!(!dir.join(CUT_DIR).exists(), "nothing converted or cut");
+    };
+    // An old outbox with a damaged line before the last: refused naming it.
+    let path = dir.path().join(OUTBOX_FILE);
+    let old = std::fs::read(&path).unwrap();
+    let second = old.iter().position(|b| *b == b'\n').unwrap() + 1;
+    let mut damaged = old.clone();
+    damaged[second + 3] = b'#';
+    std::fs::write(&path, &damaged).unwrap();
+    let err = Outbox::open(dir.path()).unwrap_err().to_string();
+    assert!(
+        err.contains(&format!("{OUTBOX_FILE} line 2 (byte {second})")),
+        "{err}"
+    );
+    unchanged(dir.path(), OUTBOX_FILE, &damaged);
+    // An old mirror with a flipped byte in its second frame: refused naming its offset.
+    let path = dir.path().join(MIRROR_FILE);
+    let old = std::fs::read(&path).unwrap();
+    let second = 8 + u32::from_be_bytes(old[0..4].try_into().unwrap()) as usize;
+    let mut damaged = old.clone();
+    damaged[second + 30] ^= 0x08;
+    std::fs::write(&path, &damaged).unwrap();
+    let err = MirrorLog::open(dir.path()).unwrap_err().to_string();
+    assert!(err.contains(&format!("at offset {second}")), "{err}");
+    unchanged(dir.path(), MIRROR_FILE, &damaged);
+
+    // A current outbox whose first byte became `{`, its marker gone too: not taken for old.
+    let dir = tempfile::tempdir().unwrap();
+    small_outbox(dir.path());
+    std::fs::remove_file(dir.path().join(HEAD_FILE)).unwrap();
+    let path = dir.path().join(OUTBOX_FILE);
+    let mut damaged = std::fs::read(&path).unwrap();
+    damaged[0] = b'{';
+    std::fs::write(&path, &damaged).unwrap();
+    let err = Outbox::open(dir.path()).unwrap_err().to_string();
+    assert!(
+        err.contains(&format!("{OUTBOX_FILE} line 1 (byte 0)")),
+        "{err}"
+    );
+    unchanged(dir.path(), OUTBOX_FILE, &damaged);
+    // A current mirror whose first header is damaged: refused, not taken for old.
+    let mut m = MirrorLog::open(dir.path()).unwrap();
+    m.append(&records(3).await).unwrap();
+    drop(m);
+    let path = dir.path().join(MIRROR_FILE);
+    let mut damaged = std::fs::read(&path).unwrap();
+    for at in 0..FRAME_HEADER_BYTES {
+        damaged[at] ^= 0x20;
+        std::fs::write(&path, &damaged).unwrap();
+        let err = MirrorLog::open(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("at offset 0:"), "byte {at}: {err}");
+        unchanged(dir.path(), MIRROR_FILE, &damaged);
+        damaged[at] ^= 0x20;
     }
 }

@@ -16,6 +16,10 @@
 //! header, a complete frame with a bad CRC or record, even the last one) is damage: opening
 //! refuses, naming the file and the frame's offset, and changes nothing. The mirror is a copy
 //! of the center's records: moving a damaged file away makes the relay fetch them again.
+//!
+//! A mirror in the format written before header checksums (`length ‖ CRC-32C ‖ record`) is
+//! recognised by its first frame (see `convert_v1`), checked with the old rules and converted,
+//! the old file kept as `cut/mirror.log.v1` ([`super::cut::convert`]).
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -73,6 +77,11 @@ impl MirrorLog {
             .map_err(io("opening"))?;
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes).map_err(io("reading"))?;
+        if let Some(new) = convert_v1(&path, &bytes)? {
+            super::cut::convert(dir, MIRROR_FILE, &bytes, &new)?;
+            drop(file);
+            return MirrorLog::open(dir);
+        }
         let mut records = Vec::new();
         let mut ids = ahash::HashSet::default();
         let mut offset = 0usize;
@@ -199,6 +208,86 @@ fn frame_into(buf: &mut Vec<u8>, record: &[u8]) -> Result<(), RelayError> {
     buf.extend_from_slice(&header_crc.to_be_bytes());
     buf.extend_from_slice(record);
     Ok(())
+}
+
+/// The frame written before header checksums: `length ‖ CRC-32C ‖ record` (8-byte header).
+///
+/// A file is in that format when its first frame's 12-byte header does not check out but its
+/// first 8 bytes and what follows form a whole old frame: the CRC-32C of `length` bytes from
+/// offset 8 matches, and they decode as a record whose own hash checks out. A damaged current
+/// file cannot pass for that: its bytes 4..8 are the CRC of the record from offset 12, so it
+/// would take a CRC-32C collision over other bytes and a record whose hash verifies. Checked
+/// with the old rules (a last frame incomplete or failing its CRC was an interrupted write;
+/// any other bad frame is damage, refused); returns the same records in current frames, or
+/// `None` when the file is not in the old format.
+fn convert_v1(path: &Path, bytes: &[u8]) -> Result<Option<Vec<u8>>, RelayError> {
+    let header_ok = |b: &[u8]| {
+        b.get(..FRAME_HEADER_BYTES)
+            .is_some_and(|h| crc32c::crc32c(&h[..8]).to_be_bytes() == h[8..12])
+    };
+    /// The body of the old frame at the start of `b`: `None` when incomplete, `Some(Err)`
+    /// when it does not check out.
+    fn old_frame(b: &[u8]) -> Option<Result<&[u8], String>> {
+        let word = |i: usize| b.get(i..i + 4).map(|w| [w[0], w[1], w[2], w[3]]);
+        let (len, crc) = (u32::from_be_bytes(word(0)?), u32::from_be_bytes(word(4)?));
+        if len == 0 || len > FRAME_BYTES_MAX {
+            return Some(Err(format!("frame length {len}")));
+        }
+        let body = b.get(8..8 + len as usize)?;
+        if crc32c::crc32c(body) != crc {
+            return Some(Err("CRC mismatch".into()));
+        }
+        Some(Ok(body))
+    }
+    let verified = |body: &[u8]| {
+        RecordView::parse(body)
+            .and_then(|view| view.verify_hash())
+            .is_ok()
+    };
+    match old_frame(bytes) {
+        Some(Ok(body)) if !header_ok(bytes) && verified(body) => {}
+        _ => return Ok(None),
+    }
+    let mut new = Vec::new();
+    let mut offset = 0;
+    while offset < bytes.len() {
+        match old_frame(&bytes[offset..]) {
+            Some(Ok(body)) if verified(body) => {
+                frame_into(&mut new, body)?;
+                offset += 8 + body.len();
+            }
+            None => break,
+            // A whole-length last frame failing its CRC: the old rules took it for torn.
+            Some(Err(_))
+                if (1..=FRAME_BYTES_MAX as usize).contains(&old_len(&bytes[offset..]))
+                    && offset + 8 + old_len(&bytes[offset..]) == bytes.len() =>
+            {
+                break
+            }
+            problem => {
+                let problem = match problem {
+                    Some(Err(p)) => p,
+                    _ => "the record's hash does not check out".into(),
+                };
+                return Err(RelayError::Corrupt(format!(
+                    "{} at offset {offset}, in the format written before header checksums: \
+                     {problem}; the mirror can be rebuilt from the center: move the file away \
+                     and restart the relay",
+                    path.display()
+                )));
+            }
+        }
+    }
+    if offset < bytes.len() {
+        tracing::warn!(path = %path.display(), offset, "leaving out a torn last frame of a mirror in the old format (kept in cut/ with the old file)");
+    }
+    Ok(Some(new))
+}
+
+/// The length an old frame's header at the start of `b` announces.
+fn old_len(b: &[u8]) -> usize {
+    b.get(..4)
+        .map_or(0, |w| u32::from_be_bytes([w[0], w[1], w[2], w[3]]) as usize)
 }
 
 enum Frame {

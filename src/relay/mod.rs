@@ -48,6 +48,7 @@ use outbox::{Outbox, Resolved};
 use upstream::{Certified, Upstream, UpstreamError};
 
 pub mod cut;
+pub mod head;
 pub mod http;
 pub mod mirror;
 pub mod outbox;
@@ -656,21 +657,23 @@ impl Relay {
         for chunk in pending.chunks(FORWARD_BATCH) {
             let results = self.upstream.forward(chunk).await?;
             let now = self.clock.now();
-            let mut outbox = self.outbox.lock();
+            let mut batch = Vec::with_capacity(results.len());
             for (event_id, resolution) in results {
                 if let Resolution::Rejected { reason } = &resolution {
                     tracing::warn!(%event_id, %reason, "the center rejected an event of the relay; its state wins");
                     rejected = true;
                 }
-                if let Err(e) = outbox.resolve(Resolved {
+                batch.push(Resolved {
                     event_id,
                     resolution,
                     at: now,
-                }) {
-                    tracing::error!(error = %e, "could not record a resolution");
-                    return Err(UpstreamError::Malformed(e.to_string()));
-                }
-                decided += 1;
+                });
+            }
+            decided += batch.len();
+            // One write and one sync of the file and of the durable head for the batch.
+            if let Err(e) = self.outbox.lock().resolve_all(batch) {
+                tracing::error!(error = %e, "could not record the resolutions");
+                return Err(UpstreamError::Malformed(e.to_string()));
             }
         }
         if rejected {
