@@ -7,6 +7,8 @@
 mod process;
 #[path = "support/proxy.rs"]
 mod proxy;
+#[path = "support/relay_v1.rs"]
+mod relay_v1;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -516,9 +518,10 @@ async fn binds_during_an_outage_reach_the_center_once_and_the_centers_decisions_
     // Forwarding everything again (a relay that lost the answers) changes nothing.
     let head = w.center("GET", "/v1/audit/head", json!({})).await;
     let outbox = std::fs::read_to_string(w.relay_dir().join("outbox.jsonl")).unwrap();
+    // Each line: `LLLLLLLL CCCCCCCC HHHHHHHH <JSON>` (length, CRC-32C, header CRC-32C).
     let events: Vec<Value> = outbox
         .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
+        .map(|l| serde_json::from_str(l.splitn(4, ' ').nth(3).unwrap()).unwrap())
         .collect();
     assert!(events.len() >= 6, "{}", events.len());
     let (code, again) = w
@@ -674,4 +677,107 @@ async fn a_relay_token_is_refused_for_another_customer_and_its_refusal_is_shown(
             "{says}: {s}"
         );
     }
+}
+
+fn issued_at(v: &Value) -> chrono::DateTime<chrono::Utc> {
+    serde_json::from_value(v["answer"]["issued_at"].clone())
+        .unwrap_or_else(|e| panic!("no issued_at ({e}) in {v}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_clock_stepped_back_after_grace_expired_keeps_refusing_across_a_restart_too() {
+    let mut w = World::new().await;
+    assert_eq!(outcome(&w.check_in(1, "a").await.1), "VALID");
+    w.proxy.cut();
+    w.set_clock("2031-01-02T10:30:00Z").await;
+    w.wait_status("entered contingency", |s| !s["contingency_since"].is_null())
+        .await;
+
+    w.set_clock("2031-02-08T08:00:00Z").await;
+    let (_, v) = w.check_in(1, "b").await;
+    assert_eq!(outcome(&v), "GRACE_EXPIRED", "{v}");
+    // Later the same day: an answer that records nothing (only the clock mark covers it).
+    w.set_clock("2031-02-08T20:00:00Z").await;
+    let depth = w.status().await["outbox_depth"].clone();
+    let (_, v) = w.check_in(1, "c").await;
+    assert_eq!(outcome(&v), "GRACE_EXPIRED", "{v}");
+    assert_eq!(w.status().await["outbox_depth"], depth, "nothing recorded");
+    let refused_at = issued_at(&v);
+
+    // The clock stepped back into the grace period: still refused, time does not go back.
+    w.set_clock("2031-02-06T08:00:00Z").await;
+    let (_, v) = w.check_in(1, "d").await;
+    assert_eq!(outcome(&v), "GRACE_EXPIRED", "{v}");
+    assert_eq!(v["messages"], json!([NOT_RELEASED]));
+    assert!(issued_at(&v) >= refused_at, "{v}");
+
+    // Killed and restarted with the clock still back: the same.
+    w.relay.take();
+    let token = w.relay_token.clone();
+    w.start_relay(CNPJ, &token);
+    let (_, v) = w.check_in(1, "e").await;
+    assert_eq!(outcome(&v), "GRACE_EXPIRED", "{v}");
+    assert!(issued_at(&v) >= refused_at, "{v}");
+    let s = w.status().await;
+    assert!(
+        !s["contingency_since"].is_null(),
+        "still in contingency: {s}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_upgraded_with_files_in_the_old_format_converts_them_and_forwards_what_was_pending()
+{
+    let mut w = World::new().await;
+    assert_eq!(outcome(&w.check_in(1, "a").await.1), "VALID");
+    w.wait_status("forwarded", |s| s["outbox_depth"] == json!(0))
+        .await;
+    // The link cut: terminal 2 binds at the relay, and that waits in the outbox.
+    w.proxy.cut();
+    let (_, v2) = w.check_in(2, "b").await;
+    let l2 = v2["answer"]["license_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no license: {v2}"))
+        .to_owned();
+    let depth = w.status().await["outbox_depth"].as_u64().unwrap();
+    assert!(depth >= 1, "the bind waits: {depth}");
+
+    // Stopped, its files as the relay before checksummed headers left them; then upgraded.
+    w.relay.take();
+    let old = relay_v1::downgrade(&w.relay_dir());
+    let token = w.relay_token.clone();
+    w.start_relay(CNPJ, &token);
+    for (name, bytes) in &old {
+        let kept = std::fs::read(w.relay_dir().join("cut").join(format!("{name}.v1")))
+            .unwrap_or_else(|e| panic!("{name}.v1: {e}"));
+        assert_eq!(&kept, bytes, "{name}: the old file is kept whole");
+    }
+    // Every old line is in the converted files, in order (a restart with the link down may
+    // add a contingency entry after them).
+    for (name, bytes) in &old[1..] {
+        let new = std::fs::read_to_string(w.relay_dir().join(name)).unwrap();
+        let json: Vec<&str> = new
+            .lines()
+            .map(|l| l.splitn(4, ' ').nth(3).unwrap())
+            .collect();
+        let before: Vec<&str> = std::str::from_utf8(bytes).unwrap().lines().collect();
+        assert_eq!(json[..before.len()], before[..], "{name}");
+    }
+    let after = w.status().await["outbox_depth"].as_u64().unwrap();
+    assert!(
+        after >= depth,
+        "nothing pending was lost: {after} < {depth}"
+    );
+    // Terminal 2 keeps its license at the relay.
+    let (_, v) = w.check_in(2, "c").await;
+    assert_eq!(v["answer"]["license_id"], json!(l2), "{v}");
+
+    // The link returns: the bind made before the upgrade reaches the center.
+    w.proxy.restore();
+    w.wait_status("forwarded after the upgrade", |s| {
+        s["outbox_depth"] == json!(0)
+    })
+    .await;
+    let row2 = w.license_at_center(&l2).await;
+    assert_eq!(row2["binding"]["hardware_id"], json!(hw(2).0), "{row2}");
 }

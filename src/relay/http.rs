@@ -92,11 +92,10 @@ async fn check_in(
     {
         return Err(ApiError::NotFound("no such customer".into()));
     }
-    let plan = relay.check_in(&req).await.map_err(|e| {
+    let (plan, now) = relay.check_in(&req).await.map_err(|e| {
         tracing::error!(error = %e, "a relay check-in could not be recorded");
         ApiError::Unavailable("the relay cannot record check-ins now; retry".into())
     })?;
-    let now = relay.clock().now();
     let signed = relay.signer().sign(&req, &plan, nonce, now);
     let cert = relay.certificate();
     let body = encode_answer(&signed, &plan, cert.as_ref().map(|c| &c.certificate))?;

@@ -2,12 +2,24 @@
 //! (their central positions, previous hashes and hashes), in one append-only file
 //! `mirror.log`.
 //!
-//! Frame: `length: u32 BE ‖ CRC-32C of the record: u32 BE ‖ record bytes` (the record format
-//! of `ledger_events::codec`). Positions strictly increase but have gaps (other customers'
-//! records are not here), so the chain between two records cannot be checked locally; each
-//! record's own hash is checked on append and on open, and an auditor can match every
-//! (position, hash) against the central log. A crash mid-append leaves a torn last frame,
-//! cut on open; damage anywhere else refuses to open, naming the offset.
+//! Frame: `length: u32 BE ‖ CRC-32C of the record: u32 BE ‖ CRC-32C of the 8 bytes before:
+//! u32 BE ‖ record bytes` (the record format of `ledger_events::codec`). Positions strictly
+//! increase but have gaps (other customers' records are not here), so the chain between two
+//! records cannot be checked locally; each record's own hash is checked on append and on
+//! open, and an auditor can match every (position, hash) against the central log.
+//!
+//! Torn tail versus damage: a crash mid-append leaves a strict prefix of what was being
+//! written, so the only frame that may be cut on open is the final one, and only when it is
+//! incomplete: fewer bytes than a header, or a header that checks out (its own CRC: a
+//! flipped length bit cannot pass for a long frame) announcing more bytes than the file
+//! holds. The cut bytes are copied into `cut/` first ([`super::cut`]). Anything else (a bad
+//! header, a complete frame with a bad CRC or record, even the last one) is damage: opening
+//! refuses, naming the file and the frame's offset, and changes nothing. The mirror is a copy
+//! of the center's records: moving a damaged file away makes the relay fetch them again.
+//!
+//! A mirror in the format written before header checksums (`length ‖ CRC-32C ‖ record`) is
+//! recognised by its first frame (see `convert_v1`), checked with the old rules and converted,
+//! the old file kept as `cut/mirror.log.v1` ([`super::cut::convert`]).
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -23,6 +35,8 @@ use super::RelayError;
 pub const MIRROR_FILE: &str = "mirror.log";
 /// Largest record accepted (the codec's own limit is lower).
 const FRAME_BYTES_MAX: u32 = 4 * 1024 * 1024;
+/// A frame's header: length, the record's CRC, the header's own CRC.
+pub const FRAME_HEADER_BYTES: usize = 12;
 
 /// The mirror: the records in memory (one customer's part is small) and the file.
 pub struct MirrorLog {
@@ -43,7 +57,8 @@ impl std::fmt::Debug for MirrorLog {
 }
 
 impl MirrorLog {
-    /// Opens (or creates) `dir/mirror.log`, checking every frame and cutting a torn tail.
+    /// Opens (or creates) `dir/mirror.log`, checking every frame and cutting a torn tail
+    /// (copied into `dir/cut/` first).
     pub fn open(dir: &Path) -> Result<MirrorLog, RelayError> {
         let path = dir.join(MIRROR_FILE);
         let io = |what: &str| {
@@ -62,6 +77,11 @@ impl MirrorLog {
             .map_err(io("opening"))?;
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes).map_err(io("reading"))?;
+        if let Some(new) = convert_v1(&path, &bytes)? {
+            super::cut::convert(dir, MIRROR_FILE, &bytes, &new)?;
+            drop(file);
+            return MirrorLog::open(dir);
+        }
         let mut records = Vec::new();
         let mut ids = ahash::HashSet::default();
         let mut offset = 0usize;
@@ -82,9 +102,7 @@ impl MirrorLog {
                     offset += len;
                 }
                 Frame::Torn => {
-                    tracing::warn!(path = %path.display(), offset, cut = bytes.len() - offset, "cutting a torn last frame of the mirror");
-                    file.set_len(offset as u64).map_err(io("cutting"))?;
-                    file.sync_data().map_err(io("syncing"))?;
+                    super::cut::cut_tail(dir, &path, &file, offset, &bytes[offset..])?;
                     break;
                 }
                 Frame::Bad(problem) => {
@@ -127,9 +145,7 @@ impl MirrorLog {
             }
             RecordView::parse(&bytes)?.verify_hash()?;
             head = p;
-            buf.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
-            buf.extend_from_slice(&crc32c::crc32c(&bytes).to_be_bytes());
-            buf.extend_from_slice(&bytes);
+            frame_into(&mut buf, &bytes)?;
             added.push(record.clone());
         }
         if added.is_empty() {
@@ -179,36 +195,130 @@ impl MirrorLog {
     }
 }
 
+/// Appends `record`'s frame to `buf`.
+fn frame_into(buf: &mut Vec<u8>, record: &[u8]) -> Result<(), RelayError> {
+    let len = u32::try_from(record.len())
+        .ok()
+        .filter(|len| (1..=FRAME_BYTES_MAX).contains(len))
+        .ok_or_else(|| RelayError::Corrupt(format!("a record of {} bytes", record.len())))?;
+    let start = buf.len();
+    buf.extend_from_slice(&len.to_be_bytes());
+    buf.extend_from_slice(&crc32c::crc32c(record).to_be_bytes());
+    let header_crc = crc32c::crc32c(&buf[start..]);
+    buf.extend_from_slice(&header_crc.to_be_bytes());
+    buf.extend_from_slice(record);
+    Ok(())
+}
+
+/// The frame written before header checksums: `length ‖ CRC-32C ‖ record` (8-byte header).
+///
+/// A file is in that format when its first frame's 12-byte header does not check out but its
+/// first 8 bytes and what follows form a whole old frame: the CRC-32C of `length` bytes from
+/// offset 8 matches, and they decode as a record whose own hash checks out. A damaged current
+/// file cannot pass for that: its bytes 4..8 are the CRC of the record from offset 12, so it
+/// would take a CRC-32C collision over other bytes and a record whose hash verifies. Checked
+/// with the old rules (a last frame incomplete or failing its CRC was an interrupted write;
+/// any other bad frame is damage, refused); returns the same records in current frames, or
+/// `None` when the file is not in the old format.
+fn convert_v1(path: &Path, bytes: &[u8]) -> Result<Option<Vec<u8>>, RelayError> {
+    let header_ok = |b: &[u8]| {
+        b.get(..FRAME_HEADER_BYTES)
+            .is_some_and(|h| crc32c::crc32c(&h[..8]).to_be_bytes() == h[8..12])
+    };
+    /// The body of the old frame at the start of `b`: `None` when incomplete, `Some(Err)`
+    /// when it does not check out.
+    fn old_frame(b: &[u8]) -> Option<Result<&[u8], String>> {
+        let word = |i: usize| b.get(i..i + 4).map(|w| [w[0], w[1], w[2], w[3]]);
+        let (len, crc) = (u32::from_be_bytes(word(0)?), u32::from_be_bytes(word(4)?));
+        if len == 0 || len > FRAME_BYTES_MAX {
+            return Some(Err(format!("frame length {len}")));
+        }
+        let body = b.get(8..8 + len as usize)?;
+        if crc32c::crc32c(body) != crc {
+            return Some(Err("CRC mismatch".into()));
+        }
+        Some(Ok(body))
+    }
+    let verified = |body: &[u8]| {
+        RecordView::parse(body)
+            .and_then(|view| view.verify_hash())
+            .is_ok()
+    };
+    match old_frame(bytes) {
+        Some(Ok(body)) if !header_ok(bytes) && verified(body) => {}
+        _ => return Ok(None),
+    }
+    let mut new = Vec::new();
+    let mut offset = 0;
+    while offset < bytes.len() {
+        match old_frame(&bytes[offset..]) {
+            Some(Ok(body)) if verified(body) => {
+                frame_into(&mut new, body)?;
+                offset += 8 + body.len();
+            }
+            None => break,
+            // A whole-length last frame failing its CRC: the old rules took it for torn.
+            Some(Err(_))
+                if (1..=FRAME_BYTES_MAX as usize).contains(&old_len(&bytes[offset..]))
+                    && offset + 8 + old_len(&bytes[offset..]) == bytes.len() =>
+            {
+                break
+            }
+            problem => {
+                let problem = match problem {
+                    Some(Err(p)) => p,
+                    _ => "the record's hash does not check out".into(),
+                };
+                return Err(RelayError::Corrupt(format!(
+                    "{} at offset {offset}, in the format written before header checksums: \
+                     {problem}; the mirror can be rebuilt from the center: move the file away \
+                     and restart the relay",
+                    path.display()
+                )));
+            }
+        }
+    }
+    if offset < bytes.len() {
+        tracing::warn!(path = %path.display(), offset, "leaving out a torn last frame of a mirror in the old format (kept in cut/ with the old file)");
+    }
+    Ok(Some(new))
+}
+
+/// The length an old frame's header at the start of `b` announces.
+fn old_len(b: &[u8]) -> usize {
+    b.get(..4)
+        .map_or(0, |w| u32::from_be_bytes([w[0], w[1], w[2], w[3]]) as usize)
+}
+
 enum Frame {
     Whole {
         record: Box<Record>,
         len: usize,
     },
-    /// Incomplete at the end of the file: a crash mid-append.
+    /// The final frame, incomplete: a strict prefix of a frame, as a crash mid-append leaves.
     Torn,
     Bad(String),
 }
 
 fn parse_frame(bytes: &[u8]) -> Frame {
-    let Some(header) = bytes.get(..8) else {
+    let Some(header) = bytes.get(..FRAME_HEADER_BYTES) else {
         return Frame::Torn;
     };
-    let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]);
-    let crc = u32::from_be_bytes([header[4], header[5], header[6], header[7]]);
+    let word =
+        |i: usize| u32::from_be_bytes([header[i], header[i + 1], header[i + 2], header[i + 3]]);
+    let (len, crc, header_crc) = (word(0), word(4), word(8));
+    if crc32c::crc32c(&header[..8]) != header_crc {
+        return Frame::Bad("frame header checksum mismatch".into());
+    }
     if len == 0 || len > FRAME_BYTES_MAX {
         return Frame::Bad(format!("frame length {len}"));
     }
-    let end = 8 + len as usize;
-    let Some(body) = bytes.get(8..end) else {
+    let end = FRAME_HEADER_BYTES + len as usize;
+    let Some(body) = bytes.get(FRAME_HEADER_BYTES..end) else {
         return Frame::Torn;
     };
     if crc32c::crc32c(body) != crc {
-        // A last frame whose bytes did not all reach the disk looks like this too.
-        return if end == bytes.len() {
-            Frame::Torn
-        } else {
-            Frame::Bad("CRC mismatch".into())
-        };
+        return Frame::Bad("CRC mismatch".into());
     }
     match Record::decode(body) {
         Ok(record) => Frame::Whole {

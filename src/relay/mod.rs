@@ -41,15 +41,18 @@ use uuid::Uuid;
 use crate::app::answers::{AnswerSigner, KeyError};
 use crate::app::checkin::check_in_context;
 use crate::app::relay::{ForwardedEvent, Resolution};
-use crate::clock::Clock;
+use crate::clock::{Clock, MonotonicClock};
 use crate::config::ConfigError;
 use crate::domain::checkin::{decide_check_in, CheckInPlan, CheckInRequest, Step};
 use outbox::{Outbox, Resolved};
 use upstream::{Certified, Upstream, UpstreamError};
 
+pub mod cut;
+pub mod head;
 pub mod http;
 pub mod mirror;
 pub mod outbox;
+pub mod timemark;
 pub mod upstream;
 
 /// Records per feed page during a refresh.
@@ -183,7 +186,10 @@ pub struct RelayStatus {
 /// The relay.
 pub struct Relay {
     config: RelayConfig,
+    /// Never goes back, across restarts too (see [`timemark`]).
     clock: Arc<dyn Clock>,
+    /// The persisted high-water mark of the times the relay answered at.
+    mark: timemark::TimeMark,
     upstream: Upstream,
     mirror: Mutex<mirror::MirrorLog>,
     outbox: Mutex<Outbox>,
@@ -211,7 +217,11 @@ impl std::fmt::Debug for Relay {
 
 impl Relay {
     /// Opens the relay's files in `config.data_dir` (creating them) and builds its view.
-    /// Nothing is asked of the center yet: see [`Relay::run`].
+    /// Nothing is asked of the center yet: see [`Relay::spawn`].
+    ///
+    /// `clock` is wrapped so that it never goes back: it starts no earlier than the mirror's
+    /// and the outbox's last recorded times and the persisted mark of the relay's answers
+    /// ([`timemark`]), and never returns a time before one it returned.
     pub fn open(config: RelayConfig, clock: Arc<dyn Clock>) -> Result<Relay, RelayError> {
         std::fs::create_dir_all(&config.data_dir).map_err(|source| RelayError::Io {
             context: format!("creating {}", config.data_dir.display()),
@@ -219,6 +229,18 @@ impl Relay {
         })?;
         let mirror = mirror::MirrorLog::open(&config.data_dir)?;
         let outbox = Outbox::open(&config.data_dir)?;
+        let (mark, mark_floor) = timemark::TimeMark::open(&config.data_dir)?;
+        let mirrored = mirror.records().last().map(|r| r.envelope.recorded_at);
+        let recorded = outbox.last_recorded_at();
+        if let Some(t) = recorded {
+            mark.durable_at(t);
+        }
+        let floor = [mirrored, recorded, mark_floor]
+            .into_iter()
+            .flatten()
+            .max()
+            .unwrap_or(DateTime::<Utc>::MIN_UTC);
+        let clock: Arc<dyn Clock> = Arc::new(MonotonicClock::new(clock, floor));
         let signer = AnswerSigner::load_or_create(
             &config.data_dir.join(AnswerSigner::FILE_NAME),
             crate::app::answers::random_seed,
@@ -243,6 +265,7 @@ impl Relay {
         let relay = Relay {
             config,
             clock,
+            mark,
             upstream,
             mirror: Mutex::new(mirror),
             outbox: Mutex::new(outbox),
@@ -321,8 +344,13 @@ impl Relay {
     // ---- check-ins ----
 
     /// Decides a terminal's check-in on the relay's view, writes the plan's events to the
-    /// outbox (durably) and to the view, and returns the decision.
-    pub async fn check_in(&self, req: &CheckInRequest) -> Result<CheckInPlan, RelayError> {
+    /// outbox (durably) and to the view, and returns the decision with the time it was made
+    /// at (the answer's `issued_at`). That time is durable before this returns (an outbox line
+    /// or the [`timemark`]), so a restarted relay never answers as of an earlier time.
+    pub async fn check_in(
+        &self,
+        req: &CheckInRequest,
+    ) -> Result<(CheckInPlan, DateTime<Utc>), RelayError> {
         let _turn = self.decide.lock().await;
         let view = self.view();
         let now = self.clock.now();
@@ -347,7 +375,8 @@ impl Relay {
         if !plan.steps.is_empty() {
             self.forward_now.notify_one();
         }
-        Ok(plan)
+        self.mark.cover(now)?;
+        Ok((plan, now))
     }
 
     /// Writes one event that happened here to the outbox and applies it to the view.
@@ -370,6 +399,7 @@ impl Relay {
             recorded_at: now,
         };
         self.outbox.lock().append(fwd.clone())?;
+        self.mark.durable_at(now);
         let view = self.view();
         apply_local(&view, &fwd, event);
         self.applied_local.lock().insert(fwd.event_id);
@@ -627,21 +657,23 @@ impl Relay {
         for chunk in pending.chunks(FORWARD_BATCH) {
             let results = self.upstream.forward(chunk).await?;
             let now = self.clock.now();
-            let mut outbox = self.outbox.lock();
+            let mut batch = Vec::with_capacity(results.len());
             for (event_id, resolution) in results {
                 if let Resolution::Rejected { reason } = &resolution {
                     tracing::warn!(%event_id, %reason, "the center rejected an event of the relay; its state wins");
                     rejected = true;
                 }
-                if let Err(e) = outbox.resolve(Resolved {
+                batch.push(Resolved {
                     event_id,
                     resolution,
                     at: now,
-                }) {
-                    tracing::error!(error = %e, "could not record a resolution");
-                    return Err(UpstreamError::Malformed(e.to_string()));
-                }
-                decided += 1;
+                });
+            }
+            decided += batch.len();
+            // One write and one sync of the file and of the durable head for the batch.
+            if let Err(e) = self.outbox.lock().resolve_all(batch) {
+                tracing::error!(error = %e, "could not record the resolutions");
+                return Err(UpstreamError::Malformed(e.to_string()));
             }
         }
         if rejected {
