@@ -52,19 +52,7 @@ async fn write_log(segment_bytes_max: Option<u64>, appends: u32) -> Log {
         .expect("open");
     for i in 0..appends {
         // Every third append carries three events: end-of-append marks inside a segment.
-        let events = if i % 3 == 0 {
-            vec![new_event(i), new_event(i + 1000), new_event(i + 2000)]
-        } else {
-            vec![new_event(i)]
-        };
-        store
-            .append(
-                &stream(&format!("s{}", i % 4)),
-                ExpectedVersion::Any,
-                events,
-            )
-            .await
-            .expect("append");
+        append_mixed(&store, i).await;
     }
     store.close().await.expect("close");
     drop(store);
@@ -77,6 +65,21 @@ async fn write_log(segment_bytes_max: Option<u64>, appends: u32) -> Log {
     let report = report.expect("a fresh log scans");
     assert!(report.torn.is_none());
     Log { segments, records }
+}
+
+/// Append number `i` of a test log: every third carries three events (end-of-append marks
+/// inside a segment), over four streams. Returns its last position.
+async fn append_mixed(store: &FileStore, i: u32) -> u64 {
+    let events = if i % 3 == 0 {
+        vec![new_event(i), new_event(i + 1000), new_event(i + 2000)]
+    } else {
+        vec![new_event(i)]
+    };
+    let appended = store
+        .append(&stream(&format!("s{}", i % 4)), ExpectedVersion::Any, events)
+        .await
+        .expect("append");
+    *appended.positions.end()
 }
 
 /// The seed logs: one segment of 20 appends, and a log of several 4 KiB segments.
@@ -484,20 +487,7 @@ fn sweep_log() -> &'static SweepLog {
             let store = open(config.clone()).await.expect("open");
             let mut acked_position = 0;
             for i in 0..130u32 {
-                let events = if i % 3 == 0 {
-                    vec![new_event(i), new_event(i + 1000), new_event(i + 2000)]
-                } else {
-                    vec![new_event(i)]
-                };
-                let appended = store
-                    .append(
-                        &stream(&format!("s{}", i % 4)),
-                        ExpectedVersion::Any,
-                        events,
-                    )
-                    .await
-                    .expect("append");
-                acked_position = *appended.positions.end();
+                acked_position = append_mixed(&store, i).await;
             }
             // The last append: on disk, never acknowledged.
             store

@@ -649,19 +649,26 @@ fn every_flipped_bit_and_truncation_of_the_outbox_head_is_refused_or_keeps_every
     );
 }
 
-#[test]
-fn an_outbox_cut_at_a_line_boundary_is_refused_naming_the_file_and_what_is_missing() {
-    let dir = tempfile::tempdir().unwrap();
-    small_outbox(dir.path());
-    let path = dir.path().join(OUTBOX_FILE);
-    let whole = std::fs::read(&path).unwrap();
-    // The last event's line gone, whole: the file looks like a valid five-line outbox.
+/// Cuts the file at `path` at its last line boundary: its last line goes, whole. Returns the
+/// bytes it had and where the cut is.
+fn drop_last_line(path: &Path) -> (Vec<u8>, usize) {
+    let whole = std::fs::read(path).unwrap();
     let boundary = whole[..whole.len() - 1]
         .iter()
         .rposition(|b| *b == b'\n')
         .unwrap()
         + 1;
-    std::fs::write(&path, &whole[..boundary]).unwrap();
+    std::fs::write(path, &whole[..boundary]).unwrap();
+    (whole, boundary)
+}
+
+#[test]
+fn an_outbox_cut_at_a_line_boundary_is_refused_naming_the_file_and_what_is_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    small_outbox(dir.path());
+    let path = dir.path().join(OUTBOX_FILE);
+    // The last event's line gone, whole: the file looks like a valid five-line outbox.
+    let (whole, boundary) = drop_last_line(&path);
     let err = Outbox::open(dir.path()).unwrap_err().to_string();
     assert!(err.contains(OUTBOX_FILE), "{err}");
     assert!(err.contains("(5 lines) where"), "{err}");
@@ -743,13 +750,7 @@ fn outbox_files_without_a_durable_head_open_by_the_tail_rules_and_get_one() {
     std::fs::remove_file(dir.path().join(HEAD_FILE)).unwrap();
     // Nothing can tell a cut at a line boundary without the head: the five lines are kept...
     let path = dir.path().join(OUTBOX_FILE);
-    let whole = std::fs::read(&path).unwrap();
-    let boundary = whole[..whole.len() - 1]
-        .iter()
-        .rposition(|b| *b == b'\n')
-        .unwrap()
-        + 1;
-    std::fs::write(&path, &whole[..boundary]).unwrap();
+    let (whole, boundary) = drop_last_line(&path);
     assert_eq!(Outbox::open(dir.path()).unwrap().events(), &events[..5]);
     // ... and a head is written for them: a cut of those is now refused.
     assert!(dir.path().join(HEAD_FILE).exists());

@@ -26,19 +26,17 @@
 //! happens at the relay (a bind, a recorded check-in, a contingency entry), and the
 //! resolutions of a forwarded batch are written with one of each.
 
-use std::fs::{self, File, OpenOptions};
-use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use super::RelayError;
+use crate::store::slots::{self, SlotValue, SlotWriter, Slots};
 
 /// The marker's file name in the relay's data directory.
 pub const HEAD_FILE: &str = "outbox.head";
 /// Distance between the two slots.
-pub const SLOT_STRIDE: u64 = 4096;
+pub const SLOT_STRIDE: u64 = slots::SLOT_STRIDE;
 /// The bytes of one slot.
-pub const SLOT_BYTES: usize = 60;
-const MAGIC: &[u8; 8] = b"LLOUTHD1";
+pub const SLOT_BYTES: usize = slots::slot_bytes::<OutboxMark>();
 
 /// How much of one file was acknowledged.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -85,29 +83,20 @@ pub struct OutboxMark {
     pub resolutions: FileMark,
 }
 
-impl OutboxMark {
-    fn encode(&self, seq: u64) -> [u8; SLOT_BYTES] {
-        let mut b = [0u8; SLOT_BYTES];
-        b[..8].copy_from_slice(MAGIC);
-        b[8..16].copy_from_slice(&seq.to_be_bytes());
-        self.events.encode_into(&mut b[16..36]);
-        self.resolutions.encode_into(&mut b[36..56]);
-        let crc = crc32c::crc32c(&b[..56]);
-        b[56..].copy_from_slice(&crc.to_be_bytes());
-        b
+impl SlotValue for OutboxMark {
+    const MAGIC: &'static [u8; 8] = b"LLOUTHD1";
+    const BODY_BYTES: usize = 40;
+
+    fn encode_body(&self, b: &mut [u8]) {
+        self.events.encode_into(&mut b[..20]);
+        self.resolutions.encode_into(&mut b[20..40]);
     }
 
-    fn decode(b: &[u8]) -> Option<(u64, OutboxMark)> {
-        let b = b.get(..SLOT_BYTES)?;
-        if &b[..8] != MAGIC || crc32c::crc32c(&b[..56]).to_be_bytes() != b[56..60] {
-            return None;
-        }
-        let seq = u64::from_be_bytes(b[8..16].try_into().ok()?);
-        let mark = OutboxMark {
-            events: FileMark::decode(&b[16..36])?,
-            resolutions: FileMark::decode(&b[36..56])?,
-        };
-        Some((seq, mark))
+    fn decode_body(b: &[u8]) -> Option<Self> {
+        Some(OutboxMark {
+            events: FileMark::decode(b.get(..20)?)?,
+            resolutions: FileMark::decode(b.get(20..40)?)?,
+        })
     }
 }
 
@@ -121,16 +110,10 @@ fn io_error(what: &str, path: &Path) -> impl FnOnce(std::io::Error) -> RelayErro
 /// [`RelayError::Corrupt`] naming the file: the marker cannot vouch for anything.
 pub fn read_mark(dir: &Path) -> Result<Option<(u64, OutboxMark)>, RelayError> {
     let path = dir.join(HEAD_FILE);
-    let bytes = match fs::read(&path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(io_error("reading", &path)(e)),
-    };
-    let slot = |at: u64| bytes.get(at as usize..).and_then(OutboxMark::decode);
-    match (slot(0), slot(SLOT_STRIDE)) {
-        (Some(a), Some(b)) => Ok(Some(if a.0 >= b.0 { a } else { b })),
-        (Some(one), None) | (None, Some(one)) => Ok(Some(one)),
-        (None, None) => Err(RelayError::Corrupt(format!(
+    match slots::read::<OutboxMark>(&path).map_err(io_error("reading", &path))? {
+        Slots::Missing => Ok(None),
+        Slots::Valid(seq, mark) => Ok(Some((seq, mark))),
+        Slots::Damaged => Err(RelayError::Corrupt(format!(
             "{}: both slots of the outbox's durable head are damaged: it cannot say which \
              events were acknowledged; the files were left as they are (if outbox.jsonl and \
              resolutions.jsonl are whole, move the marker away and restart: it is rebuilt \
@@ -141,63 +124,31 @@ pub fn read_mark(dir: &Path) -> Result<Option<(u64, OutboxMark)>, RelayError> {
 }
 
 /// The open marker, updated after each append.
-pub struct MarkWriter {
-    file: File,
-    path: PathBuf,
-    seq: u64,
-}
-
-impl std::fmt::Debug for MarkWriter {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MarkWriter")
-            .field("path", &self.path)
-            .field("seq", &self.seq)
-            .finish()
-    }
-}
+#[derive(Debug)]
+pub struct MarkWriter(SlotWriter);
 
 impl MarkWriter {
     /// Replaces the marker in `dir` with `mark`, whole (temporary file, `fsync`, rename,
     /// directory sync), and opens it for updates.
     pub fn create(dir: &Path, mark: &OutboxMark) -> Result<MarkWriter, RelayError> {
-        let path = dir.join(HEAD_FILE);
-        let temp = dir.join(format!("{HEAD_FILE}.new"));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&temp)
-            .map_err(io_error("creating", &temp))?;
-        file.write_all_at(&mark.encode(0), 0)
-            .and_then(|()| file.write_all_at(&mark.encode(1), SLOT_STRIDE))
-            .and_then(|()| file.sync_all())
-            .map_err(io_error("writing", &temp))?;
-        fs::rename(&temp, &path).map_err(io_error("renaming", &temp))?;
-        crate::store::file::sync_dir(dir).map_err(io_error("syncing", dir))?;
-        Ok(MarkWriter { file, path, seq: 1 })
+        SlotWriter::create(dir, HEAD_FILE, mark)
+            .map(MarkWriter)
+            .map_err(io_error("writing the marker in", dir))
     }
 
     /// Opens the existing marker in `dir` for updates; `seq` is the one [`read_mark`] found.
     pub fn open(dir: &Path, seq: u64) -> Result<MarkWriter, RelayError> {
         let path = dir.join(HEAD_FILE);
-        let file = OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .map_err(io_error("opening", &path))?;
-        Ok(MarkWriter { file, path, seq })
+        SlotWriter::open(&path, seq)
+            .map(MarkWriter)
+            .map_err(io_error("opening", &path))
     }
 
     /// Makes `mark` the marker: writes the older slot and `fdatasync`s it. Call only once
     /// every line it counts is durable, and before acknowledging any of them.
     pub fn store(&mut self, mark: &OutboxMark) -> Result<(), RelayError> {
-        let seq = self.seq + 1;
-        self.file
-            .write_all_at(&mark.encode(seq), (seq % 2) * SLOT_STRIDE)
-            .and_then(|()| self.file.sync_data())
-            .map_err(io_error("writing", &self.path))?;
-        self.seq = seq;
-        Ok(())
+        let path = self.0.path().to_owned();
+        self.0.store(mark).map_err(io_error("writing", &path))
     }
 }
 
@@ -227,13 +178,13 @@ mod tests {
         assert_eq!(read_mark(dir.path()).unwrap(), Some((3, mark(9))));
         // Damage the newest slot (seq 3, slot 1): the older one (5) is what remains.
         let path = dir.path().join(HEAD_FILE);
-        let mut bytes = fs::read(&path).unwrap();
+        let mut bytes = std::fs::read(&path).unwrap();
         bytes[SLOT_STRIDE as usize + 20] ^= 0x40;
-        fs::write(&path, &bytes).unwrap();
+        std::fs::write(&path, &bytes).unwrap();
         assert_eq!(read_mark(dir.path()).unwrap(), Some((2, mark(5))));
         // Both damaged: refused, naming the file.
         bytes[20] ^= 0x40;
-        fs::write(&path, &bytes).unwrap();
+        std::fs::write(&path, &bytes).unwrap();
         let err = read_mark(dir.path()).unwrap_err().to_string();
         assert!(err.contains(HEAD_FILE), "{err}");
     }

@@ -23,6 +23,7 @@ use uuid::Uuid;
 pub mod conformance;
 pub mod file;
 pub mod postgres;
+pub mod slots;
 mod subscription;
 
 pub use subscription::{HeadSource, Subscription};
