@@ -70,13 +70,17 @@ async fn write_log(segment_bytes_max: Option<u64>, appends: u32) -> Log {
 /// Append number `i` of a test log: every third carries three events (end-of-append marks
 /// inside a segment), over four streams. Returns its last position.
 async fn append_mixed(store: &FileStore, i: u32) -> u64 {
-    let events = if i % 3 == 0 {
+    let events = if i.is_multiple_of(3) {
         vec![new_event(i), new_event(i + 1000), new_event(i + 2000)]
     } else {
         vec![new_event(i)]
     };
     let appended = store
-        .append(&stream(&format!("s{}", i % 4)), ExpectedVersion::Any, events)
+        .append(
+            &stream(&format!("s{}", i % 4)),
+            ExpectedVersion::Any,
+            events,
+        )
         .await
         .expect("append");
     *appended.positions.end()
