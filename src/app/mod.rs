@@ -189,7 +189,7 @@ impl CatchUpLog {
             );
             return;
         }
-        // Reading the time costs little, but not nothing: once per thousand records.
+        // Reading the time costs little, but not nothing: once every 1024 records.
         if !position.is_multiple_of(1024) || self.last.0.elapsed() < CATCH_UP_LOG_EVERY {
             return;
         }
@@ -425,6 +425,9 @@ impl Ledger {
     /// with the log as it was at start; immediate once it has. Fails with
     /// [`AppError::CatchingUp`] when the time limit passes first.
     pub async fn ready(&self) -> Result<(), AppError> {
+        if *self.applied.borrow() >= self.ready_at {
+            return Ok(());
+        }
         let started = std::time::Instant::now();
         if self
             .wait_applied(self.ready_at, Some(self.config.catch_up_timeout))

@@ -302,7 +302,13 @@ impl From<AppError> for ApiError {
             | AppError::CatchUpTimeout { .. }
             | AppError::CatchingUp { .. }
             | AppError::IdsBusy { .. } => {
-                tracing::warn!(error = %e, "busy");
+                // Catching up is expected after a start and logged there with its progress,
+                // not once per request.
+                if matches!(e, AppError::CatchingUp { .. }) {
+                    tracing::debug!(error = %e, "busy");
+                } else {
+                    tracing::warn!(error = %e, "busy");
+                }
                 ApiError::Busy {
                     message: format!("{e}; retry later"),
                     retry_after_s: BUSY_RETRY_AFTER_S,
