@@ -179,7 +179,8 @@ pub enum ErrorCode {
     CatchingUp,
 }
 
-/// Every answer that is not a success: `{"error": code, "message": text, "field": name?}`.
+/// Every answer that is not a success: `{"error": code, "message": text, "field": name?}`;
+/// `/healthz` while the read model catches up adds `status`, `position` and `head`.
 #[derive(Debug, Serialize, ToSchema)]
 #[schema(as = Error)]
 pub struct ErrorBody {
