@@ -94,6 +94,20 @@ pub enum AppError {
         /// How long it tried.
         waited_ms: u128,
     },
+    /// The view is still catching up with the log as it was when the ledger started, and
+    /// did not get there within the time limit.
+    #[error(
+        "the server is catching up with the log (read model at position {position} of {head} \
+         after waiting {waited_ms} ms)"
+    )]
+    CatchingUp {
+        /// The position the view has applied.
+        position: Position,
+        /// The position it must reach: the log's head when the ledger started.
+        head: Position,
+        /// How long the caller waited.
+        waited_ms: u128,
+    },
     /// The view stopped following the log (it logged why).
     #[error("the read model stopped following the log: {0}")]
     ViewStopped(String),
@@ -118,6 +132,79 @@ impl CommandOutcome {
     }
 }
 
+/// How far the view is from ready: it is ready once `position` reached `head`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Readiness {
+    /// The position the view has applied.
+    pub position: Position,
+    /// The log's head when the ledger started.
+    pub head: Position,
+}
+
+impl Readiness {
+    /// Whether the view has caught up with the log as it was at start.
+    pub fn is_ready(&self) -> bool {
+        self.position >= self.head
+    }
+}
+
+/// Interval between two progress lines while the view catches up at start.
+const CATCH_UP_LOG_EVERY: StdDuration = StdDuration::from_secs(3);
+
+/// The applier's progress lines while the view catches up with the head read at start.
+struct CatchUpLog {
+    head: Position,
+    started: std::time::Instant,
+    last: (std::time::Instant, Position),
+    done: bool,
+}
+
+impl CatchUpLog {
+    fn new(head: Position) -> Self {
+        let now = std::time::Instant::now();
+        if head > 0 {
+            tracing::info!(head, "read model catching up with the log");
+        }
+        Self {
+            head,
+            started: now,
+            last: (now, 0),
+            done: head == 0,
+        }
+    }
+
+    /// After `position` was applied: a line every [`CATCH_UP_LOG_EVERY`], and one when ready.
+    fn applied(&mut self, position: Position) {
+        if self.done {
+            return;
+        }
+        if position >= self.head {
+            self.done = true;
+            let seconds = self.started.elapsed().as_secs_f64();
+            tracing::info!(
+                position,
+                seconds = format!("{seconds:.1}"),
+                records_per_s = (position as f64 / seconds.max(1e-6)) as u64,
+                "read model ready: caught up with the log"
+            );
+            return;
+        }
+        // Reading the time costs little, but not nothing: once every 1024 records.
+        if !position.is_multiple_of(1024) || self.last.0.elapsed() < CATCH_UP_LOG_EVERY {
+            return;
+        }
+        let now = std::time::Instant::now();
+        let seconds = now.duration_since(self.last.0).as_secs_f64();
+        tracing::info!(
+            position,
+            head = self.head,
+            records_per_s = ((position - self.last.1) as f64 / seconds.max(1e-6)) as u64,
+            "read model catching up"
+        );
+        self.last = (now, position);
+    }
+}
+
 /// The ledger: store, view, clock.
 pub struct Ledger {
     store: Arc<dyn EventStore>,
@@ -125,6 +212,8 @@ pub struct Ledger {
     clock: Arc<dyn Clock>,
     config: LedgerConfig,
     applied: watch::Receiver<Position>,
+    /// The log's head when the ledger started: the view is ready once it applied it.
+    ready_at: Position,
     failure: Arc<parking_lot::Mutex<Option<String>>>,
     applier: tokio::task::JoinHandle<()>,
     terminal_locks: Vec<tokio::sync::Mutex<()>>,
@@ -165,9 +254,23 @@ impl Drop for Ledger {
 }
 
 impl Ledger {
-    /// Starts the view's applier on `store` and waits until the view has caught up with the
-    /// log as it was at start.
+    /// Starts the view's applier on `store` and waits, as long as it takes, until the view has
+    /// caught up with the log as it was at start (for commands run once, e.g. by the CLI).
     pub async fn start(
+        store: Arc<dyn EventStore>,
+        clock: Arc<dyn Clock>,
+        config: LedgerConfig,
+    ) -> Result<Self, AppError> {
+        let ledger = Self::open(store, clock, config).await?;
+        ledger.wait_applied(ledger.ready_at, None).await?;
+        Ok(ledger)
+    }
+
+    /// Starts the view's applier on `store` and returns at once, while the view catches up
+    /// with the log as it was at start (the server, which answers meanwhile). Nothing that
+    /// reads the view may answer before [`Ledger::ready`] did; [`Ledger::readiness`] tells
+    /// how far it is.
+    pub async fn open(
         store: Arc<dyn EventStore>,
         clock: Arc<dyn Clock>,
         config: LedgerConfig,
@@ -192,6 +295,7 @@ impl Ledger {
             let mut sub = store.subscribe_all(1);
             let view = view.clone();
             let failure = failure.clone();
+            let mut progress = CatchUpLog::new(head.position);
             tokio::spawn(async move {
                 loop {
                     let record = match sub.next().await {
@@ -217,6 +321,7 @@ impl Ledger {
                         }
                     }
                     applied_tx.send_replace(record.envelope.position);
+                    progress.applied(record.envelope.position);
                 }
             })
         };
@@ -226,6 +331,7 @@ impl Ledger {
             clock,
             config,
             applied,
+            ready_at: head.position,
             failure,
             applier,
             terminal_locks: (0..TERMINAL_LOCK_STRIPES)
@@ -235,8 +341,6 @@ impl Ledger {
             license_ids: ids::IdAllocator::new(),
             contract_ids: ids::IdAllocator::new(),
         };
-        // Caught up with the log as it was when the ledger started.
-        ledger.wait_for(head.position).await?;
         Ok(ledger)
     }
 
@@ -292,12 +396,64 @@ impl Ledger {
 
     /// Waits (bounded) until the view has applied `position`.
     pub async fn wait_for(&self, position: Position) -> Result<(), AppError> {
-        let mut rx = self.applied.clone();
         let started = std::time::Instant::now();
+        if self
+            .wait_applied(position, Some(self.config.catch_up_timeout))
+            .await?
+        {
+            return Ok(());
+        }
+        Err(AppError::CatchUpTimeout {
+            position,
+            waited_ms: started.elapsed().as_millis(),
+        })
+    }
+
+    /// How far the view is from having caught up with the log as it was at start; fails
+    /// once the view stopped following the log.
+    pub fn readiness(&self) -> Result<Readiness, AppError> {
+        if let Some(why) = self.failure.lock().clone() {
+            return Err(AppError::ViewStopped(why));
+        }
+        Ok(Readiness {
+            position: *self.applied.borrow(),
+            head: self.ready_at,
+        })
+    }
+
+    /// Waits (bounded by [`LedgerConfig::catch_up_timeout`]) until the view has caught up
+    /// with the log as it was at start; immediate once it has. Fails with
+    /// [`AppError::CatchingUp`] when the time limit passes first.
+    pub async fn ready(&self) -> Result<(), AppError> {
+        if *self.applied.borrow() >= self.ready_at {
+            return Ok(());
+        }
+        let started = std::time::Instant::now();
+        if self
+            .wait_applied(self.ready_at, Some(self.config.catch_up_timeout))
+            .await?
+        {
+            return Ok(());
+        }
+        Err(AppError::CatchingUp {
+            position: *self.applied.borrow(),
+            head: self.ready_at,
+            waited_ms: started.elapsed().as_millis(),
+        })
+    }
+
+    /// Waits until the view has applied `position`, at most `limit` (`None`: as long as it
+    /// takes). `Ok(false)` when the limit passed first; fails if the view stopped.
+    async fn wait_applied(
+        &self,
+        position: Position,
+        limit: Option<StdDuration>,
+    ) -> Result<bool, AppError> {
+        let mut rx = self.applied.clone();
         let wait = async {
             loop {
                 if *rx.borrow_and_update() >= position {
-                    return Ok(());
+                    return Ok(true);
                 }
                 if rx.changed().await.is_err() {
                     let why = self
@@ -309,17 +465,15 @@ impl Ledger {
                 }
             }
         };
-        match tokio::time::timeout(self.config.catch_up_timeout, wait).await {
+        let Some(limit) = limit else {
+            return wait.await;
+        };
+        match tokio::time::timeout(limit, wait).await {
             Ok(r) => r,
-            Err(_) => {
-                if let Some(why) = self.failure.lock().clone() {
-                    return Err(AppError::ViewStopped(why));
-                }
-                Err(AppError::CatchUpTimeout {
-                    position,
-                    waited_ms: started.elapsed().as_millis(),
-                })
-            }
+            Err(_) => match self.failure.lock().clone() {
+                Some(why) => Err(AppError::ViewStopped(why)),
+                None => Ok(false),
+            },
         }
     }
 

@@ -293,6 +293,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 ledger,
                 workers: args.workers.map_or(workers, usize::from),
                 clock,
+                store_layer: None,
             };
             Ok(serve::run(settings, args.demo)?)
         }

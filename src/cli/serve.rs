@@ -15,7 +15,7 @@ use crate::app::{AppError, Ledger, LedgerConfig};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{ConfigError, SecretsFile};
 use crate::http::{self, AppState, TokenTable};
-use crate::store::StoreError;
+use crate::store::{EventStore, StoreError};
 
 /// Options of `serve`.
 #[derive(Debug, clap::Args)]
@@ -30,6 +30,10 @@ pub struct ServeArgs {
     #[arg(long, env = "LEDGER_WORKERS", value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
     pub workers: Option<u16>,
 }
+
+/// Wraps the opened store before the ledger uses it (tests that control what the read model
+/// sees, e.g. how fast it catches up).
+pub type StoreLayer = Arc<dyn Fn(Arc<dyn EventStore>) -> Arc<dyn EventStore> + Send + Sync>;
 
 /// Everything `serve` needs, resolved from flags, environment, config file and defaults.
 #[derive(Clone)]
@@ -47,6 +51,9 @@ pub struct ServeSettings {
     /// The time source of every decision and record ([`SystemClock`] except in tests that
     /// travel in time).
     pub clock: Arc<dyn Clock>,
+    /// What the ledger reads and writes the log through, around the opened store (`None`:
+    /// the store itself; tests only).
+    pub store_layer: Option<StoreLayer>,
 }
 
 impl std::fmt::Debug for ServeSettings {
@@ -58,6 +65,7 @@ impl std::fmt::Debug for ServeSettings {
             .field("ledger", &self.ledger)
             .field("workers", &self.workers)
             .field("now", &self.clock.now())
+            .field("store_layer", &self.store_layer.is_some())
             .finish()
     }
 }
@@ -73,6 +81,7 @@ impl ServeSettings {
             ledger: LedgerConfig::default(),
             workers: 1,
             clock: Arc::new(SystemClock),
+            store_layer: None,
         }
     }
 }
@@ -173,7 +182,13 @@ async fn open_rest(
         random_seed,
     )?;
     let (secrets_file, new_admin_token) = SecretsFile::load_or_create(&settings.data_dir)?;
-    let ledger = Arc::new(Ledger::start(store.store(), clock, settings.ledger.clone()).await?);
+    // Serves at once: until the view has caught up, `/healthz` answers 503 `catching_up` and
+    // requests that read the view wait for it.
+    let log = match &settings.store_layer {
+        Some(layer) => layer(store.store()),
+        None => store.store(),
+    };
+    let ledger = Arc::new(Ledger::open(log, clock, settings.ledger.clone()).await?);
     let demo = if demo && ledger.head().await?.position == 0 {
         Some(super::demo::fill(&ledger, &secrets_file.secrets).await?)
     } else {

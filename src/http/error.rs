@@ -4,6 +4,7 @@
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
+use ledger_events::Position;
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -73,6 +74,15 @@ pub enum ApiError {
         /// Seconds the client should wait, sent as `Retry-After`.
         retry_after_s: u32,
     },
+    /// 503 with `Retry-After` (`/healthz`): the read model is still catching up with the log
+    /// as it was when the server started; the answer says how far it is.
+    #[error("the read model is catching up with the log: position {position} of {head}")]
+    CatchingUp {
+        /// The position the read model has applied.
+        position: Position,
+        /// The position it must reach: the log's head when the server started.
+        head: Position,
+    },
     /// 500: a bug or damage; details are in the log only.
     #[error("internal error")]
     Internal,
@@ -103,6 +113,7 @@ impl ApiError {
             ApiError::Unavailable(_) => ErrorCode::Unavailable,
             ApiError::RateLimited(_) => ErrorCode::RateLimited,
             ApiError::Busy { .. } => ErrorCode::Busy,
+            ApiError::CatchingUp { .. } => ErrorCode::CatchingUp,
             ApiError::Internal => ErrorCode::Internal,
         }
     }
@@ -114,10 +125,19 @@ impl ApiError {
             ApiError::Rejected { field, .. } => field.clone(),
             _ => None,
         };
+        let (status, position, head) = match self {
+            ApiError::CatchingUp { position, head } => {
+                (Some("catching_up"), Some(*position), Some(*head))
+            }
+            _ => (None, None, None),
+        };
         ErrorBody {
             error: self.code(),
             message: self.to_string(),
             field,
+            status,
+            position,
+            head,
         }
     }
 }
@@ -154,9 +174,13 @@ pub enum ErrorCode {
     Internal,
     /// 503 with `Retry-After`: contention the command could not resolve in time; retry.
     Busy,
+    /// 503 with `Retry-After` (`/healthz`): the read model is catching up with the log after
+    /// a start; `position` and `head` say how far it is.
+    CatchingUp,
 }
 
-/// Every answer that is not a success: `{"error": code, "message": text, "field": name?}`.
+/// Every answer that is not a success: `{"error": code, "message": text, "field": name?}`;
+/// `/healthz` while the read model catches up adds `status`, `position` and `head`.
 #[derive(Debug, Serialize, ToSchema)]
 #[schema(as = Error)]
 pub struct ErrorBody {
@@ -167,6 +191,17 @@ pub struct ErrorBody {
     /// The field (of the body, the path or the query) at fault, when one is.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
+    /// `catching_up` with that error (`/healthz`, whose `status` is `ok` once ready).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(example = "catching_up")]
+    pub status: Option<&'static str>,
+    /// With `catching_up`: the position the read model has applied.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub position: Option<Position>,
+    /// With `catching_up`: the position it must reach to be ready, the log's head when the
+    /// server started.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub head: Option<Position>,
 }
 
 impl ResponseError for ApiError {
@@ -180,7 +215,9 @@ impl ResponseError for ApiError {
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Rejected { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::Unavailable(_) | ApiError::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) | ApiError::Busy { .. } | ApiError::CatchingUp { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -188,8 +225,14 @@ impl ResponseError for ApiError {
 
     fn error_response(&self) -> HttpResponse {
         let mut answer = HttpResponse::build(self.status_code());
-        if let ApiError::Busy { retry_after_s, .. } = self {
-            answer.insert_header((actix_web::http::header::RETRY_AFTER, *retry_after_s));
+        match self {
+            ApiError::Busy { retry_after_s, .. } => {
+                answer.insert_header((actix_web::http::header::RETRY_AFTER, *retry_after_s));
+            }
+            ApiError::CatchingUp { .. } => {
+                answer.insert_header((actix_web::http::header::RETRY_AFTER, BUSY_RETRY_AFTER_S));
+            }
+            _ => {}
         }
         answer.json(self.body())
     }
@@ -258,8 +301,15 @@ impl From<AppError> for ApiError {
             AppError::Store(s) => s.into(),
             AppError::Contention { .. }
             | AppError::CatchUpTimeout { .. }
+            | AppError::CatchingUp { .. }
             | AppError::IdsBusy { .. } => {
-                tracing::warn!(error = %e, "busy");
+                // Catching up is expected after a start and logged there with its progress,
+                // not once per request.
+                if matches!(e, AppError::CatchingUp { .. }) {
+                    tracing::debug!(error = %e, "busy");
+                } else {
+                    tracing::warn!(error = %e, "busy");
+                }
                 ApiError::Busy {
                     message: format!("{e}; retry later"),
                     retry_after_s: BUSY_RETRY_AFTER_S,
@@ -302,7 +352,8 @@ mod tests {
     }
 
     #[test]
-    fn version_conflicts_and_a_late_read_model_answer_503_busy_with_retry_after_too() {
+    fn version_conflicts_a_late_read_model_and_one_catching_up_answer_503_busy_with_retry_after_too(
+    ) {
         let busy = [
             AppError::Contention {
                 stream: StreamId::license(ledger_events::LicenseId::new(7).unwrap()),
@@ -310,6 +361,11 @@ mod tests {
             },
             AppError::CatchUpTimeout {
                 position: 12,
+                waited_ms: 5000,
+            },
+            AppError::CatchingUp {
+                position: 12,
+                head: 40,
                 waited_ms: 5000,
             },
         ];

@@ -107,9 +107,10 @@ const WITH_TOKEN: &[(&str, &str)] = &[
     ),
     (
         "503",
-        "The store cannot serve this now (`unavailable`), or the command met contention it \
+        "The store cannot serve this now (`unavailable`), or the request met contention it \
          could not resolve in time (`busy`: ids taken by other nodes, version conflicts, a read \
-         model behind; it comes with `Retry-After`). Retry later, with the same `command_id`.",
+         model behind or still catching up with the log after a start; it comes with \
+         `Retry-After`). Retry later, with the same `command_id`.",
     ),
 ];
 const WITH_INPUT: &[(&str, &str)] = &[(

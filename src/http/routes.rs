@@ -3,6 +3,9 @@
 //! and answers JSON. Commands answer `{"position": P, ...}`; queries accept
 //! `?min_position=P` to wait (bounded) until the read model has applied P.
 
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::middleware::Next;
 use actix_web::{web, HttpResponse};
 use chrono::{DateTime, NaiveDate, Utc};
 use ledger_events::{
@@ -49,6 +52,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/openapi.json", web::get().to(super::openapi::serve))
         .service(
             web::scope("/v1")
+                .wrap(actix_web::middleware::from_fn(wait_until_ready))
                 .route("/keys", web::get().to(keys))
                 .route("/checkin", web::post().to(super::checkin::check_in))
                 .route("/customers", web::post().to(register_customer))
@@ -90,6 +94,25 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .default_service(web::to(not_found));
 }
 
+/// The `/v1` routes that read nothing of the view (the key, the raw log, its head): served
+/// while the view catches up after a start.
+const SERVED_WHILE_CATCHING_UP: &[&str] = &["/v1/keys", "/v1/events", "/v1/audit/head"];
+
+/// Every other `/v1` route reads the view, which must not answer half caught up after a
+/// start: the request waits until it is ready, at most `catch_up_timeout`, and is then
+/// answered 503 `busy` with `Retry-After`.
+async fn wait_until_ready(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    if !SERVED_WHILE_CATCHING_UP.contains(&req.path()) {
+        if let Some(state) = req.app_data::<State>() {
+            state.ledger.ready().await.map_err(ApiError::from)?;
+        }
+    }
+    next.call(req).await
+}
+
 async fn not_found() -> Answer {
     Err(ApiError::NotFound("no such route".into()))
 }
@@ -97,7 +120,7 @@ async fn not_found() -> Answer {
 /// The server is up and its store answers.
 #[derive(Serialize, ToSchema)]
 pub struct Health {
-    /// Always `ok` (a failing store answers 503).
+    /// Always `ok` (a read model still catching up, or a failing store, answers 503).
     #[schema(example = "ok")]
     status: &'static str,
     /// Position of the last durable record.
@@ -108,8 +131,22 @@ pub struct Health {
 
 /// Liveness and readiness.
 #[utoipa::path(get, path = "/healthz", tag = "service", security(()),
-    responses((status = 200, body = Health), (status = 503, body = ErrorBody)))]
+    responses((status = 200, description = "Ready: the read model has caught up with the \
+            log as it was when the server started", body = Health),
+        (status = 503, description = "Not ready. After a start, until the read model has \
+            caught up with the log: error and status `catching_up`, with `position` (applied) \
+            and `head` (to reach), and `Retry-After`; meanwhile requests that read the view \
+            wait for it (then `busy`). Or `unavailable`: the store or the read model failed.",
+            body = ErrorBody, headers(("Retry-After" = u32,
+                description = "Sent with `catching_up`: seconds before asking again")))))]
 async fn healthz(state: State) -> Answer {
+    let ready = state.ledger.readiness()?;
+    if !ready.is_ready() {
+        return Err(ApiError::CatchingUp {
+            position: ready.position,
+            head: ready.head,
+        });
+    }
     let head = state.ledger.head().await?;
     Ok(HttpResponse::Ok().json(Health {
         status: "ok",

@@ -83,12 +83,32 @@ impl TestApp {
         }
     }
 
-    /// Stops the server and starts it again over the same data directory and clock.
+    /// Stops the server and starts it again over the same data directory and clock; returns
+    /// once its read model has caught up (`/healthz` answers 200).
     pub async fn restart(&mut self) {
+        self.restart_with(|_| {}).await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let (status, body) = self.call("GET", "/healthz", None, None).await;
+            if status == StatusCode::OK {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "not ready 20 s after a restart: {status} {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Stops the server and starts it again over the same data directory and clock, with
+    /// `adjust`ed settings; returns as soon as it listens (its read model may still be
+    /// catching up).
+    pub async fn restart_with(&mut self, adjust: impl FnOnce(&mut ServeSettings)) {
         self.running.take().unwrap().stop().await.unwrap();
-        let running = start(&settings(self.dir.path(), &self.clock))
-            .await
-            .unwrap();
+        let mut settings = settings(self.dir.path(), &self.clock);
+        adjust(&mut settings);
+        let running = start(&settings).await.unwrap();
         assert!(running.new_admin_token.is_none());
         self.base = format!("http://{}", running.addr);
         self.running = Some(running);
