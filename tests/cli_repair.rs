@@ -116,6 +116,10 @@ fn a_flipped_length_bit_is_damage_that_verify_and_serve_refuse_without_cutting()
     std::io::Read::read_to_string(&mut server.stderr.take().unwrap(), &mut err).unwrap();
     assert_eq!(status.code(), Some(1), "{err}");
     assert!(err.contains("damage, not an interrupted write"), "{err}");
-    assert_eq!(std::fs::read(&seg).unwrap(), bytes, "serve changed the segment");
+    assert_eq!(
+        std::fs::read(&seg).unwrap(),
+        bytes,
+        "serve changed the segment"
+    );
     assert!(!data.join("cut").exists(), "serve cut something");
 }
