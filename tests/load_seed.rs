@@ -39,7 +39,8 @@ fn history() -> History {
         offline_per_mille_month: 300.0,
         contingencies_per_mille_month: 300.0,
         ip_changes_per_mille_month: 3000.0,
-        workers: 5,
+        workers: 2,
+        in_flight: 3,
         ..History::new(DAYS)
     }
 }

@@ -37,6 +37,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use chrono::{DateTime, Duration, NaiveDate, NaiveTime, Utc};
+use futures::stream::{FuturesUnordered, StreamExt};
 use ledger_events::{
     offline, Actor, CheckInOutcome, Cnpj, ContingencyCleared, ContingencyEntered, ContingencyKind,
     ContractId, Event, HardwareId, HardwareKey, LicenseBlocked, LicenseBound, LicenseId,
@@ -80,8 +81,11 @@ pub struct History {
     pub contingencies_per_mille_month: f64,
     /// IP changes per thousand terminals a month.
     pub ip_changes_per_mille_month: f64,
-    /// Concurrent appending tasks (`LOAD_SEED_WORKERS`, default 2048).
+    /// Appending tasks (`LOAD_SEED_WORKERS`, default 2), each owning a share of the
+    /// terminals.
     pub workers: usize,
+    /// Appends each task keeps in flight (`LOAD_SEED_IN_FLIGHT`, default 2048).
+    pub in_flight: usize,
 }
 
 impl History {
@@ -97,6 +101,10 @@ impl History {
             contingencies_per_mille_month: 2.0,
             ip_changes_per_mille_month: 20.0,
             workers: std::env::var("LOAD_SEED_WORKERS")
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(2),
+            in_flight: std::env::var("LOAD_SEED_IN_FLIGHT")
                 .ok()
                 .and_then(|s| s.parse().ok())
                 .unwrap_or(2048),
@@ -685,20 +693,27 @@ async fn write_history(
                 barrier.wait().await;
                 let day = day_now.load(Ordering::Acquire) as u32;
                 if failure.lock().is_none() {
-                    for t in share.iter_mut() {
-                        let r = check_in_day(
-                            &store,
-                            &clock,
-                            &h,
-                            per_customer,
-                            day0,
-                            day,
-                            t,
-                            &offline_key,
-                            &tally,
-                            &operator,
-                        )
-                        .await;
+                    // The share's terminals concurrently, `in_flight` at a time: one task
+                    // polls them all, so an acknowledgement wakes no other task.
+                    let mut days = FuturesUnordered::new();
+                    let mut terms = share.iter_mut();
+                    loop {
+                        while days.len() < h.in_flight.max(1) {
+                            let Some(t) = terms.next() else { break };
+                            days.push(check_in_day(
+                                &store,
+                                &clock,
+                                &h,
+                                per_customer,
+                                day0,
+                                day,
+                                t,
+                                &offline_key,
+                                &tally,
+                                &operator,
+                            ));
+                        }
+                        let Some(r) = days.next().await else { break };
                         if let Err(e) = r {
                             failure.lock().get_or_insert(e.to_string());
                             break;
@@ -755,7 +770,8 @@ async fn write_history(
     Ok(())
 }
 
-/// One terminal's day, in the order the domain decides a check-in.
+/// One terminal's day: its check-in record, and when that day is eventful the rest
+/// ([`eventful_day`], boxed: the common day's future stays small).
 #[allow(clippy::too_many_arguments)]
 async fn check_in_day(
     store: &FileStore,
@@ -770,13 +786,121 @@ async fn check_in_day(
     operator: &Actor,
 ) -> Result<(), SeedError> {
     let date = day0 + Duration::days(i64::from(day));
-    let license_stream = StreamId::license(t.license_id);
-    let incident = h.incident(t.n, day);
-    let yesterday = h.incident(t.n, day - 1).filter(|_| day > 1);
     if h.ip_changes(t.n, day) {
         t.ip_changes += 1;
     }
     let ip = h.ip(t.n, t.ip_changes);
+    let renewal_due =
+        t.license.state.active && contract_renewal(t.expires_on()?, &t.terms, date).is_some();
+    let yesterday = h.incident(t.n, day - 1).filter(|_| day > 1);
+    let quiet = h.incident(t.n, day).is_none()
+        && matches!(yesterday, None | Some(Incident::Unlink))
+        && t.license.state.bound.is_some()
+        && !renewal_due;
+    if !quiet {
+        return Box::pin(eventful_day(
+            store,
+            clock,
+            h,
+            per_customer,
+            date,
+            day,
+            t,
+            ip,
+            offline_key,
+            tally,
+            operator,
+        ))
+        .await;
+    }
+    let record = record(t, h, per_customer, day, date, ip)?;
+    append(
+        store,
+        &t.stream,
+        ExpectedVersion::Any,
+        vec![record],
+        &t.actor,
+    )
+    .await?;
+    Tally::add(&tally.check_ins);
+    clock.step();
+    Ok(())
+}
+
+/// The terminal's `TerminalCheckedIn` for `day`, after its license's events of the day:
+/// the outcome as `decide_check_in` gives it.
+fn record(
+    t: &mut Term,
+    h: &History,
+    per_customer: u32,
+    day: u32,
+    date: NaiveDate,
+    ip: IpAddr,
+) -> Result<Event, SeedError> {
+    let expires_on = t.expires_on()?;
+    let upstream = h.upstream_contingency(t.customer, per_customer, day) && day + 1 < h.days;
+    let outcome = if t.license.state.blocked {
+        CheckInOutcome::Refused {
+            reason: RefusalReason::LicenseBlocked,
+        }
+    } else if upstream {
+        CheckInOutcome::Contingency {
+            kind: ContingencyKind::Intelliweb,
+            expires_on: expires_on + Duration::days(UPSTREAM_GRACE_DAYS),
+        }
+    } else if date > expires_on {
+        CheckInOutcome::Refused {
+            reason: RefusalReason::LicenseExpired,
+        }
+    } else {
+        let days_left = (expires_on - date).num_days();
+        if days_left <= WARNING_DAYS {
+            CheckInOutcome::ExpiringSoon {
+                expires_on,
+                days_left: days_left as u16,
+            }
+        } else {
+            CheckInOutcome::Valid { expires_on }
+        }
+    };
+    let release = h.release(t.n, day);
+    if release != t.release.0 {
+        t.release = (release, History::program_version(release)?);
+    }
+    Ok(TerminalCheckedIn {
+        cnpj: t.cnpj,
+        product: Product::EasyCash,
+        hardware_id: t.hardware_id,
+        hardware_key: t.hardware_key,
+        license_id: Some(t.license_id),
+        ip: Some(ip),
+        program_version: Some(t.release.1.clone()),
+        caixa: None,
+        equipamento: None,
+        outcome,
+    }
+    .into())
+}
+
+/// A day with more than a check-in record, in the order the domain decides it: support's
+/// doing first, then the check-in's steps (bind, renew, clear a manual contingency, record).
+#[allow(clippy::too_many_arguments)]
+async fn eventful_day(
+    store: &FileStore,
+    clock: &SeedClock,
+    h: &History,
+    per_customer: u32,
+    date: NaiveDate,
+    day: u32,
+    t: &mut Term,
+    ip: IpAddr,
+    offline_key: &[u8],
+    tally: &Tally,
+    operator: &Actor,
+) -> Result<(), SeedError> {
+    let license_stream = StreamId::license(t.license_id);
+    let incident = h.incident(t.n, day);
+    let yesterday = h.incident(t.n, day - 1).filter(|_| day > 1);
     let terminal_actor = t.actor.clone();
     // Support's doing, before the terminal's check-in.
     if yesterday == Some(Incident::Block) {
@@ -954,32 +1078,6 @@ async fn check_in_day(
             Tally::add(&tally.renewals);
         }
     }
-    let expires_on = t.expires_on()?;
-    let upstream = h.upstream_contingency(t.customer, per_customer, day) && day + 1 < h.days;
-    let outcome = if t.license.state.blocked {
-        CheckInOutcome::Refused {
-            reason: RefusalReason::LicenseBlocked,
-        }
-    } else if upstream {
-        CheckInOutcome::Contingency {
-            kind: ContingencyKind::Intelliweb,
-            expires_on: expires_on + Duration::days(UPSTREAM_GRACE_DAYS),
-        }
-    } else if date > expires_on {
-        CheckInOutcome::Refused {
-            reason: RefusalReason::LicenseExpired,
-        }
-    } else {
-        let days_left = (expires_on - date).num_days();
-        if days_left <= WARNING_DAYS {
-            CheckInOutcome::ExpiringSoon {
-                expires_on,
-                days_left: days_left as u16,
-            }
-        } else {
-            CheckInOutcome::Valid { expires_on }
-        }
-    };
     if yesterday == Some(Incident::Offline) {
         // Back online: its manual contingency ends.
         let e: Event = ContingencyCleared {
@@ -999,24 +1097,7 @@ async fn check_in_day(
         .await?;
         Tally::add(&tally.contingencies_cleared);
     }
-    let release = h.release(t.n, day);
-    if release != t.release.0 {
-        t.release = (release, History::program_version(release)?);
-    }
-    let program_version = t.release.1.clone();
-    let record: Event = TerminalCheckedIn {
-        cnpj: t.cnpj,
-        product: Product::EasyCash,
-        hardware_id: t.hardware_id,
-        hardware_key: t.hardware_key,
-        license_id: Some(t.license_id),
-        ip: Some(ip),
-        program_version: Some(program_version),
-        caixa: None,
-        equipamento: None,
-        outcome,
-    }
-    .into();
+    let record = record(t, h, per_customer, day, date, ip)?;
     append(
         store,
         &t.stream,
