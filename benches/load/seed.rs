@@ -48,6 +48,13 @@ async fn main() -> Result<(), Box<dyn Error + Send + Sync>> {
             written as f64 / report.history_seconds.max(1e-9),
             report.head
         );
+        if let Some(cpu) = report.history_cpu_seconds {
+            println!(
+                "history CPU: {cpu:.1} s ({:.1} µs per record, {:.0} records per CPU-second)",
+                cpu * 1e6 / written.max(1) as f64,
+                written as f64 / cpu.max(1e-9)
+            );
+        }
         println!("history by kind: {:?}", report.history);
         println!("store: {:?}", report.store_stats);
     }

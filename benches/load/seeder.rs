@@ -170,6 +170,8 @@ pub struct SeedReport {
     /// Records written by the history (through the store's append).
     pub history: Tally,
     pub history_seconds: f64,
+    /// CPU time (user + system, all threads) the history took, when the system tells.
+    pub history_cpu_seconds: Option<f64>,
     /// The store's write counters over the whole run.
     pub store_stats: FileStoreStats,
     /// The first start's admin token.
@@ -519,12 +521,16 @@ pub async fn seed(
 
     let tally = Arc::new(Tally::default());
     let history_started = std::time::Instant::now();
+    let cpu_started = cpu_seconds();
     if let (Some(h), Some(key)) = (&history, offline_key) {
         write_history(&store, &clock, h, params, day0, &key, &tally, &operator).await?;
     } else if history.is_some() {
         return Err("no offline activation key for EasyCash in the secrets file".into());
     }
     let history_seconds = history_started.elapsed().as_secs_f64();
+    let history_cpu_seconds = cpu_seconds()
+        .zip(cpu_started)
+        .map(|(end, start)| end - start);
     let head = store.head().await?.position;
     let store_stats = store.stats();
     store.close().await?;
@@ -536,6 +542,7 @@ pub async fn seed(
         setup_seconds,
         history: tally,
         history_seconds,
+        history_cpu_seconds,
         store_stats,
         admin_token: admin,
     })
@@ -1109,6 +1116,18 @@ async fn eventful_day(
     Tally::add(&tally.check_ins);
     clock.step();
     Ok(())
+}
+
+/// This process's CPU time so far (user + system, every thread), from `/proc/self/stat`
+/// (in clock ticks of 1/100 s, Linux's `USER_HZ`); `None` elsewhere.
+pub fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
+    let fields: Vec<&str> = rest.split(' ').collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
 }
 
 /// Appends `rows` to the CSV at `path`.
