@@ -23,10 +23,12 @@
 //! Nothing is blocked, unlinked or in contingency on the last day: at `now` every license is
 //! valid and bound to the same terminal as without `days`.
 //!
-//! Appends run concurrently ([`History::workers`] tasks, each owning a share of the
-//! terminals); a terminal's check-in record is one event on its own stream, and one day's
-//! records must be appended in that day's time, so each is its own append (the store's group
-//! commit batches them into one write and one `fdatasync`).
+//! Appends run concurrently: [`History::workers`] tasks each own a share of the terminals
+//! and keep [`History::in_flight`] of their days in flight. A terminal's check-in record is
+//! one event on its own stream, and one day's records must be appended in that day's time,
+//! so each is its own append (the store's group commit puts many into one write and one
+//! `fdatasync`); the rate is the store's single-event append rate (see
+//! benches/results/2026-12-03-seed-history.md).
 
 #![allow(dead_code)]
 
