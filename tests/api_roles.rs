@@ -893,3 +893,480 @@ async fn customer_b_cannot_reach_customer_a_and_learns_nothing_about_it() {
         assert!(mentions_a(&a.text).is_none(), "{path}: {}", a.text);
     }
 }
+
+// ---- what a relay forwards is re-decided by the center (issue 15, item 1) ----
+
+mod forwarded {
+    use chrono::{DateTime, NaiveDate, Utc};
+    use ledger_events::{
+        Actor, CheckInOutcome, ContingencyCleared, ContingencyEntered, ContingencyKind, Event,
+        HardwareId, HardwareKey, LicenseBlocked, LicenseBound, LicenseId, LicenseRenewed,
+        LicenseUnlinked, Product, RenewalCause, TerminalCheckedIn,
+    };
+    use license_ledger::clock::ManualClock;
+    use serde::de::DeserializeOwned;
+    use serde_json::{json, Value};
+
+    use super::common::{fresh_cnpj, fresh_hardware_id, fresh_hardware_key, TestApp};
+
+    /// The center's day in these tests.
+    const NOW: &str = "2030-06-10T12:00:00Z";
+
+    fn parse<T: DeserializeOwned>(s: &str) -> T {
+        serde_json::from_value(json!(s)).unwrap()
+    }
+
+    fn day(s: &str) -> NaiveDate {
+        s.parse().unwrap()
+    }
+
+    /// A customer A with licenses in every state, its relay token, and customer B.
+    struct World {
+        app: TestApp,
+        relay: String,
+        cnpj_a: String,
+        contract_a: String,
+        /// Free, usable, contract due for renewal (expires tomorrow).
+        free_due: String,
+        /// Free, expired long ago, no contract.
+        expired: String,
+        /// Free, blocked, with the contract.
+        blocked: String,
+        /// Bound to `other_hw` by a check-in at the center.
+        bound_other: String,
+        other_hw: String,
+        /// Customer B's license.
+        b_license: String,
+        /// The relay's terminal.
+        hw: String,
+        key: String,
+    }
+
+    impl World {
+        async fn new() -> World {
+            let at: DateTime<Utc> = NOW.parse().unwrap();
+            let app = TestApp::spawn_with_clock(ManualClock::new(at)).await;
+            let cnpj_a = fresh_cnpj();
+            let cnpj_b = fresh_cnpj();
+            app.customer(&cnpj_a, "Mercado do Relay").await;
+            app.customer(&cnpj_b, "Outro Cliente").await;
+            let contract_a = app.contract(&cnpj_a, "2030-01-01", 30, 3).await;
+            // The first license is taken by another terminal's check-in at the center.
+            let bound_other = app.license(&cnpj_a, "easycash", "2030-12-31", None).await;
+            let term = app.token("terminal", Some(&cnpj_a)).await;
+            let other_hw = fresh_hardware_id();
+            let a = app
+                .send(
+                    "POST",
+                    "/v1/checkin",
+                    Some(&term),
+                    Some(&super::checkin_body(
+                        &cnpj_a,
+                        &other_hw,
+                        &fresh_hardware_key(),
+                    )),
+                )
+                .await;
+            assert_eq!(
+                a.json["answer"]["license_id"],
+                json!(bound_other),
+                "{}",
+                a.text
+            );
+            let free_due = app
+                .license(&cnpj_a, "easycash", "2030-06-11", Some(&contract_a))
+                .await;
+            let expired = app.license(&cnpj_a, "easycash", "2030-01-01", None).await;
+            let blocked = app
+                .license(&cnpj_a, "easycash", "2030-06-11", Some(&contract_a))
+                .await;
+            app.admin("POST", &format!("/v1/licenses/{blocked}/block"), json!({}))
+                .await;
+            let b_license = app.license(&cnpj_b, "easycash", "2030-06-11", None).await;
+            let relay = app.token("relay", Some(&cnpj_a)).await;
+            World {
+                app,
+                relay,
+                cnpj_a,
+                contract_a,
+                free_due,
+                expired,
+                blocked,
+                bound_other,
+                other_hw,
+                b_license,
+                hw: fresh_hardware_id(),
+                key: fresh_hardware_key(),
+            }
+        }
+
+        fn licenses(&self) -> [&str; 5] {
+            [
+                &self.free_due,
+                &self.expired,
+                &self.blocked,
+                &self.bound_other,
+                &self.b_license,
+            ]
+        }
+
+        /// A license's row at the center, caught up with the log.
+        async fn row(&self, license: &str) -> Value {
+            let head = self.app.head().await;
+            let admin = self.app.admin.clone();
+            self.app
+                .get(
+                    &format!("/v1/licenses/{license}?min_position={head}"),
+                    &admin,
+                )
+                .await
+        }
+
+        async fn rows(&self) -> Vec<Value> {
+            let mut rows = Vec::new();
+            for l in self.licenses() {
+                rows.push(self.row(l).await);
+            }
+            rows
+        }
+
+        fn version(row: &Value) -> u64 {
+            row["version"].as_u64().unwrap()
+        }
+
+        /// The relay's form of one event (as src/relay/mod.rs `record_local` writes it).
+        fn forwarded(&self, event: Event, expected: Option<u64>, actor: &Actor) -> Value {
+            json!({
+                "event_id": uuid::Uuid::now_v7(),
+                "stream_id": event.stream_id().to_string(),
+                "expected_version": expected,
+                "event_type": event.event_type(),
+                "data": event.data_json(),
+                "actor": actor,
+                "correlation_id": uuid::Uuid::now_v7(),
+                "recorded_at": NOW,
+            })
+        }
+
+        /// Forwards `events`; returns each one's resolution.
+        async fn forward(&self, events: &[Value]) -> Vec<Value> {
+            let b = self
+                .app
+                .post(
+                    "/v1/relay/events",
+                    &self.relay,
+                    json!({"cnpj": self.cnpj_a, "events": events}),
+                )
+                .await;
+            let results = b["results"].as_array().unwrap().clone();
+            assert_eq!(results.len(), events.len(), "{b}");
+            results
+                .into_iter()
+                .map(|r| r["resolution"].clone())
+                .collect()
+        }
+
+        fn terminal(&self) -> Actor {
+            Actor::terminal(&parse::<HardwareId>(&self.hw))
+        }
+
+        fn bind(&self, license: &str) -> Event {
+            LicenseBound {
+                license_id: parse(license),
+                hardware_id: parse(&self.hw),
+                hardware_key: parse(&self.key),
+                ip: None,
+                caixa: None,
+                equipamento: None,
+            }
+            .into()
+        }
+
+        fn renew(&self, license: &str, from: &str, to: &str, cause: RenewalCause) -> Event {
+            LicenseRenewed {
+                license_id: parse(license),
+                previous_expiry: day(from),
+                expires_on: day(to),
+                cause,
+            }
+            .into()
+        }
+
+        fn by_contract(&self) -> RenewalCause {
+            RenewalCause::Contract {
+                contract_id: parse(&self.contract_a),
+            }
+        }
+
+        fn record(&self, license: Option<&str>, cnpj: &str, expires_on: &str) -> Event {
+            TerminalCheckedIn {
+                cnpj: parse(cnpj),
+                product: Product::EasyCash,
+                hardware_id: parse(&self.hw),
+                hardware_key: parse::<HardwareKey>(&self.key),
+                license_id: license.map(parse::<LicenseId>),
+                ip: None,
+                program_version: None,
+                caixa: None,
+                equipamento: None,
+                outcome: CheckInOutcome::Valid {
+                    expires_on: day(expires_on),
+                },
+            }
+            .into()
+        }
+
+        /// The stored event with this id, from the log.
+        async fn stored(&self, event_id: &Value) -> Option<Value> {
+            let admin = self.app.admin.clone();
+            let log = self.app.get("/v1/events?from=1&limit=1000", &admin).await;
+            log["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|r| &r["event_id"] == event_id)
+                .cloned()
+        }
+    }
+
+    fn status(r: &Value) -> &str {
+        r["status"].as_str().unwrap()
+    }
+
+    fn assert_rejected_with_reason(what: &str, r: &Value) {
+        assert_eq!(status(r), "rejected", "{what}: {r}");
+        assert!(
+            r["reason"].as_str().is_some_and(|s| !s.is_empty()),
+            "{what}: a rejection names its reason: {r}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn no_forwarded_event_changes_a_license_beyond_what_the_center_decides_itself() {
+        let w = World::new().await;
+        let before = w.rows().await;
+        let me = w.terminal();
+        let relay_actor = Actor::system("relay").unwrap();
+        let other = Actor::terminal(&parse::<HardwareId>(&w.other_hw));
+
+        // Every license event, on every target, at the current, a stale and an ahead version.
+        let mut hostile: Vec<(String, Value)> = Vec::new();
+        for (i, license) in w.licenses().into_iter().enumerate() {
+            let v = World::version(&before[i]);
+            let expiry = before[i]["expires_on"].as_str().unwrap().to_owned();
+            for version in [v, v.saturating_sub(1), v + 5] {
+                let mut add = |what: String, e: Event, actor: &Actor| {
+                    hostile.push((what, w.forwarded(e, Some(version), actor)));
+                };
+                if license != w.free_due {
+                    // Free-and-usable `free_due` is the one bind the center allows (below).
+                    add(format!("bind {license} v{version}"), w.bind(license), &me);
+                }
+                for cause in [w.by_contract(), RenewalCause::Manual] {
+                    add(
+                        format!("renew {license} to 2099 ({cause:?}) v{version}"),
+                        w.renew(license, &expiry, "2099-12-31", cause),
+                        &me,
+                    );
+                }
+                // One interval of the contract, but on a license no terminal of the relay
+                // holds (or without a contract, or blocked, or another customer's), or not
+                // due yet.
+                let interval = (day(&expiry) + chrono::Duration::days(30)).to_string();
+                add(
+                    format!("renew {license} to {interval} v{version}"),
+                    w.renew(license, &expiry, &interval, w.by_contract()),
+                    &me,
+                );
+                add(
+                    format!("renew {license} as the other terminal v{version}"),
+                    w.renew(license, &expiry, &interval, w.by_contract()),
+                    &other,
+                );
+            }
+        }
+        // Event types a relay never forwards.
+        let unlink: Event = LicenseUnlinked {
+            license_id: parse(&w.bound_other),
+            hardware_id: parse(&w.other_hw),
+            note: None,
+        }
+        .into();
+        let block: Event = LicenseBlocked {
+            license_id: parse(&w.free_due),
+            note: None,
+        }
+        .into();
+        let v_bound = World::version(&before[3]);
+        hostile.push((
+            "unlink".into(),
+            w.forwarded(unlink, Some(v_bound), &relay_actor),
+        ));
+        let v_due = World::version(&before[0]);
+        hostile.push((
+            "block".into(),
+            w.forwarded(block, Some(v_due), &relay_actor),
+        ));
+        // Contingencies the manual does not let a relay enter.
+        for (kind, grace, license) in [
+            (ContingencyKind::Manual, None, None),
+            (ContingencyKind::Intelliweb, Some(day("2099-12-31")), None),
+            (
+                ContingencyKind::Intelliweb,
+                None,
+                Some(parse(&w.bound_other)),
+            ),
+        ] {
+            let e: Event = ContingencyEntered {
+                cnpj: parse(&w.cnpj_a),
+                kind,
+                hardware_id: None,
+                license_id: license,
+                grace_until: grace,
+                note: None,
+            }
+            .into();
+            hostile.push((
+                format!("enter {kind:?} {grace:?}"),
+                w.forwarded(e, None, &relay_actor),
+            ));
+        }
+        // A record for another customer's terminal.
+        let b_cnpj = w.row(&w.b_license).await["cnpj"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        hostile.push((
+            "record of customer B".into(),
+            w.forwarded(
+                w.record(Some(&w.b_license), &b_cnpj, "2098-01-01"),
+                None,
+                &me,
+            ),
+        ));
+
+        let events: Vec<Value> = hostile.iter().map(|(_, e)| e.clone()).collect();
+        let head = w.app.head().await;
+        let results = w.forward(&events).await;
+        for ((what, _), r) in hostile.iter().zip(&results) {
+            assert_rejected_with_reason(what, r);
+        }
+        assert_eq!(w.app.head().await, head, "nothing rejected was stored");
+
+        // Records naming a license the terminal does not hold are kept without it.
+        let records = [
+            w.forwarded(
+                w.record(Some(&w.bound_other), &w.cnpj_a, "2098-01-01"),
+                None,
+                &me,
+            ),
+            w.forwarded(
+                w.record(Some(&w.b_license), &w.cnpj_a, "2098-01-01"),
+                None,
+                &me,
+            ),
+        ];
+        for (r, e) in w.forward(&records).await.iter().zip(&records) {
+            assert_eq!(status(r), "accepted", "{r}");
+            let stored = w
+                .stored(&e["event_id"])
+                .await
+                .expect("the record is stored");
+            assert_eq!(stored["data"]["license_id"], Value::Null, "{stored}");
+        }
+        assert_eq!(w.rows().await, before, "no license row changed");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn what_a_real_relay_forwards_is_accepted_as_the_center_would_decide_it() {
+        let w = World::new().await;
+        let me = w.terminal();
+        let relay_actor = Actor::system("relay").unwrap();
+        // The center's own decision for a twin: a license of another product, same expiry
+        // and contract, bound and renewed by a check-in at the center.
+        let twin = w
+            .app
+            .license(&w.cnpj_a, "intellicash", "2030-06-11", Some(&w.contract_a))
+            .await;
+        let term = w.app.token("terminal", Some(&w.cnpj_a)).await;
+        let mut body = super::checkin_body(&w.cnpj_a, &fresh_hardware_id(), &fresh_hardware_key());
+        body["product"] = json!("intellicash");
+        let a = w
+            .app
+            .send("POST", "/v1/checkin", Some(&term), Some(&body))
+            .await;
+        assert_eq!(a.json["answer"]["license_id"], json!(twin), "{}", a.text);
+        let centers_expiry = w.row(&twin).await["expires_on"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert_ne!(centers_expiry, "2030-06-11", "the center renewed its twin");
+
+        // The relay's check-in of its terminal: bind the free usable license, renew it.
+        let v = World::version(&w.row(&w.free_due).await);
+        let bind = w.forwarded(w.bind(&w.free_due), Some(v), &me);
+        // A forged expiry on the bound license is refused, naming the center's expiry...
+        let forged = w.forwarded(
+            w.renew(&w.free_due, "2030-06-11", "2099-12-31", w.by_contract()),
+            Some(v + 1),
+            &me,
+        );
+        let r = w.forward(&[bind.clone(), forged]).await;
+        assert_eq!(status(&r[0]), "accepted", "{r:?}");
+        assert_rejected_with_reason("forged renewal", &r[1]);
+        assert!(
+            r[1]["reason"].as_str().unwrap().contains(&centers_expiry),
+            "{r:?}"
+        );
+        // ...the expiry the center computes is accepted, with the record and the relay's
+        // own contingency.
+        let renew = w.forwarded(
+            w.renew(&w.free_due, "2030-06-11", &centers_expiry, w.by_contract()),
+            Some(v + 1),
+            &me,
+        );
+        let record = w.forwarded(
+            w.record(Some(&w.free_due), &w.cnpj_a, &centers_expiry),
+            None,
+            &me,
+        );
+        let cnpj = parse(&w.cnpj_a);
+        let entered: Event = ContingencyEntered {
+            cnpj,
+            kind: ContingencyKind::Intelliweb,
+            hardware_id: None,
+            license_id: None,
+            grace_until: None,
+            note: None,
+        }
+        .into();
+        let cleared: Event = ContingencyCleared {
+            cnpj,
+            kind: ContingencyKind::Intelliweb,
+            hardware_id: None,
+            note: None,
+        }
+        .into();
+        let legit = vec![
+            bind,
+            renew,
+            record.clone(),
+            w.forwarded(entered, None, &relay_actor),
+            w.forwarded(cleared, None, &relay_actor),
+        ];
+        let r = w.forward(&legit[1..]).await;
+        assert!(r.iter().all(|r| status(r) == "accepted"), "{r:?}");
+        let row = w.row(&w.free_due).await;
+        assert_eq!(row["expires_on"], json!(centers_expiry), "{row}");
+        assert_eq!(row["binding"]["hardware_id"], json!(w.hw), "{row}");
+        let stored = w.stored(&record["event_id"]).await.unwrap();
+        assert_eq!(stored["data"]["license_id"], json!(w.free_due), "{stored}");
+
+        // Forwarding all of it again (a relay that lost the answers) stores nothing.
+        let head = w.app.head().await;
+        let r = w.forward(&legit).await;
+        assert!(r.iter().all(|r| status(r) == "accepted"), "{r:?}");
+        assert_eq!(w.app.head().await, head);
+        assert_eq!(w.row(&w.free_due).await, row);
+    }
+}

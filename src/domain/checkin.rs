@@ -150,7 +150,9 @@ pub struct CheckInPlan {
     pub holds_until: DateTime<Utc>,
 }
 
-fn usable(l: &LicenseRow, day: NaiveDate) -> bool {
+/// Whether a license can answer a check-in on `day` (active, unblocked, not expired): a
+/// check-in binds usable free licenses before unusable ones.
+pub fn usable(l: &LicenseRow, day: NaiveDate) -> bool {
     l.active && !l.blocked && l.expires_on >= day
 }
 
