@@ -809,7 +809,7 @@ async fn an_outbox_of_ten_thousand_events_drains_to_the_center_once_each_and_in_
     // written with the relay's own outbox, copies of terminal 1's record with their own ids.
     w.proxy.cut();
     w.relay.take();
-    let ids: Vec<uuid::Uuid> = {
+    let (ids, first): (Vec<uuid::Uuid>, Vec<ForwardedEvent>) = {
         let mut outbox = Outbox::open(&w.relay_dir()).unwrap();
         let template = outbox
             .events()
@@ -826,8 +826,9 @@ async fn an_outbox_of_ten_thousand_events_drains_to_the_center_once_each_and_in_
             })
             .collect();
         let ids = events.iter().map(|e| e.event_id).collect();
+        let first = events[..50].to_vec();
         outbox.append_all(events).unwrap();
-        ids
+        (ids, first)
     };
     let before = w.center("GET", "/v1/audit/head", json!({})).await["head_position"]
         .as_u64()
@@ -875,6 +876,23 @@ async fn an_outbox_of_ten_thousand_events_drains_to_the_center_once_each_and_in_
     assert!(stored == sent, "stored in the order they happened");
     let s = w.status().await;
     assert_eq!(s["rejected"], json!(0), "{s}");
+    // Forwarded again (a relay that lost the answers): the center stores nothing more.
+    let head = w.center("GET", "/v1/audit/head", json!({})).await;
+    let (code, again) = w
+        .call(
+            &w.central.url,
+            &w.relay_token,
+            "POST",
+            "/v1/relay/events",
+            Some(json!({"cnpj": CNPJ, "events": first})),
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK, "{again}");
+    let after = w.center("GET", "/v1/audit/head", json!({})).await;
+    assert_eq!(
+        after["head_hash"], head["head_hash"],
+        "a re-forward stored nothing"
+    );
     let log = w.relay.as_ref().map(|r| r.log_text()).unwrap_or_default();
     let requests: usize = log
         .lines()
@@ -895,4 +913,59 @@ async fn an_outbox_of_ten_thousand_events_drains_to_the_center_once_each_and_in_
         !log.contains("too large"),
         "no request was refused as too large:\n{log}"
     );
+
+    // An event no request can carry (70 KB of data; the relay never makes one) is reported,
+    // and forwarding stops before it: the one before it reaches the center, the one after it
+    // waits behind it.
+    w.relay.take();
+    let (before_it, huge, after_it) = {
+        let mut outbox = Outbox::open(&w.relay_dir()).unwrap();
+        let template = first[0].clone();
+        let mut huge = ForwardedEvent {
+            event_id: uuid::Uuid::now_v7(),
+            ..template.clone()
+        };
+        huge.data["caixa"] = json!("x".repeat(70_000));
+        let events = vec![
+            ForwardedEvent {
+                event_id: uuid::Uuid::now_v7(),
+                ..template.clone()
+            },
+            huge,
+            ForwardedEvent {
+                event_id: uuid::Uuid::now_v7(),
+                ..template
+            },
+        ];
+        let ids: Vec<String> = events.iter().map(|e| e.event_id.to_string()).collect();
+        outbox.append_all(events).unwrap();
+        (ids[0].clone(), ids[1].clone(), ids[2].clone())
+    };
+    w.start_relay(CNPJ, &token);
+    let s = w
+        .wait_status("reported the event too large", |s| {
+            s["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains(huge.as_str()))
+        })
+        .await;
+    assert_eq!(s["outbox_depth"], json!(2), "{s}");
+    let head = w.center("GET", "/v1/audit/head", json!({})).await["head_position"]
+        .as_u64()
+        .unwrap();
+    let tail = w
+        .center(
+            "GET",
+            &format!("/v1/events?from={}&limit=1000", head.saturating_sub(5)),
+            json!({}),
+        )
+        .await;
+    let tail: Vec<&str> = tail["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["event_id"].as_str())
+        .collect();
+    assert!(tail.contains(&before_it.as_str()), "{tail:?}");
+    assert!(!tail.contains(&after_it.as_str()), "{tail:?}");
 }

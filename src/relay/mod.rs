@@ -643,7 +643,8 @@ impl Relay {
                 _ = tokio::time::sleep(StdDuration::from_secs(2)) => {}
             }
             if let Err(e) = self.forward_pending().await {
-                if !e.is_unreachable() {
+                // An event too large to forward was reported once, in the status too.
+                if !e.is_unreachable() && !matches!(e, UpstreamError::TooLarge { .. }) {
                     tracing::warn!(error = %e, "forwarding the outbox failed");
                 }
             }
