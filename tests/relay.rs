@@ -55,7 +55,11 @@ impl World {
     /// A center with a customer and three licenses, a relay token, and a relay following it
     /// through a proxy, caught up and certified.
     async fn new() -> World {
-        let dir = tempfile::tempdir().unwrap();
+        World::in_dir(tempfile::tempdir().unwrap()).await
+    }
+
+    /// The same, with both processes' data in `dir`.
+    async fn in_dir(dir: tempfile::TempDir) -> World {
         let clock_file = dir.path().join("clock");
         std::fs::write(&clock_file, START).unwrap();
         let central_dir = dir.path().join("central");
@@ -780,4 +784,188 @@ async fn a_relay_upgraded_with_files_in_the_old_format_converts_them_and_forward
     .await;
     let row2 = w.license_at_center(&l2).await;
     assert_eq!(row2["binding"]["hardware_id"], json!(hw(2).0), "{row2}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outbox_of_ten_thousand_events_drains_to_the_center_once_each_and_in_order() {
+    use license_ledger::app::relay::ForwardedEvent;
+    use license_ledger::relay::outbox::Outbox;
+
+    // On this test's disk (a shared virtual disk: ~20 ms a `fdatasync`) the center's one
+    // durable append per forwarded event, not the forwarding, would set the pace: the data
+    // goes to memory when the machine has it, so what is measured is the relay's batching.
+    let shm = std::path::Path::new("/dev/shm");
+    let dir = if shm.is_dir() {
+        tempfile::tempdir_in(shm).unwrap()
+    } else {
+        tempfile::tempdir().unwrap()
+    };
+    let mut w = World::in_dir(dir).await;
+    assert_eq!(outcome(&w.check_in(1, "a").await.1), "VALID");
+    w.wait_status("forwarded", |s| s["outbox_depth"] == json!(0))
+        .await;
+
+    // The link cut and the relay stopped; 10,000 check-in records accumulated meanwhile are
+    // written with the relay's own outbox, copies of terminal 1's record with their own ids.
+    w.proxy.cut();
+    w.relay.take();
+    let (ids, first): (Vec<uuid::Uuid>, Vec<ForwardedEvent>) = {
+        let mut outbox = Outbox::open(&w.relay_dir()).unwrap();
+        let template = outbox
+            .events()
+            .iter()
+            .rev()
+            .find(|e| e.event_type == "TerminalCheckedIn")
+            .unwrap_or_else(|| panic!("no check-in record in {:?}", outbox.events()))
+            .clone();
+        let events: Vec<ForwardedEvent> = (0..10_000)
+            .map(|_| ForwardedEvent {
+                event_id: uuid::Uuid::now_v7(),
+                correlation_id: uuid::Uuid::now_v7(),
+                ..template.clone()
+            })
+            .collect();
+        let ids = events.iter().map(|e| e.event_id).collect();
+        let first = events[..50].to_vec();
+        outbox.append_all(events).unwrap();
+        (ids, first)
+    };
+    let before = w.center("GET", "/v1/audit/head", json!({})).await["head_position"]
+        .as_u64()
+        .unwrap();
+
+    // 200 such events are ~130 KB, twice the center's body limit: forwarded by count they
+    // were all refused (413) and the outbox never drained.
+    let token = w.relay_token.clone();
+    w.start_relay(CNPJ, &token);
+    let depth = w.status().await["outbox_depth"].as_u64().unwrap();
+    assert!(depth >= 10_000, "{depth}");
+    let started = Instant::now();
+    w.proxy.restore();
+    w.wait_status("drained its outbox", |s| s["outbox_depth"] == json!(0))
+        .await;
+    let took = started.elapsed();
+
+    // At the center: each of them stored once, in the order they happened.
+    let wanted: std::collections::HashSet<_> = ids.iter().map(|id| id.to_string()).collect();
+    let mut stored = Vec::new();
+    let mut from = before + 1;
+    loop {
+        let page = w
+            .center(
+                "GET",
+                &format!("/v1/events?from={from}&limit=1000"),
+                json!({}),
+            )
+            .await;
+        let items = page["items"].as_array().unwrap();
+        if items.is_empty() {
+            break;
+        }
+        stored.extend(
+            items
+                .iter()
+                .filter_map(|r| r["event_id"].as_str())
+                .filter(|id| wanted.contains(*id))
+                .map(str::to_owned),
+        );
+        from = page["next"].as_u64().unwrap();
+    }
+    let sent: Vec<String> = ids.iter().map(|id| id.to_string()).collect();
+    assert_eq!(stored.len(), sent.len(), "each stored once");
+    assert!(stored == sent, "stored in the order they happened");
+    let s = w.status().await;
+    assert_eq!(s["rejected"], json!(0), "{s}");
+    // Forwarded again (a relay that lost the answers): the center stores nothing more.
+    let head = w.center("GET", "/v1/audit/head", json!({})).await;
+    let (code, again) = w
+        .call(
+            &w.central.url,
+            &w.relay_token,
+            "POST",
+            "/v1/relay/events",
+            Some(json!({"cnpj": CNPJ, "events": first})),
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK, "{again}");
+    let after = w.center("GET", "/v1/audit/head", json!({})).await;
+    assert_eq!(
+        after["head_hash"], head["head_hash"],
+        "a re-forward stored nothing"
+    );
+    let log = w.relay.as_ref().map(|r| r.log_text()).unwrap_or_default();
+    let requests: usize = log
+        .lines()
+        .filter(|l| l.contains("outbox forwarded"))
+        .filter_map(|l| l.split("\"requests\":").nth(1))
+        .filter_map(|r| {
+            let digits: String = r.chars().take_while(char::is_ascii_digit).collect();
+            digits.parse::<usize>().ok()
+        })
+        .sum();
+    eprintln!(
+        "drained 10,000 events in {:.2} s ({:.0} events/s), {requests} forward requests",
+        took.as_secs_f64(),
+        10_000.0 / took.as_secs_f64()
+    );
+    assert!(requests >= 10_000 / 200, "{requests} requests:\n{log}");
+    assert!(
+        !log.contains("too large"),
+        "no request was refused as too large:\n{log}"
+    );
+
+    // An event no request can carry (70 KB of data; the relay never makes one) is reported,
+    // and forwarding stops before it: the one before it reaches the center, the one after it
+    // waits behind it.
+    w.relay.take();
+    let (before_it, huge, after_it) = {
+        let mut outbox = Outbox::open(&w.relay_dir()).unwrap();
+        let template = first[0].clone();
+        let mut huge = ForwardedEvent {
+            event_id: uuid::Uuid::now_v7(),
+            ..template.clone()
+        };
+        huge.data["caixa"] = json!("x".repeat(70_000));
+        let events = vec![
+            ForwardedEvent {
+                event_id: uuid::Uuid::now_v7(),
+                ..template.clone()
+            },
+            huge,
+            ForwardedEvent {
+                event_id: uuid::Uuid::now_v7(),
+                ..template
+            },
+        ];
+        let ids: Vec<String> = events.iter().map(|e| e.event_id.to_string()).collect();
+        outbox.append_all(events).unwrap();
+        (ids[0].clone(), ids[1].clone(), ids[2].clone())
+    };
+    w.start_relay(CNPJ, &token);
+    let s = w
+        .wait_status("reported the event too large", |s| {
+            s["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains(huge.as_str()))
+        })
+        .await;
+    assert_eq!(s["outbox_depth"], json!(2), "{s}");
+    let head = w.center("GET", "/v1/audit/head", json!({})).await["head_position"]
+        .as_u64()
+        .unwrap();
+    let tail = w
+        .center(
+            "GET",
+            &format!("/v1/events?from={}&limit=1000", head.saturating_sub(5)),
+            json!({}),
+        )
+        .await;
+    let tail: Vec<&str> = tail["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["event_id"].as_str())
+        .collect();
+    assert!(tail.contains(&before_it.as_str()), "{tail:?}");
+    assert!(!tail.contains(&after_it.as_str()), "{tail:?}");
 }

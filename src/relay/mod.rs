@@ -47,6 +47,7 @@ use crate::domain::checkin::{decide_check_in, CheckInPlan, CheckInRequest, Step}
 use outbox::{Outbox, Resolved};
 use upstream::{Certified, Upstream, UpstreamError};
 
+pub mod batch;
 pub mod cut;
 pub mod head;
 pub mod http;
@@ -57,8 +58,9 @@ pub mod upstream;
 
 /// Records per feed page during a refresh.
 const REFRESH_PAGE: usize = 1000;
-/// Events per forward request.
-const FORWARD_BATCH: usize = 200;
+/// Most events per forward request (the center takes 500); a request is also kept under the
+/// center's body limit by bytes ([`batch`]).
+pub const FORWARD_BATCH: usize = 200;
 /// Renew the certificate when it has less than this left.
 const CERTIFICATE_RENEW_DAYS: i64 = 7;
 /// The certificate file in the data directory.
@@ -641,46 +643,81 @@ impl Relay {
                 _ = tokio::time::sleep(StdDuration::from_secs(2)) => {}
             }
             if let Err(e) = self.forward_pending().await {
-                if !e.is_unreachable() {
+                // An event too large to forward was reported once, in the status too.
+                if !e.is_unreachable() && !matches!(e, UpstreamError::TooLarge { .. }) {
                     tracing::warn!(error = %e, "forwarding the outbox failed");
                 }
             }
         }
     }
 
-    /// Forwards every pending outbox event, in order, and records the center's decisions.
-    /// Returns how many were decided.
+    /// Forwards every pending outbox event, in order, in requests under the center's body
+    /// limit ([`batch`]), and records the center's decisions after each request. Returns how
+    /// many were decided. An event too large to forward alone stops the pass before it and is
+    /// shown in the status's `last_error`.
     pub async fn forward_pending(&self) -> Result<usize, UpstreamError> {
         let pending = self.outbox.lock().pending();
-        let mut decided = 0;
-        let mut rejected = false;
-        for chunk in pending.chunks(FORWARD_BATCH) {
-            let results = self.upstream.forward(chunk).await?;
-            let now = self.clock.now();
-            let mut batch = Vec::with_capacity(results.len());
-            for (event_id, resolution) in results {
-                if let Resolution::Rejected { reason } = &resolution {
-                    tracing::warn!(%event_id, %reason, "the center rejected an event of the relay; its state wins");
-                    rejected = true;
-                }
-                batch.push(Resolved {
-                    event_id,
-                    resolution,
-                    at: now,
-                });
-            }
-            decided += batch.len();
-            // One write and one sync of the file and of the durable head for the batch.
-            if let Err(e) = self.outbox.lock().resolve_all(batch) {
-                tracing::error!(error = %e, "could not record the resolutions");
-                return Err(UpstreamError::Malformed(e.to_string()));
-            }
+        if pending.is_empty() {
+            return Ok(0);
         }
+        let mut rejected = false;
+        let upstream = &self.upstream;
+        let result = batch::forward_in_batches(
+            self.config.cnpj,
+            &pending,
+            batch::FORWARD_BODY_BYTES,
+            FORWARD_BATCH,
+            |events| upstream.forward(events),
+            |results| {
+                let now = self.clock.now();
+                let mut resolved = Vec::with_capacity(results.len());
+                for (event_id, resolution) in results {
+                    if let Resolution::Rejected { reason } = &resolution {
+                        tracing::warn!(%event_id, %reason, "the center rejected an event of the relay; its state wins");
+                        rejected = true;
+                    }
+                    resolved.push(Resolved {
+                        event_id,
+                        resolution,
+                        at: now,
+                    });
+                }
+                // One write and one sync of the file and of the durable head per request.
+                self.outbox.lock().resolve_all(resolved).map_err(|e| {
+                    tracing::error!(error = %e, "could not record the resolutions");
+                    UpstreamError::Malformed(e.to_string())
+                })
+            },
+        )
+        .await;
         if rejected {
             let _turn = self.decide.lock().await;
             self.rebuild();
         }
-        Ok(decided)
+        let stats = match result {
+            Ok(stats) => stats,
+            Err((e, stats)) => {
+                if let UpstreamError::TooLarge { .. } = &e {
+                    let text = e.to_string();
+                    let mut s = self.status.lock();
+                    if s.last_error.as_deref() != Some(text.as_str()) {
+                        tracing::error!(decided = stats.decided, "{text}");
+                        s.last_error = Some(text);
+                    }
+                }
+                return Err(e);
+            }
+        };
+        if stats.requests > 1 || stats.too_large > 0 {
+            tracing::info!(
+                decided = stats.decided,
+                requests = stats.requests,
+                refused_as_too_large = stats.too_large,
+                largest_body = stats.largest_body,
+                "outbox forwarded"
+            );
+        }
+        Ok(stats.decided)
     }
 
     async fn ensure_certificate(&self, now: DateTime<Utc>) -> Result<(), RelayError> {

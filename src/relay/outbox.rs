@@ -452,10 +452,22 @@ impl Outbox {
 
     /// Writes an event durably (the line, then the durable head).
     pub fn append(&mut self, event: ForwardedEvent) -> Result<(), RelayError> {
-        let json = serde_json::to_vec(&event).map_err(|e| RelayError::Corrupt(e.to_string()))?;
-        let line = encode_line(&self.dir.join(OUTBOX_FILE), &json)?;
-        self.write(false, &[line])?;
-        self.entries.push(event);
+        self.append_all(vec![event])
+    }
+
+    /// Writes events durably, in order, with one write and one `fdatasync` of the file and
+    /// of the durable head (as [`Outbox::append`] does for one).
+    pub fn append_all(&mut self, events: Vec<ForwardedEvent>) -> Result<(), RelayError> {
+        let path = self.dir.join(OUTBOX_FILE);
+        let lines = events
+            .iter()
+            .map(|e| {
+                let json = serde_json::to_vec(e).map_err(|e| RelayError::Corrupt(e.to_string()))?;
+                encode_line(&path, &json)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        self.write(false, &lines)?;
+        self.entries.extend(events);
         Ok(())
     }
 

@@ -38,6 +38,17 @@ pub enum UpstreamError {
     /// The center's answer was not what the API documents.
     #[error("the center's answer is malformed: {0}")]
     Malformed(String),
+    /// An outbox event does not fit a forward request even alone: it is not sent, and
+    /// forwarding stops before it (see [`super::batch`]).
+    #[error("outbox event {event_id} needs a {bytes}-byte request alone, more than the center takes ({limit} bytes): forwarding stops before it")]
+    TooLarge {
+        /// The event.
+        event_id: uuid::Uuid,
+        /// The body it needs alone.
+        bytes: usize,
+        /// The most the relay sends (or the center refused it alone).
+        limit: usize,
+    },
 }
 
 impl UpstreamError {
@@ -104,6 +115,11 @@ impl std::fmt::Debug for Upstream {
             .field("cnpj", &self.cnpj)
             .finish_non_exhaustive()
     }
+}
+
+/// The body of `POST /v1/relay/events` carrying `events` for `cnpj`.
+pub fn forward_body(cnpj: Cnpj, events: &[ForwardedEvent]) -> serde_json::Value {
+    json!({ "cnpj": cnpj, "events": events })
 }
 
 fn unreachable(e: reqwest::Error) -> UpstreamError {
@@ -217,7 +233,8 @@ impl Upstream {
         Err(UpstreamError::Unreachable("the stream ended".into()))
     }
 
-    /// Forwards events; returns the center's decision per event id.
+    /// Forwards events in one request (the caller keeps it under the center's body limit:
+    /// [`super::batch`]); returns the center's decision per event id.
     pub async fn forward(
         &self,
         events: &[ForwardedEvent],
@@ -226,7 +243,7 @@ impl Upstream {
             self.client
                 .post(format!("{}/v1/relay/events", self.base))
                 .bearer_auth(&self.token)
-                .json(&json!({ "cnpj": self.cnpj, "events": events }))
+                .json(&forward_body(self.cnpj, events))
                 .timeout(REQUEST_TIMEOUT),
         )
         .await?;
