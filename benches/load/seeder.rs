@@ -346,6 +346,23 @@ impl Term {
         self.license.version += 1;
     }
 
+    /// Appends `event` to this terminal's license stream at the version the seeder holds
+    /// (what the domain decided on), applies it and counts it in `count`.
+    async fn on_license(
+        &mut self,
+        store: &FileStore,
+        event: Event,
+        actor: &Actor,
+        count: &AtomicU64,
+    ) -> Result<(), StoreError> {
+        let stream = StreamId::license(self.license_id);
+        let expected = ExpectedVersion::Exact(self.license.version);
+        append(store, &stream, expected, vec![event.clone()], actor).await?;
+        self.apply(&event);
+        Tally::add(count);
+        Ok(())
+    }
+
     fn expires_on(&self) -> Result<NaiveDate, SeedError> {
         Ok(self
             .license
@@ -907,7 +924,6 @@ async fn eventful_day(
     tally: &Tally,
     operator: &Actor,
 ) -> Result<(), SeedError> {
-    let license_stream = StreamId::license(t.license_id);
     let incident = h.incident(t.n, day);
     let yesterday = h.incident(t.n, day - 1).filter(|_| day > 1);
     let terminal_actor = t.actor.clone();
@@ -918,17 +934,8 @@ async fn eventful_day(
             note: None,
         }
         .into();
-        let v = t.license.version;
-        append(
-            store,
-            &license_stream,
-            ExpectedVersion::Exact(v),
-            vec![e.clone()],
-            operator,
-        )
-        .await?;
-        t.apply(&e);
-        Tally::add(&tally.unblocks);
+        t.on_license(store, e, operator, &tally.unblocks)
+            .await?;
     }
     match incident {
         Some(Incident::Unlink) => {
@@ -938,17 +945,8 @@ async fn eventful_day(
                 note: Some(Note::parse("troca de equipamento")?),
             }
             .into();
-            let v = t.license.version;
-            append(
-                store,
-                &license_stream,
-                ExpectedVersion::Exact(v),
-                vec![e.clone()],
-                operator,
-            )
-            .await?;
-            t.apply(&e);
-            Tally::add(&tally.unlinks);
+            t.on_license(store, e, operator, &tally.unlinks)
+                .await?;
         }
         Some(Incident::Block) => {
             let e: Event = LicenseBlocked {
@@ -956,17 +954,8 @@ async fn eventful_day(
                 note: Some(Note::parse("pagamento em atraso")?),
             }
             .into();
-            let v = t.license.version;
-            append(
-                store,
-                &license_stream,
-                ExpectedVersion::Exact(v),
-                vec![e.clone()],
-                operator,
-            )
-            .await?;
-            t.apply(&e);
-            Tally::add(&tally.blocks);
+            t.on_license(store, e, operator, &tally.blocks)
+                .await?;
         }
         Some(Incident::Offline) => {
             // The terminal cannot reach its server today: support releases it by phone.
@@ -1045,17 +1034,8 @@ async fn eventful_day(
             equipamento: None,
         }
         .into();
-        let v = t.license.version;
-        append(
-            store,
-            &license_stream,
-            ExpectedVersion::Exact(v),
-            vec![e.clone()],
-            &terminal_actor,
-        )
-        .await?;
-        t.apply(&e);
-        Tally::add(&tally.binds);
+        t.on_license(store, e, &terminal_actor, &tally.binds)
+            .await?;
     }
     if t.license.state.active {
         let expires_on = t.expires_on()?;
@@ -1074,17 +1054,8 @@ async fn eventful_day(
                 cause: RenewalCause::Contract { contract_id },
             }
             .into();
-            let v = t.license.version;
-            append(
-                store,
-                &license_stream,
-                ExpectedVersion::Exact(v),
-                vec![e.clone()],
-                &terminal_actor,
-            )
-            .await?;
-            t.apply(&e);
-            Tally::add(&tally.renewals);
+            t.on_license(store, e, &terminal_actor, &tally.renewals)
+                .await?;
         }
     }
     if yesterday == Some(Incident::Offline) {
