@@ -934,8 +934,7 @@ async fn eventful_day(
             note: None,
         }
         .into();
-        t.on_license(store, e, operator, &tally.unblocks)
-            .await?;
+        t.on_license(store, e, operator, &tally.unblocks).await?;
     }
     match incident {
         Some(Incident::Unlink) => {
@@ -945,8 +944,7 @@ async fn eventful_day(
                 note: Some(Note::parse("troca de equipamento")?),
             }
             .into();
-            t.on_license(store, e, operator, &tally.unlinks)
-                .await?;
+            t.on_license(store, e, operator, &tally.unlinks).await?;
         }
         Some(Incident::Block) => {
             let e: Event = LicenseBlocked {
@@ -954,8 +952,7 @@ async fn eventful_day(
                 note: Some(Note::parse("pagamento em atraso")?),
             }
             .into();
-            t.on_license(store, e, operator, &tally.blocks)
-                .await?;
+            t.on_license(store, e, operator, &tally.blocks).await?;
         }
         Some(Incident::Offline) => {
             // The terminal cannot reach its server today: support releases it by phone.
