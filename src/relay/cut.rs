@@ -14,36 +14,17 @@ use std::path::{Path, PathBuf};
 use super::RelayError;
 
 /// Where cut bytes go, inside the relay's data directory.
-pub const CUT_DIR: &str = "cut";
+pub use crate::store::aside::CUT_DIR;
 
 fn fail(what: &str, at: &Path) -> impl FnOnce(std::io::Error) -> RelayError {
     let context = format!("{what} {}", at.display());
     move |source| RelayError::Io { context, source }
 }
 
-/// Writes `bytes` into `dir/cut/<name>` (a free name: `.2`, `.3`... if taken), durably (the
+/// Writes `bytes` into `dir/cut/<name>` (a free name: `.1`, `.2`... if taken), durably (the
 /// copy, `cut/` and `dir` synced). Returns the copy's path.
 pub(super) fn keep(dir: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf, RelayError> {
-    let aside = dir.join(CUT_DIR);
-    fs::create_dir_all(&aside).map_err(fail("creating", &aside))?;
-    let mut n = 1;
-    let (copy, mut out) = loop {
-        let suffix = if n == 1 {
-            String::new()
-        } else {
-            format!(".{n}")
-        };
-        let copy = aside.join(format!("{name}{suffix}"));
-        match OpenOptions::new().write(true).create_new(true).open(&copy) {
-            Ok(out) => break (copy, out),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && n < 10_000 => n += 1,
-            Err(e) => return Err(fail("creating", &copy)(e)),
-        }
-    };
-    out.write_all(bytes)
-        .and_then(|()| out.sync_all())
-        .map_err(fail("writing", &copy))?;
-    crate::store::file::sync_dir(&aside).map_err(fail("syncing", &aside))?;
+    let copy = crate::store::aside::keep_copy(dir, name, bytes).map_err(fail("keeping", dir))?;
     crate::store::file::sync_dir(dir).map_err(fail("syncing", dir))?;
     Ok(copy)
 }

@@ -20,6 +20,7 @@ use ledger_events::{
 };
 use uuid::Uuid;
 
+pub mod aside;
 pub mod conformance;
 pub mod file;
 pub mod postgres;

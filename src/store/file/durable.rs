@@ -109,11 +109,6 @@ impl MarkWriter {
     pub fn store(&mut self, mark: &DurableMark) -> std::io::Result<()> {
         self.0.store(mark)
     }
-
-    /// The marker's path.
-    pub fn path(&self) -> &Path {
-        self.0.path()
-    }
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@
 //! it is moved, unread, into `<log dir>/cut/`. Nothing is deleted.
 
 use std::fs::{self, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use ledger_events::{ChainHead, Position};
@@ -19,10 +19,10 @@ use ledger_events::{ChainHead, Position};
 use super::durable::{read_mark, DurableMark, MarkWriter};
 use super::segment::{list_segments, scan_until};
 use super::{lock_dir, sync_dir};
-use crate::store::StoreError;
+use crate::store::{aside, StoreError};
 
 /// Where the cut bytes go, inside the log directory.
-pub const CUT_DIR: &str = "cut";
+pub use crate::store::aside::CUT_DIR;
 
 /// What cutting after a position does (or did).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -136,42 +136,28 @@ pub(crate) fn set_aside(
     let io = |what: &str, path: &Path, e: std::io::Error| {
         StoreError::io(format!("{what} {}", path.display()), e)
     };
-    let aside = dir.join(CUT_DIR);
-    fs::create_dir_all(&aside).map_err(|e| io("creating", &aside, e))?;
     let name = |path: &Path| {
         let file = path.file_name().unwrap_or_default().to_string_lossy();
-        let mut to = aside.join(format!("{file}.{label}"));
-        let mut n = 0;
-        while to.exists() {
-            n += 1;
-            to = aside.join(format!("{file}.{label}.{n}"));
-        }
-        to
+        format!("{file}.{label}")
     };
+    let set_aside_failed = |e: std::io::Error| StoreError::io("setting bytes aside", e);
     let file_len = fs::metadata(segment)
         .map_err(|e| io("reading", segment, e))?
         .len();
     let whole = keep_len == 0;
     if whole {
-        let to = name(segment);
-        fs::rename(segment, &to).map_err(|e| io("moving", segment, e))?;
+        aside::move_file(dir, segment, &name(segment)).map_err(set_aside_failed)?;
     } else if file_len > keep_len {
         let mut tail = Vec::new();
         let mut f = fs::File::open(segment).map_err(|e| io("opening", segment, e))?;
         f.seek(SeekFrom::Start(keep_len))
             .and_then(|_| f.read_to_end(&mut tail))
             .map_err(|e| io("reading", segment, e))?;
-        let copy = name(segment);
-        let mut out = fs::File::create(&copy).map_err(|e| io("creating", &copy, e))?;
-        out.write_all(&tail)
-            .and_then(|()| out.sync_all())
-            .map_err(|e| io("writing", &copy, e))?;
+        aside::keep_copy(dir, &name(segment), &tail).map_err(set_aside_failed)?;
     }
     for path in later {
-        let to = name(path);
-        fs::rename(path, &to).map_err(|e| io("moving", path, e))?;
+        aside::move_file(dir, path, &name(path)).map_err(set_aside_failed)?;
     }
-    sync_dir(&aside).map_err(|e| io("syncing", &aside, e))?;
     if !whole && file_len > keep_len {
         let f = OpenOptions::new()
             .write(true)
@@ -182,7 +168,7 @@ pub(crate) fn set_aside(
             .map_err(|e| io("cutting", segment, e))?;
     }
     sync_dir(dir).map_err(|e| io("syncing", dir, e))?;
-    Ok(aside)
+    Ok(dir.join(CUT_DIR))
 }
 
 /// Replaces the durable-head marker after a cut: the operator chose `head` as the last
