@@ -222,6 +222,28 @@ impl World {
     }
 
     /// An admin call to the center that must succeed.
+    /// Forwards `events` (already stored) to the center again, as a relay that lost the
+    /// answers would: it answers 200 and the center's head does not move. Returns the answer.
+    async fn forward_again_stores_nothing<T: serde::Serialize>(&self, events: &[T]) -> Value {
+        let head = self.center("GET", "/v1/audit/head", json!({})).await;
+        let (code, again) = self
+            .call(
+                &self.central.url,
+                &self.relay_token,
+                "POST",
+                "/v1/relay/events",
+                Some(json!({"cnpj": CNPJ, "events": events})),
+            )
+            .await;
+        assert_eq!(code, StatusCode::OK, "{again}");
+        let after = self.center("GET", "/v1/audit/head", json!({})).await;
+        assert_eq!(
+            after["head_hash"], head["head_hash"],
+            "a forward of events already stored stored nothing"
+        );
+        again
+    }
+
     async fn center(&self, method: &str, path: &str, body: Value) -> Value {
         let body = (method != "GET").then_some(body);
         let (status, v) = self
@@ -520,7 +542,6 @@ async fn binds_during_an_outage_reach_the_center_once_and_the_centers_decisions_
     assert_eq!(row3["binding"]["hardware_id"], json!(hw(2).0), "{row3}");
 
     // Forwarding everything again (a relay that lost the answers) changes nothing.
-    let head = w.center("GET", "/v1/audit/head", json!({})).await;
     let outbox = std::fs::read_to_string(w.relay_dir().join("outbox.jsonl")).unwrap();
     // Each line: `LLLLLLLL CCCCCCCC HHHHHHHH <JSON>` (length, CRC-32C, header CRC-32C).
     let events: Vec<Value> = outbox
@@ -528,21 +549,7 @@ async fn binds_during_an_outage_reach_the_center_once_and_the_centers_decisions_
         .map(|l| serde_json::from_str(l.splitn(4, ' ').nth(3).unwrap()).unwrap())
         .collect();
     assert!(events.len() >= 6, "{}", events.len());
-    let (code, again) = w
-        .call(
-            &w.central.url,
-            &w.relay_token,
-            "POST",
-            "/v1/relay/events",
-            Some(json!({"cnpj": CNPJ, "events": events})),
-        )
-        .await;
-    assert_eq!(code, StatusCode::OK, "{again}");
-    let after = w.center("GET", "/v1/audit/head", json!({})).await;
-    assert_eq!(
-        after["head_hash"], head["head_hash"],
-        "a second forward stored nothing"
-    );
+    let again = w.forward_again_stores_nothing(&events).await;
     let results = again["results"].as_array().unwrap();
     let rejected = results
         .iter()
@@ -877,22 +884,7 @@ async fn an_outbox_of_ten_thousand_events_drains_to_the_center_once_each_and_in_
     let s = w.status().await;
     assert_eq!(s["rejected"], json!(0), "{s}");
     // Forwarded again (a relay that lost the answers): the center stores nothing more.
-    let head = w.center("GET", "/v1/audit/head", json!({})).await;
-    let (code, again) = w
-        .call(
-            &w.central.url,
-            &w.relay_token,
-            "POST",
-            "/v1/relay/events",
-            Some(json!({"cnpj": CNPJ, "events": first})),
-        )
-        .await;
-    assert_eq!(code, StatusCode::OK, "{again}");
-    let after = w.center("GET", "/v1/audit/head", json!({})).await;
-    assert_eq!(
-        after["head_hash"], head["head_hash"],
-        "a re-forward stored nothing"
-    );
+    w.forward_again_stores_nothing(&first).await;
     let log = w.relay.as_ref().map(|r| r.log_text()).unwrap_or_default();
     let requests: usize = log
         .lines()
