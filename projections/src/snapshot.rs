@@ -1,0 +1,757 @@
+//! Snapshots of a [`LedgerView`]: its whole state as bytes, so that a server can start from
+//! the newest snapshot and apply only the log's tail, and as-of checkpoints can start from a
+//! nearby one.
+//!
+//! The bytes are postcard: the format version (a varint, [`SNAPSHOT_FORMAT_VERSION`]) and
+//! then that version's body, a tree of `Snapshot*` structs defined here that mirror the view's
+//! state field by field. The view's own types are never serialized: a change to the view that
+//! changes what a snapshot holds is a new format version (a reader refuses versions it does
+//! not know, and the caller rebuilds from the log), never a silent reinterpretation.
+//!
+//! Invariants:
+//! - **Deterministic**: the same state gives the same bytes, whatever order events reached
+//!   the view's maps in: every map is written as a list sorted by key (a customer's
+//!   contingency entries keep their order of entry, which the fold depends on), and shared
+//!   values (resource sets, program versions) are written once, in a table in order of first
+//!   use along those sorted lists, and referred to by index.
+//! - **Complete**: a decoded view continues applying events exactly as the view that was
+//!   encoded would have (same rows, indexes, stamps, max ids, kept inconsistencies and their
+//!   count). The indexes the fold derives from licenses alone (licenses per customer and
+//!   product) and the interners are rebuilt on decode; the bound-terminal index is written,
+//!   since it can differ from the licenses' bindings (a terminal rebound to another license).
+//! - **Validated**: decoding checks the version, that nothing follows the body, every value
+//!   type (through its own decoder), that lists are sorted without duplicates, that indexes
+//!   into the tables and the bound index point at something, that the max ids are the
+//!   largest ids present and that no position lies past the snapshot's. It never panics on
+//!   any bytes; what it accepts is a view that could continue applying events.
+//!
+//! A snapshot says nothing about which log it came from: the caller stores it with the
+//! position and chain hash it reflects and checks those against the log before trusting it.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use chrono::{DateTime, Datelike, NaiveDate, Utc};
+use ledger_events::{
+    CheckInOutcome, Cnpj, ContingencyKind, ContractId, HardwareId, HardwareKey, LicenseId, Note,
+    Position, Product, ProgramVersion, Resources, StreamVersion, TerminalNumber, TradeName,
+};
+use serde::de::{self, Deserializer};
+use serde::ser::Serializer;
+use serde::{Deserialize, Serialize};
+
+use crate::rows::{Binding, ContingencyRow, ContractRow, CustomerRow};
+use crate::state::{LicenseState, StoredCheckIn, TerminalState};
+use crate::view::{Inconsistency, LedgerView, INCONSISTENCIES_KEPT};
+
+/// The format [`LedgerView::encode_snapshot`] writes; the only one
+/// [`LedgerView::decode_snapshot`] reads.
+pub const SNAPSHOT_FORMAT_VERSION: u32 = 1;
+
+/// Why bytes are not a snapshot this build can restore.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// Written in a format this build does not read (rebuild from the log instead).
+    #[error("snapshot format version {found} is not supported (this build reads version {SNAPSHOT_FORMAT_VERSION})")]
+    UnsupportedVersion {
+        /// The version the bytes start with.
+        found: u32,
+    },
+    /// The bytes do not decode as a snapshot (truncated, damaged, or a value out of range).
+    #[error("snapshot does not decode: {0}")]
+    Decode(#[from] postcard::Error),
+    /// Bytes follow the snapshot's end.
+    #[error("{0} bytes follow the end of the snapshot")]
+    TrailingBytes(usize),
+    /// The snapshot decodes but describes a state no fold produces.
+    #[error("snapshot is not valid: {0}")]
+    Invalid(String),
+}
+
+// ---------------------------------------------------------------------------------------------
+// Format version 1
+// ---------------------------------------------------------------------------------------------
+
+/// A date: days since 0001-01-01 (an `i32`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Day(NaiveDate);
+
+impl Serialize for Day {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.num_days_from_ce().serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Day {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let days = i32::deserialize(d)?;
+        NaiveDate::from_num_days_from_ce_opt(days)
+            .map(Day)
+            .ok_or_else(|| de::Error::custom(format_args!("day {days} is out of range")))
+    }
+}
+
+/// An instant: seconds since the Unix epoch and nanoseconds within the second (nothing is
+/// lost, whatever the precision the view was fed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Time(DateTime<Utc>);
+
+impl Serialize for Time {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        (self.0.timestamp(), self.0.timestamp_subsec_nanos()).serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Time {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let (secs, nanos) = <(i64, u32)>::deserialize(d)?;
+        DateTime::from_timestamp(secs, nanos)
+            .map(Time)
+            .ok_or_else(|| {
+                de::Error::custom(format_args!("time {secs}.{nanos:09} is out of range"))
+            })
+    }
+}
+
+/// Version 1's body (after the version number).
+#[derive(Debug, Serialize, Deserialize)]
+struct SnapshotV1 {
+    /// The last applied position.
+    position: Position,
+    /// Largest license and contract ids granted and signed, 0 for none.
+    max_license_id: u32,
+    max_contract_id: u32,
+    /// Events applied only in part, all told.
+    inconsistency_count: u64,
+    /// The latest of them, oldest first.
+    inconsistencies: Vec<SnapshotInconsistency>,
+    /// Distinct resource sets, in order of first use by `licenses`.
+    resources: Vec<Resources>,
+    /// Distinct program versions, in order of first use by `licenses` then `terminals`.
+    program_versions: Vec<ProgramVersion>,
+    /// Sorted by CNPJ.
+    customers: Vec<SnapshotCustomer>,
+    /// Sorted by id.
+    contracts: Vec<SnapshotContract>,
+    /// Sorted by id.
+    licenses: Vec<SnapshotLicense>,
+    /// The check-in index, sorted by (CNPJ, product, hardware id).
+    bound: Vec<SnapshotBound>,
+    /// Sorted by (CNPJ, hardware id).
+    terminals: Vec<SnapshotTerminal>,
+    /// Sorted by CNPJ; each customer's entries in the order entered.
+    contingencies: Vec<SnapshotContingencies>,
+    /// Sorted by CNPJ.
+    stamps: Vec<SnapshotStamp>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct SnapshotInconsistency {
+    position: Position,
+    problem: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct SnapshotCustomer {
+    cnpj: Cnpj,
+    trade_name: TradeName,
+    since: Day,
+    active: bool,
+    blocked: bool,
+    blacklisted: bool,
+    version: StreamVersion,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct SnapshotContract {
+    contract_id: ContractId,
+    cnpj: Cnpj,
+    starts_on: Day,
+    ends_on: Option<Day>,
+    interval_days: u16,
+    renew_before_days: u16,
+    active: bool,
+    version: StreamVersion,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct SnapshotLicense {
+    license_id: LicenseId,
+    cnpj: Cnpj,
+    product: Product,
+    blocked: bool,
+    active: bool,
+    contract_id: Option<ContractId>,
+    expires_on: Day,
+    /// Index into `SnapshotV1::resources`.
+    resources: u32,
+    binding: Option<SnapshotBinding>,
+    last_ip: Option<IpAddr>,
+    last_check_in: Option<SnapshotCheckIn>,
+    granted_at: Time,
+    version: StreamVersion,
+    updated_position: Position,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct SnapshotBinding {
+    hardware_id: HardwareId,
+    hardware_key: HardwareKey,
+    ip: Option<IpAddr>,
+    caixa: Option<TerminalNumber>,
+    equipamento: Option<TerminalNumber>,
+    bound_at: Time,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct SnapshotCheckIn {
+    at: Time,
+    hardware_id: HardwareId,
+    ip: Option<IpAddr>,
+    /// Index into `SnapshotV1::program_versions`.
+    program_version: Option<u32>,
+    outcome: CheckInOutcome,
+    position: Position,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct SnapshotBound {
+    cnpj: Cnpj,
+    product: Product,
+    hardware_id: HardwareId,
+    license_id: LicenseId,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct SnapshotTerminal {
+    cnpj: Cnpj,
+    hardware_id: HardwareId,
+    version: StreamVersion,
+    /// The latest check-in per product, sorted by product, at least one.
+    last: Vec<(Product, SnapshotCheckIn)>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct SnapshotContingencies {
+    cnpj: Cnpj,
+    /// At least one, in the order entered.
+    entries: Vec<SnapshotContingency>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct SnapshotContingency {
+    kind: ContingencyKind,
+    hardware_id: Option<HardwareId>,
+    license_id: Option<LicenseId>,
+    grace_until: Option<Day>,
+    entered_at: Time,
+    entered_position: Position,
+    note: Option<Note>,
+    cleared_at: Option<Time>,
+    cleared_note: Option<Note>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct SnapshotStamp {
+    cnpj: Cnpj,
+    position: Position,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Encoding
+// ---------------------------------------------------------------------------------------------
+
+/// Numbers distinct shared values in order of first use.
+struct Table<T> {
+    index: HashMap<T, u32, ahash::RandomState>,
+    values: Vec<T>,
+}
+
+impl<T: std::hash::Hash + Eq + Clone> Table<T> {
+    fn new() -> Self {
+        Self {
+            index: HashMap::with_hasher(ahash::RandomState::new()),
+            values: Vec::new(),
+        }
+    }
+
+    fn index_of(&mut self, value: &T) -> u32 {
+        if let Some(&i) = self.index.get(value) {
+            return i;
+        }
+        // A view holds far fewer than 2^32 distinct values (each came from an event).
+        let i = u32::try_from(self.values.len()).unwrap_or(u32::MAX);
+        self.index.insert(value.clone(), i);
+        self.values.push(value.clone());
+        i
+    }
+}
+
+fn check_in_to_snapshot(
+    c: &StoredCheckIn,
+    versions: &mut Table<ProgramVersion>,
+) -> SnapshotCheckIn {
+    SnapshotCheckIn {
+        at: Time(c.at),
+        hardware_id: c.hardware_id,
+        ip: c.ip,
+        program_version: c.program_version.as_deref().map(|v| versions.index_of(v)),
+        outcome: c.outcome,
+        position: c.position,
+    }
+}
+
+/// Copies the map's entries out (one shard locked at a time) and sorts them by key.
+fn sorted<K: Ord + Copy + Eq + std::hash::Hash, V, T>(
+    map: &crate::view::Map<K, V>,
+    copy: impl Fn(&V) -> T,
+) -> Vec<(K, T)> {
+    let mut all: Vec<(K, T)> = map.iter().map(|r| (*r.key(), copy(r.value()))).collect();
+    all.sort_unstable_by_key(|a| a.0);
+    all
+}
+
+impl LedgerView {
+    /// The view's whole state as a snapshot (see [`crate::snapshot`]): the same state always
+    /// gives the same bytes. Holds the applier off while it copies, so the snapshot is the
+    /// state at exactly [`LedgerView::position`]; readers are not held off.
+    pub fn encode_snapshot(&self) -> Vec<u8> {
+        let applier = self.lock_applier();
+        let mut resources = Table::<Resources>::new();
+        let mut versions = Table::<ProgramVersion>::new();
+
+        let customers = sorted(&self.customers, CustomerRow::clone)
+            .into_iter()
+            .map(|(_, c)| SnapshotCustomer {
+                cnpj: c.cnpj,
+                trade_name: c.trade_name,
+                since: Day(c.since),
+                active: c.active,
+                blocked: c.blocked,
+                blacklisted: c.blacklisted,
+                version: c.version,
+            })
+            .collect();
+        let contracts = sorted(&self.contracts, ContractRow::clone)
+            .into_iter()
+            .map(|(_, c)| SnapshotContract {
+                contract_id: c.contract_id,
+                cnpj: c.cnpj,
+                starts_on: Day(c.starts_on),
+                ends_on: c.ends_on.map(Day),
+                interval_days: c.interval_days,
+                renew_before_days: c.renew_before_days,
+                active: c.active,
+                version: c.version,
+            })
+            .collect();
+        let licenses = sorted(&self.licenses, LicenseState::clone)
+            .into_iter()
+            .map(|(license_id, l)| SnapshotLicense {
+                license_id,
+                cnpj: l.cnpj,
+                product: l.product,
+                blocked: l.blocked,
+                active: l.active,
+                contract_id: l.contract_id,
+                expires_on: Day(l.expires_on),
+                resources: resources.index_of(&l.resources),
+                binding: l.binding.map(|b| SnapshotBinding {
+                    hardware_id: b.hardware_id,
+                    hardware_key: b.hardware_key,
+                    ip: b.ip,
+                    caixa: b.caixa,
+                    equipamento: b.equipamento,
+                    bound_at: Time(b.bound_at),
+                }),
+                last_ip: l.last_ip,
+                last_check_in: l
+                    .last_check_in
+                    .as_ref()
+                    .map(|c| check_in_to_snapshot(c, &mut versions)),
+                granted_at: Time(l.granted_at),
+                version: l.version,
+                updated_position: l.updated_position,
+            })
+            .collect();
+        let bound = sorted(&self.bound, |id| *id)
+            .into_iter()
+            .map(|((cnpj, product, hardware_id), license_id)| SnapshotBound {
+                cnpj,
+                product,
+                hardware_id,
+                license_id,
+            })
+            .collect();
+        let terminals = sorted(&self.terminals, TerminalState::clone)
+            .into_iter()
+            .map(|((cnpj, hardware_id), t)| SnapshotTerminal {
+                cnpj,
+                hardware_id,
+                version: t.version,
+                last: t
+                    .last
+                    .iter()
+                    .map(|(p, c)| (*p, check_in_to_snapshot(c, &mut versions)))
+                    .collect(),
+            })
+            .collect();
+        let contingencies = sorted(&self.contingencies, Vec::clone)
+            .into_iter()
+            .map(|(cnpj, rows)| SnapshotContingencies {
+                cnpj,
+                entries: rows
+                    .into_iter()
+                    .map(|r| SnapshotContingency {
+                        kind: r.kind,
+                        hardware_id: r.hardware_id,
+                        license_id: r.license_id,
+                        grace_until: r.grace_until.map(Day),
+                        entered_at: Time(r.entered_at),
+                        entered_position: r.entered_position,
+                        note: r.note,
+                        cleared_at: r.cleared_at.map(Time),
+                        cleared_note: r.cleared_note,
+                    })
+                    .collect(),
+            })
+            .collect();
+        let stamps = sorted(&self.stamps, |p| *p)
+            .into_iter()
+            .map(|(cnpj, position)| SnapshotStamp { cnpj, position })
+            .collect();
+        let body = SnapshotV1 {
+            position: self.position(),
+            max_license_id: self.max_license_id.load(Ordering::Acquire),
+            max_contract_id: self.max_contract_id.load(Ordering::Acquire),
+            inconsistency_count: applier.inconsistency_count,
+            inconsistencies: applier
+                .inconsistencies
+                .iter()
+                .map(|i| SnapshotInconsistency {
+                    position: i.position,
+                    problem: i.problem.clone(),
+                })
+                .collect(),
+            resources: resources.values,
+            program_versions: versions.values,
+            customers,
+            contracts,
+            licenses,
+            bound,
+            terminals,
+            contingencies,
+            stamps,
+        };
+        drop(applier);
+        let out = postcard::to_extend(&SNAPSHOT_FORMAT_VERSION, Vec::new())
+            .and_then(|out| postcard::to_extend(&body, out));
+        // Serializing to a vector fails only on a type serde cannot express in postcard
+        // (none here: every field is a fixed struct, sequence or value type). Were it ever
+        // to fail, the empty vector it gives instead never decodes: the caller rebuilds.
+        out.unwrap_or_default()
+    }
+
+    /// Restores a view from [`LedgerView::encode_snapshot`]'s bytes, at the position it was
+    /// taken, ready to apply the events that follow. Never panics: damaged, truncated or
+    /// foreign bytes give an error (or, if the damage happens to leave a valid snapshot,
+    /// another valid view; callers check snapshots against the log's hash chain).
+    pub fn decode_snapshot(bytes: &[u8]) -> Result<LedgerView, SnapshotError> {
+        let (version, rest) = postcard::take_from_bytes::<u32>(bytes)?;
+        if version != SNAPSHOT_FORMAT_VERSION {
+            return Err(SnapshotError::UnsupportedVersion { found: version });
+        }
+        let (body, rest) = postcard::take_from_bytes::<SnapshotV1>(rest)?;
+        if !rest.is_empty() {
+            return Err(SnapshotError::TrailingBytes(rest.len()));
+        }
+        restore_v1(body)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Decoding
+// ---------------------------------------------------------------------------------------------
+
+fn invalid(problem: impl Into<String>) -> SnapshotError {
+    SnapshotError::Invalid(problem.into())
+}
+
+/// Checks that `items` are strictly increasing by `key` (sorted, no duplicates).
+fn check_sorted<T, K: Ord + std::fmt::Debug>(
+    what: &str,
+    items: &[T],
+    key: impl Fn(&T) -> K,
+) -> Result<(), SnapshotError> {
+    for pair in items.windows(2) {
+        let (a, b) = (key(&pair[0]), key(&pair[1]));
+        if a >= b {
+            return Err(invalid(format!(
+                "{what} are not in strictly increasing order ({a:?} before {b:?})"
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn check_position(what: &str, p: Position, snapshot: Position) -> Result<(), SnapshotError> {
+    if p > snapshot {
+        return Err(invalid(format!(
+            "{what} at position {p}, past the snapshot's position {snapshot}"
+        )));
+    }
+    Ok(())
+}
+
+fn check_max_id(what: &str, max: u32, largest: Option<u32>) -> Result<(), SnapshotError> {
+    if max != largest.unwrap_or(0) {
+        return Err(invalid(format!(
+            "largest {what} id is {max}, but the largest present is {}",
+            largest.unwrap_or(0)
+        )));
+    }
+    Ok(())
+}
+
+/// A check-in as the view stores it, its program version shared from the table.
+fn check_in_from_snapshot(
+    c: SnapshotCheckIn,
+    versions: &[Arc<ProgramVersion>],
+    snapshot: Position,
+) -> Result<StoredCheckIn, SnapshotError> {
+    check_position("a check-in", c.position, snapshot)?;
+    let program_version = match c.program_version {
+        None => None,
+        Some(i) => Some(versions.get(i as usize).cloned().ok_or_else(|| {
+            invalid(format!(
+                "a check-in names program version {i} of {}",
+                versions.len()
+            ))
+        })?),
+    };
+    Ok(StoredCheckIn {
+        at: c.at.0,
+        hardware_id: c.hardware_id,
+        ip: c.ip,
+        program_version,
+        outcome: c.outcome,
+        position: c.position,
+    })
+}
+
+fn restore_v1(s: SnapshotV1) -> Result<LedgerView, SnapshotError> {
+    let at = s.position;
+    let view = LedgerView::new();
+    view.position.store(at, Ordering::Release);
+    let mut applier = view.lock_applier();
+
+    // Applier state.
+    if s.inconsistencies.len() > INCONSISTENCIES_KEPT {
+        return Err(invalid(format!(
+            "{} inconsistencies kept, at most {INCONSISTENCIES_KEPT}",
+            s.inconsistencies.len()
+        )));
+    }
+    if (s.inconsistencies.len() as u64) > s.inconsistency_count {
+        return Err(invalid(format!(
+            "{} inconsistencies kept of {} counted",
+            s.inconsistencies.len(),
+            s.inconsistency_count
+        )));
+    }
+    for i in s.inconsistencies {
+        check_position("an inconsistency", i.position, at)?;
+        applier.inconsistencies.push_back(Inconsistency {
+            position: i.position,
+            problem: i.problem,
+        });
+    }
+    applier.inconsistency_count = s.inconsistency_count;
+    let resources: Vec<Arc<Resources>> = s
+        .resources
+        .iter()
+        .map(|r| applier.resources.intern(r))
+        .collect();
+    let versions: Vec<Arc<ProgramVersion>> = s
+        .program_versions
+        .iter()
+        .map(|v| applier.versions.intern(v))
+        .collect();
+
+    // Customers and contracts.
+    check_sorted("customers", &s.customers, |c| c.cnpj)?;
+    for c in s.customers {
+        view.customers.insert(
+            c.cnpj,
+            CustomerRow {
+                cnpj: c.cnpj,
+                trade_name: c.trade_name,
+                since: c.since.0,
+                active: c.active,
+                blocked: c.blocked,
+                blacklisted: c.blacklisted,
+                version: c.version,
+            },
+        );
+    }
+    check_sorted("contracts", &s.contracts, |c| c.contract_id)?;
+    check_max_id(
+        "contract",
+        s.max_contract_id,
+        s.contracts.last().map(|c| c.contract_id.get()),
+    )?;
+    view.max_contract_id
+        .store(s.max_contract_id, Ordering::Release);
+    for c in s.contracts {
+        view.contracts.insert(
+            c.contract_id,
+            ContractRow {
+                contract_id: c.contract_id,
+                cnpj: c.cnpj,
+                starts_on: c.starts_on.0,
+                ends_on: c.ends_on.map(|d| d.0),
+                interval_days: c.interval_days,
+                renew_before_days: c.renew_before_days,
+                active: c.active,
+                version: c.version,
+            },
+        );
+    }
+
+    // Licenses, and the per-owner index they determine (ids arrive sorted, so each owner's
+    // list is built sorted).
+    check_sorted("licenses", &s.licenses, |l| l.license_id)?;
+    check_max_id(
+        "license",
+        s.max_license_id,
+        s.licenses.last().map(|l| l.license_id.get()),
+    )?;
+    view.max_license_id
+        .store(s.max_license_id, Ordering::Release);
+    for l in s.licenses {
+        check_position("a license update", l.updated_position, at)?;
+        let shared = resources
+            .get(l.resources as usize)
+            .cloned()
+            .ok_or_else(|| {
+                invalid(format!(
+                    "license {} names resource set {} of {}",
+                    l.license_id,
+                    l.resources,
+                    resources.len()
+                ))
+            })?;
+        let last_check_in = match l.last_check_in {
+            Some(c) => Some(check_in_from_snapshot(c, &versions, at)?),
+            None => None,
+        };
+        view.by_owner
+            .entry((l.cnpj, l.product))
+            .or_default()
+            .push(l.license_id);
+        view.licenses.insert(
+            l.license_id,
+            LicenseState {
+                cnpj: l.cnpj,
+                product: l.product,
+                blocked: l.blocked,
+                active: l.active,
+                contract_id: l.contract_id,
+                expires_on: l.expires_on.0,
+                resources: shared,
+                binding: l.binding.map(|b| Binding {
+                    hardware_id: b.hardware_id,
+                    hardware_key: b.hardware_key,
+                    ip: b.ip,
+                    caixa: b.caixa,
+                    equipamento: b.equipamento,
+                    bound_at: b.bound_at.0,
+                }),
+                last_ip: l.last_ip,
+                last_check_in,
+                granted_at: l.granted_at.0,
+                version: l.version,
+                updated_position: l.updated_position,
+            },
+        );
+    }
+
+    // The check-in index: each entry names a license of that customer and product.
+    check_sorted("bound terminals", &s.bound, |b| {
+        (b.cnpj, b.product, b.hardware_id)
+    })?;
+    for b in s.bound {
+        let fits = view
+            .licenses
+            .get(&b.license_id)
+            .is_some_and(|l| l.cnpj == b.cnpj && l.product == b.product);
+        if !fits {
+            return Err(invalid(format!(
+                "terminal {} of {} is bound to license {}, which is not a {:?} license of theirs",
+                b.hardware_id, b.cnpj, b.license_id, b.product
+            )));
+        }
+        view.bound
+            .insert((b.cnpj, b.product, b.hardware_id), b.license_id);
+    }
+
+    // Terminals.
+    check_sorted("terminals", &s.terminals, |t| (t.cnpj, t.hardware_id))?;
+    for t in s.terminals {
+        if t.last.is_empty() {
+            return Err(invalid(format!(
+                "terminal {} of {} has no check-in",
+                t.hardware_id, t.cnpj
+            )));
+        }
+        check_sorted("a terminal's products", &t.last, |(p, _)| *p)?;
+        let mut last = Vec::with_capacity(t.last.len());
+        for (p, c) in t.last {
+            last.push((p, check_in_from_snapshot(c, &versions, at)?));
+        }
+        view.terminals.insert(
+            (t.cnpj, t.hardware_id),
+            TerminalState {
+                version: t.version,
+                last,
+            },
+        );
+    }
+
+    // Contingencies.
+    check_sorted("contingency customers", &s.contingencies, |c| c.cnpj)?;
+    for c in s.contingencies {
+        if c.entries.is_empty() {
+            return Err(invalid(format!("{} has an empty contingency list", c.cnpj)));
+        }
+        let mut rows = Vec::with_capacity(c.entries.len());
+        for e in c.entries {
+            check_position("a contingency entry", e.entered_position, at)?;
+            rows.push(ContingencyRow {
+                cnpj: c.cnpj,
+                kind: e.kind,
+                hardware_id: e.hardware_id,
+                license_id: e.license_id,
+                grace_until: e.grace_until.map(|d| d.0),
+                entered_at: e.entered_at.0,
+                entered_position: e.entered_position,
+                note: e.note,
+                cleared_at: e.cleared_at.map(|t| t.0),
+                cleared_note: e.cleared_note,
+            });
+        }
+        view.contingencies.insert(c.cnpj, rows);
+    }
+
+    // Stamps.
+    check_sorted("stamps", &s.stamps, |st| st.cnpj)?;
+    for st in s.stamps {
+        check_position("a customer stamp", st.position, at)?;
+        view.stamps.insert(st.cnpj, st.position);
+    }
+
+    drop(applier);
+    Ok(view)
+}
