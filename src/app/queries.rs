@@ -22,6 +22,17 @@ impl Ledger {
         }
     }
 
+    /// A failed index read: the index is not used again, and the next start rebuilds it.
+    fn index_failed(&self, e: crate::derived::DerivedError) -> AppError {
+        tracing::error!(error = %e, "a read of the log index failed: the Histórico, search and dashboard answer 503 until a restart rebuilds it");
+        if let Err(e) = self.derived.condemn_index() {
+            tracing::error!(error = %e, "could not mark the log index for a rebuild");
+        }
+        let why = e.to_string();
+        *self.index_failure.lock() = Some(why.clone());
+        AppError::IndexUnavailable(why)
+    }
+
     /// The highest position the index answers for: what the view has applied.
     fn indexed(&self) -> Position {
         (*self.applied.borrow()).min(self.derived.index.covers().position)
@@ -36,10 +47,11 @@ impl Ledger {
         limit: usize,
     ) -> Result<(usize, Vec<Record>), AppError> {
         self.index_usable()?;
-        let (total, positions) =
-            self.derived
-                .index
-                .history(license, self.indexed(), offset, limit)?;
+        let (total, positions) = self
+            .derived
+            .index
+            .history(license, self.indexed(), offset, limit)
+            .map_err(|e| self.index_failed(e))?;
         let mut records = Vec::with_capacity(positions.len());
         for p in positions {
             records.push(self.indexed_record(p).await?);
@@ -49,11 +61,14 @@ impl Ledger {
 
     /// The record at `position`, which the index names: its absence is an internal error.
     async fn indexed_record(&self, position: Position) -> Result<Record, AppError> {
-        self.record_at(position).await?.ok_or_else(|| {
-            AppError::IndexUnavailable(format!(
-                "the index names position {position}, which the log does not have"
-            ))
-        })
+        match self.record_at(position).await? {
+            Some(record) => Ok(record),
+            None => Err(
+                self.index_failed(crate::derived::DerivedError::Damaged(format!(
+                    "the index names position {position}, which the log does not have"
+                ))),
+            ),
+        }
     }
 
     /// Up to `limit` positions in `lo..=hi` matching `filter`, newest first; the range is
@@ -67,19 +82,19 @@ impl Ledger {
         limit: usize,
     ) -> Result<Found, AppError> {
         self.index_usable()?;
-        Ok(self
-            .derived
+        self.derived
             .index
-            .search(filter, lo.max(1), hi.min(self.indexed()), limit)?)
+            .search(filter, lo.max(1), hi.min(self.indexed()), limit)
+            .map_err(|e| self.index_failed(e))
     }
 
     /// How many records of `event_type` lie in `lo..=hi` (bounded by what the view applied).
     pub fn count(&self, event_type: &str, lo: Position, hi: Position) -> Result<u64, AppError> {
         self.index_usable()?;
-        Ok(self
-            .derived
+        self.derived
             .index
-            .count(event_type, lo.max(1), hi.min(self.indexed()))?)
+            .count(event_type, lo.max(1), hi.min(self.indexed()))
+            .map_err(|e| self.index_failed(e))
     }
 
     /// The first position in `1..=head` recorded after `t` (or at `t` when `inclusive`), or
@@ -113,11 +128,7 @@ impl Ledger {
     /// work on the blocking pool (never on the threads that answer check-ins); the last one
     /// built is kept for the requests that ask for the same position.
     pub async fn view_as_of(&self, until: AsOf) -> Result<Arc<LedgerView>, AppError> {
-        let head = self.head().await?.position;
-        let position = match until {
-            AsOf::Position(p) => p.min(head),
-            AsOf::Time(t) => self.first_recorded_after(t, false, head).await? - 1,
-        };
+        let position = self.position_of(until).await?;
         let mut slot = self.as_of.lock().await;
         if let Some((p, view)) = slot.as_ref() {
             if *p == position {
@@ -146,6 +157,47 @@ impl Ledger {
         }
         *slot = Some((position, view.clone()));
         Ok(view)
+    }
+
+    /// The position `until` names: a position (at most the head), or the last record
+    /// recorded at or before a time.
+    pub async fn position_of(&self, until: AsOf) -> Result<Position, AppError> {
+        let head = self.head().await?.position;
+        Ok(match until {
+            AsOf::Position(p) => p.min(head),
+            AsOf::Time(t) => self.first_recorded_after(t, false, head).await? - 1,
+        })
+    }
+
+    /// One license as it was at `until`: its own Histórico up to there (every record that
+    /// changed its row: the license's events, the check-ins it answered, contingencies and
+    /// offline activations naming it) folded alone. Costs that license's history, not the
+    /// log's; `None` when it did not exist yet.
+    pub async fn license_as_of(
+        &self,
+        license: LicenseId,
+        until: AsOf,
+    ) -> Result<Option<ledger_projections::LicenseRow>, AppError> {
+        self.index_usable()?;
+        let position = self.position_of(until).await?.min(self.indexed());
+        let (_, mut positions) = self
+            .derived
+            .index
+            .history(license, position, 0, usize::MAX)
+            .map_err(|e| self.index_failed(e))?;
+        positions.reverse();
+        let view = LedgerView::new();
+        for p in positions {
+            let record = self.indexed_record(p).await?;
+            let event = record
+                .event()
+                .map_err(|e| AppError::Store(crate::store::StoreError::from(e)))?;
+            match view.apply_unordered(&record.envelope, &event) {
+                Ok(()) | Err(ProjectionError::Inconsistent { .. }) => {}
+                Err(e) => return Err(AppError::ViewStopped(e.to_string())),
+            }
+        }
+        Ok(view.license(license))
     }
 
     /// The newest checkpoint at or before `position` that the log confirms, or an empty view.

@@ -1040,9 +1040,14 @@ async fn get_license(
 ) -> Answer {
     let license_id: LicenseId = path_value("id", &id)?;
     read_your_writes(&state, q.min_position).await?;
-    let row = match view_at(&state, q.as_of).await? {
-        ViewAt::Live => state.ledger.view().license(license_id),
-        ViewAt::Past(view, _) => view.license(license_id),
+    let row = match q.as_of {
+        None => state.ledger.view().license(license_id),
+        Some(t) => {
+            state
+                .ledger
+                .license_as_of(license_id, AsOf::Time(t))
+                .await?
+        }
     };
     let row =
         row.ok_or_else(|| ApiError::NotFound(format!("license {license_id} does not exist")))?;
