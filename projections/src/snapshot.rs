@@ -689,7 +689,7 @@ fn restore_v1(s: SnapshotV1) -> Result<LedgerView, SnapshotError> {
             .is_some_and(|l| l.cnpj == b.cnpj && l.product == b.product);
         if !fits {
             return Err(invalid(format!(
-                "terminal {} of {} is bound to license {}, which is not a {:?} license of theirs",
+                "terminal {} of {} is bound to license {}, which is not one of their {:?} licenses",
                 b.hardware_id, b.cnpj, b.license_id, b.product
             )));
         }
@@ -754,4 +754,262 @@ fn restore_v1(s: SnapshotV1) -> Result<LedgerView, SnapshotError> {
 
     drop(applier);
     Ok(view)
+}
+
+#[cfg(test)]
+mod tests {
+    //! Validation of decoded values: each test damages one part of a valid body and expects
+    //! decoding to name the problem.
+
+    use super::*;
+
+    fn time(secs: i64) -> Time {
+        Time(DateTime::from_timestamp(secs, 0).unwrap_or_default())
+    }
+
+    fn day(days: i32) -> Day {
+        Day(NaiveDate::from_num_days_from_ce_opt(days).unwrap_or_default())
+    }
+
+    fn check_in(position: Position, version: Option<u32>) -> SnapshotCheckIn {
+        SnapshotCheckIn {
+            at: time(1_680_000_000),
+            hardware_id: HardwareId::from_bytes([1; 8]),
+            ip: None,
+            program_version: version,
+            outcome: CheckInOutcome::Valid {
+                expires_on: day(738_000).0,
+            },
+            position,
+        }
+    }
+
+    fn license(id: u32, cnpj: Cnpj) -> SnapshotLicense {
+        SnapshotLicense {
+            license_id: LicenseId::new(id).expect("id"),
+            cnpj,
+            product: Product::EasyCash,
+            blocked: false,
+            active: true,
+            contract_id: None,
+            expires_on: day(738_000),
+            resources: 0,
+            binding: None,
+            last_ip: None,
+            last_check_in: Some(check_in(9, Some(0))),
+            granted_at: time(1_680_000_000),
+            version: 2,
+            updated_position: 9,
+        }
+    }
+
+    /// A valid body: one customer with a contract, two licenses (the first bound), a
+    /// terminal, an open contingency entry, a stamp and an inconsistency, at position 10.
+    fn sample() -> SnapshotV1 {
+        let cnpj = Cnpj::parse("11222333000181").expect("cnpj");
+        let hardware_id = HardwareId::from_bytes([1; 8]);
+        SnapshotV1 {
+            position: 10,
+            max_license_id: 7,
+            max_contract_id: 1,
+            inconsistency_count: 3,
+            inconsistencies: vec![SnapshotInconsistency {
+                position: 8,
+                problem: "LicenseBlocked for unknown license 000009".into(),
+            }],
+            resources: vec![Resources::default()],
+            program_versions: vec![ProgramVersion::parse("2.0.12.1").expect("version")],
+            customers: vec![SnapshotCustomer {
+                cnpj,
+                trade_name: TradeName::parse("Mercado Bom").expect("name"),
+                since: day(738_000),
+                active: true,
+                blocked: false,
+                blacklisted: false,
+                version: 1,
+            }],
+            contracts: vec![SnapshotContract {
+                contract_id: ContractId::new(1).expect("id"),
+                cnpj,
+                starts_on: day(738_000),
+                ends_on: None,
+                interval_days: 30,
+                renew_before_days: 3,
+                active: true,
+                version: 1,
+            }],
+            licenses: vec![license(3, cnpj), license(7, cnpj)],
+            bound: vec![SnapshotBound {
+                cnpj,
+                product: Product::EasyCash,
+                hardware_id,
+                license_id: LicenseId::new(3).expect("id"),
+            }],
+            terminals: vec![SnapshotTerminal {
+                cnpj,
+                hardware_id,
+                version: 1,
+                last: vec![(Product::EasyCash, check_in(9, Some(0)))],
+            }],
+            contingencies: vec![SnapshotContingencies {
+                cnpj,
+                entries: vec![SnapshotContingency {
+                    kind: ContingencyKind::Manual,
+                    hardware_id: Some(hardware_id),
+                    license_id: None,
+                    grace_until: None,
+                    entered_at: time(1_680_000_000),
+                    entered_position: 6,
+                    note: None,
+                    cleared_at: None,
+                    cleared_note: None,
+                }],
+            }],
+            stamps: vec![SnapshotStamp { cnpj, position: 10 }],
+        }
+    }
+
+    fn bytes(body: &SnapshotV1) -> Vec<u8> {
+        postcard::to_extend(&SNAPSHOT_FORMAT_VERSION, Vec::new())
+            .and_then(|out| postcard::to_extend(body, out))
+            .expect("encode")
+    }
+
+    /// Decoding `change`d sample fails as invalid, naming `expected`.
+    fn refused(change: impl FnOnce(&mut SnapshotV1), expected: &str) {
+        let mut body = sample();
+        change(&mut body);
+        match LedgerView::decode_snapshot(&bytes(&body)) {
+            Err(SnapshotError::Invalid(problem)) => {
+                assert!(problem.contains(expected), "{problem:?} lacks {expected:?}")
+            }
+            other => panic!("expected Invalid naming {expected:?}, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_sample_decodes_and_encodes_back_to_the_same_bytes() {
+        let original = bytes(&sample());
+        let view = LedgerView::decode_snapshot(&original).expect("decode");
+        assert_eq!(view.position(), 10);
+        assert_eq!(view.license_count(), 2);
+        assert_eq!(view.encode_snapshot(), original);
+    }
+
+    #[test]
+    fn unsorted_or_duplicate_entries_are_refused() {
+        refused(
+            |b| b.licenses.reverse(),
+            "licenses are not in strictly increasing order",
+        );
+        refused(
+            |b| {
+                let cnpj = b.customers[0].cnpj;
+                b.licenses[1] = license(3, cnpj);
+                b.max_license_id = 3;
+            },
+            "licenses are not in strictly increasing order",
+        );
+        refused(
+            |b| {
+                let first = b.terminals[0].last[0].1.position;
+                b.terminals[0]
+                    .last
+                    .push((Product::EasyCash, check_in(first, None)));
+            },
+            "a terminal's products",
+        );
+        refused(
+            |b| {
+                let s = SnapshotStamp {
+                    cnpj: b.stamps[0].cnpj,
+                    position: 1,
+                };
+                b.stamps.push(s);
+            },
+            "stamps",
+        );
+    }
+
+    #[test]
+    fn indexes_into_the_tables_must_exist() {
+        refused(|b| b.licenses[0].resources = 1, "resource set 1 of 1");
+        refused(
+            |b| b.terminals[0].last[0].1.program_version = Some(4),
+            "program version 4 of 1",
+        );
+    }
+
+    #[test]
+    fn max_ids_must_be_the_largest_present() {
+        refused(|b| b.max_license_id = 9, "largest license id is 9");
+        refused(|b| b.max_contract_id = 0, "largest contract id is 0");
+    }
+
+    #[test]
+    fn no_position_may_lie_past_the_snapshot() {
+        refused(|b| b.licenses[0].updated_position = 11, "past the snapshot");
+        refused(|b| b.stamps[0].position = 11, "past the snapshot");
+        refused(
+            |b| b.contingencies[0].entries[0].entered_position = 11,
+            "past the snapshot",
+        );
+        refused(|b| b.inconsistencies[0].position = 11, "past the snapshot");
+        refused(
+            |b| b.terminals[0].last[0].1.position = 11,
+            "past the snapshot",
+        );
+    }
+
+    #[test]
+    fn the_bound_index_must_name_a_license_of_that_customer_and_product() {
+        refused(
+            |b| b.bound[0].license_id = LicenseId::new(5).expect("id"),
+            "not one of their EasyCash licenses",
+        );
+        refused(
+            |b| b.bound[0].product = Product::Nfe,
+            "not one of their Nfe licenses",
+        );
+    }
+
+    #[test]
+    fn kept_inconsistencies_are_bounded_and_counted() {
+        refused(|b| b.inconsistency_count = 0, "1 inconsistencies kept of 0");
+        refused(
+            |b| {
+                let one = SnapshotInconsistency {
+                    position: 1,
+                    problem: String::new(),
+                };
+                b.inconsistencies = (0..=INCONSISTENCIES_KEPT)
+                    .map(|_| SnapshotInconsistency {
+                        problem: one.problem.clone(),
+                        ..one
+                    })
+                    .collect();
+                b.inconsistency_count = 1_000;
+            },
+            "65 inconsistencies kept",
+        );
+    }
+
+    #[test]
+    fn empty_terminals_and_contingency_lists_are_refused() {
+        refused(|b| b.terminals[0].last.clear(), "has no check-in");
+        refused(
+            |b| b.contingencies[0].entries.clear(),
+            "empty contingency list",
+        );
+    }
+
+    #[test]
+    fn out_of_range_dates_and_times_do_not_decode() {
+        let day_bytes = postcard::to_allocvec(&i32::MAX).expect("encode");
+        assert!(postcard::from_bytes::<Day>(&day_bytes).is_err());
+        let time_bytes = postcard::to_allocvec(&(i64::MAX, 0u32)).expect("encode");
+        assert!(postcard::from_bytes::<Time>(&time_bytes).is_err());
+        let nanos_bytes = postcard::to_allocvec(&(0i64, 2_000_000_000u32)).expect("encode");
+        assert!(postcard::from_bytes::<Time>(&nanos_bytes).is_err());
+    }
 }
