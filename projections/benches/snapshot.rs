@@ -6,8 +6,10 @@
 //! in a hundred unlinked, a few contingencies per customer. Four resource sets and two
 //! program versions are shared, as in real logs.
 //!
-//! First a one-shot run prints the snapshot's size, bytes per license and a JSON summary
-//! line; then criterion measures `encode_snapshot` and `decode_snapshot`. Run:
+//! First a one-shot run prints the snapshot's size, bytes per license, one encode and one
+//! decode, and how long an encode holds the applier off (the slowest of the applies another
+//! thread makes meanwhile), as a JSON summary line; then criterion measures
+//! `encode_snapshot` and `decode_snapshot`. Run:
 //! `cargo bench -p ledger-projections --bench snapshot` (`LEDGER_BENCH_RECORD=1` appends the
 //! summary line to `benches/results/snapshot.jsonl`).
 
@@ -54,19 +56,18 @@ fn cnpj(n: u32) -> Cnpj {
 /// Applies events straight to a view, with envelopes built in place (the view does not look
 /// at hashes).
 struct Feeder {
-    view: LedgerView,
     now: DateTime<Utc>,
     versions: HashMap<StreamId, StreamVersion>,
     actor: Actor,
 }
 
 impl Feeder {
-    fn push(&mut self, event: impl Into<Event>) {
+    fn push(&mut self, view: &LedgerView, event: impl Into<Event>) {
         let event = event.into();
         let stream_id = event.stream_id();
         let version = self.versions.entry(stream_id.clone()).or_insert(0);
         *version += 1;
-        let position = self.view.position() + 1;
+        let position = view.position() + 1;
         let envelope = Envelope {
             position,
             stream_id,
@@ -80,15 +81,15 @@ impl Feeder {
             prev_hash: Hash::ZERO,
             hash: Hash::ZERO,
         };
-        self.view.apply(&envelope, &event).expect("apply");
+        view.apply(&envelope, &event).expect("apply");
         self.now += chrono::Duration::milliseconds(250);
     }
 }
 
-fn build_view(licenses: usize, rounds: usize) -> LedgerView {
+fn build_view(licenses: usize, rounds: usize) -> (LedgerView, Feeder) {
     let customers = 1_000.min(licenses.max(1));
+    let view = LedgerView::new();
     let mut f = Feeder {
-        view: LedgerView::new(),
         now: "2023-01-02T08:00:00Z".parse().expect("time"),
         versions: HashMap::new(),
         actor: Actor::system("bench").expect("actor"),
@@ -113,19 +114,25 @@ fn build_view(licenses: usize, rounds: usize) -> LedgerView {
     ];
     let cnpjs: Vec<Cnpj> = (0..customers as u32).map(cnpj).collect();
     for (i, c) in cnpjs.iter().enumerate() {
-        f.push(CustomerRegistered {
-            cnpj: *c,
-            trade_name: TradeName::parse(&format!("Mercado {i}")).expect("name"),
-            since: start,
-        });
-        f.push(ContractSigned {
-            contract_id: ContractId::new(i as u32 + 1).expect("id"),
-            cnpj: *c,
-            starts_on: start,
-            ends_on: None,
-            interval_days: 30,
-            renew_before_days: 3,
-        });
+        f.push(
+            &view,
+            CustomerRegistered {
+                cnpj: *c,
+                trade_name: TradeName::parse(&format!("Mercado {i}")).expect("name"),
+                since: start,
+            },
+        );
+        f.push(
+            &view,
+            ContractSigned {
+                contract_id: ContractId::new(i as u32 + 1).expect("id"),
+                cnpj: *c,
+                starts_on: start,
+                ends_on: None,
+                interval_days: 30,
+                renew_before_days: 3,
+            },
+        );
     }
     let products = [Product::EasyCash, Product::Notify, Product::Nfe];
     let license = |i: usize| LicenseId::new(i as u32 + 1).expect("id");
@@ -134,22 +141,28 @@ fn build_view(licenses: usize, rounds: usize) -> LedgerView {
     let expiry = |i: usize| start + Days::new(30 + (i % 30) as u64);
     for i in 0..licenses {
         let c = cnpjs[i % customers];
-        f.push(LicenseGranted {
-            license_id: license(i),
-            cnpj: c,
-            product: products[i % 3],
-            contract_id: Some(ContractId::new((i % customers) as u32 + 1).expect("id")),
-            expires_on: expiry(i),
-            resources: resource_sets[i % 4].clone(),
-        });
-        f.push(LicenseBound {
-            license_id: license(i),
-            hardware_id: terminal(i),
-            hardware_key: HardwareKey::from_bytes((i as u128 + 1).to_be_bytes()),
-            ip: ip(i),
-            caixa: TerminalNumber::new((i % 20) as u16 + 1).ok(),
-            equipamento: None,
-        });
+        f.push(
+            &view,
+            LicenseGranted {
+                license_id: license(i),
+                cnpj: c,
+                product: products[i % 3],
+                contract_id: Some(ContractId::new((i % customers) as u32 + 1).expect("id")),
+                expires_on: expiry(i),
+                resources: resource_sets[i % 4].clone(),
+            },
+        );
+        f.push(
+            &view,
+            LicenseBound {
+                license_id: license(i),
+                hardware_id: terminal(i),
+                hardware_key: HardwareKey::from_bytes((i as u128 + 1).to_be_bytes()),
+                ip: ip(i),
+                caixa: TerminalNumber::new((i % 20) as u16 + 1).ok(),
+                equipamento: None,
+            },
+        );
     }
     for _ in 0..rounds {
         f.now += chrono::Duration::hours(24);
@@ -168,61 +181,79 @@ fn build_view(licenses: usize, rounds: usize) -> LedgerView {
                     equipamento: None,
                     outcome,
                 };
-            f.push(check_in(
-                products[i % 3],
-                Some(license(i)),
-                CheckInOutcome::Valid {
-                    expires_on: expiry(i),
-                },
-            ));
+            f.push(
+                &view,
+                check_in(
+                    products[i % 3],
+                    Some(license(i)),
+                    CheckInOutcome::Valid {
+                        expires_on: expiry(i),
+                    },
+                ),
+            );
             if i % 7 == 0 {
                 // Another product on the same terminal, which no license answers.
-                f.push(check_in(
-                    products[(i + 1) % 3],
-                    None,
-                    CheckInOutcome::Refused {
-                        reason: RefusalReason::NoLicenseAvailable,
-                    },
-                ));
+                f.push(
+                    &view,
+                    check_in(
+                        products[(i + 1) % 3],
+                        None,
+                        CheckInOutcome::Refused {
+                            reason: RefusalReason::NoLicenseAvailable,
+                        },
+                    ),
+                );
             }
         }
     }
     for i in 0..licenses {
-        f.push(LicenseRenewed {
-            license_id: license(i),
-            previous_expiry: expiry(i),
-            expires_on: expiry(i) + Days::new(30),
-            cause: RenewalCause::Contract {
-                contract_id: ContractId::new((i % customers) as u32 + 1).expect("id"),
-            },
-        });
-        if i % 100 == 0 {
-            f.push(LicenseUnlinked {
+        f.push(
+            &view,
+            LicenseRenewed {
                 license_id: license(i),
-                hardware_id: terminal(i),
-                note: None,
-            });
+                previous_expiry: expiry(i),
+                expires_on: expiry(i) + Days::new(30),
+                cause: RenewalCause::Contract {
+                    contract_id: ContractId::new((i % customers) as u32 + 1).expect("id"),
+                },
+            },
+        );
+        if i % 100 == 0 {
+            f.push(
+                &view,
+                LicenseUnlinked {
+                    license_id: license(i),
+                    hardware_id: terminal(i),
+                    note: None,
+                },
+            );
         }
     }
     for (i, c) in cnpjs.iter().enumerate() {
-        f.push(ContingencyEntered {
-            cnpj: *c,
-            kind: ContingencyKind::Intelliweb,
-            hardware_id: None,
-            license_id: None,
-            grace_until: None,
-            note: Note::parse("[401]Assinatura do token inválida").ok(),
-        });
-        if i % 2 == 0 {
-            f.push(ContingencyCleared {
+        f.push(
+            &view,
+            ContingencyEntered {
                 cnpj: *c,
                 kind: ContingencyKind::Intelliweb,
                 hardware_id: None,
-                note: None,
-            });
+                license_id: None,
+                grace_until: None,
+                note: Note::parse("[401]Assinatura do token inválida").ok(),
+            },
+        );
+        if i % 2 == 0 {
+            f.push(
+                &view,
+                ContingencyCleared {
+                    cnpj: *c,
+                    kind: ContingencyKind::Intelliweb,
+                    hardware_id: None,
+                    note: None,
+                },
+            );
         }
     }
-    f.view
+    (view, f)
 }
 
 /// Appends `line` to `benches/results/snapshot.jsonl` when `LEDGER_BENCH_RECORD` is set.
@@ -246,7 +277,7 @@ fn bench(c: &mut Criterion) {
     let licenses = env_or("LEDGER_BENCH_LICENSES", 100_000);
     let rounds = env_or("LEDGER_BENCH_ROUNDS", 3);
     let t = Instant::now();
-    let view = build_view(licenses, rounds);
+    let (view, mut feeder) = build_view(licenses, rounds);
     eprintln!(
         "built a view of {} licenses at position {} in {:.1} s",
         view.license_count(),
@@ -255,6 +286,7 @@ fn bench(c: &mut Criterion) {
     );
 
     // One shot: size, and that the snapshot restores the same state.
+    let position = view.position();
     let t = Instant::now();
     let bytes = view.encode_snapshot();
     let encode_s = t.elapsed().as_secs_f64();
@@ -264,13 +296,50 @@ fn bench(c: &mut Criterion) {
     assert_eq!(restored.position(), view.position());
     assert_eq!(restored.encode_snapshot(), bytes);
     drop(restored);
+
+    // How long encoding holds the applier off: apply check-ins on this thread while another
+    // encodes, and keep the slowest apply.
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let blocked = std::thread::scope(|s| {
+        s.spawn(|| {
+            black_box(view.encode_snapshot());
+            done.store(true, std::sync::atomic::Ordering::Release);
+        });
+        let mut slowest = Duration::ZERO;
+        let c = view.customers()[0].cnpj;
+        let mut n = 0u64;
+        while !done.load(std::sync::atomic::Ordering::Acquire) {
+            let t = Instant::now();
+            feeder.push(
+                &view,
+                TerminalCheckedIn {
+                    cnpj: c,
+                    product: Product::EasyCash,
+                    hardware_id: HardwareId::from_bytes((1_000_000 + n % 100).to_be_bytes()),
+                    hardware_key: HardwareKey::from_bytes([7; 16]),
+                    license_id: None,
+                    ip: None,
+                    program_version: None,
+                    caixa: None,
+                    equipamento: None,
+                    outcome: CheckInOutcome::Refused {
+                        reason: RefusalReason::NoLicenseAvailable,
+                    },
+                },
+            );
+            slowest = slowest.max(t.elapsed());
+            n += 1;
+        }
+        slowest
+    });
     let per_license = bytes.len() as f64 / licenses.max(1) as f64;
     let line = format!(
-        "{{\"bench\":\"snapshot\",\"licenses\":{licenses},\"position\":{},\"bytes\":{},\"bytes_per_license\":{per_license:.1},\"encode_ms\":{:.1},\"decode_ms\":{:.1}}}",
-        view.position(),
+        "{{\"bench\":\"snapshot\",\"licenses\":{licenses},\"position\":{},\"bytes\":{},\"bytes_per_license\":{per_license:.1},\"encode_ms\":{:.1},\"decode_ms\":{:.1},\"applier_blocked_ms\":{:.1}}}",
+        position,
         bytes.len(),
         encode_s * 1e3,
-        decode_s * 1e3
+        decode_s * 1e3,
+        blocked.as_secs_f64() * 1e3
     );
     println!("{line}");
     record(&line);
