@@ -296,9 +296,12 @@ fn copy<K: Copy + Eq + std::hash::Hash, V, T>(
     all
 }
 
-fn sort<K: Ord + Copy, T>(mut all: Vec<(K, T)>) -> Vec<(K, T)> {
-    all.sort_unstable_by_key(|e| e.0);
-    all
+/// The entries in key order. Sorts (key, index) pairs rather than the entries themselves,
+/// which are large (a license is about 200 bytes).
+fn in_key_order<K: Ord + Copy, T>(all: &[(K, T)]) -> impl Iterator<Item = (K, &T)> {
+    let mut order: Vec<(K, usize)> = all.iter().enumerate().map(|(i, e)| (e.0, i)).collect();
+    order.sort_unstable_by_key(|e| e.0);
+    order.into_iter().map(move |(k, i)| (k, &all[i].1))
 }
 
 /// Numbers distinct shared values in order of first use. The view shares equal values
@@ -380,11 +383,10 @@ impl Copied {
         };
         let mut resources = Table::<Resources>::new();
         let mut versions = Table::<ProgramVersion>::new();
-        let customers = sort(self.customers)
-            .into_iter()
+        let customers = in_key_order(&self.customers)
             .map(|(cnpj, c)| SnapshotCustomer {
                 cnpj: cnpjs.index_of(cnpj),
-                trade_name: c.trade_name,
+                trade_name: c.trade_name.clone(),
                 since: Day(c.since),
                 active: c.active,
                 blocked: c.blocked,
@@ -392,8 +394,7 @@ impl Copied {
                 version: c.version,
             })
             .collect();
-        let contracts = sort(self.contracts)
-            .into_iter()
+        let contracts = in_key_order(&self.contracts)
             .map(|(contract_id, c)| SnapshotContract {
                 contract_id,
                 cnpj: cnpjs.index_of(c.cnpj),
@@ -405,11 +406,9 @@ impl Copied {
                 version: c.version,
             })
             .collect();
-        let licenses = sort(self.licenses);
-        let licenses = licenses
-            .iter()
+        let licenses = in_key_order(&self.licenses)
             .map(|(license_id, l)| SnapshotLicense {
-                license_id: *license_id,
+                license_id,
                 cnpj: cnpjs.index_of(l.cnpj),
                 product: l.product,
                 blocked: l.blocked,
@@ -435,21 +434,18 @@ impl Copied {
                 updated_position: l.updated_position,
             })
             .collect();
-        let bound = sort(self.bound)
-            .into_iter()
+        let bound = in_key_order(&self.bound)
             .map(|((cnpj, product, hardware_id), license_id)| SnapshotBound {
                 cnpj: cnpjs.index_of(cnpj),
                 product,
                 hardware_id,
-                license_id,
+                license_id: *license_id,
             })
             .collect();
-        let terminals = sort(self.terminals);
-        let terminals = terminals
-            .iter()
+        let terminals = in_key_order(&self.terminals)
             .map(|((cnpj, hardware_id), t)| SnapshotTerminal {
-                cnpj: cnpjs.index_of(*cnpj),
-                hardware_id: *hardware_id,
+                cnpj: cnpjs.index_of(cnpj),
+                hardware_id,
                 version: t.version,
                 last: t
                     .last
@@ -458,12 +454,11 @@ impl Copied {
                     .collect(),
             })
             .collect();
-        let contingencies = sort(self.contingencies)
-            .into_iter()
+        let contingencies = in_key_order(&self.contingencies)
             .map(|(cnpj, rows)| SnapshotContingencies {
                 cnpj: cnpjs.index_of(cnpj),
                 entries: rows
-                    .into_iter()
+                    .iter()
                     .map(|r| SnapshotContingency {
                         kind: r.kind,
                         hardware_id: r.hardware_id,
@@ -471,18 +466,17 @@ impl Copied {
                         grace_until: r.grace_until.map(Day),
                         entered_at: Time(r.entered_at),
                         entered_position: r.entered_position,
-                        note: r.note,
+                        note: r.note.clone(),
                         cleared_at: r.cleared_at.map(Time),
-                        cleared_note: r.cleared_note,
+                        cleared_note: r.cleared_note.clone(),
                     })
                     .collect(),
             })
             .collect();
-        let stamps = sort(self.stamps)
-            .into_iter()
+        let stamps = in_key_order(&self.stamps)
             .map(|(cnpj, position)| SnapshotStamp {
                 cnpj: cnpjs.index_of(cnpj),
-                position,
+                position: *position,
             })
             .collect();
         SnapshotV1 {
