@@ -7,7 +7,8 @@
 //! program versions are shared, as in real logs.
 //!
 //! First a one-shot run prints the snapshot's size, bytes per license, one encode and one
-//! decode, and how long an encode holds the applier off (the slowest of the applies another
+//! decode (wall and on-CPU time of the thread, the latter meaningful on a loaded machine),
+//! and how long an encode holds the applier off (the slowest of the applies another
 //! thread makes meanwhile), as a JSON summary line; then criterion measures
 //! `encode_snapshot` and `decode_snapshot`. Run:
 //! `cargo bench -p ledger-projections --bench snapshot` (`LEDGER_BENCH_RECORD=1` appends the
@@ -256,6 +257,13 @@ fn build_view(licenses: usize, rounds: usize) -> (LedgerView, Feeder) {
     (view, f)
 }
 
+/// Nanoseconds this thread has run on a CPU (`/proc/thread-self/schedstat`): unlike wall
+/// time, it does not count waiting for a CPU on a loaded machine.
+fn thread_cpu_ns() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    stat.split_whitespace().next()?.parse().ok()
+}
+
 /// Appends `line` to `benches/results/snapshot.jsonl` when `LEDGER_BENCH_RECORD` is set.
 fn record(line: &str) {
     use std::io::Write as _;
@@ -287,12 +295,20 @@ fn bench(c: &mut Criterion) {
 
     // One shot: size, and that the snapshot restores the same state.
     let position = view.position();
+    let cpu = thread_cpu_ns();
     let t = Instant::now();
     let bytes = view.encode_snapshot();
     let encode_s = t.elapsed().as_secs_f64();
+    let encode_cpu_ms = thread_cpu_ns()
+        .zip(cpu)
+        .map_or(-1.0, |(b, a)| (b - a) as f64 / 1e6);
+    let cpu = thread_cpu_ns();
     let t = Instant::now();
     let restored = LedgerView::decode_snapshot(&bytes).expect("decode");
     let decode_s = t.elapsed().as_secs_f64();
+    let decode_cpu_ms = thread_cpu_ns()
+        .zip(cpu)
+        .map_or(-1.0, |(b, a)| (b - a) as f64 / 1e6);
     assert_eq!(restored.position(), view.position());
     assert_eq!(restored.encode_snapshot(), bytes);
     drop(restored);
@@ -334,7 +350,7 @@ fn bench(c: &mut Criterion) {
     });
     let per_license = bytes.len() as f64 / licenses.max(1) as f64;
     let line = format!(
-        "{{\"bench\":\"snapshot\",\"licenses\":{licenses},\"position\":{},\"bytes\":{},\"bytes_per_license\":{per_license:.1},\"encode_ms\":{:.1},\"decode_ms\":{:.1},\"applier_blocked_ms\":{:.1}}}",
+        "{{\"bench\":\"snapshot\",\"licenses\":{licenses},\"position\":{},\"bytes\":{},\"bytes_per_license\":{per_license:.1},\"encode_ms\":{:.1},\"encode_cpu_ms\":{encode_cpu_ms:.1},\"decode_ms\":{:.1},\"decode_cpu_ms\":{decode_cpu_ms:.1},\"applier_blocked_ms\":{:.1}}}",
         position,
         bytes.len(),
         encode_s * 1e3,
