@@ -458,6 +458,45 @@ fn the_same_events_encode_the_same_whatever_the_order_the_maps_saw() {
 }
 
 #[test]
+fn a_snapshot_taken_while_the_applier_runs_is_the_state_at_its_position() {
+    let log = realistic_log(17, 4, 6, true);
+    let n = log.records.len();
+    let view = LedgerView::new();
+    let started = std::sync::Barrier::new(2);
+    let taken: Vec<Vec<u8>> = std::thread::scope(|s| {
+        let taker = s.spawn(|| {
+            let mut taken = Vec::new();
+            started.wait();
+            while view.position() < n as u64 {
+                taken.push(view.encode_snapshot());
+            }
+            taken
+        });
+        started.wait();
+        for record in &log.records {
+            let _ = view.apply_record(record);
+            // Let the taker in between records as well as during them.
+            std::thread::yield_now();
+        }
+        taker.join().expect("taker")
+    });
+    assert!(!taken.is_empty());
+    let mut expected: BTreeMap<Position, Vec<u8>> = BTreeMap::new();
+    let mut previous = 0;
+    for bytes in &taken {
+        let p = LedgerView::decode_snapshot(bytes)
+            .expect("decode")
+            .position();
+        assert!(p >= previous, "snapshots follow the applier");
+        previous = p;
+        let fold = expected
+            .entry(p)
+            .or_insert_with(|| prefix_view(&log, p as usize).encode_snapshot());
+        assert_eq!(bytes, fold, "snapshot at {p}");
+    }
+}
+
+#[test]
 fn a_different_state_encodes_differently() {
     let log = realistic_log(3, 3, 4, false);
     let all = log.view().encode_snapshot();
