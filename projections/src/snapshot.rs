@@ -6,7 +6,10 @@
 //! then that version's body, a tree of `Snapshot*` structs defined here that mirror the view's
 //! state field by field. The view's own types are never serialized: a change to the view that
 //! changes what a snapshot holds is a new format version (a reader refuses versions it does
-//! not know, and the caller rebuilds from the log), never a silent reinterpretation.
+//! not know, and the caller rebuilds from the log), never a silent reinterpretation. Value
+//! types (CNPJ, ids, keys, outcomes, notes…) use their event-payload binary forms, which the
+//! golden files of `ledger-events` keep stable; dates are days since 0001-01-01 and instants
+//! seconds and nanoseconds since the Unix epoch, encoded here.
 //!
 //! Invariants:
 //! - **Deterministic**: the same state gives the same bytes, whatever order events reached
@@ -25,8 +28,10 @@
 //!   largest ids present and that no position lies past the snapshot's. It never panics on
 //!   any bytes; what it accepts is a view that could continue applying events.
 //!
-//! A snapshot says nothing about which log it came from: the caller stores it with the
-//! position and chain hash it reflects and checks those against the log before trusting it.
+//! A snapshot says nothing about which log it came from and carries no checksum (most
+//! damage to its bytes still decodes, to another valid view): the caller stores it with a
+//! hash of its bytes and the position and chain hash it reflects, and checks those against
+//! the log before trusting it.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
