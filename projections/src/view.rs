@@ -15,6 +15,11 @@
 //! not exist, a second registration of the same id, or an event recorded in a stream of the
 //! wrong category is reported as [`ProjectionError::Inconsistent`] and its impossible part is
 //! skipped (see [`LedgerView::apply`]).
+//!
+//! The view keeps no per-record state: a license's Histórico is the set of records that
+//! [`LedgerView::apply_noting`] reports for it, for an index outside the view to keep. Its
+//! whole state can be written out and restored with [`LedgerView::encode_snapshot`] and
+//! [`LedgerView::decode_snapshot`] (see [`crate::snapshot`]).
 
 use std::collections::{HashSet, VecDeque};
 use std::fmt;
