@@ -122,7 +122,8 @@ pub(super) async fn restore(
 /// The index entry of `record`, applying it to `view` (which notes the license whose
 /// Histórico it joins). An inconsistent event is logged and indexed by what it names.
 fn apply(view: &LedgerView, record: &Record) -> Result<index::Entry, ProjectionError> {
-    let license = match view.apply_record_noting(record) {
+    let event = record.event()?;
+    let license = match view.apply_noting(&record.envelope, &event) {
         Ok(license) => license,
         Err(ProjectionError::Inconsistent { position, problem }) => {
             tracing::warn!(position, %problem, "read model skipped an inconsistent event");
@@ -130,14 +131,10 @@ fn apply(view: &LedgerView, record: &Record) -> Result<index::Entry, ProjectionE
         }
         Err(e) => return Err(e),
     };
-    let customer = record
-        .event()
-        .ok()
-        .and_then(|event| view.customer_of(&event));
     Ok(index::Entry {
         position: record.envelope.position,
         license,
-        customer,
+        customer: view.customer_of(&event),
         event_type: record.envelope.event_type.clone(),
     })
 }
@@ -247,7 +244,13 @@ impl Applier {
         {
             return previous;
         }
-        // The index must cover the snapshot's position after a crash too.
+        // The index must cover the snapshot's position after a crash too; at a stop it is
+        // also written out as tables, so that the next start replays no journal.
+        if last {
+            if let Err(e) = self.derived.index.settle() {
+                tracing::warn!(error = %e, "could not write the log index out");
+            }
+        }
         if let Err(e) = self.derived.index.persist() {
             tracing::warn!(error = %e, "could not make the log index durable: no snapshot taken");
             return previous;

@@ -177,8 +177,11 @@ fn decode_covers(v: &[u8]) -> Option<ChainHead> {
 
 impl Disk {
     fn open(dir: &Path) -> Result<Self, DerivedError> {
+        // A small journal bounds what an open after a crash replays (the memtables are
+        // written out as tables whenever it fills).
         let db = fjall::Database::builder(dir)
             .cache_size(16 * 1024 * 1024)
+            .max_journaling_size(64 * 1024 * 1024)
             .open()?;
         let options = || fjall::KeyspaceCreateOptions::default().max_memtable_size(8 * 1024 * 1024);
         let history = db.keyspace("history", options)?;
@@ -279,6 +282,17 @@ impl LogIndex {
     pub fn persist(&self) -> Result<(), DerivedError> {
         if let Inner::Disk(d) = &self.inner {
             d.db.persist(fjall::PersistMode::SyncAll)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the in-memory part of the index out as tables (at a stop), so that the next
+    /// open has no journal to replay.
+    pub fn settle(&self) -> Result<(), DerivedError> {
+        if let Inner::Disk(d) = &self.inner {
+            for ks in [&d.history, &d.customer, &d.kind, &d.meta] {
+                ks.rotate_memtable_and_wait()?;
+            }
         }
         Ok(())
     }
