@@ -61,9 +61,10 @@ async fn open(dir: &Path) -> Result<FileStore, StoreError> {
     FileStore::open(FileStoreConfig::new(dir), clock()).await
 }
 
-/// Opens with the on-disk index removed first: the open then reads and checks every record
-/// (an open with the index reads only what follows the index's position; damage before it is
-/// refused on read and by `verify`, see `damage_before_the_index_is_refused_on_read`).
+/// Opens with the on-disk index removed first (if a log this small has one): the open then
+/// reads and checks every record (an open with the index reads only what follows the index's
+/// position; damage before it is refused on read and by `verify`, see
+/// `damage_before_the_index_is_refused_on_read`).
 async fn open_rescanning(dir: &Path) -> Result<FileStore, StoreError> {
     license_ledger::store::file::diskindex::remove(dir).expect("remove the index");
     open(dir).await
@@ -701,4 +702,47 @@ async fn a_damaged_stale_or_foreign_index_is_rebuilt_never_served() {
     let stats = store.stats();
     assert!(stats.index_rebuilt, "{stats:?}");
     assert_eq!(all_records(&store).await, before.records[..cut_at as usize]);
+}
+
+/// Damage before the index's position is not read by the open (that is the point of the
+/// index); it is refused when read, naming segment, offset and position, and nothing changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damage_before_the_index_is_refused_on_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_tail(dir.path(), 4).await;
+    let records = fill(&store, 10).await;
+    store.close().await.unwrap();
+    drop(store);
+    let seg = last_segment(dir.path());
+    let mut bytes = fs::read(&seg).unwrap();
+    let frame = |r: &Record| r.encode().unwrap().len() + 8;
+    let start5 = 32 + records[..4].iter().map(frame).sum::<usize>();
+    bytes[start5 + 60] ^= 0x01;
+    fs::write(&seg, &bytes).unwrap();
+
+    let store = open_tail(dir.path(), 4).await;
+    assert_eq!(store.stats().open_records_scanned, 0);
+    for read in [
+        store.read_all(1, 100).await,
+        store
+            .read_stream(&records[4].envelope.stream_id, 1, 100)
+            .await,
+    ] {
+        match read {
+            Err(StoreError::Corrupt {
+                segment,
+                offset,
+                position,
+                ..
+            }) => {
+                assert_eq!(position, 5);
+                assert_eq!(offset as usize, start5);
+                assert!(segment.ends_with(".seg"));
+            }
+            other => panic!("expected Corrupt, got {other:?}"),
+        }
+    }
+    assert_eq!(store.read_all(6, 100).await.unwrap(), records[5..]);
+    store.close().await.unwrap();
+    assert_eq!(fs::read(&seg).unwrap(), bytes, "nothing changed");
 }

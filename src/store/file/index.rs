@@ -11,6 +11,7 @@
 //! everything, as a purely in-memory index.
 
 use std::fs::File;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use ahash::AHashMap;
@@ -51,6 +52,9 @@ pub struct Index {
     pub(crate) segments: Vec<OpenSegment>,
     pub(crate) head: ChainHead,
     pub(crate) disk: Option<DiskIndex>,
+    /// Without `disk`: the log directory where one is created once entries first move out
+    /// of memory (`None`: never, as when another handle of this process holds it).
+    pub(crate) disk_dir: Option<PathBuf>,
 }
 
 impl Index {
@@ -65,6 +69,36 @@ impl Index {
             versions,
             disk: Some(disk),
             ..Self::default()
+        }
+    }
+
+    /// An empty index that creates its disk part in the log directory `dir` when first
+    /// needed (small logs never need one).
+    pub(crate) fn lazy(dir: PathBuf) -> Self {
+        Self {
+            disk_dir: Some(dir),
+            ..Self::default()
+        }
+    }
+
+    /// Whether a disk part is there, creating it if it may be; a failure to create it is
+    /// logged and not retried (the index then stays in memory).
+    pub(crate) fn ensure_disk(&mut self) -> bool {
+        if self.disk.is_some() {
+            return true;
+        }
+        let Some(dir) = self.disk_dir.take() else {
+            return false;
+        };
+        match DiskIndex::open(&dir) {
+            Ok(disk) => {
+                self.disk = Some(disk);
+                true
+            }
+            Err(e) => {
+                tracing::warn!(problem = ?e, dir = %dir.display(), "could not create the log index; keeping it in memory only");
+                false
+            }
         }
     }
 
@@ -298,6 +332,7 @@ impl Index {
     /// Moves the tail up to `upto` to disk now (used while opening). A failure leaves the
     /// tail as it was.
     pub(crate) fn flush_now(&mut self, upto: ChainHead) -> Result<usize, StoreError> {
+        self.ensure_disk();
         let Some((disk, flush)) = self.plan_flush(upto) else {
             return Ok(0);
         };

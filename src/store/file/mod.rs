@@ -155,7 +155,7 @@ impl FileStore {
         let mut segments = list_segments(&dir)?;
         let mark = durable::read_mark(&dir)?;
         let (mut index, start) = load_index(&dir, &segments, mark.as_ref());
-        let rebuilt = index.disk.is_some() && start.is_none();
+        let rebuilt = start.is_none() && (index.disk.is_some() || index.disk_dir.is_some());
         // While rebuilding, entries move to disk as the scan goes, but only acknowledged
         // ones: the index never runs ahead of durable records.
         let acknowledged = mark.as_ref().map_or(0, |m| m.head.position);
@@ -493,14 +493,11 @@ fn load_index(
             tracing::warn!(error = %e, "could not remove the log index; keeping it in memory only");
             return Index::default();
         }
-        match DiskIndex::open(dir) {
-            Ok(disk) => Index::on_disk(disk, 0, Default::default()),
-            Err(e) => {
-                tracing::warn!(problem = ?e, "could not create the log index; keeping it in memory only");
-                Index::default()
-            }
-        }
+        Index::lazy(dir.to_path_buf())
     };
+    if !diskindex::index_path(dir).exists() {
+        return (Index::lazy(dir.to_path_buf()), None);
+    }
     let disk = match DiskIndex::open(dir) {
         Ok(disk) => disk,
         Err(OpenFailure::Busy) => {

@@ -881,14 +881,25 @@ fn head_version(actual: StreamVersion, request: &AppendRequest) -> StreamVersion
 pub(crate) fn run_indexer(shared: &Shared, rx: &std_mpsc::Receiver<()>, tail_max: usize) {
     loop {
         let last = rx.recv().is_err();
-        let plan = {
+        // At the end, what is durable goes to an index that exists (the next open then reads
+        // nothing); a log smaller than the tail never gets one.
+        let (full, exists) = {
             let index = shared.index.read();
             let durable = index.head.position.saturating_sub(index.base);
-            if durable == 0 || (!last && durable < tail_max as u64) {
-                None
-            } else {
-                index.plan_flush(index.head)
-            }
+            (
+                durable >= tail_max as u64,
+                durable > 0 && index.disk.is_some(),
+            )
+        };
+        let go = match (full, exists) {
+            (true, false) => shared.index.write().ensure_disk(),
+            (full, exists) => exists && (full || last),
+        };
+        let plan = if go {
+            let index = shared.index.read();
+            index.plan_flush(index.head)
+        } else {
+            None
         };
         if let Some((disk, flush)) = plan {
             match disk.write(&flush) {
