@@ -348,6 +348,16 @@ impl DiskIndex {
         Ok(out)
     }
 
+    /// Writes the in-memory part of the index out as tables (at close), so that the next
+    /// open has no journal to replay.
+    pub fn settle(&self) -> Result<(), StoreError> {
+        for ks in [&self.loc, &self.stream, &self.eid, &self.ver, &self.meta] {
+            ks.rotate_memtable_and_wait()
+                .map_err(|e| index_error("writing the index out", e))?;
+        }
+        Ok(())
+    }
+
     /// Stores `flush` (one atomic batch, `meta/head` included). Not synced: the index is
     /// derived, and a crash leaves an older, still consistent state.
     pub fn write(&self, flush: &Flush) -> Result<(), StoreError> {

@@ -386,12 +386,19 @@ fn scan_core(
         report.segment_lens.push(len);
     }
     'segments: for (i, seg) in segments.iter().enumerate().skip(first_segment) {
-        data.clear();
-        fs::File::open(&seg.path)
-            .and_then(|mut f| f.read_to_end(&mut data))
-            .map_err(|e| StoreError::io(format!("reading {}", seg.path.display()), e))?;
         // Mid-segment start: the segment's first record is older than the chain's head.
         let resumed = start.filter(|s| s.segment == i);
+        match resumed {
+            None => {
+                data.clear();
+                fs::File::open(&seg.path)
+                    .and_then(|mut f| f.read_to_end(&mut data))
+                    .map_err(|e| StoreError::io(format!("reading {}", seg.path.display()), e))?;
+            }
+            // Only the header and what follows the start are read; the bytes between stay
+            // zero pages never touched (a fresh zeroed buffer costs no memory until written).
+            Some(s) => data = read_header_and_from(&seg.path, s.offset)?,
+        }
         let expected_first = match resumed {
             Some(_) => seg.first_position,
             None => committed.head().position + 1,
@@ -628,6 +635,22 @@ fn scan_core(
         proof,
     });
     Ok(report)
+}
+
+/// The bytes of the segment at `path`, with only its header and the bytes from `offset` on
+/// actually read (the rest left zero).
+fn read_header_and_from(path: &Path, offset: u64) -> Result<Vec<u8>, StoreError> {
+    use std::os::unix::fs::FileExt;
+    let io = |e| StoreError::io(format!("reading {}", path.display()), e);
+    let file = fs::File::open(path).map_err(io)?;
+    let len = file.metadata().map_err(io)?.len();
+    let mut data = vec![0u8; len as usize];
+    let header = (SEGMENT_HEADER_BYTES.min(len)) as usize;
+    file.read_exact_at(&mut data[..header], 0).map_err(io)?;
+    let from = offset.clamp(header as u64, len) as usize;
+    file.read_exact_at(&mut data[from..], from as u64)
+        .map_err(io)?;
+    Ok(data)
 }
 
 /// Checks the durable-head marker against the append that just took the log to or past

@@ -912,6 +912,10 @@ pub(crate) fn run_indexer(shared: &Shared, rx: &std_mpsc::Receiver<()>, tail_max
             }
         }
         if last {
+            let disk = shared.index.read().disk.clone();
+            if let Some(Err(e)) = disk.map(|d| d.settle()) {
+                tracing::warn!(error = %e, "could not write the log index out at close");
+            }
             return;
         }
     }
