@@ -17,9 +17,12 @@ use license_ledger::store::file::{FileStore, FileStoreConfig};
 use license_ledger::store::{Appended, EventStore, ExpectedVersion, NewEvent, StoreError};
 use proptest::prelude::*;
 
-async fn file_harness(clock: ManualClock) -> Harness {
+/// A fresh store in a temporary directory, with `configure` applied to the defaults.
+async fn harness_with(clock: ManualClock, configure: fn(&mut FileStoreConfig)) -> Harness {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = FileStore::open(FileStoreConfig::new(dir.path()), Arc::new(clock.clone()))
+    let mut config = FileStoreConfig::new(dir.path());
+    configure(&mut config);
+    let store = FileStore::open(config, Arc::new(clock.clone()))
         .await
         .expect("open");
     Harness {
@@ -27,6 +30,10 @@ async fn file_harness(clock: ManualClock) -> Harness {
         clock,
         guard: Box::new(dir),
     }
+}
+
+async fn file_harness(clock: ManualClock) -> Harness {
+    harness_with(clock, |_| {}).await
 }
 
 license_ledger::store_conformance_tests!(file_harness);
@@ -37,17 +44,7 @@ mod index_on_disk {
     use super::*;
 
     async fn harness(clock: ManualClock) -> Harness {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut config = FileStoreConfig::new(dir.path());
-        config.index_tail_records = 1;
-        let store = FileStore::open(config, Arc::new(clock.clone()))
-            .await
-            .expect("open");
-        Harness {
-            store: Arc::new(store),
-            clock,
-            guard: Box::new(dir),
-        }
+        harness_with(clock, |c| c.index_tail_records = 1).await
     }
 
     license_ledger::store_conformance_tests!(harness);
