@@ -1,7 +1,7 @@
 //! The embedded event store: an append-only log of segment files in a data directory.
 //!
 //! Layout and recovery rules are in [`segment`]; the group-commit writer is in [`writer`];
-//! the in-memory index in [`index`]. One process at a time may open a directory (a lock file,
+//! the index in [`index`] (its in-memory tail) and [`diskindex`] (the rest, on disk). One process at a time may open a directory (a lock file,
 //! `LOCK`, is held while open).
 
 use std::fs::{self, File, OpenOptions};
@@ -83,7 +83,8 @@ pub struct FileStoreStats {
     /// Records the open read from the segments (those after the on-disk index's position;
     /// every record when the index was missing or rebuilt).
     pub open_records_scanned: u64,
-    /// Whether the open found no usable on-disk index and rebuilt it from the segments.
+    /// Whether the open found no usable on-disk index (none yet, or one it refused) and so
+    /// read every record, rebuilding the index.
     pub index_rebuilt: bool,
     /// Records the index holds in memory now (not yet moved to disk).
     pub index_tail_records: u64,
@@ -130,10 +131,11 @@ pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
 }
 
 impl FileStore {
-    /// Opens (or creates) the log in `config.dir`: scans every segment, verifies CRCs and the
-    /// hash chain, cuts off a torn tail left by a crash (with a warning), rebuilds the index,
-    /// and starts the writer. Refuses to open a damaged log, naming segment, offset and
-    /// position.
+    /// Opens (or creates) the log in `config.dir`: checks the on-disk index against the log
+    /// (see [`load_index`]) and scans the segments after its position (every segment when
+    /// there is no usable index, rebuilding it), verifying CRCs and the hash chain; cuts off a
+    /// torn tail left by a crash (with a warning), and starts the writer and the indexer.
+    /// Refuses to open a damaged log, naming segment, offset and position.
     pub async fn open(config: FileStoreConfig, clock: Arc<dyn Clock>) -> Result<Self, StoreError> {
         tokio::task::spawn_blocking(move || Self::open_blocking(config, clock))
             .await
