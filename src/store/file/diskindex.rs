@@ -1,7 +1,7 @@
 //! The derived on-disk part of the file log's index, in an embedded LSM store (`fjall`) under
 //! `<log dir>/index/`.
 //!
-//! It holds what the in-memory index ([`super::index`]) moved out of memory once it was
+//! It holds what the in-memory index (`super::index`) moved out of memory once it was
 //! durable, so that an open reads it instead of every segment and memory does not grow with
 //! every record. Keyspaces (all integers big-endian):
 //!

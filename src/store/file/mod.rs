@@ -132,7 +132,7 @@ pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
 
 impl FileStore {
     /// Opens (or creates) the log in `config.dir`: checks the on-disk index against the log
-    /// (see [`load_index`]) and scans the segments after its position (every segment when
+    /// (see `load_index`) and scans the segments after its position (every segment when
     /// there is no usable index, rebuilding it), verifying CRCs and the hash chain; cuts off a
     /// torn tail left by a crash (with a warning), and starts the writer and the indexer.
     /// Refuses to open a damaged log, naming segment, offset and position.
