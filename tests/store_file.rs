@@ -583,6 +583,37 @@ async fn reopening_reads_the_index_and_only_the_records_after_it() {
     assert!(!stats.index_rebuilt, "{stats:?}");
     assert!(list_segments(dir.path()).unwrap().len() > 4);
     assert_eq!(answers(&store, &appends).await, before);
+    store.close().await.unwrap();
+    drop(store);
+
+    // Entries past `meta/head` (a crash after the entries were written, before the head
+    // moved): the open scans from the head and finds the same records again.
+    let behind = *before.retries[300].0.as_ref().unwrap().positions.end();
+    let hash = before.records[behind as usize - 1].envelope.hash;
+    set_index_head(dir.path(), behind, hash.0);
+    // `ver` moves with the head (one batch): as of `behind`.
+    let db = fjall::Database::builder(index_dir(dir.path()))
+        .open()
+        .unwrap();
+    let ver = db
+        .keyspace("ver", fjall::KeyspaceCreateOptions::default)
+        .unwrap();
+    for r in &before.records[..behind as usize] {
+        let e = &r.envelope;
+        ver.insert(
+            e.stream_id.as_str().as_bytes(),
+            e.stream_version.to_be_bytes(),
+        )
+        .unwrap();
+    }
+    db.persist(fjall::PersistMode::SyncAll).unwrap();
+    drop(ver);
+    drop(db);
+    let store = open_tail(dir.path(), 100).await;
+    let stats = store.stats();
+    assert!(!stats.index_rebuilt, "{stats:?}");
+    assert_eq!(stats.open_records_scanned, 10_000 - behind, "{stats:?}");
+    assert_eq!(answers(&store, &appends).await, before);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

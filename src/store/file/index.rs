@@ -233,10 +233,15 @@ impl Index {
         }
         if check_disk {
             if let Some(disk) = &self.disk {
-                if let Some((other, _)) = disk.event(&event_id).map_err(|e| e.to_string())? {
-                    return Err(format!(
-                        "event id {event_id} already stored at position {other}"
-                    ));
+                // The same position is this very record, written to disk just before a
+                // crash stopped `meta/head` from covering it.
+                match disk.event(&event_id).map_err(|e| e.to_string())? {
+                    Some((other, _)) if other != position => {
+                        return Err(format!(
+                            "event id {event_id} already stored at position {other}"
+                        ));
+                    }
+                    _ => {}
                 }
             }
         }
