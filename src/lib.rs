@@ -5,6 +5,8 @@
 //! - [`store`]: the event store contract and its embedded file backend;
 //! - [`domain`]: commands and the pure decisions that turn them into events;
 //! - [`app`]: command handling over the store, and the projected view that follows it;
+//! - [`derived`]: the log index and snapshots, rebuilt from the log whenever in doubt;
+//! - [`background`]: a low-priority thread for long reads (as-of);
 //! - [`config`]: settings and the secrets file of `serve`;
 //! - [`http`]: the actix-web edge (routes, tokens, the one `ApiError`);
 //! - [`cli`]: the command line.
@@ -13,6 +15,7 @@
 //! `ledger-projections`. See ARCHITECTURE.md for the map and its invariants.
 
 pub mod app;
+pub mod background;
 pub mod cli;
 pub mod clock;
 pub mod config;

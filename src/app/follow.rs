@@ -109,7 +109,7 @@ pub(super) async fn restore(
     if !log_confirms(store, at).await.map_err(|e| e.to_string())? {
         return Err(format!("the log's record {position} has another hash"));
     }
-    let view = tokio::task::spawn_blocking(move || LedgerView::decode_snapshot(&loaded.body))
+    let view = crate::background::offload(move || LedgerView::decode_snapshot(&loaded.body))
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;

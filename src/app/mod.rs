@@ -234,8 +234,10 @@ pub struct Ledger {
     index_failure: Arc<parking_lot::Mutex<Option<String>>>,
     stop: watch::Sender<bool>,
     applier: parking_lot::Mutex<Option<tokio::task::JoinHandle<()>>>,
-    /// One as-of view is built at a time (off the HTTP threads); the last one is kept.
+    /// One as-of view is built at a time (on `background`); the last one is kept.
     as_of: tokio::sync::Mutex<Option<(Position, Arc<LedgerView>)>>,
+    /// The low-priority thread as-of views are built on.
+    background: crate::background::Background,
     terminal_locks: Vec<tokio::sync::Mutex<()>>,
     appends: std::sync::atomic::AtomicU64,
     license_ids: ids::IdAllocator,
@@ -319,6 +321,8 @@ impl Ledger {
         let (stop, stop_rx) = watch::channel(false);
         let failure = Arc::new(parking_lot::Mutex::new(None));
         let index_failure = Arc::new(parking_lot::Mutex::new(None));
+        let background = crate::background::Background::start("ledger-as-of")
+            .map_err(|e| AppError::ViewStopped(format!("could not start the as-of thread: {e}")))?;
         let applier = tokio::spawn(
             follow::Applier {
                 store: store.clone(),
@@ -346,6 +350,7 @@ impl Ledger {
             stop,
             applier: parking_lot::Mutex::new(Some(applier)),
             as_of: tokio::sync::Mutex::new(None),
+            background,
             terminal_locks: (0..TERMINAL_LOCK_STRIPES)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),

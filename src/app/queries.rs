@@ -11,7 +11,8 @@ use ledger_projections::view::{LedgerView, ProjectionError};
 
 use super::{AppError, Ledger};
 use crate::derived::index::{Filter, Found};
-use crate::store::READ_BATCH_MAX;
+use crate::derived::Derived;
+use crate::store::{EventStore, READ_BATCH_MAX};
 
 impl Ledger {
     /// Fails when the log index stopped.
@@ -124,9 +125,9 @@ impl Ledger {
     }
 
     /// The read models as they were at `until` (a position or a time): the newest checkpoint
-    /// at or before it, plus the records after it. One such view is built at a time, its
-    /// work on the blocking pool (never on the threads that answer check-ins); the last one
-    /// built is kept for the requests that ask for the same position.
+    /// at or before it, plus the records after it. One such view is built at a time, on the
+    /// ledger's background thread (lowest priority: check-ins come first); the last one built
+    /// is kept for the requests that ask for the same position.
     pub async fn view_as_of(&self, until: AsOf) -> Result<Arc<LedgerView>, AppError> {
         let position = self.position_of(until).await?;
         let mut slot = self.as_of.lock().await;
@@ -135,26 +136,15 @@ impl Ledger {
                 return Ok(view.clone());
             }
         }
-        let view = Arc::new(self.checkpoint_before(position).await?);
-        let mut next = view.position() + 1;
-        while next <= position {
-            let want = ((position - next + 1) as usize).min(READ_BATCH_MAX);
-            let batch = self.store.read_all(next, want).await?;
-            let Some(last) = batch.last() else { break };
-            next = last.envelope.position + 1;
-            let target = view.clone();
-            tokio::task::spawn_blocking(move || -> Result<(), AppError> {
-                for record in batch.iter().filter(|r| r.envelope.position <= position) {
-                    match target.apply_record(record) {
-                        Ok(()) | Err(ProjectionError::Inconsistent { .. }) => {}
-                        Err(e) => return Err(AppError::ViewStopped(e.to_string())),
-                    }
-                }
-                Ok(())
-            })
+        let store = self.store.clone();
+        let derived = self.derived.clone();
+        let runtime = tokio::runtime::Handle::current();
+        let view = self
+            .background
+            .run(move || runtime.block_on(build_as_of(store, derived, position)))
             .await
             .map_err(|e| AppError::ViewStopped(e.to_string()))??;
-        }
+        let view = Arc::new(view);
         *slot = Some((position, view.clone()));
         Ok(view)
     }
@@ -199,23 +189,50 @@ impl Ledger {
         }
         Ok(view.license(license))
     }
+}
 
-    /// The newest checkpoint at or before `position` that the log confirms, or an empty view.
-    async fn checkpoint_before(&self, position: Position) -> Result<LedgerView, AppError> {
-        let Some(snapshots) = &self.derived.snapshots else {
-            return Ok(LedgerView::new());
-        };
-        for p in snapshots.positions()?.into_iter().rev() {
-            if p > position {
-                continue;
-            }
-            match super::follow::restore(self.store.as_ref(), snapshots, p).await {
-                Ok(view) => return Ok(view),
-                Err(why) => {
-                    tracing::warn!(position = p, %why, "an as-of checkpoint failed its checks: skipped");
-                }
+/// The view at `position`: the newest checkpoint at or before it, then the records after it.
+async fn build_as_of(
+    store: Arc<dyn EventStore>,
+    derived: Arc<Derived>,
+    position: Position,
+) -> Result<LedgerView, AppError> {
+    let view = checkpoint_before(store.as_ref(), &derived, position).await?;
+    let mut next = view.position() + 1;
+    while next <= position {
+        let want = ((position - next + 1) as usize).min(READ_BATCH_MAX);
+        let batch = store.read_all(next, want).await?;
+        let Some(last) = batch.last() else { break };
+        next = last.envelope.position + 1;
+        for record in batch.iter().filter(|r| r.envelope.position <= position) {
+            match view.apply_record(record) {
+                Ok(()) | Err(ProjectionError::Inconsistent { .. }) => {}
+                Err(e) => return Err(AppError::ViewStopped(e.to_string())),
             }
         }
-        Ok(LedgerView::new())
     }
+    Ok(view)
+}
+
+/// The newest checkpoint at or before `position` that the log confirms, or an empty view.
+async fn checkpoint_before(
+    store: &dyn EventStore,
+    derived: &Derived,
+    position: Position,
+) -> Result<LedgerView, AppError> {
+    let Some(snapshots) = &derived.snapshots else {
+        return Ok(LedgerView::new());
+    };
+    for p in snapshots.positions()?.into_iter().rev() {
+        if p > position {
+            continue;
+        }
+        match super::follow::restore(store, snapshots, p).await {
+            Ok(view) => return Ok(view),
+            Err(why) => {
+                tracing::warn!(position = p, %why, "an as-of checkpoint failed its checks: skipped");
+            }
+        }
+    }
+    Ok(LedgerView::new())
 }

@@ -726,7 +726,7 @@ impl Inner {
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, StoreError> {
-    tokio::task::spawn_blocking(f)
+    crate::background::offload(f)
         .await
         .map_err(|e| StoreError::io("reading the log", std::io::Error::other(e.to_string())))?
 }
