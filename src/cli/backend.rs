@@ -136,6 +136,15 @@ impl Opened {
         }
     }
 
+    /// Appends exported records verbatim as one batch, all or none (see
+    /// `FileStore::import_records`); returns the head after it.
+    pub async fn import_records(&self, records: &[Record]) -> Result<ChainHead, StoreError> {
+        match self {
+            Opened::File(s) => s.import_records(records).await,
+            Opened::Postgres(s) => s.import_records(records).await,
+        }
+    }
+
     /// Reads the log from `from` like [`EventStore::read_all`], checking every column
     /// (PostgreSQL's JSON copy `data` included): for `verify`.
     pub async fn read_all_checked(

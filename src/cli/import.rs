@@ -1,15 +1,27 @@
-//! `import FILE`: replays a JSON-lines export into an empty store. Each record is checked on
-//! its own (hash, payload against data) and against the chain (position, previous hash,
-//! time), and written verbatim, so the new log's head equals the exported one's.
+//! `import FILE`: replays a JSON-lines export into a store. Each record is checked on its own
+//! (hash, payload against data) and against the chain (position, previous hash, time), and
+//! written verbatim, so the new log's head equals the exported one's.
+//!
+//! The file is read as a stream, [`IMPORT_BATCH`] records at a time (memory stays bounded
+//! whatever its length), parsed on a thread of its own while the store writes the batch
+//! before; each batch is stored whole or not at all (`import_records`). An import that was
+//! interrupted can be run again: the records the store already holds are compared with the
+//! file's (each must be the very same record) and skipped, and the import goes on after them.
+//! A store holding anything else is refused.
 
 use std::io::{BufRead, IsTerminal, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use ledger_events::{Record, RecordJson};
+use tokio::sync::mpsc;
 
+use super::backend::Opened;
 use super::CliError;
+
+/// Records written per batch (one transaction on PostgreSQL, one sync on the file store).
+pub const IMPORT_BATCH: usize = 10_000;
 
 /// Options of `import`.
 #[derive(Debug, clap::Args)]
@@ -19,8 +31,17 @@ pub struct ImportArgs {
     pub file: PathBuf,
 }
 
+/// Records read from the file, with where they come from.
+struct Parsed {
+    /// Line number of each record (blank lines are skipped).
+    lines: Vec<usize>,
+    records: Vec<Record>,
+    /// Bytes of the file read up to the end of this batch.
+    read: u64,
+}
+
 /// Runs `import`; the last line is `count=N head_position=P head_hash=<64 hex>` like
-/// `verify`'s.
+/// `verify`'s, `N` counting the records imported now and those already present.
 pub fn run(
     log: &super::backend::Log,
     args: &ImportArgs,
@@ -43,61 +64,224 @@ pub fn run(
             )
             .await?;
         let result = async {
-            let head = store.head().await?;
-            if head.position != 0 {
-                return Err(CliError::Refused(format!(
-                    "the log in {} is not empty ({} records); import only into an empty \
-                     store",
-                    log.describe(),
-                    head.position
-                )));
-            }
-            let bar = if std::io::stderr().is_terminal() {
-                let bar = ProgressBar::with_draw_target(Some(size), ProgressDrawTarget::stderr());
-                if let Ok(style) = ProgressStyle::with_template(
-                    "{spinner} importing [{bar:40}] {bytes}/{total_bytes} ({eta})",
-                ) {
-                    bar.set_style(style.progress_chars("=> "));
-                }
-                bar
-            } else {
-                ProgressBar::hidden()
-            };
-            let mut count = 0u64;
-            let mut read = 0u64;
-            for (n, line) in std::io::BufReader::new(file).lines().enumerate() {
-                let line = line?;
-                read += line.len() as u64 + 1;
-                if line.trim().is_empty() {
-                    continue;
-                }
-                let bad = |m: String| CliError::Input {
-                    flag: "FILE",
-                    message: format!("{} line {}: {m}", args.file.display(), n + 1),
-                };
-                let json: RecordJson =
-                    serde_json::from_str(&line).map_err(|e| bad(e.to_string()))?;
-                let record = Record::from_json(&json).map_err(|e| bad(e.to_string()))?;
-                store
-                    .import_record(&record)
-                    .await
-                    .map_err(|e| bad(e.to_string()))?;
-                count += 1;
-                bar.set_position(read);
-            }
-            bar.finish_and_clear();
-            let head = store.head().await?;
-            writeln!(out, "imported {count} records from {}", args.file.display())?;
-            writeln!(
-                out,
-                "count={count} head_position={} head_hash={}",
-                head.position, head.hash
-            )?;
-            Ok(())
+            let counts = import(&store, log, &args.file, file, size).await?;
+            Ok::<_, CliError>((counts, store.head().await?))
         }
         .await;
         let closed = store.close().await;
-        result?;
-        Ok(closed?)
+        let ((imported, present), head) = result?;
+        closed?;
+        let count = imported + present;
+        if present > 0 {
+            writeln!(
+                out,
+                "imported {imported} records from {} ({present} were already there)",
+                args.file.display()
+            )?;
+        } else {
+            writeln!(out, "imported {count} records from {}", args.file.display())?;
+        }
+        writeln!(
+            out,
+            "count={count} head_position={} head_hash={}",
+            head.position, head.hash
+        )?;
+        Ok(())
     })
+}
+
+/// Imports the file's records after those the store holds; returns how many were imported
+/// and how many were already there.
+async fn import(
+    store: &Opened,
+    log: &super::backend::Log,
+    path: &Path,
+    file: std::fs::File,
+    size: u64,
+) -> Result<(u64, u64), CliError> {
+    let present = store.head().await?.position;
+    let bar = if std::io::stderr().is_terminal() {
+        let bar = ProgressBar::with_draw_target(Some(size), ProgressDrawTarget::stderr());
+        if let Ok(style) = ProgressStyle::with_template(
+            "{spinner} importing [{bar:40}] {bytes}/{total_bytes} ({eta})",
+        ) {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        bar
+    } else {
+        ProgressBar::hidden()
+    };
+    // Two batches parsed ahead at most: memory is bounded by the batch size.
+    let (tx, mut rx) = mpsc::channel(2);
+    let reader = {
+        let path = path.to_owned();
+        std::thread::Builder::new()
+            .name("import-reader".into())
+            .spawn(move || read_batches(file, &path, &tx))?
+    };
+    let mut skipped = 0u64;
+    let mut imported = 0u64;
+    let result = async {
+        while let Some(batch) = rx.recv().await {
+            let batch: Parsed = batch?;
+            let here = usize::try_from(present - skipped)
+                .unwrap_or(usize::MAX)
+                .min(batch.records.len());
+            if here > 0 {
+                same_as_stored(store, log, path, &batch.lines, &batch.records[..here]).await?;
+                skipped += here as u64;
+            }
+            let new = &batch.records[here..];
+            if let (Some(first), Some(last)) = (new.first(), new.last()) {
+                let line = batch.lines[here];
+                store
+                    .import_records(new)
+                    .await
+                    .map_err(|e| CliError::Input {
+                        flag: "FILE",
+                        message: format!(
+                            "{} line {line}: the batch of records {} to {} was refused, nothing \
+                         of it stored ({imported} records imported before it, {skipped} \
+                         already there; run the import again once the file is fixed): {e}",
+                            path.display(),
+                            first.envelope.position,
+                            last.envelope.position
+                        ),
+                    })?;
+                imported += new.len() as u64;
+            }
+            bar.set_position(batch.read);
+        }
+        if skipped < present {
+            return Err(CliError::Refused(format!(
+                "the log in {} holds {present} records, {} only {skipped}: it is not this \
+                 file's log; import only into an empty store or one holding the start of \
+                 this file",
+                log.describe(),
+                path.display()
+            )));
+        }
+        Ok((imported, skipped))
+    }
+    .await;
+    // On an error the reader stops at its next send (the receiver is gone).
+    drop(rx);
+    bar.finish_and_clear();
+    let read = reader.join();
+    let counts = result?;
+    read.map_err(|_| CliError::Failed("the import's reader thread panicked".into()))?;
+    Ok(counts)
+}
+
+/// Checks that the store holds exactly `records` (read from the file at `lines`) at their
+/// positions: the part of the file a previous, interrupted import stored already.
+async fn same_as_stored(
+    store: &Opened,
+    log: &super::backend::Log,
+    path: &Path,
+    lines: &[usize],
+    records: &[Record],
+) -> Result<(), CliError> {
+    let Some(first) = records.first() else {
+        return Ok(());
+    };
+    let mut stored: Vec<Record> = Vec::with_capacity(records.len());
+    let mut next = first.envelope.position;
+    while stored.len() < records.len() {
+        let want = records.len() - stored.len();
+        let batch = store.store().read_all(next, want).await?;
+        let Some(last) = batch.last() else {
+            break;
+        };
+        next = last.envelope.position + 1;
+        stored.extend(batch);
+    }
+    for (i, record) in records.iter().enumerate() {
+        let differs = |there: String| {
+            CliError::Refused(format!(
+                "{} line {}: the record at position {} is not the one the log in {} holds \
+             ({there}); that store holds another log: import only into an empty store or one \
+             holding the start of this file",
+                path.display(),
+                lines[i],
+                record.envelope.position,
+                log.describe()
+            ))
+        };
+        match stored.get(i) {
+            Some(s) if s == record => {}
+            Some(s) => {
+                return Err(differs(format!(
+                    "position {} with hash {} there, hash {} in the file",
+                    s.envelope.position, s.envelope.hash, record.envelope.hash
+                )))
+            }
+            None => return Err(differs("nothing there".into())),
+        }
+    }
+    Ok(())
+}
+
+/// Reads and parses the file, sending [`IMPORT_BATCH`] records at a time; stops at the first
+/// error (sent on) or when the receiver is gone.
+fn read_batches(file: std::fs::File, path: &Path, tx: &mpsc::Sender<Result<Parsed, CliError>>) {
+    let new_batch = || Parsed {
+        lines: Vec::with_capacity(IMPORT_BATCH),
+        records: Vec::with_capacity(IMPORT_BATCH),
+        read: 0,
+    };
+    let mut batch = new_batch();
+    let mut read = 0u64;
+    let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
+    let mut line = String::new();
+    let mut n = 0usize;
+    loop {
+        line.clear();
+        let len = match reader.read_line(&mut line) {
+            Ok(0) => break,
+            Ok(len) => len,
+            Err(e) => {
+                let _ = tx.blocking_send(Err(CliError::Input {
+                    flag: "FILE",
+                    message: format!("{} line {}: {e}", path.display(), n + 1),
+                }));
+                return;
+            }
+        };
+        n += 1;
+        read += len as u64;
+        let text = line.trim();
+        if text.is_empty() {
+            continue;
+        }
+        let parsed = serde_json::from_str::<RecordJson>(text)
+            .map_err(|e| e.to_string())
+            .and_then(|json| Record::from_json(&json).map_err(|e| e.to_string()));
+        match parsed {
+            Ok(record) => {
+                batch.lines.push(n);
+                batch.records.push(record);
+            }
+            Err(m) => {
+                let _ = tx.blocking_send(Err(CliError::Input {
+                    flag: "FILE",
+                    message: format!("{} line {n}: {m}", path.display()),
+                }));
+                return;
+            }
+        }
+        if batch.records.len() == IMPORT_BATCH {
+            batch.read = read;
+            if tx
+                .blocking_send(Ok(std::mem::replace(&mut batch, new_batch())))
+                .is_err()
+            {
+                return;
+            }
+        }
+    }
+    if !batch.records.is_empty() {
+        batch.read = read;
+        let _ = tx.blocking_send(Ok(batch));
+    }
 }

@@ -56,7 +56,10 @@ use uuid::Uuid;
 use super::conn::{connect, pg_error, replicate};
 use super::rows::{actor_kind_name, all_event_columns, decode_row};
 use crate::clock::Clock;
-use crate::store::{recorded_at, Appended, ExpectedVersion, ImportCheck, StoreError};
+use crate::store::{
+    check_imported_hash, import_refused, recorded_at, Appended, ExpectedVersion, ImportCheck,
+    StoreError,
+};
 
 const LOCK_HEAD: &str = "SELECT last_position, last_hash, last_recorded_micros \
      FROM ledger_head WHERE id = 1 FOR UPDATE";
@@ -131,8 +134,17 @@ pub(crate) struct AppendRequest {
     pub import: Option<ImportCheck>,
 }
 
+/// Exported records to replay verbatim, one body each (see `PgStore::import_records`):
+/// written in one transaction of their own, all or none.
+pub(crate) struct ImportBatch {
+    pub bodies: Vec<Body>,
+    /// The head after the batch, or why the batch was refused.
+    pub reply: oneshot::Sender<Result<ChainHead, StoreError>>,
+}
+
 pub(crate) enum WriterMsg {
     Append(AppendRequest),
+    Import(ImportBatch),
     /// Finish what is queued before this message, then stop.
     Shutdown,
 }
@@ -354,6 +366,14 @@ enum Speculated {
 struct Queue {
     rx: mpsc::Receiver<WriterMsg>,
     stopping: bool,
+    /// An import taken from the queue while appends were being gathered: the next batch.
+    import: Option<ImportBatch>,
+}
+
+/// What a lane took from the queue.
+enum Work {
+    Appends(Vec<AppendRequest>),
+    Import(ImportBatch),
 }
 
 /// One lane of the writer: a connection running one append transaction at a time.
@@ -414,6 +434,7 @@ pub(crate) async fn run(config: WriterConfig, rx: mpsc::Receiver<WriterMsg>, lan
     let queue = Arc::new(tokio::sync::Mutex::new(Queue {
         rx,
         stopping: false,
+        import: None,
     }));
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..lanes.max(1) {
@@ -424,11 +445,11 @@ pub(crate) async fn run(config: WriterConfig, rx: mpsc::Receiver<WriterMsg>, lan
         let queue = queue.clone();
         tasks.spawn(async move {
             loop {
-                let (requests, turn) = lane.gather(&queue).await;
-                if requests.is_empty() {
-                    break;
+                match lane.gather(&queue).await {
+                    (Work::Appends(requests), _) if requests.is_empty() => break,
+                    (Work::Appends(requests), turn) => lane.process(requests, turn).await,
+                    (Work::Import(batch), turn) => lane.import(batch, turn).await,
                 }
-                lane.process(requests, turn).await;
             }
         });
     }
@@ -442,16 +463,17 @@ pub(crate) async fn run(config: WriterConfig, rx: mpsc::Receiver<WriterMsg>, lan
 
 impl Lane {
     /// Waits for the next batch: the first queued request, then this lane's turn to plan,
-    /// then every other request queued by then, up to `batch_events_max` events. Empty once
-    /// the writer stops.
-    async fn gather(
-        &self,
-        queue: &tokio::sync::Mutex<Queue>,
-    ) -> (Vec<AppendRequest>, Option<Turn>) {
+    /// then every other request queued by then, up to `batch_events_max` events, stopping
+    /// before an import (an import is a batch of its own). No appends once the writer stops.
+    async fn gather(&self, queue: &tokio::sync::Mutex<Queue>) -> (Work, Option<Turn>) {
         let mut q = queue.lock().await;
         let mut requests = Vec::new();
+        let turn = || self.config.speculation.turn.clone().lock_owned();
+        if let Some(import) = q.import.take() {
+            return (Work::Import(import), Some(turn().await));
+        }
         if q.stopping {
-            return (requests, None);
+            return (Work::Appends(requests), None);
         }
         let mut events = 0usize;
         match q.rx.recv().await {
@@ -459,20 +481,27 @@ impl Lane {
                 events += r.events.len();
                 requests.push(r);
             }
+            Some(WriterMsg::Import(import)) => {
+                return (Work::Import(import), Some(turn().await));
+            }
             Some(WriterMsg::Shutdown) | None => q.stopping = true,
         }
-        let turn = self.config.speculation.turn.clone().lock_owned().await;
+        let turn = turn().await;
         while !q.stopping && events < self.config.batch_events_max {
             match q.rx.try_recv() {
                 Ok(WriterMsg::Append(r)) => {
                     events += r.events.len();
                     requests.push(r);
                 }
+                Ok(WriterMsg::Import(import)) => {
+                    q.import = Some(import);
+                    break;
+                }
                 Ok(WriterMsg::Shutdown) => q.stopping = true,
                 Err(_) => break,
             }
         }
-        (requests, Some(turn))
+        (Work::Appends(requests), Some(turn))
     }
 
     /// The node's ordered insert connection, (re)connecting if needed. Called during the
@@ -844,14 +873,150 @@ impl Lane {
         _turn: Option<Turn>,
     ) -> Result<(), StoreError> {
         let config = self.config.clone();
+        let op_timeout = config.op_timeout;
+        let stats = &config.stats;
+
+        // 1. Lock the head, then look up versions and ids.
+        let snapshot = self.lock_snapshot(bodies).await?;
+
+        // 2. Plan in memory.
+        let planned_at = Instant::now();
+        let (plan, results) = plan_batch(&snapshot, config.clock.as_ref(), bodies);
+        let mut verdicts = Vec::with_capacity(bodies.len());
+        for (result, reply) in results.into_iter().zip(replies.iter_mut()) {
+            match result {
+                Ok(a) => verdicts.push(Some(a)),
+                Err(e) => {
+                    if let Some(reply) = reply.take() {
+                        let _ = reply.send(Err(e));
+                    }
+                    verdicts.push(None);
+                }
+            }
+        }
+        // Retries of appends committed before this batch are answered now.
+        for (verdict, reply) in verdicts.iter_mut().zip(replies.iter_mut()) {
+            if let Some(a) = verdict {
+                if *a.positions.end() <= plan.base {
+                    if let Some(reply) = reply.take() {
+                        let _ = reply.send(Ok(a.clone()));
+                    }
+                    *verdict = None;
+                }
+            }
+        }
+        add_nanos(&stats.plan_nanos, planned_at);
+
+        if let Some(stall) = config.stall_after_lock {
+            // Test hook: hold the head (and the positions just taken) for a while.
+            tokio::time::sleep(stall).await;
+        }
+
+        if plan.rows.is_empty() {
+            // Nothing to write: end the transaction to release the head.
+            let Some(conn) = self.conn.as_ref() else {
+                return Err(StoreError::Unavailable(
+                    "the writer lost its connection".into(),
+                ));
+            };
+            let end = tokio::time::timeout(op_timeout, conn.client.batch_execute("COMMIT")).await;
+            if !matches!(end, Ok(Ok(()))) {
+                self.conn = None;
+            }
+            return Ok(());
+        }
+
+        // 3. Write and commit.
+        let written_at = Instant::now();
+        let inserted = self.write_commit(&plan, &snapshot.head).await?;
+        committed(
+            &config,
+            written_at,
+            inserted,
+            plan.rows.len(),
+            plan.head.position,
+        );
+        for (verdict, reply) in verdicts.into_iter().zip(replies.iter_mut()) {
+            if let (Some(a), Some(reply)) = (verdict, reply.take()) {
+                let _ = reply.send(Ok(a));
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs one import batch in a transaction of its own and answers it.
+    async fn import(&mut self, batch: ImportBatch, turn: Option<Turn>) {
+        let stats = &self.config.stats;
+        stats.transactions.fetch_add(1, Ordering::Relaxed);
+        stats
+            .appends
+            .fetch_add(batch.bodies.len() as u64, Ordering::Relaxed);
+        let result = self.import_locked(&batch.bodies, turn).await;
+        if let Err(e) = &result {
+            if e.is_unavailable() {
+                tracing::warn!(error = %e, "import batch failed: database unavailable");
+            } else {
+                tracing::warn!(error = %e, "import batch refused");
+            }
+        }
+        let _ = batch.reply.send(result);
+    }
+
+    /// The import's transaction: on the locked path, every record planned as its own request
+    /// by the same planner as appends (so checked exactly as [`Self::transact`] checks it);
+    /// the first record refused refuses the batch, naming its position, and the transaction
+    /// is rolled back. A record whose event id is stored already is refused too (an import
+    /// stores each id once; it is not a retry). Otherwise the rows go in with the append's
+    /// guarded statement, moving `ledger_head` once, and commit.
+    async fn import_locked(
+        &mut self,
+        bodies: &[Body],
+        // Held until this returns, after the commit: see `run`.
+        _turn: Option<Turn>,
+    ) -> Result<ChainHead, StoreError> {
+        let config = self.config.clone();
+        let snapshot = self.lock_snapshot(bodies).await?;
+        let planned_at = Instant::now();
+        let (plan, results) = plan_batch(&snapshot, config.clock.as_ref(), bodies);
+        add_nanos(&config.stats.plan_nanos, planned_at);
+        for ((_, _, events, import), result) in bodies.iter().zip(results) {
+            let refused = match result {
+                Ok(a) if !a.was_retry => continue,
+                Ok(stored) => StoreError::DuplicateEventId {
+                    event_id: events.first().map(|e| e.event_id).unwrap_or_default(),
+                    position: *stored.positions.start(),
+                },
+                Err(e) => e,
+            };
+            self.abandon().await;
+            let position = import.as_ref().map_or(0, |i| i.position);
+            return Err(import_refused(position, refused));
+        }
+        if plan.rows.is_empty() {
+            self.abandon().await;
+            return Ok(snapshot.head);
+        }
+        let written_at = Instant::now();
+        let inserted = self.write_commit(&plan, &snapshot.head).await?;
+        committed(
+            &config,
+            written_at,
+            inserted,
+            plan.rows.len(),
+            plan.head.position,
+        );
+        Ok(plan.head)
+    }
+
+    /// Begins a transaction, locks the head row, then looks up the versions of the batch's
+    /// streams and its ids already stored (pipelined, in this order; see the module doc).
+    async fn lock_snapshot(&mut self, bodies: &[Body]) -> Result<Snapshot, StoreError> {
+        let config = self.config.clone();
         config.speculation.known.lock().forget();
         let op_timeout = config.op_timeout;
         let stats = &config.stats;
         let conn = self.connection().await?;
-
         let (streams, ids) = keys(bodies);
-
-        // 1. Lock the head, then look up versions and ids (pipelined, in this order).
         let started = Instant::now();
         let step = tokio::time::timeout(
             op_timeout,
@@ -888,58 +1053,26 @@ impl Lane {
             }
         };
         add_nanos(&stats.lock_nanos, started);
+        Ok(snapshot)
+    }
 
-        // 2. Plan in memory.
-        let planned_at = Instant::now();
-        let (plan, results) = plan_batch(&snapshot, config.clock.as_ref(), bodies);
-        let mut verdicts = Vec::with_capacity(bodies.len());
-        for (result, reply) in results.into_iter().zip(replies.iter_mut()) {
-            match result {
-                Ok(a) => verdicts.push(Some(a)),
-                Err(e) => {
-                    if let Some(reply) = reply.take() {
-                        let _ = reply.send(Err(e));
-                    }
-                    verdicts.push(None);
-                }
+    /// Writes a planned batch with the guarded statement (the head must still be `old`) and
+    /// commits (pipelined); returns the rows inserted. On `Err` nothing is stored, or, when
+    /// the commit got no answer, it may be (the error says so).
+    async fn write_commit(&mut self, plan: &Plan<'_>, old: &ChainHead) -> Result<i64, StoreError> {
+        let op_timeout = self.config.op_timeout;
+        let write_params = match WriteParams::of(plan, old, &self.config.channel) {
+            Ok(params) => params,
+            Err(e) => {
+                self.abandon().await;
+                return Err(e);
             }
-        }
-        // Retries of appends committed before this batch are answered now.
-        for (verdict, reply) in verdicts.iter_mut().zip(replies.iter_mut()) {
-            if let Some(a) = verdict {
-                if *a.positions.end() <= plan.base {
-                    if let Some(reply) = reply.take() {
-                        let _ = reply.send(Ok(a.clone()));
-                    }
-                    *verdict = None;
-                }
-            }
-        }
-        add_nanos(&stats.plan_nanos, planned_at);
-
-        if let Some(stall) = config.stall_after_lock {
-            // Test hook: hold the head (and the positions just taken) for a while.
-            tokio::time::sleep(stall).await;
-        }
-
+        };
         let Some(conn) = self.conn.as_ref() else {
             return Err(StoreError::Unavailable(
                 "the writer lost its connection".into(),
             ));
         };
-        if plan.rows.is_empty() {
-            // Nothing to write: end the transaction to release the head.
-            let end = tokio::time::timeout(op_timeout, conn.client.batch_execute("COMMIT")).await;
-            if !matches!(end, Ok(Ok(()))) {
-                self.conn = None;
-            }
-            return Ok(());
-        }
-
-        // 3. Write and commit (pipelined).
-        let new_head = plan.head;
-        let write_params = WriteParams::of(&plan, &snapshot.head, &config.channel)?;
-        let written_at = Instant::now();
         let result = tokio::time::timeout(
             op_timeout,
             join(
@@ -970,7 +1103,7 @@ impl Lane {
                 return Err(StoreError::Database(format!(
                     "the log head moved from position {} while it was locked; nothing was \
                      written",
-                    snapshot.head.position
+                    old.position
                 )))
             }
             Ok(Some(row)) => row.try_get::<_, i64>(0).unwrap_or(-1),
@@ -982,19 +1115,7 @@ impl Lane {
                 "{e}; the batch may or may not be stored, retry with the same event ids"
             )));
         }
-        committed(
-            &config,
-            written_at,
-            inserted,
-            plan.rows.len(),
-            new_head.position,
-        );
-        for (verdict, reply) in verdicts.into_iter().zip(replies.iter_mut()) {
-            if let (Some(a), Some(reply)) = (verdict, reply.take()) {
-                let _ = reply.send(Ok(a));
-            }
-        }
-        Ok(())
+        Ok(inserted)
     }
 
     /// Ends a transaction that failed before writing; drops the connection if even that
@@ -1019,7 +1140,7 @@ impl Lane {
 }
 
 /// One request of a batch, without its reply.
-type Body = (
+pub(crate) type Body = (
     StreamId,
     ExpectedVersion,
     Vec<PreparedEvent>,
@@ -1332,12 +1453,7 @@ impl<'a> Plan<'a> {
             head = ChainHead { position, hash };
         }
         if let Some(import) = import {
-            if head.hash != import.hash {
-                return Err(StoreError::InvalidAppend(format!(
-                    "imported record at position {} hashes to {} here, not {}",
-                    import.position, head.hash, import.hash
-                )));
-            }
+            check_imported_hash(import, head.hash)?;
         }
         let stream_version = actual + events.len() as StreamVersion;
         for row in rows {
