@@ -3,8 +3,10 @@
 //! written verbatim, so the new log's head equals the exported one's.
 //!
 //! The file is read as a stream, [`IMPORT_BATCH`] records at a time (memory stays bounded
-//! whatever its length), parsed on a thread of its own while the store writes the batch
-//! before; each batch is stored whole or not at all (`import_records`). An import that was
+//! whatever its length), parsed by a few threads while the store writes the batches before;
+//! each batch is stored whole or not at all (`import_records`), and the next one is handed to
+//! the store while the one before is being made durable. A batch refused (or following one
+//! refused) stores nothing, and nothing after it is sent. An import that was
 //! interrupted can be run again: the records the store already holds are compared with the
 //! file's (each must be the very same record) and skipped, and the import goes on after them.
 //! A store holding anything else is refused.
@@ -121,9 +123,19 @@ async fn import(
     };
     let mut skipped = 0u64;
     let mut imported = 0u64;
+    // The batch handed to the store and not yet answered.
+    let mut in_flight: Option<InFlight> = None;
     let result = async {
         while let Some(batch) = rx.recv().await {
-            let batch: Parsed = batch?;
+            let mut batch: Parsed = match batch {
+                Ok(batch) => batch,
+                Err(e) => {
+                    if let Some(previous) = in_flight.take() {
+                        imported += previous.wait(path, imported, skipped).await?;
+                    }
+                    return Err(e);
+                }
+            };
             let here = usize::try_from(present - skipped)
                 .unwrap_or(usize::MAX)
                 .min(batch.records.len());
@@ -131,26 +143,31 @@ async fn import(
                 same_as_stored(store, log, path, &batch.lines, &batch.records[..here]).await?;
                 skipped += here as u64;
             }
-            let new = &batch.records[here..];
+            let new = batch.records.split_off(here);
             if let (Some(first), Some(last)) = (new.first(), new.last()) {
-                let line = batch.lines[here];
-                store
-                    .import_records(new)
-                    .await
-                    .map_err(|e| CliError::Input {
-                        flag: "FILE",
-                        message: format!(
-                            "{} line {line}: the batch of records {} to {} was refused, nothing \
-                         of it stored ({imported} records imported before it, {skipped} \
-                         already there; run the import again once the file is fixed): {e}",
-                            path.display(),
-                            first.envelope.position,
-                            last.envelope.position
-                        ),
-                    })?;
-                imported += new.len() as u64;
+                let sent = InFlight {
+                    line: batch.lines[here],
+                    first: first.envelope.position,
+                    last: last.envelope.position,
+                    read: batch.read,
+                    task: {
+                        let store = store.clone();
+                        tokio::spawn(async move {
+                            store.import_records(&new).await.map(|_| new.len() as u64)
+                        })
+                    },
+                };
+                if let Some(previous) = in_flight.replace(sent) {
+                    let read = previous.read;
+                    imported += previous.wait(path, imported, skipped).await?;
+                    bar.set_position(read);
+                }
+            } else {
+                bar.set_position(batch.read);
             }
-            bar.set_position(batch.read);
+        }
+        if let Some(previous) = in_flight.take() {
+            imported += previous.wait(path, imported, skipped).await?;
         }
         if skipped < present {
             return Err(CliError::Refused(format!(
@@ -171,6 +188,39 @@ async fn import(
     let counts = result?;
     read.map_err(|_| CliError::Failed("the import's reader thread panicked".into()))?;
     Ok(counts)
+}
+
+/// A batch handed to the store: where it comes from, and the task awaiting its answer.
+struct InFlight {
+    /// The file's line of its first record.
+    line: usize,
+    first: ledger_events::Position,
+    last: ledger_events::Position,
+    /// Bytes of the file read up to its end.
+    read: u64,
+    task: tokio::task::JoinHandle<Result<u64, crate::store::StoreError>>,
+}
+
+impl InFlight {
+    /// Waits for the store's answer: the records imported, or why the batch was refused.
+    async fn wait(self, path: &Path, imported: u64, skipped: u64) -> Result<u64, CliError> {
+        let answer = self
+            .task
+            .await
+            .map_err(|e| CliError::Failed(format!("the import's writing task failed: {e}")))?;
+        answer.map_err(|e| CliError::Input {
+            flag: "FILE",
+            message: format!(
+                "{} line {}: the batch of records {} to {} was refused, nothing of it or after \
+                 it stored ({imported} records imported before it, {skipped} already there; \
+                 run the import again once the file is fixed): {e}",
+                path.display(),
+                self.line,
+                self.first,
+                self.last
+            ),
+        })
+    }
 }
 
 /// Checks that the store holds exactly `records` (read from the file at `lines`) at their
@@ -222,66 +272,80 @@ async fn same_as_stored(
     Ok(())
 }
 
-/// Reads and parses the file, sending [`IMPORT_BATCH`] records at a time; stops at the first
-/// error (sent on) or when the receiver is gone.
+/// Reads the file and parses it (a batch's lines split between a few threads), sending
+/// [`IMPORT_BATCH`] records at a time; stops at the first error (sent on) or when the
+/// receiver is gone.
 fn read_batches(file: std::fs::File, path: &Path, tx: &mpsc::Sender<Result<Parsed, CliError>>) {
-    let new_batch = || Parsed {
-        lines: Vec::with_capacity(IMPORT_BATCH),
-        records: Vec::with_capacity(IMPORT_BATCH),
-        read: 0,
-    };
-    let mut batch = new_batch();
-    let mut read = 0u64;
     let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
-    let mut line = String::new();
+    let mut read = 0u64;
     let mut n = 0usize;
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
     loop {
-        line.clear();
-        let len = match reader.read_line(&mut line) {
-            Ok(0) => break,
-            Ok(len) => len,
-            Err(e) => {
-                let _ = tx.blocking_send(Err(CliError::Input {
-                    flag: "FILE",
-                    message: format!("{} line {}: {e}", path.display(), n + 1),
-                }));
-                return;
+        let mut lines: Vec<(usize, String)> = Vec::with_capacity(IMPORT_BATCH);
+        while lines.len() < IMPORT_BATCH {
+            let mut line = String::new();
+            match reader.read_line(&mut line) {
+                Ok(0) => break,
+                Ok(len) => {
+                    n += 1;
+                    read += len as u64;
+                    if !line.trim().is_empty() {
+                        lines.push((n, line));
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(CliError::Input {
+                        flag: "FILE",
+                        message: format!("{} line {}: {e}", path.display(), n + 1),
+                    }));
+                    return;
+                }
             }
-        };
-        n += 1;
-        read += len as u64;
-        let text = line.trim();
-        if text.is_empty() {
-            continue;
         }
-        let parsed = serde_json::from_str::<RecordJson>(text)
+        if lines.is_empty() {
+            return;
+        }
+        let parsed = parse(&lines, path, workers).map(|records| Parsed {
+            lines: lines.iter().map(|(n, _)| *n).collect(),
+            records,
+            read,
+        });
+        let failed = parsed.is_err();
+        if tx.blocking_send(parsed).is_err() || failed {
+            return;
+        }
+    }
+}
+
+/// Parses numbered lines on `workers` threads; the first bad line (in file order) is the
+/// error.
+fn parse(lines: &[(usize, String)], path: &Path, workers: usize) -> Result<Vec<Record>, CliError> {
+    let one = |(n, line): &(usize, String)| {
+        serde_json::from_str::<RecordJson>(line.trim())
             .map_err(|e| e.to_string())
-            .and_then(|json| Record::from_json(&json).map_err(|e| e.to_string()));
-        match parsed {
-            Ok(record) => {
-                batch.lines.push(n);
-                batch.records.push(record);
-            }
-            Err(m) => {
-                let _ = tx.blocking_send(Err(CliError::Input {
-                    flag: "FILE",
-                    message: format!("{} line {n}: {m}", path.display()),
-                }));
-                return;
-            }
-        }
-        if batch.records.len() == IMPORT_BATCH {
-            batch.read = read;
-            if tx
-                .blocking_send(Ok(std::mem::replace(&mut batch, new_batch())))
-                .is_err()
-            {
-                return;
-            }
-        }
+            .and_then(|json| Record::from_json(&json).map_err(|e| e.to_string()))
+            .map_err(|m| CliError::Input {
+                flag: "FILE",
+                message: format!("{} line {n}: {m}", path.display()),
+            })
+    };
+    let chunk = lines.len().div_ceil(workers.max(1)).max(1);
+    let parts: Vec<Result<Vec<Record>, CliError>> = std::thread::scope(|s| {
+        let handles: Vec<_> = lines
+            .chunks(chunk)
+            .map(|part| s.spawn(move || part.iter().map(one).collect()))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(CliError::Failed("a parsing thread panicked".into())))
+            })
+            .collect()
+    });
+    let mut records = Vec::with_capacity(lines.len());
+    for part in parts {
+        records.extend(part?);
     }
-    if !batch.records.is_empty() {
-        batch.read = read;
-        let _ = tx.blocking_send(Ok(batch));
-    }
+    Ok(records)
 }

@@ -50,6 +50,8 @@ use ledger_events::{
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
 use tokio_postgres::{Client, Config, Statement};
 use uuid::Uuid;
 
@@ -110,6 +112,87 @@ const WRITE: &str = "WITH head AS ( \
       RETURNING 1 \
      ) \
      SELECT (SELECT count(*) FROM ins), pg_notify($6, head.last_position::text) FROM head";
+
+/// Moves the head of an import batch (guarded like [`WRITE`]: it must still be the head the
+/// batch was planned on) and notifies, before the batch's rows are copied in.
+const MOVE_HEAD: &str = "UPDATE ledger_head \
+        SET last_position = $1, last_hash = $2, last_recorded_micros = $3 \
+      WHERE id = 1 AND last_position = $4 AND last_hash = $5 \
+     RETURNING pg_notify($6, last_position::text)";
+
+/// The rows of an import batch, in binary COPY format.
+const COPY_EVENTS: &str = "COPY ledger_events (position, stream_id, stream_version, event_id, \
+     event_type, schema_version, recorded_at_micros, recorded_at, actor_kind, actor_name, \
+     correlation_id, payload, data, prev_hash, hash) FROM STDIN (FORMAT binary)";
+
+/// The column types of [`COPY_EVENTS`], in its order.
+const COPY_TYPES: [Type; 15] = [
+    Type::INT8,
+    Type::TEXT,
+    Type::INT8,
+    Type::UUID,
+    Type::TEXT,
+    Type::INT4,
+    Type::INT8,
+    Type::TIMESTAMPTZ,
+    Type::TEXT,
+    Type::TEXT,
+    Type::UUID,
+    Type::BYTEA,
+    Type::JSONB,
+    Type::BYTEA,
+    Type::BYTEA,
+];
+
+/// A `timestamptz` in binary form from microseconds since 1970 (the instant the hash covers).
+#[derive(Debug)]
+struct Timestamptz(i64);
+
+/// Microseconds from 1970-01-01 to PostgreSQL's epoch, 2000-01-01 (UTC).
+const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
+
+impl ToSql for Timestamptz {
+    fn to_sql(
+        &self,
+        _: &Type,
+        out: &mut bytes::BytesMut,
+    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        let micros = self
+            .0
+            .checked_sub(PG_EPOCH_MICROS)
+            .ok_or("recorded_at out of range")?;
+        out.extend_from_slice(&micros.to_be_bytes());
+        Ok(IsNull::No)
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        *ty == Type::TIMESTAMPTZ
+    }
+
+    to_sql_checked!();
+}
+
+/// JSON text as a `jsonb` value in binary form (version 1, then the text).
+#[derive(Debug)]
+struct Jsonb<'a>(&'a str);
+
+impl ToSql for Jsonb<'_> {
+    fn to_sql(
+        &self,
+        _: &Type,
+        out: &mut bytes::BytesMut,
+    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        out.extend_from_slice(&[1]);
+        out.extend_from_slice(self.0.as_bytes());
+        Ok(IsNull::No)
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        *ty == Type::JSONB
+    }
+
+    to_sql_checked!();
+}
 
 /// An event encoded by the appending task, waiting for its position.
 pub(crate) struct PreparedEvent {
@@ -877,7 +960,7 @@ impl Lane {
         let stats = &config.stats;
 
         // 1. Lock the head, then look up versions and ids.
-        let snapshot = self.lock_snapshot(bodies).await?;
+        let snapshot = self.lock_snapshot(bodies, true).await?;
 
         // 2. Plan in memory.
         let planned_at = Instant::now();
@@ -975,48 +1058,192 @@ impl Lane {
         _turn: Option<Turn>,
     ) -> Result<ChainHead, StoreError> {
         let config = self.config.clone();
-        let snapshot = self.lock_snapshot(bodies).await?;
-        let planned_at = Instant::now();
-        let (plan, results) = plan_batch(&snapshot, config.clock.as_ref(), bodies);
-        add_nanos(&config.stats.plan_nanos, planned_at);
-        for ((_, _, events, import), result) in bodies.iter().zip(results) {
-            let refused = match result {
-                Ok(a) if !a.was_retry => continue,
-                Ok(stored) => StoreError::DuplicateEventId {
-                    event_id: events.first().map(|e| e.event_id).unwrap_or_default(),
-                    position: *stored.positions.start(),
-                },
-                Err(e) => e,
-            };
-            self.abandon().await;
-            let position = import.as_ref().map_or(0, |i| i.position);
-            return Err(import_refused(position, refused));
+        // First without looking the batch's ids up (the usual case: none is stored; the
+        // unique `event_id` refuses the copy if one is), then, if one is, with them, so that
+        // the planner names the record.
+        for look_up_ids in [false, true] {
+            let snapshot = self.lock_snapshot(bodies, look_up_ids).await?;
+            let planned_at = Instant::now();
+            let (plan, results) = plan_batch(&snapshot, config.clock.as_ref(), bodies);
+            add_nanos(&config.stats.plan_nanos, planned_at);
+            for ((_, _, events, import), result) in bodies.iter().zip(results) {
+                let refused = match result {
+                    Ok(a) if !a.was_retry => continue,
+                    Ok(stored) => StoreError::DuplicateEventId {
+                        event_id: events.first().map(|e| e.event_id).unwrap_or_default(),
+                        position: *stored.positions.start(),
+                    },
+                    Err(e) => e,
+                };
+                self.abandon().await;
+                let position = import.as_ref().map_or(0, |i| i.position);
+                return Err(import_refused(position, refused));
+            }
+            if plan.rows.is_empty() {
+                self.abandon().await;
+                return Ok(snapshot.head);
+            }
+            let written_at = Instant::now();
+            match self.copy_commit(&plan, &snapshot.head).await? {
+                Copied::Rows(inserted) => {
+                    committed(
+                        &config,
+                        written_at,
+                        inserted,
+                        plan.rows.len(),
+                        plan.head.position,
+                    );
+                    return Ok(plan.head);
+                }
+                Copied::StoredId => continue,
+            }
         }
-        if plan.rows.is_empty() {
-            self.abandon().await;
-            return Ok(snapshot.head);
+        Err(StoreError::Database(
+            "an import batch hit a stored event id that its lookup did not find".into(),
+        ))
+    }
+
+    /// Moves the head (guarded) and copies the planned rows in, then commits; the transaction
+    /// is the one [`Self::lock_snapshot`] began. Nothing is stored unless this returns
+    /// `Rows` (or an error saying the commit got no answer).
+    async fn copy_commit(
+        &mut self,
+        plan: &Plan<'_>,
+        old: &ChainHead,
+    ) -> Result<Copied, StoreError> {
+        let op_timeout = self.config.op_timeout;
+        let prepared = (|| {
+            Ok::<_, StoreError>((
+                to_i64(plan.head.position)?,
+                to_i64(old.position)?,
+                Columns::of(&plan.rows)?,
+            ))
+        })();
+        let (new_position, old_position, columns) = match prepared {
+            Ok(p) => p,
+            Err(e) => {
+                self.abandon().await;
+                return Err(e);
+            }
+        };
+        let Some(conn) = self.conn.as_ref() else {
+            return Err(StoreError::Unavailable(
+                "the writer lost its connection".into(),
+            ));
+        };
+        let client = &conn.client;
+        let channel = self.config.channel.as_str();
+        let last_micros = plan.last_recorded_at.timestamp_micros();
+        let copy = async {
+            let moved = client
+                .query_opt(
+                    MOVE_HEAD,
+                    &[
+                        &new_position,
+                        &plan.head.hash.0.as_slice(),
+                        &last_micros,
+                        &old_position,
+                        &old.hash.0.as_slice(),
+                        &channel,
+                    ],
+                )
+                .await?;
+            if moved.is_none() {
+                return Ok(None);
+            }
+            let sink = client.copy_in(COPY_EVENTS).await?;
+            let writer = BinaryCopyInWriter::new(sink, &COPY_TYPES);
+            let mut writer = std::pin::pin!(writer);
+            let c = &columns;
+            for i in 0..c.positions.len() {
+                let recorded_at = Timestamptz(c.micros[i]);
+                let data = Jsonb(c.data[i]);
+                writer
+                    .as_mut()
+                    .write(&[
+                        &c.positions[i],
+                        &c.streams[i],
+                        &c.versions[i],
+                        &c.ids[i],
+                        &c.types[i],
+                        &c.schema_versions[i],
+                        &c.micros[i],
+                        &recorded_at,
+                        &c.actor_kinds[i],
+                        &c.actor_names[i],
+                        &c.correlation_ids[i],
+                        &c.payloads[i],
+                        &data,
+                        &c.prev_hashes[i],
+                        &c.hashes[i],
+                    ])
+                    .await?;
+            }
+            writer.finish().await.map(Some)
+        };
+        let copied = match tokio::time::timeout(op_timeout, copy).await {
+            Err(_) => {
+                // Nothing committed; closing the connection rolls it back.
+                self.conn = None;
+                return Err(StoreError::Unavailable(format!(
+                    "writing an import batch: no answer within {op_timeout:?}; nothing of it \
+                     was stored"
+                )));
+            }
+            Ok(Err(e)) => {
+                let stored_id =
+                    e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION);
+                let e = pg_error("writing an import batch", &e);
+                self.abandon().await;
+                if stored_id {
+                    return Ok(Copied::StoredId);
+                }
+                return Err(e);
+            }
+            Ok(Ok(None)) => {
+                self.abandon().await;
+                return Err(StoreError::Database(format!(
+                    "the log head moved from position {} while it was locked; nothing was \
+                     written",
+                    old.position
+                )));
+            }
+            Ok(Ok(Some(n))) => n,
+        };
+        let Some(conn) = self.conn.as_ref() else {
+            return Err(StoreError::Unavailable(
+                "the writer lost its connection".into(),
+            ));
+        };
+        let commit = tokio::time::timeout(op_timeout, conn.client.batch_execute("COMMIT")).await;
+        if !matches!(commit, Ok(Ok(()))) {
+            self.conn = None;
+            return Err(StoreError::Unavailable(
+                "committing an import batch: no answer; it may or may not be stored, run the \
+                 import again to find out (it goes on after what is stored)"
+                    .into(),
+            ));
         }
-        let written_at = Instant::now();
-        let inserted = self.write_commit(&plan, &snapshot.head).await?;
-        committed(
-            &config,
-            written_at,
-            inserted,
-            plan.rows.len(),
-            plan.head.position,
-        );
-        Ok(plan.head)
+        Ok(Copied::Rows(i64::try_from(copied).unwrap_or(-1)))
     }
 
     /// Begins a transaction, locks the head row, then looks up the versions of the batch's
-    /// streams and its ids already stored (pipelined, in this order; see the module doc).
-    async fn lock_snapshot(&mut self, bodies: &[Body]) -> Result<Snapshot, StoreError> {
+    /// streams and (with `look_up_ids`) its ids already stored (pipelined, in this order; see
+    /// the module doc).
+    async fn lock_snapshot(
+        &mut self,
+        bodies: &[Body],
+        look_up_ids: bool,
+    ) -> Result<Snapshot, StoreError> {
         let config = self.config.clone();
         config.speculation.known.lock().forget();
         let op_timeout = config.op_timeout;
         let stats = &config.stats;
         let conn = self.connection().await?;
-        let (streams, ids) = keys(bodies);
+        let (streams, mut ids) = keys(bodies);
+        if !look_up_ids {
+            ids.clear();
+        }
         let started = Instant::now();
         let step = tokio::time::timeout(
             op_timeout,
@@ -1137,6 +1364,14 @@ impl Lane {
             self.conn = None;
         }
     }
+}
+
+/// How an import's copy ended.
+enum Copied {
+    /// Committed, with the rows copied.
+    Rows(i64),
+    /// An event id of the batch is stored already; rolled back, nothing stored.
+    StoredId,
 }
 
 /// One request of a batch, without its reply.
