@@ -452,6 +452,8 @@ async fn an_import_batch_starts_right_after_the_head_and_is_synced_once() {
     let source = import::source_log(src.path()).await;
     let (store, dir) = fresh(None).await;
     import::a_batch_must_start_after_the_head(&source[..100], &store).await;
+    let (in_order, _c) = fresh(None).await;
+    import::batches_handed_over_at_once_land_in_order(&source, &in_order).await;
     let before = store.stats();
     store.import_records(&source[100..]).await.expect("import");
     let after = store.stats();

@@ -1216,6 +1216,13 @@ impl import::Importer for PgStore {
     ) -> impl std::future::Future<Output = Result<ChainHead, StoreError>> {
         self.import_records(records)
     }
+    fn submit_batch(
+        &self,
+        records: &[Record],
+    ) -> impl std::future::Future<Output = Result<license_ledger::store::PendingImport, StoreError>>
+    {
+        self.submit_import(records)
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1277,6 +1284,10 @@ async fn an_import_batch_starts_right_after_the_head_and_no_node_interleaves() {
     let source = import::source_log(src.path()).await;
     let store = db.open().await;
     import::a_batch_must_start_after_the_head(&source[..100], &store).await;
+    let in_order_db = TestDb::new("batches_handed_over_at_once").expect("DATABASE_URL");
+    let in_order = in_order_db.open().await;
+    import::batches_handed_over_at_once_land_in_order(&source, &in_order).await;
+    in_order.close().await.expect("close");
     let other = db.open().await;
     let appends = async {
         for n in 0..20 {

@@ -2,14 +2,14 @@
 //! (hash, payload against data) and against the chain (position, previous hash, time), and
 //! written verbatim, so the new log's head equals the exported one's.
 //!
-//! The file is read as a stream, [`IMPORT_BATCH`] records at a time (memory stays bounded
-//! whatever its length), parsed by a few threads while the store writes the batches before;
-//! each batch is stored whole or not at all (`import_records`), and the next one is handed to
-//! the store while the one before is being made durable. A batch refused (or following one
-//! refused) stores nothing, and nothing after it is sent. An import that was
-//! interrupted can be run again: the records the store already holds are compared with the
-//! file's (each must be the very same record) and skipped, and the import goes on after them.
-//! A store holding anything else is refused.
+//! The file is read as a stream, `--batch` records at a time ([`IMPORT_BATCH`] by default),
+//! so memory stays bounded whatever its length; a few threads parse it while the store writes
+//! the batches before. Each batch is stored whole or not at all (`import_records`), and the
+//! next one is handed to the store while the one before is being made durable; a batch
+//! refused (or following one refused) stores nothing, and nothing after it is sent. An import
+//! that was interrupted can be run again: the records the store already holds are compared
+//! with the file's (each must be the very same record) and skipped, and the import goes on
+//! after them. A store holding anything else is refused.
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -31,6 +31,20 @@ pub struct ImportArgs {
     /// A file written by `export --format jsonl`.
     #[arg(value_name = "FILE")]
     pub file: PathBuf,
+    /// Records per batch: each is stored whole or not at all, in one transaction
+    /// (PostgreSQL) or one sync (file store).
+    #[arg(long, value_name = "N", default_value_t = IMPORT_BATCH, value_parser = batch_size)]
+    pub batch: usize,
+}
+
+fn batch_size(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if (1..=crate::store::IMPORT_BATCH_MAX).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "expected a number of records from 1 to {}",
+            crate::store::IMPORT_BATCH_MAX
+        )),
+    }
 }
 
 /// Records read from the file, with where they come from.
@@ -66,7 +80,7 @@ pub fn run(
             )
             .await?;
         let result = async {
-            let counts = import(&store, log, &args.file, file, size).await?;
+            let counts = import(&store, log, args, file, size).await?;
             Ok::<_, CliError>((counts, store.head().await?))
         }
         .await;
@@ -97,10 +111,11 @@ pub fn run(
 async fn import(
     store: &Opened,
     log: &super::backend::Log,
-    path: &Path,
+    args: &ImportArgs,
     file: std::fs::File,
     size: u64,
 ) -> Result<(u64, u64), CliError> {
+    let path = args.file.as_path();
     let present = store.head().await?.position;
     let bar = if std::io::stderr().is_terminal() {
         let bar = ProgressBar::with_draw_target(Some(size), ProgressDrawTarget::stderr());
@@ -117,9 +132,10 @@ async fn import(
     let (tx, mut rx) = mpsc::channel(2);
     let reader = {
         let path = path.to_owned();
+        let batch = args.batch;
         std::thread::Builder::new()
             .name("import-reader".into())
-            .spawn(move || read_batches(file, &path, &tx))?
+            .spawn(move || read_batches(file, &path, batch, &tx))?
     };
     let mut skipped = 0u64;
     let mut imported = 0u64;
@@ -150,17 +166,19 @@ async fn import(
                     first: first.envelope.position,
                     last: last.envelope.position,
                     read: batch.read,
-                    task: {
-                        let store = store.clone();
-                        tokio::spawn(async move {
-                            store.import_records(&new).await.map(|_| new.len() as u64)
-                        })
-                    },
+                    count: new.len() as u64,
+                    answer: store.submit_import(&new).await,
                 };
+                let refused_now = sent.answer.is_err();
                 if let Some(previous) = in_flight.replace(sent) {
                     let read = previous.read;
                     imported += previous.wait(path, imported, skipped).await?;
                     bar.set_position(read);
+                }
+                if refused_now {
+                    if let Some(refused) = in_flight.take() {
+                        refused.wait(path, imported, skipped).await?;
+                    }
                 }
             } else {
                 bar.set_position(batch.read);
@@ -198,17 +216,19 @@ struct InFlight {
     last: ledger_events::Position,
     /// Bytes of the file read up to its end.
     read: u64,
-    task: tokio::task::JoinHandle<Result<u64, crate::store::StoreError>>,
+    count: u64,
+    /// The store's answer to come, or why it refused the batch at once.
+    answer: Result<crate::store::PendingImport, crate::store::StoreError>,
 }
 
 impl InFlight {
     /// Waits for the store's answer: the records imported, or why the batch was refused.
     async fn wait(self, path: &Path, imported: u64, skipped: u64) -> Result<u64, CliError> {
-        let answer = self
-            .task
-            .await
-            .map_err(|e| CliError::Failed(format!("the import's writing task failed: {e}")))?;
-        answer.map_err(|e| CliError::Input {
+        let answer = match self.answer {
+            Ok(pending) => pending.wait().await,
+            Err(e) => Err(e),
+        };
+        answer.map(|_| self.count).map_err(|e| CliError::Input {
             flag: "FILE",
             message: format!(
                 "{} line {}: the batch of records {} to {} was refused, nothing of it or after \
@@ -273,16 +293,21 @@ async fn same_as_stored(
 }
 
 /// Reads the file and parses it (a batch's lines split between a few threads), sending
-/// [`IMPORT_BATCH`] records at a time; stops at the first error (sent on) or when the
-/// receiver is gone.
-fn read_batches(file: std::fs::File, path: &Path, tx: &mpsc::Sender<Result<Parsed, CliError>>) {
+/// `batch` records at a time; stops at the first error (sent on) or when the receiver is
+/// gone.
+fn read_batches(
+    file: std::fs::File,
+    path: &Path,
+    batch: usize,
+    tx: &mpsc::Sender<Result<Parsed, CliError>>,
+) {
     let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
     let mut read = 0u64;
     let mut n = 0usize;
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
     loop {
-        let mut lines: Vec<(usize, String)> = Vec::with_capacity(IMPORT_BATCH);
-        while lines.len() < IMPORT_BATCH {
+        let mut lines: Vec<(usize, String)> = Vec::with_capacity(batch);
+        while lines.len() < batch {
             let mut line = String::new();
             match reader.read_line(&mut line) {
                 Ok(0) => break,

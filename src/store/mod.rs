@@ -307,6 +307,28 @@ pub(crate) fn check_imported_hash(
     Ok(())
 }
 
+/// An import batch handed to a store's writer, whose answer is still to come: batches are
+/// written in the order they were handed over, so a caller may hand over the next one
+/// before this one is durable. Dropping it does not withdraw the batch.
+#[must_use = "the batch's answer says whether it was stored"]
+pub struct PendingImport(
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<ChainHead, StoreError>> + Send>>,
+);
+
+impl PendingImport {
+    pub(crate) fn new(
+        answer: impl std::future::Future<Output = Result<ChainHead, StoreError>> + Send + 'static,
+    ) -> Self {
+        Self(Box::pin(answer))
+    }
+
+    /// Waits for the answer: the head after the batch, or why it was refused (nothing of it
+    /// stored).
+    pub async fn wait(self) -> Result<ChainHead, StoreError> {
+        self.0.await
+    }
+}
+
 /// Most records one `import_records` call may carry (both stores write them in one batch).
 pub const IMPORT_BATCH_MAX: usize = 100_000;
 

@@ -9,7 +9,9 @@ use ledger_events::{encode_record_into, ChainHead, Record};
 use license_ledger::clock::ManualClock;
 use license_ledger::store::conformance::{new_event, start_time, stream};
 use license_ledger::store::file::{FileStore, FileStoreConfig};
-use license_ledger::store::{Appended, EventStore, ExpectedVersion, NewEvent, StoreError};
+use license_ledger::store::{
+    Appended, EventStore, ExpectedVersion, NewEvent, PendingImport, StoreError,
+};
 
 /// A store that imports.
 pub trait Importer: EventStore {
@@ -18,6 +20,10 @@ pub trait Importer: EventStore {
         &self,
         records: &[Record],
     ) -> impl Future<Output = Result<ChainHead, StoreError>>;
+    fn submit_batch(
+        &self,
+        records: &[Record],
+    ) -> impl Future<Output = Result<PendingImport, StoreError>>;
 }
 
 impl Importer for FileStore {
@@ -29,6 +35,12 @@ impl Importer for FileStore {
         records: &[Record],
     ) -> impl Future<Output = Result<ChainHead, StoreError>> {
         self.import_records(records)
+    }
+    fn submit_batch(
+        &self,
+        records: &[Record],
+    ) -> impl Future<Output = Result<PendingImport, StoreError>> {
+        self.submit_import(records)
     }
 }
 
@@ -116,6 +128,30 @@ pub async fn batches_store_what_one_by_one_stores<S: Importer>(
         batched.head().await.expect("head"),
         one_by_one.head().await.expect("head")
     );
+}
+
+/// Batches handed over one after the other before any answer (smaller ones after larger
+/// ones, which take longer to check) are written in the order handed over.
+pub async fn batches_handed_over_at_once_land_in_order<S: Importer>(source: &[Record], store: &S) {
+    let mut pending = Vec::new();
+    let mut at = 0;
+    for size in [200usize, 3, 100, 1, 50].into_iter().cycle() {
+        if at == source.len() {
+            break;
+        }
+        let end = (at + size).min(source.len());
+        pending.push(
+            store
+                .submit_batch(&source[at..end])
+                .await
+                .expect("hand over"),
+        );
+        at = end;
+    }
+    for p in pending {
+        p.wait().await.expect("import");
+    }
+    assert_eq!(every_record(store).await, source);
 }
 
 /// The ways a record in the middle of a batch can be wrong, each refused: name and forgery

@@ -22,8 +22,8 @@ use self::segment::{
 use self::writer::{AppendRequest, PreparedEvent, Shared, Writer, WriterMsg};
 use super::subscription::{HeadSource, Subscription};
 use super::{
-    check_import, Appended, EventStore, ExpectedVersion, ImportCheck, NewEvent, StoreError,
-    READ_BATCH_MAX,
+    check_import, Appended, EventStore, ExpectedVersion, ImportCheck, NewEvent, PendingImport,
+    StoreError, READ_BATCH_MAX,
 };
 use crate::clock::Clock;
 
@@ -327,7 +327,20 @@ impl FileStore {
     /// refuses the batch, naming its position, and nothing of it is stored. Returns the head
     /// after the batch.
     pub async fn import_records(&self, records: &[Record]) -> Result<ChainHead, StoreError> {
+        self.submit_import(records).await?.wait().await
+    }
+
+    /// The first half of [`Self::import_records`]: checks the records on their own and hands
+    /// the batch to the writer, which writes batches in the order they are handed over.
+    pub async fn submit_import(&self, records: &[Record]) -> Result<PendingImport, StoreError> {
         let checked = crate::store::check_import_batch(records)?;
+        let head = records
+            .last()
+            .map(|r| ChainHead {
+                position: r.envelope.position,
+                hash: r.envelope.hash,
+            })
+            .ok_or_else(|| StoreError::InvalidAppend("no records to import".into()))?;
         let mut requests = Vec::with_capacity(records.len());
         let mut answers = Vec::with_capacity(records.len());
         for (record, (event, import)) in records.iter().zip(checked) {
@@ -355,26 +368,22 @@ impl FileStore {
             unwritten.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
             return Err(StoreError::Closed);
         }
-        // A refused batch answers the refused record with the reason and drops the others'
-        // replies unanswered.
-        let mut unanswered = false;
-        for answer in answers {
-            match answer.await {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => return Err(e),
-                Err(_) => unanswered = true,
+        Ok(PendingImport::new(async move {
+            // A refused batch answers the refused record with the reason and drops the
+            // others' replies unanswered.
+            let mut unanswered = false;
+            for answer in answers {
+                match answer.await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => return Err(e),
+                    Err(_) => unanswered = true,
+                }
             }
-        }
-        if unanswered {
-            return Err(StoreError::Closed);
-        }
-        records
-            .last()
-            .map(|r| ChainHead {
-                position: r.envelope.position,
-                hash: r.envelope.hash,
-            })
-            .ok_or_else(|| StoreError::InvalidAppend("no records to import".into()))
+            if unanswered {
+                return Err(StoreError::Closed);
+            }
+            Ok(head)
+        }))
     }
 
     async fn submit(

@@ -79,8 +79,8 @@ use self::rows::{
 use self::writer::{AppendRequest, Counters, ImportBatch, PreparedEvent, WriterConfig, WriterMsg};
 use super::subscription::{HeadSource, Subscription};
 use super::{
-    check_import, Appended, EventStore, ExpectedVersion, ImportCheck, NewEvent, StoreError,
-    StoreStats, READ_BATCH_MAX,
+    check_import, Appended, EventStore, ExpectedVersion, ImportCheck, NewEvent, PendingImport,
+    StoreError, StoreStats, READ_BATCH_MAX,
 };
 use crate::clock::Clock;
 
@@ -437,6 +437,12 @@ impl PgStore {
     /// encoded. All or nothing: the first record refused refuses the batch, naming its
     /// position, and nothing of it is stored. Returns the head after the batch.
     pub async fn import_records(&self, records: &[Record]) -> Result<ChainHead, StoreError> {
+        self.submit_import(records).await?.wait().await
+    }
+
+    /// The first half of [`Self::import_records`]: checks the records on their own and hands
+    /// the batch to the writer, which writes batches in the order they are handed over.
+    pub async fn submit_import(&self, records: &[Record]) -> Result<PendingImport, StoreError> {
         let checked = crate::store::check_import_batch(records)?;
         let mut bodies = Vec::with_capacity(records.len());
         for (record, (event, import)) in records.iter().zip(checked) {
@@ -472,7 +478,9 @@ impl PgStore {
         {
             return Err(StoreError::Closed);
         }
-        answer.await.map_err(|_| StoreError::Closed)?
+        Ok(PendingImport::new(async move {
+            answer.await.map_err(|_| StoreError::Closed)?
+        }))
     }
 
     /// Reads like [`EventStore::read_all`], and also checks every row's JSON copy `data`
