@@ -348,7 +348,7 @@ fn parse(lines: &[(usize, String)], path: &Path, workers: usize) -> Result<Vec<R
     let one = |(n, line): &(usize, String)| {
         serde_json::from_str::<RecordJson>(line.trim())
             .map_err(|e| e.to_string())
-            .and_then(|json| Record::from_json(&json).map_err(|e| e.to_string()))
+            .and_then(|json| Record::from_json_owned(json).map_err(|e| e.to_string()))
             .map_err(|m| CliError::Input {
                 flag: "FILE",
                 message: format!("{} line {n}: {m}", path.display()),
