@@ -17,6 +17,11 @@
 //! append is durable, and readers (who stop at the durable head) never see a record that is
 //! not. A retry of an append that is written but not yet durable is answered only once it is.
 //!
+//! An import batch (`FileStore::import_records`: exported records replayed verbatim, one
+//! request each) is a batch of its own, planned request by request by the same `plan` as
+//! appends, then written and synced like any batch; the first request refused refuses the
+//! whole batch and nothing of it is written.
+//!
 //! Failure handling: if a write fails (disk full, I/O error) the writer cuts the files back,
 //! removes the batch from the index and refuses the batch; the store stays usable. If
 //! `fdatasync` fails, the page cache may have dropped data nobody can know about, so the

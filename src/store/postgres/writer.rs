@@ -33,6 +33,15 @@
 //! connection, so the server runs them in the order they were planned, each right after the
 //! one it was planned on.
 //!
+//! **Imports** (`PgStore::import_records`) are a batch of their own, on the locked path: the
+//! head is locked and the streams' versions looked up as in 1, every record is planned as its
+//! own request by the same planner (so checked exactly as an append of it would be, plus its
+//! position, previous hash, time and recomputed hash), and the first record refused refuses
+//! the batch (rolled back, nothing stored). Otherwise the head moves once, with the same
+//! guard as 3, and the rows go in by binary `COPY`, then `COMMIT`. The batch's ids are not
+//! looked up first: the unique `event_id` refuses a copy holding a stored one, and the batch
+//! is then planned again with them, so that the refusal names the record.
+//!
 //! Either way commit order is position order and positions are dense, across nodes too: an
 //! append holds the head row from before it assigns positions (locked path) or from the
 //! guard's check (speculative path) until it commits. Payloads are encoded by the appending
