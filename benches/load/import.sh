@@ -41,8 +41,8 @@ measure() { # label, then the command
     fi
     read -r wall user sys rss < "$work/time.txt"
     awk -v l="$label" -v n="$records" -v w="$wall" -v u="$user" -v s="$sys" -v m="$rss" \
-        -v load="$(cut -d' ' -f1 /proc/loadavg)" \
-        'BEGIN { printf "%s: %d records in %.2f s = %.0f records/s (user %.2f s, sys %.2f s, max RSS %d MB, load %s)\n", l, n, w, n / w, u, s, m / 1024, load }'
+        -v la="$(cut -d' ' -f1 /proc/loadavg)" \
+        'BEGIN { printf "%s: %d records in %.2f s = %.0f records/s (user %.2f s, sys %.2f s, max RSS %d MB, load %s)\n", l, n, w, n / w, u, s, m / 1024, la }'
 }
 
 for run in $(seq 1 "$runs"); do
@@ -52,8 +52,8 @@ done
 rm -rf "$work/file"
 for run in $(seq 1 "$runs"); do
     schema="ledger_import_bench_$$"
-    psql "$url" -qc "DROP SCHEMA IF EXISTS $schema CASCADE"
+    psql "$url" -qc "SET client_min_messages = warning; DROP SCHEMA IF EXISTS $schema CASCADE"
     measure "PostgreSQL, run $run" "$bin/license-ledger" --data-dir "$work/keys" --store postgres \
         --database-url "$url" --database-schema "$schema" import "$work/log.jsonl"
-    psql "$url" -qc "DROP SCHEMA IF EXISTS $schema CASCADE"
+    psql "$url" -qc "SET client_min_messages = warning; DROP SCHEMA IF EXISTS $schema CASCADE"
 done

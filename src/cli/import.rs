@@ -5,7 +5,7 @@
 //! The file is read as a stream, `--batch` records at a time ([`IMPORT_BATCH`] by default),
 //! so memory stays bounded whatever its length; a few threads parse it while the store writes
 //! the batches before. Each batch is stored whole or not at all (`import_records`), and the
-//! next one is handed to the store while the one before is being made durable; a batch
+//! next ones are handed to the store while those before are being made durable; a batch
 //! refused (or following one refused) stores nothing, and nothing after it is sent. An import
 //! that was interrupted can be run again: the records the store already holds are compared
 //! with the file's (each must be the very same record) and skipped, and the import goes on
@@ -22,8 +22,13 @@ use tokio::sync::mpsc;
 use super::backend::Opened;
 use super::CliError;
 
-/// Records written per batch (one transaction on PostgreSQL, one sync on the file store).
+/// Records written per batch by default (one transaction on PostgreSQL, one sync round on
+/// the file store).
 pub const IMPORT_BATCH: usize = 10_000;
+
+/// Batches handed to the store before waiting for the oldest one's answer: the file store
+/// then syncs several in one round while the next ones are parsed and checked.
+const IN_FLIGHT_MAX: usize = 3;
 
 /// Options of `import`.
 #[derive(Debug, clap::Args)]
@@ -139,14 +144,15 @@ async fn import(
     };
     let mut skipped = 0u64;
     let mut imported = 0u64;
-    // The batch handed to the store and not yet answered.
-    let mut in_flight: Option<InFlight> = None;
+    // The batches handed to the store and not yet answered, oldest first.
+    let mut in_flight: std::collections::VecDeque<InFlight> =
+        std::collections::VecDeque::with_capacity(IN_FLIGHT_MAX + 1);
     let result = async {
         while let Some(batch) = rx.recv().await {
             let mut batch: Parsed = match batch {
                 Ok(batch) => batch,
                 Err(e) => {
-                    if let Some(previous) = in_flight.take() {
+                    while let Some(previous) = in_flight.pop_front() {
                         imported += previous.wait(path, imported, skipped).await?;
                     }
                     return Err(e);
@@ -169,23 +175,24 @@ async fn import(
                     count: new.len() as u64,
                     answer: store.submit_import(&new).await,
                 };
+                // Refused at once: the batches before it are answered first, then its error.
                 let refused_now = sent.answer.is_err();
-                if let Some(previous) = in_flight.replace(sent) {
-                    let read = previous.read;
-                    imported += previous.wait(path, imported, skipped).await?;
-                    bar.set_position(read);
-                }
-                if refused_now {
-                    if let Some(refused) = in_flight.take() {
-                        refused.wait(path, imported, skipped).await?;
+                in_flight.push_back(sent);
+                while in_flight.len() > IN_FLIGHT_MAX || (refused_now && !in_flight.is_empty()) {
+                    if let Some(previous) = in_flight.pop_front() {
+                        let read = previous.read;
+                        imported += previous.wait(path, imported, skipped).await?;
+                        bar.set_position(read);
                     }
                 }
             } else {
                 bar.set_position(batch.read);
             }
         }
-        if let Some(previous) = in_flight.take() {
+        while let Some(previous) = in_flight.pop_front() {
+            let read = previous.read;
             imported += previous.wait(path, imported, skipped).await?;
+            bar.set_position(read);
         }
         if skipped < present {
             return Err(CliError::Refused(format!(
@@ -208,7 +215,7 @@ async fn import(
     Ok(counts)
 }
 
-/// A batch handed to the store: where it comes from, and the task awaiting its answer.
+/// A batch handed to the store: where it comes from, and the answer to come.
 struct InFlight {
     /// The file's line of its first record.
     line: usize,
