@@ -16,6 +16,7 @@ pub mod app;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod derived;
 pub mod domain;
 pub mod http;
 pub mod relay;

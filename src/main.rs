@@ -9,7 +9,9 @@ use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = EnvFilter::try_from_env("LEDGER_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    // The log index's engine (fjall) narrates its recovery at info: warnings only.
+    let filter = EnvFilter::try_from_env("LEDGER_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("info,fjall=warn,lsm_tree=warn"));
     // Human-readable on a terminal, one JSON object per line otherwise (for log collectors).
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -137,7 +137,9 @@ async fn arrange() -> Arranged {
 }
 
 /// Restarts the server with its read model held at `at` and `catch_up_timeout`; returns the
-/// gate (send a position to let the read model on) once the read model stands at `at`.
+/// gate (send a position to let the read model on) once the read model stands at `at`. The
+/// derived data is removed first, so that the read model replays the log rather than
+/// resuming from the snapshot the stop left.
 async fn restart_held_at(
     app: &mut TestApp,
     at: Position,
@@ -151,6 +153,7 @@ async fn restart_held_at(
         })
     });
     app.restart_with(|s| {
+        std::fs::remove_dir_all(s.data_dir.join("derived")).unwrap();
         s.store_layer = Some(layer);
         s.ledger.catch_up_timeout = catch_up_timeout;
     })

@@ -11,17 +11,20 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use frames::acknowledged_only_up_to;
-use ledger_events::{verify_chain, Record};
+use ledger_events::{verify_chain, Record, StreamId, StreamVersion};
 use license_ledger::clock::{Clock, ManualClock};
 use license_ledger::store::conformance::{new_event, start_time, stream, Harness};
 use license_ledger::store::file::segment::list_segments;
 use license_ledger::store::file::{FileStore, FileStoreConfig};
-use license_ledger::store::{EventStore, ExpectedVersion, NewEvent, StoreError};
+use license_ledger::store::{Appended, EventStore, ExpectedVersion, NewEvent, StoreError};
 use proptest::prelude::*;
 
-async fn file_harness(clock: ManualClock) -> Harness {
+/// A fresh store in a temporary directory, with `configure` applied to the defaults.
+async fn harness_with(clock: ManualClock, configure: fn(&mut FileStoreConfig)) -> Harness {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = FileStore::open(FileStoreConfig::new(dir.path()), Arc::new(clock.clone()))
+    let mut config = FileStoreConfig::new(dir.path());
+    configure(&mut config);
+    let store = FileStore::open(config, Arc::new(clock.clone()))
         .await
         .expect("open");
     Harness {
@@ -31,7 +34,23 @@ async fn file_harness(clock: ManualClock) -> Harness {
     }
 }
 
+async fn file_harness(clock: ManualClock) -> Harness {
+    harness_with(clock, |_| {}).await
+}
+
 license_ledger::store_conformance_tests!(file_harness);
+
+/// The conformance suite again, with the in-memory index moving every durable entry to the
+/// on-disk index after each round: reads, versions and retries answered from disk.
+mod index_on_disk {
+    use super::*;
+
+    async fn harness(clock: ManualClock) -> Harness {
+        harness_with(clock, |c| c.index_tail_records = 1).await
+    }
+
+    license_ledger::store_conformance_tests!(harness);
+}
 
 fn clock() -> Arc<dyn Clock> {
     Arc::new(ManualClock::new(start_time()))
@@ -39,6 +58,15 @@ fn clock() -> Arc<dyn Clock> {
 
 async fn open(dir: &Path) -> Result<FileStore, StoreError> {
     FileStore::open(FileStoreConfig::new(dir), clock()).await
+}
+
+/// Opens with the on-disk index removed first (if a log this small has one): the open then
+/// reads and checks every record (an open with the index reads only what follows the index's
+/// position; damage before it is refused on read and by `verify`, see
+/// `damage_before_the_index_is_refused_on_read`).
+async fn open_rescanning(dir: &Path) -> Result<FileStore, StoreError> {
+    license_ledger::store::file::diskindex::remove(dir).expect("remove the index");
+    open(dir).await
 }
 
 async fn open_small_segments(dir: &Path) -> FileStore {
@@ -258,7 +286,7 @@ async fn a_flipped_byte_in_the_middle_is_refused_with_its_position() {
         let mut damaged = original.clone();
         damaged[start5 + delta] ^= 0x01;
         fs::write(&seg, &damaged).unwrap();
-        match open(dir.path()).await {
+        match open_rescanning(dir.path()).await {
             Err(StoreError::Corrupt {
                 segment,
                 offset,
@@ -303,7 +331,7 @@ async fn a_broken_chain_with_valid_crcs_is_refused() {
     let crc = crc32c::crc32c_append(crc32c::crc32c(word), &damaged[start3 + 8..start3 + len3]);
     damaged[start3 + 4..start3 + 8].copy_from_slice(&crc.to_be_bytes());
     fs::write(&seg, &damaged).unwrap();
-    match open(dir.path()).await {
+    match open_rescanning(dir.path()).await {
         Err(StoreError::Corrupt {
             position, problem, ..
         }) => {
@@ -327,7 +355,7 @@ async fn damage_in_a_sealed_segment_is_refused_even_at_its_end() {
     let first = &segments[0].path;
     let bytes = fs::read(first).unwrap();
     fs::write(first, &bytes[..bytes.len() - 3]).unwrap();
-    match open(dir.path()).await {
+    match open_rescanning(dir.path()).await {
         Err(StoreError::Corrupt { segment, .. }) => {
             assert!(segment.contains("00000000000000000001"))
         }
@@ -364,6 +392,7 @@ proptest! {
     fn any_sequence_of_appends_reads_back_identically_after_reopen(
         ops in prop::collection::vec((0u8..6, 1usize..5, any::<bool>()), 1..60),
         small_segments in any::<bool>(),
+        small_tail in any::<bool>(),
     ) {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         rt.block_on(async {
@@ -372,6 +401,10 @@ proptest! {
                 let mut c = FileStoreConfig::new(dir);
                 if small_segments {
                     c.segment_bytes_max = FileStoreConfig::SEGMENT_BYTES_MIN;
+                }
+                if small_tail {
+                    // Index entries move to disk after (nearly) every append.
+                    c.index_tail_records = 3;
                 }
                 c
             };
@@ -463,4 +496,316 @@ async fn an_import_batch_starts_right_after_the_head_and_is_synced_once() {
     let reopened = open(dir.path()).await.expect("reopen");
     assert_eq!(import::every_record(&reopened).await, source);
     reopened.close().await.expect("close");
+}
+
+// The on-disk index (`<dir>/index/`): open reads it instead of every segment, and anything
+// wrong with it makes the open rebuild it from the log, never serve from it.
+
+fn tail_config(dir: &Path, tail: usize) -> FileStoreConfig {
+    let mut c = FileStoreConfig::new(dir);
+    c.index_tail_records = tail;
+    // Many segments: the index's position falls inside one and the scan after it crosses
+    // into later ones.
+    c.segment_bytes_max = 256 * 1024;
+    c
+}
+
+async fn open_tail(dir: &Path, tail: usize) -> FileStore {
+    FileStore::open(tail_config(dir, tail), clock())
+        .await
+        .expect("open")
+}
+
+/// Appends `records` events over 7 streams in appends of 1 to 19 events; returns the appends.
+async fn fill_appends(
+    store: &FileStore,
+    records: u32,
+    first: u32,
+) -> Vec<(StreamId, Vec<NewEvent>)> {
+    let mut appends = Vec::new();
+    let mut n = first;
+    let mut i = 0u32;
+    while n < first + records {
+        let size = (i * 7 % 19 + 1).min(first + records - n);
+        let s = stream(&format!("x{}", i % 7));
+        let events: Vec<NewEvent> = (0..size).map(|k| new_event(n + k)).collect();
+        store
+            .append(&s, ExpectedVersion::Any, events.clone())
+            .await
+            .expect("append");
+        appends.push((s, events));
+        n += size;
+        i += 1;
+    }
+    appends
+}
+
+/// Everything readers and retrying writers can be told, to compare a store with itself
+/// before and after its index changed.
+#[derive(Debug, PartialEq)]
+struct Answers {
+    records: Vec<Record>,
+    /// Per stream: version, every record, a page from the middle.
+    streams: Vec<(StreamVersion, Vec<Record>, Vec<Record>)>,
+    /// The answer to retrying every append, and to storing its first event id elsewhere.
+    retries: Vec<(Result<Appended, String>, Result<Appended, String>)>,
+}
+
+async fn answers(store: &FileStore, appends: &[(StreamId, Vec<NewEvent>)]) -> Answers {
+    let records = all_records(store).await;
+    let mut streams = Vec::new();
+    for i in 0..8 {
+        let s = stream(&format!("x{i}"));
+        let version = store.stream_version(&s).await.expect("version");
+        let all = store.read_stream(&s, 1, 100_000).await.expect("read");
+        let page = store
+            .read_stream(&s, version / 2 + 1, 7)
+            .await
+            .expect("read");
+        streams.push((version, all, page));
+    }
+    let mut retries = Vec::new();
+    for (s, events) in appends {
+        let again = store
+            .append(s, ExpectedVersion::Any, events.clone())
+            .await
+            .map_err(|e| e.to_string());
+        let mut elsewhere = new_event(0);
+        elsewhere.event_id = events[0].event_id;
+        let other = store
+            .append(&stream("elsewhere"), ExpectedVersion::Any, vec![elsewhere])
+            .await
+            .map_err(|e| e.to_string());
+        retries.push((again, other));
+    }
+    Answers {
+        records,
+        streams,
+        retries,
+    }
+}
+
+/// Copies a directory tree (the index, to put an older or foreign one in place).
+fn copy_dir(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for entry in fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+fn index_dir(dir: &Path) -> PathBuf {
+    dir.join(license_ledger::store::file::diskindex::INDEX_DIR)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reopening_reads_the_index_and_only_the_records_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_tail(dir.path(), 100).await;
+    let mut appends = fill_appends(&store, 5_000, 1).await;
+    store.close().await.unwrap();
+    // Durable entries leave memory once they are on disk.
+    let stats = store.stats();
+    assert_eq!(stats.index_tail_records, 0, "{stats:?}");
+    assert_eq!(stats.index_on_disk, 5_000, "{stats:?}");
+    drop(store);
+    let earlier_index = dir.path().join("index-at-5000");
+    copy_dir(&index_dir(dir.path()), &earlier_index);
+
+    let store = open_tail(dir.path(), 100).await;
+    let stats = store.stats();
+    assert_eq!(stats.open_records_scanned, 0, "{stats:?}");
+    assert!(!stats.index_rebuilt, "{stats:?}");
+    appends.extend(fill_appends(&store, 5_000, 5_001).await);
+    let before = answers(&store, &appends).await;
+    assert_eq!(before.records.len(), 10_000);
+    store.close().await.unwrap();
+    drop(store);
+
+    let store = open_tail(dir.path(), 100).await;
+    let stats = store.stats();
+    assert_eq!(stats.open_records_scanned, 0, "{stats:?}");
+    assert!(!stats.index_rebuilt, "{stats:?}");
+    assert_eq!(answers(&store, &appends).await, before);
+    store.close().await.unwrap();
+    drop(store);
+
+    // An index that is behind the log (as after a crash) is used, and only the records
+    // after it are read.
+    fs::remove_dir_all(index_dir(dir.path())).unwrap();
+    copy_dir(&earlier_index, &index_dir(dir.path()));
+    let store = open_tail(dir.path(), 100).await;
+    let stats = store.stats();
+    assert_eq!(stats.open_records_scanned, 5_000, "{stats:?}");
+    assert!(!stats.index_rebuilt, "{stats:?}");
+    assert!(list_segments(dir.path()).unwrap().len() > 4);
+    assert_eq!(answers(&store, &appends).await, before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_index_is_rebuilt_with_identical_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_tail(dir.path(), 64).await;
+    let appends = fill_appends(&store, 3_000, 1).await;
+    let before = answers(&store, &appends).await;
+    store.close().await.unwrap();
+    drop(store);
+    license_ledger::store::file::diskindex::remove(dir.path()).unwrap();
+
+    let store = open_tail(dir.path(), 64).await;
+    let stats = store.stats();
+    assert!(stats.index_rebuilt, "{stats:?}");
+    assert_eq!(stats.open_records_scanned, 3_000, "{stats:?}");
+    assert_eq!(answers(&store, &appends).await, before);
+    store.close().await.unwrap();
+    drop(store);
+
+    let store = open_tail(dir.path(), 64).await;
+    let stats = store.stats();
+    assert!(!stats.index_rebuilt, "{stats:?}");
+    assert_eq!(stats.open_records_scanned, 0, "{stats:?}");
+    assert_eq!(answers(&store, &appends).await, before);
+}
+
+/// Writes the index's `meta/head` (position, hash) as damage or a stale copy would leave it.
+fn set_index_head(dir: &Path, position: u64, hash: [u8; 32]) {
+    let db = fjall::Database::builder(index_dir(dir)).open().unwrap();
+    let meta = db
+        .keyspace("meta", fjall::KeyspaceCreateOptions::default)
+        .unwrap();
+    let mut v = position.to_be_bytes().to_vec();
+    v.extend_from_slice(&hash);
+    meta.insert(b"head", v).unwrap();
+    db.persist(fjall::PersistMode::SyncAll).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_stale_or_foreign_index_is_rebuilt_never_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_tail(dir.path(), 64).await;
+    let appends = fill_appends(&store, 1_000, 1).await;
+    let before = answers(&store, &appends).await;
+    let head = store.head().await.unwrap();
+    store.close().await.unwrap();
+    drop(store);
+    let good_index = dir.path().join("good-index");
+    copy_dir(&index_dir(dir.path()), &good_index);
+    let restore = || {
+        fs::remove_dir_all(index_dir(dir.path())).unwrap();
+        copy_dir(&good_index, &index_dir(dir.path()));
+    };
+    let rebuilt = |what: &'static str| {
+        let dir = dir.path().to_path_buf();
+        let appends = appends.clone();
+        let before = &before;
+        async move {
+            let store = open_tail(&dir, 64).await;
+            let stats = store.stats();
+            assert!(stats.index_rebuilt, "{what}: {stats:?}");
+            assert_eq!(stats.open_records_scanned, 1_000, "{what}");
+            assert_eq!(&answers(&store, &appends).await, before, "{what}");
+            store.close().await.unwrap();
+        }
+    };
+
+    // Every file of the index overwritten.
+    let mut files = vec![index_dir(dir.path())];
+    let mut garbled = 0;
+    while let Some(d) = files.pop() {
+        for entry in fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                files.push(path);
+            } else {
+                let len = fs::metadata(&path).unwrap().len() as usize;
+                fs::write(&path, vec![0xA5; len.max(1)]).unwrap();
+                garbled += 1;
+            }
+        }
+    }
+    assert!(garbled > 0);
+    rebuilt("garbled files").await;
+
+    // The hash of its position is wrong.
+    restore();
+    let mut wrong = head.hash.0;
+    wrong[0] ^= 1;
+    set_index_head(dir.path(), head.position, wrong);
+    rebuilt("wrong hash").await;
+
+    // Its position is past the log's end.
+    restore();
+    set_index_head(dir.path(), head.position + 50, head.hash.0);
+    rebuilt("position past the end").await;
+
+    // An index of another log.
+    let other = tempfile::tempdir().unwrap();
+    let store = open_tail(other.path(), 64).await;
+    fill_appends(&store, 1_000, 1).await;
+    store.close().await.unwrap();
+    drop(store);
+    fs::remove_dir_all(index_dir(dir.path())).unwrap();
+    copy_dir(&index_dir(other.path()), &index_dir(dir.path()));
+    rebuilt("foreign index").await;
+
+    // Left behind by a repair cut: it names positions the log no longer has.
+    let cut_at = *before.retries[40].0.as_ref().unwrap().positions.end();
+    restore();
+    let saved = dir.path().join("index-before-cut");
+    copy_dir(&index_dir(dir.path()), &saved);
+    license_ledger::store::file::repair::cut_after(dir.path(), cut_at, true).unwrap();
+    assert!(!index_dir(dir.path()).exists(), "the cut removes the index");
+    copy_dir(&saved, &index_dir(dir.path()));
+    let store = open_tail(dir.path(), 64).await;
+    let stats = store.stats();
+    assert!(stats.index_rebuilt, "{stats:?}");
+    assert_eq!(all_records(&store).await, before.records[..cut_at as usize]);
+}
+
+/// Damage before the index's position is not read by the open (that is the point of the
+/// index); it is refused when read, naming segment, offset and position, and nothing changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damage_before_the_index_is_refused_on_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_tail(dir.path(), 4).await;
+    let records = fill(&store, 10).await;
+    store.close().await.unwrap();
+    drop(store);
+    let seg = last_segment(dir.path());
+    let mut bytes = fs::read(&seg).unwrap();
+    let frame = |r: &Record| r.encode().unwrap().len() + 8;
+    let start5 = 32 + records[..4].iter().map(frame).sum::<usize>();
+    bytes[start5 + 60] ^= 0x01;
+    fs::write(&seg, &bytes).unwrap();
+
+    let store = open_tail(dir.path(), 4).await;
+    assert_eq!(store.stats().open_records_scanned, 0);
+    for read in [
+        store.read_all(1, 100).await,
+        store
+            .read_stream(&records[4].envelope.stream_id, 1, 100)
+            .await,
+    ] {
+        match read {
+            Err(StoreError::Corrupt {
+                segment,
+                offset,
+                position,
+                ..
+            }) => {
+                assert_eq!(position, 5);
+                assert_eq!(offset as usize, start5);
+                assert!(segment.ends_with(".seg"));
+            }
+            other => panic!("expected Corrupt, got {other:?}"),
+        }
+    }
+    assert_eq!(store.read_all(6, 100).await.unwrap(), records[5..]);
+    store.close().await.unwrap();
+    assert_eq!(fs::read(&seg).unwrap(), bytes, "nothing changed");
 }

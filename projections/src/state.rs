@@ -41,7 +41,7 @@ impl StoredCheckIn {
 }
 
 /// A license as stored.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct LicenseState {
     pub cnpj: Cnpj,
     pub product: Product,
@@ -56,8 +56,6 @@ pub(crate) struct LicenseState {
     pub granted_at: DateTime<Utc>,
     pub version: StreamVersion,
     pub updated_position: Position,
-    /// Positions of every event concerning the license, oldest first.
-    pub history: Vec<Position>,
 }
 
 impl LicenseState {
@@ -82,7 +80,7 @@ impl LicenseState {
 }
 
 /// A terminal as stored: the latest check-in per product, sorted by product.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub(crate) struct TerminalState {
     pub version: StreamVersion,
     pub last: Vec<(Product, StoredCheckIn)>,

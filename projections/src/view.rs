@@ -15,6 +15,11 @@
 //! not exist, a second registration of the same id, or an event recorded in a stream of the
 //! wrong category is reported as [`ProjectionError::Inconsistent`] and its impossible part is
 //! skipped (see [`LedgerView::apply`]).
+//!
+//! The view keeps no per-record state: a license's Histórico is the set of records that
+//! [`LedgerView::apply_noting`] reports for it, for an index outside the view to keep. Its
+//! whole state can be written out and restored with [`LedgerView::encode_snapshot`] and
+//! [`LedgerView::decode_snapshot`] (see [`crate::snapshot`]).
 
 use std::collections::{HashSet, VecDeque};
 use std::fmt;
@@ -42,12 +47,9 @@ pub const PAGE_LIMIT_DEFAULT: usize = 50;
 /// How many of the latest inconsistencies the view keeps (it counts all of them).
 pub const INCONSISTENCIES_KEPT: usize = 64;
 
-/// Room reserved for a license's history when it is granted.
-const HISTORY_CAPACITY_INITIAL: usize = 4;
+pub(crate) type Map<K, V> = DashMap<K, V, ahash::RandomState>;
 
-type Map<K, V> = DashMap<K, V, ahash::RandomState>;
-
-fn new_map<K: Eq + std::hash::Hash, V>() -> Map<K, V> {
+pub(crate) fn new_map<K: Eq + std::hash::Hash, V>() -> Map<K, V> {
     DashMap::with_hasher(ahash::RandomState::new())
 }
 
@@ -234,37 +236,38 @@ impl<T> Page<T> {
 
 /// State only the applier touches.
 #[derive(Debug, Default)]
-struct Applier {
-    resources: Interner<Resources>,
-    versions: Interner<ProgramVersion>,
-    inconsistencies: VecDeque<Inconsistency>,
-    inconsistency_count: u64,
+pub(crate) struct Applier {
+    pub(crate) resources: Interner<Resources>,
+    pub(crate) versions: Interner<ProgramVersion>,
+    pub(crate) inconsistencies: VecDeque<Inconsistency>,
+    pub(crate) inconsistency_count: u64,
 }
 
-/// The read models: customers, contracts, licenses (with their indexes and histories),
-/// terminals and contingencies.
+/// The read models: customers, contracts, licenses (with their indexes), terminals and
+/// contingencies. (The fields are the crate's so that [`crate::snapshot`] can copy them out
+/// and back in; nothing else outside this module touches them.)
 pub struct LedgerView {
     /// Last applied position; stored after the event's effects are visible.
-    position: AtomicU64,
-    customers: Map<Cnpj, CustomerRow>,
-    contracts: Map<ContractId, ContractRow>,
-    licenses: Map<LicenseId, LicenseState>,
+    pub(crate) position: AtomicU64,
+    pub(crate) customers: Map<Cnpj, CustomerRow>,
+    pub(crate) contracts: Map<ContractId, ContractRow>,
+    pub(crate) licenses: Map<LicenseId, LicenseState>,
     /// (customer, product) -> its licenses, sorted.
-    by_owner: Map<(Cnpj, Product), Vec<LicenseId>>,
+    pub(crate) by_owner: Map<(Cnpj, Product), Vec<LicenseId>>,
     /// (customer, product, terminal) -> the license bound to it.
-    bound: Map<(Cnpj, Product, HardwareId), LicenseId>,
-    terminals: Map<(Cnpj, HardwareId), TerminalState>,
+    pub(crate) bound: Map<(Cnpj, Product, HardwareId), LicenseId>,
+    pub(crate) terminals: Map<(Cnpj, HardwareId), TerminalState>,
     /// Per customer, in the order entered.
-    contingencies: Map<Cnpj, Vec<ContingencyRow>>,
+    pub(crate) contingencies: Map<Cnpj, Vec<ContingencyRow>>,
     /// Per customer, the position of the last event applied that changed anything of
     /// theirs; stored after that event's effects are visible (see
     /// [`LedgerView::customer_stamp`]).
-    stamps: Map<Cnpj, Position>,
+    pub(crate) stamps: Map<Cnpj, Position>,
     /// Largest id seen, 0 for none.
-    max_license_id: AtomicU32,
-    max_contract_id: AtomicU32,
+    pub(crate) max_license_id: AtomicU32,
+    pub(crate) max_contract_id: AtomicU32,
     /// Serializes appliers (there should be one) and holds their private state.
-    applier: Mutex<Applier>,
+    pub(crate) applier: Mutex<Applier>,
 }
 
 impl Default for LedgerView {
@@ -315,10 +318,27 @@ impl LedgerView {
     /// [`ProjectionError::Inconsistent`] (the event's impossible part skipped, the position
     /// moved past it). Never panics on any input.
     pub fn apply(&self, envelope: &Envelope, event: &Event) -> Result<(), ProjectionError> {
+        self.apply_noting(envelope, event).map(drop)
+    }
+
+    /// Applies like [`LedgerView::apply`] and returns the license whose Histórico the event
+    /// joins: the license of a license event, the license a check-in names, the license a
+    /// contingency entry names (when entered and when cleared) or an offline activation
+    /// names; `None` for other events and for an event at or before the applied position.
+    /// An event that is inconsistent (e.g. names a license never granted) joins none: its
+    /// error is returned as by `apply`.
+    ///
+    /// The view keeps no per-license history (it would grow with every record ever
+    /// written); whoever keeps the Histórico indexes what this returns.
+    pub fn apply_noting(
+        &self,
+        envelope: &Envelope,
+        event: &Event,
+    ) -> Result<Option<LicenseId>, ProjectionError> {
         let mut applier = self.lock_applier();
         let at = self.position.load(Ordering::Acquire);
         if envelope.position <= at {
-            return Ok(());
+            return Ok(None);
         }
         if envelope.position != at + 1 {
             return Err(ProjectionError::Gap {
@@ -332,7 +352,7 @@ impl LedgerView {
         }
         self.position.store(envelope.position, Ordering::Release);
         match outcome {
-            Ok(()) => Ok(()),
+            Ok(noted) => Ok(noted),
             Err(problem) => {
                 applier.inconsistency_count += 1;
                 if applier.inconsistencies.len() == INCONSISTENCIES_KEPT {
@@ -366,20 +386,32 @@ impl LedgerView {
             self.stamps.insert(cnpj, envelope.position);
         }
         self.position.fetch_max(envelope.position, Ordering::AcqRel);
-        outcome.map_err(|problem| ProjectionError::Inconsistent {
-            position: envelope.position,
-            problem,
-        })
+        outcome
+            .map(drop)
+            .map_err(|problem| ProjectionError::Inconsistent {
+                position: envelope.position,
+                problem,
+            })
     }
 
     /// Decodes `record`'s payload and applies it (see [`LedgerView::apply`]). A record at or
     /// before the applied position is ignored without being decoded.
     pub fn apply_record(&self, record: &Record) -> Result<(), ProjectionError> {
+        self.apply_record_noting(record).map(drop)
+    }
+
+    /// Decodes `record`'s payload and applies it, returning the license whose Histórico it
+    /// joins (see [`LedgerView::apply_noting`]). A record at or before the applied position
+    /// is ignored without being decoded, and joins none.
+    pub fn apply_record_noting(
+        &self,
+        record: &Record,
+    ) -> Result<Option<LicenseId>, ProjectionError> {
         if record.envelope.position <= self.position() {
-            return Ok(());
+            return Ok(None);
         }
         let event = record.event()?;
-        self.apply(&record.envelope, &event)
+        self.apply_noting(&record.envelope, &event)
     }
 
     /// The position of the last applied event that concerned the customer (its row, its
@@ -429,14 +461,20 @@ impl LedgerView {
         self.lock_applier().inconsistency_count
     }
 
-    fn lock_applier(&self) -> MutexGuard<'_, Applier> {
+    pub(crate) fn lock_applier(&self) -> MutexGuard<'_, Applier> {
         // A panic while applying cannot leave a map half-written in a way later events
         // depend on, so a poisoned lock is still usable.
         self.applier.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Applies one event's effects; `Err` names what was impossible (and skipped).
-    fn fold(&self, applier: &mut Applier, env: &Envelope, event: &Event) -> Result<(), String> {
+    /// Applies one event's effects and returns the license whose Histórico it joins; `Err`
+    /// names what was impossible (and skipped), and then it joins none.
+    fn fold(
+        &self,
+        applier: &mut Applier,
+        env: &Envelope,
+        event: &Event,
+    ) -> Result<Option<LicenseId>, String> {
         // The stream's category (`license` in `license-002438`), with its dash.
         let category = match event {
             Event::Customer(_) => "customer-",
@@ -455,16 +493,15 @@ impl LedgerView {
             ));
         }
         match event {
-            Event::Customer(e) => self.fold_customer(env, e),
-            Event::Contract(e) => self.fold_contract(env, e),
-            Event::License(e) => self.fold_license(applier, env, e),
+            Event::Customer(e) => self.fold_customer(env, e).map(|()| None),
+            Event::Contract(e) => self.fold_contract(env, e).map(|()| None),
+            Event::License(e) => self.fold_license(applier, env, e).map(Some),
             Event::Terminal(TerminalEvent::CheckedIn(e)) => self.fold_check_in(applier, env, e),
             Event::Contingency(e) => self.fold_contingency(env, e),
-            Event::OfflineActivation(OfflineActivationEvent::Issued(e)) => match e.license_id {
-                Some(id) => self.note_history(id, env.position, "offline activation"),
-                None => Ok(()),
-            },
-            Event::EmergencyRelease(_) => Ok(()),
+            Event::OfflineActivation(OfflineActivationEvent::Issued(e)) => {
+                self.noted(e.license_id, "offline activation")
+            }
+            Event::EmergencyRelease(_) => Ok(None),
         }
     }
 
@@ -545,7 +582,7 @@ impl LedgerView {
         applier: &mut Applier,
         env: &Envelope,
         e: &LicenseGranted,
-    ) -> Result<(), String> {
+    ) -> Result<LicenseId, String> {
         match self.licenses.entry(e.license_id) {
             Entry::Occupied(_) => return Err(format!("license {} granted twice", e.license_id)),
             Entry::Vacant(slot) => {
@@ -563,12 +600,6 @@ impl LedgerView {
                     granted_at: env.recorded_at,
                     version: env.stream_version,
                     updated_position: env.position,
-                    history: {
-                        // Most licenses see several events: skip the first reallocations.
-                        let mut history = Vec::with_capacity(HISTORY_CAPACITY_INITIAL);
-                        history.push(env.position);
-                        history
-                    },
                 });
             }
         }
@@ -580,15 +611,16 @@ impl LedgerView {
         }
         self.max_license_id
             .fetch_max(e.license_id.get(), Ordering::AcqRel);
-        Ok(())
+        Ok(e.license_id)
     }
 
+    /// Returns the license, which the event concerns.
     fn fold_license(
         &self,
         applier: &mut Applier,
         env: &Envelope,
         event: &LicenseEvent,
-    ) -> Result<(), String> {
+    ) -> Result<LicenseId, String> {
         if let LicenseEvent::Granted(e) = event {
             return self.grant(applier, env, e);
         }
@@ -634,7 +666,6 @@ impl LedgerView {
             }
             lic.version = env.stream_version;
             lic.updated_position = env.position;
-            lic.history.push(env.position);
             (lic.cnpj, lic.product)
         };
         for hardware_id in unbind.into_iter().flatten() {
@@ -644,15 +675,16 @@ impl LedgerView {
         if let Some(hardware_id) = bind {
             self.bound.insert((cnpj, product, hardware_id), id);
         }
-        Ok(())
+        Ok(id)
     }
 
+    /// Returns the license that answered, if any.
     fn fold_check_in(
         &self,
         applier: &mut Applier,
         env: &Envelope,
         e: &TerminalCheckedIn,
-    ) -> Result<(), String> {
+    ) -> Result<Option<LicenseId>, String> {
         let check_in = StoredCheckIn {
             at: env.recorded_at,
             hardware_id: e.hardware_id,
@@ -670,7 +702,7 @@ impl LedgerView {
             terminal.record(e.product, check_in.clone());
         }
         let Some(id) = e.license_id else {
-            return Ok(());
+            return Ok(None);
         };
         let mut lic = self
             .licenses
@@ -681,11 +713,15 @@ impl LedgerView {
         }
         lic.last_check_in = Some(check_in);
         lic.updated_position = env.position;
-        lic.history.push(env.position);
-        Ok(())
+        Ok(Some(id))
     }
 
-    fn fold_contingency(&self, env: &Envelope, event: &ContingencyEvent) -> Result<(), String> {
+    /// Returns the license the entry names, if any.
+    fn fold_contingency(
+        &self,
+        env: &Envelope,
+        event: &ContingencyEvent,
+    ) -> Result<Option<LicenseId>, String> {
         match event {
             ContingencyEvent::Entered(e) => {
                 self.contingencies
@@ -703,10 +739,7 @@ impl LedgerView {
                         cleared_at: None,
                         cleared_note: None,
                     });
-                match e.license_id {
-                    Some(id) => self.note_history(id, env.position, "contingency"),
-                    None => Ok(()),
-                }
+                self.noted(e.license_id, "contingency")
             }
             ContingencyEvent::Cleared(e) => {
                 let license_id = {
@@ -730,22 +763,20 @@ impl LedgerView {
                     row.cleared_note = e.note.clone();
                     row.license_id
                 };
-                match license_id {
-                    Some(id) => self.note_history(id, env.position, "contingency"),
-                    None => Ok(()),
-                }
+                self.noted(license_id, "contingency")
             }
         }
     }
 
-    /// Adds an event of another stream to a license's history.
-    fn note_history(&self, id: LicenseId, position: Position, what: &str) -> Result<(), String> {
-        let mut lic = self
-            .licenses
-            .get_mut(&id)
-            .ok_or_else(|| format!("{what} names unknown license {id}"))?;
-        lic.history.push(position);
-        Ok(())
+    /// The license an event of another stream names, which its Histórico then lists; an
+    /// unknown license is an inconsistency.
+    fn noted(&self, id: Option<LicenseId>, what: &str) -> Result<Option<LicenseId>, String> {
+        match id {
+            Some(id) if !self.licenses.contains_key(&id) => {
+                Err(format!("{what} names unknown license {id}"))
+            }
+            id => Ok(id),
+        }
     }
 
     // -----------------------------------------------------------------------------------------
@@ -836,16 +867,6 @@ impl LedgerView {
         };
         rows.sort_unstable_by_key(|r| std::cmp::Reverse(r.entered_position));
         Page::of(rows, query.offset, query.limit)
-    }
-
-    /// Positions of every event concerning the license, newest first: its own stream's
-    /// events, the check-ins it answered, the contingency entries naming it (entered and
-    /// cleared) and the offline activations naming it. Empty for an unknown license.
-    pub fn history(&self, id: LicenseId) -> Vec<Position> {
-        self.licenses
-            .get(&id)
-            .map(|s| s.history.iter().rev().copied().collect())
-            .unwrap_or_default()
     }
 
     /// Licenses matching `query`, sorted by license id.

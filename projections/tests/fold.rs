@@ -412,15 +412,24 @@ fn applying_the_same_position_twice_changes_nothing() {
         None,
         valid(day(2023, 5, 1)),
     ));
-    let view = log.view();
+    let (view, noted) = log.noted_view();
+    assert_eq!(noted.get(&lic(1)), Some(&vec![2, 3]));
     let before = view.license(lic(1));
     for p in 1..=3 {
-        view.apply(log.envelope(p), log.event(p)).expect("re-apply");
+        assert_eq!(
+            view.apply_noting(log.envelope(p), log.event(p))
+                .expect("re-apply"),
+            None
+        );
+        assert_eq!(
+            view.apply_record_noting(&log.records[p as usize - 1])
+                .expect("re-apply record"),
+            None
+        );
         view.apply_record(&log.records[p as usize - 1])
             .expect("re-apply record");
     }
     assert_eq!(view.license(lic(1)), before);
-    assert_eq!(view.history(lic(1)), vec![3, 2]);
     assert_eq!(view.position(), 3);
 }
 
@@ -604,7 +613,7 @@ fn cleared_closes_the_latest_open_entry_and_a_clear_with_none_open_is_inconsiste
 }
 
 #[test]
-fn offline_activations_and_emergency_releases_only_touch_the_history() {
+fn offline_activations_and_emergency_releases_only_join_the_historico() {
     let (mut log, c) = customer_log();
     log.push(granted(1, c, Product::EasyCash, day(2023, 5, 1)));
     log.push(OfflineActivationIssued {
@@ -625,9 +634,13 @@ fn offline_activations_and_emergency_releases_only_touch_the_history() {
         counter_key: CounterKey::parse("E9BD4EF6CC575DC4").expect("key"),
         licensed_to: trade_name("QUALIDADE"),
     });
-    let view = log.view();
+    let (view, noted) = log.noted_view();
     assert_eq!(view.position(), 4);
-    assert_eq!(view.history(lic(1)), vec![3, 2]);
+    // The offline activation names the license; the emergency release names none.
+    assert_eq!(
+        noted.into_iter().collect::<Vec<_>>(),
+        vec![(lic(1), vec![2, 3])]
+    );
     let row = view.license(lic(1)).expect("license");
     assert_eq!((row.version, row.updated_position), (1, 2));
 }
@@ -763,4 +776,71 @@ fn a_customers_stamp_moves_with_every_event_of_theirs_and_no_other() {
         0,
         "an unknown customer"
     );
+}
+
+#[test]
+fn an_inconsistent_event_joins_no_historico_and_the_consistent_ones_still_do() {
+    let (mut log, c) = customer_log(); // 1
+    log.push(granted(1, c, Product::EasyCash, day(2023, 5, 1))); // 2
+    log.push(LicenseBlocked {
+        license_id: lic(9),
+        note: None,
+    }); // 3: unknown license
+    log.push(granted(1, c, Product::Notify, day(2024, 5, 1))); // 4: granted twice
+    log.push(checked_in(
+        c,
+        Product::EasyCash,
+        7,
+        Some(9),
+        None,
+        valid(day(2023, 5, 1)),
+    )); // 5: answered by an unknown license
+    log.push(entered(c, ContingencyKind::Manual, Some(7), Some(9))); // 6: names unknown
+    log.push(cleared(c, ContingencyKind::Manual, Some(8))); // 7: none open for terminal 8
+    log.push(OfflineActivationIssued {
+        serial: Serial::parse("50026B77605FA3F8").expect("serial"),
+        cnpj: Some(c),
+        product: Product::EasyCash,
+        license_id: Some(lic(9)),
+        caixa: None,
+        equipamento: None,
+        counter_key: CounterKey::parse("AF67142D1048F615").expect("key"),
+        valid_until: at("2023-03-28T12:00:00Z"),
+    }); // 8: names unknown
+    log.push(checked_in(
+        c,
+        Product::EasyCash,
+        7,
+        Some(1),
+        None,
+        valid(day(2023, 5, 1)),
+    )); // 9
+    log.push(entered(c, ContingencyKind::Manual, Some(7), Some(1))); // 10
+    log.push(cleared(c, ContingencyKind::Manual, Some(7))); // 11
+    let view = LedgerView::new();
+    let mut outcomes = Vec::new();
+    for record in &log.records {
+        outcomes.push(match view.apply_record_noting(record) {
+            Ok(noted) => Ok(noted.map(|id| id.get())),
+            Err(ProjectionError::Inconsistent { position, .. }) => Err(position),
+            Err(e) => panic!("{e}"),
+        });
+    }
+    assert_eq!(
+        outcomes,
+        vec![
+            Ok(None),
+            Ok(Some(1)),
+            Err(3),
+            Err(4),
+            Err(5),
+            Err(6),
+            Err(7),
+            Err(8),
+            Ok(Some(1)),
+            Ok(Some(1)),
+            Ok(Some(1)),
+        ]
+    );
+    assert_eq!(view.inconsistency_count(), 6);
 }

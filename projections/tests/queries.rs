@@ -216,7 +216,7 @@ fn pages_slice_the_sorted_list_and_report_the_total() {
 }
 
 #[test]
-fn history_is_newest_first_with_check_ins_and_contingencies_of_the_license() {
+fn the_historico_notes_check_ins_and_contingencies_of_the_license() {
     let mut log = Log::new();
     let c = cnpj(1);
     log.push(registered(c, "Mercado Bom")); // 1
@@ -243,10 +243,11 @@ fn history_is_newest_first_with_check_ins_and_contingencies_of_the_license() {
     log.push(entered(c, ContingencyKind::Intelliweb, None, None)); // 8
     log.push(cleared(c, ContingencyKind::Manual, Some(7))); // 9
     log.push(renewed(1, day(2023, 5, 1), day(2023, 5, 31))); // 10
-    let view = log.view();
-    assert_eq!(view.history(lic(1)), vec![10, 9, 7, 5, 4, 2]);
-    assert_eq!(view.history(lic(2)), vec![6, 3]);
-    assert_eq!(view.history(lic(3)), Vec::<Position>::new());
+    let (_, noted) = log.noted_view();
+    assert_eq!(
+        noted.into_iter().collect::<Vec<_>>(),
+        vec![(lic(1), vec![2, 4, 5, 7, 9, 10]), (lic(2), vec![3, 6])]
+    );
 }
 
 #[test]

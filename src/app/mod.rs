@@ -15,8 +15,7 @@ use std::time::Duration as StdDuration;
 
 use chrono::{DateTime, Duration, Utc};
 use ledger_events::{Actor, Event, Position, StreamId, StreamVersion};
-use ledger_projections::asof::AsOf;
-use ledger_projections::view::{LedgerView, ProjectionError};
+use ledger_projections::view::LedgerView;
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 use uuid::Uuid;
@@ -31,7 +30,9 @@ use crate::store::{
 pub mod answers;
 pub mod checkin;
 pub mod commands;
+mod follow;
 pub mod ids;
+pub mod queries;
 pub mod relay;
 
 /// Settings of the command side.
@@ -47,6 +48,8 @@ pub struct LedgerConfig {
     /// Longest a new license or contract keeps trying ids other nodes took first before it
     /// gives up as busy ([`AppError::IdsBusy`]).
     pub id_allocation_timeout: StdDuration,
+    /// Where derived data (log index, snapshots) lives; in memory by default.
+    pub derived: crate::derived::DerivedConfig,
 }
 
 impl Default for LedgerConfig {
@@ -56,6 +59,7 @@ impl Default for LedgerConfig {
             conflict_retries: 8,
             catch_up_timeout: StdDuration::from_secs(5),
             id_allocation_timeout: StdDuration::from_secs(5),
+            derived: crate::derived::DerivedConfig::default(),
         }
     }
 }
@@ -111,6 +115,13 @@ pub enum AppError {
     /// The view stopped following the log (it logged why).
     #[error("the read model stopped following the log: {0}")]
     ViewStopped(String),
+    /// Derived data (log index, snapshots) could not be opened.
+    #[error(transparent)]
+    Derived(#[from] crate::derived::DerivedError),
+    /// The log index stopped (a write failed): what reads it is unavailable until a
+    /// restart rebuilds it.
+    #[error("the log index is unavailable: {0}")]
+    IndexUnavailable(String),
 }
 
 /// What a command did.
@@ -152,7 +163,8 @@ impl Readiness {
 const CATCH_UP_LOG_EVERY: StdDuration = StdDuration::from_secs(3);
 
 /// The applier's progress lines while the view catches up with the head read at start.
-struct CatchUpLog {
+pub(super) struct CatchUpLog {
+    from: Position,
     head: Position,
     started: std::time::Instant,
     last: (std::time::Instant, Position),
@@ -160,16 +172,17 @@ struct CatchUpLog {
 }
 
 impl CatchUpLog {
-    fn new(head: Position) -> Self {
+    fn new(from: Position, head: Position) -> Self {
         let now = std::time::Instant::now();
-        if head > 0 {
-            tracing::info!(head, "read model catching up with the log");
+        if head > from {
+            tracing::info!(from, head, "read model catching up with the log");
         }
         Self {
+            from,
             head,
             started: now,
-            last: (now, 0),
-            done: head == 0,
+            last: (now, from),
+            done: head <= from,
         }
     }
 
@@ -184,7 +197,7 @@ impl CatchUpLog {
             tracing::info!(
                 position,
                 seconds = format!("{seconds:.1}"),
-                records_per_s = (position as f64 / seconds.max(1e-6)) as u64,
+                records_per_s = ((position - self.from) as f64 / seconds.max(1e-6)) as u64,
                 "read model ready: caught up with the log"
             );
             return;
@@ -214,8 +227,15 @@ pub struct Ledger {
     applied: watch::Receiver<Position>,
     /// The log's head when the ledger started: the view is ready once it applied it.
     ready_at: Position,
+    /// The snapshot position the view resumed from at start (0: none, the whole log).
+    resumed_from: Position,
     failure: Arc<parking_lot::Mutex<Option<String>>>,
-    applier: tokio::task::JoinHandle<()>,
+    derived: Arc<crate::derived::Derived>,
+    index_failure: Arc<parking_lot::Mutex<Option<String>>>,
+    stop: watch::Sender<bool>,
+    applier: parking_lot::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// One as-of view is built at a time (off the HTTP threads); the last one is kept.
+    as_of: tokio::sync::Mutex<Option<(Position, Arc<LedgerView>)>>,
     terminal_locks: Vec<tokio::sync::Mutex<()>>,
     appends: std::sync::atomic::AtomicU64,
     license_ids: ids::IdAllocator,
@@ -249,7 +269,9 @@ const TERMINAL_LOCK_STRIPES: usize = 1024;
 
 impl Drop for Ledger {
     fn drop(&mut self) {
-        self.applier.abort();
+        if let Some(applier) = self.applier.lock().take() {
+            applier.abort();
+        }
     }
 }
 
@@ -288,43 +310,28 @@ impl Ledger {
                 .map_or(DateTime::<Utc>::MIN_UTC, |r| r.envelope.recorded_at)
         };
         let clock: Arc<dyn Clock> = Arc::new(crate::clock::MonotonicClock::new(clock, floor));
-        let view = Arc::new(LedgerView::new());
-        let (applied_tx, applied) = watch::channel(0);
+        let follow::Resume { view, derived } =
+            follow::resume(store.as_ref(), &config.derived, head).await?;
+        let resumed_from = view.position();
+        let view = Arc::new(view);
+        let derived = Arc::new(derived);
+        let (applied_tx, applied) = watch::channel(view.position());
+        let (stop, stop_rx) = watch::channel(false);
         let failure = Arc::new(parking_lot::Mutex::new(None));
-        let applier = {
-            let mut sub = store.subscribe_all(1);
-            let view = view.clone();
-            let failure = failure.clone();
-            let mut progress = CatchUpLog::new(head.position);
-            tokio::spawn(async move {
-                loop {
-                    let record = match sub.next().await {
-                        Ok(r) => r,
-                        Err(StoreError::Closed) => return,
-                        Err(e) => {
-                            tracing::error!(error = %e, "read model stopped: reading the log failed");
-                            *failure.lock() = Some(e.to_string());
-                            return;
-                        }
-                    };
-                    match view.apply_record(&record) {
-                        Ok(()) => {}
-                        // The view skipped an impossible part of the event and moved on, as a
-                        // rebuild does: keep following, and keep the reason where operators see it.
-                        Err(ProjectionError::Inconsistent { position, problem }) => {
-                            tracing::warn!(position, %problem, "read model skipped an inconsistent event");
-                        }
-                        Err(e) => {
-                            tracing::error!(error = %e, position = record.envelope.position, "read model stopped");
-                            *failure.lock() = Some(e.to_string());
-                            return;
-                        }
-                    }
-                    applied_tx.send_replace(record.envelope.position);
-                    progress.applied(record.envelope.position);
-                }
-            })
-        };
+        let index_failure = Arc::new(parking_lot::Mutex::new(None));
+        let applier = tokio::spawn(
+            follow::Applier {
+                store: store.clone(),
+                view: view.clone(),
+                derived: derived.clone(),
+                applied: applied_tx,
+                failure: failure.clone(),
+                index_failure: index_failure.clone(),
+                stop: stop_rx,
+                progress: CatchUpLog::new(view.position(), head.position),
+            }
+            .run(),
+        );
         let ledger = Self {
             store,
             view,
@@ -332,8 +339,13 @@ impl Ledger {
             config,
             applied,
             ready_at: head.position,
+            resumed_from,
             failure,
-            applier,
+            derived,
+            index_failure,
+            stop,
+            applier: parking_lot::Mutex::new(Some(applier)),
+            as_of: tokio::sync::Mutex::new(None),
             terminal_locks: (0..TERMINAL_LOCK_STRIPES)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
@@ -342,6 +354,16 @@ impl Ledger {
             contract_ids: ids::IdAllocator::new(),
         };
         Ok(ledger)
+    }
+
+    /// Stops following the log, leaving a snapshot of the read models where they got to (so
+    /// the next start resumes there). Call before closing the store.
+    pub async fn shutdown(&self) {
+        self.stop.send_replace(true);
+        let applier = self.applier.lock().take();
+        if let Some(applier) = applier {
+            let _ = applier.await;
+        }
     }
 
     /// The lock stripe serializing check-ins of one terminal.
@@ -355,6 +377,11 @@ impl Ledger {
         cnpj.hash(&mut h);
         hardware_id.hash(&mut h);
         &self.terminal_locks[(h.finish() as usize) % TERMINAL_LOCK_STRIPES]
+    }
+
+    /// The snapshot position the view resumed from at start (0: it applied the whole log).
+    pub fn resumed_from(&self) -> Position {
+        self.resumed_from
     }
 
     /// The projected view.
@@ -496,29 +523,6 @@ impl Ledger {
             tokio::time::sleep(StdDuration::from_micros(500)).await;
         }
         self.catch_up().await
-    }
-
-    /// The view as it was at `until` (a position or a time), rebuilt from the log for
-    /// auditors. Reads the whole prefix: cost grows with the log.
-    pub async fn view_as_of(&self, until: AsOf) -> Result<LedgerView, AppError> {
-        let view = LedgerView::new();
-        let mut next = 1;
-        loop {
-            let batch = self.store.read_all(next, READ_BATCH_MAX).await?;
-            if batch.is_empty() {
-                return Ok(view);
-            }
-            for record in &batch {
-                if until.is_past(&record.envelope) {
-                    return Ok(view);
-                }
-                match view.apply_record(record) {
-                    Ok(()) | Err(ProjectionError::Inconsistent { .. }) => {}
-                    Err(e) => return Err(AppError::ViewStopped(e.to_string())),
-                }
-            }
-            next = batch.last().map_or(next, |r| r.envelope.position + 1);
-        }
     }
 
     /// Up to `limit` (at most [`READ_BATCH_MAX`]) records of the log from `from` on, for

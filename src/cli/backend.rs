@@ -226,3 +226,49 @@ pub fn scan_log(
         }
     }
 }
+
+/// Runs `work` on a ledger that resumes from the derived data in `<data_dir>/derived` (a
+/// snapshot and the log index; built from the log when missing), and leaves a snapshot at
+/// the head for the next run. `Ok(None)` when a server holds the log or the derived data:
+/// the caller then reads the log itself.
+pub fn with_resumed_ledger<T>(
+    log: &Log,
+    data_dir: &Path,
+    work: impl AsyncFnOnce(&crate::app::Ledger) -> Result<T, CliError>,
+) -> Result<Option<T>, CliError> {
+    use crate::app::{AppError, Ledger, LedgerConfig};
+    use crate::derived::{DerivedConfig, DerivedError};
+
+    if let Log::File(dir) = log {
+        if !dir.exists() {
+            return Ok(None);
+        }
+    }
+    let clock: Arc<dyn Clock> = Arc::new(crate::clock::SystemClock);
+    super::runtime()?.block_on(async {
+        let store = match log.open_store(clock.clone()).await {
+            Ok(store) => store,
+            Err(StoreError::Locked(_)) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let result = async {
+            let config = LedgerConfig {
+                derived: DerivedConfig::in_data_dir(data_dir),
+                ..LedgerConfig::default()
+            };
+            let ledger = match Ledger::start(store.store(), clock, config).await {
+                Ok(ledger) => ledger,
+                Err(AppError::Derived(DerivedError::Locked(_))) => return Ok(None),
+                Err(e) => return Err(e.into()),
+            };
+            let answer = work(&ledger).await;
+            ledger.shutdown().await;
+            answer.map(Some)
+        }
+        .await;
+        let closed = store.close().await;
+        let answer = result?;
+        closed?;
+        Ok(answer)
+    })
+}

@@ -1,6 +1,10 @@
 //! `history LICENSE_ID`: a license's Histórico in the terminal, newest first, one line per
-//! event: `dd/mm/yyyy HH:MM:SS  <actor>  <description>  #<position>` (times in UTC). Reads
-//! the log without taking its lock: safe beside a server.
+//! event: `dd/mm/yyyy HH:MM:SS  <actor>  <description>  #<position>` (times in UTC).
+//!
+//! It resumes from the derived data (`<data_dir>/derived`: a snapshot and the log index) and
+//! reads only the license's records. Beside a running server, which holds the log, it reads
+//! the log without taking its lock instead: whole, so its cost grows with the log (the
+//! server answers the same from its index: `GET /v1/licenses/{id}/history`).
 
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
@@ -22,6 +26,7 @@ pub struct HistoryArgs {
 /// Runs `history`.
 pub fn run(
     log: &super::backend::Log,
+    data_dir: &std::path::Path,
     args: &HistoryArgs,
     out: &mut impl Write,
 ) -> Result<(), CliError> {
@@ -31,41 +36,23 @@ pub fn run(
         LicenseId::parse,
         "pass the license's number from `table`, e.g. 000001",
     )?;
-    // First pass: fold the view, which knows which positions concern the license; second
-    // pass: keep just those records.
-    let view = LedgerView::new();
-    super::backend::scan_log(log, |record| {
-        match view.apply_record(&record) {
-            Ok(()) | Err(ProjectionError::Inconsistent { .. }) => {}
-            Err(e) => {
-                return Err(StoreError::InvalidAppend(format!(
-                    "the read model cannot apply position {}: {e}",
-                    record.envelope.position
-                )))
-            }
+    let indexed = super::backend::with_resumed_ledger(log, data_dir, async |ledger| {
+        if ledger.view().license(id).is_none() {
+            return Err(unknown(id));
         }
-        Ok(())
+        Ok(ledger.history(id, 0, usize::MAX).await?.1)
     })?;
-    if view.license(id).is_none() {
-        return Err(CliError::Input {
-            flag: "LICENSE_ID",
-            message: format!("license {id} does not exist; see `table` for the ids"),
-        });
-    }
-    let mut positions = view.history(id);
-    positions.sort_unstable_by(|a, b| b.cmp(a));
-    let wanted: HashSet<u64> = positions.iter().copied().collect();
-    let mut records: HashMap<u64, Record> = HashMap::with_capacity(wanted.len());
-    super::backend::scan_log(log, |record| {
-        if wanted.contains(&record.envelope.position) {
-            records.insert(record.envelope.position, record);
+    let records = match indexed {
+        Some(records) => records,
+        None => {
+            eprintln!(
+                "note: a server holds this log; reading all of it (the server answers faster: \
+                 GET /v1/licenses/{id}/history)"
+            );
+            scan(log, id)?
         }
-        Ok(())
-    })?;
-    for p in positions {
-        let Some(record) = records.get(&p) else {
-            continue;
-        };
+    };
+    for record in &records {
         let event = record.event().map_err(StoreError::from)?;
         let e = &record.envelope;
         writeln!(
@@ -78,4 +65,49 @@ pub fn run(
         )?;
     }
     Ok(())
+}
+
+fn unknown(id: LicenseId) -> CliError {
+    CliError::Input {
+        flag: "LICENSE_ID",
+        message: format!("license {id} does not exist; see `table` for the ids"),
+    }
+}
+
+/// The license's records newest first, from two passes over the whole log: the first folds
+/// the view, noting which positions concern the license; the second keeps those records.
+fn scan(log: &super::backend::Log, id: LicenseId) -> Result<Vec<Record>, CliError> {
+    let view = LedgerView::new();
+    let mut wanted: HashSet<u64> = HashSet::new();
+    super::backend::scan_log(log, |record| {
+        match view.apply_record_noting(&record) {
+            Ok(Some(license)) if license == id => {
+                wanted.insert(record.envelope.position);
+            }
+            Ok(_) | Err(ProjectionError::Inconsistent { .. }) => {}
+            Err(e) => {
+                return Err(StoreError::InvalidAppend(format!(
+                    "the read model cannot apply position {}: {e}",
+                    record.envelope.position
+                )))
+            }
+        }
+        Ok(())
+    })?;
+    if view.license(id).is_none() {
+        return Err(unknown(id));
+    }
+    let mut records: HashMap<u64, Record> = HashMap::with_capacity(wanted.len());
+    super::backend::scan_log(log, |record| {
+        if wanted.contains(&record.envelope.position) {
+            records.insert(record.envelope.position, record);
+        }
+        Ok(())
+    })?;
+    let mut positions: Vec<u64> = wanted.into_iter().collect();
+    positions.sort_unstable_by(|a, b| b.cmp(a));
+    Ok(positions
+        .into_iter()
+        .filter_map(|p| records.remove(&p))
+        .collect())
 }

@@ -273,8 +273,10 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Demo => demo::run(&data_dir, &log, &mut std::io::stdout().lock()),
         Command::Migrate => migrate(&log, &mut std::io::stdout().lock()),
         Command::Token(cmd) => token::run(&data_dir, cmd, &mut std::io::stdout().lock()),
-        Command::History(args) => history::run(&log, &args, &mut std::io::stdout().lock()),
-        Command::Table(args) => table::run(&log, &args, &mut std::io::stdout().lock()),
+        Command::History(args) => {
+            history::run(&log, &data_dir, &args, &mut std::io::stdout().lock())
+        }
+        Command::Table(args) => table::run(&log, &data_dir, &args, &mut std::io::stdout().lock()),
         Command::Export(args) => export::run(&log, &args, &mut std::io::stdout().lock()),
         Command::Import(args) => import::run(&log, &args, &mut std::io::stdout().lock()),
         Command::Offline(cmd) => offline::run(&data_dir, &log, cmd, &mut std::io::stdout().lock()),

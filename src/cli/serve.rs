@@ -14,6 +14,7 @@ use crate::app::answers::{random_seed, AnswerSigner, KeyError};
 use crate::app::{AppError, Ledger, LedgerConfig};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{ConfigError, SecretsFile};
+use crate::derived::DerivedConfig;
 use crate::http::{self, AppState, TokenTable};
 use crate::store::{EventStore, StoreError};
 
@@ -139,6 +140,8 @@ impl Running {
             context: "joining the server".into(),
             source: std::io::Error::other(e.to_string()),
         })?;
+        // Leaves a snapshot, so that the next start resumes where this one stopped.
+        self.ledger.shutdown().await;
         drop(self.ledger);
         self.store.close().await?;
         served.map_err(|source| ServeError::Io {
@@ -188,7 +191,11 @@ async fn open_rest(
         Some(layer) => layer(store.store()),
         None => store.store(),
     };
-    let ledger = Arc::new(Ledger::open(log, clock, settings.ledger.clone()).await?);
+    let mut config = settings.ledger.clone();
+    if config.derived.dir.is_none() {
+        config.derived = DerivedConfig::in_data_dir(&settings.data_dir);
+    }
+    let ledger = Arc::new(Ledger::open(log, clock, config).await?);
     let demo = if demo && ledger.head().await?.position == 0 {
         Some(super::demo::fill(&ledger, &secrets_file.secrets).await?)
     } else {

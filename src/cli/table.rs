@@ -53,6 +53,7 @@ pub fn licenses(view: &LedgerView) -> Vec<LicenseRow> {
 /// Runs `table`.
 pub fn run(
     log: &super::backend::Log,
+    data_dir: &std::path::Path,
     args: &TableArgs,
     out: &mut impl Write,
 ) -> Result<(), CliError> {
@@ -69,9 +70,20 @@ pub fn run(
             .map(|t| t.with_timezone(&Utc))
         })
         .transpose()?;
-    let view = load_view(log, as_of.map(AsOf::Time))?;
     let day = crate::domain::today(as_of.unwrap_or_else(|| SystemClock.now()));
-    let rows: Vec<[String; 8]> = licenses(&view).iter().map(|l| row(l, day)).collect();
+    // From the derived data (a snapshot or checkpoint and the records after it); beside a
+    // running server, from the whole log.
+    let resumed = super::backend::with_resumed_ledger(log, data_dir, async |ledger| {
+        Ok(match as_of {
+            Some(t) => licenses(&*ledger.view_as_of(AsOf::Time(t)).await?),
+            None => licenses(ledger.view()),
+        })
+    })?;
+    let all = match resumed {
+        Some(all) => all,
+        None => licenses(&load_view(log, as_of.map(AsOf::Time))?),
+    };
+    let rows: Vec<[String; 8]> = all.iter().map(|l| row(l, day)).collect();
     let header = [
         "ID",
         "Hardware Key",

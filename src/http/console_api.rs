@@ -6,9 +6,9 @@
 //! through the same [`As`] extractor and [`ApiError`] as every other route.
 //!
 //! Everything is computed from the [`LedgerView`](ledger_projections::LedgerView) and from the
-//! log as the [`Ledger`](crate::app::Ledger) serves it (`read_log`, `record_at`, `head`);
-//! nothing here touches the store. Scans of the log are bounded per request
-//! ([`EVENTS_SCAN_MAX`], [`DASHBOARD_SCAN_MAX`]) and say when they stopped early.
+//! log as the [`Ledger`](crate::app::Ledger) serves it (`record_at`, `head`, and the log
+//! index behind `search` and `count`); nothing here touches the store, and nothing reads
+//! more of the log than the records it answers with.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -19,8 +19,8 @@ use actix_web::web::Bytes;
 use actix_web::{web, HttpResponse};
 use chrono::{DateTime, Days, Duration, DurationRound, NaiveDate, Utc};
 use ledger_events::{
-    ChainVerifier, Cnpj, ContractId, Event, EventPayload, LicenseId, OfflineActivationEvent,
-    Position, Product, Record, TerminalCheckedIn, TerminalEvent, EVENT_TYPES,
+    ChainVerifier, Cnpj, ContractId, EventPayload, Position, Product, Record, TerminalCheckedIn,
+    EVENT_TYPES,
 };
 use ledger_projections::asof::AsOf;
 use ledger_projections::view::{LedgerView, LicenseQuery, LicenseStatus, Page, PAGE_LIMIT_MAX};
@@ -37,19 +37,16 @@ use super::routes::{read_your_writes, LicenseListQuery};
 use super::AppState;
 use crate::app::Ledger;
 use crate::config::Role;
+use crate::derived::index::Filter;
 use crate::domain::checkin::WARNING_DAYS;
 use crate::domain::today;
 
-/// Most records one `GET /v1/events/search` examines; it answers a cursor to go on.
-pub const EVENTS_SCAN_MAX: usize = 20_000;
 /// Most matching records one `GET /v1/events/search` returns.
 pub const EVENTS_SEARCH_LIMIT_MAX: usize = 500;
 /// Page size of `GET /v1/events/search` when none is asked.
 const EVENTS_SEARCH_LIMIT_DEFAULT: usize = 50;
-/// Records read per batch when scanning the log.
-const SCAN_BATCH: usize = 1000;
-/// Most records the dashboard's check-ins-per-hour scan reads (it says when it stopped).
-pub const DASHBOARD_SCAN_MAX: usize = 200_000;
+/// Records read per batch by the chain verification.
+const VERIFY_BATCH: usize = 1000;
 /// Most days ahead the dashboard's expiry chart covers.
 pub const DASHBOARD_DAYS_MAX: u32 = 90;
 /// Days ahead the expiry chart covers when none is asked.
@@ -68,6 +65,23 @@ pub const CATEGORIES: &[&str] = &[
     "offline",
     "emergency",
 ];
+
+/// The stream category an event type is recorded in (each type has exactly one).
+fn stream_category(event_type: &str) -> Option<&'static str> {
+    const PREFIXES: &[(&str, &str)] = &[
+        ("Customer", "customer"),
+        ("Contract", "contract"),
+        ("License", "license"),
+        ("Terminal", "terminal"),
+        ("Contingency", "contingency"),
+        ("OfflineActivation", "offline"),
+        ("EmergencyRelease", "emergency"),
+    ];
+    PREFIXES
+        .iter()
+        .find(|(prefix, _)| event_type.starts_with(prefix))
+        .map(|(_, category)| *category)
+}
 
 type State = web::Data<AppState>;
 type Answer = Result<HttpResponse, ApiError>;
@@ -337,7 +351,7 @@ async fn license_table(
         Some(t) => {
             past = state.ledger.view_as_of(AsOf::Time(t)).await?;
             let position = past.position();
-            (&past, today(t), position)
+            (&*past, today(t), position)
         }
     };
     let page = view.list_licenses_sorted(&q.to_query(None, day)?, sort, descending);
@@ -358,52 +372,6 @@ async fn license_table(
 }
 
 // ---- the log feed ----
-
-/// The first position in `1..=head` recorded after `t` (or at `t` when `inclusive`), or
-/// `head + 1` if none: `recorded_at` never decreases along the log, so a binary search over
-/// positions finds it in about log2(head) reads.
-async fn first_recorded_after(
-    ledger: &Ledger,
-    t: DateTime<Utc>,
-    inclusive: bool,
-    head: Position,
-) -> Result<Position, ApiError> {
-    let (mut lo, mut hi) = (1, head + 1);
-    while lo < hi {
-        let mid = lo + (hi - lo) / 2;
-        let record = ledger.record_at(mid).await?.ok_or_else(|| {
-            internal(
-                "a position below the head is not in the log",
-                format!("position {mid}"),
-            )
-        })?;
-        let at = record.envelope.recorded_at;
-        let before = if inclusive { at < t } else { at <= t };
-        if before {
-            lo = mid + 1;
-        } else {
-            hi = mid;
-        }
-    }
-    Ok(lo)
-}
-
-/// The customer an event concerns, if any (licenses and contracts through the live view:
-/// their customer never changes).
-fn customer_of(view: &LedgerView, event: &Event) -> Option<Cnpj> {
-    match event {
-        Event::Customer(e) => Some(*e.cnpj()),
-        Event::Contract(e) => view.contract(e.contract_id()).map(|c| c.cnpj),
-        Event::License(e) => view.license(e.license_id()).map(|l| l.cnpj),
-        Event::Terminal(TerminalEvent::CheckedIn(e)) => Some(e.cnpj),
-        Event::Contingency(e) => Some(*e.cnpj()),
-        Event::OfflineActivation(OfflineActivationEvent::Issued(e)) => e.cnpj.or_else(|| {
-            e.license_id
-                .and_then(|id: LicenseId| view.license(id).map(|l| l.cnpj))
-        }),
-        Event::EmergencyRelease(_) => None,
-    }
-}
 
 /// One line of the feed.
 #[derive(Serialize, ToSchema)]
@@ -440,7 +408,7 @@ impl FeedFilter {
         let event = record
             .event()
             .map_err(|err| internal("a stored record does not decode", err))?;
-        let cnpj = customer_of(view, &event);
+        let cnpj = view.customer_of(&event);
         if self.cnpj.is_some_and(|want| cnpj != Some(want)) {
             return Ok(None);
         }
@@ -492,15 +460,15 @@ pub struct SearchPage {
     items: Vec<FeedItem>,
     /// The `before` of the next page; null when the range is exhausted.
     next_before: Option<Position>,
-    /// Records examined.
+    /// Index entries examined.
     scanned: usize,
     /// The log's head.
     head_position: Position,
 }
 
 /// The log newest first, filtered by position range, event type, stream category, customer
-/// and time range (both ends included). It examines at most 20000 records per call;
-/// `next_before` (when not null) is the `before` of the next page.
+/// and time range (both ends included), from the log index: complete whatever the log's
+/// length; `next_before` (when not null) is the `before` of the next page.
 #[utoipa::path(get, path = "/v1/events/search", tag = "console", params(SearchQuery),
     responses((status = 200, body = SearchPage)))]
 async fn search_events(state: State, _caller: As<Readers>, Query(q): Query<SearchQuery>) -> Answer {
@@ -527,6 +495,19 @@ async fn search_events(state: State, _caller: As<Readers>, Query(q): Query<Searc
             ));
         }
     }
+    // The index answers by event type; a category is the set of its types.
+    let event_types: Option<Vec<String>> = match (&event_type, &category) {
+        (Some(t), Some(c)) if stream_category(t) != Some(c.as_str()) => Some(Vec::new()),
+        (Some(t), _) => Some(vec![t.clone()]),
+        (None, Some(c)) => Some(
+            EVENT_TYPES
+                .iter()
+                .filter(|(name, _)| stream_category(name) == Some(c.as_str()))
+                .map(|(name, _)| (*name).to_owned())
+                .collect(),
+        ),
+        (None, None) => None,
+    };
     let filter = FeedFilter {
         event_type,
         category,
@@ -541,48 +522,42 @@ async fn search_events(state: State, _caller: As<Readers>, Query(q): Query<Searc
         hi = hi.min(before.saturating_sub(1));
     }
     if let Some(since) = q.since {
-        lo = lo.max(first_recorded_after(ledger, since, true, head).await?);
+        lo = lo.max(ledger.first_recorded_after(since, true, head).await?);
     }
     if let Some(until) = q.until {
-        hi = hi.min(first_recorded_after(ledger, until, false, head).await? - 1);
+        hi = hi.min(ledger.first_recorded_after(until, false, head).await? - 1);
     }
+    let found = ledger.search(
+        &Filter {
+            event_types,
+            customer: filter.cnpj,
+        },
+        lo,
+        hi,
+        limit,
+    )?;
     let view = ledger.view();
-    let mut items = Vec::new();
-    let mut scanned = 0usize;
-    let mut cursor = hi; // the next position to examine, going down
-    while cursor >= lo && cursor > 0 && items.len() < limit && scanned < EVENTS_SCAN_MAX {
-        let want = (cursor - lo + 1)
-            .min(SCAN_BATCH as u64)
-            .min((EVENTS_SCAN_MAX - scanned) as u64);
-        let start = cursor + 1 - want;
-        let batch = ledger.read_log(start, want as usize).await?;
-        if batch.is_empty() {
-            break;
-        }
-        for record in batch.iter().rev() {
-            let p = record.envelope.position;
-            if p > cursor || p < start {
-                continue;
+    let mut items = Vec::with_capacity(found.positions.len());
+    for p in found.positions {
+        let record = ledger
+            .record_at(p)
+            .await?
+            .ok_or_else(|| internal("the log index names a position the log does not have", p))?;
+        match filter.item(view, &record)? {
+            Some(item) => items.push(item),
+            None => {
+                // The index and the record disagree: the index is derived, the log wins.
+                tracing::warn!(
+                    position = p,
+                    "the log index listed a record its filter does not match"
+                );
             }
-            scanned += 1;
-            cursor = p - 1;
-            if let Some(item) = filter.item(view, record)? {
-                items.push(item);
-                if items.len() == limit {
-                    break;
-                }
-            }
-        }
-        if cursor >= start {
-            // The batch ended short of where it was asked to start: the log is shorter.
-            break;
         }
     }
-    let exhausted = cursor < lo || cursor == 0;
     Ok(HttpResponse::Ok().json(SearchPage {
         items,
-        next_before: if exhausted { None } else { Some(cursor + 1) },
-        scanned,
+        next_before: found.next_before,
+        scanned: found.examined,
         head_position: head,
     }))
 }
@@ -622,9 +597,10 @@ pub struct CheckInHours {
     from: DateTime<Utc>,
     /// 24 hours, oldest first.
     hours: Vec<HourCount>,
-    /// Records examined.
+    /// Check-ins counted.
     scanned: usize,
-    /// More records were there than examined.
+    /// Always false: the counts come from the log index, complete whatever the log's
+    /// length (kept for clients of earlier versions).
     truncated: bool,
 }
 
@@ -679,25 +655,15 @@ async fn dashboard(state: State, _caller: As<Readers>, Query(q): Query<Dashboard
     let from = this_hour - Duration::hours(23);
     let mut hours = [0u64; 24];
     let head = ledger.head().await?.position;
-    let mut next = first_recorded_after(ledger, from, true, head).await?;
-    let mut scanned = 0usize;
-    while next <= head && scanned < DASHBOARD_SCAN_MAX {
-        let want = SCAN_BATCH.min(DASHBOARD_SCAN_MAX - scanned);
-        let batch = ledger.read_log(next, want).await?;
-        let Some(last) = batch.last() else { break };
-        next = last.envelope.position + 1;
-        scanned += batch.len();
-        for r in &batch {
-            let e = &r.envelope;
-            if e.event_type != TerminalCheckedIn::TYPE {
-                continue;
-            }
-            let bucket = (e.recorded_at - from).num_hours();
-            if let Some(slot) = usize::try_from(bucket).ok().and_then(|b| hours.get_mut(b)) {
-                *slot += 1;
-            }
-        }
+    let mut start = ledger.first_recorded_after(from, true, head).await?;
+    for (i, slot) in hours.iter_mut().enumerate() {
+        let end = ledger
+            .first_recorded_after(from + Duration::hours(i as i64 + 1), true, head)
+            .await?;
+        *slot = ledger.count(TerminalCheckedIn::TYPE, start, end.saturating_sub(1))?;
+        start = end;
     }
+    let scanned = hours.iter().sum::<u64>() as usize;
     let per_hour: Vec<HourCount> = hours
         .iter()
         .enumerate()
@@ -714,7 +680,7 @@ async fn dashboard(state: State, _caller: As<Readers>, Query(q): Query<Dashboard
             from,
             hours: per_hour,
             scanned,
-            truncated: next <= head,
+            truncated: false,
         },
     }))
 }
@@ -790,7 +756,7 @@ async fn run_verification(
         if tx.is_closed() {
             return;
         }
-        let want = (head.position - next + 1).min(SCAN_BATCH as u64) as usize;
+        let want = (head.position - next + 1).min(VERIFY_BATCH as u64) as usize;
         let batch = match ledger.read_log(next, want).await {
             Ok(b) if !b.is_empty() => b,
             Ok(_) => {

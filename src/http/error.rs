@@ -319,6 +319,13 @@ impl From<AppError> for ApiError {
                 tracing::error!(error = %e, "read model stopped");
                 ApiError::Unavailable("the read model stopped; see the server log".into())
             }
+            AppError::Derived(_) | AppError::IndexUnavailable(_) => {
+                tracing::error!(error = %e, "log index unavailable");
+                ApiError::Unavailable(
+                    "the log index is unavailable (a restart rebuilds it); see the server log"
+                        .into(),
+                )
+            }
         }
     }
 }

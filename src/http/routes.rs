@@ -889,7 +889,7 @@ pub async fn read_your_writes(
 /// The view to read: the live one, or one rebuilt as of a moment.
 enum ViewAt {
     Live,
-    Past(Box<LedgerView>, DateTime<Utc>),
+    Past(std::sync::Arc<LedgerView>, DateTime<Utc>),
 }
 
 async fn view_at(state: &AppState, as_of: Option<DateTime<Utc>>) -> Result<ViewAt, ApiError> {
@@ -897,7 +897,7 @@ async fn view_at(state: &AppState, as_of: Option<DateTime<Utc>>) -> Result<ViewA
         None => Ok(ViewAt::Live),
         Some(t) => {
             let view = state.ledger.view_as_of(AsOf::Time(t)).await?;
-            Ok(ViewAt::Past(Box::new(view), t))
+            Ok(ViewAt::Past(view, t))
         }
     }
 }
@@ -1040,9 +1040,14 @@ async fn get_license(
 ) -> Answer {
     let license_id: LicenseId = path_value("id", &id)?;
     read_your_writes(&state, q.min_position).await?;
-    let row = match view_at(&state, q.as_of).await? {
-        ViewAt::Live => state.ledger.view().license(license_id),
-        ViewAt::Past(view, _) => view.license(license_id),
+    let row = match q.as_of {
+        None => state.ledger.view().license(license_id),
+        Some(t) => {
+            state
+                .ledger
+                .license_as_of(license_id, AsOf::Time(t))
+                .await?
+        }
     };
     let row =
         row.ok_or_else(|| ApiError::NotFound(format!("license {license_id} does not exist")))?;
@@ -1097,15 +1102,9 @@ async fn history(
         .limit
         .unwrap_or(HISTORY_PAGE_DEFAULT)
         .min(HISTORY_PAGE_MAX);
-    let mut positions = view.history(license_id);
-    positions.sort_unstable_by(|a, b| b.cmp(a));
-    let total = positions.len();
-    let mut items = Vec::new();
-    for p in positions.into_iter().skip(offset).take(limit) {
-        let record = state.ledger.record_at(p).await?.ok_or_else(|| {
-            tracing::error!(position = p, "a history position is not in the log");
-            ApiError::Internal
-        })?;
+    let (total, records) = state.ledger.history(license_id, offset, limit).await?;
+    let mut items = Vec::with_capacity(records.len());
+    for record in records {
         let event = record
             .event()
             .map_err(|e| ApiError::from(crate::store::StoreError::from(e)))?;

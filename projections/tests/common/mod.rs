@@ -109,6 +109,27 @@ impl Log {
         view
     }
 
+    /// A view with every record applied through `apply_record_noting`, and the positions
+    /// noted per license, oldest first (the license's Histórico). Inconsistent records are
+    /// applied as the view applies them, and note nothing.
+    pub fn noted_view(
+        &self,
+    ) -> (
+        LedgerView,
+        std::collections::BTreeMap<LicenseId, Vec<Position>>,
+    ) {
+        let view = LedgerView::new();
+        let mut noted = std::collections::BTreeMap::<LicenseId, Vec<Position>>::new();
+        for record in &self.records {
+            match view.apply_record_noting(record) {
+                Ok(Some(id)) => noted.entry(id).or_default().push(record.envelope.position),
+                Ok(None) | Err(ledger_projections::ProjectionError::Inconsistent { .. }) => {}
+                Err(e) => panic!("apply: {e}"),
+            }
+        }
+        (view, noted)
+    }
+
     /// Records as the `rebuild` source.
     pub fn source(&self) -> impl Iterator<Item = Result<Record, std::convert::Infallible>> + '_ {
         self.records.iter().cloned().map(Ok)
@@ -308,7 +329,6 @@ pub struct Snapshot {
     pub customers: Vec<CustomerRow>,
     pub contracts: Vec<Option<ContractRow>>,
     pub licenses: Vec<LicenseRow>,
-    pub histories: Vec<Vec<Position>>,
     pub bound: Vec<Option<LicenseId>>,
     pub terminals: Vec<Option<TerminalRow>>,
     pub contingencies: Vec<ContingencyRow>,
@@ -380,7 +400,6 @@ pub fn snapshot(view: &LedgerView, events: &[Event]) -> Snapshot {
         customers: view.customers(),
         contracts: contracts.iter().map(|id| view.contract(*id)).collect(),
         licenses,
-        histories: license_ids.iter().map(|id| view.history(*id)).collect(),
         bound: bindings
             .iter()
             .map(|(c, p, h)| view.bound_license(c, *p, h).map(|l| l.license_id))

@@ -1,7 +1,7 @@
 //! The embedded event store: an append-only log of segment files in a data directory.
 //!
 //! Layout and recovery rules are in [`segment`]; the group-commit writer is in [`writer`];
-//! the in-memory index in [`index`]. One process at a time may open a directory (a lock file,
+//! the index in [`index`] (its in-memory tail) and [`diskindex`] (the rest, on disk). One process at a time may open a directory (a lock file,
 //! `LOCK`, is held while open).
 
 use std::fs::{self, File, OpenOptions};
@@ -15,9 +15,11 @@ use ledger_events::{ChainHead, Position, Record, RecordView, StreamId, StreamVer
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use self::diskindex::{DiskIndex, OpenFailure};
 use self::index::{Index, OpenSegment};
 use self::segment::{
-    check_frame, list_segments, scan, segment_header, segment_path, RecordLoc, FRAME_HEADER_BYTES,
+    check_frame, list_segments, scan_from, segment_header, segment_path, RecordLoc, ScanStart,
+    FRAME_HEADER_BYTES,
 };
 use self::writer::{AppendRequest, PreparedEvent, Shared, Writer, WriterMsg};
 use super::subscription::{HeadSource, Subscription};
@@ -27,6 +29,7 @@ use super::{
 };
 use crate::clock::Clock;
 
+pub mod diskindex;
 pub mod durable;
 mod index;
 pub mod repair;
@@ -45,6 +48,9 @@ pub struct FileStoreConfig {
     pub batch_events_max: usize,
     /// Appends that may wait for the writer before appenders wait to enqueue.
     pub queue_depth: usize,
+    /// Durable records the in-memory index holds before it moves them to the on-disk index
+    /// (`<dir>/index/`) in one batch: bounds the index's memory (about 100 bytes a record).
+    pub index_tail_records: usize,
 }
 
 impl FileStoreConfig {
@@ -58,6 +64,7 @@ impl FileStoreConfig {
             segment_bytes_max: 64 * 1024 * 1024,
             batch_events_max: 8192,
             queue_depth: 8192,
+            index_tail_records: 65_536,
         }
     }
 }
@@ -73,6 +80,16 @@ pub struct FileStoreStats {
     pub syncs: u64,
     /// Time spent in them.
     pub sync_seconds: f64,
+    /// Records the open read from the segments (those after the on-disk index's position;
+    /// every record when the index was missing or rebuilt).
+    pub open_records_scanned: u64,
+    /// Whether the open found no usable on-disk index (none yet, or one it refused) and so
+    /// read every record, rebuilding the index.
+    pub index_rebuilt: bool,
+    /// Records the index holds in memory now (not yet moved to disk).
+    pub index_tail_records: u64,
+    /// The last position whose index entries are on disk.
+    pub index_on_disk: u64,
 }
 
 /// The file-backed event store. Cheap to clone; clones share one writer.
@@ -86,6 +103,8 @@ struct Inner {
     shared: Arc<Shared>,
     head_rx: watch::Receiver<Position>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// The thread moving durable index entries to disk; ends after the writer.
+    indexer: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 /// Makes a directory entry change (a new or removed file) durable.
@@ -112,10 +131,11 @@ pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
 }
 
 impl FileStore {
-    /// Opens (or creates) the log in `config.dir`: scans every segment, verifies CRCs and the
-    /// hash chain, cuts off a torn tail left by a crash (with a warning), rebuilds the index,
-    /// and starts the writer. Refuses to open a damaged log, naming segment, offset and
-    /// position.
+    /// Opens (or creates) the log in `config.dir`: checks the on-disk index against the log
+    /// (see `load_index`) and scans the segments after its position (every segment when
+    /// there is no usable index, rebuilding it), verifying CRCs and the hash chain; cuts off a
+    /// torn tail left by a crash (with a warning), and starts the writer and the indexer.
+    /// Refuses to open a damaged log, naming segment, offset and position.
     pub async fn open(config: FileStoreConfig, clock: Arc<dyn Clock>) -> Result<Self, StoreError> {
         tokio::task::spawn_blocking(move || Self::open_blocking(config, clock))
             .await
@@ -136,21 +156,45 @@ impl FileStore {
 
         let mut segments = list_segments(&dir)?;
         let mark = durable::read_mark(&dir)?;
-        let mut index = Index::default();
-        let report = scan(
+        let (mut index, start) = load_index(&dir, &segments, mark.as_ref());
+        let rebuilt = start.is_none() && (index.disk.is_some() || index.disk_dir.is_some());
+        // While rebuilding, entries move to disk as the scan goes, but only acknowledged
+        // ones: the index never runs ahead of durable records.
+        let acknowledged = mark.as_ref().map_or(0, |m| m.head.position);
+        let tail_max = config.index_tail_records.max(1);
+        let mut flushing = true;
+        let report = scan_from(
             &segments,
             mark.as_ref(),
-            |view, loc| {
+            start.as_ref(),
+            |view, loc, ends_append| {
                 let stream = view.stream_id().map_err(|e| corrupt_here(e.to_string()))?;
+                let position = view.position();
                 index
                     .insert(
                         stream,
                         view.stream_version(),
                         view.event_id(),
-                        view.position(),
+                        position,
                         loc,
+                        true,
                     )
-                    .map_err(corrupt_here)
+                    .map_err(corrupt_here)?;
+                if flushing
+                    && ends_append
+                    && position <= acknowledged
+                    && index.tail_len() >= tail_max
+                {
+                    let upto = ChainHead {
+                        position,
+                        hash: view.hash(),
+                    };
+                    if let Err(e) = index.flush_now(upto) {
+                        tracing::warn!(error = %e, "could not write the log index; keeping it in memory");
+                        flushing = false;
+                    }
+                }
+                Ok(())
             },
             |_| {},
         )?;
@@ -208,14 +252,17 @@ impl FileStore {
             .open(&segments[last].path)
             .map_err(|e| StoreError::io(format!("opening {}", segments[last].path.display()), e))?;
         index.head = report.head;
-        let mark = Self::mark_on_open(&dir, &segments, &index, mark.as_ref(), report.head)?;
+        let head_loc = index.loc(report.head.position)?;
+        let mark = Self::mark_on_open(&dir, &segments, head_loc, mark.as_ref(), report.head)?;
         let last_recorded_at: DateTime<Utc> = report
             .last_recorded_at_micros
             .and_then(|m| Utc.timestamp_micros(m).single())
             .unwrap_or(DateTime::<Utc>::MIN_UTC);
         tracing::info!(
             dir = %dir.display(),
-            records = report.count,
+            records_scanned = report.count,
+            index_on_disk = index.base,
+            index_rebuilt = rebuilt,
             head = report.head.position,
             segments = segments.len(),
             "opened event log"
@@ -226,9 +273,21 @@ impl FileStore {
             poisoned: Mutex::new(None),
             stats: writer::Counters::default(),
             unwritten: std::sync::atomic::AtomicU64::new(0),
+            opened: writer::OpenStats {
+                records_scanned: report.count,
+                index_rebuilt: rebuilt,
+            },
         });
         let (head_tx, head_rx) = watch::channel(report.head.position);
         let (tx, rx) = mpsc::channel(config.queue_depth.max(1));
+        let (wake_indexer, indexer_rx) = std::sync::mpsc::sync_channel(1);
+        let indexer = {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name("ledger-indexer".into())
+                .spawn(move || writer::run_indexer(&shared, &indexer_rx, tail_max))
+                .map_err(|e| StoreError::io("starting the log indexer", e))?
+        };
         let writer = Writer {
             dir,
             shared: shared.clone(),
@@ -246,6 +305,10 @@ impl FileStore {
             last_recorded_at,
             lock,
             mark: Some(mark),
+            indexer: Some(writer::IndexerWake {
+                tx: wake_indexer,
+                tail_max: tail_max as u64,
+            }),
         };
         let handle = std::thread::Builder::new()
             .name("ledger-writer".into())
@@ -256,6 +319,7 @@ impl FileStore {
                 shared,
                 head_rx,
                 writer: Mutex::new(Some(handle)),
+                indexer: Mutex::new(Some(indexer)),
             }),
             tx,
         })
@@ -265,8 +329,10 @@ impl FileStore {
     /// fail with [`StoreError::Closed`] afterwards; reads keep working.
     pub async fn close(&self) -> Result<(), StoreError> {
         let _ = self.tx.send(WriterMsg::Shutdown).await;
-        let handle = self.inner.writer.lock().take();
-        if let Some(handle) = handle {
+        let writer = self.inner.writer.lock().take();
+        // The indexer ends once the writer has (it then moves what is durable to disk).
+        let indexer = self.inner.indexer.lock().take();
+        for handle in writer.into_iter().chain(indexer) {
             tokio::task::spawn_blocking(move || handle.join())
                 .await
                 .map_err(|e| {
@@ -286,11 +352,16 @@ impl FileStore {
     pub fn stats(&self) -> FileStoreStats {
         use std::sync::atomic::Ordering::Relaxed;
         let c = &self.inner.shared.stats;
+        let index = self.inner.shared.index.read();
         FileStoreStats {
             batches_written: c.batches_written.load(Relaxed),
             records_written: c.records_written.load(Relaxed),
             syncs: c.syncs.load(Relaxed),
             sync_seconds: c.sync_nanos.load(Relaxed) as f64 / 1e9,
+            open_records_scanned: self.inner.shared.opened.records_scanned,
+            index_rebuilt: self.inner.shared.opened.index_rebuilt,
+            index_tail_records: index.tail_len() as u64,
+            index_on_disk: index.base,
         }
     }
 
@@ -431,7 +502,7 @@ impl FileStore {
     fn mark_on_open(
         dir: &Path,
         segments: &[segment::SegmentFile],
-        index: &Index,
+        head_loc: Option<RecordLoc>,
         old: Option<&durable::DurableMark>,
         head: ChainHead,
     ) -> Result<durable::MarkWriter, StoreError> {
@@ -446,11 +517,7 @@ impl FileStore {
                 .and_then(|f| f.sync_all())
                 .map_err(|e| StoreError::io(format!("syncing {}", seg.path.display()), e))?;
         }
-        let mark = match head
-            .position
-            .checked_sub(1)
-            .and_then(|i| index.locs.get(i as usize))
-        {
+        let mark = match head_loc {
             Some(loc) => durable::DurableMark {
                 head,
                 segment_first: segments[loc.segment as usize].first_position,
@@ -473,6 +540,141 @@ impl FileStore {
     }
 }
 
+/// Opens the on-disk index of the log in `dir` and checks it against the log: its position
+/// must be acknowledged (at or before the durable-head marker) and the record there must be
+/// in the log, ending an append, with the hash the index names. Returns the index (its entries
+/// up to that position on disk, every stream's version in memory) and where the scan of the
+/// rest starts. An index that fails any check is removed and an empty one returned (the scan
+/// then rebuilds it from every segment); one this process still holds open elsewhere is left
+/// alone and the index is kept in memory only.
+fn load_index(
+    dir: &Path,
+    segments: &[segment::SegmentFile],
+    mark: Option<&durable::DurableMark>,
+) -> (Index, Option<ScanStart>) {
+    let fresh = |why: String| {
+        tracing::warn!(
+            dir = %dir.display(),
+            problem = %why,
+            "the log index cannot be used; rebuilding it from the segments"
+        );
+        if let Err(e) = diskindex::remove(dir) {
+            tracing::warn!(error = %e, "could not remove the log index; keeping it in memory only");
+            return Index::default();
+        }
+        Index::lazy(dir.to_path_buf())
+    };
+    if !diskindex::index_path(dir).exists() {
+        return (Index::lazy(dir.to_path_buf()), None);
+    }
+    let disk = match DiskIndex::open(dir) {
+        Ok(disk) => disk,
+        Err(OpenFailure::Busy) => {
+            tracing::warn!(
+                dir = %dir.display(),
+                "the log index is open in another handle of this process; keeping it in memory only"
+            );
+            return (Index::default(), None);
+        }
+        Err(OpenFailure::Damaged(why)) => return (fresh(why), None),
+    };
+    let checked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        check_index(&disk, segments, mark)
+    }))
+    .unwrap_or_else(|_| Err("the index store panicked while reading".into()));
+    match checked {
+        Ok(None) => (Index::on_disk(disk, 0, Default::default()), None),
+        Ok(Some((start, versions))) => (
+            Index::on_disk(disk, start.head.position, versions),
+            Some(start),
+        ),
+        Err(why) => {
+            drop(disk);
+            (fresh(why), None)
+        }
+    }
+}
+
+/// See [`load_index`]: `None` for an empty index.
+#[allow(clippy::type_complexity)]
+fn check_index(
+    disk: &DiskIndex,
+    segments: &[segment::SegmentFile],
+    mark: Option<&durable::DurableMark>,
+) -> Result<
+    Option<(
+        ScanStart,
+        ahash::AHashMap<ledger_events::StreamId, StreamVersion>,
+    )>,
+    String,
+> {
+    let head = disk.head().map_err(|e| e.to_string())?;
+    if head.position == 0 {
+        return Ok(None);
+    }
+    let p = head.position;
+    let Some(mark) = mark else {
+        return Err(format!(
+            "the index covers position {p}, but the log has no durable.head marker to check it"
+        ));
+    };
+    if p > mark.head.position {
+        return Err(format!(
+            "the index covers position {p}, but only {} is acknowledged (durable.head)",
+            mark.head.position
+        ));
+    }
+    let loc = disk
+        .loc(p)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("the index has no location for its own position {p}"))?;
+    let seg = segments.get(loc.segment as usize).ok_or_else(|| {
+        format!(
+            "position {p} is in segment #{}, which is missing",
+            loc.segment
+        )
+    })?;
+    let from = loc
+        .offset
+        .checked_sub(FRAME_HEADER_BYTES as u64)
+        .ok_or_else(|| format!("position {p} has an impossible offset {}", loc.offset))?;
+    let mut frame = vec![0u8; FRAME_HEADER_BYTES + loc.len as usize];
+    File::open(&seg.path)
+        .and_then(|f| f.read_exact_at(&mut frame, from))
+        .map_err(|e| format!("reading position {p} in {}: {e}", seg.path.display()))?;
+    let (bytes, ends_append) = check_frame(&frame).map_err(|e| format!("position {p}: {e}"))?;
+    let view = RecordView::parse(bytes).map_err(|e| format!("position {p}: {e}"))?;
+    if view.position() != p || view.hash() != head.hash || view.computed_hash() != head.hash {
+        return Err(format!(
+            "the record at position {p} is not the one the index names (hash {})",
+            head.hash
+        ));
+    }
+    if !ends_append {
+        return Err(format!("position {p} does not end an append"));
+    }
+    let end = loc.offset + u64::from(loc.len);
+    if mark.head.position == p
+        && (mark.head.hash != head.hash
+            || mark.segment_first != seg.first_position
+            || mark.segment_len != end)
+    {
+        return Err(format!(
+            "position {p} disagrees with durable.head (hash or place)"
+        ));
+    }
+    let versions = disk.versions().map_err(|e| e.to_string())?;
+    Ok(Some((
+        ScanStart {
+            segment: loc.segment as usize,
+            offset: end,
+            head,
+            recorded_at_micros: view.recorded_at_micros(),
+        },
+        versions,
+    )))
+}
+
 fn corrupt_here(problem: String) -> StoreError {
     // The scan fills in segment, offset and position.
     StoreError::Corrupt {
@@ -487,21 +689,33 @@ impl Inner {
     /// Reads the records at `positions` (ascending), checking frame CRC, record hash and
     /// position of each (the read half of the write-side checks).
     fn read_positions(&self, positions: &[Position]) -> Result<Vec<Record>, StoreError> {
-        let (locs, files): (Vec<RecordLoc>, Vec<(Arc<File>, String)>) = {
+        // Positions up to `base` are on disk, later ones in memory (read under the lock; the
+        // disk part after it: entries on disk are never removed while open).
+        let (disk, on_disk, mut tail, files) = {
             let index = self.shared.index.read();
-            let mut locs = Vec::with_capacity(positions.len());
-            for &p in positions {
-                match index.locs.get((p as usize).wrapping_sub(1)) {
-                    Some(loc) => locs.push(*loc),
+            let on_disk = positions.partition_point(|&p| p <= index.base);
+            let mut tail = Vec::with_capacity(positions.len() - on_disk);
+            for &p in &positions[on_disk..] {
+                match index.loc(p)? {
+                    Some(loc) => tail.push(loc),
                     None => break,
                 }
             }
-            let files = index
+            let files: Vec<(Arc<File>, String)> = index
                 .segments
                 .iter()
                 .map(|s| (s.file.clone(), s.path.clone()))
                 .collect();
-            (locs, files)
+            (index.disk.clone(), on_disk, tail, files)
+        };
+        let locs = match (on_disk, disk) {
+            (0, _) => tail,
+            (n, Some(disk)) => {
+                let mut locs = disk.locs(&positions[..n])?;
+                locs.append(&mut tail);
+                locs
+            }
+            (_, None) => Vec::new(),
         };
         let mut out = Vec::with_capacity(locs.len());
         let mut buf = Vec::new();
@@ -530,8 +744,18 @@ impl Inner {
                         problem: "index names a segment that is not open".into(),
                     })?;
             buf.resize((end - from) as usize, 0);
-            file.read_exact_at(&mut buf, from)
-                .map_err(|e| StoreError::io(format!("reading {path}"), e))?;
+            file.read_exact_at(&mut buf, from).map_err(|e| {
+                if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                    StoreError::Corrupt {
+                        segment: path.clone(),
+                        offset: from,
+                        position: positions[i],
+                        problem: "the segment ends before this record: it was cut short".into(),
+                    }
+                } else {
+                    StoreError::io(format!("reading {path}"), e)
+                }
+            })?;
             for k in i..j {
                 let loc = locs[k];
                 let rel = (loc.offset - FRAME_HEADER_BYTES as u64 - from) as usize;
@@ -608,22 +832,25 @@ impl EventStore for FileStore {
         from_version: StreamVersion,
         limit: usize,
     ) -> Result<Vec<Record>, StoreError> {
-        let positions: Vec<Position> = {
+        let (disk, on_disk, tail) = {
             let index = self.inner.shared.index.read();
-            let durable = index.head.position;
-            match index.streams.get(stream.as_str()) {
-                Some(list) => list
-                    .iter()
-                    .skip(from_version.max(1) as usize - 1)
-                    .take(limit.min(READ_BATCH_MAX))
-                    .take_while(|&&p| p <= durable)
-                    .copied()
-                    .collect(),
-                None => Vec::new(),
-            }
+            let (on_disk, tail) =
+                index.stream_plan(stream.as_str(), from_version, limit.min(READ_BATCH_MAX));
+            (index.disk.clone(), on_disk, tail)
         };
         let inner = self.inner.clone();
-        blocking(move || inner.read_positions(&positions)).await
+        let stream = stream.clone();
+        blocking(move || {
+            let mut positions = match (on_disk, disk) {
+                (Some((from, to)), Some(disk)) => {
+                    disk.stream_positions(stream.as_str(), from, to, (to - from) as usize)?
+                }
+                _ => Vec::new(),
+            };
+            positions.extend(tail);
+            inner.read_positions(&positions)
+        })
+        .await
     }
 
     async fn read_all(

@@ -102,6 +102,9 @@ pub fn cut_after(dir: &Path, position: Position, apply: bool) -> Result<Cut, Sto
         return Ok(plan);
     }
 
+    // The derived index may name cut positions: drop it (the next open rebuilds it; an open
+    // would also refuse to trust it, as it runs past the new marker).
+    super::diskindex::remove(dir)?;
     // The marker first: should this stop half-way, the next open cuts the rest itself.
     write_mark(dir, &segments[..=index], index, report.head, keep_len)?;
     set_aside(

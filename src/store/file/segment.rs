@@ -316,25 +316,93 @@ pub fn scan_until(
     segments: &[SegmentFile],
     mark: Option<&DurableMark>,
     mut visit: impl FnMut(&RecordView<'_>, RecordLoc) -> Result<(), StoreError>,
+    progress: impl FnMut(u64),
+    stop_after: Option<Position>,
+) -> Result<ScanReport, StoreError> {
+    scan_core(
+        segments,
+        mark,
+        None,
+        |view, loc, _| visit(view, loc),
+        progress,
+        stop_after,
+    )
+}
+
+/// Where a scan starts when the records before it are known good (verified when the on-disk
+/// index took them in): right after the append ending at `head`, at `offset` of the segment
+/// `segment` (index into the list).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ScanStart {
+    /// Index of the segment in the list.
+    pub segment: usize,
+    /// Where the next frame starts (the end of `head`'s append).
+    pub offset: u64,
+    /// The last record before the start.
+    pub head: ChainHead,
+    /// Its `recorded_at`, in microseconds (the next one may not be earlier).
+    pub recorded_at_micros: i64,
+}
+
+/// Like [`scan`], but starting at `start` (everything before it is taken as verified; the
+/// report's `count` is the records read, its `segment_lens` has the file length for each
+/// segment before the start), and telling `visit` whether each record ends its append.
+pub fn scan_from(
+    segments: &[SegmentFile],
+    mark: Option<&DurableMark>,
+    start: Option<&ScanStart>,
+    visit: impl FnMut(&RecordView<'_>, RecordLoc, bool) -> Result<(), StoreError>,
+    progress: impl FnMut(u64),
+) -> Result<ScanReport, StoreError> {
+    scan_core(segments, mark, start, visit, progress, None)
+}
+
+fn scan_core(
+    segments: &[SegmentFile],
+    mark: Option<&DurableMark>,
+    start: Option<&ScanStart>,
+    mut visit: impl FnMut(&RecordView<'_>, RecordLoc, bool) -> Result<(), StoreError>,
     mut progress: impl FnMut(u64),
     stop_after: Option<Position>,
 ) -> Result<ScanReport, StoreError> {
     // `chain` runs over every complete record; `committed` is its value at the last
     // end-of-append mark, which is what survives.
-    let mut chain = ChainVerifier::new();
+    let mut chain = start.map_or_else(ChainVerifier::new, |s| ChainVerifier::resume(s.head));
     let mut committed = chain;
-    let mut report = ScanReport::default();
+    let mut report = ScanReport {
+        last_recorded_at_micros: start.map(|s| s.recorded_at_micros),
+        ..ScanReport::default()
+    };
     let mut bytes_done = 0u64;
-    let mut last_micros: Option<i64> = None;
+    let mut last_micros: Option<i64> = start.map(|s| s.recorded_at_micros);
     let mut data = Vec::new();
     let mut stop: Option<Stop> = None;
     let acknowledged = mark.map_or(0, |m| m.head.position);
-    'segments: for (i, seg) in segments.iter().enumerate() {
-        data.clear();
-        fs::File::open(&seg.path)
-            .and_then(|mut f| f.read_to_end(&mut data))
-            .map_err(|e| StoreError::io(format!("reading {}", seg.path.display()), e))?;
-        let expected_first = committed.head().position + 1;
+    let first_segment = start.map_or(0, |s| s.segment);
+    for seg in segments.iter().take(first_segment) {
+        let len = fs::metadata(&seg.path)
+            .map_err(|e| StoreError::io(format!("reading {}", seg.path.display()), e))?
+            .len();
+        report.segment_lens.push(len);
+    }
+    'segments: for (i, seg) in segments.iter().enumerate().skip(first_segment) {
+        // Mid-segment start: the segment's first record is older than the chain's head.
+        let resumed = start.filter(|s| s.segment == i);
+        match resumed {
+            None => {
+                data.clear();
+                fs::File::open(&seg.path)
+                    .and_then(|mut f| f.read_to_end(&mut data))
+                    .map_err(|e| StoreError::io(format!("reading {}", seg.path.display()), e))?;
+            }
+            // Only the header and what follows the start are read; the bytes between stay
+            // zero pages never touched (a fresh zeroed buffer costs no memory until written).
+            Some(s) => data = read_header_and_from(&seg.path, s.offset)?,
+        }
+        let expected_first = match resumed {
+            Some(_) => seg.first_position,
+            None => committed.head().position + 1,
+        };
         let mut halt = |offset: usize, keep_len: usize, position, problem: String, incomplete| {
             stop = Some(Stop {
                 segment: i,
@@ -360,12 +428,24 @@ pub fn scan_until(
         }
         let header_ok = data.len() as u64 >= SEGMENT_HEADER_BYTES
             && data[..SEGMENT_HEADER_BYTES as usize] == segment_header(seg.first_position);
-        if !header_ok {
+        if !header_ok && resumed.is_none() {
             let torn = data.len() < SEGMENT_HEADER_BYTES as usize || data.iter().all(|&b| b == 0);
             halt(0, 0, expected_first, "bad segment header".into(), torn);
             break;
         }
         let mut at = SEGMENT_HEADER_BYTES as usize;
+        if let Some(s) = resumed {
+            // The records before the start are acknowledged: nothing here may be cut.
+            if !header_ok || s.offset < SEGMENT_HEADER_BYTES || s.offset > data.len() as u64 {
+                return Err(corrupt(
+                    seg,
+                    s.offset,
+                    s.head.position + 1,
+                    "the scan's start is not inside a segment with a good header",
+                ));
+            }
+            at = s.offset as usize;
+        }
         let mut committed_len = at;
         // Records of the append in progress, visited once its end mark is seen.
         let mut pending: Vec<(RecordView<'_>, RecordLoc)> = Vec::new();
@@ -445,8 +525,9 @@ pub fn scan_until(
                 progress(bytes_done + at as u64);
             }
             if end_of_append {
-                for (view, loc) in pending.drain(..) {
-                    visit(&view, loc).map_err(|e| match e {
+                let last = pending.len() - 1;
+                for (k, (view, loc)) in pending.drain(..).enumerate() {
+                    visit(&view, loc, k == last).map_err(|e| match e {
                         StoreError::Corrupt { problem, .. } => corrupt(
                             seg,
                             loc.offset - FRAME_HEADER_BYTES as u64,
@@ -554,6 +635,22 @@ pub fn scan_until(
         proof,
     });
     Ok(report)
+}
+
+/// The bytes of the segment at `path`, with only its header and the bytes from `offset` on
+/// actually read (the rest left zero).
+fn read_header_and_from(path: &Path, offset: u64) -> Result<Vec<u8>, StoreError> {
+    use std::os::unix::fs::FileExt;
+    let io = |e| StoreError::io(format!("reading {}", path.display()), e);
+    let file = fs::File::open(path).map_err(io)?;
+    let len = file.metadata().map_err(io)?.len();
+    let mut data = vec![0u8; len as usize];
+    let header = (SEGMENT_HEADER_BYTES.min(len)) as usize;
+    file.read_exact_at(&mut data[..header], 0).map_err(io)?;
+    let from = offset.clamp(header as u64, len) as usize;
+    file.read_exact_at(&mut data[from..], from as u64)
+        .map_err(io)?;
+    Ok(data)
 }
 
 /// Checks the durable-head marker against the append that just took the log to or past

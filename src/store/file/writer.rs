@@ -114,6 +114,21 @@ pub(crate) struct Shared {
     /// the writer, or being written). The syncer waits briefly for them so that one sync
     /// covers them too.
     pub unwritten: AtomicU64,
+    /// What the open found.
+    pub opened: OpenStats,
+}
+
+/// What the open did, for [`super::FileStoreStats`].
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct OpenStats {
+    pub records_scanned: u64,
+    pub index_rebuilt: bool,
+}
+
+/// How the marker thread wakes the indexer: once durable records in memory reach `tail_max`.
+pub(crate) struct IndexerWake {
+    pub tx: std_mpsc::SyncSender<()>,
+    pub tail_max: u64,
 }
 
 /// Monotonic counters of the writer and syncer.
@@ -169,6 +184,8 @@ pub(crate) struct Writer {
     pub lock: File,
     /// The durable-head marker, handed to the syncer.
     pub mark: Option<MarkWriter>,
+    /// Wakes the indexer, handed to the syncer (and on to the marker thread).
+    pub indexer: Option<IndexerWake>,
 }
 
 /// One stretch of bytes to write into one segment.
@@ -213,25 +230,32 @@ impl Batch {
             .unwrap_or_else(|| index.stream_version(stream.as_str()))
     }
 
-    fn position_of(&self, index: &Index, id: &Uuid) -> Option<Position> {
-        self.ids
-            .get(id)
-            .or_else(|| index.event_ids.get(id))
-            .copied()
+    fn position_of(&self, index: &Index, id: &Uuid) -> Result<Option<Position>, StoreError> {
+        match self.ids.get(id) {
+            Some(&p) => Ok(Some(p)),
+            None => Ok(index.event(id)?.map(|(p, _)| p)),
+        }
     }
 
+    /// The version of the record with `id`, stored at `position`, if it is in `stream`.
     fn version_in_stream(
         &self,
         index: &Index,
         stream: &StreamId,
+        id: &Uuid,
         position: Position,
-    ) -> Option<StreamVersion> {
+    ) -> Result<Option<StreamVersion>, StoreError> {
         if position > self.base {
-            let p = self.placed.get((position - self.base - 1) as usize)?;
-            (self.streams[p.stream as usize] == *stream).then_some(p.version)
-        } else {
-            index.version_in_stream(stream.as_str(), position)
+            let Some(p) = self.placed.get((position - self.base - 1) as usize) else {
+                return Ok(None);
+            };
+            return Ok((self.streams[p.stream as usize] == *stream).then_some(p.version));
         }
+        let Some((_, version)) = index.event(id)? else {
+            return Ok(None);
+        };
+        let at = index.stream_position(stream.as_str(), version)?;
+        Ok((at == Some(position)).then_some(version))
     }
 }
 
@@ -257,9 +281,10 @@ impl Writer {
             let shared = self.shared.clone();
             let dir = self.dir.clone();
             let mark = self.mark.take();
+            let indexer = self.indexer.take();
             std::thread::Builder::new()
                 .name("ledger-syncer".into())
-                .spawn(move || run_syncer(&shared, &dir, mark, syncer_rx, head_tx))
+                .spawn(move || run_syncer(&shared, &dir, mark, indexer, syncer_rx, head_tx))
         };
         let syncer = match syncer {
             Ok(handle) => handle,
@@ -622,10 +647,10 @@ impl Writer {
         request: &AppendRequest,
     ) -> Result<Option<Verdict>, StoreError> {
         let first_id = request.events[0].event_id;
-        match batch.position_of(index, &first_id) {
+        match batch.position_of(index, &first_id)? {
             None => {
                 for e in &request.events {
-                    if let Some(position) = batch.position_of(index, &e.event_id) {
+                    if let Some(position) = batch.position_of(index, &e.event_id)? {
                         return Err(StoreError::DuplicateEventId {
                             event_id: e.event_id,
                             position,
@@ -638,10 +663,10 @@ impl Writer {
                 let mut version = 0;
                 for (i, e) in request.events.iter().enumerate() {
                     let expected_position = first + i as Position;
-                    let found = batch.position_of(index, &e.event_id);
+                    let found = batch.position_of(index, &e.event_id)?;
                     version = match found {
                         Some(p) if p == expected_position => batch
-                            .version_in_stream(index, &request.stream, p)
+                            .version_in_stream(index, &request.stream, &e.event_id, p)?
                             .ok_or(StoreError::DuplicateEventId {
                                 event_id: e.event_id,
                                 position: p,
@@ -743,7 +768,9 @@ impl Writer {
             for p in &batch.placed {
                 position += 1;
                 let stream = batch.streams[p.stream as usize].as_str();
-                if let Err(problem) = index.insert(stream, p.version, p.event_id, position, p.loc) {
+                if let Err(problem) =
+                    index.insert(stream, p.version, p.event_id, position, p.loc, false)
+                {
                     self.shared
                         .poison(format!("index refused a written record: {problem}"));
                     break;
@@ -789,6 +816,7 @@ fn run_syncer(
     shared: &Arc<Shared>,
     dir: &std::path::Path,
     mark: Option<MarkWriter>,
+    indexer: Option<IndexerWake>,
     rx: std_mpsc::Receiver<Written>,
     head_tx: watch::Sender<Position>,
 ) {
@@ -799,7 +827,7 @@ fn run_syncer(
         let shared = shared.clone();
         std::thread::Builder::new()
             .name("ledger-marker".into())
-            .spawn(move || run_marker(&shared, mark, marker_rx, head_tx))
+            .spawn(move || run_marker(&shared, mark, indexer, marker_rx, head_tx))
     };
     let marker = match marker {
         Ok(handle) => Some(handle),
@@ -877,6 +905,7 @@ fn run_syncer(
 fn run_marker(
     shared: &Shared,
     mut mark: Option<MarkWriter>,
+    indexer: Option<IndexerWake>,
     rx: std_mpsc::Receiver<Vec<Written>>,
     head_tx: watch::Sender<Position>,
 ) {
@@ -905,11 +934,16 @@ fn run_marker(
             continue;
         }
         let head = newest.map(|m| m.head).unwrap_or_default();
-        {
+        let in_memory = {
             let mut index = shared.index.write();
             if head.position > index.head.position {
                 index.head = head;
             }
+            index.head.position.saturating_sub(index.base)
+        };
+        if let Some(wake) = indexer.as_ref().filter(|w| in_memory >= w.tail_max) {
+            // Full: a wake-up is already pending.
+            let _ = wake.tx.try_send(());
         }
         head_tx.send_if_modified(|h| {
             let moved = head.position > *h;
@@ -930,4 +964,51 @@ fn answer_all(batches: Vec<Written>, answer: impl Fn(Appended) -> Result<Appende
 
 fn head_version(actual: StreamVersion, request: &AppendRequest) -> StreamVersion {
     actual + request.events.len() as StreamVersion
+}
+
+/// The indexer thread: whenever woken (durable records in memory reached `tail_max`), moves
+/// every durable index entry in memory to the on-disk index in one batch, then drops them from
+/// memory. When the marker thread ends (the store closes or is dropped), it moves what is left
+/// and stops. A failed write leaves the entries in memory (and is retried at the next wake-up).
+pub(crate) fn run_indexer(shared: &Shared, rx: &std_mpsc::Receiver<()>, tail_max: usize) {
+    loop {
+        let last = rx.recv().is_err();
+        // At the end, what is durable goes to an index that exists (the next open then reads
+        // nothing); a log smaller than the tail never gets one.
+        let (full, exists) = {
+            let index = shared.index.read();
+            let durable = index.head.position.saturating_sub(index.base);
+            (
+                durable >= tail_max as u64,
+                durable > 0 && index.disk.is_some(),
+            )
+        };
+        let go = match (full, exists) {
+            (true, false) => shared.index.write().ensure_disk(),
+            (full, exists) => exists && (full || last),
+        };
+        let plan = if go {
+            let index = shared.index.read();
+            index.plan_flush(index.head)
+        } else {
+            None
+        };
+        if let Some((disk, flush)) = plan {
+            match disk.write(&flush) {
+                Ok(()) => shared.index.write().flushed(flush.upto.position),
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    records = flush.len(),
+                    "could not move log index entries to disk; keeping them in memory"
+                ),
+            }
+        }
+        if last {
+            let disk = shared.index.read().disk.clone();
+            if let Some(Err(e)) = disk.map(|d| d.settle()) {
+                tracing::warn!(error = %e, "could not write the log index out at close");
+            }
+            return;
+        }
+    }
 }

@@ -1,0 +1,221 @@
+//! Reads that go beyond the live view: a license's Histórico, the log searched by customer,
+//! type and time, and the read models as of a past moment. Each reads the log index and
+//! snapshots (`crate::derived`) and only the records it answers with, never the whole log.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use ledger_events::{LicenseId, Position, Record};
+use ledger_projections::asof::AsOf;
+use ledger_projections::view::{LedgerView, ProjectionError};
+
+use super::{AppError, Ledger};
+use crate::derived::index::{Filter, Found};
+use crate::store::READ_BATCH_MAX;
+
+impl Ledger {
+    /// Fails when the log index stopped.
+    fn index_usable(&self) -> Result<(), AppError> {
+        match self.index_failure.lock().clone() {
+            Some(why) => Err(AppError::IndexUnavailable(why)),
+            None => Ok(()),
+        }
+    }
+
+    /// A failed index read: the index is not used again, and the next start rebuilds it.
+    fn index_failed(&self, e: crate::derived::DerivedError) -> AppError {
+        tracing::error!(error = %e, "a read of the log index failed: the Histórico, search and dashboard answer 503 until a restart rebuilds it");
+        if let Err(e) = self.derived.condemn_index() {
+            tracing::error!(error = %e, "could not mark the log index for a rebuild");
+        }
+        let why = e.to_string();
+        *self.index_failure.lock() = Some(why.clone());
+        AppError::IndexUnavailable(why)
+    }
+
+    /// The highest position the index answers for: what the view has applied.
+    fn indexed(&self) -> Position {
+        (*self.applied.borrow()).min(self.derived.index.covers().position)
+    }
+
+    /// A license's Histórico, newest first: how many entries it has, and the records of
+    /// `limit` of them after skipping `offset`.
+    pub async fn history(
+        &self,
+        license: LicenseId,
+        offset: usize,
+        limit: usize,
+    ) -> Result<(usize, Vec<Record>), AppError> {
+        self.index_usable()?;
+        let (total, positions) = self
+            .derived
+            .index
+            .history(license, self.indexed(), offset, limit)
+            .map_err(|e| self.index_failed(e))?;
+        let mut records = Vec::with_capacity(positions.len());
+        for p in positions {
+            records.push(self.indexed_record(p).await?);
+        }
+        Ok((total, records))
+    }
+
+    /// The record at `position`, which the index names: its absence is an internal error.
+    async fn indexed_record(&self, position: Position) -> Result<Record, AppError> {
+        match self.record_at(position).await? {
+            Some(record) => Ok(record),
+            None => Err(
+                self.index_failed(crate::derived::DerivedError::Damaged(format!(
+                    "the index names position {position}, which the log does not have"
+                ))),
+            ),
+        }
+    }
+
+    /// Up to `limit` positions in `lo..=hi` matching `filter`, newest first; the range is
+    /// bounded by what the view has applied. Complete: paging on `next_before` finds every
+    /// match.
+    pub fn search(
+        &self,
+        filter: &Filter,
+        lo: Position,
+        hi: Position,
+        limit: usize,
+    ) -> Result<Found, AppError> {
+        self.index_usable()?;
+        self.derived
+            .index
+            .search(filter, lo.max(1), hi.min(self.indexed()), limit)
+            .map_err(|e| self.index_failed(e))
+    }
+
+    /// How many records of `event_type` lie in `lo..=hi` (bounded by what the view applied).
+    pub fn count(&self, event_type: &str, lo: Position, hi: Position) -> Result<u64, AppError> {
+        self.index_usable()?;
+        self.derived
+            .index
+            .count(event_type, lo.max(1), hi.min(self.indexed()))
+            .map_err(|e| self.index_failed(e))
+    }
+
+    /// The first position in `1..=head` recorded after `t` (or at `t` when `inclusive`), or
+    /// `head + 1` if none: `recorded_at` never decreases along the log, so a binary search
+    /// over positions finds it in about log2(head) reads.
+    pub async fn first_recorded_after(
+        &self,
+        t: DateTime<Utc>,
+        inclusive: bool,
+        head: Position,
+    ) -> Result<Position, AppError> {
+        let (mut lo, mut hi) = (1, head + 1);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let record = self.record_at(mid).await?.ok_or_else(|| {
+                AppError::ViewStopped(format!("position {mid} below the head is not in the log"))
+            })?;
+            let at = record.envelope.recorded_at;
+            let before = if inclusive { at < t } else { at <= t };
+            if before {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        Ok(lo)
+    }
+
+    /// The read models as they were at `until` (a position or a time): the newest checkpoint
+    /// at or before it, plus the records after it. One such view is built at a time, its
+    /// work on the blocking pool (never on the threads that answer check-ins); the last one
+    /// built is kept for the requests that ask for the same position.
+    pub async fn view_as_of(&self, until: AsOf) -> Result<Arc<LedgerView>, AppError> {
+        let position = self.position_of(until).await?;
+        let mut slot = self.as_of.lock().await;
+        if let Some((p, view)) = slot.as_ref() {
+            if *p == position {
+                return Ok(view.clone());
+            }
+        }
+        let view = Arc::new(self.checkpoint_before(position).await?);
+        let mut next = view.position() + 1;
+        while next <= position {
+            let want = ((position - next + 1) as usize).min(READ_BATCH_MAX);
+            let batch = self.store.read_all(next, want).await?;
+            let Some(last) = batch.last() else { break };
+            next = last.envelope.position + 1;
+            let target = view.clone();
+            tokio::task::spawn_blocking(move || -> Result<(), AppError> {
+                for record in batch.iter().filter(|r| r.envelope.position <= position) {
+                    match target.apply_record(record) {
+                        Ok(()) | Err(ProjectionError::Inconsistent { .. }) => {}
+                        Err(e) => return Err(AppError::ViewStopped(e.to_string())),
+                    }
+                }
+                Ok(())
+            })
+            .await
+            .map_err(|e| AppError::ViewStopped(e.to_string()))??;
+        }
+        *slot = Some((position, view.clone()));
+        Ok(view)
+    }
+
+    /// The position `until` names: a position (at most the head), or the last record
+    /// recorded at or before a time.
+    pub async fn position_of(&self, until: AsOf) -> Result<Position, AppError> {
+        let head = self.head().await?.position;
+        Ok(match until {
+            AsOf::Position(p) => p.min(head),
+            AsOf::Time(t) => self.first_recorded_after(t, false, head).await? - 1,
+        })
+    }
+
+    /// One license as it was at `until`: its own Histórico up to there (every record that
+    /// changed its row: the license's events, the check-ins it answered, contingencies and
+    /// offline activations naming it) folded alone. Costs that license's history, not the
+    /// log's; `None` when it did not exist yet.
+    pub async fn license_as_of(
+        &self,
+        license: LicenseId,
+        until: AsOf,
+    ) -> Result<Option<ledger_projections::LicenseRow>, AppError> {
+        self.index_usable()?;
+        let position = self.position_of(until).await?.min(self.indexed());
+        let (_, mut positions) = self
+            .derived
+            .index
+            .history(license, position, 0, usize::MAX)
+            .map_err(|e| self.index_failed(e))?;
+        positions.reverse();
+        let view = LedgerView::new();
+        for p in positions {
+            let record = self.indexed_record(p).await?;
+            let event = record
+                .event()
+                .map_err(|e| AppError::Store(crate::store::StoreError::from(e)))?;
+            match view.apply_unordered(&record.envelope, &event) {
+                Ok(()) | Err(ProjectionError::Inconsistent { .. }) => {}
+                Err(e) => return Err(AppError::ViewStopped(e.to_string())),
+            }
+        }
+        Ok(view.license(license))
+    }
+
+    /// The newest checkpoint at or before `position` that the log confirms, or an empty view.
+    async fn checkpoint_before(&self, position: Position) -> Result<LedgerView, AppError> {
+        let Some(snapshots) = &self.derived.snapshots else {
+            return Ok(LedgerView::new());
+        };
+        for p in snapshots.positions()?.into_iter().rev() {
+            if p > position {
+                continue;
+            }
+            match super::follow::restore(self.store.as_ref(), snapshots, p).await {
+                Ok(view) => return Ok(view),
+                Err(why) => {
+                    tracing::warn!(position = p, %why, "an as-of checkpoint failed its checks: skipped");
+                }
+            }
+        }
+        Ok(LedgerView::new())
+    }
+}

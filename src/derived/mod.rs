@@ -1,0 +1,310 @@
+//! Derived data: what the log can always rebuild, kept on disk so that starting, the
+//! Histórico, as-of, search and the dashboard cost no replay of the whole log.
+//!
+//! - [`index`]: positions by license (the Histórico), customer and event type.
+//! - [`snapshots`]: the read models' state at a position: the newest one a start resumes
+//!   from, and checkpoints every [`DerivedConfig::checkpoint_every`] records that as-of
+//!   requests resume from.
+//!
+//! Invariants: derived data is never the source of truth. Each piece names the position and
+//! chain hash it reflects and is used only after the log's record at that position has that
+//! hash; a piece that fails a check is removed and rebuilt from the log, never served.
+//! Deleting `derived/` entirely changes no answer (tests/derived.rs).
+
+use std::path::{Path, PathBuf};
+
+pub mod index;
+pub mod snapshots;
+
+pub use index::LogIndex;
+pub use snapshots::Snapshots;
+
+/// The file that tells the next open to rebuild the index.
+const CONDEMNED: &str = "index.damaged";
+
+/// Why derived data could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum DerivedError {
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The index database failed.
+    #[error("the log index failed: {0}")]
+    Index(String),
+    /// A piece failed its checks.
+    #[error("derived data is damaged: {0}")]
+    Damaged(String),
+    /// Another process (a server) holds the log index.
+    #[error("{0} is in use by another process (a server running on this data directory)")]
+    Locked(String),
+}
+
+impl DerivedError {
+    pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
+        DerivedError::Io {
+            path: path.display().to_string(),
+            source,
+        }
+    }
+}
+
+/// Where derived data lives and how often checkpoints are taken.
+#[derive(Clone, Debug)]
+pub struct DerivedConfig {
+    /// The directory (`<data_dir>/derived`); `None` keeps the index in memory and takes no
+    /// snapshots.
+    pub dir: Option<PathBuf>,
+    /// A checkpoint of the read models every this many records.
+    pub checkpoint_every: u64,
+}
+
+impl Default for DerivedConfig {
+    fn default() -> Self {
+        Self {
+            dir: None,
+            checkpoint_every: 250_000,
+        }
+    }
+}
+
+impl DerivedConfig {
+    /// Derived data in `<data_dir>/derived`.
+    pub fn in_data_dir(data_dir: &Path) -> Self {
+        Self {
+            dir: Some(data_dir.join("derived")),
+            ..Self::default()
+        }
+    }
+}
+
+/// The derived data a ledger keeps.
+#[derive(Debug)]
+pub struct Derived {
+    /// The log index.
+    pub index: LogIndex,
+    /// Snapshots, when on disk.
+    pub snapshots: Option<Snapshots>,
+    /// Checkpoint interval in records.
+    pub checkpoint_every: u64,
+    /// The index's directory, when on disk.
+    index_dir: Option<PathBuf>,
+}
+
+impl Derived {
+    /// Opens what `config` names. An index that cannot be opened is removed and started
+    /// anew (it is rebuilt from the log).
+    pub fn open(config: &DerivedConfig) -> Result<Self, DerivedError> {
+        let checkpoint_every = config.checkpoint_every.max(1);
+        let Some(dir) = &config.dir else {
+            return Ok(Self {
+                index: LogIndex::memory(),
+                snapshots: None,
+                checkpoint_every,
+                index_dir: None,
+            });
+        };
+        let index_dir = dir.join("index");
+        let condemned = dir.join(CONDEMNED);
+        if condemned.exists() {
+            tracing::warn!(dir = %index_dir.display(), "the log index was found damaged while serving: rebuilding it from the log");
+            Self::clear_index(&index_dir)?;
+            std::fs::remove_file(&condemned).map_err(|e| DerivedError::io(&condemned, e))?;
+        }
+        let index = match LogIndex::open(&index_dir) {
+            Ok(index) => index,
+            Err(DerivedError::Locked(_)) => {
+                return Err(DerivedError::Locked(index_dir.display().to_string()))
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, dir = %index_dir.display(), "the log index cannot be used: rebuilding it from the log");
+                Self::clear_index(&index_dir)?;
+                LogIndex::open(&index_dir)?
+            }
+        };
+        Ok(Self {
+            index,
+            snapshots: Some(Snapshots::open(&dir.join("snapshots"))?),
+            checkpoint_every,
+            index_dir: Some(index_dir),
+        })
+    }
+
+    /// Marks the index damaged (a read failed its checks while serving): the next open
+    /// rebuilds it from the log.
+    pub fn condemn_index(&self) -> Result<(), DerivedError> {
+        let Some(index_dir) = &self.index_dir else {
+            return Ok(());
+        };
+        let Some(dir) = index_dir.parent() else {
+            return Ok(());
+        };
+        let path = dir.join(CONDEMNED);
+        std::fs::write(
+            &path,
+            b"the log index failed a check; the next start rebuilds it\n",
+        )
+        .map_err(|e| DerivedError::io(&path, e))
+    }
+
+    /// Throws the index away and starts an empty one (it disagreed with the log).
+    pub fn reset_index(&mut self) -> Result<(), DerivedError> {
+        // Close the database before removing its files.
+        self.index = LogIndex::memory();
+        if let Some(dir) = &self.index_dir {
+            Self::clear_index(dir)?;
+            self.index = LogIndex::open(dir)?;
+        }
+        Ok(())
+    }
+
+    /// Removes an index directory (derived: the log rebuilds it).
+    pub fn clear_index(index_dir: &Path) -> Result<(), DerivedError> {
+        match std::fs::remove_dir_all(index_dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(DerivedError::io(index_dir, e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::index::{Batch, Entry, Filter};
+    use super::*;
+    use ledger_events::{Cnpj, Hash, LicenseId};
+
+    fn config(dir: &Path) -> DerivedConfig {
+        DerivedConfig {
+            dir: Some(dir.to_path_buf()),
+            checkpoint_every: 10,
+        }
+    }
+
+    /// A few hundred entries over 3 customers, 7 licenses and 3 types, pseudo-random.
+    fn batch(from: u64, to: u64) -> Batch {
+        let cnpjs = ["11222333000181", "45723174000110", "33000167000101"];
+        let types = ["LicenseBound", "TerminalCheckedIn", "ContingencyEntered"];
+        let mut b = Batch::default();
+        for p in from..=to {
+            let r = p.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40;
+            b.push(
+                Entry {
+                    position: p,
+                    license: (r % 3 != 0).then(|| LicenseId::new((r % 7) as u32 + 1).unwrap()),
+                    customer: (r % 5 != 0).then(|| Cnpj::parse(cnpjs[(r % 3) as usize]).unwrap()),
+                    event_type: types[(r % 3) as usize].to_owned(),
+                },
+                Hash([p as u8; 32]),
+            );
+        }
+        b
+    }
+
+    #[test]
+    fn the_disk_index_answers_what_the_memory_index_answers() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = LogIndex::open(&dir.path().join("index")).unwrap();
+        let memory = LogIndex::memory();
+        for (from, to) in [(1, 100), (101, 250), (251, 400)] {
+            disk.commit(batch(from, to)).unwrap();
+            memory.commit(batch(from, to)).unwrap();
+        }
+        assert_eq!(disk.covers(), memory.covers());
+        assert_eq!(disk.covers().position, 400);
+        for id in 1..=8 {
+            let id = LicenseId::new(id).unwrap();
+            for (upto, offset, limit) in [(400, 0, usize::MAX), (250, 3, 5), (17, 0, 2)] {
+                assert_eq!(
+                    disk.history(id, upto, offset, limit).unwrap(),
+                    memory.history(id, upto, offset, limit).unwrap()
+                );
+            }
+        }
+        let customers = [None, Some(Cnpj::parse("45723174000110").unwrap())];
+        let types = [
+            None,
+            Some(vec!["TerminalCheckedIn".to_owned()]),
+            Some(vec![
+                "LicenseBound".to_owned(),
+                "ContingencyEntered".to_owned(),
+            ]),
+        ];
+        for customer in customers {
+            for event_types in types.clone() {
+                let filter = Filter {
+                    event_types,
+                    customer,
+                };
+                for (lo, hi, limit) in [(1, 400, 10), (37, 201, 1000), (300, 299, 5), (5, 5, 1)] {
+                    let d = disk.search(&filter, lo, hi, limit).unwrap();
+                    assert_eq!(d, memory.search(&filter, lo, hi, limit).unwrap());
+                    assert!(d.positions.windows(2).all(|w| w[0] > w[1]), "newest first");
+                    assert!(d.positions.iter().all(|p| (lo..=hi).contains(p)));
+                }
+            }
+        }
+        assert_eq!(
+            disk.count("TerminalCheckedIn", 10, 300).unwrap(),
+            memory.count("TerminalCheckedIn", 10, 300).unwrap()
+        );
+    }
+
+    #[test]
+    fn a_reopened_index_covers_what_was_committed_and_a_condemned_one_starts_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let derived = Derived::open(&config(dir.path())).unwrap();
+            derived.index.commit(batch(1, 50)).unwrap();
+            derived.index.persist().unwrap();
+        }
+        let derived = Derived::open(&config(dir.path())).unwrap();
+        assert_eq!(derived.index.covers().position, 50);
+        derived.condemn_index().unwrap();
+        drop(derived);
+        let derived = Derived::open(&config(dir.path())).unwrap();
+        assert_eq!(derived.index.covers().position, 0, "rebuilt from nothing");
+        assert!(!dir.path().join(CONDEMNED).exists());
+    }
+
+    #[test]
+    fn a_snapshot_reads_back_and_any_damage_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let snapshots = Snapshots::open(dir.path()).unwrap();
+        let body: Vec<u8> = (0..1000u32).map(|i| (i * 7) as u8).collect();
+        snapshots.write(42, Hash([9; 32]), &body).unwrap();
+        assert_eq!(snapshots.positions().unwrap(), vec![42]);
+        let loaded = snapshots.read(42).unwrap();
+        assert_eq!(
+            (loaded.position, loaded.hash, loaded.body),
+            (42, Hash([9; 32]), body)
+        );
+        let path = dir.path().join(format!("{:020}.snap", 42));
+        let good = std::fs::read(&path).unwrap();
+        for at in [0, 9, 50, 60, 87, 88, 500, good.len() - 1] {
+            let mut bad = good.clone();
+            bad[at] ^= 0x10;
+            std::fs::write(&path, &bad).unwrap();
+            let read = snapshots.read(42);
+            // The hash in the header (bytes 16..48) is checked against the log, not here.
+            if (16..48).contains(&at) {
+                assert!(read.is_ok());
+            } else {
+                assert!(read.is_err(), "a flip at byte {at} was not noticed");
+            }
+        }
+        std::fs::write(&path, &good[..good.len() - 1]).unwrap();
+        assert!(snapshots.read(42).is_err(), "a cut body");
+        std::fs::write(&path, &good).unwrap();
+        std::fs::rename(&path, dir.path().join(format!("{:020}.snap", 43))).unwrap();
+        assert!(
+            snapshots.read(43).is_err(),
+            "a file under another position's name"
+        );
+    }
+}
