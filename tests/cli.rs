@@ -174,12 +174,68 @@ fn export_then_import_reproduces_the_head() {
     assert_eq!(last_line(&va), last_line(&vb));
     assert_eq!(last_line(&imported), last_line(&va));
     assert_eq!(ok(&b, &["export", "--format", "jsonl"]), jsonl);
-    // An import refuses a non-empty store.
-    assert_eq!(run(&b, &["import", file.to_str().unwrap()]).code, 2);
+    // Run again, the import finds every record already there and stores nothing more.
+    let again = ok(&b, &["import", file.to_str().unwrap()]);
+    assert_eq!(last_line(&again), last_line(&va), "{again}");
+    assert_eq!(ok(&b, &["export", "--format", "jsonl"]), jsonl);
+    // An import refuses a store that holds another log.
+    let c = dir.path().join("c");
+    ok(&c, &["demo"]);
+    let other = ok(&c, &["export", "--format", "jsonl"]);
+    let refused = run(&c, &["import", file.to_str().unwrap()]);
+    assert_eq!(refused.code, 2, "{}", refused.stderr);
+    assert!(refused.stderr.contains("position 1"), "{}", refused.stderr);
+    assert_eq!(ok(&c, &["export", "--format", "jsonl"]), other);
     let csv = ok(&a, &["export", "--format", "csv", "--from", "2"]);
     assert!(
         csv.starts_with("position,stream_id,stream_version,event_type,recorded_at,actor,hash\n2,")
     );
+}
+
+/// An import that stopped part way (here: after the first records of the file, as an
+/// interrupted one leaves the store) is run again and completes: the records already there
+/// are checked to be the file's and skipped. A bad line stores nothing from its batch on.
+#[test]
+fn an_interrupted_import_run_again_completes() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a");
+    let b = dir.path().join("b");
+    ok(&a, &["demo"]);
+    let jsonl = ok(&a, &["export", "--format", "jsonl"]);
+    let lines: Vec<&str> = jsonl.lines().collect();
+    assert!(lines.len() > 20, "{}", lines.len());
+    let file = dir.path().join("log.jsonl");
+    std::fs::write(&file, &jsonl).unwrap();
+    // A copy whose 15th line is damaged: refused naming the line, nothing from it stored.
+    let damaged = dir.path().join("damaged.jsonl");
+    let mut bad = lines.clone();
+    let broken = lines[14].replace("\"hash\":\"", "\"hash\":\"0");
+    bad[14] = &broken;
+    std::fs::write(&damaged, bad.join("\n") + "\n").unwrap();
+    let refused = run(&b, &["import", "--batch", "4", damaged.to_str().unwrap()]);
+    assert_eq!(refused.code, 2, "{}", refused.stderr);
+    assert!(refused.stderr.contains("line 15"), "{}", refused.stderr);
+    let partial = ok(&b, &["export", "--format", "jsonl"]);
+    assert_eq!(
+        partial,
+        lines[..12].join("\n") + "\n",
+        "the batches before the bad line's, and nothing after"
+    );
+    // The first ten records, as an interrupted import leaves them.
+    let b2 = dir.path().join("b2");
+    let head = dir.path().join("head.jsonl");
+    std::fs::write(&head, lines[..10].join("\n") + "\n").unwrap();
+    ok(&b2, &["import", head.to_str().unwrap()]);
+    let done = ok(&b2, &["import", "--batch", "3", file.to_str().unwrap()]);
+    assert!(done.contains("(10 were already there)"), "{done}");
+    assert_eq!(last_line(&done), last_line(&ok(&a, &["verify"])));
+    assert_eq!(ok(&b2, &["export", "--format", "jsonl"]), jsonl);
+    // The same again, from the partial import of the damaged file, in batches.
+    ok(&b, &["import", "--batch", "5", file.to_str().unwrap()]);
+    assert_eq!(ok(&b, &["export", "--format", "jsonl"]), jsonl);
+    // A file shorter than the log is not its log.
+    let short = run(&b2, &["import", head.to_str().unwrap()]);
+    assert_eq!(short.code, 2, "{}", short.stderr);
 }
 
 #[test]

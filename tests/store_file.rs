@@ -3,6 +3,8 @@
 
 #[path = "support/frames.rs"]
 mod frames;
+#[path = "support/import.rs"]
+mod import;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -434,6 +436,66 @@ proptest! {
             Ok(())
         })?;
     }
+}
+
+/// A fresh file store in a directory of its own (kept with it).
+async fn fresh(segment_bytes_max: Option<u64>) -> (FileStore, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = FileStoreConfig::new(dir.path());
+    if let Some(max) = segment_bytes_max {
+        config.segment_bytes_max = max;
+    }
+    let store = FileStore::open(config, clock()).await.expect("open");
+    (store, dir)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_import_stores_what_a_record_by_record_import_stores() {
+    let src = tempfile::tempdir().expect("tempdir");
+    let source = import::source_log(src.path()).await;
+    let (one, _a) = fresh(None).await;
+    // Small segments: batches span several of them.
+    let (batched, b) = fresh(Some(FileStoreConfig::SEGMENT_BYTES_MIN)).await;
+    import::batches_store_what_one_by_one_stores(&source, &one, &batched).await;
+    batched.close().await.expect("close");
+    assert!(list_segments(b.path()).expect("segments").len() > 3);
+    let reopened = open(b.path()).await.expect("reopen");
+    assert_eq!(import::every_record(&reopened).await, source);
+    one.close().await.expect("close");
+    reopened.close().await.expect("close");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tampered_record_refuses_its_import_batch_and_only_it() {
+    let src = tempfile::tempdir().expect("tempdir");
+    let source = import::source_log(src.path()).await;
+    let mut dirs = Vec::new();
+    import::a_tampered_record_refuses_its_batch_only(&source, || {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().to_owned();
+        dirs.push(dir);
+        async move { open(&path).await.expect("open") }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_import_batch_starts_right_after_the_head_and_is_synced_once() {
+    let src = tempfile::tempdir().expect("tempdir");
+    let source = import::source_log(src.path()).await;
+    let (store, dir) = fresh(None).await;
+    import::a_batch_must_start_after_the_head(&source[..100], &store).await;
+    let (in_order, _c) = fresh(None).await;
+    import::batches_handed_over_at_once_land_in_order(&source, &in_order).await;
+    let before = store.stats();
+    store.import_records(&source[100..]).await.expect("import");
+    let after = store.stats();
+    assert_eq!(after.syncs - before.syncs, 1, "one sync for the batch");
+    assert_eq!(after.batches_written - before.batches_written, 1);
+    store.close().await.expect("close");
+    let reopened = open(dir.path()).await.expect("reopen");
+    assert_eq!(import::every_record(&reopened).await, source);
+    reopened.close().await.expect("close");
 }
 
 // The on-disk index (`<dir>/index/`): open reads it instead of every segment, and anything

@@ -7,6 +7,9 @@
 //! `CI=true`, where it fails naming `DATABASE_URL`. Each test works in a schema of its own
 //! (`ledger_t_<random>`), dropped at the end, so tests run in parallel.
 
+#[path = "support/import.rs"]
+mod import;
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -1197,4 +1200,125 @@ async fn migrations_apply_once_and_an_edited_one_is_refused() {
         Err(e) => panic!("expected a Migration error, got {e}"),
         Ok(_) => panic!("opened a schema migrated by a newer build"),
     }
+}
+
+impl import::Importer for PgStore {
+    fn import_one(
+        &self,
+        record: &Record,
+    ) -> impl std::future::Future<Output = Result<license_ledger::store::Appended, StoreError>>
+    {
+        self.import_record(record)
+    }
+    fn import_batch(
+        &self,
+        records: &[Record],
+    ) -> impl std::future::Future<Output = Result<ChainHead, StoreError>> {
+        self.import_records(records)
+    }
+    fn submit_batch(
+        &self,
+        records: &[Record],
+    ) -> impl std::future::Future<Output = Result<license_ledger::store::PendingImport, StoreError>>
+    {
+        self.submit_import(records)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_import_stores_what_a_record_by_record_import_stores() {
+    let (Some(a), Some(b)) = (
+        TestDb::new("a_batch_import_stores_what_one_by_one_stores"),
+        TestDb::new("a_batch_import_stores_what_one_by_one_stores"),
+    ) else {
+        return;
+    };
+    let src = tempfile::tempdir().expect("tempdir");
+    let source = import::source_log(src.path()).await;
+    let (one, batched) = (a.open().await, b.open().await);
+    import::batches_store_what_one_by_one_stores(&source, &one, &batched).await;
+    // The JSON copy `data` of every row, checked by `verify`'s read.
+    let mut read = Vec::new();
+    let mut next = 1;
+    loop {
+        let batch = batched.read_all_columns(next, 100).await.expect("read");
+        let Some(last) = batch.last() else { break };
+        next = last.envelope.position + 1;
+        read.extend(batch);
+    }
+    assert_eq!(read, source);
+    one.close().await.expect("close");
+    batched.close().await.expect("close");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tampered_record_refuses_its_import_batch_and_only_it() {
+    let Some(first) = TestDb::new("a_tampered_record_refuses_its_import_batch") else {
+        return;
+    };
+    let src = tempfile::tempdir().expect("tempdir");
+    let source = import::source_log(src.path()).await;
+    let mut dbs = vec![first];
+    import::a_tampered_record_refuses_its_batch_only(&source, || {
+        let db = TestDb::new("a_tampered_record_refuses_its_import_batch")
+            .unwrap_or_else(|| panic!("DATABASE_URL went away"));
+        let config = db.config();
+        dbs.push(db);
+        async move {
+            PgStore::open(config, Arc::new(SystemClock))
+                .await
+                .unwrap_or_else(|e| panic!("open PgStore: {e}"))
+        }
+    })
+    .await;
+}
+
+/// An import batch starts right after the head, and moves it under the head row's lock: a
+/// second node appending meanwhile lands after the batch or before it, never inside it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_import_batch_starts_right_after_the_head_and_no_node_interleaves() {
+    let Some(db) = TestDb::new("an_import_batch_starts_right_after_the_head") else {
+        return;
+    };
+    let src = tempfile::tempdir().expect("tempdir");
+    let source = import::source_log(src.path()).await;
+    let store = db.open().await;
+    import::a_batch_must_start_after_the_head(&source[..100], &store).await;
+    let in_order_db = TestDb::new("batches_handed_over_at_once").expect("DATABASE_URL");
+    let in_order = in_order_db.open().await;
+    import::batches_handed_over_at_once_land_in_order(&source, &in_order).await;
+    in_order.close().await.expect("close");
+    let other = db.open().await;
+    let appends = async {
+        for n in 0..20 {
+            let append = other
+                .append(&stream("other"), ExpectedVersion::Any, vec![new_event(n)])
+                .await;
+            append.expect("append on the other node");
+        }
+    };
+    let imported = store.import_records(&source[100..]);
+    let (imported, ()) = tokio::join!(imported, appends);
+    // Either the whole rest went in after the head it found, or the other node got there
+    // first and the batch, no longer following the head, was refused whole.
+    let all = import::every_record(&store).await;
+    assert_dense_chain(&all);
+    match imported {
+        Ok(head) => {
+            assert_eq!(head.hash, source[source.len() - 1].envelope.hash);
+            assert_eq!(
+                &all[..source.len()],
+                source,
+                "the batch right after the head"
+            );
+            assert_eq!(all.len(), source.len() + 20);
+        }
+        Err(e) => {
+            assert!(e.to_string().contains("position 101"), "{e}");
+            assert_eq!(&all[..100], &source[..100]);
+            assert_eq!(all.len(), 120, "nothing of the batch stored");
+        }
+    }
+    store.close().await.expect("close");
+    other.close().await.expect("close");
 }

@@ -815,3 +815,36 @@ fn tagged_payload_enums_have_their_json_shapes() {
     assert!(serde_json::from_value::<CheckInOutcome>(json!({"result": "maybe"})).is_err());
     assert!(serde_json::from_value::<RenewalCause>(json!({"by": "contract"})).is_err());
 }
+
+#[test]
+fn from_json_refuses_a_payload_or_hash_that_is_not_hex() {
+    let (_, record) = granted_record();
+    let good = record.to_json().unwrap();
+    assert_eq!(Record::from_json_owned(good.clone()).unwrap(), record);
+    for payload in [
+        format!("{}0", good.payload),
+        format!("zz{}", &good.payload[2..]),
+    ] {
+        let mut json = good.clone();
+        json.payload = payload;
+        assert!(
+            matches!(
+                Record::from_json(&json),
+                Err(CodecError::BadField {
+                    field: "payload",
+                    ..
+                })
+            ),
+            "{}",
+            json.payload
+        );
+    }
+    let hex = good.hash.to_string();
+    assert_eq!(
+        ledger_events::Hash::parse(&hex.to_uppercase()).unwrap(),
+        good.hash
+    );
+    for bad in [&hex[1..], &format!("{hex}0"), &format!("g{}", &hex[1..])] {
+        assert!(ledger_events::Hash::parse(bad).is_err(), "{bad}");
+    }
+}

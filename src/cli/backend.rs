@@ -136,6 +136,27 @@ impl Opened {
         }
     }
 
+    /// Appends exported records verbatim as one batch, all or none (see
+    /// `FileStore::import_records`); returns the head after it.
+    pub async fn import_records(&self, records: &[Record]) -> Result<ChainHead, StoreError> {
+        match self {
+            Opened::File(s) => s.import_records(records).await,
+            Opened::Postgres(s) => s.import_records(records).await,
+        }
+    }
+
+    /// Checks exported records and hands them to the store's writer as one batch (see
+    /// `FileStore::submit_import`); batches are written in the order handed over.
+    pub async fn submit_import(
+        &self,
+        records: &[Record],
+    ) -> Result<crate::store::PendingImport, StoreError> {
+        match self {
+            Opened::File(s) => s.submit_import(records).await,
+            Opened::Postgres(s) => s.submit_import(records).await,
+        }
+    }
+
     /// Reads the log from `from` like [`EventStore::read_all`], checking every column
     /// (PostgreSQL's JSON copy `data` included): for `verify`.
     pub async fn read_all_checked(

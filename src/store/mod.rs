@@ -291,6 +291,81 @@ pub(crate) fn check_import(record: &Record) -> Result<(Event, ImportCheck), Stor
     Ok((event, import))
 }
 
+/// Checks that an imported record, encoded here on the head it lands on, hashes to what its
+/// export recorded: every input of the hash was checked one by one before, and this proves
+/// they were all (the writers call it after encoding).
+pub(crate) fn check_imported_hash(
+    import: &ImportCheck,
+    hash: ledger_events::Hash,
+) -> Result<(), StoreError> {
+    if hash != import.hash {
+        return Err(StoreError::InvalidAppend(format!(
+            "imported record at position {} hashes to {hash} here, not {}",
+            import.position, import.hash
+        )));
+    }
+    Ok(())
+}
+
+/// An import batch handed to a store's writer, whose answer is still to come: batches are
+/// written in the order they were handed over, so a caller may hand over the next one
+/// before this one is durable. Dropping it does not withdraw the batch.
+#[must_use = "the batch's answer says whether it was stored"]
+pub struct PendingImport(
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<ChainHead, StoreError>> + Send>>,
+);
+
+impl PendingImport {
+    pub(crate) fn new(
+        answer: impl std::future::Future<Output = Result<ChainHead, StoreError>> + Send + 'static,
+    ) -> Self {
+        Self(Box::pin(answer))
+    }
+
+    /// Waits for the answer: the head after the batch, or why it was refused (nothing of it
+    /// stored).
+    pub async fn wait(self) -> Result<ChainHead, StoreError> {
+        self.0.await
+    }
+}
+
+/// Most records one `import_records` call may carry (both stores write them in one batch).
+pub const IMPORT_BATCH_MAX: usize = 100_000;
+
+/// Checks the shape of an import batch (not empty, not over [`IMPORT_BATCH_MAX`]) and each
+/// record on its own ([`check_import`]), naming the position of the first bad one.
+pub(crate) fn check_import_batch(
+    records: &[Record],
+) -> Result<Vec<(Event, ImportCheck)>, StoreError> {
+    if records.is_empty() {
+        return Err(StoreError::InvalidAppend("no records to import".into()));
+    }
+    if records.len() > IMPORT_BATCH_MAX {
+        return Err(StoreError::InvalidAppend(format!(
+            "{} records in one import batch, at most {IMPORT_BATCH_MAX}",
+            records.len()
+        )));
+    }
+    records
+        .iter()
+        .map(|r| check_import(r).map_err(|e| import_refused(r.envelope.position, e)))
+        .collect()
+}
+
+/// A refusal of the record at `position` in an import batch, naming it (the whole batch is
+/// refused with it). Unavailability and damage pass through unchanged.
+pub(crate) fn import_refused(position: Position, e: StoreError) -> StoreError {
+    match e {
+        StoreError::InvalidAppend(_)
+        | StoreError::Codec(_)
+        | StoreError::DuplicateEventId { .. }
+        | StoreError::WrongExpectedVersion { .. } => StoreError::InvalidAppend(format!(
+            "imported record at position {position} refused: {e}"
+        )),
+        other => other,
+    }
+}
+
 /// When an append of `events` records after `head`, whose last record was recorded at
 /// `last`: `now` truncated to microseconds and never before `last`; for an import, the time
 /// its export recorded, once every other input of its hash (one record, its position, the

@@ -24,8 +24,8 @@ use self::segment::{
 use self::writer::{AppendRequest, PreparedEvent, Shared, Writer, WriterMsg};
 use super::subscription::{HeadSource, Subscription};
 use super::{
-    check_import, Appended, EventStore, ExpectedVersion, ImportCheck, NewEvent, StoreError,
-    READ_BATCH_MAX,
+    check_import, Appended, EventStore, ExpectedVersion, ImportCheck, NewEvent, PendingImport,
+    StoreError, READ_BATCH_MAX,
 };
 use crate::clock::Clock;
 
@@ -388,6 +388,73 @@ impl FileStore {
             Some(import),
         )
         .await
+    }
+
+    /// Appends `records` exactly as they were stored elsewhere, as one batch: what
+    /// [`Self::import_record`] does for each, in one writer batch and one `fdatasync`. Each
+    /// record is checked on its own, then against the one before it (or the head): position
+    /// dense, previous hash, time never decreasing, stream version, event id not stored, and
+    /// the hash recomputed once encoded here. All or nothing: the first record refused
+    /// refuses the batch, naming its position, and nothing of it is stored. Returns the head
+    /// after the batch.
+    pub async fn import_records(&self, records: &[Record]) -> Result<ChainHead, StoreError> {
+        self.submit_import(records).await?.wait().await
+    }
+
+    /// The first half of [`Self::import_records`]: checks the records on their own and hands
+    /// the batch to the writer, which writes batches in the order they are handed over.
+    pub async fn submit_import(&self, records: &[Record]) -> Result<PendingImport, StoreError> {
+        let checked = crate::store::check_import_batch(records)?;
+        let head = records
+            .last()
+            .map(|r| ChainHead {
+                position: r.envelope.position,
+                hash: r.envelope.hash,
+            })
+            .ok_or_else(|| StoreError::InvalidAppend("no records to import".into()))?;
+        let mut requests = Vec::with_capacity(records.len());
+        let mut answers = Vec::with_capacity(records.len());
+        for (record, (event, import)) in records.iter().zip(checked) {
+            let e = &record.envelope;
+            let (reply, answer) = oneshot::channel();
+            requests.push(AppendRequest {
+                stream: e.stream_id.clone(),
+                expected: ExpectedVersion::Exact(e.stream_version - 1),
+                events: vec![PreparedEvent {
+                    event_id: e.event_id,
+                    event_type: event.event_type(),
+                    schema_version: e.schema_version,
+                    payload: record.payload.clone(),
+                    actor: e.actor.clone(),
+                    correlation_id: e.correlation_id,
+                }],
+                reply,
+                import: Some(import),
+            });
+            answers.push(answer);
+        }
+        let unwritten = &self.inner.shared.unwritten;
+        unwritten.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        if self.tx.send(WriterMsg::Import(requests)).await.is_err() {
+            unwritten.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+            return Err(StoreError::Closed);
+        }
+        Ok(PendingImport::new(async move {
+            // A refused batch answers the refused record with the reason and drops the
+            // others' replies unanswered.
+            let mut unanswered = false;
+            for answer in answers {
+                match answer.await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => return Err(e),
+                    Err(_) => unanswered = true,
+                }
+            }
+            if unanswered {
+                return Err(StoreError::Closed);
+            }
+            Ok(head)
+        }))
     }
 
     async fn submit(

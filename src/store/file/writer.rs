@@ -17,6 +17,11 @@
 //! append is durable, and readers (who stop at the durable head) never see a record that is
 //! not. A retry of an append that is written but not yet durable is answered only once it is.
 //!
+//! An import batch (`FileStore::import_records`: exported records replayed verbatim, one
+//! request each) is a batch of its own, planned request by request by the same `plan` as
+//! appends, then written and synced like any batch; the first request refused refuses the
+//! whole batch and nothing of it is written.
+//!
 //! Failure handling: if a write fails (disk full, I/O error) the writer cuts the files back,
 //! removes the batch from the index and refuses the batch; the store stays usable. If
 //! `fdatasync` fails, the page cache may have dropped data nobody can know about, so the
@@ -47,7 +52,10 @@ use super::segment::{
 };
 use super::sync_dir;
 use crate::clock::Clock;
-use crate::store::{recorded_at, Appended, ExpectedVersion, ImportCheck, StoreError};
+use crate::store::{
+    check_imported_hash, import_refused, recorded_at, Appended, ExpectedVersion, ImportCheck,
+    StoreError,
+};
 
 /// Batches written but not yet synced before the writer waits for the syncer.
 const BATCHES_IN_FLIGHT_MAX: usize = 64;
@@ -87,6 +95,9 @@ pub(crate) struct AppendRequest {
 
 pub(crate) enum WriterMsg {
     Append(AppendRequest),
+    /// Exported records to replay verbatim, one request each (see
+    /// `FileStore::import_records`): written as a batch of their own, all or none.
+    Import(Vec<AppendRequest>),
     /// Finish what is queued before this message, then stop.
     Shutdown,
 }
@@ -281,7 +292,12 @@ impl Writer {
                 self.shared
                     .poison(format!("could not start the syncer thread: {e}"));
                 while let Some(msg) = rx.blocking_recv() {
-                    if let WriterMsg::Append(r) = msg {
+                    let requests = match msg {
+                        WriterMsg::Append(r) => vec![r],
+                        WriterMsg::Import(rs) => rs,
+                        WriterMsg::Shutdown => Vec::new(),
+                    };
+                    for r in requests {
                         let _ = r.reply.send(Err(StoreError::Poisoned(e.to_string())));
                     }
                 }
@@ -289,38 +305,49 @@ impl Writer {
             }
         };
         let mut stop = false;
+        // An import taken from the queue while appends were being gathered: it goes next,
+        // in a batch of its own.
+        let mut next_import = None;
         while !stop {
-            let Some(first) = rx.blocking_recv() else {
-                break;
-            };
             let mut requests = Vec::new();
             let mut events = 0usize;
-            match first {
-                WriterMsg::Append(r) => {
-                    events += r.events.len();
-                    requests.push(r);
+            let mut import = next_import.take();
+            if import.is_none() {
+                match rx.blocking_recv() {
+                    None => break,
+                    Some(WriterMsg::Append(r)) => {
+                        events += r.events.len();
+                        requests.push(r);
+                    }
+                    Some(WriterMsg::Import(rs)) => import = Some(rs),
+                    Some(WriterMsg::Shutdown) => stop = true,
                 }
-                WriterMsg::Shutdown => stop = true,
             }
-            while !stop && events < self.batch_events_max {
+            while import.is_none() && !stop && events < self.batch_events_max {
                 match rx.try_recv() {
                     Ok(WriterMsg::Append(r)) => {
                         events += r.events.len();
                         requests.push(r);
                     }
+                    Ok(WriterMsg::Import(rs)) => next_import = Some(rs),
                     Ok(WriterMsg::Shutdown) => stop = true,
                     Err(_) => break,
                 }
+                if next_import.is_some() {
+                    break;
+                }
             }
-            if !requests.is_empty() {
-                let taken = requests.len() as u64;
-                let written = self.process(requests);
-                self.shared.unwritten.fetch_sub(taken, Ordering::AcqRel);
-                if let Some(written) = written {
-                    if let Err(std_mpsc::SendError(w)) = to_syncer.send(written) {
-                        for (reply, _) in w.replies {
-                            let _ = reply.send(Err(StoreError::Closed));
-                        }
+            // Every message taken counts once in `unwritten` (see `FileStore::submit`).
+            let (taken, written) = match import {
+                Some(records) => (1, self.process_import(records)),
+                None if !requests.is_empty() => (requests.len() as u64, self.process(requests)),
+                None => (0, None),
+            };
+            self.shared.unwritten.fetch_sub(taken, Ordering::AcqRel);
+            if let Some(written) = written {
+                if let Err(std_mpsc::SendError(w)) = to_syncer.send(written) {
+                    for (reply, _) in w.replies {
+                        let _ = reply.send(Err(StoreError::Closed));
                     }
                 }
             }
@@ -339,34 +366,7 @@ impl Writer {
             }
             return None;
         }
-        // Size the batch's buffers once: reallocation shows up in profiles at high load.
-        let events: usize = requests.iter().map(|r| r.events.len()).sum();
-        let bytes: usize = requests
-            .iter()
-            .flat_map(|r| {
-                r.events
-                    .iter()
-                    .map(|e| e.record_len(&r.stream) + FRAME_HEADER_BYTES)
-            })
-            .sum();
-        let mut batch = Batch {
-            base: self.head.position,
-            head: self.head,
-            last_recorded_at: self.last_recorded_at,
-            segment: self.active_segment,
-            segment_len: self.active_len,
-            chunks: vec![Chunk {
-                segment: self.active_segment,
-                new_segment_first: None,
-                start: self.active_len,
-                bytes: Vec::with_capacity(bytes),
-            }],
-            placed: Vec::with_capacity(events),
-            streams: Vec::with_capacity(requests.len()),
-            versions: AHashMap::with_capacity(requests.len()),
-            ids: AHashMap::with_capacity(events),
-            accepted: Vec::new(),
-        };
+        let mut batch = self.new_batch(&requests);
         // Retries of appends written but not yet durable are answered with the batch.
         let mut deferred = Vec::new();
         {
@@ -399,6 +399,56 @@ impl Writer {
                 replies: deferred,
             });
         }
+        self.write_batch(batch, deferred)
+    }
+
+    /// Plans and writes the records of one import (one request each), all or none: the
+    /// first request refused refuses the batch, naming its position, and nothing is written.
+    /// A record whose event id is stored already is refused too (an import stores each id
+    /// once; it is not a retry).
+    fn process_import(&mut self, requests: Vec<AppendRequest>) -> Option<Written> {
+        if let Some(why) = self.shared.poisoned() {
+            for r in requests {
+                let _ = r.reply.send(Err(StoreError::Poisoned(why.clone())));
+            }
+            return None;
+        }
+        let mut batch = self.new_batch(&requests);
+        {
+            let index = self.shared.index.read();
+            let mut requests = requests.into_iter();
+            for request in requests.by_ref() {
+                let position = request.import.as_ref().map_or(0, |i| i.position);
+                let refused = match self.plan(&index, &mut batch, &request) {
+                    Ok(Verdict::New(appended)) => {
+                        batch.accepted.push((request.reply, appended));
+                        continue;
+                    }
+                    Ok(Verdict::Retry(stored)) => StoreError::DuplicateEventId {
+                        event_id: request
+                            .events
+                            .first()
+                            .map(|e| e.event_id)
+                            .unwrap_or_default(),
+                        position: *stored.positions.start(),
+                    },
+                    Err(e) => e,
+                };
+                // Nothing of the batch is written: the other requests' replies are dropped
+                // unanswered, this one carries the reason.
+                let _ = request.reply.send(Err(import_refused(position, refused)));
+                return None;
+            }
+        }
+        if batch.placed.is_empty() {
+            return None;
+        }
+        self.write_batch(batch, Vec::new())
+    }
+
+    /// Writes a planned batch; returns what the syncer must make durable and answer (the
+    /// batch's and `deferred`'s replies), or answers them all with the write error.
+    fn write_batch(&mut self, batch: Batch, deferred: Vec<(Reply, Appended)>) -> Option<Written> {
         match self.write(&batch) {
             Ok(new_files) => {
                 let mut written = self.publish_written(batch, new_files);
@@ -416,6 +466,38 @@ impl Writer {
                 }
                 None
             }
+        }
+    }
+
+    /// An empty batch on the writer's head, its buffers sized for `requests`.
+    fn new_batch(&self, requests: &[AppendRequest]) -> Batch {
+        // Size the batch's buffers once: reallocation shows up in profiles at high load.
+        let events: usize = requests.iter().map(|r| r.events.len()).sum();
+        let bytes: usize = requests
+            .iter()
+            .flat_map(|r| {
+                r.events
+                    .iter()
+                    .map(|e| e.record_len(&r.stream) + FRAME_HEADER_BYTES)
+            })
+            .sum();
+        Batch {
+            base: self.head.position,
+            head: self.head,
+            last_recorded_at: self.last_recorded_at,
+            segment: self.active_segment,
+            segment_len: self.active_len,
+            chunks: vec![Chunk {
+                segment: self.active_segment,
+                new_segment_first: None,
+                start: self.active_len,
+                bytes: Vec::with_capacity(bytes),
+            }],
+            placed: Vec::with_capacity(events),
+            streams: Vec::with_capacity(requests.len()),
+            versions: AHashMap::with_capacity(requests.len()),
+            ids: AHashMap::with_capacity(events),
+            accepted: Vec::new(),
         }
     }
 
@@ -526,6 +608,16 @@ impl Writer {
                 },
             });
             head = ChainHead { position, hash };
+        }
+        if let Some(import) = &request.import {
+            if let Err(e) = check_imported_hash(import, head.hash) {
+                chunk.bytes.truncate(bytes_before);
+                batch.placed.truncate(placed_before);
+                if opens_segment {
+                    batch.chunks.pop();
+                }
+                return Err(e);
+            }
         }
         let written = (chunk.bytes.len() - bytes_before) as u64;
         for (i, e) in request.events.iter().enumerate() {

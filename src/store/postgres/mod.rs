@@ -76,11 +76,11 @@ use self::rows::{
     all_event_columns, check_head, decode_head, decode_log, decode_stream, event_columns,
     StoredHead, READ_HEAD_ROW,
 };
-use self::writer::{AppendRequest, Counters, PreparedEvent, WriterConfig, WriterMsg};
+use self::writer::{AppendRequest, Counters, ImportBatch, PreparedEvent, WriterConfig, WriterMsg};
 use super::subscription::{HeadSource, Subscription};
 use super::{
-    check_import, Appended, EventStore, ExpectedVersion, ImportCheck, NewEvent, StoreError,
-    StoreStats, READ_BATCH_MAX,
+    check_import, Appended, EventStore, ExpectedVersion, ImportCheck, NewEvent, PendingImport,
+    StoreError, StoreStats, READ_BATCH_MAX,
 };
 use crate::clock::Clock;
 
@@ -427,6 +427,60 @@ impl PgStore {
             Some(import),
         )
         .await
+    }
+
+    /// Appends `records` exactly as they were stored elsewhere, as one batch: what
+    /// [`Self::import_record`] does for each, in one transaction that moves `ledger_head`
+    /// once (under its lock, so no other node interleaves). Each record is checked on its
+    /// own, then against the one before it (or the head): position dense, previous hash, time
+    /// never decreasing, stream version, event id not stored, and the hash recomputed once
+    /// encoded. All or nothing: the first record refused refuses the batch, naming its
+    /// position, and nothing of it is stored. Returns the head after the batch.
+    pub async fn import_records(&self, records: &[Record]) -> Result<ChainHead, StoreError> {
+        self.submit_import(records).await?.wait().await
+    }
+
+    /// The first half of [`Self::import_records`]: checks the records on their own and hands
+    /// the batch to the writer, which writes batches in the order they are handed over.
+    pub async fn submit_import(&self, records: &[Record]) -> Result<PendingImport, StoreError> {
+        let checked = crate::store::check_import_batch(records)?;
+        let mut bodies = Vec::with_capacity(records.len());
+        for (record, (event, import)) in records.iter().zip(checked) {
+            let e = &record.envelope;
+            let data_json = serde_json::to_string(&event.data_json()).map_err(|err| {
+                StoreError::InvalidAppend(format!(
+                    "record at position {}: event data as JSON: {err}",
+                    e.position
+                ))
+            })?;
+            let prepared = PreparedEvent {
+                event_id: e.event_id,
+                event_type: event.event_type(),
+                schema_version: e.schema_version,
+                payload: record.payload.clone(),
+                data_json,
+                actor: e.actor.clone(),
+                correlation_id: e.correlation_id,
+            };
+            bodies.push((
+                e.stream_id.clone(),
+                ExpectedVersion::Exact(e.stream_version - 1),
+                vec![prepared],
+                Some(import),
+            ));
+        }
+        let (reply, answer) = oneshot::channel();
+        if self
+            .tx
+            .send(WriterMsg::Import(ImportBatch { bodies, reply }))
+            .await
+            .is_err()
+        {
+            return Err(StoreError::Closed);
+        }
+        Ok(PendingImport::new(async move {
+            answer.await.map_err(|_| StoreError::Closed)?
+        }))
     }
 
     /// Reads like [`EventStore::read_all`], and also checks every row's JSON copy `data`

@@ -33,6 +33,15 @@
 //! connection, so the server runs them in the order they were planned, each right after the
 //! one it was planned on.
 //!
+//! **Imports** (`PgStore::import_records`) are a batch of their own, on the locked path: the
+//! head is locked and the streams' versions looked up as in 1, every record is planned as its
+//! own request by the same planner (so checked exactly as an append of it would be, plus its
+//! position, previous hash, time and recomputed hash), and the first record refused refuses
+//! the batch (rolled back, nothing stored). Otherwise the head moves once, with the same
+//! guard as 3, and the rows go in by binary `COPY`, then `COMMIT`. The batch's ids are not
+//! looked up first: the unique `event_id` refuses a copy holding a stored one, and the batch
+//! is then planned again with them, so that the refusal names the record.
+//!
 //! Either way commit order is position order and positions are dense, across nodes too: an
 //! append holds the head row from before it assigns positions (locked path) or from the
 //! guard's check (speculative path) until it commits. Payloads are encoded by the appending
@@ -50,13 +59,18 @@ use ledger_events::{
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
 use tokio_postgres::{Client, Config, Statement};
 use uuid::Uuid;
 
 use super::conn::{connect, pg_error, replicate};
 use super::rows::{actor_kind_name, all_event_columns, decode_row};
 use crate::clock::Clock;
-use crate::store::{recorded_at, Appended, ExpectedVersion, ImportCheck, StoreError};
+use crate::store::{
+    check_imported_hash, import_refused, recorded_at, Appended, ExpectedVersion, ImportCheck,
+    StoreError,
+};
 
 const LOCK_HEAD: &str = "SELECT last_position, last_hash, last_recorded_micros \
      FROM ledger_head WHERE id = 1 FOR UPDATE";
@@ -108,6 +122,87 @@ const WRITE: &str = "WITH head AS ( \
      ) \
      SELECT (SELECT count(*) FROM ins), pg_notify($6, head.last_position::text) FROM head";
 
+/// Moves the head of an import batch (guarded like [`WRITE`]: it must still be the head the
+/// batch was planned on) and notifies, before the batch's rows are copied in.
+const MOVE_HEAD: &str = "UPDATE ledger_head \
+        SET last_position = $1, last_hash = $2, last_recorded_micros = $3 \
+      WHERE id = 1 AND last_position = $4 AND last_hash = $5 \
+     RETURNING pg_notify($6, last_position::text)";
+
+/// The rows of an import batch, in binary COPY format.
+const COPY_EVENTS: &str = "COPY ledger_events (position, stream_id, stream_version, event_id, \
+     event_type, schema_version, recorded_at_micros, recorded_at, actor_kind, actor_name, \
+     correlation_id, payload, data, prev_hash, hash) FROM STDIN (FORMAT binary)";
+
+/// The column types of [`COPY_EVENTS`], in its order.
+const COPY_TYPES: [Type; 15] = [
+    Type::INT8,
+    Type::TEXT,
+    Type::INT8,
+    Type::UUID,
+    Type::TEXT,
+    Type::INT4,
+    Type::INT8,
+    Type::TIMESTAMPTZ,
+    Type::TEXT,
+    Type::TEXT,
+    Type::UUID,
+    Type::BYTEA,
+    Type::JSONB,
+    Type::BYTEA,
+    Type::BYTEA,
+];
+
+/// A `timestamptz` in binary form from microseconds since 1970 (the instant the hash covers).
+#[derive(Debug)]
+struct Timestamptz(i64);
+
+/// Microseconds from 1970-01-01 to PostgreSQL's epoch, 2000-01-01 (UTC).
+const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
+
+impl ToSql for Timestamptz {
+    fn to_sql(
+        &self,
+        _: &Type,
+        out: &mut bytes::BytesMut,
+    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        let micros = self
+            .0
+            .checked_sub(PG_EPOCH_MICROS)
+            .ok_or("recorded_at out of range")?;
+        out.extend_from_slice(&micros.to_be_bytes());
+        Ok(IsNull::No)
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        *ty == Type::TIMESTAMPTZ
+    }
+
+    to_sql_checked!();
+}
+
+/// JSON text as a `jsonb` value in binary form (version 1, then the text).
+#[derive(Debug)]
+struct Jsonb<'a>(&'a str);
+
+impl ToSql for Jsonb<'_> {
+    fn to_sql(
+        &self,
+        _: &Type,
+        out: &mut bytes::BytesMut,
+    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        out.extend_from_slice(&[1]);
+        out.extend_from_slice(self.0.as_bytes());
+        Ok(IsNull::No)
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        *ty == Type::JSONB
+    }
+
+    to_sql_checked!();
+}
+
 /// An event encoded by the appending task, waiting for its position.
 pub(crate) struct PreparedEvent {
     pub event_id: Uuid,
@@ -131,8 +226,17 @@ pub(crate) struct AppendRequest {
     pub import: Option<ImportCheck>,
 }
 
+/// Exported records to replay verbatim, one body each (see `PgStore::import_records`):
+/// written in one transaction of their own, all or none.
+pub(crate) struct ImportBatch {
+    pub bodies: Vec<Body>,
+    /// The head after the batch, or why the batch was refused.
+    pub reply: oneshot::Sender<Result<ChainHead, StoreError>>,
+}
+
 pub(crate) enum WriterMsg {
     Append(AppendRequest),
+    Import(ImportBatch),
     /// Finish what is queued before this message, then stop.
     Shutdown,
 }
@@ -354,6 +458,14 @@ enum Speculated {
 struct Queue {
     rx: mpsc::Receiver<WriterMsg>,
     stopping: bool,
+    /// An import taken from the queue while appends were being gathered: the next batch.
+    import: Option<ImportBatch>,
+}
+
+/// What a lane took from the queue.
+enum Work {
+    Appends(Vec<AppendRequest>),
+    Import(ImportBatch),
 }
 
 /// One lane of the writer: a connection running one append transaction at a time.
@@ -414,6 +526,7 @@ pub(crate) async fn run(config: WriterConfig, rx: mpsc::Receiver<WriterMsg>, lan
     let queue = Arc::new(tokio::sync::Mutex::new(Queue {
         rx,
         stopping: false,
+        import: None,
     }));
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..lanes.max(1) {
@@ -424,11 +537,11 @@ pub(crate) async fn run(config: WriterConfig, rx: mpsc::Receiver<WriterMsg>, lan
         let queue = queue.clone();
         tasks.spawn(async move {
             loop {
-                let (requests, turn) = lane.gather(&queue).await;
-                if requests.is_empty() {
-                    break;
+                match lane.gather(&queue).await {
+                    (Work::Appends(requests), _) if requests.is_empty() => break,
+                    (Work::Appends(requests), turn) => lane.process(requests, turn).await,
+                    (Work::Import(batch), turn) => lane.import(batch, turn).await,
                 }
-                lane.process(requests, turn).await;
             }
         });
     }
@@ -442,16 +555,17 @@ pub(crate) async fn run(config: WriterConfig, rx: mpsc::Receiver<WriterMsg>, lan
 
 impl Lane {
     /// Waits for the next batch: the first queued request, then this lane's turn to plan,
-    /// then every other request queued by then, up to `batch_events_max` events. Empty once
-    /// the writer stops.
-    async fn gather(
-        &self,
-        queue: &tokio::sync::Mutex<Queue>,
-    ) -> (Vec<AppendRequest>, Option<Turn>) {
+    /// then every other request queued by then, up to `batch_events_max` events, stopping
+    /// before an import (an import is a batch of its own). No appends once the writer stops.
+    async fn gather(&self, queue: &tokio::sync::Mutex<Queue>) -> (Work, Option<Turn>) {
         let mut q = queue.lock().await;
         let mut requests = Vec::new();
+        let turn = || self.config.speculation.turn.clone().lock_owned();
+        if let Some(import) = q.import.take() {
+            return (Work::Import(import), Some(turn().await));
+        }
         if q.stopping {
-            return (requests, None);
+            return (Work::Appends(requests), None);
         }
         let mut events = 0usize;
         match q.rx.recv().await {
@@ -459,20 +573,27 @@ impl Lane {
                 events += r.events.len();
                 requests.push(r);
             }
+            Some(WriterMsg::Import(import)) => {
+                return (Work::Import(import), Some(turn().await));
+            }
             Some(WriterMsg::Shutdown) | None => q.stopping = true,
         }
-        let turn = self.config.speculation.turn.clone().lock_owned().await;
+        let turn = turn().await;
         while !q.stopping && events < self.config.batch_events_max {
             match q.rx.try_recv() {
                 Ok(WriterMsg::Append(r)) => {
                     events += r.events.len();
                     requests.push(r);
                 }
+                Ok(WriterMsg::Import(import)) => {
+                    q.import = Some(import);
+                    break;
+                }
                 Ok(WriterMsg::Shutdown) => q.stopping = true,
                 Err(_) => break,
             }
         }
-        (requests, Some(turn))
+        (Work::Appends(requests), Some(turn))
     }
 
     /// The node's ordered insert connection, (re)connecting if needed. Called during the
@@ -844,14 +965,294 @@ impl Lane {
         _turn: Option<Turn>,
     ) -> Result<(), StoreError> {
         let config = self.config.clone();
+        let op_timeout = config.op_timeout;
+        let stats = &config.stats;
+
+        // 1. Lock the head, then look up versions and ids.
+        let snapshot = self.lock_snapshot(bodies, true).await?;
+
+        // 2. Plan in memory.
+        let planned_at = Instant::now();
+        let (plan, results) = plan_batch(&snapshot, config.clock.as_ref(), bodies);
+        let mut verdicts = Vec::with_capacity(bodies.len());
+        for (result, reply) in results.into_iter().zip(replies.iter_mut()) {
+            match result {
+                Ok(a) => verdicts.push(Some(a)),
+                Err(e) => {
+                    if let Some(reply) = reply.take() {
+                        let _ = reply.send(Err(e));
+                    }
+                    verdicts.push(None);
+                }
+            }
+        }
+        // Retries of appends committed before this batch are answered now.
+        for (verdict, reply) in verdicts.iter_mut().zip(replies.iter_mut()) {
+            if let Some(a) = verdict {
+                if *a.positions.end() <= plan.base {
+                    if let Some(reply) = reply.take() {
+                        let _ = reply.send(Ok(a.clone()));
+                    }
+                    *verdict = None;
+                }
+            }
+        }
+        add_nanos(&stats.plan_nanos, planned_at);
+
+        if let Some(stall) = config.stall_after_lock {
+            // Test hook: hold the head (and the positions just taken) for a while.
+            tokio::time::sleep(stall).await;
+        }
+
+        if plan.rows.is_empty() {
+            // Nothing to write: end the transaction to release the head.
+            let Some(conn) = self.conn.as_ref() else {
+                return Err(StoreError::Unavailable(
+                    "the writer lost its connection".into(),
+                ));
+            };
+            let end = tokio::time::timeout(op_timeout, conn.client.batch_execute("COMMIT")).await;
+            if !matches!(end, Ok(Ok(()))) {
+                self.conn = None;
+            }
+            return Ok(());
+        }
+
+        // 3. Write and commit.
+        let written_at = Instant::now();
+        let inserted = self.write_commit(&plan, &snapshot.head).await?;
+        committed(
+            &config,
+            written_at,
+            inserted,
+            plan.rows.len(),
+            plan.head.position,
+        );
+        for (verdict, reply) in verdicts.into_iter().zip(replies.iter_mut()) {
+            if let (Some(a), Some(reply)) = (verdict, reply.take()) {
+                let _ = reply.send(Ok(a));
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs one import batch in a transaction of its own and answers it.
+    async fn import(&mut self, batch: ImportBatch, turn: Option<Turn>) {
+        let stats = &self.config.stats;
+        stats.transactions.fetch_add(1, Ordering::Relaxed);
+        stats
+            .appends
+            .fetch_add(batch.bodies.len() as u64, Ordering::Relaxed);
+        let result = self.import_locked(&batch.bodies, turn).await;
+        if let Err(e) = &result {
+            if e.is_unavailable() {
+                tracing::warn!(error = %e, "import batch failed: database unavailable");
+            } else {
+                tracing::warn!(error = %e, "import batch refused");
+            }
+        }
+        let _ = batch.reply.send(result);
+    }
+
+    /// The import's transaction: on the locked path, every record planned as its own request
+    /// by the same planner as appends (so checked exactly as [`Self::transact`] checks it);
+    /// the first record refused refuses the batch, naming its position, and the transaction
+    /// is rolled back. A record whose event id is stored already is refused too (an import
+    /// stores each id once; it is not a retry). Otherwise the rows go in with the append's
+    /// guarded statement, moving `ledger_head` once, and commit.
+    async fn import_locked(
+        &mut self,
+        bodies: &[Body],
+        // Held until this returns, after the commit: see `run`.
+        _turn: Option<Turn>,
+    ) -> Result<ChainHead, StoreError> {
+        let config = self.config.clone();
+        // First without looking the batch's ids up (the usual case: none is stored; the
+        // unique `event_id` refuses the copy if one is), then, if one is, with them, so that
+        // the planner names the record.
+        for look_up_ids in [false, true] {
+            let snapshot = self.lock_snapshot(bodies, look_up_ids).await?;
+            let planned_at = Instant::now();
+            let (plan, results) = plan_batch(&snapshot, config.clock.as_ref(), bodies);
+            add_nanos(&config.stats.plan_nanos, planned_at);
+            for ((_, _, events, import), result) in bodies.iter().zip(results) {
+                let refused = match result {
+                    Ok(a) if !a.was_retry => continue,
+                    Ok(stored) => StoreError::DuplicateEventId {
+                        event_id: events.first().map(|e| e.event_id).unwrap_or_default(),
+                        position: *stored.positions.start(),
+                    },
+                    Err(e) => e,
+                };
+                self.abandon().await;
+                let position = import.as_ref().map_or(0, |i| i.position);
+                return Err(import_refused(position, refused));
+            }
+            if plan.rows.is_empty() {
+                self.abandon().await;
+                return Ok(snapshot.head);
+            }
+            let written_at = Instant::now();
+            match self.copy_commit(&plan, &snapshot.head).await? {
+                Copied::Rows(inserted) => {
+                    committed(
+                        &config,
+                        written_at,
+                        inserted,
+                        plan.rows.len(),
+                        plan.head.position,
+                    );
+                    return Ok(plan.head);
+                }
+                Copied::StoredId => continue,
+            }
+        }
+        Err(StoreError::Database(
+            "an import batch hit a stored event id that its lookup did not find".into(),
+        ))
+    }
+
+    /// Moves the head (guarded) and copies the planned rows in, then commits; the transaction
+    /// is the one [`Self::lock_snapshot`] began. Nothing is stored unless this returns
+    /// `Rows` (or an error saying the commit got no answer).
+    async fn copy_commit(
+        &mut self,
+        plan: &Plan<'_>,
+        old: &ChainHead,
+    ) -> Result<Copied, StoreError> {
+        let op_timeout = self.config.op_timeout;
+        let prepared = (|| {
+            Ok::<_, StoreError>((
+                to_i64(plan.head.position)?,
+                to_i64(old.position)?,
+                Columns::of(&plan.rows)?,
+            ))
+        })();
+        let (new_position, old_position, columns) = match prepared {
+            Ok(p) => p,
+            Err(e) => {
+                self.abandon().await;
+                return Err(e);
+            }
+        };
+        let Some(conn) = self.conn.as_ref() else {
+            return Err(StoreError::Unavailable(
+                "the writer lost its connection".into(),
+            ));
+        };
+        let client = &conn.client;
+        let channel = self.config.channel.as_str();
+        let last_micros = plan.last_recorded_at.timestamp_micros();
+        let copy = async {
+            let moved = client
+                .query_opt(
+                    MOVE_HEAD,
+                    &[
+                        &new_position,
+                        &plan.head.hash.0.as_slice(),
+                        &last_micros,
+                        &old_position,
+                        &old.hash.0.as_slice(),
+                        &channel,
+                    ],
+                )
+                .await?;
+            if moved.is_none() {
+                return Ok(None);
+            }
+            let sink = client.copy_in(COPY_EVENTS).await?;
+            let writer = BinaryCopyInWriter::new(sink, &COPY_TYPES);
+            let mut writer = std::pin::pin!(writer);
+            let c = &columns;
+            for i in 0..c.positions.len() {
+                let recorded_at = Timestamptz(c.micros[i]);
+                let data = Jsonb(c.data[i]);
+                writer
+                    .as_mut()
+                    .write(&[
+                        &c.positions[i],
+                        &c.streams[i],
+                        &c.versions[i],
+                        &c.ids[i],
+                        &c.types[i],
+                        &c.schema_versions[i],
+                        &c.micros[i],
+                        &recorded_at,
+                        &c.actor_kinds[i],
+                        &c.actor_names[i],
+                        &c.correlation_ids[i],
+                        &c.payloads[i],
+                        &data,
+                        &c.prev_hashes[i],
+                        &c.hashes[i],
+                    ])
+                    .await?;
+            }
+            writer.finish().await.map(Some)
+        };
+        let copied = match tokio::time::timeout(op_timeout, copy).await {
+            Err(_) => {
+                // Nothing committed; closing the connection rolls it back.
+                self.conn = None;
+                return Err(StoreError::Unavailable(format!(
+                    "writing an import batch: no answer within {op_timeout:?}; nothing of it \
+                     was stored"
+                )));
+            }
+            Ok(Err(e)) => {
+                let stored_id =
+                    e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION);
+                let e = pg_error("writing an import batch", &e);
+                self.abandon().await;
+                if stored_id {
+                    return Ok(Copied::StoredId);
+                }
+                return Err(e);
+            }
+            Ok(Ok(None)) => {
+                self.abandon().await;
+                return Err(StoreError::Database(format!(
+                    "the log head moved from position {} while it was locked; nothing was \
+                     written",
+                    old.position
+                )));
+            }
+            Ok(Ok(Some(n))) => n,
+        };
+        let Some(conn) = self.conn.as_ref() else {
+            return Err(StoreError::Unavailable(
+                "the writer lost its connection".into(),
+            ));
+        };
+        let commit = tokio::time::timeout(op_timeout, conn.client.batch_execute("COMMIT")).await;
+        if !matches!(commit, Ok(Ok(()))) {
+            self.conn = None;
+            return Err(StoreError::Unavailable(
+                "committing an import batch: no answer; it may or may not be stored, run the \
+                 import again to find out (it goes on after what is stored)"
+                    .into(),
+            ));
+        }
+        Ok(Copied::Rows(i64::try_from(copied).unwrap_or(-1)))
+    }
+
+    /// Begins a transaction, locks the head row, then looks up the versions of the batch's
+    /// streams and (with `look_up_ids`) its ids already stored (pipelined, in this order; see
+    /// the module doc).
+    async fn lock_snapshot(
+        &mut self,
+        bodies: &[Body],
+        look_up_ids: bool,
+    ) -> Result<Snapshot, StoreError> {
+        let config = self.config.clone();
         config.speculation.known.lock().forget();
         let op_timeout = config.op_timeout;
         let stats = &config.stats;
         let conn = self.connection().await?;
-
-        let (streams, ids) = keys(bodies);
-
-        // 1. Lock the head, then look up versions and ids (pipelined, in this order).
+        let (streams, mut ids) = keys(bodies);
+        if !look_up_ids {
+            ids.clear();
+        }
         let started = Instant::now();
         let step = tokio::time::timeout(
             op_timeout,
@@ -888,58 +1289,26 @@ impl Lane {
             }
         };
         add_nanos(&stats.lock_nanos, started);
+        Ok(snapshot)
+    }
 
-        // 2. Plan in memory.
-        let planned_at = Instant::now();
-        let (plan, results) = plan_batch(&snapshot, config.clock.as_ref(), bodies);
-        let mut verdicts = Vec::with_capacity(bodies.len());
-        for (result, reply) in results.into_iter().zip(replies.iter_mut()) {
-            match result {
-                Ok(a) => verdicts.push(Some(a)),
-                Err(e) => {
-                    if let Some(reply) = reply.take() {
-                        let _ = reply.send(Err(e));
-                    }
-                    verdicts.push(None);
-                }
+    /// Writes a planned batch with the guarded statement (the head must still be `old`) and
+    /// commits (pipelined); returns the rows inserted. On `Err` nothing is stored, or, when
+    /// the commit got no answer, it may be (the error says so).
+    async fn write_commit(&mut self, plan: &Plan<'_>, old: &ChainHead) -> Result<i64, StoreError> {
+        let op_timeout = self.config.op_timeout;
+        let write_params = match WriteParams::of(plan, old, &self.config.channel) {
+            Ok(params) => params,
+            Err(e) => {
+                self.abandon().await;
+                return Err(e);
             }
-        }
-        // Retries of appends committed before this batch are answered now.
-        for (verdict, reply) in verdicts.iter_mut().zip(replies.iter_mut()) {
-            if let Some(a) = verdict {
-                if *a.positions.end() <= plan.base {
-                    if let Some(reply) = reply.take() {
-                        let _ = reply.send(Ok(a.clone()));
-                    }
-                    *verdict = None;
-                }
-            }
-        }
-        add_nanos(&stats.plan_nanos, planned_at);
-
-        if let Some(stall) = config.stall_after_lock {
-            // Test hook: hold the head (and the positions just taken) for a while.
-            tokio::time::sleep(stall).await;
-        }
-
+        };
         let Some(conn) = self.conn.as_ref() else {
             return Err(StoreError::Unavailable(
                 "the writer lost its connection".into(),
             ));
         };
-        if plan.rows.is_empty() {
-            // Nothing to write: end the transaction to release the head.
-            let end = tokio::time::timeout(op_timeout, conn.client.batch_execute("COMMIT")).await;
-            if !matches!(end, Ok(Ok(()))) {
-                self.conn = None;
-            }
-            return Ok(());
-        }
-
-        // 3. Write and commit (pipelined).
-        let new_head = plan.head;
-        let write_params = WriteParams::of(&plan, &snapshot.head, &config.channel)?;
-        let written_at = Instant::now();
         let result = tokio::time::timeout(
             op_timeout,
             join(
@@ -970,7 +1339,7 @@ impl Lane {
                 return Err(StoreError::Database(format!(
                     "the log head moved from position {} while it was locked; nothing was \
                      written",
-                    snapshot.head.position
+                    old.position
                 )))
             }
             Ok(Some(row)) => row.try_get::<_, i64>(0).unwrap_or(-1),
@@ -982,19 +1351,7 @@ impl Lane {
                 "{e}; the batch may or may not be stored, retry with the same event ids"
             )));
         }
-        committed(
-            &config,
-            written_at,
-            inserted,
-            plan.rows.len(),
-            new_head.position,
-        );
-        for (verdict, reply) in verdicts.into_iter().zip(replies.iter_mut()) {
-            if let (Some(a), Some(reply)) = (verdict, reply.take()) {
-                let _ = reply.send(Ok(a));
-            }
-        }
-        Ok(())
+        Ok(inserted)
     }
 
     /// Ends a transaction that failed before writing; drops the connection if even that
@@ -1018,8 +1375,16 @@ impl Lane {
     }
 }
 
+/// How an import's copy ended.
+enum Copied {
+    /// Committed, with the rows copied.
+    Rows(i64),
+    /// An event id of the batch is stored already; rolled back, nothing stored.
+    StoredId,
+}
+
 /// One request of a batch, without its reply.
-type Body = (
+pub(crate) type Body = (
     StreamId,
     ExpectedVersion,
     Vec<PreparedEvent>,
@@ -1332,12 +1697,7 @@ impl<'a> Plan<'a> {
             head = ChainHead { position, hash };
         }
         if let Some(import) = import {
-            if head.hash != import.hash {
-                return Err(StoreError::InvalidAppend(format!(
-                    "imported record at position {} hashes to {} here, not {}",
-                    import.position, head.hash, import.hash
-                )));
-            }
+            check_imported_hash(import, head.hash)?;
         }
         let stream_version = actual + events.len() as StreamVersion;
         for row in rows {
