@@ -53,23 +53,34 @@ impl Ledger {
             .index
             .history(license, self.indexed(), offset, limit)
             .map_err(|e| self.index_failed(e))?;
-        let mut records = Vec::with_capacity(positions.len());
-        for p in positions {
-            records.push(self.indexed_record(p).await?);
-        }
+        let mut records = self.indexed_records(&positions).await?;
+        records.reverse();
         Ok((total, records))
     }
 
-    /// The record at `position`, which the index names: its absence is an internal error.
-    async fn indexed_record(&self, position: Position) -> Result<Record, AppError> {
-        match self.record_at(position).await? {
-            Some(record) => Ok(record),
-            None => Err(
-                self.index_failed(crate::derived::DerivedError::Damaged(format!(
-                    "the index names position {position}, which the log does not have"
-                ))),
-            ),
+    /// The records at `positions` (any order), which the index names, ascending: one read
+    /// per [`READ_BATCH_MAX`] positions. A position the log does not have condemns the index.
+    pub async fn indexed_records(&self, positions: &[Position]) -> Result<Vec<Record>, AppError> {
+        let mut wanted = positions.to_vec();
+        wanted.sort_unstable();
+        let mut out = Vec::with_capacity(wanted.len());
+        for chunk in wanted.chunks(READ_BATCH_MAX) {
+            let records = self.store.read_positions(chunk).await?;
+            if records.len() != chunk.len() {
+                let missing = chunk
+                    .iter()
+                    .find(|p| !records.iter().any(|r| r.envelope.position == **p))
+                    .copied()
+                    .unwrap_or_default();
+                return Err(
+                    self.index_failed(crate::derived::DerivedError::Damaged(format!(
+                        "the index names position {missing}, which the log does not have"
+                    ))),
+                );
+            }
+            out.extend(records);
         }
+        Ok(out)
     }
 
     /// Up to `limit` positions in `lo..=hi` matching `filter`, newest first; the range is
@@ -170,15 +181,13 @@ impl Ledger {
     ) -> Result<Option<ledger_projections::LicenseRow>, AppError> {
         self.index_usable()?;
         let position = self.position_of(until).await?.min(self.indexed());
-        let (_, mut positions) = self
+        let (_, positions) = self
             .derived
             .index
             .history(license, position, 0, usize::MAX)
             .map_err(|e| self.index_failed(e))?;
-        positions.reverse();
         let view = LedgerView::new();
-        for p in positions {
-            let record = self.indexed_record(p).await?;
+        for record in self.indexed_records(&positions).await? {
             let event = record
                 .event()
                 .map_err(|e| AppError::Store(crate::store::StoreError::from(e)))?;

@@ -538,17 +538,14 @@ async fn search_events(state: State, _caller: As<Readers>, Query(q): Query<Searc
     )?;
     let view = ledger.view();
     let mut items = Vec::with_capacity(found.positions.len());
-    for p in found.positions {
-        let record = ledger
-            .record_at(p)
-            .await?
-            .ok_or_else(|| internal("the log index names a position the log does not have", p))?;
-        match filter.item(view, &record)? {
+    // Newest first, as the index listed them.
+    for record in ledger.indexed_records(&found.positions).await?.iter().rev() {
+        match filter.item(view, record)? {
             Some(item) => items.push(item),
             None => {
                 // The index and the record disagree: the index is derived, the log wins.
                 tracing::warn!(
-                    position = p,
+                    position = record.envelope.position,
                     "the log index listed a record its filter does not match"
                 );
             }

@@ -201,6 +201,24 @@ pub async fn read_all_returns_every_stream_in_position_order(h: &Harness) {
         .unwrap_or_else(|e| panic!("{e}"));
     let positions: Vec<u64> = page.iter().map(|r| r.envelope.position).collect();
     assert_eq!(positions, vec![2, 3]);
+    // By positions: the records asked for that are stored, ascending, equal to read_all's.
+    let some = h
+        .store
+        .read_positions(&[1, 3, 5, 6, 99])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let expected: Vec<_> = all
+        .iter()
+        .filter(|r| [1, 3, 5].contains(&r.envelope.position))
+        .cloned()
+        .collect();
+    assert_eq!(some, expected);
+    assert!(h
+        .store
+        .read_positions(&[])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .is_empty());
 }
 
 /// `NoStream`, `Exact` and `Any` behave as documented; a conflict names the actual version.

@@ -862,6 +862,20 @@ impl EventStore for FileStore {
         blocking(move || inner.read_all_blocking(from_position, limit)).await
     }
 
+    async fn read_positions(&self, positions: &[Position]) -> Result<Vec<Record>, StoreError> {
+        let head = self.inner.shared.index.read().head.position;
+        let mut wanted: Vec<Position> = positions
+            .iter()
+            .copied()
+            .filter(|&p| (1..=head).contains(&p))
+            .take(READ_BATCH_MAX)
+            .collect();
+        wanted.sort_unstable();
+        wanted.dedup();
+        let inner = self.inner.clone();
+        blocking(move || inner.read_positions(&wanted)).await
+    }
+
     async fn head(&self) -> Result<ChainHead, StoreError> {
         Ok(self.inner.shared.index.read().head)
     }

@@ -73,8 +73,8 @@ use tokio_postgres::types::ToSql;
 use self::conn::{pg_config, pg_error, pool_error, read_pool, timed};
 use self::listen::{Listener, READ_HEAD};
 use self::rows::{
-    all_event_columns, check_head, decode_head, decode_log, decode_stream, event_columns,
-    StoredHead, READ_HEAD_ROW,
+    all_event_columns, check_head, decode_head, decode_log, decode_rows, decode_stream,
+    event_columns, StoredHead, READ_HEAD_ROW,
 };
 use self::writer::{AppendRequest, Counters, ImportBatch, PreparedEvent, WriterConfig, WriterMsg};
 use super::subscription::{HeadSource, Subscription};
@@ -96,6 +96,13 @@ const READ_ALL: &str = concat!(
     "SELECT ",
     event_columns!(),
     " FROM ledger_events WHERE position >= $1 ORDER BY position LIMIT $2"
+);
+
+/// The records at a set of positions.
+const READ_POSITIONS: &str = concat!(
+    "SELECT ",
+    event_columns!(),
+    " FROM ledger_events WHERE position = ANY($1) ORDER BY position"
 );
 
 /// [`READ_ALL`] with every column, `data` included: what `verify` reads.
@@ -590,6 +597,21 @@ impl ReadSide {
         decode_log(&rows, &self.table, from)
     }
 
+    async fn read_positions(&self, positions: &[Position]) -> Result<Vec<Record>, StoreError> {
+        let wanted: Vec<i64> = positions
+            .iter()
+            .take(READ_BATCH_MAX)
+            .map(|&p| clamp_i64(p))
+            .collect();
+        if wanted.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = self
+            .query("reading records", READ_POSITIONS, &[&wanted])
+            .await?;
+        decode_rows(&rows, &self.table)
+    }
+
     async fn read_stream(
         &self,
         stream: &StreamId,
@@ -735,6 +757,10 @@ impl EventStore for PgStore {
         limit: usize,
     ) -> Result<Vec<Record>, StoreError> {
         self.inner.read.read_all(from_position, limit).await
+    }
+
+    async fn read_positions(&self, positions: &[Position]) -> Result<Vec<Record>, StoreError> {
+        self.inner.read.read_positions(positions).await
     }
 
     async fn head(&self) -> Result<ChainHead, StoreError> {

@@ -309,6 +309,11 @@ pub(crate) fn check_head(
 /// every row must verify, every position must be there, in order, and each record must chain
 /// to the one before it. Rows are verified first, so an altered row is named as such even when
 /// the alteration also moved it.
+/// Rows read by position (each row checked on its own, as every read does).
+pub(crate) fn decode_rows(rows: &[Row], table: &str) -> Result<Vec<Record>, StoreError> {
+    decode_all(rows, table)
+}
+
 pub(crate) fn decode_log(
     rows: &[Row],
     table: &str,
