@@ -35,7 +35,11 @@ mkdir -p "$WORK"
 BIN=target/release/license-ledger
 
 cargo build --release --quiet --bin license-ledger --example load_seed --example year_probe
-trap 'kill "${SERVER:-}" 2>/dev/null || true; [ -n "${KEEP:-}" ] || rm -rf "$WORK"' EXIT
+# The commit the binaries were built from (later commits must not relabel these results).
+COMMIT=$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src events projections || echo -dirty)
+trap 'kill "${SERVER:-}" 2>/dev/null || true
+      [ -n "${schema:-}" ] && psql "$DATABASE_URL" -qc "drop schema if exists $schema cascade" 2>/dev/null
+      [ -n "${KEEP:-}" ] || rm -rf "$WORK"' EXIT
 
 now_ms() { date +%s%3N; }
 rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
@@ -108,6 +112,7 @@ for size in $SIZES; do
   if [ "$store" = postgres ]; then
     log_bytes=$(psql "$DATABASE_URL" -Atc "select pg_total_relation_size('$schema.ledger_events')")
     psql "$DATABASE_URL" -qc "drop schema $schema cascade"
+    schema=
   else
     log_bytes=$(du -sb --exclude=derived --exclude=index "$DATA" | cut -f1)
   fi
@@ -119,7 +124,7 @@ import json, sys, platform, subprocess, os
 probe = json.loads('''$probe''')
 line = {
   "date": "$(date -u +%Y-%m-%dT%H:%M:%SZ)",
-  "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip(),
+  "commit": "$COMMIT",
   "machine": f"{platform.machine()} {os.cpu_count()} cores {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') >> 30} GiB",
   "store": "$store",
   "licenses": $licenses, "days": $days, "records": $records, "seed_s": $seed_s,
