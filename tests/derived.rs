@@ -99,6 +99,32 @@ struct Answers {
     as_of: BTreeMap<Position, Vec<u8>>,
 }
 
+/// The searches compared, by name: every customer and none, times every event type, none,
+/// and a pair of types.
+fn filters(view: &ledger_projections::view::LedgerView) -> Vec<(String, Filter)> {
+    let mut out = Vec::new();
+    let customers: Vec<_> = view.customers().iter().map(|c| c.cnpj).collect();
+    for customer in customers.into_iter().map(Some).chain([None]) {
+        for event_types in EVENT_TYPES
+            .iter()
+            .map(|(t, _)| Some(vec![(*t).to_owned()]))
+            .chain([
+                None,
+                Some(vec!["LicenseBound".into(), "LicenseUnlinked".into()]),
+            ])
+        {
+            out.push((
+                format!("{customer:?} {event_types:?}"),
+                Filter {
+                    event_types,
+                    customer,
+                },
+            ));
+        }
+    }
+    out
+}
+
 /// Pages through a search to its end, checking each page's limit.
 fn search_all(ledger: &Ledger, filter: &Filter, head: Position) -> Vec<Position> {
     let mut all = Vec::new();
@@ -143,25 +169,8 @@ async fn answers(ledger: &Ledger) -> Answers {
         histories.insert(id.get(), (total, positions));
     }
     let mut searches = BTreeMap::new();
-    let customers: Vec<_> = ledger.view().customers().iter().map(|c| c.cnpj).collect();
-    for cnpj in customers.iter().map(Some).chain([None]) {
-        for types in EVENT_TYPES
-            .iter()
-            .map(|(t, _)| Some(vec![(*t).to_owned()]))
-            .chain([
-                None,
-                Some(vec!["LicenseBound".into(), "LicenseUnlinked".into()]),
-            ])
-        {
-            let filter = Filter {
-                event_types: types.clone(),
-                customer: cnpj.copied(),
-            };
-            searches.insert(
-                format!("{cnpj:?} {types:?}"),
-                search_all(ledger, &filter, head),
-            );
-        }
+    for (name, filter) in filters(ledger.view()) {
+        searches.insert(name, search_all(ledger, &filter, head));
     }
     let mut as_of = BTreeMap::new();
     for p in [
@@ -240,29 +249,22 @@ async fn reference(dir: &Path) -> Answers {
         })
         .collect();
     let mut searches = BTreeMap::new();
-    let customers: Vec<_> = view.customers().iter().map(|c| c.cnpj).collect();
-    for cnpj in customers.iter().map(Some).chain([None]) {
-        for types in EVENT_TYPES
+    for (name, filter) in filters(&view) {
+        let hits: Vec<Position> = records
             .iter()
-            .map(|(t, _)| Some(vec![(*t).to_owned()]))
-            .chain([
-                None,
-                Some(vec!["LicenseBound".into(), "LicenseUnlinked".into()]),
-            ])
-        {
-            let hits: Vec<Position> = records
-                .iter()
-                .rev()
-                .filter(|r| {
-                    types
-                        .as_ref()
-                        .is_none_or(|ts| ts.contains(&r.envelope.event_type))
-                        && cnpj.is_none_or(|c| customer_of[&r.envelope.position] == Some(*c))
-                })
-                .map(|r| r.envelope.position)
-                .collect();
-            searches.insert(format!("{cnpj:?} {types:?}"), hits);
-        }
+            .rev()
+            .filter(|r| {
+                filter
+                    .event_types
+                    .as_ref()
+                    .is_none_or(|ts| ts.contains(&r.envelope.event_type))
+                    && filter
+                        .customer
+                        .is_none_or(|c| customer_of[&r.envelope.position] == Some(c))
+            })
+            .map(|r| r.envelope.position)
+            .collect();
+        searches.insert(name, hits);
     }
     let mut as_of = BTreeMap::new();
     for p in [

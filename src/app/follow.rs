@@ -23,7 +23,7 @@ pub(super) struct Resume {
 }
 
 /// The record at `position`, if stored.
-async fn record_at(
+pub(super) async fn record_at(
     store: &dyn EventStore,
     position: Position,
 ) -> Result<Option<Record>, StoreError> {
@@ -61,38 +61,59 @@ pub(super) async fn resume(
         derived.reset_index()?;
     }
     let limit = derived.index.covers().position;
-    let mut view = None;
+    let mut view = LedgerView::new();
     if let Some(snapshots) = &derived.snapshots {
-        for position in snapshots.positions()?.into_iter().rev() {
+        for position in snapshots.positions()? {
             if position > head.position {
                 tracing::info!(position, "removing a snapshot past the log's head");
                 snapshots.remove(position)?;
-                continue;
             }
-            if position > limit {
-                continue;
+        }
+        view = newest_confirmed(store, snapshots, limit, OnFailure::Remove).await?;
+        if view.position() > 0 {
+            tracing::info!(
+                position = view.position(),
+                head = head.position,
+                "resuming the read models from a snapshot"
+            );
+        }
+    }
+    Ok(Resume { view, derived })
+}
+
+/// What to do with a snapshot that fails its checks.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum OnFailure {
+    /// Remove it (at start: the log rebuilds it).
+    Remove,
+    /// Leave it (an as-of request, beside the applier that owns the files).
+    Skip,
+}
+
+/// The newest snapshot at or below `at_most` that the log confirms, restored; an empty view
+/// when there is none.
+pub(super) async fn newest_confirmed(
+    store: &dyn EventStore,
+    snapshots: &crate::derived::Snapshots,
+    at_most: Position,
+    on_failure: OnFailure,
+) -> Result<LedgerView, AppError> {
+    for position in snapshots.positions()?.into_iter().rev() {
+        if position > at_most {
+            continue;
+        }
+        match restore(store, snapshots, position).await {
+            Ok(view) => return Ok(view),
+            Err(why) if on_failure == OnFailure::Remove => {
+                tracing::warn!(position, %why, "a snapshot failed its checks: removed, the log rebuilds it");
+                snapshots.remove(position)?;
             }
-            match restore(store, snapshots, position).await {
-                Ok(restored) => {
-                    tracing::info!(
-                        position,
-                        head = head.position,
-                        "resuming the read models from a snapshot"
-                    );
-                    view = Some(restored);
-                    break;
-                }
-                Err(why) => {
-                    tracing::warn!(position, %why, "a snapshot failed its checks: removed, the log rebuilds it");
-                    snapshots.remove(position)?;
-                }
+            Err(why) => {
+                tracing::warn!(position, %why, "a snapshot failed its checks: skipped");
             }
         }
     }
-    Ok(Resume {
-        view: view.unwrap_or_default(),
-        derived,
-    })
+    Ok(LedgerView::new())
 }
 
 /// Reads, checks and decodes the snapshot of `position`.

@@ -548,8 +548,7 @@ impl Ledger {
         &self,
         position: Position,
     ) -> Result<Option<ledger_events::Record>, AppError> {
-        let mut records = self.store.read_all(position, 1).await?;
-        Ok(records.pop().filter(|r| r.envelope.position == position))
+        Ok(follow::record_at(self.store.as_ref(), position).await?)
     }
 
     /// The log's durable head.

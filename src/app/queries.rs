@@ -9,6 +9,7 @@ use ledger_events::{LicenseId, Position, Record};
 use ledger_projections::asof::AsOf;
 use ledger_projections::view::{LedgerView, ProjectionError};
 
+use super::follow::OnFailure;
 use super::{AppError, Ledger};
 use crate::derived::index::{Filter, Found};
 use crate::derived::Derived;
@@ -229,19 +230,10 @@ async fn checkpoint_before(
     derived: &Derived,
     position: Position,
 ) -> Result<LedgerView, AppError> {
-    let Some(snapshots) = &derived.snapshots else {
-        return Ok(LedgerView::new());
-    };
-    for p in snapshots.positions()?.into_iter().rev() {
-        if p > position {
-            continue;
+    match &derived.snapshots {
+        Some(snapshots) => {
+            super::follow::newest_confirmed(store, snapshots, position, OnFailure::Skip).await
         }
-        match super::follow::restore(store, snapshots, p).await {
-            Ok(view) => return Ok(view),
-            Err(why) => {
-                tracing::warn!(position = p, %why, "an as-of checkpoint failed its checks: skipped");
-            }
-        }
+        None => Ok(LedgerView::new()),
     }
-    Ok(LedgerView::new())
 }
