@@ -488,3 +488,75 @@ fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_index_alone_answers_a_history_only_when_it_covers_the_head() {
+    use license_ledger::app::queries::history_from_index;
+    let dir = tempfile::tempdir().unwrap();
+    seed(dir.path()).await;
+    let truth = reference(dir.path()).await;
+    let config = DerivedConfig {
+        dir: Some(derived_dir(dir.path())),
+        checkpoint_every: CHECKPOINT_EVERY,
+    };
+    let clock = Arc::new(ManualClock::new(now()));
+    let store_config = || FileStoreConfig::new(dir.path().join("data"));
+
+    // Nothing derived yet: the index cannot answer; the caller resumes a ledger.
+    let store = FileStore::open(store_config(), clock.clone())
+        .await
+        .unwrap();
+    let id = LicenseId::new(1).unwrap();
+    assert!(history_from_index(&store, &config, id)
+        .await
+        .unwrap()
+        .is_none());
+    store.close().await.unwrap();
+
+    // After a ledger's stop the index covers the head: every Histórico from it alone.
+    let (store, ledger) = open(dir.path()).await;
+    close(store, ledger).await;
+    let store = FileStore::open(store_config(), clock.clone())
+        .await
+        .unwrap();
+    for (&id, (_, positions)) in &truth.histories {
+        let records = history_from_index(&store, &config, LicenseId::new(id).unwrap())
+            .await
+            .unwrap()
+            .expect("the index covers the head");
+        let got: Vec<Position> = records.iter().map(|r| r.envelope.position).collect();
+        assert_eq!(&got, positions, "license {id}");
+    }
+    let unknown = LicenseId::new(truth.histories.len() as u32 + 100).unwrap();
+    assert_eq!(
+        history_from_index(&store, &config, unknown)
+            .await
+            .unwrap()
+            .map(|r| r.len()),
+        Some(0)
+    );
+
+    // A record appended after the stop: the index no longer covers the head.
+    let head = store.head().await.unwrap();
+    let mut last = store.read_all(head.position, 1).await.unwrap();
+    let record = last.pop().unwrap();
+    let event = record.event().unwrap();
+    let stream = record.envelope.stream_id.clone();
+    store
+        .append(
+            &stream,
+            license_ledger::store::ExpectedVersion::Exact(record.envelope.stream_version),
+            vec![license_ledger::store::NewEvent::new(
+                event,
+                record.envelope.actor.clone(),
+                uuid::Uuid::now_v7(),
+            )],
+        )
+        .await
+        .unwrap();
+    assert!(history_from_index(&store, &config, id)
+        .await
+        .unwrap()
+        .is_none());
+    store.close().await.unwrap();
+}

@@ -62,26 +62,10 @@ impl Ledger {
     /// The records at `positions` (any order), which the index names, ascending: one read
     /// per [`READ_BATCH_MAX`] positions. A position the log does not have condemns the index.
     pub async fn indexed_records(&self, positions: &[Position]) -> Result<Vec<Record>, AppError> {
-        let mut wanted = positions.to_vec();
-        wanted.sort_unstable();
-        let mut out = Vec::with_capacity(wanted.len());
-        for chunk in wanted.chunks(READ_BATCH_MAX) {
-            let records = self.store.read_positions(chunk).await?;
-            if records.len() != chunk.len() {
-                let missing = chunk
-                    .iter()
-                    .find(|p| !records.iter().any(|r| r.envelope.position == **p))
-                    .copied()
-                    .unwrap_or_default();
-                return Err(
-                    self.index_failed(crate::derived::DerivedError::Damaged(format!(
-                        "the index names position {missing}, which the log does not have"
-                    ))),
-                );
-            }
-            out.extend(records);
+        match read_indexed(self.store.as_ref(), positions).await? {
+            Ok(records) => Ok(records),
+            Err(missing) => Err(self.index_failed(missing)),
         }
-        Ok(out)
     }
 
     /// Up to `limit` positions in `lo..=hi` matching `filter`, newest first; the range is
@@ -137,28 +121,46 @@ impl Ledger {
     }
 
     /// The read models as they were at `until` (a position or a time): the newest checkpoint
-    /// at or before it, plus the records after it. One such view is built at a time, on the
-    /// ledger's background thread (lowest priority: check-ins come first); the last one built
-    /// is kept for the requests that ask for the same position.
+    /// at or before it, plus the records after it. See [`Ledger::read_as_of`].
     pub async fn view_as_of(&self, until: AsOf) -> Result<Arc<LedgerView>, AppError> {
+        self.read_as_of(until, |view| view.clone()).await
+    }
+
+    /// Runs `read` on the read models as they were at `until`, on the ledger's background
+    /// thread (lowest priority: check-ins come first). Everything that costs in proportion
+    /// to the table happens there: building the view (the newest checkpoint at or before
+    /// `until`, plus the records after it), `read` itself (a page of a 100,000-row table is
+    /// a scan and a sort), and dropping the view it replaces; the HTTP threads only wait.
+    /// One such view is built at a time; the last one built is kept for the requests that
+    /// ask for the same position.
+    pub async fn read_as_of<T, F>(&self, until: AsOf, read: F) -> Result<T, AppError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Arc<LedgerView>) -> T + Send + 'static,
+    {
         let position = self.position_of(until).await?;
         let mut slot = self.as_of.lock().await;
-        if let Some((p, view)) = slot.as_ref() {
-            if *p == position {
-                return Ok(view.clone());
-            }
-        }
+        let cached = slot.take();
         let store = self.store.clone();
         let derived = self.derived.clone();
         let runtime = tokio::runtime::Handle::current();
-        let view = self
+        let (kept, answer) = self
             .background
-            .run(move || runtime.block_on(build_as_of(store, derived, position)))
+            .run(move || -> Result<_, AppError> {
+                let view = match cached {
+                    Some((p, view)) if p == position => view,
+                    other => {
+                        drop(other);
+                        Arc::new(runtime.block_on(build_as_of(store, derived, position))?)
+                    }
+                };
+                let answer = read(&view);
+                Ok(((position, view), answer))
+            })
             .await
             .map_err(|e| AppError::ViewStopped(e.to_string()))??;
-        let view = Arc::new(view);
-        *slot = Some((position, view.clone()));
-        Ok(view)
+        *slot = Some(kept);
+        Ok(answer)
     }
 
     /// The position `until` names: a position (at most the head), or the last record
@@ -236,4 +238,57 @@ async fn checkpoint_before(
         }
         None => Ok(LedgerView::new()),
     }
+}
+
+/// A license's whole Histórico, newest first, from the derived index alone — no snapshot
+/// decoded, no view built (what the CLI's `history` needs when no server runs): `None` when
+/// the index does not cover the log's head (after a crash, or never built), so the caller
+/// resumes a ledger, which brings it up to date; `Some(empty)` for a license that never was.
+pub async fn history_from_index(
+    store: &dyn EventStore,
+    config: &crate::derived::DerivedConfig,
+    license: LicenseId,
+) -> Result<Option<Vec<Record>>, AppError> {
+    let derived = Derived::open(config)?;
+    let covers = derived.index.covers();
+    let head = store.head().await?;
+    if covers.position == 0 || covers != head || !super::follow::log_confirms(store, covers).await?
+    {
+        return Ok(None);
+    }
+    let (_, positions) = derived
+        .index
+        .history(license, covers.position, 0, usize::MAX)
+        .map_err(AppError::Derived)?;
+    let mut records = read_indexed(store, &positions)
+        .await?
+        .map_err(AppError::Derived)?;
+    records.reverse();
+    Ok(Some(records))
+}
+
+/// The records at `positions` (any order), ascending, read in chunks of at most
+/// [`READ_BATCH_MAX`]; the inner error names a position the index gave and the log lacks.
+async fn read_indexed(
+    store: &dyn EventStore,
+    positions: &[Position],
+) -> Result<Result<Vec<Record>, crate::derived::DerivedError>, AppError> {
+    let mut wanted = positions.to_vec();
+    wanted.sort_unstable();
+    let mut out = Vec::with_capacity(wanted.len());
+    for chunk in wanted.chunks(READ_BATCH_MAX) {
+        let records = store.read_positions(chunk).await?;
+        if records.len() != chunk.len() {
+            let missing = chunk
+                .iter()
+                .find(|p| !records.iter().any(|r| r.envelope.position == **p))
+                .copied()
+                .unwrap_or_default();
+            return Ok(Err(crate::derived::DerivedError::Damaged(format!(
+                "the index names position {missing}, which the log does not have"
+            ))));
+        }
+        out.extend(records);
+    }
+    Ok(Ok(out))
 }

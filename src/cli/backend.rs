@@ -227,6 +227,32 @@ pub fn scan_log(
     }
 }
 
+/// Runs `work` on the opened store (the file store takes the directory's lock). `Ok(None)`
+/// when a server holds the log: the caller then reads the log itself.
+pub fn with_store<T>(
+    log: &Log,
+    work: impl AsyncFnOnce(&dyn EventStore) -> Result<T, CliError>,
+) -> Result<Option<T>, CliError> {
+    if let Log::File(dir) = log {
+        if !dir.exists() {
+            return Ok(None);
+        }
+    }
+    let clock: Arc<dyn Clock> = Arc::new(crate::clock::SystemClock);
+    super::runtime()?.block_on(async {
+        let store = match log.open_store(clock).await {
+            Ok(store) => store,
+            Err(StoreError::Locked(_)) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let answer = work(store.store().as_ref()).await;
+        let closed = store.close().await;
+        let answer = answer?;
+        closed?;
+        Ok(Some(answer))
+    })
+}
+
 /// Runs `work` on a ledger that resumes from the derived data in `<data_dir>/derived` (a
 /// snapshot and the log index; built from the log when missing), and leaves a snapshot at
 /// the head for the next run. `Ok(None)` when a server holds the log or the derived data:

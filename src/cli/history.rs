@@ -1,8 +1,9 @@
 //! `history LICENSE_ID`: a license's Histórico in the terminal, newest first, one line per
 //! event: `dd/mm/yyyy HH:MM:SS  <actor>  <description>  #<position>` (times in UTC).
 //!
-//! It resumes from the derived data (`<data_dir>/derived`: a snapshot and the log index) and
-//! reads only the license's records. Beside a running server, which holds the log, it reads
+//! It reads the license's positions from the log index (`<data_dir>/derived`) and only
+//! those records; when the index does not cover the log's head, it first resumes from the
+//! derived data (a snapshot and the index) and brings them up to date. Beside a running server, which holds the log, it reads
 //! the log without taking its lock instead: whole, so its cost grows with the log (the
 //! server answers the same from its index: `GET /v1/licenses/{id}/history`).
 
@@ -36,12 +37,30 @@ pub fn run(
         LicenseId::parse,
         "pass the license's number from `table`, e.g. 000001",
     )?;
-    let indexed = super::backend::with_resumed_ledger(log, data_dir, async |ledger| {
-        if ledger.view().license(id).is_none() {
-            return Err(unknown(id));
-        }
-        Ok(ledger.history(id, 0, usize::MAX).await?.1)
-    })?;
+    // The index alone answers when it covers the log's head (after a server's clean stop);
+    // otherwise a ledger resumes from the derived data and brings the index up to date.
+    let config = crate::derived::DerivedConfig::in_data_dir(data_dir);
+    let from_index =
+        super::backend::with_store(
+            log,
+            async |store| match crate::app::queries::history_from_index(store, &config, id).await {
+                Err(crate::app::AppError::Derived(crate::derived::DerivedError::Locked(_))) => {
+                    Ok(None)
+                }
+                other => Ok(other?),
+            },
+        )?
+        .flatten();
+    let indexed = match from_index {
+        Some(records) if records.is_empty() => return Err(unknown(id)),
+        Some(records) => Some(records),
+        None => super::backend::with_resumed_ledger(log, data_dir, async |ledger| {
+            if ledger.view().license(id).is_none() {
+                return Err(unknown(id));
+            }
+            Ok(ledger.history(id, 0, usize::MAX).await?.1)
+        })?,
+    };
     let records = match indexed {
         Some(records) => records,
         None => {

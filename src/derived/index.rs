@@ -24,8 +24,10 @@ use parking_lot::RwLock;
 
 use super::DerivedError;
 
-/// The layout's version: a different one is rebuilt, never read.
-const FORMAT: u32 = 1;
+/// The layout's version: a different one is rebuilt, never read. (2: entries are ingested
+/// as tables, never journaled; an index of version 1 carries a journal of entries that
+/// every open would replay, so it is rebuilt once.)
+const FORMAT: u32 = 2;
 const COVERS: &[u8] = b"covers";
 
 /// What one record adds to the index.
@@ -90,14 +92,27 @@ pub struct Found {
     pub next_before: Option<Position>,
 }
 
-/// The index, on disk or in memory.
-pub struct LogIndex {
-    inner: Inner,
-}
+/// Entries the on-disk index keeps in memory before writing them out as tables: bounds
+/// the memory of the tail and the size of each ingestion.
+pub const TAIL_ENTRIES_MAX: usize = 65_536;
 
-enum Inner {
-    Disk(Disk),
-    Memory(RwLock<Memory>),
+/// The index: on disk, with its newest entries in memory (the tail), or wholly in memory.
+///
+/// On disk, entries are written as sorted runs straight into tables (fjall's ingestion: no
+/// journal, no memtable) whenever the tail reaches [`TAIL_ENTRIES_MAX`], at every
+/// [`LogIndex::persist`] and at a stop; only `covers` goes through fjall's journal. So an
+/// open replays no journal of entries (a journal of millions of small keys took seconds to
+/// replay, on every open of the CLI as well), and a crash loses at most the tail, which the
+/// next start rebuilds from the log after the snapshot it resumes from (a snapshot is never
+/// newer than what the disk covers).
+///
+/// Invariant: every position in the tail is above what the disk covers, so a query reads
+/// the tail, newest first, then the disk, and never meets a position twice. Queries hold
+/// the tail's read lock while they read the disk, and a spill holds its write lock, so a
+/// query sees each entry exactly once.
+pub struct LogIndex {
+    disk: Option<Disk>,
+    tail: RwLock<Tail>,
 }
 
 struct Disk {
@@ -106,21 +121,64 @@ struct Disk {
     customer: fjall::Keyspace,
     kind: fjall::Keyspace,
     meta: fjall::Keyspace,
-    covers: RwLock<ChainHead>,
 }
 
 #[derive(Default)]
-struct Memory {
+struct Tail {
     history: BTreeSet<(u32, Position)>,
     customer: BTreeSet<(Cnpj, Position, String)>,
     kind: BTreeSet<(String, Position)>,
+    /// Records in the tail.
+    records: usize,
+    /// What the index covers, tail included.
     covers: ChainHead,
+    /// What the disk covers (everything up to it is in tables).
+    on_disk: ChainHead,
+}
+
+impl Tail {
+    fn history_rev(
+        &self,
+        id: u32,
+        lo: Position,
+        hi: Position,
+    ) -> impl Iterator<Item = Position> + '_ {
+        self.history
+            .range((id, lo)..=(id, hi))
+            .rev()
+            .map(|&(_, p)| p)
+    }
+
+    fn customer_rev<'a>(
+        &'a self,
+        cnpj: &Cnpj,
+        lo: Position,
+        hi: Position,
+    ) -> impl Iterator<Item = (Position, &'a str)> + 'a {
+        let range = (*cnpj, lo, String::new())..(*cnpj, hi.saturating_add(1), String::new());
+        self.customer
+            .range(range)
+            .rev()
+            .map(|(_, p, t)| (*p, t.as_str()))
+    }
+
+    fn kind_rev<'a>(
+        &'a self,
+        event_type: &str,
+        lo: Position,
+        hi: Position,
+    ) -> impl Iterator<Item = Position> + 'a {
+        self.kind
+            .range((event_type.to_owned(), lo)..=(event_type.to_owned(), hi))
+            .rev()
+            .map(|(_, p)| *p)
+    }
 }
 
 impl std::fmt::Debug for LogIndex {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LogIndex")
-            .field("disk", &matches!(self.inner, Inner::Disk(_)))
+            .field("disk", &self.disk.is_some())
             .field("covers", &self.covers())
             .finish()
     }
@@ -175,15 +233,38 @@ fn decode_covers(v: &[u8]) -> Option<ChainHead> {
     Some(ChainHead { position, hash })
 }
 
+/// Writes `keys` (ascending, unique) into `keyspace` as one new table. Ingestion panics on
+/// keys out of order, so the order is checked here first and refused as an error.
+fn ingest<K: AsRef<[u8]>, V: AsRef<[u8]>>(
+    keyspace: &fjall::Keyspace,
+    keys: impl Iterator<Item = (K, V)>,
+) -> Result<(), DerivedError> {
+    let keys: Vec<(K, V)> = keys.collect();
+    if keys.is_empty() {
+        return Ok(());
+    }
+    if keys.windows(2).any(|w| w[0].0.as_ref() >= w[1].0.as_ref()) {
+        return Err(DerivedError::Index(
+            "index keys out of order in a run (a bug): not written".into(),
+        ));
+    }
+    let mut run = keyspace.start_ingestion()?;
+    for (k, v) in &keys {
+        run.write(k.as_ref(), v.as_ref())?;
+    }
+    run.finish()?;
+    Ok(())
+}
+
 impl Disk {
-    fn open(dir: &Path) -> Result<Self, DerivedError> {
-        // A small journal bounds what an open after a crash replays (the memtables are
-        // written out as tables whenever it fills).
+    fn open(dir: &Path) -> Result<(Self, ChainHead), DerivedError> {
+        // Entries never go through the journal (see `LogIndex`), only `covers` (44 bytes a
+        // spill), so the journal an open replays stays small (64 MiB is fjall's minimum).
         let db = fjall::Database::builder(dir)
             .cache_size(16 * 1024 * 1024)
             .max_journaling_size(64 * 1024 * 1024)
             .open()?;
-        let options = || fjall::KeyspaceCreateOptions::default().max_memtable_size(8 * 1024 * 1024);
+        let options = || fjall::KeyspaceCreateOptions::default().max_memtable_size(1024 * 1024);
         let history = db.keyspace("history", options)?;
         let customer = db.keyspace("customer", options)?;
         let kind = db.keyspace("kind", options)?;
@@ -194,14 +275,45 @@ impl Disk {
                 DerivedError::Damaged("the index's `covers` entry is not of this version".into())
             })?,
         };
-        Ok(Self {
-            db,
-            history,
-            customer,
-            kind,
-            meta,
-            covers: RwLock::new(covers),
-        })
+        Ok((
+            Self {
+                db,
+                history,
+                customer,
+                kind,
+                meta,
+            },
+            covers,
+        ))
+    }
+
+    /// Writes the tail out as tables, then `covers`; empties the tail.
+    fn spill(&self, tail: &mut Tail) -> Result<(), DerivedError> {
+        if tail.covers == tail.on_disk {
+            return Ok(());
+        }
+        ingest(
+            &self.history,
+            tail.history.iter().map(|&(id, p)| (history_key(id, p), [])),
+        )?;
+        ingest(
+            &self.customer,
+            tail.customer
+                .iter()
+                .map(|(cnpj, p, t)| (customer_key(cnpj, *p), t.as_bytes())),
+        )?;
+        ingest(
+            &self.kind,
+            tail.kind.iter().map(|(t, p)| (kind_key(t, *p), [])),
+        )?;
+        self.meta.insert(COVERS, encode_covers(&tail.covers))?;
+        let covers = tail.covers;
+        *tail = Tail {
+            covers,
+            on_disk: covers,
+            ..Tail::default()
+        };
+        Ok(())
     }
 }
 
@@ -209,88 +321,82 @@ impl LogIndex {
     /// Opens (or creates) the index in `dir`. A directory that is not a valid index of this
     /// version fails: the caller moves it away and starts an empty one.
     pub fn open(dir: &Path) -> Result<Self, DerivedError> {
+        let (disk, covers) = Disk::open(dir)?;
         Ok(Self {
-            inner: Inner::Disk(Disk::open(dir)?),
+            disk: Some(disk),
+            tail: RwLock::new(Tail {
+                covers,
+                on_disk: covers,
+                ..Tail::default()
+            }),
         })
     }
 
     /// An empty index in memory.
     pub fn memory() -> Self {
         Self {
-            inner: Inner::Memory(RwLock::new(Memory::default())),
+            disk: None,
+            tail: RwLock::new(Tail::default()),
         }
     }
 
     /// Whether it lives on disk.
     pub fn is_on_disk(&self) -> bool {
-        matches!(self.inner, Inner::Disk(_))
+        self.disk.is_some()
     }
 
     /// The last record the index covers (position 0: none).
     pub fn covers(&self) -> ChainHead {
-        match &self.inner {
-            Inner::Disk(d) => *d.covers.read(),
-            Inner::Memory(m) => m.read().covers,
-        }
+        self.tail.read().covers
     }
 
-    /// Adds a batch's entries and moves what the index covers, atomically. Entries already
-    /// present are written again unchanged (a replay after a restart is harmless).
+    /// Adds a batch's entries and moves what the index covers, atomically for readers.
+    /// Entries the disk holds already are skipped (a replay after a restart is harmless).
     pub fn commit(&self, batch: Batch) -> Result<(), DerivedError> {
         let Some(head) = batch.head else {
             return Ok(());
         };
-        match &self.inner {
-            Inner::Disk(d) => {
-                let mut b = d.db.batch();
-                for e in &batch.entries {
-                    if let Some(id) = e.license {
-                        b.insert(&d.history, history_key(id.get(), e.position), b"");
-                    }
-                    if let Some(cnpj) = &e.customer {
-                        b.insert(
-                            &d.customer,
-                            customer_key(cnpj, e.position),
-                            e.event_type.as_bytes(),
-                        );
-                    }
-                    b.insert(&d.kind, kind_key(&e.event_type, e.position), b"");
-                }
-                b.insert(&d.meta, COVERS, encode_covers(&head));
-                b.commit()?;
-                *d.covers.write() = head;
+        let mut tail = self.tail.write();
+        let on_disk = tail.on_disk.position;
+        for e in batch.entries {
+            if e.position <= on_disk {
+                continue;
             }
-            Inner::Memory(m) => {
-                let mut m = m.write();
-                for e in batch.entries {
-                    if let Some(id) = e.license {
-                        m.history.insert((id.get(), e.position));
-                    }
-                    if let Some(cnpj) = e.customer {
-                        m.customer.insert((cnpj, e.position, e.event_type.clone()));
-                    }
-                    m.kind.insert((e.event_type, e.position));
-                }
-                m.covers = head;
+            if let Some(id) = e.license {
+                tail.history.insert((id.get(), e.position));
             }
+            if let Some(cnpj) = e.customer {
+                tail.customer
+                    .insert((cnpj, e.position, e.event_type.clone()));
+            }
+            tail.kind.insert((e.event_type, e.position));
+            tail.records += 1;
         }
-        Ok(())
+        if head.position > tail.covers.position {
+            tail.covers = head;
+        }
+        match &self.disk {
+            Some(disk) if tail.records >= TAIL_ENTRIES_MAX => disk.spill(&mut tail),
+            _ => Ok(()),
+        }
     }
 
     /// Makes what was committed durable (before a snapshot names a position the index must
-    /// cover after a crash).
+    /// cover after a crash): the tail is written out as tables, then `covers` synced.
     pub fn persist(&self) -> Result<(), DerivedError> {
-        if let Inner::Disk(d) = &self.inner {
-            d.db.persist(fjall::PersistMode::SyncAll)?;
+        if let Some(disk) = &self.disk {
+            disk.spill(&mut self.tail.write())?;
+            disk.db.persist(fjall::PersistMode::SyncAll)?;
         }
         Ok(())
     }
 
-    /// Writes the in-memory part of the index out as tables (at a stop), so that the next
-    /// open has no journal to replay.
+    /// Writes everything out (at a stop), the small memtable of `covers` included, so that
+    /// the next open has next to nothing to replay.
     pub fn settle(&self) -> Result<(), DerivedError> {
-        if let Inner::Disk(d) = &self.inner {
-            for ks in [&d.history, &d.customer, &d.kind, &d.meta] {
+        self.persist()?;
+        if let Some(disk) = &self.disk {
+            for ks in [&disk.history, &disk.customer, &disk.kind, &disk.meta] {
                 ks.rotate_memtable_and_wait()?;
             }
         }
@@ -307,32 +413,27 @@ impl LogIndex {
         limit: usize,
     ) -> Result<(usize, Vec<Position>), DerivedError> {
         let id = license.get();
-        match &self.inner {
-            Inner::Disk(d) => {
-                let range = history_key(id, 0)..=history_key(id, upto);
-                let mut total = 0usize;
-                let mut page = Vec::new();
-                for item in d.history.range(range).rev() {
-                    let key = item.key()?;
-                    if total >= offset && page.len() < limit {
-                        page.push(key_position(&key)?);
-                    }
-                    total += 1;
-                }
-                Ok((total, page))
+        let tail = self.tail.read();
+        let mut total = 0usize;
+        let mut page = Vec::new();
+        let mut take = |p: Position| {
+            if total >= offset && page.len() < limit {
+                page.push(p);
             }
-            Inner::Memory(m) => {
-                let m = m.read();
-                let all: Vec<Position> = m
-                    .history
-                    .range((id, 0)..=(id, upto))
-                    .rev()
-                    .map(|&(_, p)| p)
-                    .collect();
-                let page = all.iter().skip(offset).take(limit).copied().collect();
-                Ok((all.len(), page))
+            total += 1;
+        };
+        tail.history_rev(id, 0, upto).for_each(&mut take);
+        if let Some(d) = &self.disk {
+            let hi = upto.min(tail.on_disk.position);
+            for item in d
+                .history
+                .range(history_key(id, 0)..=history_key(id, hi))
+                .rev()
+            {
+                take(key_position(&item.key()?)?);
             }
         }
+        Ok((total, page))
     }
 
     /// Up to `limit` positions in `lo..=hi` matching `filter`, newest first. Complete: every
@@ -371,30 +472,27 @@ impl LogIndex {
                     }
                     true
                 };
-                match &self.inner {
-                    Inner::Disk(d) => {
-                        for item in d
-                            .customer
-                            .range(customer_key(cnpj, lo)..=customer_key(cnpj, hi))
-                            .rev()
-                        {
-                            let (k, v) = item.into_inner()?;
-                            let t = std::str::from_utf8(&v).map_err(|_| {
-                                DerivedError::Damaged("an event type is not UTF-8".into())
-                            })?;
-                            if !take(key_position(&k)?, t) {
-                                break;
-                            }
-                        }
+                let tail = self.tail.read();
+                let mut more = true;
+                for (p, t) in tail.customer_rev(cnpj, lo, hi) {
+                    if !take(p, t) {
+                        more = false;
+                        break;
                     }
-                    Inner::Memory(m) => {
-                        let m = m.read();
-                        let range = (*cnpj, lo, String::new())
-                            ..(*cnpj, hi.saturating_add(1), String::new());
-                        for (_, p, t) in m.customer.range(range).rev() {
-                            if !take(*p, t) {
-                                break;
-                            }
+                }
+                let hi = hi.min(tail.on_disk.position);
+                if let (true, Some(d), true) = (more, &self.disk, lo <= hi) {
+                    for item in d
+                        .customer
+                        .range(customer_key(cnpj, lo)..=customer_key(cnpj, hi))
+                        .rev()
+                    {
+                        let (k, v) = item.into_inner()?;
+                        let t = std::str::from_utf8(&v).map_err(|_| {
+                            DerivedError::Damaged("an event type is not UTF-8".into())
+                        })?;
+                        if !take(key_position(&k)?, t) {
+                            break;
                         }
                     }
                 }
@@ -434,28 +532,20 @@ impl LogIndex {
         hi: Position,
         limit: usize,
     ) -> Result<Vec<Position>, DerivedError> {
-        match &self.inner {
-            Inner::Disk(d) => {
-                let mut out = Vec::new();
-                for item in d
-                    .kind
-                    .range(kind_key(event_type, lo)..=kind_key(event_type, hi))
-                    .rev()
-                    .take(limit)
-                {
-                    out.push(key_position(&item.key()?)?);
-                }
-                Ok(out)
-            }
-            Inner::Memory(m) => Ok(m
-                .read()
+        let tail = self.tail.read();
+        let mut out: Vec<Position> = tail.kind_rev(event_type, lo, hi).take(limit).collect();
+        let hi = hi.min(tail.on_disk.position);
+        if let (Some(d), true) = (&self.disk, lo <= hi) {
+            for item in d
                 .kind
-                .range((event_type.to_owned(), lo)..=(event_type.to_owned(), hi))
+                .range(kind_key(event_type, lo)..=kind_key(event_type, hi))
                 .rev()
-                .take(limit)
-                .map(|(_, p)| *p)
-                .collect()),
+                .take(limit - out.len())
+            {
+                out.push(key_position(&item.key()?)?);
+            }
         }
+        Ok(out)
     }
 
     /// How many records of `event_type` lie in `lo..=hi`.
@@ -463,24 +553,19 @@ impl LogIndex {
         if lo > hi {
             return Ok(0);
         }
-        match &self.inner {
-            Inner::Disk(d) => {
-                let mut n = 0u64;
-                for item in d
-                    .kind
-                    .range(kind_key(event_type, lo)..=kind_key(event_type, hi))
-                {
-                    item.key()?;
-                    n += 1;
-                }
-                Ok(n)
-            }
-            Inner::Memory(m) => Ok(m
-                .read()
+        let tail = self.tail.read();
+        let mut n = tail.kind_rev(event_type, lo, hi).count() as u64;
+        let hi = hi.min(tail.on_disk.position);
+        if let (Some(d), true) = (&self.disk, lo <= hi) {
+            for item in d
                 .kind
-                .range((event_type.to_owned(), lo)..=(event_type.to_owned(), hi))
-                .count() as u64),
+                .range(kind_key(event_type, lo)..=kind_key(event_type, hi))
+            {
+                item.key()?;
+                n += 1;
+            }
         }
+        Ok(n)
     }
 }
 

@@ -342,29 +342,37 @@ async fn license_table(
     read_your_writes(&state, q.min_position).await?;
     let (sort, descending) = q.sort();
     let as_of = q.as_of;
-    let past;
-    let (view, day, position) = match as_of {
+    let table = move |view: &LedgerView, day: NaiveDate| -> Result<_, ApiError> {
+        let page = view.list_licenses_sorted(&q.to_query(None, day)?, sort, descending);
+        let items: Vec<TableRow> = page
+            .items
+            .into_iter()
+            .map(|l| table_row(view, l, day))
+            .collect();
+        Ok((
+            items,
+            page.total,
+            page.offset,
+            page.limit,
+            view.position(),
+            day,
+        ))
+    };
+    let (items, total, offset, limit, position, day) = match as_of {
         None => {
             let view = state.ledger.view();
-            (view, today(state.ledger.clock().now()), view.position())
+            table(view, today(state.ledger.clock().now()))?
         }
         Some(t) => {
-            past = state.ledger.view_as_of(AsOf::Time(t)).await?;
-            let position = past.position();
-            (&*past, today(t), position)
+            let read = move |view: &std::sync::Arc<LedgerView>| table(view, today(t));
+            state.ledger.read_as_of(AsOf::Time(t), read).await??
         }
     };
-    let page = view.list_licenses_sorted(&q.to_query(None, day)?, sort, descending);
-    let items: Vec<TableRow> = page
-        .items
-        .into_iter()
-        .map(|l| table_row(view, l, day))
-        .collect();
     Ok(HttpResponse::Ok().json(LicenseTable {
         items,
-        total: page.total,
-        offset: page.offset,
-        limit: page.limit,
+        total,
+        offset,
+        limit,
         today: day,
         as_of,
         position,

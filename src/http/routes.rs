@@ -3,6 +3,8 @@
 //! and answers JSON. Commands answer `{"position": P, ...}`; queries accept
 //! `?min_position=P` to wait (bounded) until the read model has applied P.
 
+use std::sync::Arc;
+
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::middleware::Next;
@@ -886,22 +888,6 @@ pub async fn read_your_writes(
     Ok(())
 }
 
-/// The view to read: the live one, or one rebuilt as of a moment.
-enum ViewAt {
-    Live,
-    Past(std::sync::Arc<LedgerView>, DateTime<Utc>),
-}
-
-async fn view_at(state: &AppState, as_of: Option<DateTime<Utc>>) -> Result<ViewAt, ApiError> {
-    match as_of {
-        None => Ok(ViewAt::Live),
-        Some(t) => {
-            let view = state.ledger.view_as_of(AsOf::Time(t)).await?;
-            Ok(ViewAt::Past(view, t))
-        }
-    }
-}
-
 /// Sort direction.
 #[derive(Clone, Copy, Default, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -1008,12 +994,15 @@ async fn list_licenses(
     Query(q): Query<LicenseListQuery>,
 ) -> Answer {
     read_your_writes(&state, q.min_position).await?;
-    let page = match view_at(&state, q.as_of).await? {
-        ViewAt::Live => {
+    let page = match q.as_of {
+        None => {
             let day = today(state.ledger.clock().now());
             q.page(state.ledger.view(), None, day)?
         }
-        ViewAt::Past(view, t) => q.page(&view, None, today(t))?,
+        Some(t) => {
+            let read = move |view: &Arc<LedgerView>| q.page(view, None, today(t));
+            state.ledger.read_as_of(AsOf::Time(t), read).await??
+        }
     };
     Ok(HttpResponse::Ok().json(page))
 }
@@ -1176,8 +1165,8 @@ async fn customer_licenses(
 ) -> Answer {
     let cnpj: Cnpj = path_value("cnpj", &path)?;
     read_your_writes(&state, q.min_position).await?;
-    let page = match view_at(&state, q.as_of).await? {
-        ViewAt::Live => {
+    let page = match q.as_of {
+        None => {
             let view = state.ledger.view();
             if view.customer(&cnpj).is_none() {
                 return Err(ApiError::NotFound(format!(
@@ -1187,13 +1176,16 @@ async fn customer_licenses(
             let day = today(state.ledger.clock().now());
             q.page(view, Some(cnpj), day)?
         }
-        ViewAt::Past(view, t) => {
-            if view.customer(&cnpj).is_none() {
-                return Err(ApiError::NotFound(format!(
-                    "customer {cnpj} did not exist at {t}"
-                )));
-            }
-            q.page(&view, Some(cnpj), today(t))?
+        Some(t) => {
+            let read = move |view: &Arc<LedgerView>| {
+                if view.customer(&cnpj).is_none() {
+                    return Err(ApiError::NotFound(format!(
+                        "customer {cnpj} did not exist at {t}"
+                    )));
+                }
+                q.page(view, Some(cnpj), today(t))
+            };
+            state.ledger.read_as_of(AsOf::Time(t), read).await??
         }
     };
     Ok(HttpResponse::Ok().json(page))
