@@ -14,10 +14,11 @@
 //!         "head"                                -> position u64 | hash [32]
 //! ```
 //!
-//! `meta/head` names the last position whose entries are stored; it moves, with `ver`, in one
-//! atomic batch after the entries are written, so after any crash the index holds every
-//! position up to it (and perhaps entries of durable records after it, which are never read:
-//! every read is bounded by `head` and `ver`). It never runs ahead of durable records: only records already
+//! `meta/head` names the last position whose entries are stored; it moves after the entries
+//! and versions are written, so after any crash the index holds every position up to it (and
+//! perhaps entries and versions of durable records after it, which the open's scan from
+//! `head` indexes again and finds identical; `repair`, which may cut durable records, removes
+//! the index). It never runs ahead of durable records: only records already
 //! acknowledged (synced, marked) are written here. Nothing here is trusted without the log:
 //! an open checks that the record at `head` is in the log with that hash, and drops and rebuilds
 //! the index otherwise ([`remove`]). Stream ids contain no 0x00 byte, so `stream | 0x00` is a
@@ -35,8 +36,10 @@ use crate::store::StoreError;
 
 /// The index's directory inside the log directory.
 pub const INDEX_DIR: &str = "index";
-/// Layout version stored in `meta/format`; any other value means "rebuild".
-const FORMAT: u32 = 1;
+/// Layout version stored in `meta/format`; any other value means "rebuild". (2: `ver` is
+/// ingested, never journaled; a version-1 index carries a journal of versions that every
+/// open would replay, so it is rebuilt once.)
+const FORMAT: u32 = 2;
 /// Block cache of the index.
 const CACHE_BYTES: u64 = 16 << 20;
 /// Journal kept before memtables are written out (bounds recovery work and disk use; the
@@ -361,9 +364,10 @@ impl DiskIndex {
 
     /// Stores `flush`. The entries of `loc`, `stream` and `eid` are written as sorted runs
     /// straight into tables (fjall's ingestion: no journal, no memtable, about a third of the
-    /// CPU of a write batch); then `ver` and `meta/head` in one atomic batch. A crash in
-    /// between leaves entries past `meta/head`: they describe durable records that the next
-    /// open scans again (and finds identical), and no read looks past `head` or `ver`. Not
+    /// CPU of a write batch), `ver` too; then `meta/head`, the only entry that goes through
+    /// the journal. A crash in between leaves entries and versions past `meta/head`: they
+    /// describe durable records that the next open scans again (and finds identical), and no
+    /// read looks past `head` or `ver`. Not
     /// synced: the index is derived, and a crash leaves an older, still consistent state.
     pub fn write(&self, flush: &Flush) -> Result<(), StoreError> {
         let err = |e: fjall::Error| index_error("writing the index", e);
@@ -377,13 +381,14 @@ impl DiskIndex {
         run.finish().map_err(err)?;
 
         let mut streams: Vec<(Vec<u8>, Position)> = Vec::with_capacity(flush.len());
-        let mut batch = self.db.batch();
+        let mut versions: std::collections::BTreeMap<&str, u64> = Default::default();
         for (stream, first_version, positions) in &flush.streams {
             for (i, p) in positions.iter().enumerate() {
                 streams.push((stream_key(stream.as_str(), first_version + i as u64), *p));
             }
             let last = first_version + positions.len() as u64 - 1;
-            batch.insert(&self.ver, stream.as_str().as_bytes(), last.to_be_bytes());
+            let v = versions.entry(stream.as_str()).or_insert(last);
+            *v = (*v).max(last);
         }
         streams.sort_unstable();
         let mut run = self.stream.start_ingestion().map_err(err)?;
@@ -409,6 +414,16 @@ impl DiskIndex {
         }
         run.finish().map_err(err)?;
 
+        // Each stream's version as a sorted run too (it shadows the older ones); through the
+        // journal, one entry per stream per flush made every open replay megabytes.
+        let mut run = self.ver.start_ingestion().map_err(err)?;
+        for (stream, last) in versions {
+            run.write(stream.as_bytes(), last.to_be_bytes())
+                .map_err(err)?;
+        }
+        run.finish().map_err(err)?;
+
+        let mut batch = self.db.batch();
         let mut head = [0u8; 40];
         head[..8].copy_from_slice(&flush.upto.position.to_be_bytes());
         head[8..].copy_from_slice(&flush.upto.hash.0);
