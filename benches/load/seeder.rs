@@ -94,6 +94,11 @@ pub struct History {
     pub batch: usize,
     /// `append_batch` calls each task keeps in flight (`LOAD_SEED_BATCHES`, default 4).
     pub batches_in_flight: usize,
+    /// The store's `index_tail_records` while seeding (`LOAD_SEED_INDEX_TAIL`, default
+    /// 1,048,576, about 100 MB): with 100,000 terminals a day touches 100,000 streams, and
+    /// each move of the tail to the on-disk index writes one version per stream it holds;
+    /// a tail of ten days' records writes a tenth of the versions the default 65,536 does.
+    pub index_tail_records: usize,
 }
 
 impl History {
@@ -124,6 +129,10 @@ impl History {
                 .ok()
                 .and_then(|s| s.parse().ok())
                 .unwrap_or(4),
+            index_tail_records: std::env::var("LOAD_SEED_INDEX_TAIL")
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(1 << 20),
         }
     }
 }
@@ -403,7 +412,11 @@ pub async fn seed(
     } else {
         midnight(day0) + Duration::hours(6)
     }));
-    let store = FileStore::open(FileStoreConfig::new(data_dir), clock.clone()).await?;
+    let mut config = FileStoreConfig::new(data_dir);
+    if let Some(h) = &params.history {
+        config.index_tail_records = h.index_tail_records;
+    }
+    let store = FileStore::open(config, clock.clone()).await?;
     let ledger = Arc::new(
         Ledger::start(
             Arc::new(store.clone()),
