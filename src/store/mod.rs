@@ -436,12 +436,9 @@ pub(crate) fn check_append(events: Vec<NewEvent>) -> Result<Vec<CheckedEvent>, S
         )));
     }
     // A single event cannot repeat an id: no set to allocate (most appends are one event).
-    let mut ids = std::collections::HashSet::with_capacity(if events.len() > 1 {
-        events.len()
-    } else {
-        0
-    });
     let check_ids = events.len() > 1;
+    let mut ids =
+        std::collections::HashSet::with_capacity(if check_ids { events.len() } else { 0 });
     events
         .into_iter()
         .map(|e| {
