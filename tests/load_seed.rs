@@ -41,6 +41,9 @@ fn history() -> History {
         ip_changes_per_mille_month: 3000.0,
         workers: 2,
         in_flight: 3,
+        // Several `append_batch` calls a day, two in flight.
+        batch: 2,
+        batches_in_flight: 2,
         ..History::new(DAYS)
     }
 }

@@ -16,7 +16,9 @@ use license_ledger::clock::{Clock, ManualClock};
 use license_ledger::store::conformance::{new_event, start_time, stream, Harness};
 use license_ledger::store::file::segment::list_segments;
 use license_ledger::store::file::{FileStore, FileStoreConfig};
-use license_ledger::store::{Appended, EventStore, ExpectedVersion, NewEvent, StoreError};
+use license_ledger::store::{
+    Appended, BatchAppend, EventStore, ExpectedVersion, NewEvent, StoreError,
+};
 use proptest::prelude::*;
 
 /// A fresh store in a temporary directory, with `configure` applied to the defaults.
@@ -839,4 +841,165 @@ async fn damage_before_the_index_is_refused_on_read() {
     assert_eq!(store.read_all(6, 100).await.unwrap(), records[5..]);
     store.close().await.unwrap();
     assert_eq!(fs::read(&seg).unwrap(), bytes, "nothing changed");
+}
+
+// `FileStore::append_batch`: many independent appends in one hand-over, each checked and
+// answered as if appended alone.
+
+fn batch_append(name: &str, expected: ExpectedVersion, events: Vec<NewEvent>) -> BatchAppend {
+    BatchAppend {
+        stream: stream(name),
+        expected,
+        events,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_appends_checks_each_version_and_refuses_only_the_wrong_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await.unwrap();
+    store
+        .append(&stream("a"), ExpectedVersion::Any, vec![new_event(0)])
+        .await
+        .unwrap();
+    let retried = new_event(1);
+    store
+        .append(&stream("r"), ExpectedVersion::Any, vec![retried.clone()])
+        .await
+        .unwrap();
+    let stored_elsewhere = new_event(2);
+    store
+        .append(
+            &stream("d"),
+            ExpectedVersion::Any,
+            vec![stored_elsewhere.clone()],
+        )
+        .await
+        .unwrap();
+    let answers = store
+        .append_batch(vec![
+            // Right version: accepted.
+            batch_append("a", ExpectedVersion::Exact(1), vec![new_event(10)]),
+            // Stale version: refused, with the actual one.
+            batch_append("a", ExpectedVersion::Exact(1), vec![new_event(11)]),
+            // The version an earlier append of the same batch made.
+            batch_append(
+                "a",
+                ExpectedVersion::Exact(2),
+                vec![new_event(12), new_event(13)],
+            ),
+            batch_append("b", ExpectedVersion::NoStream, vec![new_event(14)]),
+            batch_append("b", ExpectedVersion::NoStream, vec![new_event(15)]),
+            // Empty: refused before the writer.
+            batch_append("c", ExpectedVersion::Any, Vec::new()),
+            // A retry of a stored append: its original positions.
+            batch_append("r", ExpectedVersion::Any, vec![retried]),
+            // An id stored in another append: refused.
+            batch_append("c", ExpectedVersion::Any, vec![stored_elsewhere]),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(answers.len(), 8);
+    let ok = |i: usize| answers[i].as_ref().expect("accepted").clone();
+    assert_eq!(ok(0).positions, 4..=4);
+    assert_eq!(ok(0).stream_version, 2);
+    assert!(matches!(
+        answers[1],
+        Err(StoreError::WrongExpectedVersion { actual: 2, .. })
+    ));
+    assert_eq!(ok(2).positions, 5..=6);
+    assert_eq!(ok(2).stream_version, 4);
+    assert_eq!(ok(3).positions, 7..=7);
+    assert!(matches!(
+        answers[4],
+        Err(StoreError::WrongExpectedVersion { actual: 1, .. })
+    ));
+    assert!(matches!(answers[5], Err(StoreError::InvalidAppend(_))));
+    assert_eq!(ok(6).positions, 2..=2);
+    assert!(ok(6).was_retry);
+    assert!(matches!(
+        answers[7],
+        Err(StoreError::DuplicateEventId { position: 3, .. })
+    ));
+    assert_eq!(store.head().await.unwrap().position, 7);
+
+    // Durable and intact after a reopen: the chain verifies, versions are as answered.
+    let before = all_records(&store).await;
+    store.close().await.unwrap();
+    drop(store);
+    let store = open_rescanning(dir.path()).await.unwrap();
+    let after = all_records(&store).await;
+    assert_eq!(after, before);
+    assert_eq!(after.len(), 7);
+    let bytes: Vec<Vec<u8>> = after.iter().map(|r| r.encode().unwrap()).collect();
+    verify_chain(bytes.iter().map(Vec::as_slice)).expect("chain verifies");
+    assert_eq!(store.stream_version(&stream("a")).await.unwrap(), 4);
+    assert_eq!(store.stream_version(&stream("b")).await.unwrap(), 1);
+    assert_eq!(store.stream_version(&stream("c")).await.unwrap(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_of_appends_past_the_index_tail_are_all_there_after_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_tail(dir.path(), 100).await;
+    // 3 concurrent callers, 10 batches each of 50 appends over 20 streams.
+    let mut calls = Vec::new();
+    for caller in 0..3u32 {
+        let store = store.clone();
+        calls.push(tokio::spawn(async move {
+            for b in 0..10u32 {
+                let appends = (0..50u32)
+                    .map(|i| {
+                        let n = (caller * 10 + b) * 50 + i;
+                        batch_append(
+                            &format!("m{}", n % 20),
+                            ExpectedVersion::Any,
+                            vec![new_event(n)],
+                        )
+                    })
+                    .collect();
+                for answer in store.append_batch(appends).await.unwrap() {
+                    answer.unwrap();
+                }
+            }
+        }));
+    }
+    for c in calls {
+        c.await.unwrap();
+    }
+    let before = all_records(&store).await;
+    assert_eq!(before.len(), 1500);
+    store.close().await.unwrap();
+    drop(store);
+    let store = open_tail(dir.path(), 100).await;
+    assert_eq!(all_records(&store).await, before);
+    let mut total = 0;
+    for s in 0..20 {
+        let records = store
+            .read_stream(&stream(&format!("m{s}")), 1, 10_000)
+            .await
+            .unwrap();
+        assert!(records
+            .iter()
+            .enumerate()
+            .all(|(i, r)| r.envelope.stream_version == i as u64 + 1));
+        total += records.len();
+    }
+    assert_eq!(total, 1500);
+    let bytes: Vec<Vec<u8>> = before.iter().map(|r| r.encode().unwrap()).collect();
+    verify_chain(bytes.iter().map(Vec::as_slice)).expect("chain verifies");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_appends_over_the_limit_is_refused_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await.unwrap();
+    let appends = (0..=license_ledger::store::APPEND_BATCH_MAX as u32)
+        .map(|n| batch_append("big", ExpectedVersion::Any, vec![new_event(n)]))
+        .collect();
+    assert!(matches!(
+        store.append_batch(appends).await,
+        Err(StoreError::InvalidAppend(_))
+    ));
+    assert_eq!(store.head().await.unwrap().position, 0);
 }

@@ -83,6 +83,20 @@ impl NewEvent {
     }
 }
 
+/// One append of [`file::FileStore::append_batch`]: what [`EventStore::append`] takes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BatchAppend {
+    /// The stream.
+    pub stream: StreamId,
+    /// What its version must be.
+    pub expected: ExpectedVersion,
+    /// The events, as for one append.
+    pub events: Vec<NewEvent>,
+}
+
+/// Most events (over all its appends) one [`file::FileStore::append_batch`] call may carry.
+pub const APPEND_BATCH_MAX: usize = 10_000;
+
 /// Where an append landed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Appended {
@@ -421,11 +435,14 @@ pub(crate) fn check_append(events: Vec<NewEvent>) -> Result<Vec<CheckedEvent>, S
             events.len()
         )));
     }
-    let mut ids = std::collections::HashSet::with_capacity(events.len());
+    // A single event cannot repeat an id: no set to allocate (most appends are one event).
+    let check_ids = events.len() > 1;
+    let mut ids =
+        std::collections::HashSet::with_capacity(if check_ids { events.len() } else { 0 });
     events
         .into_iter()
         .map(|e| {
-            if !ids.insert(e.event_id) {
+            if check_ids && !ids.insert(e.event_id) {
                 return Err(StoreError::InvalidAppend(format!(
                     "event id {} appears twice in one append",
                     e.event_id

@@ -24,8 +24,8 @@ use self::segment::{
 use self::writer::{AppendRequest, PreparedEvent, Shared, Writer, WriterMsg};
 use super::subscription::{HeadSource, Subscription};
 use super::{
-    check_import, Appended, EventStore, ExpectedVersion, ImportCheck, NewEvent, PendingImport,
-    StoreError, READ_BATCH_MAX,
+    check_import, Appended, BatchAppend, EventStore, ExpectedVersion, ImportCheck, NewEvent,
+    PendingImport, StoreError, APPEND_BATCH_MAX, READ_BATCH_MAX,
 };
 use crate::clock::Clock;
 
@@ -455,6 +455,64 @@ impl FileStore {
             }
             Ok(head)
         }))
+    }
+
+    /// Many independent appends (to the same or different streams) in one hand-over to the
+    /// writer: each is checked, versioned, written and answered exactly as if it had been
+    /// [`EventStore::append`]ed on its own, concurrently with the others, in the order
+    /// given (an append may depend on an earlier one of the same call, e.g. its
+    /// `Exact` version). One append refused refuses only itself. The answers come in the
+    /// order of `appends`, once every accepted append is durable. What it saves is the
+    /// per-append task, channel message and wake-up: for bulk writers such as the seeder.
+    ///
+    /// Fails as a whole only for more than [`APPEND_BATCH_MAX`] events in all, or a closed
+    /// store.
+    pub async fn append_batch(
+        &self,
+        appends: Vec<BatchAppend>,
+    ) -> Result<Vec<Result<Appended, StoreError>>, StoreError> {
+        // Bounds the writer batch it becomes (memory, one write).
+        let events: usize = appends.iter().map(|a| a.events.len()).sum();
+        if events > APPEND_BATCH_MAX {
+            return Err(StoreError::InvalidAppend(format!(
+                "{events} events in one batch of appends, at most {APPEND_BATCH_MAX}"
+            )));
+        }
+        let mut requests = Vec::with_capacity(appends.len());
+        // Per append: its answer to come, or why it was refused before the writer.
+        let mut answers = Vec::with_capacity(appends.len());
+        for a in appends {
+            match Self::prepare(a.events) {
+                Ok(events) => {
+                    let (reply, answer) = oneshot::channel();
+                    requests.push(AppendRequest {
+                        stream: a.stream,
+                        expected: a.expected,
+                        events,
+                        reply,
+                        import: None,
+                    });
+                    answers.push(Ok(answer));
+                }
+                Err(e) => answers.push(Err(e)),
+            }
+        }
+        if !requests.is_empty() {
+            let unwritten = &self.inner.shared.unwritten;
+            unwritten.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+            if self.tx.send(WriterMsg::Appends(requests)).await.is_err() {
+                unwritten.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+                return Err(StoreError::Closed);
+            }
+        }
+        let mut out = Vec::with_capacity(answers.len());
+        for answer in answers {
+            out.push(match answer {
+                Ok(answer) => answer.await.unwrap_or(Err(StoreError::Closed)),
+                Err(e) => Err(e),
+            });
+        }
+        Ok(out)
     }
 
     async fn submit(

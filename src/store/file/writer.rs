@@ -95,6 +95,10 @@ pub(crate) struct AppendRequest {
 
 pub(crate) enum WriterMsg {
     Append(AppendRequest),
+    /// Several independent appends handed over at once (`FileStore::append_batch`): each is
+    /// checked and answered on its own, exactly as if it had been sent alone; they only save
+    /// the hand-over per append.
+    Appends(Vec<AppendRequest>),
     /// Exported records to replay verbatim, one request each (see
     /// `FileStore::import_records`): written as a batch of their own, all or none.
     Import(Vec<AppendRequest>),
@@ -294,7 +298,7 @@ impl Writer {
                 while let Some(msg) = rx.blocking_recv() {
                     let requests = match msg {
                         WriterMsg::Append(r) => vec![r],
-                        WriterMsg::Import(rs) => rs,
+                        WriterMsg::Appends(rs) | WriterMsg::Import(rs) => rs,
                         WriterMsg::Shutdown => Vec::new(),
                     };
                     for r in requests {
@@ -311,13 +315,21 @@ impl Writer {
         while !stop {
             let mut requests = Vec::new();
             let mut events = 0usize;
+            // Messages taken (an `Appends` counts once, like an `Append`).
+            let mut messages = 0u64;
             let mut import = next_import.take();
             if import.is_none() {
                 match rx.blocking_recv() {
                     None => break,
                     Some(WriterMsg::Append(r)) => {
                         events += r.events.len();
+                        messages += 1;
                         requests.push(r);
+                    }
+                    Some(WriterMsg::Appends(rs)) => {
+                        events += rs.iter().map(|r| r.events.len()).sum::<usize>();
+                        messages += 1;
+                        requests.extend(rs);
                     }
                     Some(WriterMsg::Import(rs)) => import = Some(rs),
                     Some(WriterMsg::Shutdown) => stop = true,
@@ -327,7 +339,13 @@ impl Writer {
                 match rx.try_recv() {
                     Ok(WriterMsg::Append(r)) => {
                         events += r.events.len();
+                        messages += 1;
                         requests.push(r);
+                    }
+                    Ok(WriterMsg::Appends(rs)) => {
+                        events += rs.iter().map(|r| r.events.len()).sum::<usize>();
+                        messages += 1;
+                        requests.extend(rs);
                     }
                     Ok(WriterMsg::Import(rs)) => next_import = Some(rs),
                     Ok(WriterMsg::Shutdown) => stop = true,
@@ -340,7 +358,7 @@ impl Writer {
             // Every message taken counts once in `unwritten` (see `FileStore::submit`).
             let (taken, written) = match import {
                 Some(records) => (1, self.process_import(records)),
-                None if !requests.is_empty() => (requests.len() as u64, self.process(requests)),
+                None if !requests.is_empty() => (messages, self.process(requests)),
                 None => (0, None),
             };
             self.shared.unwritten.fetch_sub(taken, Ordering::AcqRel);
