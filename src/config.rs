@@ -48,6 +48,9 @@ pub struct FileConfig {
     pub database_url: Option<String>,
     /// PostgreSQL schema.
     pub database_schema: Option<String>,
+    /// Reverse proxies (addresses or CIDR networks, e.g. `["127.0.0.1", "10.0.0.0/8"]`)
+    /// whose `X-Forwarded-For` names the client; from anyone else the header is ignored.
+    pub trusted_proxies: Option<Vec<String>>,
 }
 
 /// The `[relay]` table of the configuration file.

@@ -560,7 +560,7 @@ async fn metrics_count_requests_by_route_pattern_and_report_the_log_head() {
 async fn failed_authentication_and_offline_activations_are_rate_limited() {
     use license_ledger::http::limits::{AUTH_FAILURES_PER_MINUTE, OFFLINE_ACTIVATIONS_PER_MINUTE};
     let app = TestApp::spawn().await;
-    // Guessing tokens: past the limit, the address gets 429 even with a good token.
+    // Guessing tokens: past the limit, the address's guesses get 429 with Retry-After.
     let mut statuses = Vec::new();
     for _ in 0..AUTH_FAILURES_PER_MINUTE {
         let (status, _) = app
@@ -569,12 +569,25 @@ async fn failed_authentication_and_offline_activations_are_rate_limited() {
         statuses.push(status.as_u16());
     }
     assert!(statuses.iter().all(|&s| s == 401), "{statuses:?}");
-    let (status, body) = app
-        .call("GET", "/v1/licenses", Some(&app.admin), None)
+    let guess = app
+        .send("GET", "/v1/licenses", Some("llt_guess"), None)
         .await;
-    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
-    assert_eq!(body["error"], "rate_limited");
-    assert!(body["message"].as_str().unwrap().contains("retry"));
+    assert_eq!(
+        guess.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "{}",
+        guess.text
+    );
+    assert_eq!(guess.json["error"], "rate_limited");
+    assert!(guess.json["message"].as_str().unwrap().contains("retry"));
+    let res = app
+        .client
+        .get(format!("{}/v1/licenses", app.base))
+        .bearer_auth("llt_guess")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.headers()["retry-after"], "60");
 
     // Counter-key requests per token.
     let app = TestApp::spawn().await;
@@ -596,6 +609,69 @@ async fn failed_authentication_and_offline_activations_are_rate_limited() {
         last = status;
     }
     assert_eq!(last, StatusCode::TOO_MANY_REQUESTS);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_auth_failure_limiter_locks_out_valid_tokens() {
+    // Finding 6 of issue 15: after 61 bad tokens from one address, the admin token and the
+    // terminals behind the same address got 429 for a minute.
+    use license_ledger::http::limits::AUTH_FAILURES_PER_MINUTE;
+    let app = TestApp::spawn().await;
+    let support = app.token("support", None).await;
+    for _ in 0..=AUTH_FAILURES_PER_MINUTE + 5 {
+        app.call("GET", "/v1/licenses", Some("llt_guess"), None)
+            .await;
+    }
+    let (status, _) = app
+        .call("GET", "/v1/licenses", Some("llt_guess"), None)
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "the guesses are limited"
+    );
+    for token in [&app.admin, &support] {
+        let (status, body) = app.call("GET", "/v1/licenses", Some(token), None).await;
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "a valid token is never refused: {body}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn x_forwarded_for_counts_only_from_a_trusted_proxy() {
+    use license_ledger::http::limits::AUTH_FAILURES_PER_MINUTE;
+    let guess = |app: &TestApp, client: &'static str| {
+        app.client
+            .get(format!("{}/v1/licenses", app.base))
+            .bearer_auth("llt_guess")
+            .header("X-Forwarded-For", format!("203.0.113.9, {client}"))
+            .send()
+    };
+    // No trusted proxy: the header is a client's claim; all guesses count for 127.0.0.1.
+    let app = TestApp::spawn().await;
+    for i in 0..AUTH_FAILURES_PER_MINUTE {
+        let client = if i % 2 == 0 { "10.0.0.1" } else { "10.0.0.2" };
+        assert_eq!(guess(&app, client).await.unwrap().status(), 401);
+    }
+    assert_eq!(guess(&app, "10.0.0.3").await.unwrap().status(), 429);
+
+    // Behind a trusted proxy (the loopback): each client address counts apart, and the
+    // address left of the nearest untrusted hop is never believed.
+    let mut app = TestApp::spawn().await;
+    app.restart_with(|s| s.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()])
+        .await;
+    for _ in 0..AUTH_FAILURES_PER_MINUTE {
+        assert_eq!(guess(&app, "10.0.0.1").await.unwrap().status(), 401);
+    }
+    assert_eq!(guess(&app, "10.0.0.1").await.unwrap().status(), 429);
+    assert_eq!(
+        guess(&app, "10.0.0.2").await.unwrap().status(),
+        401,
+        "another client behind the same proxy is not limited"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

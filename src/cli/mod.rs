@@ -285,6 +285,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             if let Some(h) = file.record_interval_hours {
                 ledger.record_interval = chrono::Duration::hours(i64::from(h));
             }
+            let trusted_proxies = trusted_proxies(&file)?;
             let settings = serve::ServeSettings {
                 data_dir,
                 log,
@@ -296,6 +297,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 workers: args.workers.map_or(workers, usize::from),
                 clock,
                 store_layer: None,
+                trusted_proxies,
             };
             Ok(serve::run(settings, args.demo)?)
         }
@@ -303,6 +305,26 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::RelayStatus(args) => relay::status(&args, &mut std::io::stdout().lock()),
         Command::Repair(args) => repair::run(&log, &args, &mut std::io::stdout().lock()),
     }
+}
+
+/// The configuration's `trusted_proxies`, each an address or a CIDR network.
+fn trusted_proxies(file: &crate::config::FileConfig) -> Result<Vec<ipnet::IpNet>, CliError> {
+    let mut out = Vec::new();
+    for entry in file.trusted_proxies.iter().flatten() {
+        let entry = entry.trim();
+        let net = entry
+            .parse::<ipnet::IpNet>()
+            .or_else(|_| entry.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+            .map_err(|_| CliError::Input {
+                flag: "trusted_proxies",
+                message: format!(
+                    "{entry:?} in the configuration file is neither an IP address nor a CIDR \
+                     network; write e.g. \"127.0.0.1\" or \"10.0.0.0/8\""
+                ),
+            })?;
+        out.push(net);
+    }
+    Ok(out)
 }
 
 /// `migrate`: applies the PostgreSQL schema's pending migrations.

@@ -108,6 +108,7 @@ pub fn run(
         let gate = Arc::new(Gate {
             tokens: TokenTable::watching(&secrets.tokens, data_dir),
             limits: crate::http::limits::RateLimits::default(),
+            trusted_proxies: super::trusted_proxies(file)?,
         });
         let listener = TcpListener::bind(&listen).map_err(|e| CliError::Input {
             flag: "--listen",

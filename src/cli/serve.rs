@@ -55,6 +55,8 @@ pub struct ServeSettings {
     /// What the ledger reads and writes the log through, around the opened store (`None`:
     /// the store itself; tests only).
     pub store_layer: Option<StoreLayer>,
+    /// Reverse proxies whose `X-Forwarded-For` is believed (`trusted_proxies`).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl std::fmt::Debug for ServeSettings {
@@ -67,6 +69,7 @@ impl std::fmt::Debug for ServeSettings {
             .field("workers", &self.workers)
             .field("now", &self.clock.now())
             .field("store_layer", &self.store_layer.is_some())
+            .field("trusted_proxies", &self.trusted_proxies)
             .finish()
     }
 }
@@ -83,6 +86,7 @@ impl ServeSettings {
             workers: 1,
             clock: Arc::new(SystemClock),
             store_layer: None,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -222,6 +226,7 @@ async fn open_rest(
         gate: Arc::new(http::auth::Gate {
             tokens: TokenTable::watching(&secrets_file.tokens, &settings.data_dir),
             limits: http::limits::RateLimits::default(),
+            trusted_proxies: settings.trusted_proxies.clone(),
         }),
         secrets_file: Mutex::new(secrets_file),
         answers: http::checkin::AnswerCache::default(),

@@ -232,6 +232,10 @@ impl ResponseError for ApiError {
             ApiError::CatchingUp { .. } => {
                 answer.insert_header((actix_web::http::header::RETRY_AFTER, BUSY_RETRY_AFTER_S));
             }
+            ApiError::RateLimited(_) => {
+                // Limits count fixed one-minute windows.
+                answer.insert_header((actix_web::http::header::RETRY_AFTER, 60u32));
+            }
             _ => {}
         }
         answer.json(self.body())
