@@ -16,24 +16,8 @@ use serde::ser::{self, Serialize, Serializer};
 use uuid::Uuid;
 
 use crate::codec::{CodecError, Record};
-use crate::envelope::{Actor, Envelope, Hash, Position, StreamId, StreamVersion};
+use crate::envelope::Envelope;
 use crate::Event;
-
-/// The fields of `RecordJson` before `data`, in its order, borrowed.
-#[derive(serde::Serialize)]
-struct Head<'a> {
-    position: Position,
-    stream_id: &'a StreamId,
-    stream_version: StreamVersion,
-    event_id: Uuid,
-    event_type: &'a str,
-    schema_version: u16,
-    recorded_at: DateTime<Utc>,
-    actor: &'a Actor,
-    correlation_id: Uuid,
-    prev_hash: Hash,
-    hash: Hash,
-}
 
 impl Record {
     /// Appends the record's JSON form to `out` (no newline): the bytes serde_json writes for
@@ -69,34 +53,118 @@ fn write_unchecked(
     event: &Event,
     out: &mut Vec<u8>,
 ) -> Result<(), serde_json::Error> {
-    let head = Head {
-        position: e.position,
-        stream_id: &e.stream_id,
-        stream_version: e.stream_version,
-        event_id: e.event_id,
-        event_type: &e.event_type,
-        schema_version: e.schema_version,
-        recorded_at: e.recorded_at,
-        actor: &e.actor,
-        correlation_id: e.correlation_id,
-        prev_hash: e.prev_hash,
-        hash: e.hash,
-    };
-    serde_json::to_writer(&mut *out, &head)?;
-    // The head is an object: reopen it for the last two fields.
-    if out.pop() != Some(b'}') {
-        return Err(ser::Error::custom("the record's head is not a JSON object"));
-    }
+    // The fields of `RecordJson` before `data`, in its order, each as its `Serialize`
+    // writes it (the tests compare with serde_json over `to_json`), without the formatting
+    // machinery Display-based serializers go through (hashes, UUIDs and times are most of
+    // a line).
+    out.extend_from_slice(b"{\"position\":");
+    write_u64(out, e.position);
+    out.extend_from_slice(b",\"stream_id\":");
+    serde_json::to_writer(&mut *out, &e.stream_id)?;
+    out.extend_from_slice(b",\"stream_version\":");
+    write_u64(out, e.stream_version);
+    out.extend_from_slice(b",\"event_id\":");
+    write_uuid(out, &e.event_id);
+    out.extend_from_slice(b",\"event_type\":");
+    serde_json::to_writer(&mut *out, &e.event_type)?;
+    out.extend_from_slice(b",\"schema_version\":");
+    write_u64(out, u64::from(e.schema_version));
+    out.extend_from_slice(b",\"recorded_at\":");
+    write_time(out, &e.recorded_at)?;
+    out.extend_from_slice(b",\"actor\":{\"kind\":");
+    serde_json::to_writer(&mut *out, &e.actor.kind)?;
+    out.extend_from_slice(b",\"name\":");
+    serde_json::to_writer(&mut *out, &e.actor.name)?;
+    out.extend_from_slice(b"},\"correlation_id\":");
+    write_uuid(out, &e.correlation_id);
+    out.extend_from_slice(b",\"prev_hash\":\"");
+    write_hex(out, &e.prev_hash.0);
+    out.extend_from_slice(b"\",\"hash\":\"");
+    write_hex(out, &e.hash.0);
+    out.push(b'"');
     out.extend_from_slice(b",\"data\":");
     event.serialize_data(SortedJson { out: &mut *out })?;
     out.extend_from_slice(b",\"payload\":\"");
+    write_hex(out, payload);
+    out.extend_from_slice(b"\"}");
+    Ok(())
+}
+
+/// Lower-case hex, as `hex::encode` and `Hash`'s `Display` write it.
+fn write_hex(out: &mut Vec<u8>, bytes: &[u8]) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    out.reserve(2 * payload.len() + 2);
-    for &b in payload {
+    out.reserve(2 * bytes.len());
+    for &b in bytes {
         out.push(HEX[usize::from(b >> 4)]);
         out.push(HEX[usize::from(b & 15)]);
     }
-    out.extend_from_slice(b"\"}");
+}
+
+fn write_u64(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
+}
+
+/// A quoted hyphenated lower-case UUID, as uuid's `Serialize` writes it.
+fn write_uuid(out: &mut Vec<u8>, id: &Uuid) {
+    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    out.push(b'"');
+    out.extend_from_slice(id.hyphenated().encode_lower(&mut buf).as_bytes());
+    out.push(b'"');
+}
+
+/// A quoted RFC 3339 time as chrono's `Serialize` writes it (`SecondsFormat::AutoSi`, `Z`):
+/// no fraction, or 3, 6 or 9 digits, the fewest that hold it. Years outside 0..=9999 (which
+/// chrono writes with a sign) go through chrono itself.
+fn write_time(out: &mut Vec<u8>, t: &DateTime<Utc>) -> Result<(), serde_json::Error> {
+    use chrono::{Datelike, Timelike};
+    let nanos = t.nanosecond();
+    if !(0..=9999).contains(&t.year()) || nanos >= 1_000_000_000 {
+        return serde_json::to_writer(&mut *out, t);
+    }
+    let two = |out: &mut Vec<u8>, n: u32| {
+        out.push(b'0' + (n / 10 % 10) as u8);
+        out.push(b'0' + (n % 10) as u8);
+    };
+    let year = t.year() as u32;
+    out.push(b'"');
+    two(out, year / 100);
+    two(out, year % 100);
+    out.push(b'-');
+    two(out, t.month());
+    out.push(b'-');
+    two(out, t.day());
+    out.push(b'T');
+    two(out, t.hour());
+    out.push(b':');
+    two(out, t.minute());
+    out.push(b':');
+    two(out, t.second());
+    let (value, digits) = if nanos == 0 {
+        (0, 0)
+    } else if nanos.is_multiple_of(1_000_000) {
+        (nanos / 1_000_000, 3)
+    } else if nanos.is_multiple_of(1_000) {
+        (nanos / 1_000, 6)
+    } else {
+        (nanos, 9)
+    };
+    if digits > 0 {
+        out.push(b'.');
+        for k in (0..digits).rev() {
+            out.push(b'0' + (value / 10u32.pow(k) % 10) as u8);
+        }
+    }
+    out.extend_from_slice(b"Z\"");
     Ok(())
 }
 
@@ -151,6 +219,12 @@ impl<'a> Serializer for SortedJson<'a> {
         serialize_unit();
         serialize_unit_struct(name: &'static str);
         serialize_unit_variant(name: &'static str, index: u32, variant: &'static str);
+    }
+
+    fn collect_str<T: ?Sized + std::fmt::Display>(self, value: &T) -> Result<(), Error> {
+        // serde_json escapes straight from `Display`, without the `String` the default
+        // `collect_str` builds.
+        (&mut serde_json::Serializer::new(self.out)).collect_str(value)
     }
 
     fn serialize_f32(self, v: f32) -> Result<(), Error> {

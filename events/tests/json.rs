@@ -91,17 +91,17 @@ fn odd_strings_write_the_bytes_of_to_json() {
         let cnpj = base
             .iter()
             .find_map(|s| match &s.event {
-                Event::Customer(c) => Some(c.cnpj().clone()),
+                Event::Customer(c) => Some(*c.cnpj()),
                 _ => None,
             })
             .unwrap();
         for event in [
             Event::from(CustomerActivated {
-                cnpj: cnpj.clone(),
+                cnpj,
                 note: Some(note.clone()),
             }),
             Event::from(CustomerRegistered {
-                cnpj: cnpj.clone(),
+                cnpj,
                 trade_name: trade_name.clone(),
                 since: "2023-05-01".parse().unwrap(),
             }),
@@ -218,4 +218,59 @@ fn sorted_json_writes_what_a_value_writes() {
     assert_ne!(serde_json::to_vec(&odd).unwrap(), expected);
     assert_eq!(sorted(&Repeats), through_value(&Repeats));
     assert_eq!(sorted(&Repeats), br#"{"a":2,"b":3}"#);
+}
+
+#[test]
+fn every_shape_of_recorded_at_writes_the_bytes_of_to_json() {
+    use chrono::{TimeZone, Utc};
+    let s = &all_samples()[0];
+    let times = [
+        Utc.with_ymd_and_hms(2026, 11, 3, 6, 0, 0).unwrap(),
+        Utc.timestamp_micros(1_682_951_527_120_000).unwrap(), // milliseconds only
+        Utc.timestamp_micros(1_682_951_527_000_001).unwrap(),
+        Utc.timestamp_micros(1_682_951_527_999_999).unwrap(),
+        Utc.timestamp_micros(0).unwrap(),
+        Utc.with_ymd_and_hms(9999, 12, 31, 23, 59, 59).unwrap(),
+        Utc.with_ymd_and_hms(12345, 1, 2, 3, 4, 5).unwrap(), // chrono writes a sign
+        Utc.with_ymd_and_hms(-44, 3, 15, 12, 0, 0).unwrap(),
+        Utc.with_ymd_and_hms(7, 1, 1, 0, 0, 0).unwrap(),
+    ];
+    for (i, t) in times.into_iter().enumerate() {
+        let mut env = golden_envelope(
+            &s.event,
+            s.event.event_type(),
+            s.event.schema_version(),
+            &s.actor,
+        );
+        env.recorded_at = t;
+        env.position = u64::MAX - i as u64;
+        let record = seal(&env, &s.event.encode_payload().unwrap()).1;
+        assert_same(&record, &t.to_string());
+    }
+}
+
+/// The hand-written forms agree with the library forms they replace.
+#[test]
+fn dates_and_hex_values_keep_their_text() {
+    use chrono::NaiveDate;
+    for (y, m, d) in [
+        (2026, 12, 3),
+        (1, 1, 1),
+        (999, 10, 31),
+        (9999, 12, 31),
+        (10000, 1, 1),
+    ] {
+        let date = NaiveDate::from_ymd_opt(y, m, d).unwrap();
+        let mut out = Vec::new();
+        ledger_events::values::day::serialize(&date, &mut serde_json::Serializer::new(&mut out))
+            .unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            format!("\"{}\"", date.format("%Y-%m-%d"))
+        );
+    }
+    let key = ledger_events::HardwareKey::parse("88a7b56c2b3f326f91362a182483f63e").unwrap();
+    assert_eq!(key.to_string(), hex::encode_upper(key.as_bytes()));
+    let hash = ledger_events::Hash(std::array::from_fn(|i| (i * 37) as u8));
+    assert_eq!(hash.to_string(), hex::encode(hash.0));
 }
