@@ -119,3 +119,40 @@ async fn verify_reports_a_torn_tail_without_failing() {
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.contains("no durable.head marker"), "{stderr}");
 }
+
+/// `export` checks what `verify` checks: through its scanning thread, a flipped bit fails
+/// the export (exit 1, the position named), and only records before the damage are written,
+/// each a complete line, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_of_a_damaged_log_fails_after_the_records_before_the_damage() {
+    let dir = tempfile::tempdir().unwrap();
+    write_log(dir.path(), 10).await;
+    let seg = list_segments(dir.path()).unwrap().pop().unwrap().path;
+    let mut bytes = fs::read(&seg).unwrap();
+    let len = bytes.len();
+    bytes[len / 2] ^= 0x40;
+    fs::write(&seg, &bytes).unwrap();
+    for format in ["jsonl", "csv"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_license-ledger"))
+            .args(["export", "--format", format, "--data-dir"])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{format}: {stderr}");
+        assert!(stderr.contains("position "), "{format}: {stderr}");
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        let lines: Vec<&str> = stdout.lines().skip(usize::from(format == "csv")).collect();
+        assert!(lines.len() < 10, "{format}: {} records of 10", lines.len());
+        for (i, line) in lines.iter().enumerate() {
+            let position = if format == "jsonl" {
+                serde_json::from_str::<ledger_events::RecordJson>(line)
+                    .unwrap()
+                    .position
+            } else {
+                line.split(',').next().unwrap().parse().unwrap()
+            };
+            assert_eq!(position, i as u64 + 1, "{format}");
+        }
+    }
+}

@@ -535,6 +535,14 @@ macro_rules! catalogue {
                 }
             }
 
+            /// Serializes the event's fields (what [`Event::data_json`] holds) with `s`,
+            /// without building a JSON value: the export's writer.
+            pub fn serialize_data<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                match self {
+                    $( $( Event::$agg($agg_enum::$variant(e)) => serde::Serialize::serialize(e, s), )+ )+
+                }
+            }
+
             /// The event's fields as JSON (without type or version).
             pub fn data_json(&self) -> serde_json::Value {
                 let v = match self {

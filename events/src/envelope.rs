@@ -72,7 +72,10 @@ pub(crate) fn decode_hex(digits: &[u8], out: &mut [u8]) -> Result<(), ()> {
 
 impl fmt::Display for Hash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&hex::encode(self.0))
+        // On the stack: exports write two hashes per record.
+        let mut buf = [0u8; 64];
+        hex::encode_to_slice(self.0, &mut buf).map_err(|_| fmt::Error)?;
+        f.write_str(std::str::from_utf8(&buf).map_err(|_| fmt::Error)?)
     }
 }
 impl fmt::Debug for Hash {

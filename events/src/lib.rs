@@ -19,6 +19,7 @@ pub mod catalogue;
 pub mod chain;
 pub mod codec;
 pub mod envelope;
+pub mod json;
 pub mod offline;
 #[cfg(feature = "openapi")]
 mod openapi;

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use ledger_events::{ChainHead, ChainVerifier, Record};
+use ledger_events::{ChainError, ChainFault, ChainHead, Record};
 use serde::Deserialize;
 
 use super::CliError;
@@ -194,30 +194,64 @@ pub fn scan_log(
             runtime.block_on(async {
                 // Opening checks the head row against the record it names.
                 let opened = log.open(Arc::new(crate::clock::SystemClock), "").await?;
+                let read = |from| {
+                    let opened = opened.clone();
+                    tokio::spawn(async move { opened.read_all_checked(from, READ_BATCH_MAX).await })
+                };
+                let mut pending = read(1);
                 let result = async {
-                    let mut chain = ChainVerifier::new();
-                    let mut next = 1;
+                    // Every row's hash is checked against the record it encodes as it is read
+                    // (`rows::decode_row`); the chain is checked here: dense positions from 1,
+                    // each record linked to the one before.
+                    let mut head = ChainHead::default();
                     loop {
-                        let batch = opened.read_all_checked(next, READ_BATCH_MAX).await?;
+                        let batch = (&mut pending).await.map_err(|e| {
+                            StoreError::io("reading the log", std::io::Error::other(e))
+                        })??;
                         let Some(last) = batch.last() else {
-                            return Ok::<_, CliError>(chain.head());
+                            return Ok::<_, CliError>(head);
                         };
-                        next = last.envelope.position + 1;
+                        // The next batch is read (and its rows decoded and checked, on the
+                        // runtime's threads) while this one is visited.
+                        pending = read(last.envelope.position + 1);
                         for record in batch {
-                            let bytes = record.encode().map_err(StoreError::from)?;
-                            let view = ledger_events::codec::RecordView::parse(&bytes)
-                                .map_err(StoreError::from)?;
-                            chain.push(&view).map_err(|e| StoreError::Corrupt {
-                                segment: "PostgreSQL".into(),
-                                offset: 0,
-                                position: record.envelope.position,
-                                problem: e.to_string(),
-                            })?;
+                            let e = &record.envelope;
+                            let fault = if e.position != head.position + 1 {
+                                Some(ChainFault::PositionGap {
+                                    expected: head.position + 1,
+                                    found: e.position,
+                                })
+                            } else if e.prev_hash != head.hash {
+                                Some(ChainFault::BrokenLink {
+                                    expected: head.hash,
+                                    found: e.prev_hash,
+                                })
+                            } else {
+                                None
+                            };
+                            if let Some(fault) = fault {
+                                return Err(StoreError::Corrupt {
+                                    segment: "PostgreSQL".into(),
+                                    offset: 0,
+                                    position: head.position + 1,
+                                    problem: ChainError {
+                                        position: head.position + 1,
+                                        fault,
+                                    }
+                                    .to_string(),
+                                }
+                                .into());
+                            }
+                            head = ChainHead {
+                                position: e.position,
+                                hash: e.hash,
+                            };
                             visit(record)?;
                         }
                     }
                 }
                 .await;
+                pending.abort();
                 let closed = opened.close().await;
                 let head = result?;
                 closed?;

@@ -206,6 +206,28 @@ pub(crate) fn scan_file_log(
     data_dir: &std::path::Path,
     mut visit: impl FnMut(ledger_events::Record) -> Result<(), StoreError>,
 ) -> Result<ledger_events::ChainHead, CliError> {
+    scan_file_views(data_dir, |view| {
+        // `scan` has checked the record's hash in the chain before visiting it: only the
+        // envelope's strings are left to check.
+        let envelope = view.envelope().map_err(|e| StoreError::Corrupt {
+            segment: String::new(),
+            offset: 0,
+            position: view.position(),
+            problem: e.to_string(),
+        })?;
+        visit(ledger_events::Record {
+            envelope,
+            payload: view.payload().to_vec(),
+        })
+    })
+}
+
+/// [`scan_file_log`] handing out the records as they lie in the segment (CRC, hash, chain
+/// link and position checked; envelope and payload not yet decoded).
+pub(crate) fn scan_file_views(
+    data_dir: &std::path::Path,
+    mut visit: impl FnMut(&ledger_events::RecordView<'_>) -> Result<(), StoreError>,
+) -> Result<ledger_events::ChainHead, CliError> {
     use crate::store::file::durable::read_mark;
     use crate::store::file::segment::{list_segments, scan};
     if !data_dir.is_dir() {
@@ -215,20 +237,7 @@ pub(crate) fn scan_file_log(
     // already on disk when the segments are read.
     let mark = read_mark(data_dir)?;
     let segments = list_segments(data_dir)?;
-    let report = scan(
-        &segments,
-        mark.as_ref(),
-        |view, _| {
-            let record = view.to_record().map_err(|e| StoreError::Corrupt {
-                segment: String::new(),
-                offset: 0,
-                position: view.position(),
-                problem: e.to_string(),
-            })?;
-            visit(record)
-        },
-        |_| {},
-    )?;
+    let report = scan(&segments, mark.as_ref(), |view, _| visit(view), |_| {})?;
     Ok(report.head)
 }
 
