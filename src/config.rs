@@ -87,6 +87,13 @@ pub enum ConfigError {
         /// What is wrong.
         message: String,
     },
+    /// A token of that name exists already: names are the actors of the log, so two tokens
+    /// may not share one (a support token named `admin` would pass for the admin).
+    #[error("a token named {name:?} exists already; choose another name (see `token list`)")]
+    NameTaken {
+        /// The name asked for.
+        name: String,
+    },
     /// The secrets file is readable by others.
     #[error("{path} has mode {mode:o}; run `chmod 600 {path}`")]
     Permissions {
@@ -307,15 +314,28 @@ impl SecretsFile {
         self.add_tokens(vec![entry])
     }
 
-    /// Adds token entries with one rewrite of the file (atomically, mode 0600).
+    /// Adds token entries with one rewrite of the file (atomically, mode 0600). Refuses
+    /// the lot if a name is taken, in the file or twice among `entries`.
     pub fn add_tokens(&mut self, entries: Vec<TokenEntry>) -> Result<(), ConfigError> {
         self.rewrite(|stored| {
+            for (i, entry) in entries.iter().enumerate() {
+                name_free(&stored.tokens, &entry.name)?;
+                name_free(&entries[..i], &entry.name)?;
+            }
             stored.tokens.extend(entries.iter().cloned());
             Ok(())
         })?;
         self.tokens.extend(entries);
         Ok(())
     }
+}
+
+/// Fails when a token in `tokens` is named `name`.
+fn name_free(tokens: &[TokenEntry], name: &str) -> Result<(), ConfigError> {
+    if tokens.iter().any(|t| t.name == name) {
+        return Err(ConfigError::NameTaken { name: name.into() });
+    }
+    Ok(())
 }
 
 /// A token's public id: the first 12 hex digits of its SHA-256 (not enough to find the
@@ -344,6 +364,7 @@ impl SecretsFile {
         let created = at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
         let sha = entry.sha256.clone();
         self.rewrite(|stored| {
+            name_free(&stored.tokens, &entry.name)?;
             stored.tokens.push(entry.clone());
             stored.token_created.insert(sha.clone(), created.clone());
             Ok(())

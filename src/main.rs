@@ -8,6 +8,7 @@ use license_ledger::cli::{self, Cli};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
+    private_files();
     let cli = Cli::parse();
     // The log index's engine (fjall) narrates its recovery at info: warnings only.
     let filter = EnvFilter::try_from_env("LEDGER_LOG")
@@ -27,5 +28,18 @@ fn main() -> ExitCode {
             eprintln!("error: {e}");
             e.exit_code()
         }
+    }
+}
+
+/// Everything this process creates — log segments, indexes, snapshots, the relay's mirror,
+/// outbox and certificate, keys — is readable by its owner only (files 0600, directories
+/// 0700): the log names customers and terminals, and the relay's files are on the
+/// customer's premises. One umask covers the files the storage engines create too.
+fn private_files() {
+    #[cfg(unix)]
+    // SAFETY: umask only sets the process's file-creation mask; it takes and returns an
+    // integer and cannot fail.
+    unsafe {
+        libc::umask(0o077);
     }
 }

@@ -733,3 +733,23 @@ async fn a_license_listing_sorts_on_request_and_refuses_a_page_over_the_limit() 
         assert_eq!(body["field"], query.split('=').next().unwrap(), "{body}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_token_names_are_refused_naming_the_field() {
+    // Finding 9 of issue 15: a support token named `admin` looked like the admin in the log.
+    let app = TestApp::spawn().await;
+    app.named_token("caixa-loja-1", "support", None).await;
+    for name in ["caixa-loja-1", "admin"] {
+        let a = app
+            .send(
+                "POST",
+                "/v1/tokens",
+                Some(app.admin.as_str()),
+                Some(&json!({"name": name, "role": "support"})),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::BAD_REQUEST, "{name}: {}", a.text);
+        assert_eq!(a.json["field"], "name", "{}", a.text);
+        assert!(a.text.contains("exists already"), "{}", a.text);
+    }
+}

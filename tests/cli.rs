@@ -96,6 +96,20 @@ fn tokens_are_created_listed_without_their_secret_and_revoked() {
     );
     let secrets = std::fs::read_to_string(dir.path().join("secrets.toml")).unwrap();
     assert!(!secrets.contains(&token));
+    // Names are the actors of the log: a second token of the same name is refused, and so
+    // is one posing as the admin.
+    for name in ["caixa-1", "admin"] {
+        let again = run(
+            dir.path(),
+            &["token", "create", "--role", "support", "--name", name],
+        );
+        assert_eq!(again.code, 2, "{name}: {}", again.stderr);
+        assert!(
+            again.stderr.contains("--name") && again.stderr.contains("exists already"),
+            "{}",
+            again.stderr
+        );
+    }
     ok(dir.path(), &["token", "revoke", "caixa-1"]);
     let list = ok(dir.path(), &["token", "list"]);
     assert!(!list.contains("caixa-1"), "{list}");
@@ -379,4 +393,31 @@ async fn cli_tokens_work_on_a_running_server_without_restart() {
         got, 401,
         "a revoked token must stop working on the running server"
     );
+}
+
+#[cfg(unix)]
+#[test]
+fn every_file_the_commands_create_is_private_to_its_owner() {
+    // Finding 9 of issue 15: log segments (and the relay's files) were created 0644.
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    ok(&data, &["demo"]);
+    ok(&data, &["history", "000001"]);
+    let mut seen = 0;
+    let mut stack = vec![data.clone()];
+    while let Some(path) = stack.pop() {
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        let mode = meta.permissions().mode() & 0o777;
+        if meta.is_dir() {
+            assert_eq!(mode, 0o700, "{}", path.display());
+            for entry in std::fs::read_dir(&path).unwrap() {
+                stack.push(entry.unwrap().path());
+            }
+        } else {
+            assert_eq!(mode & 0o077, 0, "{} has mode {mode:o}", path.display());
+            seen += 1;
+        }
+    }
+    assert!(seen > 5, "the walk saw the log's files: {seen}");
 }

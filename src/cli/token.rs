@@ -136,7 +136,14 @@ fn create(data_dir: &Path, args: &CreateArgs, out: &mut impl Write) -> Result<()
             file.path().display()
         )?;
     }
-    file.add_token_at(entry.clone(), SystemClock.now())?;
+    file.add_token_at(entry.clone(), SystemClock.now())
+        .map_err(|e| match e {
+            crate::config::ConfigError::NameTaken { .. } => CliError::Input {
+                flag: "--name",
+                message: e.to_string(),
+            },
+            e => e.into(),
+        })?;
     eprintln!("note: a running server picks the token up within about a second");
     writeln!(
         out,

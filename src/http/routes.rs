@@ -849,9 +849,12 @@ async fn create_token(state: State, _caller: As<Admins>, Json(b): Json<TokenBody
         .secrets_file
         .lock()
         .add_token(entry.clone())
-        .map_err(|e| {
-            tracing::error!(error = %e, "saving a token");
-            ApiError::Unavailable("could not save the token".into())
+        .map_err(|e| match e {
+            crate::config::ConfigError::NameTaken { .. } => ApiError::field("name", e.to_string()),
+            e => {
+                tracing::error!(error = %e, "saving a token");
+                ApiError::Unavailable("could not save the token".into())
+            }
         })?;
     tracing::info!(name = %entry.name, role = ?entry.role, "token created");
     state.gate.tokens.add(entry.clone());
