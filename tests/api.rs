@@ -753,3 +753,90 @@ async fn duplicate_token_names_are_refused_naming_the_field() {
         assert!(a.text.contains("exists already"), "{}", a.text);
     }
 }
+
+/// Opens `GET /v1/events/stream` with `token` and returns the response (body unread).
+async fn open_stream(app: &TestApp, token: &str) -> reqwest::Response {
+    Client::new()
+        .get(format!("{}/v1/events/stream", app.base))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_stream_outlives_its_revoked_token() {
+    // Finding 8 of issue 15: streams kept delivering after the token was revoked.
+    let app = TestApp::spawn().await;
+    app.seed().await;
+    let auditor = app.named_token("auditor-stream", "auditor", None).await;
+    let mut res = open_stream(&app, &auditor).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let mut text = String::new();
+    // The stored records arrive; then the token is revoked as `token revoke` does.
+    while !text.contains("event: record") {
+        let chunk = tokio::time::timeout(Duration::from_secs(10), res.chunk())
+            .await
+            .expect("records within 10 s")
+            .unwrap()
+            .expect("the stream is open");
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    let (mut secrets, _) =
+        license_ledger::config::SecretsFile::load_or_create(app.dir.path()).unwrap();
+    secrets.remove_token("auditor-stream").unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(chunk) = res.chunk().await.unwrap() {
+            text.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "the stream still runs 10 s after the revocation"
+    );
+    assert!(
+        text.ends_with(": revoked\n\n"),
+        "{}",
+        &text[text.len().saturating_sub(200)..]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_streams_are_capped_per_token_and_a_closed_one_frees_its_place() {
+    // Finding 8 of issue 15: 400 concurrent streams were accepted from one token.
+    use license_ledger::http::sse::STREAMS_PER_TOKEN_MAX;
+    let app = TestApp::spawn().await;
+    let auditor = app.token("auditor", None).await;
+    let other = app.token("auditor", None).await;
+    let mut open = Vec::new();
+    for i in 0..STREAMS_PER_TOKEN_MAX {
+        let res = open_stream(&app, &auditor).await;
+        assert_eq!(res.status(), StatusCode::OK, "stream {i}");
+        open.push(res);
+    }
+    let over = open_stream(&app, &auditor).await;
+    assert_eq!(over.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(over.headers()["retry-after"], "60");
+    let body: Value = over.json().await.unwrap();
+    assert_eq!(body["error"], "rate_limited");
+    assert_eq!(
+        open_stream(&app, &other).await.status(),
+        StatusCode::OK,
+        "another token has its own share"
+    );
+    // The server learns of the close at its next write at the latest (a keep-alive, 15 s).
+    drop(open.pop());
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let res = open_stream(&app, &auditor).await;
+        if res.status() == StatusCode::OK {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a closed stream's place was not freed within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -370,6 +370,50 @@ async fn a_client_that_never_finishes_its_body_is_cut_off_within_the_body_timeou
     assert_alive(&app, "50 idle bodies").await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_trickled_one_byte_at_a_time_is_cut_off_at_the_total_deadline() {
+    // Finding 9 of issue 15: a byte every 8 s kept a body open for ever.
+    use license_ledger::http::{CLIENT_BODY_DEADLINE, CLIENT_BODY_TIMEOUT};
+    let app = TestApp::spawn().await;
+    let mut s = TcpStream::connect(addr(&app)).await.expect("connect");
+    let head = format!(
+        "POST /v1/customers HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{",
+        app.admin
+    );
+    s.write_all(head.as_bytes()).await.expect("write");
+    let started = Instant::now();
+    let every = CLIENT_BODY_TIMEOUT / 4;
+    let limit = CLIENT_BODY_DEADLINE + Duration::from_secs(4);
+    let mut buf = vec![0u8; 4096];
+    let mut text = String::new();
+    while started.elapsed() < limit {
+        // One byte well inside the idle time-out, then look for an answer.
+        if s.write_all(b" ").await.is_err() {
+            break;
+        }
+        match tokio::time::timeout(every, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => text.push_str(&String::from_utf8_lossy(&buf[..n])),
+            Err(_) => {}
+        }
+        if text.contains("\r\n\r\n{") && text.ends_with('}') {
+            break;
+        }
+    }
+    let waited = started.elapsed();
+    assert!(
+        text.starts_with("HTTP/1.1 408"),
+        "after {waited:?}: {text:?}"
+    );
+    assert!(text.contains("body_timeout"), "{text}");
+    assert!(
+        waited >= CLIENT_BODY_DEADLINE - Duration::from_millis(500) && waited < limit,
+        "cut off after {waited:?}"
+    );
+    assert_alive(&app, "a trickled body").await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Paths
 // ---------------------------------------------------------------------------------------------

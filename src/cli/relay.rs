@@ -109,6 +109,7 @@ pub fn run(
             tokens: TokenTable::watching(&secrets.tokens, data_dir),
             limits: crate::http::limits::RateLimits::default(),
             trusted_proxies: super::trusted_proxies(file)?,
+            streams: Default::default(),
         });
         let listener = TcpListener::bind(&listen).map_err(|e| CliError::Input {
             flag: "--listen",

@@ -227,6 +227,7 @@ async fn open_rest(
             tokens: TokenTable::watching(&secrets_file.tokens, &settings.data_dir),
             limits: http::limits::RateLimits::default(),
             trusted_proxies: settings.trusted_proxies.clone(),
+            streams: Default::default(),
         }),
         secrets_file: Mutex::new(secrets_file),
         answers: http::checkin::AnswerCache::default(),

@@ -11,6 +11,7 @@ use std::fs;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::SystemTime;
 use subtle::ConstantTimeEq;
 
@@ -222,6 +223,17 @@ pub struct Gate {
     pub limits: super::limits::RateLimits,
     /// Reverse proxies whose `X-Forwarded-For` names the client (`trusted_proxies`).
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Event streams open now (capped per token and in all).
+    pub streams: Arc<super::sse::OpenStreams>,
+}
+
+/// The bearer token of a request, if it carries one.
+pub fn bearer_token(req: &HttpRequest) -> Option<&str> {
+    req.headers()
+        .get(actix_web::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
 }
 
 impl Gate {
@@ -320,12 +332,7 @@ impl<R: Admits> FromRequest for As<R> {
 
 impl Caller {
     fn authenticate_request(req: &HttpRequest, _: &mut Payload) -> Result<Caller, ApiError> {
-        let token = req
-            .headers()
-            .get(actix_web::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim);
+        let token = bearer_token(req);
         let (Some(token), Some(state)) = (token, req.app_data::<web::Data<Gate>>()) else {
             return Err(ApiError::Unauthenticated);
         };

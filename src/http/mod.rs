@@ -46,11 +46,26 @@ pub const CLIENT_DISCONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Longest silence allowed inside a request body: a body that stops arriving fails its read
 /// (400) and its connection is closed. actix-web has no body timeout of its own.
 pub const CLIENT_BODY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest time a whole request body may take, however steadily it trickles (one byte every
+/// 8 s never trips [`CLIENT_BODY_TIMEOUT`]); 64 KiB in 20 s is 3.2 KiB/s.
+pub const CLIENT_BODY_DEADLINE: Duration = Duration::from_secs(20);
 
-/// A request body that fails once no byte arrived for [`CLIENT_BODY_TIMEOUT`].
+/// A request body that fails once no byte arrived for [`CLIENT_BODY_TIMEOUT`], or once it
+/// has taken [`CLIENT_BODY_DEADLINE`] in all.
 struct IdleTimeout {
     inner: Payload,
     timer: Pin<Box<tokio::time::Sleep>>,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl IdleTimeout {
+    fn new(inner: Payload) -> Self {
+        Self {
+            inner,
+            timer: Box::pin(tokio::time::sleep(CLIENT_BODY_TIMEOUT)),
+            deadline: Box::pin(tokio::time::sleep(CLIENT_BODY_DEADLINE)),
+        }
+    }
 }
 
 impl Stream for IdleTimeout {
@@ -58,6 +73,15 @@ impl Stream for IdleTimeout {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
+        if this.deadline.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Some(Err(PayloadError::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "the body took more than {} s",
+                    CLIENT_BODY_DEADLINE.as_secs()
+                ),
+            )))));
+        }
         match Pin::new(&mut this.inner).poll_next(cx) {
             Poll::Ready(item) => {
                 let deadline = tokio::time::Instant::now() + CLIENT_BODY_TIMEOUT;
@@ -72,6 +96,16 @@ impl Stream for IdleTimeout {
                 Poll::Pending => Poll::Pending,
             },
         }
+    }
+}
+
+/// Puts a request's body, if it has one, under [`CLIENT_BODY_TIMEOUT`] and
+/// [`CLIENT_BODY_DEADLINE`] (the center's server and the relay's both do).
+pub fn guard_body(req: &mut actix_web::dev::ServiceRequest) {
+    if req.headers().contains_key(CONTENT_LENGTH) || req.headers().contains_key(TRANSFER_ENCODING) {
+        let body: Pin<Box<dyn Stream<Item = Result<Bytes, PayloadError>>>> =
+            Box::pin(IdleTimeout::new(req.take_payload()));
+        req.set_payload(Payload::from(body));
     }
 }
 
@@ -104,15 +138,7 @@ pub fn server(state: AppState, listener: TcpListener, workers: usize) -> std::io
             .app_data(gate.clone())
             .app_data(http_metrics.clone())
             .wrap_fn(move |mut req, srv| {
-                if req.headers().contains_key(CONTENT_LENGTH)
-                    || req.headers().contains_key(TRANSFER_ENCODING)
-                {
-                    let inner = req.take_payload();
-                    let timer = Box::pin(tokio::time::sleep(CLIENT_BODY_TIMEOUT));
-                    let body: Pin<Box<dyn Stream<Item = Result<Bytes, PayloadError>>>> =
-                        Box::pin(IdleTimeout { inner, timer });
-                    req.set_payload(Payload::from(body));
-                }
+                guard_body(&mut req);
                 let method = req.method().clone();
                 let path = req.path().to_owned();
                 // The matched pattern, never the raw path: bounded label cardinality.

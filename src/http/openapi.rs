@@ -102,6 +102,11 @@ const WITH_TOKEN: &[(&str, &str)] = &[
         "The token's role may not do this (or it is bound to another customer).",
     ),
     (
+        "429",
+        "Over a limit (`rate_limited`, with `Retry-After`): failed authentications from this \
+         address, offline activations, or event streams open per token or in all.",
+    ),
+    (
         "500",
         "A bug or damage; details are in the server log only.",
     ),
@@ -169,6 +174,15 @@ fn error_response(status: &str, description: &str) -> RefOr<Response> {
             .schema(Some(Ref::from_schema_name("Error")))
             .build(),
     );
+    if status == "429" {
+        response = response.header(
+            "Retry-After",
+            HeaderBuilder::new()
+                .schema(Object::with_type(Type::Integer))
+                .description(Some("Seconds until the limit's window ends."))
+                .build(),
+        );
+    }
     if status == "503" {
         response = response.header(
             "Retry-After",

@@ -19,7 +19,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::auth::{As, Relays};
 use super::error::{ApiError, ErrorBody};
 use super::extract::{Json, Query};
-use super::sse::{start_position, stream_response, CustomerFilter};
+use super::sse::{standing, start_position, stream_response, CustomerFilter};
 use super::AppState;
 use crate::app::relay::{ForwardedEvent, Resolution, FORWARD_EVENTS_MAX};
 
@@ -152,7 +152,15 @@ pub async fn stream(
         ledger: state.ledger.clone(),
         cnpj,
     };
-    Ok(stream_response(&state, from, Some(filter)))
+    let active = move |state: &AppState| {
+        state
+            .ledger
+            .view()
+            .customer(&cnpj)
+            .is_some_and(|c| c.active)
+    };
+    let standing = standing(&state, &caller.0, &req, active)?;
+    Ok(stream_response(&state, from, Some(filter), standing))
 }
 
 /// The body of `POST /v1/relay/certificate`.

@@ -7,6 +7,11 @@
 //! [`KEEP_ALIVE`] the task sends a `: keep-alive` comment. The task ends, dropping the
 //! subscription, as soon as the client goes away (the channel closes), the store closes, or
 //! reading the log fails (logged; the stream then ends).
+//!
+//! A stream does not outlive what let it open: every [`TOKEN_RECHECK`] it checks that its
+//! token still stands (and, for a relay, that its customer is still active) and ends with a
+//! `: revoked` comment when not. Streams are capped per token ([`STREAMS_PER_TOKEN_MAX`])
+//! and in all ([`STREAMS_MAX`]); one more is a 429.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -31,6 +36,76 @@ use utoipa::IntoParams;
 pub const SSE_CHANNEL_MESSAGES: usize = 64;
 /// Idle time after which a `: keep-alive` comment is sent.
 pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
+/// How often an open stream checks that its token (and a relay's customer) still stands.
+pub const TOKEN_RECHECK: Duration = Duration::from_secs(1);
+/// Streams one token may hold open at once.
+pub const STREAMS_PER_TOKEN_MAX: usize = 8;
+/// Streams open at once in all.
+pub const STREAMS_MAX: usize = 256;
+
+/// The streams open now, by the name of the token holding each (names are unique).
+#[derive(Debug, Default)]
+pub struct OpenStreams {
+    by_token: parking_lot::Mutex<std::collections::HashMap<String, usize>>,
+}
+
+impl OpenStreams {
+    /// A place for one more stream of `holder`, or a 429 when its share or the total is
+    /// taken. The place is given back when the permit drops (the stream ended).
+    pub fn open(self: &std::sync::Arc<Self>, holder: &str) -> Result<StreamPermit, ApiError> {
+        let mut by_token = self.by_token.lock();
+        let total: usize = by_token.values().sum();
+        let mine = by_token.get(holder).copied().unwrap_or(0);
+        if mine >= STREAMS_PER_TOKEN_MAX {
+            return Err(ApiError::RateLimited(format!(
+                "this token holds {mine} event streams already (at most \
+                 {STREAMS_PER_TOKEN_MAX}); close one and retry"
+            )));
+        }
+        if total >= STREAMS_MAX {
+            return Err(ApiError::RateLimited(format!(
+                "the server holds {total} event streams (at most {STREAMS_MAX}); retry later"
+            )));
+        }
+        *by_token.entry(holder.to_owned()).or_insert(0) += 1;
+        Ok(StreamPermit {
+            streams: self.clone(),
+            holder: holder.to_owned(),
+        })
+    }
+
+    /// Streams open now.
+    pub fn total(&self) -> usize {
+        self.by_token.lock().values().sum()
+    }
+}
+
+/// One open stream's place in [`OpenStreams`].
+#[derive(Debug)]
+pub struct StreamPermit {
+    streams: std::sync::Arc<OpenStreams>,
+    holder: String,
+}
+
+impl Drop for StreamPermit {
+    fn drop(&mut self) {
+        let mut by_token = self.streams.by_token.lock();
+        if let Some(n) = by_token.get_mut(&self.holder) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                by_token.remove(&self.holder);
+            }
+        }
+    }
+}
+
+/// What keeps a stream open: its place, and the check that its caller still stands.
+pub struct Standing {
+    /// The stream's place among the open ones.
+    pub permit: StreamPermit,
+    /// Whether the token (and a relay's customer) still stands.
+    pub stands: Box<dyn Fn() -> bool + Send + Sync>,
+}
 
 /// The body: the receiving end of the feed task's channel.
 struct ChannelBody(mpsc::Receiver<Bytes>);
@@ -94,12 +169,30 @@ impl CustomerFilter {
     }
 }
 
-async fn follow(mut feed: LogFeed, tx: mpsc::Sender<Bytes>, filter: Option<CustomerFilter>) {
+async fn follow(
+    mut feed: LogFeed,
+    tx: mpsc::Sender<Bytes>,
+    filter: Option<CustomerFilter>,
+    standing: Standing,
+) {
+    let mut recheck = tokio::time::interval(TOKEN_RECHECK);
+    recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let idle = tokio::time::sleep(KEEP_ALIVE);
+    tokio::pin!(idle);
     loop {
         let next = tokio::select! {
             _ = tx.closed() => return,
+            _ = recheck.tick() => {
+                if !(standing.stands)() {
+                    tracing::info!(holder = %standing.permit.holder, "event stream closed: its token was revoked or its customer is inactive");
+                    let _ = tx.send(Bytes::from_static(b": revoked\n\n")).await;
+                    return;
+                }
+                continue;
+            }
             next = feed.next() => next,
-            _ = tokio::time::sleep(KEEP_ALIVE) => {
+            () = &mut idle => {
+                idle.as_mut().reset(tokio::time::Instant::now() + KEEP_ALIVE);
                 if tx.send(Bytes::from_static(b": keep-alive\n\n")).await.is_err() {
                     return;
                 }
@@ -128,6 +221,8 @@ async fn follow(mut feed: LogFeed, tx: mpsc::Sender<Bytes>, filter: Option<Custo
                 if tx.send(b).await.is_err() {
                     return;
                 }
+                idle.as_mut()
+                    .reset(tokio::time::Instant::now() + KEEP_ALIVE);
             }
             Err(e) => {
                 tracing::error!(error = %e, position = record.envelope.position, "event stream stopped: a record could not be sent");
@@ -146,12 +241,40 @@ async fn follow(mut feed: LogFeed, tx: mpsc::Sender<Bytes>, filter: Option<Custo
         content_type = "text/event-stream", body = String)))]
 pub async fn events_stream(
     state: web::Data<AppState>,
-    _caller: As<Readers>,
+    caller: As<Readers>,
     req: HttpRequest,
     Query(q): Query<StreamFrom>,
 ) -> Result<HttpResponse, ApiError> {
     let from = start_position(&req, q.from)?;
-    Ok(stream_response(&state, from, None))
+    let standing = standing(&state, &caller.0, &req, |_| true)?;
+    Ok(stream_response(&state, from, None, standing))
+}
+
+/// A place for `caller`'s stream, and the check that its token — the same bytes, still in
+/// the token table with the same role — and `also` (e.g. a relay's customer still active)
+/// still stand.
+pub fn standing(
+    state: &web::Data<AppState>,
+    caller: &super::auth::Caller,
+    req: &HttpRequest,
+    also: impl Fn(&AppState) -> bool + Send + Sync + 'static,
+) -> Result<Standing, ApiError> {
+    let token = super::auth::bearer_token(req)
+        .ok_or(ApiError::Unauthenticated)?
+        .to_owned();
+    let permit = state.gate.streams.open(&caller.name)?;
+    let (state, role, name) = (state.clone(), caller.role, caller.name.clone());
+    Ok(Standing {
+        permit,
+        stands: Box::new(move || {
+            state
+                .gate
+                .tokens
+                .authenticate(&token)
+                .is_some_and(|c| c.role == role && c.name == name)
+                && also(&state)
+        }),
+    })
 }
 
 /// The streamed response following the log from `from`, through `filter` if any.
@@ -159,12 +282,13 @@ pub fn stream_response(
     state: &AppState,
     from: Position,
     filter: Option<CustomerFilter>,
+    standing: Standing,
 ) -> HttpResponse {
     let feed = state.ledger.subscribe(from);
     let (tx, rx) = mpsc::channel(SSE_CHANNEL_MESSAGES);
     // Sent first so the client sees the stream open before any record exists.
     let _ = tx.try_send(Bytes::from_static(b": connected\n\n"));
-    tokio::spawn(follow(feed, tx, filter));
+    tokio::spawn(follow(feed, tx, filter, standing));
     HttpResponse::Ok()
         .insert_header((CONTENT_TYPE, "text/event-stream"))
         .insert_header((CACHE_CONTROL, "no-cache"))

@@ -40,6 +40,10 @@ pub fn server(
         App::new()
             .app_data(relay.clone())
             .app_data(gate.clone())
+            .wrap_fn(|mut req, srv| {
+                crate::http::guard_body(&mut req);
+                actix_web::dev::Service::call(srv, req)
+            })
             .route("/healthz", web::get().to(healthz))
             .route("/v1/checkin", web::post().to(check_in))
             .route("/v1/keys", web::get().to(keys))
@@ -47,6 +51,8 @@ pub fn server(
             .default_service(web::to(not_found))
     })
     .workers(workers)
+    .client_request_timeout(crate::http::CLIENT_REQUEST_TIMEOUT)
+    .client_disconnect_timeout(crate::http::CLIENT_DISCONNECT_TIMEOUT)
     .disable_signals()
     .shutdown_timeout(10)
     .listen(listener)?
