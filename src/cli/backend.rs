@@ -265,7 +265,7 @@ pub fn scan_log(
 /// when a server holds the log: the caller then reads the log itself.
 pub fn with_store<T>(
     log: &Log,
-    work: impl AsyncFnOnce(&dyn EventStore) -> Result<T, CliError>,
+    work: impl AsyncFnOnce(Arc<dyn EventStore>, Arc<dyn Clock>) -> Result<T, CliError>,
 ) -> Result<Option<T>, CliError> {
     if let Log::File(dir) = log {
         if !dir.exists() {
@@ -274,12 +274,12 @@ pub fn with_store<T>(
     }
     let clock: Arc<dyn Clock> = Arc::new(crate::clock::SystemClock);
     super::runtime()?.block_on(async {
-        let store = match log.open_store(clock).await {
+        let store = match log.open_store(clock.clone()).await {
             Ok(store) => store,
             Err(StoreError::Locked(_)) => return Ok(None),
             Err(e) => return Err(e.into()),
         };
-        let answer = work(store.store().as_ref()).await;
+        let answer = work(store.store(), clock).await;
         let closed = store.close().await;
         let answer = answer?;
         closed?;
@@ -299,36 +299,19 @@ pub fn with_resumed_ledger<T>(
     use crate::app::{AppError, Ledger, LedgerConfig};
     use crate::derived::{DerivedConfig, DerivedError};
 
-    if let Log::File(dir) = log {
-        if !dir.exists() {
-            return Ok(None);
-        }
-    }
-    let clock: Arc<dyn Clock> = Arc::new(crate::clock::SystemClock);
-    super::runtime()?.block_on(async {
-        let store = match log.open_store(clock.clone()).await {
-            Ok(store) => store,
-            Err(StoreError::Locked(_)) => return Ok(None),
+    let answer = with_store(log, async |store, clock| {
+        let config = LedgerConfig {
+            derived: DerivedConfig::in_data_dir(data_dir),
+            ..LedgerConfig::default()
+        };
+        let ledger = match Ledger::start(store, clock, config).await {
+            Ok(ledger) => ledger,
+            Err(AppError::Derived(DerivedError::Locked(_))) => return Ok(None),
             Err(e) => return Err(e.into()),
         };
-        let result = async {
-            let config = LedgerConfig {
-                derived: DerivedConfig::in_data_dir(data_dir),
-                ..LedgerConfig::default()
-            };
-            let ledger = match Ledger::start(store.store(), clock, config).await {
-                Ok(ledger) => ledger,
-                Err(AppError::Derived(DerivedError::Locked(_))) => return Ok(None),
-                Err(e) => return Err(e.into()),
-            };
-            let answer = work(&ledger).await;
-            ledger.shutdown().await;
-            answer.map(Some)
-        }
-        .await;
-        let closed = store.close().await;
-        let answer = result?;
-        closed?;
-        Ok(answer)
-    })
+        let answer = work(&ledger).await;
+        ledger.shutdown().await;
+        answer.map(Some)
+    })?;
+    Ok(answer.flatten())
 }

@@ -40,17 +40,13 @@ pub fn run(
     // The index alone answers when it covers the log's head (after a server's clean stop);
     // otherwise a ledger resumes from the derived data and brings the index up to date.
     let config = crate::derived::DerivedConfig::in_data_dir(data_dir);
-    let from_index =
-        super::backend::with_store(
-            log,
-            async |store| match crate::app::queries::history_from_index(store, &config, id).await {
-                Err(crate::app::AppError::Derived(crate::derived::DerivedError::Locked(_))) => {
-                    Ok(None)
-                }
-                other => Ok(other?),
-            },
-        )?
-        .flatten();
+    let from_index = super::backend::with_store(log, async |store, _| {
+        match crate::app::queries::history_from_index(store.as_ref(), &config, id).await {
+            Err(crate::app::AppError::Derived(crate::derived::DerivedError::Locked(_))) => Ok(None),
+            other => Ok(other?),
+        }
+    })?
+    .flatten();
     let indexed = match from_index {
         Some(records) if records.is_empty() => return Err(unknown(id)),
         Some(records) => Some(records),
