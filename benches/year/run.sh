@@ -49,7 +49,7 @@ hwm_kb() { awk '/^VmHWM/ {print $2}' "/proc/$1/status"; }
 start_server() {
   local t0 line
   t0=$(now_ms)
-  LEDGER_LOG=info "$BIN" "${STORE_ARGS[@]}" --data-dir "$DATA" serve --listen "127.0.0.1:$PORT" > "$WORK/serve.out" 2>> "$WORK/serve.err" &
+  LEDGER_LOG=${LEDGER_LOG:-info,fjall=warn,lsm_tree=warn} "$BIN" "${STORE_ARGS[@]}" --data-dir "$DATA" serve --listen "127.0.0.1:$PORT" > "$WORK/serve.out" 2>> "$WORK/serve.err" &
   SERVER=$!
   until curl -fsS "http://127.0.0.1:$PORT/healthz" >/dev/null 2>&1; do
     kill -0 "$SERVER" 2>/dev/null || { echo "the server died:" >&2; tail -20 "$WORK/serve.err" >&2; exit 1; }
