@@ -32,10 +32,7 @@ pub(super) async fn record_at(
 }
 
 /// Whether the log's record at `at.position` has hash `at.hash`.
-pub(super) async fn log_confirms(
-    store: &dyn EventStore,
-    at: ChainHead,
-) -> Result<bool, StoreError> {
+async fn log_confirms(store: &dyn EventStore, at: ChainHead) -> Result<bool, StoreError> {
     Ok(record_at(store, at.position)
         .await?
         .is_some_and(|r| r.envelope.hash == at.hash))

@@ -296,22 +296,33 @@ pub fn with_resumed_ledger<T>(
     data_dir: &Path,
     work: impl AsyncFnOnce(&crate::app::Ledger) -> Result<T, CliError>,
 ) -> Result<Option<T>, CliError> {
+    let answer = with_store(log, async |store, clock| {
+        on_resumed_ledger(store, clock, data_dir, work).await
+    })?;
+    Ok(answer.flatten())
+}
+
+/// [`with_resumed_ledger`] on a store already open: `Ok(None)` when a server holds the
+/// derived data.
+pub async fn on_resumed_ledger<T>(
+    store: Arc<dyn EventStore>,
+    clock: Arc<dyn Clock>,
+    data_dir: &Path,
+    work: impl AsyncFnOnce(&crate::app::Ledger) -> Result<T, CliError>,
+) -> Result<Option<T>, CliError> {
     use crate::app::{AppError, Ledger, LedgerConfig};
     use crate::derived::{DerivedConfig, DerivedError};
 
-    let answer = with_store(log, async |store, clock| {
-        let config = LedgerConfig {
-            derived: DerivedConfig::in_data_dir(data_dir),
-            ..LedgerConfig::default()
-        };
-        let ledger = match Ledger::start(store, clock, config).await {
-            Ok(ledger) => ledger,
-            Err(AppError::Derived(DerivedError::Locked(_))) => return Ok(None),
-            Err(e) => return Err(e.into()),
-        };
-        let answer = work(&ledger).await;
-        ledger.shutdown().await;
-        answer.map(Some)
-    })?;
-    Ok(answer.flatten())
+    let config = LedgerConfig {
+        derived: DerivedConfig::in_data_dir(data_dir),
+        ..LedgerConfig::default()
+    };
+    let ledger = match Ledger::start(store, clock, config).await {
+        Ok(ledger) => ledger,
+        Err(AppError::Derived(DerivedError::Locked(_))) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let answer = work(&ledger).await;
+    ledger.shutdown().await;
+    answer.map(Some)
 }

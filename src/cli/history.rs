@@ -38,25 +38,28 @@ pub fn run(
         "pass the license's number from `table`, e.g. 000001",
     )?;
     // The index alone answers when it covers the log's head (after a server's clean stop);
-    // otherwise a ledger resumes from the derived data and brings the index up to date.
+    // otherwise a ledger resumes on the same open store from the derived data and brings
+    // the index up to date. `None`: a server holds the log or the derived data.
     let config = crate::derived::DerivedConfig::in_data_dir(data_dir);
-    let from_index = super::backend::with_store(log, async |store, _| {
-        match crate::app::queries::history_from_index(store.as_ref(), &config, id).await {
-            Err(crate::app::AppError::Derived(crate::derived::DerivedError::Locked(_))) => Ok(None),
-            other => Ok(other?),
+    let indexed = super::backend::with_store(log, async |store, clock| {
+        use crate::app::{queries::history_from_index, AppError};
+        use crate::derived::DerivedError;
+        match history_from_index(store.as_ref(), &config, id).await {
+            Ok(Some(records)) if records.is_empty() => return Err(unknown(id)),
+            Ok(Some(records)) => return Ok(Some(records)),
+            Ok(None) => {}
+            Err(AppError::Derived(DerivedError::Locked(_))) => return Ok(None),
+            Err(e) => return Err(e.into()),
         }
-    })?
-    .flatten();
-    let indexed = match from_index {
-        Some(records) if records.is_empty() => return Err(unknown(id)),
-        Some(records) => Some(records),
-        None => super::backend::with_resumed_ledger(log, data_dir, async |ledger| {
+        super::backend::on_resumed_ledger(store, clock, data_dir, async |ledger| {
             if ledger.view().license(id).is_none() {
                 return Err(unknown(id));
             }
             Ok(ledger.history(id, 0, usize::MAX).await?.1)
-        })?,
-    };
+        })
+        .await
+    })?
+    .flatten();
     let records = match indexed {
         Some(records) => records,
         None => {

@@ -128,8 +128,6 @@ struct Tail {
     history: BTreeSet<(u32, Position)>,
     customer: BTreeSet<(Cnpj, Position, String)>,
     kind: BTreeSet<(String, Position)>,
-    /// Records in the tail.
-    records: usize,
     /// What the index covers, tail included.
     covers: ChainHead,
     /// What the disk covers (everything up to it is in tables).
@@ -370,13 +368,13 @@ impl LogIndex {
                     .insert((cnpj, e.position, e.event_type.clone()));
             }
             tail.kind.insert((e.event_type, e.position));
-            tail.records += 1;
         }
         if head.position > tail.covers.position {
             tail.covers = head;
         }
         match &self.disk {
-            Some(disk) if tail.records >= TAIL_ENTRIES_MAX => disk.spill(&mut tail),
+            // Every record has exactly one `kind` entry: its length is the tail's records.
+            Some(disk) if tail.kind.len() >= TAIL_ENTRIES_MAX => disk.spill(&mut tail),
             _ => Ok(()),
         }
     }

@@ -41,10 +41,17 @@ fn customer(state: &AppState, caller: &As<Relays>, asked: Option<Cnpj>) -> Resul
             "this relay token is bound to another customer".into(),
         ));
     }
-    match state.ledger.view().customer(&asked) {
-        Some(c) if c.active => Ok(asked),
-        _ => Err(ApiError::CustomerInactive),
+    if customer_active(state, &asked) {
+        Ok(asked)
+    } else {
+        Err(ApiError::CustomerInactive)
     }
+}
+
+/// Whether the relay's customer exists and is active (checked at every request, and by an
+/// open stream every second).
+fn customer_active(state: &AppState, cnpj: &Cnpj) -> bool {
+    state.ledger.view().customer(cnpj).is_some_and(|c| c.active)
 }
 
 /// A page of a customer's records.
@@ -152,13 +159,7 @@ pub async fn stream(
         ledger: state.ledger.clone(),
         cnpj,
     };
-    let active = move |state: &AppState| {
-        state
-            .ledger
-            .view()
-            .customer(&cnpj)
-            .is_some_and(|c| c.active)
-    };
+    let active = move |state: &AppState| customer_active(state, &cnpj);
     let standing = standing(&state, &caller.0, &req, active)?;
     Ok(stream_response(&state, from, Some(filter), standing))
 }

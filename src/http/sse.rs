@@ -73,11 +73,6 @@ impl OpenStreams {
             holder: holder.to_owned(),
         })
     }
-
-    /// Streams open now.
-    pub fn total(&self) -> usize {
-        self.by_token.lock().values().sum()
-    }
 }
 
 /// One open stream's place in [`OpenStreams`].
