@@ -421,3 +421,29 @@ fn every_file_the_commands_create_is_private_to_its_owner() {
     }
     assert!(seen > 5, "the walk saw the log's files: {seen}");
 }
+
+#[test]
+fn a_trusted_proxy_that_is_no_address_stops_serve_naming_the_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("ledger.toml");
+    std::fs::write(
+        &config,
+        "listen = \"127.0.0.1:0\"\ntrusted_proxies = [\"127.0.0.1\", \"proxy.local\"]\n",
+    )
+    .unwrap();
+    let o = run(
+        &dir.path().join("data"),
+        &["--config", config.to_str().unwrap(), "serve"],
+    );
+    assert_eq!(o.code, 2, "{}", o.stderr);
+    assert!(
+        o.stderr.contains("trusted_proxies") && o.stderr.contains("proxy.local"),
+        "{}",
+        o.stderr
+    );
+    assert!(
+        o.stderr.contains("10.0.0.0/8"),
+        "says what to write: {}",
+        o.stderr
+    );
+}
