@@ -192,6 +192,17 @@ async fn answers(ledger: &Ledger) -> Answers {
         }
         as_of.insert(p, view.encode_snapshot());
     }
+    // One license alone, folded from its changes, newest check-in and newest IP, equals its
+    // row in the whole view at every seventh position (check-ins with and without an IP,
+    // binds, unlinks, blocks and renewals between them).
+    for p in (1..=head).step_by(7) {
+        let view = ledger.view_as_of(AsOf::Position(p)).await.unwrap();
+        for id in 1..=max {
+            let id = LicenseId::new(id).unwrap();
+            let alone = ledger.license_as_of(id, AsOf::Position(p)).await.unwrap();
+            assert_eq!(alone, view.license(id), "license {id} as of {p}");
+        }
+    }
     Answers {
         table,
         histories,

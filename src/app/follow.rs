@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use futures_util::FutureExt;
-use ledger_events::{ChainHead, Position, Record};
+use ledger_events::{ChainHead, Event, Position, Record, TerminalEvent};
 use ledger_projections::view::{LedgerView, ProjectionError};
 use tokio::sync::watch;
 
@@ -152,11 +152,22 @@ fn apply(view: &LedgerView, record: &Record) -> Result<index::Entry, ProjectionE
         }
         Err(e) => return Err(e),
     };
+    let joins = match &event {
+        Event::Terminal(TerminalEvent::CheckedIn(c)) if license.is_some() => {
+            if c.ip.is_some() {
+                index::Joins::CheckInWithIp
+            } else {
+                index::Joins::CheckIn
+            }
+        }
+        _ => index::Joins::Changes,
+    };
     Ok(index::Entry {
         position: record.envelope.position,
         license,
         customer: view.customer_of(&event),
         event_type: record.envelope.event_type.clone(),
+        joins,
     })
 }
 

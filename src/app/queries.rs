@@ -175,8 +175,10 @@ impl Ledger {
 
     /// One license as it was at `until`: its own Histórico up to there (every record that
     /// changed its row: the license's events, the check-ins it answered, contingencies and
-    /// offline activations naming it) folded alone. Costs that license's history, not the
-    /// log's; `None` when it did not exist yet.
+    /// offline activations naming it) folded alone, less the check-ins a newer one overrides
+    /// ([`crate::derived::index::LogIndex::fold_positions`]). Costs the records that changed
+    /// more than its last check-in, not the log's length nor a year of daily check-ins;
+    /// `None` when it did not exist yet.
     pub async fn license_as_of(
         &self,
         license: LicenseId,
@@ -184,10 +186,10 @@ impl Ledger {
     ) -> Result<Option<ledger_projections::LicenseRow>, AppError> {
         self.index_usable()?;
         let position = self.position_of(until).await?.min(self.indexed());
-        let (_, positions) = self
+        let positions = self
             .derived
             .index
-            .history(license, position, 0, usize::MAX)
+            .fold_positions(license, position)
             .map_err(|e| self.index_failed(e))?;
         let view = LedgerView::new();
         for record in self.indexed_records(&positions).await? {

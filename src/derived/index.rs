@@ -9,14 +9,19 @@
 //!
 //! | keyspace   | key                                   | value       |
 //! |------------|---------------------------------------|-------------|
-//! | `history`  | license id (u32 BE) ‖ position (u64 BE) | —         |
+//! | `history`  | license id (u32 BE) ‖ position (u64 BE) | [`Joins`]   |
 //! | `customer` | CNPJ (14 ASCII digits) ‖ position     | event type  |
 //! | `kind`     | event type ‖ 0x00 ‖ position          | —           |
 //! | `meta`     | `covers`                              | format ‖ position ‖ hash |
 //!
+//! A `history` value says how the record changes the license's row ([`Joins`]): empty for
+//! anything but a check-in (and in indexes written before the value existed, which are read
+//! as such: folded, never skipped), so that one license as of a moment folds its row from
+//! the records that matter ([`LogIndex::fold_positions`]) instead of its whole Histórico.
+//!
 //! Without a directory (tests, one-off tools) the same dimensions live in memory.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use ledger_events::{ChainHead, Cnpj, Hash, LicenseId, Position};
@@ -41,6 +46,46 @@ pub struct Entry {
     pub customer: Option<Cnpj>,
     /// Its event type.
     pub event_type: String,
+    /// How it changes the row of `license`.
+    pub joins: Joins,
+}
+
+/// How a record of a license's Histórico changes that license's row. A check-in the license
+/// answered changes only the row's last check-in, its last IP when it carries one, and its
+/// updated position, each overwritten by the next: of a run of check-ins only the newest,
+/// and the newest that carried an IP, are needed to fold the row.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Joins {
+    /// Anything else (or not known): always folded.
+    #[default]
+    Changes,
+    /// A check-in the license answered, with no IP.
+    CheckIn,
+    /// A check-in the license answered, carrying an IP.
+    CheckInWithIp,
+}
+
+impl Joins {
+    /// The `history` value: empty for [`Joins::Changes`] (so an index written before values
+    /// existed reads as "fold everything").
+    fn encode(self) -> &'static [u8] {
+        match self {
+            Self::Changes => &[],
+            Self::CheckIn => &[1],
+            Self::CheckInWithIp => &[2],
+        }
+    }
+
+    fn decode(v: &[u8]) -> Result<Self, DerivedError> {
+        match v {
+            [] => Ok(Self::Changes),
+            [1] => Ok(Self::CheckIn),
+            [2] => Ok(Self::CheckInWithIp),
+            _ => Err(DerivedError::Damaged(
+                "a history entry's value is none of the known kinds".into(),
+            )),
+        }
+    }
 }
 
 /// Entries to add at once, and the chain head they bring the index to.
@@ -125,7 +170,7 @@ struct Disk {
 
 #[derive(Default)]
 struct Tail {
-    history: BTreeSet<(u32, Position)>,
+    history: BTreeMap<(u32, Position), Joins>,
     customer: BTreeSet<(Cnpj, Position, String)>,
     kind: BTreeSet<(String, Position)>,
     /// What the index covers, tail included.
@@ -140,11 +185,11 @@ impl Tail {
         id: u32,
         lo: Position,
         hi: Position,
-    ) -> impl Iterator<Item = Position> + '_ {
+    ) -> impl Iterator<Item = (Position, Joins)> + '_ {
         self.history
             .range((id, lo)..=(id, hi))
             .rev()
-            .map(|&(_, p)| p)
+            .map(|(&(_, p), &joins)| (p, joins))
     }
 
     fn customer_rev<'a>(
@@ -292,7 +337,9 @@ impl Disk {
         }
         ingest(
             &self.history,
-            tail.history.iter().map(|&(id, p)| (history_key(id, p), [])),
+            tail.history
+                .iter()
+                .map(|(&(id, p), joins)| (history_key(id, p), joins.encode())),
         )?;
         ingest(
             &self.customer,
@@ -361,7 +408,7 @@ impl LogIndex {
                 continue;
             }
             if let Some(id) = e.license {
-                tail.history.insert((id.get(), e.position));
+                tail.history.insert((id.get(), e.position), e.joins);
             }
             if let Some(cnpj) = e.customer {
                 tail.customer
@@ -410,17 +457,59 @@ impl LogIndex {
         offset: usize,
         limit: usize,
     ) -> Result<(usize, Vec<Position>), DerivedError> {
-        let id = license.get();
-        let tail = self.tail.read();
         let mut total = 0usize;
         let mut page = Vec::new();
-        let mut take = |p: Position| {
+        self.history_rev(license, upto, |p, _| {
             if total >= offset && page.len() < limit {
                 page.push(p);
             }
             total += 1;
-        };
-        tail.history_rev(id, 0, upto).for_each(&mut take);
+        })?;
+        Ok((total, page))
+    }
+
+    /// The positions, ascending, that fold `license`'s row as of `upto`: its Histórico up
+    /// to there without the check-ins a newer one overrides (see [`Joins`]): every record
+    /// that changes it otherwise, the newest check-in, and the newest check-in that carried
+    /// an IP. Folded alone, in this order, they give the row the whole Histórico gives; a
+    /// year of daily check-ins is read as one.
+    pub fn fold_positions(
+        &self,
+        license: LicenseId,
+        upto: Position,
+    ) -> Result<Vec<Position>, DerivedError> {
+        let (mut check_in, mut with_ip) = (false, false);
+        let mut out = Vec::new();
+        self.history_rev(license, upto, |p, joins| {
+            let keep = match joins {
+                Joins::Changes => true,
+                Joins::CheckIn => !check_in,
+                Joins::CheckInWithIp => !check_in || !with_ip,
+            };
+            if keep {
+                out.push(p);
+            }
+            check_in |= joins != Joins::Changes;
+            with_ip |= joins == Joins::CheckInWithIp;
+        })?;
+        out.reverse();
+        Ok(out)
+    }
+
+    /// Calls `each` with every entry of `license`'s Histórico up to `upto`, newest first:
+    /// the tail, then the disk below it (under the tail's read lock, so nothing is seen
+    /// twice or missed by a concurrent spill).
+    fn history_rev(
+        &self,
+        license: LicenseId,
+        upto: Position,
+        mut each: impl FnMut(Position, Joins),
+    ) -> Result<(), DerivedError> {
+        let id = license.get();
+        let tail = self.tail.read();
+        for (p, joins) in tail.history_rev(id, 0, upto) {
+            each(p, joins);
+        }
         if let Some(d) = &self.disk {
             let hi = upto.min(tail.on_disk.position);
             for item in d
@@ -428,10 +517,11 @@ impl LogIndex {
                 .range(history_key(id, 0)..=history_key(id, hi))
                 .rev()
             {
-                take(key_position(&item.key()?)?);
+                let (key, value) = item.into_inner()?;
+                each(key_position(&key)?, Joins::decode(&value)?);
             }
         }
-        Ok((total, page))
+        Ok(())
     }
 
     /// Up to `limit` positions in `lo..=hi` matching `filter`, newest first. Complete: every

@@ -175,7 +175,7 @@ impl Derived {
 
 #[cfg(test)]
 mod tests {
-    use super::index::{Batch, Entry, Filter};
+    use super::index::{Batch, Entry, Filter, Joins};
     use super::*;
     use ledger_events::{Cnpj, Hash, LicenseId};
 
@@ -199,6 +199,11 @@ mod tests {
                     license: (r % 3 != 0).then(|| LicenseId::new((r % 7) as u32 + 1).unwrap()),
                     customer: (r % 5 != 0).then(|| Cnpj::parse(cnpjs[(r % 3) as usize]).unwrap()),
                     event_type: types[(r % 3) as usize].to_owned(),
+                    joins: match (r % 3, r % 4) {
+                        (1, 0) => Joins::CheckIn,
+                        (1, _) => Joins::CheckInWithIp,
+                        _ => Joins::Changes,
+                    },
                 },
                 Hash([p as u8; 32]),
             );
@@ -233,6 +238,12 @@ mod tests {
                     memory.history(id, upto, offset, limit).unwrap()
                 );
             }
+            for upto in [400, 250, 101, 17] {
+                assert_eq!(
+                    disk.fold_positions(id, upto).unwrap(),
+                    memory.fold_positions(id, upto).unwrap()
+                );
+            }
         }
         let customers = [None, Some(Cnpj::parse("45723174000110").unwrap())];
         let types = [
@@ -261,6 +272,43 @@ mod tests {
             disk.count("TerminalCheckedIn", 10, 300).unwrap(),
             memory.count("TerminalCheckedIn", 10, 300).unwrap()
         );
+    }
+
+    #[test]
+    fn a_license_folds_from_its_changes_its_newest_check_in_and_newest_ip() {
+        let index = LogIndex::memory();
+        let id = LicenseId::new(1).unwrap();
+        let mut b = Batch::default();
+        let joins = [
+            (1, Joins::Changes),       // granted
+            (2, Joins::CheckInWithIp), // overridden by 5
+            (3, Joins::CheckIn),       // overridden by 6
+            (4, Joins::Changes),       // bound
+            (5, Joins::CheckInWithIp), // the newest with an IP
+            (6, Joins::CheckIn),       // overridden by 8
+            (7, Joins::Changes),       // blocked
+            (8, Joins::CheckIn),       // the newest
+        ];
+        for (p, j) in joins {
+            b.push(
+                Entry {
+                    position: p,
+                    license: Some(id),
+                    customer: None,
+                    event_type: String::new(),
+                    joins: j,
+                },
+                Hash([p as u8; 32]),
+            );
+        }
+        index.commit(b).unwrap();
+        assert_eq!(index.fold_positions(id, 8).unwrap(), vec![1, 4, 5, 7, 8]);
+        // As of 6: 6 is the newest check-in, 5 the newest with an IP.
+        assert_eq!(index.fold_positions(id, 6).unwrap(), vec![1, 4, 5, 6]);
+        // As of 5: the newest check-in carries the IP itself.
+        assert_eq!(index.fold_positions(id, 5).unwrap(), vec![1, 4, 5]);
+        assert_eq!(index.fold_positions(id, 3).unwrap(), vec![1, 2, 3]);
+        assert_eq!(index.fold_positions(id, 1).unwrap(), vec![1]);
     }
 
     #[test]
