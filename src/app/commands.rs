@@ -119,7 +119,7 @@ impl Ledger {
     ) -> Result<CommandOutcome, AppError> {
         let key = CommandKey::new(command_id, "customer", &command, actor);
         let stream = StreamId::customer(command.cnpj());
-        self.execute::<Customer>(&stream, &command, actor, &key)
+        self.execute_keyed::<Customer>(&stream, &command, actor, &key)
             .await
     }
 
@@ -156,7 +156,7 @@ impl Ledger {
     ) -> Result<CommandOutcome, AppError> {
         let key = CommandKey::new(command_id, "contract", &command, actor);
         let stream = StreamId::contract(command.contract_id());
-        self.execute::<Contract>(&stream, &command, actor, &key)
+        self.execute_keyed::<Contract>(&stream, &command, actor, &key)
             .await
     }
 
@@ -245,7 +245,7 @@ impl Ledger {
             other => other,
         };
         let stream = StreamId::license(command.license_id());
-        self.execute::<License>(&stream, &command, actor, &key)
+        self.execute_keyed::<License>(&stream, &command, actor, &key)
             .await
     }
 
@@ -263,7 +263,7 @@ impl Ledger {
             }
         };
         self.require_customer(&cnpj).await?;
-        self.execute::<Contingencies>(&StreamId::contingency(&cnpj), &command, actor, &key)
+        self.execute_keyed::<Contingencies>(&StreamId::contingency(&cnpj), &command, actor, &key)
             .await
     }
 
@@ -336,7 +336,7 @@ impl Ledger {
                     grace_until: Some(valid_until),
                     note: None,
                 };
-                self.execute::<Contingencies>(
+                self.execute_keyed::<Contingencies>(
                     &StreamId::contingency(&cnpj),
                     &enter,
                     actor,

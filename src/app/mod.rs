@@ -688,12 +688,25 @@ impl Ledger {
     }
 
     /// Loads `stream`, decides `command`, appends with the loaded version; retries on
-    /// conflict. A retry of the command `key` names (its first event id stored with its
-    /// correlation id) answers with its original positions; a command id used before for
-    /// another command fails with [`AppError::CommandIdReused`] (see the module
-    /// documentation). Returns once the view has applied the command's events
-    /// (read-your-writes).
+    /// conflict. A retry of the command (same `command_id`, stream, command and actor)
+    /// answers with its original positions; a command id used before for another command
+    /// fails with [`AppError::CommandIdReused`] (see the module documentation). Returns once
+    /// the view has applied the command's events (read-your-writes). The typed entry points
+    /// ([`commands`]) digest the caller's request instead, before the ledger fills anything
+    /// in.
     pub async fn execute<A: Aggregate>(
+        &self,
+        stream: &StreamId,
+        command: &A::Command,
+        actor: &Actor,
+        command_id: Uuid,
+    ) -> Result<CommandOutcome, AppError> {
+        let key = CommandKey::new(command_id, "aggregate", &(stream, command), actor);
+        self.execute_keyed::<A>(stream, command, actor, &key).await
+    }
+
+    /// [`Ledger::execute`] under a key the caller made.
+    pub async fn execute_keyed<A: Aggregate>(
         &self,
         stream: &StreamId,
         command: &A::Command,
