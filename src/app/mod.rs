@@ -969,6 +969,49 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_command_key_tells_type_body_and_caller_apart_and_keeps_the_command_ids_time() {
+        let id = Uuid::now_v7();
+        let support = Actor::operator("suporte").unwrap();
+        let key = CommandKey::new(id, "license", &"Block { note: None }", &support);
+        assert_eq!(
+            key,
+            CommandKey::new(id, "license", &"Block { note: None }", &support)
+        );
+        let others = [
+            CommandKey::new(id, "customer", &"Block { note: None }", &support),
+            CommandKey::new(id, "license", &"Unblock { note: None }", &support),
+            CommandKey::new(
+                id,
+                "license",
+                &"Block { note: None }",
+                &Actor::operator("outro").unwrap(),
+            ),
+            CommandKey::new(
+                id,
+                "license",
+                &"Block { note: None }",
+                &Actor::system("suporte").unwrap(),
+            ),
+            // The parts are length-prefixed: moving a byte from one to the next changes it.
+            CommandKey::new(id, "licens", &"eBlock { note: None }", &support),
+        ];
+        for other in others {
+            assert_ne!(key.correlation_id(), other.correlation_id(), "{other:?}");
+            assert_eq!(key.recognise(other.correlation_id()), Recognised::Other);
+        }
+        assert_eq!(key.recognise(key.correlation_id()), Recognised::Same);
+        assert_eq!(key.recognise(id), Recognised::Legacy);
+        let c = key.correlation_id();
+        assert_ne!(c, id);
+        assert_eq!(c.get_version_num(), 7);
+        assert_eq!(&c.as_bytes()[..6], &id.as_bytes()[..6]);
+        // A follow-up keeps the id it had before digests were kept.
+        let follow = key.follow_up("contingency");
+        assert_eq!(follow.id(), commands::derive(id, "contingency"));
+        assert_ne!(follow.correlation_id(), key.correlation_id());
+    }
+
+    #[test]
     fn event_ids_are_v7_deterministic_and_distinct_per_index() {
         let c = Uuid::now_v7();
         let a = event_id_for(c, 0);
