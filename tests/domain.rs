@@ -1403,3 +1403,47 @@ async fn a_shop_opening_every_terminal_at_once_binds_each_to_its_own_license() {
     }
     assert_eq!(bound.len(), usize::from(n));
 }
+
+/// Finding 4 of issue 15: a retried emergency release answers the codes it stored (here
+/// after the emergency key changed), and its id reused for another key releases nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finding_4_a_retried_emergency_release_answers_the_stored_codes() {
+    let w = World::new(at("2023-03-27", (14, 17, 48))).await;
+    let (hw, key) = terminal(9);
+    let (_, other_key) = terminal(8);
+    let name = TradeName::parse("QUALIDADE").unwrap();
+    let x = Uuid::now_v7();
+    let release = |secret: &[u8], key: HardwareKey| {
+        let secrets = Secrets {
+            offline: Default::default(),
+            emergency: secret.to_vec(),
+        };
+        let name = name.clone();
+        let ledger = w.ledger.clone();
+        async move {
+            ledger
+                .issue_emergency_release(
+                    &secrets,
+                    Product::EasyCash,
+                    hw,
+                    key,
+                    name,
+                    true,
+                    &support(),
+                    x,
+                )
+                .await
+        }
+    };
+    let first = release(b"emergency-secret-one", key).await.unwrap();
+    let again = release(b"emergency-secret-two", key).await.unwrap();
+    assert!(again.outcome.was_retry);
+    assert_eq!(again.activation_code, first.activation_code);
+    assert_eq!(again.counter_key, first.counter_key);
+    is_reused(
+        release(b"emergency-secret-one", other_key).await,
+        x,
+        "another key",
+    );
+    assert_eq!(w.events(&StreamId::emergency_release(&hw)).await.len(), 1);
+}
