@@ -840,3 +840,132 @@ async fn event_streams_are_capped_per_token_and_a_closed_one_frees_its_place() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Finding 4 of issue 15: idempotency matched only the `command_id`: a reused id with another
+/// body or by another caller answered 200 `was_retry` and did nothing; an offline activation
+/// retried returned a newly computed counter-key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finding_4_a_reused_command_id_answers_409_command_id_reused_and_a_retry_the_first_answer()
+{
+    let app = TestApp::spawn().await;
+    let license = app.seed().await;
+    let support = app.token("support", None).await;
+    let other = app.token("support", None).await;
+    let x = uuid::Uuid::now_v7();
+    let block = format!("/v1/licenses/{license}/block");
+    let first = app
+        .post(&block, &support, json!({"note": "atraso", "command_id": x}))
+        .await;
+    assert_eq!(first["was_retry"], json!(false), "{first}");
+    let head = app.head().await;
+    // A true retry, even written differently (key order, spacing): the first answer.
+    let raw = format!("{{ \"command_id\" : \"{x}\", \"note\":\"atraso\" }}");
+    let res = app
+        .client
+        .post(format!("{}{block}", app.base))
+        .bearer_auth(&support)
+        .header("content-type", "application/json")
+        .body(raw)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let again: Value = res.json().await.unwrap();
+    assert_eq!(again["was_retry"], json!(true), "{again}");
+    assert_eq!(again["position"], first["position"], "{again}");
+    // Another body, another caller, another route or aggregate: 409, nothing recorded.
+    let reused: [(&str, String, &str, Value); 5] = [
+        (
+            "another body",
+            block.clone(),
+            support.as_str(),
+            json!({"note": "outro", "command_id": x}),
+        ),
+        (
+            "another caller",
+            block.clone(),
+            other.as_str(),
+            json!({"note": "atraso", "command_id": x}),
+        ),
+        (
+            "another route",
+            format!("/v1/licenses/{license}/deactivate"),
+            support.as_str(),
+            json!({"note": "atraso", "command_id": x}),
+        ),
+        (
+            "another aggregate",
+            format!("/v1/customers/{CNPJ}/block"),
+            support.as_str(),
+            json!({"note": "atraso", "command_id": x}),
+        ),
+        (
+            "a creating command",
+            "/v1/licenses".into(),
+            support.as_str(),
+            json!({"cnpj": CNPJ, "product": "easycash", "expires_on": "2099-12-31", "command_id": x}),
+        ),
+    ];
+    for (what, path, token, body) in &reused {
+        let a = app.send("POST", path, Some(token), Some(body)).await;
+        assert_eq!(a.status, StatusCode::CONFLICT, "{what}: {}", a.text);
+        assert_eq!(a.json["error"], "command_id_reused", "{what}: {}", a.text);
+        assert_eq!(a.json["field"], "command_id", "{what}: {}", a.text);
+        assert!(
+            a.json["message"].as_str().unwrap().contains(&x.to_string()),
+            "{what}: {}",
+            a.text
+        );
+    }
+    assert_eq!(
+        app.head().await,
+        head,
+        "a reused command id recorded nothing"
+    );
+
+    // Offline activations: a retry answers the stored counter-key; the id reused for
+    // another serial issues none.
+    let y = uuid::Uuid::now_v7();
+    let serial = common::fresh_serial();
+    let other_serial = common::fresh_serial();
+    let body = json!({"serial": serial, "product": "easycash", "command_id": y});
+    let issued = app
+        .post("/v1/offline-activations", &support, body.clone())
+        .await;
+    let head = app.head().await;
+    let retried = app.post("/v1/offline-activations", &support, body).await;
+    assert_eq!(retried["was_retry"], json!(true), "{retried}");
+    assert_eq!(retried["counter_key"], issued["counter_key"], "{retried}");
+    assert_eq!(retried["valid_until"], issued["valid_until"], "{retried}");
+    assert_eq!(retried["position"], issued["position"], "{retried}");
+    for (what, body) in [
+        (
+            "another serial",
+            json!({"serial": other_serial, "product": "easycash", "command_id": y}),
+        ),
+        (
+            "another caixa",
+            json!({"serial": serial, "product": "easycash", "caixa": "02", "command_id": y}),
+        ),
+    ] {
+        let a = app
+            .send(
+                "POST",
+                "/v1/offline-activations",
+                Some(&support),
+                Some(&body),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::CONFLICT, "{what}: {}", a.text);
+        assert_eq!(a.json["error"], "command_id_reused", "{what}: {}", a.text);
+        assert!(a.json.get("counter_key").is_none(), "{what}: {}", a.text);
+    }
+    assert_eq!(app.head().await, head, "no second counter-key was recorded");
+    // The other serial was not used: a new command id activates it.
+    app.post(
+        "/v1/offline-activations",
+        &support,
+        json!({"serial": other_serial, "product": "easycash"}),
+    )
+    .await;
+}

@@ -658,6 +658,405 @@ async fn a_command_retried_with_its_id_is_applied_once() {
     assert_eq!(w.ledger.view().license_count(), 2);
 }
 
+fn offline_secrets() -> Secrets {
+    Secrets {
+        offline: [(
+            Product::EasyCash,
+            b"0123456789abcdef0123456789abcdef".to_vec(),
+        )]
+        .into(),
+        emergency: b"emergency-secret-emergency-secret".to_vec(),
+    }
+}
+
+fn offline_request(serial: &str) -> OfflineRequest {
+    OfflineRequest {
+        serial: Serial::parse(serial).unwrap(),
+        product: Product::EasyCash,
+        cnpj: None,
+        license_id: None,
+        caixa: ledger_events::TerminalNumber::new(3).ok(),
+        equipamento: None,
+    }
+}
+
+fn is_reused<T: std::fmt::Debug>(r: Result<T, AppError>, command_id: Uuid, what: &str) {
+    match r {
+        Err(AppError::CommandIdReused { command_id: c }) => assert_eq!(c, command_id, "{what}"),
+        other => panic!("{what}: expected CommandIdReused, got {other:?}"),
+    }
+}
+
+/// Finding 4 of issue 15: idempotency matched only the command id, so a reused id with another
+/// body, caller or route answered `was_retry` and did nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finding_4_a_command_id_reused_with_another_body_caller_or_route_is_refused_and_records_nothing(
+) {
+    let w = World::new(at("2023-03-27", (10, 0, 0))).await;
+    w.customer().await;
+    let id = w.license("2023-05-01", None).await;
+    let x = Uuid::now_v7();
+    let block = |note: Option<&str>| LicenseCommand::Block {
+        license_id: id,
+        note: note.map(|n| ledger_events::Note::parse(n).unwrap()),
+    };
+    let first = w
+        .ledger
+        .license(block(Some("atraso")), &support(), x)
+        .await
+        .unwrap();
+    assert!(!first.was_retry);
+    let head = w.ledger.head().await.unwrap();
+    // The true retry: same type, body and caller.
+    let again = w
+        .ledger
+        .license(block(Some("atraso")), &support(), x)
+        .await
+        .unwrap();
+    assert!(again.was_retry);
+    assert_eq!(again.positions, first.positions);
+    // Another body, another caller, another command on the same license.
+    is_reused(
+        w.ledger
+            .license(block(Some("outro motivo")), &support(), x)
+            .await,
+        x,
+        "another body",
+    );
+    is_reused(
+        w.ledger.license(block(None), &support(), x).await,
+        x,
+        "a body without the note",
+    );
+    is_reused(
+        w.ledger
+            .license(block(Some("atraso")), &Actor::operator("outro").unwrap(), x)
+            .await,
+        x,
+        "another caller",
+    );
+    is_reused(
+        w.ledger
+            .license(
+                LicenseCommand::Unblock {
+                    license_id: id,
+                    note: None,
+                },
+                &support(),
+                x,
+            )
+            .await,
+        x,
+        "another command type",
+    );
+    // Other aggregates: the id is found through the store's event-id index, not the stream.
+    is_reused(
+        w.ledger
+            .customer(
+                CustomerCommand::Block {
+                    cnpj: cnpj(),
+                    note: None,
+                },
+                &support(),
+                x,
+            )
+            .await,
+        x,
+        "another aggregate",
+    );
+    let grant = GrantLicense {
+        cnpj: cnpj(),
+        product: Product::EasyCash,
+        contract_id: None,
+        expires_on: day("2023-05-01"),
+        resources: Resources::default(),
+    };
+    is_reused(
+        w.ledger.grant_license(grant, &support(), x).await,
+        x,
+        "a creating command",
+    );
+    is_reused(
+        w.ledger
+            .issue_offline_activation(
+                &offline_secrets(),
+                offline_request("50026B77605FA3F8"),
+                &support(),
+                x,
+            )
+            .await,
+        x,
+        "an offline activation",
+    );
+    assert_eq!(w.ledger.head().await.unwrap(), head, "nothing was recorded");
+    w.ledger.catch_up().await.unwrap();
+    assert_eq!(w.ledger.view().license_count(), 1);
+    assert!(!w.ledger.view().customer(&cnpj()).unwrap().blocked);
+    // And the true retry still answers the first positions.
+    let again = w
+        .ledger
+        .license(block(Some("atraso")), &support(), x)
+        .await
+        .unwrap();
+    assert!(again.was_retry);
+    assert_eq!(again.positions, first.positions);
+}
+
+/// Finding 4 of issue 15: a retried offline activation computed a new counter-key (valid
+/// for the retry's day, or for another product) for a serial already used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finding_4_a_retried_offline_activation_answers_the_stored_counter_key_and_a_reused_id_issues_none(
+) {
+    let w = World::new(at("2023-03-27", (23, 50, 0))).await;
+    let secrets = offline_secrets();
+    let x = Uuid::now_v7();
+    let request = offline_request("50026B77605FA3F8");
+    let first = w
+        .ledger
+        .issue_offline_activation(&secrets, request.clone(), &support(), x)
+        .await
+        .unwrap();
+    assert!(!first.outcome.was_retry);
+    assert_eq!(first.valid_until, day("2023-03-28"));
+    let head = w.ledger.head().await.unwrap();
+    // Retried the next day: the stored key and day, not a key for the new day.
+    w.clock.set(at("2023-03-28", (0, 10, 0)));
+    let again = w
+        .ledger
+        .issue_offline_activation(&secrets, request.clone(), &support(), x)
+        .await
+        .unwrap();
+    assert!(again.outcome.was_retry);
+    assert_eq!(again.outcome.positions, first.outcome.positions);
+    assert_eq!(again.counter_key, first.counter_key);
+    assert_eq!(again.valid_until, first.valid_until);
+    // The same id for another serial, product or terminal number issues nothing.
+    let mut other_serial = offline_request("50026B77605FA3F9");
+    other_serial.caixa = request.caixa;
+    let mut other_product = request.clone();
+    other_product.product = Product::Notify;
+    let mut other_caixa = request.clone();
+    other_caixa.caixa = ledger_events::TerminalNumber::new(4).ok();
+    let mut secrets_all = secrets.clone();
+    secrets_all.offline.insert(
+        Product::Notify,
+        b"another-product-secret-0123456789".to_vec(),
+    );
+    for (what, r) in [
+        ("another serial", other_serial.clone()),
+        ("another product", other_product),
+        ("another caixa", other_caixa),
+    ] {
+        is_reused(
+            w.ledger
+                .issue_offline_activation(&secrets_all, r, &support(), x)
+                .await,
+            x,
+            what,
+        );
+    }
+    assert_eq!(w.ledger.head().await.unwrap(), head, "nothing was recorded");
+    assert!(w
+        .events(&StreamId::offline_activation(&other_serial.serial))
+        .await
+        .is_empty());
+    // The other serial is still unused: a new command id activates it.
+    let fresh = w
+        .ledger
+        .issue_offline_activation(&secrets, other_serial, &support(), Uuid::now_v7())
+        .await
+        .unwrap();
+    assert!(!fresh.outcome.was_retry);
+}
+
+/// Finding 4 of issue 15: records written before digests were kept (correlation id = the
+/// command id) are still answered as retries, with what they stored; in a stream of another
+/// kind they are another command's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finding_4_records_written_before_command_digests_are_still_recognised_as_retries() {
+    let w = World::new(at("2023-03-27", (10, 0, 0))).await;
+    w.customer().await;
+    let id = w.license("2023-05-01", None).await;
+    // As the ledger wrote commands before: event ids from the command id, correlation id =
+    // the command id (`Ledger::append` still writes so, for check-ins).
+    let x = Uuid::now_v7();
+    let legacy = w
+        .ledger
+        .append(
+            &StreamId::license(id),
+            license_ledger::store::ExpectedVersion::Any,
+            vec![ledger_events::LicenseBlocked {
+                license_id: id,
+                note: None,
+            }
+            .into()],
+            &support(),
+            x,
+        )
+        .await
+        .unwrap();
+    let again = w
+        .ledger
+        .license(
+            LicenseCommand::Block {
+                license_id: id,
+                note: None,
+            },
+            &support(),
+            x,
+        )
+        .await
+        .unwrap();
+    assert!(again.was_retry);
+    assert_eq!(again.positions, Some(legacy.positions.clone()));
+    is_reused(
+        w.ledger
+            .customer(
+                CustomerCommand::Block {
+                    cnpj: cnpj(),
+                    note: None,
+                },
+                &support(),
+                x,
+            )
+            .await,
+        x,
+        "a legacy command id on another kind of stream",
+    );
+    // A legacy offline activation answers the counter-key it stored (not one computed now).
+    let y = Uuid::now_v7();
+    let stored_key = ledger_events::CounterKey::parse_grouped("AF67 142D 1048 F615").unwrap();
+    let request = offline_request("50026B77605FA3F8");
+    w.ledger
+        .append(
+            &StreamId::offline_activation(&request.serial),
+            license_ledger::store::ExpectedVersion::Any,
+            vec![ledger_events::OfflineActivationIssued {
+                serial: request.serial,
+                cnpj: None,
+                product: Product::EasyCash,
+                license_id: None,
+                caixa: request.caixa,
+                equipamento: None,
+                counter_key: stored_key,
+                valid_until: at("2023-03-28", (23, 59, 59)),
+            }
+            .into()],
+            &support(),
+            y,
+        )
+        .await
+        .unwrap();
+    let head = w.ledger.head().await.unwrap();
+    let retried = w
+        .ledger
+        .issue_offline_activation(&offline_secrets(), request, &support(), y)
+        .await
+        .unwrap();
+    assert!(retried.outcome.was_retry);
+    assert_eq!(retried.counter_key, stored_key);
+    assert_eq!(retried.valid_until, day("2023-03-28"));
+    assert_eq!(w.ledger.head().await.unwrap(), head);
+}
+
+/// Finding 4 of issue 15: a record that merely carries a command id as its correlation id
+/// (a relay chooses the correlation ids of the events it forwards) is not that command's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finding_4_a_record_carrying_a_command_id_as_correlation_id_does_not_make_it_a_retry() {
+    let w = World::new(at("2023-03-27", (10, 0, 0))).await;
+    w.customer().await;
+    let id = w.license("2023-05-01", None).await;
+    let x = Uuid::now_v7();
+    w.ledger
+        .store()
+        .append(
+            &StreamId::license(id),
+            license_ledger::store::ExpectedVersion::Any,
+            vec![license_ledger::store::NewEvent {
+                event_id: Uuid::now_v7(),
+                event: ledger_events::LicenseUnblocked {
+                    license_id: id,
+                    note: None,
+                }
+                .into(),
+                actor: support(),
+                correlation_id: x,
+            }],
+        )
+        .await
+        .unwrap();
+    let done = w
+        .ledger
+        .license(
+            LicenseCommand::Block {
+                license_id: id,
+                note: None,
+            },
+            &support(),
+            x,
+        )
+        .await
+        .unwrap();
+    assert!(!done.was_retry);
+    w.ledger.catch_up().await.unwrap();
+    assert!(w.ledger.view().license(id).unwrap().blocked);
+}
+
+/// Finding 4 of issue 15: two requests racing with one command id and different bodies on
+/// one license: one is stored, the other refused (the store's own retry recognition, by
+/// event id, is checked against the correlation id too).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finding_4_racing_requests_with_one_command_id_and_different_bodies_store_one() {
+    let w = World::new(at("2023-03-27", (10, 0, 0))).await;
+    w.customer().await;
+    let id = w.license("2023-05-01", None).await;
+    for round in 0..20 {
+        let x = Uuid::now_v7();
+        let head = w.ledger.head().await.unwrap().position;
+        let note = |s: &str| Some(ledger_events::Note::parse(&format!("{s} {round}")).unwrap());
+        let actor = support();
+        let a = w.ledger.license(
+            LicenseCommand::Block {
+                license_id: id,
+                note: note("a"),
+            },
+            &actor,
+            x,
+        );
+        let b = w.ledger.license(
+            LicenseCommand::Block {
+                license_id: id,
+                note: note("b"),
+            },
+            &actor,
+            x,
+        );
+        let (a, b) = tokio::join!(a, b);
+        let stored = [&a, &b]
+            .iter()
+            .filter(|r| {
+                r.as_ref()
+                    .is_ok_and(|o| !o.was_retry && o.positions.is_some())
+            })
+            .count();
+        let refused = [&a, &b]
+            .iter()
+            .filter(|r| matches!(r, Err(AppError::CommandIdReused { .. })))
+            .count();
+        let new = w.ledger.head().await.unwrap().position - head;
+        assert!(
+            stored + refused == 2 && new == stored as u64,
+            "round {round}: {a:?} / {b:?}, {new} records"
+        );
+        w.license_cmd(LicenseCommand::Unblock {
+            license_id: id,
+            note: None,
+        })
+        .await
+        .unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vinculo_two_terminals_racing_for_the_last_free_license_one_wins() {
     for round in 0..10 {
@@ -1003,4 +1402,48 @@ async fn a_shop_opening_every_terminal_at_once_binds_each_to_its_own_license() {
         );
     }
     assert_eq!(bound.len(), usize::from(n));
+}
+
+/// Finding 4 of issue 15: a retried emergency release answers the codes it stored (here
+/// after the emergency key changed), and its id reused for another key releases nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finding_4_a_retried_emergency_release_answers_the_stored_codes() {
+    let w = World::new(at("2023-03-27", (14, 17, 48))).await;
+    let (hw, key) = terminal(9);
+    let (_, other_key) = terminal(8);
+    let name = TradeName::parse("QUALIDADE").unwrap();
+    let x = Uuid::now_v7();
+    let release = |secret: &[u8], key: HardwareKey| {
+        let secrets = Secrets {
+            offline: Default::default(),
+            emergency: secret.to_vec(),
+        };
+        let name = name.clone();
+        let ledger = w.ledger.clone();
+        async move {
+            ledger
+                .issue_emergency_release(
+                    &secrets,
+                    Product::EasyCash,
+                    hw,
+                    key,
+                    name,
+                    true,
+                    &support(),
+                    x,
+                )
+                .await
+        }
+    };
+    let first = release(b"emergency-secret-one", key).await.unwrap();
+    let again = release(b"emergency-secret-two", key).await.unwrap();
+    assert!(again.outcome.was_retry);
+    assert_eq!(again.activation_code, first.activation_code);
+    assert_eq!(again.counter_key, first.counter_key);
+    is_reused(
+        release(b"emergency-secret-one", other_key).await,
+        x,
+        "another key",
+    );
+    assert_eq!(w.events(&StreamId::emergency_release(&hw)).await.len(), 1);
 }

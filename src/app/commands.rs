@@ -6,15 +6,16 @@ use chrono::{DateTime, Duration, NaiveDate, Utc};
 use hmac::{Hmac, Mac};
 use ledger_events::offline;
 use ledger_events::{
-    ActivationCode, Actor, Cnpj, ContractId, CounterKey, HardwareId, HardwareKey, LicenseId,
-    Product, Resources, Serial, StreamId, TerminalNumber, TradeName, ValueError,
+    ActivationCode, Actor, Cnpj, ContractId, CounterKey, EmergencyReleaseEvent, Event, HardwareId,
+    HardwareKey, LicenseId, OfflineActivationEvent, Product, Resources, Serial, StreamId,
+    TerminalNumber, TradeName, ValueError,
 };
 use ledger_projections::view::LedgerView;
 use sha2::Sha256;
 use uuid::Uuid;
 
 use super::ids::IdAllocator;
-use super::{event_id_for, AppError, CommandOutcome, Ledger};
+use super::{AppError, CommandKey, CommandOutcome, Ledger};
 use crate::domain::contract::{Contract, ContractCommand};
 use crate::domain::customer::{Customer, CustomerCommand};
 use crate::domain::license::{License, LicenseCommand, RenewalTerms};
@@ -23,7 +24,6 @@ use crate::domain::release::{
     IssueOfflineActivation, OfflineActivation,
 };
 use crate::domain::{today, DomainError};
-use crate::store::StoreError;
 
 /// Secrets the command side uses and never records.
 #[derive(Clone, Default)]
@@ -117,8 +117,9 @@ impl Ledger {
         actor: &Actor,
         command_id: Uuid,
     ) -> Result<CommandOutcome, AppError> {
+        let key = CommandKey::new(command_id, "customer", &command, actor);
         let stream = StreamId::customer(command.cnpj());
-        self.execute::<Customer>(&stream, &command, actor, command_id)
+        self.execute_keyed::<Customer>(&stream, &command, actor, &key)
             .await
     }
 
@@ -129,6 +130,7 @@ impl Ledger {
         actor: &Actor,
         command_id: Uuid,
     ) -> Result<(ContractId, CommandOutcome), AppError> {
+        let key = CommandKey::new(command_id, "contract.sign", &c, actor);
         self.require_customer(&c.cnpj).await?;
         self.allocate::<Contract, ContractId>(
             |contract_id| ContractCommand::Sign {
@@ -140,7 +142,7 @@ impl Ledger {
                 renew_before_days: c.renew_before_days,
             },
             actor,
-            command_id,
+            &key,
         )
         .await
     }
@@ -152,8 +154,9 @@ impl Ledger {
         actor: &Actor,
         command_id: Uuid,
     ) -> Result<CommandOutcome, AppError> {
+        let key = CommandKey::new(command_id, "contract", &command, actor);
         let stream = StreamId::contract(command.contract_id());
-        self.execute::<Contract>(&stream, &command, actor, command_id)
+        self.execute_keyed::<Contract>(&stream, &command, actor, &key)
             .await
     }
 
@@ -164,6 +167,7 @@ impl Ledger {
         actor: &Actor,
         command_id: Uuid,
     ) -> Result<(LicenseId, CommandOutcome), AppError> {
+        let key = CommandKey::new(command_id, "license.grant", &g, actor);
         self.require_customer(&g.cnpj).await?;
         if let Some(contract_id) = g.contract_id {
             match self.view().contract(contract_id) {
@@ -194,7 +198,7 @@ impl Ledger {
                 resources: g.resources.clone(),
             },
             actor,
-            command_id,
+            &key,
         )
         .await
     }
@@ -207,6 +211,14 @@ impl Ledger {
         actor: &Actor,
         command_id: Uuid,
     ) -> Result<CommandOutcome, AppError> {
+        // The digest covers the command as the caller gave it (for a renewal by contract,
+        // without the terms filled in below).
+        let key = match &command {
+            LicenseCommand::RenewByContract { license_id, .. } => {
+                CommandKey::new(command_id, "license.renew_by_contract", license_id, actor)
+            }
+            other => CommandKey::new(command_id, "license", other, actor),
+        };
         let command = match command {
             LicenseCommand::RenewByContract { license_id, .. } => {
                 self.catch_up().await?;
@@ -233,7 +245,7 @@ impl Ledger {
             other => other,
         };
         let stream = StreamId::license(command.license_id());
-        self.execute::<License>(&stream, &command, actor, command_id)
+        self.execute_keyed::<License>(&stream, &command, actor, &key)
             .await
     }
 
@@ -244,18 +256,21 @@ impl Ledger {
         actor: &Actor,
         command_id: Uuid,
     ) -> Result<CommandOutcome, AppError> {
+        let key = CommandKey::new(command_id, "contingency", &command, actor);
         let cnpj = match &command {
             ContingencyCommand::Enter { cnpj, .. } | ContingencyCommand::Clear { cnpj, .. } => {
                 *cnpj
             }
         };
         self.require_customer(&cnpj).await?;
-        self.execute::<Contingencies>(&StreamId::contingency(&cnpj), &command, actor, command_id)
+        self.execute_keyed::<Contingencies>(&StreamId::contingency(&cnpj), &command, actor, &key)
             .await
     }
 
     /// "Ativar Offline": issues the counter-key for a serial (once per serial), valid for one
-    /// day, and opens a manual contingency for the terminal when its license is known.
+    /// day, and opens a manual contingency for the terminal when its license is known. A
+    /// retry (same `command_id`, request and caller) answers the counter-key and day stored
+    /// the first time, never a newly computed one.
     pub async fn issue_offline_activation(
         &self,
         secrets: &Secrets,
@@ -263,6 +278,7 @@ impl Ledger {
         actor: &Actor,
         command_id: Uuid,
     ) -> Result<OfflineIssued, AppError> {
+        let key = CommandKey::new(command_id, "offline_activation", &r, actor);
         let secret = secrets
             .offline
             .get(&r.product)
@@ -283,14 +299,28 @@ impl Ledger {
             counter_key,
             valid_until: end_of_day(valid_until),
         };
-        let outcome = self
-            .execute::<OfflineActivation>(
+        let done = self
+            .execute_recorded::<OfflineActivation>(
                 &StreamId::offline_activation(&r.serial),
                 &command,
                 actor,
-                command_id,
+                &key,
             )
             .await?;
+        let (counter_key, valid_until) = if done.outcome.was_retry {
+            let issued = done.events.iter().find_map(|e| match e {
+                Event::OfflineActivation(OfflineActivationEvent::Issued(i)) => Some(i),
+                _ => None,
+            });
+            match issued {
+                Some(i) => (i.counter_key, i.valid_until.date_naive()),
+                // The command id's records are not an offline activation (a record written
+                // before digests were kept, by another command).
+                None => return Err(AppError::CommandIdReused { command_id }),
+            }
+        } else {
+            (counter_key, valid_until)
+        };
         if let (Some(cnpj), Some(license_id)) = (r.cnpj, r.license_id) {
             let terminal = self.view().license(license_id).and_then(|l| {
                 l.binding
@@ -306,11 +336,11 @@ impl Ledger {
                     grace_until: Some(valid_until),
                     note: None,
                 };
-                self.execute::<Contingencies>(
+                self.execute_keyed::<Contingencies>(
                     &StreamId::contingency(&cnpj),
                     &enter,
                     actor,
-                    derive(command_id, "contingency"),
+                    &key.follow_up("contingency"),
                 )
                 .await?;
             }
@@ -318,11 +348,12 @@ impl Ledger {
         Ok(OfflineIssued {
             counter_key,
             valid_until,
-            outcome,
+            outcome: done.outcome,
         })
     }
 
     /// "Liberação emergencial" (restricted): activation code and counter-key for a machine.
+    /// A retry answers the codes stored the first time.
     #[allow(clippy::too_many_arguments)]
     pub async fn issue_emergency_release(
         &self,
@@ -335,6 +366,12 @@ impl Ledger {
         actor: &Actor,
         command_id: Uuid,
     ) -> Result<EmergencyIssued, AppError> {
+        let key = CommandKey::new(
+            command_id,
+            "emergency_release",
+            &(product, &hardware_id, &hardware_key, &licensed_to),
+            actor,
+        );
         let (activation_code, counter_key) =
             emergency_codes(&secrets.emergency, product, &hardware_id, &hardware_key);
         let command = IssueEmergencyRelease {
@@ -346,18 +383,29 @@ impl Ledger {
             licensed_to,
             actor_may_release,
         };
-        let outcome = self
-            .execute::<EmergencyRelease>(
+        let done = self
+            .execute_recorded::<EmergencyRelease>(
                 &StreamId::emergency_release(&hardware_id),
                 &command,
                 actor,
-                command_id,
+                &key,
             )
             .await?;
+        let (activation_code, counter_key) = if done.outcome.was_retry {
+            match done.events.iter().find_map(|e| match e {
+                Event::EmergencyRelease(EmergencyReleaseEvent::Issued(i)) => Some(i),
+                _ => None,
+            }) {
+                Some(i) => (i.activation_code, i.counter_key),
+                None => return Err(AppError::CommandIdReused { command_id }),
+            }
+        } else {
+            (activation_code, counter_key)
+        };
         Ok(EmergencyIssued {
             activation_code,
             counter_key,
-            outcome,
+            outcome: done.outcome,
         })
     }
 
@@ -387,7 +435,7 @@ impl Ledger {
         &self,
         command: impl Fn(I) -> A::Command,
         actor: &Actor,
-        command_id: Uuid,
+        key: &CommandKey,
     ) -> Result<(I, CommandOutcome), AppError> {
         let started = std::time::Instant::now();
         loop {
@@ -397,7 +445,7 @@ impl Ledger {
             });
             let id = I::new(reservation.id()).map_err(|e| DomainError::rejected(e.to_string()))?;
             match self
-                .allocating::<A>(&id.stream(), &command(id), actor, command_id)
+                .allocating::<A>(&id.stream(), &command(id), actor, key)
                 .await?
             {
                 Allocated::Done(outcome) => {
@@ -424,38 +472,30 @@ impl Ledger {
     }
 
     /// Runs a creating command on a freshly allocated stream; tells a taken id apart from a
-    /// retry of this very command (whose first event id is then stored elsewhere).
+    /// retry of this very command (whose events are then stored in another stream: the one
+    /// of the id it allocated the first time).
     async fn allocating<A: crate::domain::Aggregate>(
         &self,
         stream: &StreamId,
         command: &A::Command,
         actor: &Actor,
-        command_id: Uuid,
+        key: &CommandKey,
     ) -> Result<Allocated, AppError> {
-        match self.execute::<A>(stream, command, actor, command_id).await {
-            Ok(outcome) => Ok(Allocated::Done(outcome)),
-            Err(AppError::Domain(DomainError::AlreadyExists { .. })) => Ok(Allocated::Taken),
-            Err(AppError::Store(StoreError::DuplicateEventId { event_id, position }))
-                if event_id == event_id_for(command_id, 0) =>
-            {
-                let records = self.store().read_all(position, 1).await?;
-                let record = records.first().ok_or(StoreError::Closed)?;
-                let id = record
-                    .envelope
-                    .stream_id
+        match self
+            .execute_recorded::<A>(stream, command, actor, key)
+            .await
+        {
+            Ok(done) if &done.stream != stream => {
+                let id = done
+                    .stream
                     .as_str()
                     .split_once('-')
                     .map(|(_, id)| id.to_owned())
                     .unwrap_or_default();
-                Ok(Allocated::Retry(
-                    CommandOutcome {
-                        positions: Some(position..=position),
-                        stream_version: record.envelope.stream_version,
-                        was_retry: true,
-                    },
-                    id,
-                ))
+                Ok(Allocated::Retry(done.outcome, id))
             }
+            Ok(done) => Ok(Allocated::Done(done.outcome)),
+            Err(AppError::Domain(DomainError::AlreadyExists { .. })) => Ok(Allocated::Taken),
             Err(e) => Err(e),
         }
     }

@@ -5,9 +5,18 @@
 //! view from the store's subscription, in position order. Commands load their aggregate's
 //! stream from the store (the source of truth), decide with the domain's pure functions at
 //! the clock's `now`, and append with the version they loaded; a version conflict reloads and
-//! decides again, a bounded number of times. Command ids make retries idempotent: event ids
-//! are derived from the command id, and a command whose events are already in the stream is
-//! answered with their positions.
+//! decides again, a bounded number of times.
+//!
+//! Command ids make retries idempotent, and a command id stands for one command only
+//! ([`CommandKey`]): its records carry the event ids `event_id_for(command id, i)`, which
+//! the store indexes across all streams, and the correlation id
+//! [`CommandKey::correlation_id`], derived from the command id and a digest of (command
+//! type, body, caller). A command whose first event id is already stored is a retry when
+//! that record's correlation id is this command's (or the command id itself: a record
+//! written before digests were kept), and is answered with the stored records; anything else
+//! is [`AppError::CommandIdReused`]. The check reads the command's stream (which it loads
+//! anyway) and, for an id stored in another stream, the records at the position the store
+//! names; never more.
 
 use std::ops::RangeInclusive;
 use std::sync::Arc;
@@ -122,7 +131,123 @@ pub enum AppError {
     /// restart rebuilds it.
     #[error("the log index is unavailable: {0}")]
     IndexUnavailable(String),
+    /// The command id was used before for another command: another type, another body or
+    /// another caller. Nothing was recorded.
+    #[error(
+        "command_id {command_id} was already used for another command (another route, body or \
+         caller); nothing was recorded: send a new command_id for a new command, and the same \
+         body with the same token to retry one"
+    )]
+    CommandIdReused {
+        /// The reused command id.
+        command_id: Uuid,
+    },
 }
+
+/// A command id and what it stands for: a digest of the command's type, its body as the
+/// caller gave it (before the ledger fills in ids, dates or codes), and the caller.
+///
+/// The digest is not stored as such: it is folded into the correlation id of the command's
+/// records ([`CommandKey::correlation_id`]), so the log format is unchanged.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct CommandKey {
+    id: Uuid,
+    digest: [u8; 32],
+}
+
+impl std::fmt::Debug for CommandKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CommandKey({}, {})", self.id, self.correlation_id())
+    }
+}
+
+/// How a stored record relates to a command key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Recognised {
+    /// Recorded by this very command (same type, body and caller).
+    Same,
+    /// Recorded before digests were kept (correlation id = command id): taken as a retry.
+    Legacy,
+    /// Recorded by another command under the same command id.
+    Other,
+}
+
+impl CommandKey {
+    /// The key of command `id`: a command of type `kind` (e.g. `license.grant`) with the
+    /// caller's `body`, by `caller`. The body's `Debug` form is its canonical form: two
+    /// requests that parse to the same typed value (whatever the JSON key order, spacing or
+    /// omitted defaults) have the same digest.
+    pub fn new(id: Uuid, kind: &str, body: &dyn std::fmt::Debug, caller: &Actor) -> Self {
+        let mut h = Sha256::new();
+        h.update(b"license-ledger/command-digest/v1");
+        let body = format!("{body:?}");
+        let caller_kind = format!("{:?}", caller.kind);
+        for part in [
+            kind.as_bytes(),
+            body.as_bytes(),
+            caller_kind.as_bytes(),
+            caller.name.as_bytes(),
+        ] {
+            h.update((part.len() as u64).to_be_bytes());
+            h.update(part);
+        }
+        Self {
+            id,
+            digest: h.finalize().into(),
+        }
+    }
+
+    /// The command id.
+    pub fn id(&self) -> Uuid {
+        self.id
+    }
+
+    /// The correlation id the command's records carry: a UUID v7 with the command id's
+    /// timestamp, derived from the command id and the digest.
+    pub fn correlation_id(&self) -> Uuid {
+        let mut salt = Vec::with_capacity(64);
+        salt.extend_from_slice(b"license-ledger/command/v1");
+        salt.extend_from_slice(&self.digest);
+        derived_v7(self.id, &salt)
+    }
+
+    /// The key of a follow-up command in another stream (e.g. the contingency an offline
+    /// activation opens): its id is `derive(id, purpose)` as before digests were kept, its
+    /// digest the parent's, so a retry of the parent retries the follow-up too, whatever
+    /// the follow-up's body is computed to be.
+    pub(crate) fn follow_up(&self, purpose: &str) -> Self {
+        let mut h = Sha256::new();
+        h.update(b"license-ledger/command-follow-up/v1");
+        h.update(self.digest);
+        h.update(purpose.as_bytes());
+        Self {
+            id: commands::derive(self.id, purpose),
+            digest: h.finalize().into(),
+        }
+    }
+
+    fn recognise(&self, correlation_id: Uuid) -> Recognised {
+        if correlation_id == self.correlation_id() {
+            Recognised::Same
+        } else if correlation_id == self.id {
+            Recognised::Legacy
+        } else {
+            Recognised::Other
+        }
+    }
+}
+
+/// What [`Ledger::execute_unobserved`] did: the outcome, the stream the command's events
+/// are in, and those events (the ones just decided, or the stored ones on a retry).
+pub(crate) struct Executed {
+    pub(crate) outcome: CommandOutcome,
+    pub(crate) stream: StreamId,
+    pub(crate) events: Vec<Event>,
+}
+
+/// Records read after the position of a command's first event stored in another stream
+/// (commands record one or two events; more would be answered with these).
+const RETRY_READ_MAX: usize = 16;
 
 /// What a command did.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -563,8 +688,12 @@ impl Ledger {
     }
 
     /// Loads `stream`, decides `command`, appends with the loaded version; retries on
-    /// conflict. A command id seen before in the stream answers with its original positions.
-    /// Returns once the view has applied the command's events (read-your-writes).
+    /// conflict. A retry of the command (same `command_id`, stream, command and actor)
+    /// answers with its original positions; a command id used before for another command
+    /// fails with [`AppError::CommandIdReused`] (see the module documentation). Returns once
+    /// the view has applied the command's events (read-your-writes). The typed entry points
+    /// ([`commands`]) digest the caller's request instead, before the ledger fills anything
+    /// in.
     pub async fn execute<A: Aggregate>(
         &self,
         stream: &StreamId,
@@ -572,11 +701,38 @@ impl Ledger {
         actor: &Actor,
         command_id: Uuid,
     ) -> Result<CommandOutcome, AppError> {
-        let outcome = self
-            .execute_unobserved::<A>(stream, command, actor, command_id)
+        let key = CommandKey::new(command_id, "aggregate", &(stream, command), actor);
+        self.execute_keyed::<A>(stream, command, actor, &key).await
+    }
+
+    /// [`Ledger::execute`] under a key the caller made.
+    pub async fn execute_keyed<A: Aggregate>(
+        &self,
+        stream: &StreamId,
+        command: &A::Command,
+        actor: &Actor,
+        key: &CommandKey,
+    ) -> Result<CommandOutcome, AppError> {
+        Ok(self
+            .execute_recorded::<A>(stream, command, actor, key)
+            .await?
+            .outcome)
+    }
+
+    /// [`Ledger::execute`], also telling the stream and the command's events (the stored
+    /// ones on a retry, so that a retry answers what the first attempt answered).
+    pub(crate) async fn execute_recorded<A: Aggregate>(
+        &self,
+        stream: &StreamId,
+        command: &A::Command,
+        actor: &Actor,
+        key: &CommandKey,
+    ) -> Result<Executed, AppError> {
+        let executed = self
+            .execute_unobserved::<A>(stream, command, actor, key)
             .await?;
-        self.wait_for(outcome.position()).await?;
-        Ok(outcome)
+        self.wait_for(executed.outcome.position()).await?;
+        Ok(executed)
     }
 
     async fn execute_unobserved<A: Aggregate>(
@@ -584,22 +740,14 @@ impl Ledger {
         stream: &StreamId,
         command: &A::Command,
         actor: &Actor,
-        command_id: Uuid,
-    ) -> Result<CommandOutcome, AppError> {
+        key: &CommandKey,
+    ) -> Result<Executed, AppError> {
         let attempts = self.config.conflict_retries + 1;
+        let first_id = event_id_for(key.id, 0);
         for _ in 0..attempts {
             let records = self.read_stream(stream).await?;
-            let done: Vec<Position> = records
-                .iter()
-                .filter(|r| r.envelope.correlation_id == command_id)
-                .map(|r| r.envelope.position)
-                .collect();
-            if let (Some(first), Some(last)) = (done.first(), done.last()) {
-                return Ok(CommandOutcome {
-                    positions: Some(*first..=*last),
-                    stream_version: records.len() as StreamVersion,
-                    was_retry: true,
-                });
+            if let Some(at) = records.iter().position(|r| r.envelope.event_id == first_id) {
+                return replayed(key, stream, &records[at..]);
             }
             let mut events = Vec::with_capacity(records.len());
             for r in &records {
@@ -608,25 +756,61 @@ impl Ledger {
             let loaded = Loaded::<A>::from_events(events.iter());
             let decided = loaded.state.decide(command, self.clock.now())?;
             if decided.is_empty() {
-                return Ok(CommandOutcome {
-                    positions: None,
-                    stream_version: loaded.version,
-                    was_retry: false,
+                return Ok(Executed {
+                    outcome: CommandOutcome {
+                        positions: None,
+                        stream_version: loaded.version,
+                        was_retry: false,
+                    },
+                    stream: stream.clone(),
+                    events: Vec::new(),
                 });
             }
+            let count = decided.len();
             match self
-                .append(
+                .append_as(
                     stream,
                     ExpectedVersion::Exact(loaded.version),
-                    decided,
+                    decided.clone(),
                     actor,
-                    command_id,
+                    key.id,
+                    key.correlation_id(),
                 )
                 .await
             {
-                Ok(a) => return Ok(outcome(a)),
+                // The store recognised the event ids: a request with this command id stored
+                // them meanwhile. Answer with them only if they are this command's.
+                Ok(a) if a.was_retry => {
+                    let stored = self
+                        .store
+                        .read_all(*a.positions.start(), count.max(RETRY_READ_MAX))
+                        .await?;
+                    return replayed(key, stream, &stored);
+                }
+                Ok(a) => {
+                    return Ok(Executed {
+                        outcome: outcome(a),
+                        stream: stream.clone(),
+                        events: decided,
+                    })
+                }
                 Err(StoreError::WrongExpectedVersion { stream, actual, .. }) => {
                     self.settle_conflict(&stream, actual).await?;
+                }
+                // The command id's first event is stored in another stream: a retry of a
+                // creating command (stored under the id it allocated the first time), or
+                // the command id reused for another command.
+                Err(StoreError::DuplicateEventId { event_id, position })
+                    if event_id == first_id =>
+                {
+                    let stored = self.store.read_all(position, RETRY_READ_MAX).await?;
+                    return replayed(key, stream, &stored);
+                }
+                // A later event id of this command id is stored: another command used it.
+                Err(StoreError::DuplicateEventId { event_id, .. })
+                    if (1..count as u32).any(|i| event_id_for(key.id, i) == event_id) =>
+                {
+                    return Err(AppError::CommandIdReused { command_id: key.id });
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -638,7 +822,8 @@ impl Ledger {
     }
 
     /// Appends events derived from `command_id` (ids are deterministic, so a retried append
-    /// is recognised by the store).
+    /// is recognised by the store), with the command id as their correlation id: for
+    /// appends that are not commands with a caller's id (a check-in's steps).
     pub async fn append(
         &self,
         stream: &StreamId,
@@ -647,6 +832,20 @@ impl Ledger {
         actor: &Actor,
         command_id: Uuid,
     ) -> Result<Appended, StoreError> {
+        self.append_as(stream, expected, events, actor, command_id, command_id)
+            .await
+    }
+
+    /// Appends events with the ids `event_id_for(command_id, i)` and `correlation_id`.
+    async fn append_as(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<Event>,
+        actor: &Actor,
+        command_id: Uuid,
+        correlation_id: Uuid,
+    ) -> Result<Appended, StoreError> {
         let new: Vec<NewEvent> = events
             .into_iter()
             .enumerate()
@@ -654,7 +853,7 @@ impl Ledger {
                 event_id: event_id_for(command_id, i as u32),
                 event,
                 actor: actor.clone(),
-                correlation_id: command_id,
+                correlation_id,
             })
             .collect();
         let appended = self.store.append(stream, expected, new).await?;
@@ -682,6 +881,55 @@ impl Ledger {
             }
         }
     }
+}
+
+/// The answer to a command whose first event id is stored: `stored` starts with that record
+/// (the rest may be anything that follows it). It is a retry when that record carries the
+/// command's correlation id, or the command id itself (a record written before digests were
+/// kept, taken as a retry if it is in `stream` or in a stream of the same kind: a creating
+/// command's retry lands in the stream it allocated the first time); it answers with the
+/// command's records (the consecutive ones with its event ids). Anything else is
+/// [`AppError::CommandIdReused`].
+fn replayed(
+    key: &CommandKey,
+    stream: &StreamId,
+    stored: &[ledger_events::Record],
+) -> Result<Executed, AppError> {
+    let reused = || AppError::CommandIdReused { command_id: key.id };
+    let Some(first) = stored.first() else {
+        return Err(StoreError::Closed.into());
+    };
+    if first.envelope.event_id != event_id_for(key.id, 0) {
+        return Err(reused());
+    }
+    let kind = |s: &StreamId| s.as_str().split_once('-').map(|(k, _)| k.to_owned());
+    match key.recognise(first.envelope.correlation_id) {
+        Recognised::Same => {}
+        Recognised::Legacy
+            if &first.envelope.stream_id == stream
+                || kind(&first.envelope.stream_id) == kind(stream) => {}
+        Recognised::Legacy | Recognised::Other => return Err(reused()),
+    }
+    let mut events = Vec::new();
+    let mut last = first;
+    for (i, r) in stored.iter().enumerate() {
+        if r.envelope.event_id != event_id_for(key.id, i as u32)
+            || r.envelope.stream_id != first.envelope.stream_id
+        {
+            break;
+        }
+        events.push(r.event().map_err(StoreError::from)?);
+        last = r;
+    }
+    Ok(Executed {
+        outcome: CommandOutcome {
+            positions: Some(first.envelope.position..=last.envelope.position),
+            stream_version: last.envelope.stream_version,
+            was_retry: true,
+        },
+        stream: first.envelope.stream_id.clone(),
+        events,
+    })
 }
 
 fn outcome(a: Appended) -> CommandOutcome {
@@ -719,6 +967,49 @@ pub(crate) fn derived_v7(base: Uuid, salt: &[u8]) -> Uuid {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_command_key_tells_type_body_and_caller_apart_and_keeps_the_command_ids_time() {
+        let id = Uuid::now_v7();
+        let support = Actor::operator("suporte").unwrap();
+        let key = CommandKey::new(id, "license", &"Block { note: None }", &support);
+        assert_eq!(
+            key,
+            CommandKey::new(id, "license", &"Block { note: None }", &support)
+        );
+        let others = [
+            CommandKey::new(id, "customer", &"Block { note: None }", &support),
+            CommandKey::new(id, "license", &"Unblock { note: None }", &support),
+            CommandKey::new(
+                id,
+                "license",
+                &"Block { note: None }",
+                &Actor::operator("outro").unwrap(),
+            ),
+            CommandKey::new(
+                id,
+                "license",
+                &"Block { note: None }",
+                &Actor::system("suporte").unwrap(),
+            ),
+            // The parts are length-prefixed: moving a byte from one to the next changes it.
+            CommandKey::new(id, "licens", &"eBlock { note: None }", &support),
+        ];
+        for other in others {
+            assert_ne!(key.correlation_id(), other.correlation_id(), "{other:?}");
+            assert_eq!(key.recognise(other.correlation_id()), Recognised::Other);
+        }
+        assert_eq!(key.recognise(key.correlation_id()), Recognised::Same);
+        assert_eq!(key.recognise(id), Recognised::Legacy);
+        let c = key.correlation_id();
+        assert_ne!(c, id);
+        assert_eq!(c.get_version_num(), 7);
+        assert_eq!(&c.as_bytes()[..6], &id.as_bytes()[..6]);
+        // A follow-up keeps the id it had before digests were kept.
+        let follow = key.follow_up("contingency");
+        assert_eq!(follow.id(), commands::derive(id, "contingency"));
+        assert_ne!(follow.correlation_id(), key.correlation_id());
+    }
 
     #[test]
     fn event_ids_are_v7_deterministic_and_distinct_per_index() {

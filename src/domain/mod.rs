@@ -60,8 +60,8 @@ impl DomainError {
 
 /// An aggregate: a state folded from one stream and a pure decision.
 pub trait Aggregate: Default + Clone + Send + Sync + 'static {
-    /// What callers ask of it.
-    type Command: Send + Sync;
+    /// What callers ask of it (its `Debug` form is the body a command id's digest covers).
+    type Command: Send + Sync + std::fmt::Debug;
 
     /// Folds one event of this aggregate's stream (no business logic, cannot fail; events of
     /// other aggregates are ignored).

@@ -44,6 +44,10 @@ pub enum ApiError {
     /// 409: it exists already, or it changed meanwhile.
     #[error("{0}")]
     Conflict(String),
+    /// 409: the `command_id` was used before for another command (another route, body or
+    /// caller); nothing was recorded.
+    #[error("{0}")]
+    CommandIdReused(String),
     /// 413: the body is larger than the limit.
     #[error("request body larger than {0} bytes")]
     TooLarge(usize),
@@ -107,6 +111,7 @@ impl ApiError {
             ApiError::Forbidden(_) => ErrorCode::Forbidden,
             ApiError::NotFound(_) => ErrorCode::NotFound,
             ApiError::Conflict(_) => ErrorCode::Conflict,
+            ApiError::CommandIdReused(_) => ErrorCode::CommandIdReused,
             ApiError::TooLarge(_) => ErrorCode::BodyTooLarge,
             ApiError::BodyTimeout(_) => ErrorCode::BodyTimeout,
             ApiError::Rejected { .. } => ErrorCode::Rejected,
@@ -123,6 +128,7 @@ impl ApiError {
         let field = match self {
             ApiError::BadField { field, .. } => Some(field.clone()),
             ApiError::Rejected { field, .. } => field.clone(),
+            ApiError::CommandIdReused(_) => Some("command_id".into()),
             _ => None,
         };
         let (status, position, head) = match self {
@@ -177,6 +183,9 @@ pub enum ErrorCode {
     /// 503 with `Retry-After` (`/healthz`): the read model is catching up with the log after
     /// a start; `position` and `head` say how far it is.
     CatchingUp,
+    /// 409: the `command_id` was used before for another command (another route, body or
+    /// caller); `field` is `command_id`. Nothing was recorded.
+    CommandIdReused,
 }
 
 /// Every answer that is not a success: `{"error": code, "message": text, "field": name?}`;
@@ -211,7 +220,7 @@ impl ResponseError for ApiError {
             ApiError::Unauthenticated | ApiError::CustomerInactive => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Conflict(_) | ApiError::CommandIdReused(_) => StatusCode::CONFLICT,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Rejected { .. } => StatusCode::UNPROCESSABLE_ENTITY,
@@ -303,6 +312,7 @@ impl From<AppError> for ApiError {
         match e {
             AppError::Domain(d) => d.into(),
             AppError::Store(s) => s.into(),
+            AppError::CommandIdReused { .. } => ApiError::CommandIdReused(e.to_string()),
             AppError::Contention { .. }
             | AppError::CatchUpTimeout { .. }
             | AppError::CatchingUp { .. }
@@ -360,6 +370,25 @@ mod tests {
         let message = json["message"].as_str().unwrap();
         assert!(message.contains("license id"), "{message}");
         assert!(message.ends_with("retry later"), "{message}");
+    }
+
+    #[test]
+    fn a_reused_command_id_answers_409_command_id_reused_naming_the_field() {
+        let e: ApiError = AppError::CommandIdReused {
+            command_id: uuid::Uuid::nil(),
+        }
+        .into();
+        let answer = e.error_response();
+        assert_eq!(answer.status(), StatusCode::CONFLICT);
+        let body = answer.into_body().try_into_bytes().unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(json["error"], "command_id_reused", "{json}");
+        assert_eq!(json["field"], "command_id", "{json}");
+        let message = json["message"].as_str().unwrap();
+        assert!(
+            message.contains("already used for another command"),
+            "{message}"
+        );
     }
 
     #[test]

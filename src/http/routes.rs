@@ -191,8 +191,8 @@ pub struct Done<T> {
     /// Position of the command's last event (0 when it changed nothing): pass it as
     /// `min_position` to a query to read this write.
     position: Position,
-    /// Whether this repeated a command already done (same `command_id`): nothing new was
-    /// recorded, and the answer is the first one's.
+    /// Whether this repeated a command already done (same `command_id`, body and token):
+    /// nothing new was recorded, and the answer is the first one's.
     was_retry: bool,
     #[serde(flatten)]
     item: T,
@@ -239,7 +239,9 @@ pub struct RegisterCustomer {
     /// Customer since (default: today).
     #[serde(default)]
     since: Option<NaiveDate>,
-    /// Makes the command idempotent: a retry with the same id records nothing new.
+    /// Makes the command idempotent: a retry with the same id, body and token answers what
+    /// the first answered and records nothing new; the same id with another body, route or
+    /// token is refused (409 `command_id_reused`).
     #[serde(default)]
     command_id: Option<Uuid>,
 }
@@ -251,7 +253,9 @@ pub struct NoteBody {
     /// Why, shown in the history.
     #[serde(default)]
     note: Option<Note>,
-    /// Makes the command idempotent: a retry with the same id records nothing new.
+    /// Makes the command idempotent: a retry with the same id, body and token answers what
+    /// the first answered and records nothing new; the same id with another body, route or
+    /// token is refused (409 `command_id_reused`).
     #[serde(default)]
     command_id: Option<Uuid>,
 }
@@ -315,7 +319,8 @@ fn command_id(id: Option<Uuid>) -> Uuid {
 
 /// Registers a customer.
 #[utoipa::path(post, path = "/v1/customers", tag = "customers", request_body = RegisterCustomer,
-    responses((status = 200, body = Done<CustomerRef>), (status = 409, body = ErrorBody),
+    responses((status = 200, body = Done<CustomerRef>),
+        (status = 409, description = "`conflict`: the customer exists already; `command_id_reused`: the `command_id` was used before for another command (another route, body or token); nothing was recorded", body = ErrorBody),
         (status = 422, body = ErrorBody)))]
 async fn register_customer(
     state: State,
@@ -339,7 +344,7 @@ async fn register_customer(
     params(("cnpj" = Cnpj, Path), ("action" = CustomerAction, Path)),
     request_body = Option<NoteBody>,
     responses((status = 200, body = Done<CustomerRef>), (status = 404, body = ErrorBody),
-        (status = 409, description = "The `command_id` was used for another command", body = ErrorBody),
+        (status = 409, description = "`command_id_reused`: the `command_id` was used before for another command (another route, body or token); nothing was recorded", body = ErrorBody),
         (status = 422, body = ErrorBody)))]
 async fn customer_action(
     state: State,
@@ -381,7 +386,9 @@ pub struct SignContractBody {
     interval_days: u16,
     /// Renew this many days before expiry.
     renew_before_days: u16,
-    /// Makes the command idempotent: a retry with the same id records nothing new.
+    /// Makes the command idempotent: a retry with the same id, body and token answers what
+    /// the first answered and records nothing new; the same id with another body, route or
+    /// token is refused (409 `command_id_reused`).
     #[serde(default)]
     command_id: Option<Uuid>,
 }
@@ -389,7 +396,7 @@ pub struct SignContractBody {
 /// Signs a contract.
 #[utoipa::path(post, path = "/v1/contracts", tag = "contracts", request_body = SignContractBody,
     responses((status = 200, body = Done<ContractRef>), (status = 404, body = ErrorBody),
-        (status = 409, description = "The `command_id` was used for another command", body = ErrorBody),
+        (status = 409, description = "`command_id_reused`: the `command_id` was used before for another command (another route, body or token); nothing was recorded", body = ErrorBody),
         (status = 422, body = ErrorBody)))]
 async fn sign_contract(
     state: State,
@@ -415,7 +422,7 @@ async fn sign_contract(
     params(("id" = ContractId, Path), ("action" = ContractAction, Path)),
     request_body = Option<NoteBody>,
     responses((status = 200, body = Done<ContractRef>), (status = 404, body = ErrorBody),
-        (status = 409, description = "The `command_id` was used for another command", body = ErrorBody),
+        (status = 409, description = "`command_id_reused`: the `command_id` was used before for another command (another route, body or token); nothing was recorded", body = ErrorBody),
         (status = 422, body = ErrorBody)))]
 async fn contract_action(
     state: State,
@@ -453,7 +460,9 @@ pub struct GrantBody {
     /// Resource flags ("Recursos").
     #[serde(default)]
     resources: Resources,
-    /// Makes the command idempotent: a retry with the same id records nothing new.
+    /// Makes the command idempotent: a retry with the same id, body and token answers what
+    /// the first answered and records nothing new; the same id with another body, route or
+    /// token is refused (409 `command_id_reused`).
     #[serde(default)]
     command_id: Option<Uuid>,
 }
@@ -461,7 +470,7 @@ pub struct GrantBody {
 /// Grants a license.
 #[utoipa::path(post, path = "/v1/licenses", tag = "licenses", request_body = GrantBody,
     responses((status = 200, body = Done<LicenseRef>), (status = 404, body = ErrorBody),
-        (status = 409, description = "The `command_id` was used for another command", body = ErrorBody),
+        (status = 409, description = "`command_id_reused`: the `command_id` was used before for another command (another route, body or token); nothing was recorded", body = ErrorBody),
         (status = 422, body = ErrorBody)))]
 async fn grant_license(state: State, caller: As<Operators>, Json(b): Json<GrantBody>) -> Answer {
     let g = GrantLicense {
@@ -488,7 +497,9 @@ pub struct LicenseActionBody {
     /// For `renew` (required there): the new expiry.
     #[serde(default)]
     expires_on: Option<NaiveDate>,
-    /// Makes the command idempotent: a retry with the same id records nothing new.
+    /// Makes the command idempotent: a retry with the same id, body and token answers what
+    /// the first answered and records nothing new; the same id with another body, route or
+    /// token is refused (409 `command_id_reused`).
     #[serde(default)]
     command_id: Option<Uuid>,
 }
@@ -498,7 +509,7 @@ pub struct LicenseActionBody {
     params(("id" = LicenseId, Path), ("action" = LicenseAction, Path)),
     request_body = Option<LicenseActionBody>,
     responses((status = 200, body = Done<LicenseRef>), (status = 404, body = ErrorBody),
-        (status = 409, description = "The `command_id` was used for another command", body = ErrorBody),
+        (status = 409, description = "`command_id_reused`: the `command_id` was used before for another command (another route, body or token); nothing was recorded", body = ErrorBody),
         (status = 422, body = ErrorBody)))]
 async fn license_action(
     state: State,
@@ -534,7 +545,9 @@ async fn license_action(
 #[serde(deny_unknown_fields)]
 pub struct ResourcesBody {
     resources: Resources,
-    /// Makes the command idempotent: a retry with the same id records nothing new.
+    /// Makes the command idempotent: a retry with the same id, body and token answers what
+    /// the first answered and records nothing new; the same id with another body, route or
+    /// token is refused (409 `command_id_reused`).
     #[serde(default)]
     command_id: Option<Uuid>,
 }
@@ -543,7 +556,7 @@ pub struct ResourcesBody {
 #[utoipa::path(put, path = "/v1/licenses/{id}/resources", tag = "licenses",
     params(("id" = LicenseId, Path)), request_body = ResourcesBody,
     responses((status = 200, body = Done<LicenseRef>), (status = 404, body = ErrorBody),
-        (status = 409, description = "The `command_id` was used for another command", body = ErrorBody),
+        (status = 409, description = "`command_id_reused`: the `command_id` was used before for another command (another route, body or token); nothing was recorded", body = ErrorBody),
         (status = 422, body = ErrorBody)))]
 async fn change_resources(
     state: State,
@@ -584,7 +597,9 @@ pub struct ContingencyBody {
     /// Why, shown in the history.
     #[serde(default)]
     note: Option<Note>,
-    /// Makes the command idempotent: a retry with the same id records nothing new.
+    /// Makes the command idempotent: a retry with the same id, body and token answers what
+    /// the first answered and records nothing new; the same id with another body, route or
+    /// token is refused (409 `command_id_reused`).
     #[serde(default)]
     command_id: Option<Uuid>,
 }
@@ -593,7 +608,7 @@ pub struct ContingencyBody {
 #[utoipa::path(post, path = "/v1/contingencies", tag = "contingencies",
     request_body = ContingencyBody,
     responses((status = 200, body = Done<Nothing>), (status = 404, body = ErrorBody),
-        (status = 409, description = "The `command_id` was used for another command", body = ErrorBody),
+        (status = 409, description = "`command_id_reused`: the `command_id` was used before for another command (another route, body or token); nothing was recorded", body = ErrorBody),
         (status = 422, body = ErrorBody)))]
 async fn enter_contingency(
     state: State,
@@ -619,7 +634,7 @@ async fn enter_contingency(
 #[utoipa::path(post, path = "/v1/contingencies/clear", tag = "contingencies",
     request_body = ContingencyBody,
     responses((status = 200, body = Done<Nothing>), (status = 404, body = ErrorBody),
-        (status = 409, description = "The `command_id` was used for another command", body = ErrorBody),
+        (status = 409, description = "`command_id_reused`: the `command_id` was used before for another command (another route, body or token); nothing was recorded", body = ErrorBody),
         (status = 422, body = ErrorBody)))]
 async fn clear_contingency(
     state: State,
@@ -667,7 +682,9 @@ pub struct OfflineBody {
     caixa: Option<TerminalNumber>,
     #[serde(default)]
     equipamento: Option<TerminalNumber>,
-    /// Makes the command idempotent: a retry with the same id records nothing new.
+    /// Makes the command idempotent: a retry with the same id, body and token answers what
+    /// the first answered and records nothing new; the same id with another body, route or
+    /// token is refused (409 `command_id_reused`).
     #[serde(default)]
     command_id: Option<Uuid>,
 }
@@ -689,7 +706,7 @@ pub struct OfflineIssued {
 #[utoipa::path(post, path = "/v1/offline-activations", tag = "terminals",
     request_body = OfflineBody,
     responses((status = 200, body = Done<OfflineIssued>), (status = 404, body = ErrorBody),
-        (status = 409, description = "The `command_id` was used for another command", body = ErrorBody),
+        (status = 409, description = "`command_id_reused`: the `command_id` was used before for another command (another route, body or token); nothing was recorded", body = ErrorBody),
         (status = 422, body = ErrorBody), (status = 429, body = ErrorBody)))]
 async fn offline_activation(
     state: State,
@@ -749,7 +766,9 @@ pub struct EmergencyBody {
     hardware_key: HardwareKey,
     /// The name the release shows.
     licensed_to: TradeName,
-    /// Makes the command idempotent: a retry with the same id records nothing new.
+    /// Makes the command idempotent: a retry with the same id, body and token answers what
+    /// the first answered and records nothing new; the same id with another body, route or
+    /// token is refused (409 `command_id_reused`).
     #[serde(default)]
     command_id: Option<Uuid>,
 }
@@ -769,7 +788,7 @@ pub struct EmergencyIssued {
 /// Issues an emergency release (admins only).
 #[utoipa::path(post, path = "/v1/emergency-releases", tag = "terminals",
     request_body = EmergencyBody,
-    responses((status = 200, body = Done<EmergencyIssued>), (status = 409, description = "The `command_id` was used for another command", body = ErrorBody),
+    responses((status = 200, body = Done<EmergencyIssued>), (status = 409, description = "`command_id_reused`: the `command_id` was used before for another command (another route, body or token); nothing was recorded", body = ErrorBody),
         (status = 422, body = ErrorBody)))]
 async fn emergency_release(
     state: State,
