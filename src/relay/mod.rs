@@ -104,6 +104,9 @@ pub struct RelayConfig {
     pub cnpj: Cnpj,
     /// The `relay` token for that customer.
     pub token: String,
+    /// Extra root certificates (DER) the center's TLS certificate is checked against
+    /// (`--upstream-ca`), besides the public roots.
+    pub upstream_roots: Vec<Vec<u8>>,
     /// Where the mirror, outbox, key and secrets live.
     pub data_dir: PathBuf,
     /// How often a full refresh runs (the manual: 24 h).
@@ -121,6 +124,7 @@ impl RelayConfig {
             upstream: upstream.to_owned(),
             cnpj,
             token: token.to_owned(),
+            upstream_roots: Vec::new(),
             data_dir,
             refresh_every: Duration::hours(24),
             retry_every: Duration::hours(1),
@@ -248,7 +252,12 @@ impl Relay {
             crate::app::answers::random_seed,
         )?;
         let certificate = load_certificate(&config.data_dir);
-        let upstream = Upstream::new(&config.upstream, &config.token, config.cnpj)?;
+        let upstream = Upstream::new(
+            &config.upstream,
+            &config.token,
+            config.cnpj,
+            &config.upstream_roots,
+        )?;
         let now = clock.now();
         let status = RelayStatus {
             cnpj: config.cnpj,

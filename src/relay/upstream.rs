@@ -152,12 +152,24 @@ async fn answer<T: serde::de::DeserializeOwned>(
 }
 
 impl Upstream {
-    /// A client of the center at `base` (e.g. `https://licencas.example.com`).
-    pub fn new(base: &str, token: &str, cnpj: Cnpj) -> Result<Upstream, UpstreamError> {
-        let client = reqwest::Client::builder()
+    /// A client of the center at `base` (e.g. `https://licencas.example.com`), trusting
+    /// `roots` (DER certificates, `--upstream-ca`) besides the public roots.
+    pub fn new(
+        base: &str,
+        token: &str,
+        cnpj: Cnpj,
+        roots: &[Vec<u8>],
+    ) -> Result<Upstream, UpstreamError> {
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
-            .build()
-            .map_err(unreachable)?;
+            // An https:// center is never left for plain HTTP, not even by a redirect.
+            .https_only(base.trim().to_ascii_lowercase().starts_with("https://"));
+        for der in roots {
+            let cert = reqwest::Certificate::from_der(der)
+                .map_err(|e| UpstreamError::Malformed(format!("an --upstream-ca root: {e}")))?;
+            builder = builder.add_root_certificate(cert);
+        }
+        let client = builder.build().map_err(unreachable)?;
         Ok(Upstream {
             base: base.trim_end_matches('/').to_owned(),
             token: token.to_owned(),
