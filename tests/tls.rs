@@ -221,6 +221,22 @@ async fn a_relay_follows_a_tls_center_it_trusts_through_upstream_ca_and_serves_h
     })
     .await;
     assert_eq!(s["link"], json!("up"), "{s}");
+    // `relay-status` reads it over HTTPS, trusting the relay's certificate with --ca.
+    let (code, out, err) = process::run(&[
+        "relay-status",
+        "--url",
+        &relay.url,
+        "--token",
+        &reader,
+        "--ca",
+        relay_cert.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out} {err}");
+    assert!(out.contains("mirror records: 2"), "{out}");
+    // Without --ca the relay's self-signed certificate is refused.
+    let (code, _, err) = process::run(&["relay-status", "--url", &relay.url, "--token", &reader]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("cannot reach the relay"), "{err}");
 
     // Without --upstream-ca the center's self-signed certificate is not trusted: nothing is
     // mirrored, the link is down.
