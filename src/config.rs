@@ -78,6 +78,8 @@ pub struct RelayFileConfig {
     pub upstream_ca: Option<PathBuf>,
     /// Accept a plain `http://` upstream (loopback testing only).
     pub allow_insecure_upstream: Option<bool>,
+    /// The center's public key, hex, pinned before first contact (`--center-key` wins).
+    pub center_key: Option<String>,
 }
 
 /// Why the configuration or the secrets could not be loaded.

@@ -139,23 +139,33 @@ impl FakeCenter {
     }
 }
 
+fn relay_args<'a>(data: &'a str, upstream: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "--data-dir",
+        data,
+        "relay",
+        "--upstream",
+        upstream,
+        "--allow-insecure-upstream",
+        "--cnpj",
+        CNPJ,
+        "--token",
+        "llt_fake",
+        "--listen",
+        "127.0.0.1:0",
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
 fn start_relay(dir: &Path, name: &str, upstream: &str) -> Process {
+    start_relay_with(dir, name, upstream, &[])
+}
+
+fn start_relay_with(dir: &Path, name: &str, upstream: &str, extra: &[&str]) -> Process {
     let data = dir.join(name);
     Process::start(
-        &[
-            "--data-dir",
-            data.to_str().unwrap(),
-            "relay",
-            "--upstream",
-            upstream,
-            "--allow-insecure-upstream",
-            "--cnpj",
-            CNPJ,
-            "--token",
-            "llt_fake",
-            "--listen",
-            "127.0.0.1:0",
-        ],
+        &relay_args(data.to_str().unwrap(), upstream, extra),
         dir,
         name,
     )
@@ -278,7 +288,7 @@ async fn a_relay_mirrors_nothing_that_the_pinned_center_key_does_not_sign() {
     let relay = start_relay(dir.path(), "relay-tampered", &fake.url);
     let token = relay.admin.clone().expect("relay admin token");
     let s = wait_status(&http, &relay, &token, "refused the tampered page", |s| {
-        s["last_error"]
+        s["mirror_error"]
             .as_str()
             .is_some_and(|e| e.contains("do not verify"))
     })
@@ -286,7 +296,7 @@ async fn a_relay_mirrors_nothing_that_the_pinned_center_key_does_not_sign() {
     assert_eq!(s["mirror_records"], json!(0), "{s}");
     let position = page["items"][2]["position"].to_string();
     assert!(
-        s["last_error"]
+        s["mirror_error"]
             .as_str()
             .is_some_and(|e| e.contains(&format!("position {position}"))),
         "names the position: {s}"
@@ -305,7 +315,7 @@ async fn a_relay_mirrors_nothing_that_the_pinned_center_key_does_not_sign() {
     let relay = start_relay(dir.path(), "relay-unsigned", &fake.url);
     let token = relay.admin.clone().expect("relay admin token");
     let s = wait_status(&http, &relay, &token, "refused the unsigned page", |s| {
-        s["last_error"]
+        s["mirror_error"]
             .as_str()
             .is_some_and(|e| e.contains("3 records came with 0 signed heads"))
     })
@@ -313,18 +323,74 @@ async fn a_relay_mirrors_nothing_that_the_pinned_center_key_does_not_sign() {
     assert_eq!(s["mirror_records"], json!(0), "{s}");
     drop(relay);
 
+    // A relay given another key with --center-key refuses the genuine center's pages.
+    *fake.feed.lock() = page.clone();
+    let other_key = hex::encode(SigningKey::from_bytes(&[9; 32]).verifying_key().as_bytes());
+    let relay = start_relay_with(
+        dir.path(),
+        "relay-other-key",
+        &fake.url,
+        &["--center-key", &other_key],
+    );
+    let token = relay.admin.clone().expect("relay admin token");
+    let s = wait_status(
+        &http,
+        &relay,
+        &token,
+        "refused a page of another key",
+        |s| {
+            s["mirror_error"]
+                .as_str()
+                .is_some_and(|e| e.contains(CENTER_KEY_FILE))
+        },
+    )
+    .await;
+    assert_eq!(s["mirror_records"], json!(0), "{s}");
+    drop(relay);
+    // Given the genuine key, a new relay mirrors the page.
+    let genuine_key = keys["public_key"].as_str().unwrap();
+    let relay = start_relay_with(
+        dir.path(),
+        "relay-given-key",
+        &fake.url,
+        &["--center-key", genuine_key],
+    );
+    let token = relay.admin.clone().expect("relay admin token");
+    wait_status(&http, &relay, &token, "mirrored with --center-key", |s| {
+        s["mirror_records"] == json!(3)
+    })
+    .await;
+    drop(relay);
+    // A relay that pinned one key does not start with another given, nor with a key that is
+    // no key.
+    let data = dir.path().join("relay-genuine");
+    let (code, _, err) = process::run(&relay_args(
+        data.to_str().unwrap(),
+        &fake.url,
+        &["--center-key", &other_key],
+    ));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--center-key is key"), "{err}");
+    let (code, _, err) = process::run(&relay_args(
+        data.to_str().unwrap(),
+        &fake.url,
+        &["--center-key", "abc"],
+    ));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--center-key: "), "{err}");
+
     // The relay that pinned the genuine key meets a center presenting another key: its
     // pages are refused, whatever `/v1/keys` now says.
     *fake.keys.lock() = json!({
         "key_id": "0123456789abcdef",
-        "public_key": hex::encode(SigningKey::from_bytes(&[9; 32]).verifying_key().as_bytes()),
+        "public_key": other_key,
     });
     let mut rekeyed = page.clone();
     rekeyed["key_id"] = json!("0123456789abcdef");
     *fake.feed.lock() = rekeyed;
     let relay = start_relay(dir.path(), "relay-genuine", &fake.url);
     let s = wait_status(&http, &relay, &genuine_admin, "refused another key", |s| {
-        s["last_error"]
+        s["mirror_error"]
             .as_str()
             .is_some_and(|e| e.contains(CENTER_KEY_FILE))
     })

@@ -26,6 +26,11 @@ pub struct RelayArgs {
     /// own self-signed certificate, or its private CA's (public CAs are trusted anyway).
     #[arg(long, env = "LEDGER_RELAY_UPSTREAM_CA", value_name = "PEM")]
     pub upstream_ca: Option<PathBuf>,
+    /// The center's Ed25519 public key (64 hex digits, `GET /v1/keys` at the center), to pin
+    /// before first contact; without it the key the center presents first is pinned
+    /// (`center-key.json`). Mirrored records must carry the center's signed head under it.
+    #[arg(long, env = "LEDGER_RELAY_CENTER_KEY", value_name = "HEX")]
+    pub center_key: Option<String>,
     /// Accept a plain http:// --upstream: the relay token and the center's records then cross
     /// the network unprotected. For loopback testing only.
     #[arg(long)]
@@ -138,8 +143,19 @@ pub fn run(
         .listen
         .or(from_file.listen)
         .unwrap_or_else(|| crate::config::LISTEN_DEFAULT.to_owned());
+    let center_key =
+        match args.center_key.or(from_file.center_key) {
+            Some(hex) => Some(crate::relay::trust::CenterKey::from_hex(&hex).map_err(|e| {
+                CliError::Input {
+                    flag: "--center-key",
+                    message: format!("{e}; pass the public_key of the center's GET /v1/keys"),
+                }
+            })?),
+            None => None,
+        };
     let mut config = RelayConfig::new(&upstream, cnpj, &token, data_dir.to_owned());
     config.upstream_roots = upstream_roots;
+    config.center_key = center_key;
     let runtime = super::runtime()?;
     runtime.block_on(async move {
         let relay =
@@ -249,6 +265,7 @@ pub fn status(args: &RelayStatusArgs, out: &mut impl Write) -> Result<(), CliErr
         ("rejected by the center", "rejected"),
         ("mirror position", "mirror_position"),
         ("mirror records", "mirror_records"),
+        ("mirroring stopped", "mirror_error"),
         ("key certified until", "certified_until"),
     ] {
         writeln!(out, "{label}: {}", field(name))?;

@@ -108,6 +108,9 @@ pub struct RelayConfig {
     /// Extra root certificates (DER) the center's TLS certificate is checked against
     /// (`--upstream-ca`), besides the public roots.
     pub upstream_roots: Vec<Vec<u8>>,
+    /// The center's key given by the operator (`--center-key`); `None`: pinned at first
+    /// contact ([`trust`]).
+    pub center_key: Option<trust::CenterKey>,
     /// Where the mirror, outbox, key and secrets live.
     pub data_dir: PathBuf,
     /// How often a full refresh runs (the manual: 24 h).
@@ -126,6 +129,7 @@ impl RelayConfig {
             cnpj,
             token: token.to_owned(),
             upstream_roots: Vec::new(),
+            center_key: None,
             data_dir,
             refresh_every: Duration::hours(24),
             retry_every: Duration::hours(1),
@@ -186,6 +190,9 @@ pub struct RelayStatus {
     pub mirror_position: Position,
     /// Records in the mirror.
     pub mirror_records: usize,
+    /// Why mirroring stopped, while it is stopped: the center's records did not verify
+    /// against its pinned key ([`trust`]); nothing of them is mirrored or answered from.
+    pub mirror_error: Option<String>,
     /// Until when the relay's key is certified, if it is.
     pub certified_until: Option<DateTime<Utc>>,
 }
@@ -257,10 +264,24 @@ impl Relay {
             crate::app::answers::random_seed,
         )?;
         let certificate = load_certificate(&config.data_dir);
-        let center_key = match trust::CenterKey::load(&config.data_dir)? {
-            Some(key) => Some(key),
+        let pinned = trust::CenterKey::load(&config.data_dir)?;
+        let center_key = match (pinned, &config.center_key) {
+            (Some(pinned), Some(given)) if &pinned != given => {
+                return Err(RelayError::Corrupt(format!(
+                    "--center-key is key {}, but {} pins key {}: if the center's key was \
+                     replaced on purpose, remove that file and start again",
+                    given.key_id(),
+                    config.data_dir.join(trust::CENTER_KEY_FILE).display(),
+                    pinned.key_id()
+                )))
+            }
+            (Some(pinned), _) => Some(pinned),
+            (None, Some(given)) => {
+                given.pin(&config.data_dir)?;
+                Some(given.clone())
+            }
             // A relay certified before keys were pinned: the key that certified it.
-            None => match &certificate {
+            (None, None) => match &certificate {
                 Some(c) => {
                     let key = trust::CenterKey::from_hex(&c.central_public_key)
                         .map_err(RelayError::Corrupt)?;
@@ -289,6 +310,7 @@ impl Relay {
             rejected: outbox.rejected(),
             mirror_position: mirror.head_position(),
             mirror_records: mirror.records().len(),
+            mirror_error: None,
             certified_until: certificate.as_ref().map(|c| c.certificate.valid_until),
         };
         let relay = Relay {
@@ -543,8 +565,14 @@ impl Relay {
         loop {
             let page = self.upstream.feed(from, REFRESH_PAGE).await?;
             let key = self.center_key().await?;
-            key.verify_page(&page.records, &page.signatures, &page.key_id)
-                .map_err(UpstreamError::Unverified)?;
+            if let Err(problem) = key.verify_page(&page.records, &page.signatures, &page.key_id) {
+                let e = UpstreamError::Unverified(problem);
+                self.mirroring_stopped(&e);
+                return Err(e);
+            }
+            if self.status.lock().mirror_error.take().is_some() {
+                tracing::info!("the center's records verify again: mirroring resumed");
+            }
             added += self
                 .ingest(&page.records)
                 .map_err(|e| UpstreamError::Malformed(e.to_string()))?;
@@ -556,13 +584,13 @@ impl Relay {
     }
 
     /// Records an error that stops mirroring: logged once per distinct text, shown in the
-    /// status.
+    /// status's `mirror_error` until a page verifies again.
     fn mirroring_stopped(&self, e: &UpstreamError) {
         let text = e.to_string();
         let mut s = self.status.lock();
-        if s.last_error.as_deref() != Some(text.as_str()) {
+        if s.mirror_error.as_deref() != Some(text.as_str()) {
             tracing::error!("{text}");
-            s.last_error = Some(text);
+            s.mirror_error = Some(text);
         }
     }
 
@@ -572,8 +600,8 @@ impl Relay {
             self.pull_now.notified().await;
             let from = self.mirror.lock().head_position() + 1;
             match self.fetch_from(from).await {
-                Ok(_) => {}
-                Err(e @ UpstreamError::Unverified(_)) => self.mirroring_stopped(&e),
+                // Logged and shown by `fetch_from`.
+                Ok(_) | Err(UpstreamError::Unverified(_)) => {}
                 Err(e) => tracing::warn!(error = %e, "could not fetch the center's new records"),
             }
         }
@@ -622,9 +650,6 @@ impl Relay {
                     UpstreamError::Unverified(_) => e.to_string(),
                     _ => texts::REFRESH_FAILED.to_owned(),
                 };
-                if let UpstreamError::Unverified(_) = &e {
-                    tracing::error!("{e}");
-                }
                 tracing::warn!(error = %e, "{}", texts::REFRESH_FAILED);
                 {
                     let mut s = self.status.lock();
@@ -834,7 +859,9 @@ impl Relay {
         if let Some(pinned) = pinned {
             if pinned.key() != &central {
                 return Err(RelayError::Corrupt(format!(
-                    "the center certified the relay with key {}, not the key pinned at first                      contact ({}, {}); if the center's key was replaced on purpose, remove that                      file and restart the relay",
+                    "the center certified the relay with key {}, not the key pinned at first \
+                     contact ({}, {}); if the center's key was replaced on purpose, remove that \
+                     file and restart the relay",
                     ledger_events::answer::key_id_for(&central),
                     pinned.key_id(),
                     trust::CENTER_KEY_FILE
