@@ -51,6 +51,10 @@ pub struct FileConfig {
     /// Reverse proxies (addresses or CIDR networks, e.g. `["127.0.0.1", "10.0.0.0/8"]`)
     /// whose `X-Forwarded-For` names the client; from anyone else the header is ignored.
     pub trusted_proxies: Option<Vec<String>>,
+    /// PEM certificate chain for HTTPS (`--tls-cert` wins).
+    pub tls_cert: Option<PathBuf>,
+    /// Its PEM private key (`--tls-key` wins).
+    pub tls_key: Option<PathBuf>,
 }
 
 /// The `[relay]` table of the configuration file.
@@ -65,6 +69,17 @@ pub struct RelayFileConfig {
     pub token: Option<String>,
     /// `ADDR:PORT` terminals reach the relay on.
     pub listen: Option<String>,
+    /// PEM certificate chain the relay serves HTTPS with (`--tls-cert` wins).
+    pub tls_cert: Option<PathBuf>,
+    /// Its PEM private key (`--tls-key` wins).
+    pub tls_key: Option<PathBuf>,
+    /// Extra PEM root certificate(s) the center's certificate is checked against
+    /// (`--upstream-ca` wins).
+    pub upstream_ca: Option<PathBuf>,
+    /// Accept a plain `http://` upstream (loopback testing only).
+    pub allow_insecure_upstream: Option<bool>,
+    /// The center's public key, hex, pinned before first contact (`--center-key` wins).
+    pub center_key: Option<String>,
 }
 
 /// Why the configuration or the secrets could not be loaded.

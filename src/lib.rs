@@ -24,3 +24,4 @@ pub mod domain;
 pub mod http;
 pub mod relay;
 pub mod store;
+pub mod tls;

@@ -447,3 +447,204 @@ fn a_trusted_proxy_that_is_no_address_stops_serve_naming_the_setting() {
         o.stderr
     );
 }
+
+/// A self-signed certificate and its key, as PEM files in `dir` named after `name`.
+fn self_signed(dir: &Path, name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let made = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+    let (cert, key) = (
+        dir.join(format!("{name}-cert.pem")),
+        dir.join(format!("{name}-key.pem")),
+    );
+    std::fs::write(&cert, made.cert.pem()).unwrap();
+    std::fs::write(&key, made.key_pair.serialize_pem()).unwrap();
+    (cert, key)
+}
+
+#[test]
+fn a_bad_tls_certificate_or_key_stops_serve_and_relay_with_exit_2_naming_the_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = self_signed(dir.path(), "a");
+    let (_, other_key) = self_signed(dir.path(), "b");
+    let junk = dir.path().join("junk.pem");
+    std::fs::write(&junk, "not PEM at all\n").unwrap();
+    let missing = dir.path().join("missing.pem");
+    let p = |p: &Path| p.to_str().unwrap().to_owned();
+    let cases: Vec<(Vec<String>, &str, &str)> = vec![
+        (
+            vec![
+                "--tls-cert".into(),
+                p(&missing),
+                "--tls-key".into(),
+                p(&key),
+            ],
+            "--tls-cert",
+            "cannot read",
+        ),
+        (
+            vec!["--tls-cert".into(), p(&junk), "--tls-key".into(), p(&key)],
+            "--tls-cert",
+            "no certificate",
+        ),
+        (
+            vec![
+                "--tls-cert".into(),
+                p(&cert),
+                "--tls-key".into(),
+                p(&missing),
+            ],
+            "--tls-key",
+            "cannot read",
+        ),
+        (
+            vec!["--tls-cert".into(), p(&cert), "--tls-key".into(), p(&junk)],
+            "--tls-key",
+            "no usable private key",
+        ),
+        (
+            vec![
+                "--tls-cert".into(),
+                p(&cert),
+                "--tls-key".into(),
+                p(&other_key),
+            ],
+            "--tls-key",
+            "does not go with the certificate",
+        ),
+        (
+            vec!["--tls-cert".into(), p(&cert)],
+            "--tls-key",
+            "required with --tls-cert",
+        ),
+        (
+            vec!["--tls-key".into(), p(&key)],
+            "--tls-cert",
+            "required with --tls-key",
+        ),
+    ];
+    let relay = [
+        "relay",
+        "--upstream",
+        "https://127.0.0.1:9",
+        "--cnpj",
+        "11222333000181",
+        "--token",
+        "llt_x",
+        "--listen",
+        "127.0.0.1:0",
+    ];
+    for (tls, flag, says) in &cases {
+        for command in [&["serve", "--listen", "127.0.0.1:0"][..], &relay[..]] {
+            let mut args: Vec<&str> = command.to_vec();
+            args.extend(tls.iter().map(String::as_str));
+            let o = run(&dir.path().join("data"), &args);
+            assert_eq!(o.code, 2, "{args:?}: {}", o.stderr);
+            assert!(
+                o.stderr.contains(&format!("{flag}: ")) && o.stderr.contains(says),
+                "{args:?} names {flag} and says {says:?}: {}",
+                o.stderr
+            );
+        }
+    }
+    // The same from the configuration file: serve's `tls_cert`/`tls_key`.
+    let config = dir.path().join("ledger.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:0\"\ntls_cert = {:?}\ntls_key = {:?}\n",
+            p(&missing),
+            p(&key)
+        ),
+    )
+    .unwrap();
+    let o = run(
+        &dir.path().join("data"),
+        &["--config", config.to_str().unwrap(), "serve"],
+    );
+    assert_eq!(o.code, 2, "{}", o.stderr);
+    assert!(o.stderr.contains("--tls-cert"), "{}", o.stderr);
+}
+
+#[test]
+fn a_relay_refuses_a_plain_http_upstream_unless_allowed_for_loopback_testing() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = |extra: &[&str]| {
+        let mut args = vec![
+            "relay",
+            "--upstream",
+            "http://127.0.0.1:9",
+            "--cnpj",
+            "11222333000181",
+            "--token",
+            "llt_x",
+            "--listen",
+            "127.0.0.1:0",
+        ];
+        args.extend_from_slice(extra);
+        args.into_iter().map(str::to_owned).collect::<Vec<_>>()
+    };
+    let refused = run(
+        &dir.path().join("relay"),
+        &relay(&[]).iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    assert_eq!(refused.code, 2, "{}", refused.stderr);
+    for says in ["--upstream: ", "https://", "--allow-insecure-upstream"] {
+        assert!(refused.stderr.contains(says), "{says}: {}", refused.stderr);
+    }
+    assert!(
+        !dir.path().join("relay").exists(),
+        "refused before touching the data directory"
+    );
+    // A URL that is no http(s) URL at all is refused even with the flag.
+    let o = run(
+        &dir.path().join("relay"),
+        &[
+            "relay",
+            "--upstream",
+            "ftp://127.0.0.1:9",
+            "--allow-insecure-upstream",
+            "--cnpj",
+            "11222333000181",
+            "--token",
+            "llt_x",
+        ],
+    );
+    assert_eq!(o.code, 2, "{}", o.stderr);
+    assert!(o.stderr.contains("--upstream: "), "{}", o.stderr);
+
+    // With the flag it starts (and keeps retrying the unreachable center).
+    let mut child = Command::new(env!("CARGO_BIN_EXE_license-ledger"))
+        .args(relay(&["--allow-insecure-upstream"]))
+        .arg("--data-dir")
+        .arg(dir.path().join("relay"))
+        .env("LEDGER_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut seen = Vec::new();
+    let listening = loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) if line.starts_with("listening on http://") => break true,
+            Ok(line) => seen.push(line),
+            Err(_) => break false,
+        }
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(listening, "the relay started with the flag: {seen:?}");
+}

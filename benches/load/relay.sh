@@ -40,7 +40,7 @@ TERMINAL=$($BIN --data-dir "$DATA/relay" token create --role terminal --cnpj "$C
 READER=$($BIN --data-dir "$DATA/relay" token create --role support | tail -1)
 EXPECTED=$((1 + 3 * LICENSES))
 START=$(date +%s.%N)
-LEDGER_LOG=warn $BIN --data-dir "$DATA/relay" relay --upstream "http://127.0.0.1:$CENTRAL_PORT" \
+LEDGER_LOG=warn $BIN --data-dir "$DATA/relay" relay --upstream "http://127.0.0.1:$CENTRAL_PORT" --allow-insecure-upstream \
   --cnpj "$CNPJ" --token "$RELAY_TOKEN" --listen "127.0.0.1:$RELAY_PORT" > "$DATA/relay.out" 2> "$DATA/relay.err" &
 RELAY=$!
 while true; do

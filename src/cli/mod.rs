@@ -25,8 +25,8 @@ pub mod verify;
 /// license-ledger: an event-sourced license server.
 ///
 /// Settings come from flags, then `LEDGER_*` environment variables, then the TOML file given
-/// by `--config` (keys: `data_dir`, `listen`, `record_interval_hours`, `workers`), then the
-/// defaults.
+/// by `--config` (keys: `data_dir`, `listen`, `record_interval_hours`, `workers`,
+/// `tls_cert`, `tls_key`), then the defaults.
 #[derive(Debug, Parser)]
 #[command(name = "license-ledger", version, about, long_about = None)]
 pub struct Cli {
@@ -182,6 +182,15 @@ impl CliError {
     }
 }
 
+impl From<crate::tls::TlsError> for CliError {
+    fn from(e: crate::tls::TlsError) -> Self {
+        CliError::Input {
+            flag: e.flag,
+            message: e.message,
+        }
+    }
+}
+
 impl From<StoreError> for CliError {
     fn from(e: StoreError) -> Self {
         match e {
@@ -295,6 +304,10 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 ledger.record_interval = chrono::Duration::hours(i64::from(h));
             }
             let trusted_proxies = trusted_proxies(&file)?;
+            let tls = crate::tls::from_flags(
+                args.tls_cert.or(file.tls_cert.clone()),
+                args.tls_key.or(file.tls_key.clone()),
+            )?;
             let settings = serve::ServeSettings {
                 data_dir,
                 log,
@@ -307,6 +320,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 clock,
                 store_layer: None,
                 trusted_proxies,
+                tls,
             };
             Ok(serve::run(settings, args.demo)?)
         }

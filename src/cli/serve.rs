@@ -30,6 +30,14 @@ pub struct ServeArgs {
     /// HTTP worker threads [default: two per CPU core, or `workers` in the config file].
     #[arg(long, env = "LEDGER_WORKERS", value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
     pub workers: Option<u16>,
+    /// Serve HTTPS with this PEM certificate chain (the server's certificate first); needs
+    /// --tls-key [or `tls_cert` in the config file]. Without both: plain HTTP.
+    #[arg(long, env = "LEDGER_TLS_CERT", value_name = "PEM")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert (PKCS#8, PKCS#1 or SEC1) [or `tls_key` in the
+    /// config file].
+    #[arg(long, env = "LEDGER_TLS_KEY", value_name = "PEM")]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// Wraps the opened store before the ledger uses it (tests that control what the read model
@@ -57,6 +65,8 @@ pub struct ServeSettings {
     pub store_layer: Option<StoreLayer>,
     /// Reverse proxies whose `X-Forwarded-For` is believed (`trusted_proxies`).
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// HTTPS (`--tls-cert`/`--tls-key`), or `None` for plain HTTP.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl std::fmt::Debug for ServeSettings {
@@ -70,6 +80,7 @@ impl std::fmt::Debug for ServeSettings {
             .field("now", &self.clock.now())
             .field("store_layer", &self.store_layer.is_some())
             .field("trusted_proxies", &self.trusted_proxies)
+            .field("tls", &self.tls.is_some())
             .finish()
     }
 }
@@ -87,6 +98,7 @@ impl ServeSettings {
             clock: Arc::new(SystemClock),
             store_layer: None,
             trusted_proxies: Vec::new(),
+            tls: None,
         }
     }
 }
@@ -121,6 +133,8 @@ pub enum ServeError {
 pub struct Running {
     /// Where it listens.
     pub addr: SocketAddr,
+    /// `https` with TLS, else `http`.
+    pub scheme: &'static str,
     /// The admin token, when this start created the secrets file (shown once).
     pub new_admin_token: Option<String>,
     /// What the demo fill created, when `start_with(.., true)` found the store empty.
@@ -232,16 +246,23 @@ async fn open_rest(
         secrets_file: Mutex::new(secrets_file),
         answers: http::checkin::AnswerCache::default(),
     };
-    let server =
-        http::server(state, listener, settings.workers).map_err(|source| ServeError::Io {
+    let server = http::server(state, listener, settings.workers, settings.tls.as_deref()).map_err(
+        |source| ServeError::Io {
             context: "starting the server".into(),
             source,
-        })?;
+        },
+    )?;
     let handle = server.handle();
     let task = tokio::spawn(server);
-    tracing::info!(%addr, data_dir = %settings.data_dir.display(), "serving");
+    let scheme = if settings.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    tracing::info!(%addr, scheme, data_dir = %settings.data_dir.display(), "serving");
     Ok(Running {
         addr,
+        scheme,
         new_admin_token,
         demo,
         handle,
@@ -262,7 +283,7 @@ pub fn run(settings: ServeSettings, demo: bool) -> Result<(), ServeError> {
         })?;
     runtime.block_on(async {
         let running = start_with(&settings, demo).await?;
-        let url = format!("http://{}", running.addr);
+        let url = format!("{}://{}", running.scheme, running.addr);
         let mut text = Vec::new();
         if let Some(summary) = &running.demo {
             let _ = summary.write(&mut text);

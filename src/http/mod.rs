@@ -125,9 +125,15 @@ pub struct AppState {
     pub answers: checkin::AnswerCache,
 }
 
-/// Builds the server on `listener` with `workers` worker threads. Signals are not handled
-/// here: the caller stops the server through its handle (see `cli::serve`).
-pub fn server(state: AppState, listener: TcpListener, workers: usize) -> std::io::Result<Server> {
+/// Builds the server on `listener` with `workers` worker threads, speaking HTTPS with `tls`
+/// when given (plain HTTP otherwise). Signals are not handled here: the caller stops the
+/// server through its handle (see `cli::serve`).
+pub fn server(
+    state: AppState,
+    listener: TcpListener,
+    workers: usize,
+    tls: Option<&rustls::ServerConfig>,
+) -> std::io::Result<Server> {
     let gate = web::Data::from(state.gate.clone());
     let data = web::Data::new(state);
     let http_metrics = web::Data::new(metrics::HttpMetrics::default());
@@ -173,8 +179,11 @@ pub fn server(state: AppState, listener: TcpListener, workers: usize) -> std::io
     // subscription is dropped on the EOF instead of at the next failed write.
     .h1_allow_half_closed(false)
     .disable_signals()
-    .shutdown_timeout(10)
-    .listen(listener)?
-    .run();
-    Ok(server)
+    .shutdown_timeout(10);
+    // The TLS handshake has actix-tls's own time limit (3 s).
+    let server = match tls {
+        Some(config) => server.listen_rustls_0_23(listener, config.clone())?,
+        None => server.listen(listener)?,
+    };
+    Ok(server.run())
 }

@@ -3,7 +3,9 @@
 //! to another one, so a relay can never see or write another customer's events.
 //!
 //! - `GET /v1/relay/feed?cnpj=&from=&limit=`: the customer's records from position `from`
-//!   on, verbatim (positions and hashes of the central log), a page at a time.
+//!   on, verbatim (positions and hashes of the central log), a page at a time, each with the
+//!   center's signed head at its position (`signatures`): the relay mirrors a record only
+//!   when the center's key vouches that the chain at that position ends in its hash.
 //! - `GET /v1/relay/stream?cnpj=&from=`: the same as server-sent events, catch-up then live.
 //! - `POST /v1/relay/certificate`: certifies the relay's answer-signing key for the customer.
 //! - `POST /v1/relay/events`: events that happened at the relay, decided one by one (see
@@ -73,6 +75,13 @@ pub struct FeedQuery {
 pub struct FeedPage {
     /// The records, verbatim (central positions and hashes).
     items: Vec<ledger_events::RecordJson>,
+    /// One per item, in the same order: the central log's head at the item's position,
+    /// signed by the center's key exactly as `/v1/audit/head` is (Ed25519 over
+    /// `"license-ledger/head/v1" ‖ position (u64 BE) ‖ hash`), 128 lower-case hex digits.
+    #[schema(value_type = Vec<String>)]
+    signatures: Vec<String>,
+    /// The id of the key that made `signatures` (`/v1/keys`).
+    key_id: String,
     /// The position to ask for next.
     next: Position,
     /// The central log's head when answered.
@@ -100,6 +109,7 @@ pub async fn feed(state: State, caller: As<Relays>, Query(q): Query<FeedQuery>) 
     };
     let head = state.ledger.head().await?;
     let mut items = Vec::new();
+    let mut signatures = Vec::new();
     let mut next = from;
     let mut scanned = 0;
     'pages: while items.len() < limit && scanned < FEED_SCAN_MAX && next <= head.position {
@@ -114,6 +124,11 @@ pub async fn feed(state: State, caller: As<Relays>, Query(q): Query<FeedQuery>) 
             scanned += 1;
             next = record.envelope.position + 1;
             if filter.admits(&record).await? {
+                signatures.push(
+                    state
+                        .signer
+                        .sign_head(record.envelope.position, &record.envelope.hash),
+                );
                 items.push(record.to_json().map_err(|e| {
                     tracing::error!(error = %e, position = record.envelope.position, "record does not encode");
                     ApiError::Internal
@@ -123,6 +138,8 @@ pub async fn feed(state: State, caller: As<Relays>, Query(q): Query<FeedQuery>) 
     }
     Ok(HttpResponse::Ok().json(FeedPage {
         items,
+        signatures,
+        key_id: state.signer.key_id().to_owned(),
         next,
         head_position: head.position,
     }))

@@ -27,16 +27,17 @@ use crate::http::extract::Json;
 
 type Answer = Result<HttpResponse, ApiError>;
 
-/// Builds the relay's server on `listener`.
+/// Builds the relay's server on `listener`, speaking HTTPS with `tls` when given.
 pub fn server(
     relay: Arc<Relay>,
     gate: Arc<Gate>,
     listener: TcpListener,
     workers: usize,
+    tls: Option<&rustls::ServerConfig>,
 ) -> std::io::Result<Server> {
     let relay = web::Data::from(relay);
     let gate = web::Data::from(gate);
-    Ok(HttpServer::new(move || {
+    let server = HttpServer::new(move || {
         App::new()
             .app_data(relay.clone())
             .app_data(gate.clone())
@@ -54,9 +55,12 @@ pub fn server(
     .client_request_timeout(crate::http::CLIENT_REQUEST_TIMEOUT)
     .client_disconnect_timeout(crate::http::CLIENT_DISCONNECT_TIMEOUT)
     .disable_signals()
-    .shutdown_timeout(10)
-    .listen(listener)?
-    .run())
+    .shutdown_timeout(10);
+    let server = match tls {
+        Some(config) => server.listen_rustls_0_23(listener, config.clone())?,
+        None => server.listen(listener)?,
+    };
+    Ok(server.run())
 }
 
 async fn not_found() -> Answer {

@@ -54,6 +54,7 @@ pub mod http;
 pub mod mirror;
 pub mod outbox;
 pub mod timemark;
+pub mod trust;
 pub mod upstream;
 
 /// Records per feed page during a refresh.
@@ -104,6 +105,12 @@ pub struct RelayConfig {
     pub cnpj: Cnpj,
     /// The `relay` token for that customer.
     pub token: String,
+    /// Extra root certificates (DER) the center's TLS certificate is checked against
+    /// (`--upstream-ca`), besides the public roots.
+    pub upstream_roots: Vec<Vec<u8>>,
+    /// The center's key given by the operator (`--center-key`); `None`: pinned at first
+    /// contact ([`trust`]).
+    pub center_key: Option<trust::CenterKey>,
     /// Where the mirror, outbox, key and secrets live.
     pub data_dir: PathBuf,
     /// How often a full refresh runs (the manual: 24 h).
@@ -121,6 +128,8 @@ impl RelayConfig {
             upstream: upstream.to_owned(),
             cnpj,
             token: token.to_owned(),
+            upstream_roots: Vec::new(),
+            center_key: None,
             data_dir,
             refresh_every: Duration::hours(24),
             retry_every: Duration::hours(1),
@@ -181,6 +190,9 @@ pub struct RelayStatus {
     pub mirror_position: Position,
     /// Records in the mirror.
     pub mirror_records: usize,
+    /// Why mirroring stopped, while it is stopped: the center's records did not verify
+    /// against its pinned key ([`trust`]); nothing of them is mirrored or answered from.
+    pub mirror_error: Option<String>,
     /// Until when the relay's key is certified, if it is.
     pub certified_until: Option<DateTime<Utc>>,
 }
@@ -204,8 +216,12 @@ pub struct Relay {
     status: Mutex<RelayStatus>,
     signer: AnswerSigner,
     certificate: RwLock<Option<Certified>>,
+    /// The center's key, pinned at first contact ([`trust`]).
+    center_key: RwLock<Option<trust::CenterKey>>,
     forward_now: Notify,
     refresh_now: Notify,
+    /// The stream saw new records: fetch them, signed, from the feed.
+    pull_now: Notify,
 }
 
 impl std::fmt::Debug for Relay {
@@ -248,7 +264,39 @@ impl Relay {
             crate::app::answers::random_seed,
         )?;
         let certificate = load_certificate(&config.data_dir);
-        let upstream = Upstream::new(&config.upstream, &config.token, config.cnpj)?;
+        let pinned = trust::CenterKey::load(&config.data_dir)?;
+        let center_key = match (pinned, &config.center_key) {
+            (Some(pinned), Some(given)) if &pinned != given => {
+                return Err(RelayError::Corrupt(format!(
+                    "--center-key is key {}, but {} pins key {}: if the center's key was \
+                     replaced on purpose, remove that file and start again",
+                    given.key_id(),
+                    config.data_dir.join(trust::CENTER_KEY_FILE).display(),
+                    pinned.key_id()
+                )))
+            }
+            (Some(pinned), _) => Some(pinned),
+            (None, Some(given)) => {
+                given.pin(&config.data_dir)?;
+                Some(given.clone())
+            }
+            // A relay certified before keys were pinned: the key that certified it.
+            (None, None) => match &certificate {
+                Some(c) => {
+                    let key = trust::CenterKey::from_hex(&c.central_public_key)
+                        .map_err(RelayError::Corrupt)?;
+                    key.pin(&config.data_dir)?;
+                    Some(key)
+                }
+                None => None,
+            },
+        };
+        let upstream = Upstream::new(
+            &config.upstream,
+            &config.token,
+            config.cnpj,
+            &config.upstream_roots,
+        )?;
         let now = clock.now();
         let status = RelayStatus {
             cnpj: config.cnpj,
@@ -262,6 +310,7 @@ impl Relay {
             rejected: outbox.rejected(),
             mirror_position: mirror.head_position(),
             mirror_records: mirror.records().len(),
+            mirror_error: None,
             certified_until: certificate.as_ref().map(|c| c.certificate.valid_until),
         };
         let relay = Relay {
@@ -277,8 +326,10 @@ impl Relay {
             status: Mutex::new(status),
             signer,
             certificate: RwLock::new(certificate),
+            center_key: RwLock::new(center_key),
             forward_now: Notify::new(),
             refresh_now: Notify::new(),
+            pull_now: Notify::new(),
         };
         relay.rebuild();
         let since = relay.open_contingency_since();
@@ -340,7 +391,9 @@ impl Relay {
         let follower = tokio::spawn(async move { r.follow_loop().await });
         let r = self.clone();
         let forwarder = tokio::spawn(async move { r.forward_loop().await });
-        vec![refresher, follower, forwarder]
+        let r = self.clone();
+        let puller = tokio::spawn(async move { r.pull_loop().await });
+        vec![refresher, follower, forwarder, puller]
     }
 
     // ---- check-ins ----
@@ -476,10 +529,50 @@ impl Relay {
     /// One full refresh: the customer's whole feed from the start, checked against the
     /// mirror, new records added.
     pub async fn refresh(&self) -> Result<usize, UpstreamError> {
-        let mut from = 1;
+        self.fetch_from(1).await
+    }
+
+    /// The center's key: the pinned one, else the one `GET /v1/keys` gives now, pinned.
+    async fn center_key(&self) -> Result<trust::CenterKey, UpstreamError> {
+        if let Some(key) = self.center_key.read().clone() {
+            return Ok(key);
+        }
+        let keys = self.upstream.keys().await?;
+        let key = trust::CenterKey::from_hex(&keys.public_key).map_err(UpstreamError::Malformed)?;
+        if key.key_id() != keys.key_id {
+            return Err(UpstreamError::Malformed(format!(
+                "the center's key id {} is not its public key's ({})",
+                keys.key_id,
+                key.key_id()
+            )));
+        }
+        key.pin(&self.config.data_dir)
+            .map_err(|e| UpstreamError::Malformed(format!("pinning the center's key: {e}")))?;
+        tracing::info!(
+            key_id = key.key_id(),
+            "pinned the center's key at first contact"
+        );
+        *self.center_key.write() = Some(key.clone());
+        Ok(key)
+    }
+
+    /// Reads the customer's feed from `from` to the center's head, page by page; each page is
+    /// mirrored only when every record in it comes with the center's signed head at its
+    /// position under the pinned key ([`trust`]). A page that does not verify stops the
+    /// pass before it is mirrored ([`UpstreamError::Unverified`]). Returns the records added.
+    async fn fetch_from(&self, mut from: Position) -> Result<usize, UpstreamError> {
         let mut added = 0;
         loop {
             let page = self.upstream.feed(from, REFRESH_PAGE).await?;
+            let key = self.center_key().await?;
+            if let Err(problem) = key.verify_page(&page.records, &page.signatures, &page.key_id) {
+                let e = UpstreamError::Unverified(problem);
+                self.mirroring_stopped(&e);
+                return Err(e);
+            }
+            if self.status.lock().mirror_error.take().is_some() {
+                tracing::info!("the center's records verify again: mirroring resumed");
+            }
             added += self
                 .ingest(&page.records)
                 .map_err(|e| UpstreamError::Malformed(e.to_string()))?;
@@ -487,6 +580,30 @@ impl Relay {
                 return Ok(added);
             }
             from = page.next;
+        }
+    }
+
+    /// Records an error that stops mirroring: logged once per distinct text, shown in the
+    /// status's `mirror_error` until a page verifies again.
+    fn mirroring_stopped(&self, e: &UpstreamError) {
+        let text = e.to_string();
+        let mut s = self.status.lock();
+        if s.mirror_error.as_deref() != Some(text.as_str()) {
+            tracing::error!("{text}");
+            s.mirror_error = Some(text);
+        }
+    }
+
+    /// Fetches (signed, from the feed) what the stream announced.
+    async fn pull_loop(self: Arc<Self>) {
+        loop {
+            self.pull_now.notified().await;
+            let from = self.mirror.lock().head_position() + 1;
+            match self.fetch_from(from).await {
+                // Logged and shown by `fetch_from`.
+                Ok(_) | Err(UpstreamError::Unverified(_)) => {}
+                Err(e) => tracing::warn!(error = %e, "could not fetch the center's new records"),
+            }
         }
     }
 
@@ -530,6 +647,7 @@ impl Relay {
                 let unreachable = e.is_unreachable();
                 let text = match &e {
                     UpstreamError::Refused { message, .. } => message.clone(),
+                    UpstreamError::Unverified(_) => e.to_string(),
                     _ => texts::REFRESH_FAILED.to_owned(),
                 };
                 tracing::warn!(error = %e, "{}", texts::REFRESH_FAILED);
@@ -595,19 +713,18 @@ impl Relay {
         loop {
             let from = self.mirror.lock().head_position() + 1;
             let this = self.clone();
+            // The stream's records are not signed: they only say that there is something new,
+            // which is then read, signed, from the feed (`pull_loop`).
             let result = self
                 .upstream
-                .follow(from, move |records| {
+                .follow(from, move |_records| {
                     {
                         let mut s = this.status.lock();
                         if s.link != LinkState::Up {
                             s.link = LinkState::Up;
                         }
                     }
-                    if let Err(e) = this.ingest(&records) {
-                        tracing::error!(error = %e, "could not mirror the center's records");
-                        return false;
-                    }
+                    this.pull_now.notify_one();
                     true
                 })
                 .await;
@@ -738,6 +855,19 @@ impl Relay {
             .certificate
             .verify(&central)
             .map_err(|e| RelayError::Corrupt(format!("the center's certificate: {e}")))?;
+        let pinned = self.center_key.read().clone();
+        if let Some(pinned) = pinned {
+            if pinned.key() != &central {
+                return Err(RelayError::Corrupt(format!(
+                    "the center certified the relay with key {}, not the key pinned at first \
+                     contact ({}, {}); if the center's key was replaced on purpose, remove that \
+                     file and restart the relay",
+                    ledger_events::answer::key_id_for(&central),
+                    pinned.key_id(),
+                    trust::CENTER_KEY_FILE
+                )));
+            }
+        }
         save_certificate(&self.config.data_dir, &certified)?;
         tracing::info!(until = %certified.certificate.valid_until, "the center certified the relay's key");
         *self.certificate.write() = Some(certified);

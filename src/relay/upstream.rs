@@ -38,6 +38,10 @@ pub enum UpstreamError {
     /// The center's answer was not what the API documents.
     #[error("the center's answer is malformed: {0}")]
     Malformed(String),
+    /// Records that the center's pinned key does not vouch for ([`super::trust`]): not
+    /// mirrored, and mirroring stops until the center sends records it signed.
+    #[error("records not mirrored, they do not verify against the center's key: {0}")]
+    Unverified(String),
     /// An outbox event does not fit a forward request even alone: it is not sent, and
     /// forwarding stops before it (see [`super::batch`]).
     #[error("outbox event {event_id} needs a {bytes}-byte request alone, more than the center takes ({limit} bytes): forwarding stops before it")]
@@ -64,6 +68,10 @@ impl UpstreamError {
 pub struct FeedPage {
     /// The records, in position order.
     pub records: Vec<Record>,
+    /// One per record: the center's signed head at the record's position.
+    pub signatures: Vec<String>,
+    /// The id of the key that signed them.
+    pub key_id: String,
     /// Where the next page starts.
     pub next: Position,
     /// The center's head when answering.
@@ -73,6 +81,10 @@ pub struct FeedPage {
 #[derive(Deserialize)]
 struct FeedBody {
     items: Vec<RecordJson>,
+    #[serde(default)]
+    signatures: Vec<String>,
+    #[serde(default)]
+    key_id: String,
     next: Position,
     head_position: Position,
 }
@@ -97,6 +109,15 @@ pub struct Certified {
     pub central_key_id: String,
     /// The center's public key, hex.
     pub central_public_key: String,
+}
+
+/// The center's answer and head key (`GET /v1/keys`).
+#[derive(Clone, Debug, Deserialize)]
+pub struct CenterKeys {
+    /// Its id.
+    pub key_id: String,
+    /// The Ed25519 public key, hex.
+    pub public_key: String,
 }
 
 /// The client: the center's base URL, the relay's token and customer.
@@ -152,12 +173,24 @@ async fn answer<T: serde::de::DeserializeOwned>(
 }
 
 impl Upstream {
-    /// A client of the center at `base` (e.g. `https://licencas.example.com`).
-    pub fn new(base: &str, token: &str, cnpj: Cnpj) -> Result<Upstream, UpstreamError> {
-        let client = reqwest::Client::builder()
+    /// A client of the center at `base` (e.g. `https://licencas.example.com`), trusting
+    /// `roots` (DER certificates, `--upstream-ca`) besides the public roots.
+    pub fn new(
+        base: &str,
+        token: &str,
+        cnpj: Cnpj,
+        roots: &[Vec<u8>],
+    ) -> Result<Upstream, UpstreamError> {
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
-            .build()
-            .map_err(unreachable)?;
+            // An https:// center is never left for plain HTTP, not even by a redirect.
+            .https_only(base.trim().to_ascii_lowercase().starts_with("https://"));
+        for der in roots {
+            let cert = reqwest::Certificate::from_der(der)
+                .map_err(|e| UpstreamError::Malformed(format!("an --upstream-ca root: {e}")))?;
+            builder = builder.add_root_certificate(cert);
+        }
+        let client = builder.build().map_err(unreachable)?;
         Ok(Upstream {
             base: base.trim_end_matches('/').to_owned(),
             token: token.to_owned(),
@@ -188,6 +221,8 @@ impl Upstream {
             .map_err(|e| UpstreamError::Malformed(e.to_string()))?;
         Ok(FeedPage {
             records,
+            signatures: body.signatures,
+            key_id: body.key_id,
             next: body.next,
             head_position: body.head_position,
         })
@@ -252,6 +287,16 @@ impl Upstream {
             .into_iter()
             .map(|r| (r.event_id, r.resolution))
             .collect())
+    }
+
+    /// The center's key (no token needed).
+    pub async fn keys(&self) -> Result<CenterKeys, UpstreamError> {
+        answer(
+            self.client
+                .get(format!("{}/v1/keys", self.base))
+                .timeout(REQUEST_TIMEOUT),
+        )
+        .await
     }
 
     /// Asks the center to certify the relay's public key.

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 /// A running `license-ledger` process.
 pub struct Process {
     child: Child,
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT` (`https://` when started with `--tls-cert`).
     pub url: String,
     /// The admin token printed on first start, if any.
     pub admin: Option<String>,
@@ -42,7 +42,7 @@ pub fn run(args: &[&str]) -> (i32, String, String) {
 
 impl Process {
     /// Starts the binary with `args` (which must make it listen on port 0 and print
-    /// `listening on http://ADDR`), with its logs in `log_dir`.
+    /// `listening on http://ADDR` or `https://ADDR`), with its logs in `log_dir`.
     pub fn start(args: &[&str], log_dir: &Path, name: &str) -> Process {
         let log = log_dir.join(format!("{name}.log"));
         let stderr = std::fs::File::create(&log).expect("log file");
