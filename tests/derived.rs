@@ -16,7 +16,7 @@ use license_ledger::clock::ManualClock;
 use license_ledger::derived::index::Filter;
 use license_ledger::derived::DerivedConfig;
 use license_ledger::store::file::{FileStore, FileStoreConfig};
-use license_ledger::store::EventStore;
+use license_ledger::store::{EventStore, Maintenance};
 
 #[path = "../benches/load/seeder.rs"]
 mod seeder;
@@ -75,6 +75,7 @@ async fn open(dir: &Path) -> (FileStore, Ledger) {
         derived: DerivedConfig {
             dir: Some(derived_dir(dir)),
             checkpoint_every: CHECKPOINT_EVERY,
+            ..DerivedConfig::default()
         },
         ..LedgerConfig::default()
     };
@@ -506,12 +507,17 @@ async fn the_index_alone_answers_a_history_only_when_it_covers_the_head() {
     let dir = tempfile::tempdir().unwrap();
     seed(dir.path()).await;
     let truth = reference(dir.path()).await;
+    // As the CLI opens them: no compaction in the background (`Maintenance::Deferred`).
     let config = DerivedConfig {
         dir: Some(derived_dir(dir.path())),
         checkpoint_every: CHECKPOINT_EVERY,
+        maintenance: Maintenance::Deferred,
     };
     let clock = Arc::new(ManualClock::new(now()));
-    let store_config = || FileStoreConfig::new(dir.path().join("data"));
+    let store_config = || FileStoreConfig {
+        maintenance: Maintenance::Deferred,
+        ..FileStoreConfig::new(dir.path().join("data"))
+    };
 
     // Nothing derived yet: the index cannot answer; the caller resumes a ledger.
     let store = FileStore::open(store_config(), clock.clone())

@@ -18,7 +18,9 @@
 #   SIZES="20:50:30" RESULTS=/tmp/y.jsonl benches/year/run.sh   # a quick try
 #
 # SIZES: space-separated CUSTOMERS:PER_CUSTOMER:DAYS. WORK: where data goes (default a
-# temporary directory, removed at the end; KEEP=1 keeps it). STORES="file postgres" also
+# temporary directory, removed at the end; KEEP=1 keeps it). REUSE=1 with a kept WORK of one
+# size: the seeded log there is measured again (its derived data removed first, so the first
+# start builds it with the binaries of now); seed_s is then null. STORES="file postgres" also
 # measures PostgreSQL (DATABASE_URL, default the local test database): the seeded log is
 # exported and imported into a fresh schema (import rate recorded), then served from there.
 set -euo pipefail
@@ -73,11 +75,16 @@ stop_server() {
 for size in $SIZES; do
   IFS=: read -r customers per_customer days <<< "$size"
   DATA="$WORK/data"
-  rm -rf "$DATA" "$WORK/pgdata" "$WORK/terminals.csv" "$WORK/serve.err"
   echo "== $customers customers × $per_customer licenses, $days days" >&2
-  t0=$(now_ms)
-  target/release/examples/load_seed "$DATA" "$WORK/terminals.csv" "$customers" "$per_customer" "$days" > "$WORK/seed.out"
-  seed_s=$(( ($(now_ms) - t0) / 1000 ))
+  if [ -n "${REUSE:-}" ] && [ -f "$WORK/seed.out" ] && [ -d "$DATA" ]; then
+    rm -rf "$DATA/derived" "$WORK/pgdata" "$WORK/serve.err"
+    seed_s=None
+  else
+    rm -rf "$DATA" "$WORK/pgdata" "$WORK/terminals.csv" "$WORK/serve.err"
+    t0=$(now_ms)
+    target/release/examples/load_seed "$DATA" "$WORK/terminals.csv" "$customers" "$per_customer" "$days" > "$WORK/seed.out"
+    seed_s=$(( ($(now_ms) - t0) / 1000 ))
+  fi
   admin=$(sed -n 's/^admin_token=//p' "$WORK/seed.out")
   records=$(sed -n 's/.*head position \([0-9]*\)$/\1/p' "$WORK/seed.out" | tail -1)
   to=$(date -u +%Y-%m-%dT%H:%M:%SZ)
@@ -101,7 +108,9 @@ for size in $SIZES; do
   start_server; first_ready_ms=$READY_MS; stop_server
   start_server; ready_ms=$READY_MS
   rss_ready=$(rss_kb "$SERVER")
+  load_before=$(cut -d' ' -f1 /proc/loadavg)
   probe=$(target/release/examples/year_probe "http://127.0.0.1:$PORT" "$admin" "$WORK/terminals.csv" "$from" "$to")
+  load_after=$(cut -d' ' -f1 /proc/loadavg)
   rss_after=$(rss_kb "$SERVER"); hwm=$(hwm_kb "$SERVER")
   stop_server
 
@@ -130,6 +139,7 @@ line = {
   "licenses": $licenses, "days": $days, "records": $records, "seed_s": $seed_s,
   "import_records_per_s": $import_per_s,
   "first_start_ready_ms": $first_ready_ms, "ready_ms": $ready_ms,
+  "load_average_1m_before_after_probes": [$load_before, $load_after],
   "rss_ready_mib": $rss_ready / 1024, "rss_after_probe_mib": $rss_after / 1024, "rss_peak_mib": $hwm / 1024,
   "history_cli_ms": $history_cli_ms,
   "verify_records_per_s": round($records / max($verify_ms, 1) * 1000), "verify_max_rss_mib": int(open("$WORK/verify.kb").read()) / 1024,

@@ -127,7 +127,7 @@ impl Ledger {
     }
 
     /// Runs `read` on the read models as they were at `until`, on the ledger's background
-    /// thread (lowest priority: check-ins come first). Everything that costs in proportion
+    /// thread (a low priority: check-ins come first). Everything that costs in proportion
     /// to the table happens there: building the view (the newest checkpoint at or before
     /// `until`, plus the records after it), `read` itself (a page of a 100,000-row table is
     /// a scan and a sort), and dropping the view it replaces; the HTTP threads only wait.

@@ -12,7 +12,7 @@ use super::CliError;
 use crate::clock::Clock;
 use crate::store::file::{FileStore, FileStoreConfig};
 use crate::store::postgres::{PgStore, PgStoreConfig};
-use crate::store::{Appended, EventStore, StoreError, READ_BATCH_MAX};
+use crate::store::{Appended, EventStore, Maintenance, StoreError, READ_BATCH_MAX};
 
 /// `--store`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Deserialize)]
@@ -94,9 +94,25 @@ impl Log {
 
     /// Opens the store (the directory must exist for the file store).
     pub async fn open_store(&self, clock: Arc<dyn Clock>) -> Result<Opened, StoreError> {
+        self.open_store_with(clock, Maintenance::Background).await
+    }
+
+    /// Opens the store; `maintenance` says who compacts the file store's index.
+    pub async fn open_store_with(
+        &self,
+        clock: Arc<dyn Clock>,
+        maintenance: Maintenance,
+    ) -> Result<Opened, StoreError> {
         match self {
             Log::File(dir) => Ok(Opened::File(Arc::new(
-                FileStore::open(FileStoreConfig::new(dir), clock).await?,
+                FileStore::open(
+                    FileStoreConfig {
+                        maintenance,
+                        ..FileStoreConfig::new(dir)
+                    },
+                    clock,
+                )
+                .await?,
             ))),
             Log::Postgres(config) => Ok(Opened::Postgres(Arc::new(
                 PgStore::open(config.clone(), clock).await?,
@@ -262,7 +278,8 @@ pub fn scan_log(
 }
 
 /// Runs `work` on the opened store (the file store takes the directory's lock). `Ok(None)`
-/// when a server holds the log: the caller then reads the log itself.
+/// when a server holds the log: the caller then reads the log itself. For short read
+/// commands: the indexes' compaction is left to the server ([`Maintenance::Deferred`]).
 pub fn with_store<T>(
     log: &Log,
     work: impl AsyncFnOnce(Arc<dyn EventStore>, Arc<dyn Clock>) -> Result<T, CliError>,
@@ -274,7 +291,10 @@ pub fn with_store<T>(
     }
     let clock: Arc<dyn Clock> = Arc::new(crate::clock::SystemClock);
     super::runtime()?.block_on(async {
-        let store = match log.open_store(clock.clone()).await {
+        let store = match log
+            .open_store_with(clock.clone(), Maintenance::Deferred)
+            .await
+        {
             Ok(store) => store,
             Err(StoreError::Locked(_)) => return Ok(None),
             Err(e) => return Err(e.into()),
@@ -314,7 +334,10 @@ pub async fn on_resumed_ledger<T>(
     use crate::derived::{DerivedConfig, DerivedError};
 
     let config = LedgerConfig {
-        derived: DerivedConfig::in_data_dir(data_dir),
+        derived: DerivedConfig {
+            maintenance: Maintenance::Deferred,
+            ..DerivedConfig::in_data_dir(data_dir)
+        },
         ..LedgerConfig::default()
     };
     let ledger = match Ledger::start(store, clock, config).await {

@@ -40,7 +40,10 @@ pub fn run(
     // The index alone answers when it covers the log's head (after a server's clean stop);
     // otherwise a ledger resumes on the same open store from the derived data and brings
     // the index up to date. `None`: a server holds the log or the derived data.
-    let config = crate::derived::DerivedConfig::in_data_dir(data_dir);
+    let config = crate::derived::DerivedConfig {
+        maintenance: crate::store::Maintenance::Deferred,
+        ..crate::derived::DerivedConfig::in_data_dir(data_dir)
+    };
     let indexed = super::backend::with_store(log, async |store, clock| {
         use crate::app::{queries::history_from_index, AppError};
         use crate::derived::DerivedError;

@@ -28,6 +28,7 @@ use ledger_events::{ChainHead, Cnpj, Hash, LicenseId, Position};
 use parking_lot::RwLock;
 
 use super::DerivedError;
+use crate::store::Maintenance;
 
 /// The layout's version: a different one is rebuilt, never read. (2: entries are ingested
 /// as tables, never journaled; an index of version 1 carries a journal of entries that
@@ -161,6 +162,7 @@ pub struct LogIndex {
 }
 
 struct Disk {
+    maintenance: Maintenance,
     db: fjall::Database,
     history: fjall::Keyspace,
     customer: fjall::Keyspace,
@@ -300,13 +302,15 @@ fn ingest<K: AsRef<[u8]>, V: AsRef<[u8]>>(
 }
 
 impl Disk {
-    fn open(dir: &Path) -> Result<(Self, ChainHead), DerivedError> {
+    fn open(dir: &Path, maintenance: Maintenance) -> Result<(Self, ChainHead), DerivedError> {
         // Entries never go through the journal (see `LogIndex`), only `covers` (44 bytes a
         // spill), so the journal an open replays stays small (64 MiB is fjall's minimum).
         let db = fjall::Database::builder(dir)
+            .worker_threads_unchecked(maintenance.workers(2))
             .cache_size(16 * 1024 * 1024)
             .max_journaling_size(64 * 1024 * 1024)
             .open()?;
+        crate::background::lower_threads_named("fjall:worker", crate::background::BACKGROUND_NICE);
         let options = || fjall::KeyspaceCreateOptions::default().max_memtable_size(1024 * 1024);
         let history = db.keyspace("history", options)?;
         let customer = db.keyspace("customer", options)?;
@@ -320,6 +324,7 @@ impl Disk {
         };
         Ok((
             Self {
+                maintenance,
                 db,
                 history,
                 customer,
@@ -365,8 +370,8 @@ impl Disk {
 impl LogIndex {
     /// Opens (or creates) the index in `dir`. A directory that is not a valid index of this
     /// version fails: the caller moves it away and starts an empty one.
-    pub fn open(dir: &Path) -> Result<Self, DerivedError> {
-        let (disk, covers) = Disk::open(dir)?;
+    pub fn open(dir: &Path, maintenance: Maintenance) -> Result<Self, DerivedError> {
+        let (disk, covers) = Disk::open(dir, maintenance)?;
         Ok(Self {
             disk: Some(disk),
             tail: RwLock::new(Tail {
@@ -440,7 +445,13 @@ impl LogIndex {
     /// the next open has next to nothing to replay.
     pub fn settle(&self) -> Result<(), DerivedError> {
         self.persist()?;
-        if let Some(disk) = &self.disk {
+        // Without workers a rotation would wait forever for a flush (only `meta` has a
+        // memtable; its journal is a few bytes to replay).
+        if let Some(disk) = self
+            .disk
+            .as_ref()
+            .filter(|d| d.maintenance == Maintenance::Background)
+        {
             for ks in [&disk.history, &disk.customer, &disk.kind, &disk.meta] {
                 ks.rotate_memtable_and_wait()?;
             }

@@ -13,6 +13,8 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::store::Maintenance;
+
 pub mod index;
 pub mod snapshots;
 
@@ -62,6 +64,9 @@ pub struct DerivedConfig {
     pub dir: Option<PathBuf>,
     /// A checkpoint of the read models every this many records.
     pub checkpoint_every: u64,
+    /// Who compacts the index: this process (the default), or a later server (short
+    /// read commands: [`Maintenance::Deferred`]).
+    pub maintenance: Maintenance,
 }
 
 impl Default for DerivedConfig {
@@ -69,6 +74,7 @@ impl Default for DerivedConfig {
         Self {
             dir: None,
             checkpoint_every: 250_000,
+            maintenance: Maintenance::Background,
         }
     }
 }
@@ -94,6 +100,7 @@ pub struct Derived {
     pub checkpoint_every: u64,
     /// The index's directory, when on disk.
     index_dir: Option<PathBuf>,
+    maintenance: Maintenance,
 }
 
 impl Derived {
@@ -107,6 +114,7 @@ impl Derived {
                 snapshots: None,
                 checkpoint_every,
                 index_dir: None,
+                maintenance: config.maintenance,
             });
         };
         let index_dir = dir.join("index");
@@ -116,7 +124,7 @@ impl Derived {
             Self::clear_index(&index_dir)?;
             std::fs::remove_file(&condemned).map_err(|e| DerivedError::io(&condemned, e))?;
         }
-        let index = match LogIndex::open(&index_dir) {
+        let index = match LogIndex::open(&index_dir, config.maintenance) {
             Ok(index) => index,
             Err(DerivedError::Locked(_)) => {
                 return Err(DerivedError::Locked(index_dir.display().to_string()))
@@ -124,7 +132,7 @@ impl Derived {
             Err(e) => {
                 tracing::warn!(error = %e, dir = %index_dir.display(), "the log index cannot be used: rebuilding it from the log");
                 Self::clear_index(&index_dir)?;
-                LogIndex::open(&index_dir)?
+                LogIndex::open(&index_dir, config.maintenance)?
             }
         };
         Ok(Self {
@@ -132,6 +140,7 @@ impl Derived {
             snapshots: Some(Snapshots::open(&dir.join("snapshots"))?),
             checkpoint_every,
             index_dir: Some(index_dir),
+            maintenance: config.maintenance,
         })
     }
 
@@ -158,7 +167,7 @@ impl Derived {
         self.index = LogIndex::memory();
         if let Some(dir) = &self.index_dir {
             Self::clear_index(dir)?;
-            self.index = LogIndex::open(dir)?;
+            self.index = LogIndex::open(dir, self.maintenance)?;
         }
         Ok(())
     }
@@ -183,6 +192,7 @@ mod tests {
         DerivedConfig {
             dir: Some(dir.to_path_buf()),
             checkpoint_every: 10,
+            ..DerivedConfig::default()
         }
     }
 
@@ -214,7 +224,7 @@ mod tests {
     #[test]
     fn the_disk_index_answers_what_the_memory_index_answers() {
         let dir = tempfile::tempdir().unwrap();
-        let disk = LogIndex::open(&dir.path().join("index")).unwrap();
+        let disk = LogIndex::open(&dir.path().join("index"), Maintenance::Background).unwrap();
         let memory = LogIndex::memory();
         // The first two batches are written out as tables, the third stays in the tail:
         // every answer below reads both.
@@ -323,14 +333,14 @@ mod tests {
         };
         assert!(upto(120).0 > 0 && upto(200).0 > upto(120).0);
         {
-            let index = LogIndex::open(&path).unwrap();
+            let index = LogIndex::open(&path, Maintenance::Background).unwrap();
             index.commit(batch(1, 120)).unwrap();
             index.persist().unwrap();
             index.commit(batch(121, 200)).unwrap();
             assert_eq!(index.covers().position, 200);
             assert_eq!(index.history(id, 200, 0, usize::MAX).unwrap(), upto(200));
         }
-        let index = LogIndex::open(&path).unwrap();
+        let index = LogIndex::open(&path, Maintenance::Background).unwrap();
         assert_eq!(index.covers().position, 120, "the tail was not persisted");
         assert_eq!(index.history(id, 200, 0, usize::MAX).unwrap(), upto(120));
         // What a restart does: replay from a snapshot at or below what the disk covers.
@@ -343,7 +353,7 @@ mod tests {
         );
         index.settle().unwrap();
         drop(index);
-        let index = LogIndex::open(&path).unwrap();
+        let index = LogIndex::open(&path, Maintenance::Background).unwrap();
         assert_eq!(index.covers().position, 200, "a stop writes everything out");
         assert_eq!(
             index.history(id, 200, 3, 4).unwrap(),

@@ -32,7 +32,7 @@ use ledger_events::{ChainHead, Hash, Position, StreamId, StreamVersion};
 use uuid::Uuid;
 
 use super::segment::RecordLoc;
-use crate::store::StoreError;
+use crate::store::{Maintenance, StoreError};
 
 /// The index's directory inside the log directory.
 pub const INDEX_DIR: &str = "index";
@@ -78,6 +78,7 @@ pub(crate) struct DiskIndex {
     eid: Keyspace,
     ver: Keyspace,
     meta: Keyspace,
+    maintenance: Maintenance,
 }
 
 /// Why an index could not be used.
@@ -147,26 +148,31 @@ pub fn remove(dir: &Path) -> Result<(), StoreError> {
 impl DiskIndex {
     /// Opens (or creates) the index of the log in `dir`. A panic inside the LSM store while
     /// opening damaged files counts as damage.
-    pub fn open(dir: &Path) -> Result<Self, OpenFailure> {
+    pub fn open(dir: &Path, maintenance: Maintenance) -> Result<Self, OpenFailure> {
         let path = index_path(dir);
-        std::panic::catch_unwind(move || Self::open_inner(&path)).unwrap_or_else(|_| {
-            Err(OpenFailure::Damaged(
-                "the index store panicked while opening".into(),
-            ))
-        })
+        std::panic::catch_unwind(move || Self::open_inner(&path, maintenance)).unwrap_or_else(
+            |_| {
+                Err(OpenFailure::Damaged(
+                    "the index store panicked while opening".into(),
+                ))
+            },
+        )
     }
 
-    fn open_inner(path: &Path) -> Result<Self, OpenFailure> {
+    fn open_inner(path: &Path, maintenance: Maintenance) -> Result<Self, OpenFailure> {
+        // No worker at all for a deferred maintenance (`worker_threads` refuses 0; fjall
+        // supports it: nothing is flushed or compacted in the background).
         let db = Database::builder(path)
             .cache_size(CACHE_BYTES)
             .max_journaling_size(JOURNAL_BYTES)
-            .worker_threads(1)
+            .worker_threads_unchecked(maintenance.workers(1))
             .manual_journal_persist(true)
             .open()
             .map_err(|e| match e {
                 fjall::Error::Locked => OpenFailure::Busy,
                 e => OpenFailure::Damaged(e.to_string()),
             })?;
+        crate::background::lower_threads_named("fjall:worker", crate::background::BACKGROUND_NICE);
         let ks = |name: &str| {
             db.keyspace(name, || {
                 KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES)
@@ -180,6 +186,7 @@ impl DiskIndex {
             ver: ks("ver")?,
             meta: ks("meta")?,
             db,
+            maintenance,
         };
         match index.meta.get(b"format") {
             Ok(Some(v)) if u32_at(&v, 0) == Some(FORMAT) && v.len() == 4 => Ok(index),
@@ -355,6 +362,11 @@ impl DiskIndex {
     /// Writes the in-memory part of the index out as tables (at close), so that the next
     /// open has no journal to replay.
     pub fn settle(&self) -> Result<(), StoreError> {
+        // Without workers a rotation would wait forever for a flush; only `meta` has a
+        // memtable (entries are ingested), and its journal is a few bytes to replay.
+        if self.maintenance == Maintenance::Deferred {
+            return Ok(());
+        }
         for ks in [&self.loc, &self.stream, &self.eid, &self.ver, &self.meta] {
             ks.rotate_memtable_and_wait()
                 .map_err(|e| index_error("writing the index out", e))?;

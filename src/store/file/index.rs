@@ -20,7 +20,7 @@ use uuid::Uuid;
 
 use super::diskindex::{DiskIndex, Flush};
 use super::segment::RecordLoc;
-use crate::store::StoreError;
+use crate::store::{Maintenance, StoreError};
 
 /// One opened segment, shared by readers.
 #[derive(Debug)]
@@ -55,6 +55,8 @@ pub struct Index {
     /// Without `disk`: the log directory where one is created once entries first move out
     /// of memory (`None`: never, as when another handle of this process holds it).
     pub(crate) disk_dir: Option<PathBuf>,
+    /// How that disk part is kept compacted.
+    pub(crate) maintenance: Maintenance,
 }
 
 impl Index {
@@ -74,9 +76,10 @@ impl Index {
 
     /// An empty index that creates its disk part in the log directory `dir` when first
     /// needed (small logs never need one).
-    pub(crate) fn lazy(dir: PathBuf) -> Self {
+    pub(crate) fn lazy(dir: PathBuf, maintenance: Maintenance) -> Self {
         Self {
             disk_dir: Some(dir),
+            maintenance,
             ..Self::default()
         }
     }
@@ -90,7 +93,7 @@ impl Index {
         let Some(dir) = self.disk_dir.take() else {
             return false;
         };
-        match DiskIndex::open(&dir) {
+        match DiskIndex::open(&dir, self.maintenance) {
             Ok(disk) => {
                 self.disk = Some(disk);
                 true

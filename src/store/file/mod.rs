@@ -24,8 +24,8 @@ use self::segment::{
 use self::writer::{AppendRequest, PreparedEvent, Shared, Writer, WriterMsg};
 use super::subscription::{HeadSource, Subscription};
 use super::{
-    check_import, Appended, BatchAppend, EventStore, ExpectedVersion, ImportCheck, NewEvent,
-    PendingImport, StoreError, APPEND_BATCH_MAX, READ_BATCH_MAX,
+    check_import, Appended, BatchAppend, EventStore, ExpectedVersion, ImportCheck, Maintenance,
+    NewEvent, PendingImport, StoreError, APPEND_BATCH_MAX, READ_BATCH_MAX,
 };
 use crate::clock::Clock;
 
@@ -51,6 +51,9 @@ pub struct FileStoreConfig {
     /// Durable records the in-memory index holds before it moves them to the on-disk index
     /// (`<dir>/index/`) in one batch: bounds the index's memory (about 100 bytes a record).
     pub index_tail_records: usize,
+    /// Who compacts the on-disk index: this process in the background (the default), or a
+    /// later server ([`Maintenance::Deferred`], for short read commands).
+    pub maintenance: Maintenance,
 }
 
 impl FileStoreConfig {
@@ -65,6 +68,7 @@ impl FileStoreConfig {
             batch_events_max: 8192,
             queue_depth: 8192,
             index_tail_records: 65_536,
+            maintenance: Maintenance::Background,
         }
     }
 }
@@ -156,7 +160,7 @@ impl FileStore {
 
         let mut segments = list_segments(&dir)?;
         let mark = durable::read_mark(&dir)?;
-        let (mut index, start) = load_index(&dir, &segments, mark.as_ref());
+        let (mut index, start) = load_index(&dir, &segments, mark.as_ref(), config.maintenance);
         let rebuilt = start.is_none() && (index.disk.is_some() || index.disk_dir.is_some());
         // While rebuilding, entries move to disk as the scan goes, but only acknowledged
         // ones: the index never runs ahead of durable records.
@@ -609,6 +613,7 @@ fn load_index(
     dir: &Path,
     segments: &[segment::SegmentFile],
     mark: Option<&durable::DurableMark>,
+    maintenance: Maintenance,
 ) -> (Index, Option<ScanStart>) {
     let fresh = |why: String| {
         tracing::warn!(
@@ -620,12 +625,12 @@ fn load_index(
             tracing::warn!(error = %e, "could not remove the log index; keeping it in memory only");
             return Index::default();
         }
-        Index::lazy(dir.to_path_buf())
+        Index::lazy(dir.to_path_buf(), maintenance)
     };
     if !diskindex::index_path(dir).exists() {
-        return (Index::lazy(dir.to_path_buf()), None);
+        return (Index::lazy(dir.to_path_buf(), maintenance), None);
     }
-    let disk = match DiskIndex::open(dir) {
+    let disk = match DiskIndex::open(dir, maintenance) {
         Ok(disk) => disk,
         Err(OpenFailure::Busy) => {
             tracing::warn!(
