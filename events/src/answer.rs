@@ -1130,6 +1130,12 @@ mod tests {
         let key = server_key();
         assert_eq!(key_id_for(&key.verifying_key()), "fe812c12f3ab4ce6");
         assert_eq!(sign(answer_v1(), &key, "fe812c12f3ab4ce6").signature, "291dbb274bc3a212f8d93f7079064ea04fce73715e3a8db93ad24922cb647d594a1aac893a597d1cb70b77672fbcf80cbc2a01d1a3f171bf25c3da6676384402");
+        // Version 2, the same answer for customer 11222333000181 (what servers sign today).
+        assert_eq!(
+            hex::encode(Sha256::digest(answer().canonical_bytes())),
+            "74a142e4e1a97821cebfbfad40b5a472a4000c729ed0d901614fc386a487f707"
+        );
+        assert_eq!(signed().signature, "dd6da11ae601fc40b9ba92c0f00bfa58e1286c66e414dfe6be6b53603ec229426c92dafe6ad62731b136187720473abb47cc447f3a68ae8cd4c0b23776d4b203");
     }
 
     #[test]
