@@ -223,15 +223,13 @@ fn revoke(data_dir: &Path, args: &RevokeArgs, out: &mut impl Write) -> Result<()
 fn revoke_key(data_dir: &Path, args: &RevokeArgs, out: &mut impl Write) -> Result<(), CliError> {
     let mut file = load_existing(data_dir)?;
     let name_or_id = args.name_or_id.trim();
-    let revoked = file
-        .revoke_relay_key(name_or_id)
-        .map_err(|e| match e {
-            crate::config::ConfigError::Invalid { message, .. } => CliError::Input {
-                flag: "NAME_OR_ID",
-                message,
-            },
-            other => other.into(),
-        })?;
+    let revoked = file.revoke_relay_key(name_or_id).map_err(|e| match e {
+        crate::config::ConfigError::Invalid { message, .. } => CliError::Input {
+            flag: "NAME_OR_ID",
+            message,
+        },
+        other => other.into(),
+    })?;
     writeln!(
         out,
         "Revoked the relay key {} of token {name_or_id:?} (certified since {}); the token's \
