@@ -639,6 +639,47 @@ mod tests {
     use super::*;
 
     #[test]
+    fn finding_2_one_relay_key_per_relay_token_pinned_until_revoked() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut file, _) = SecretsFile::load_or_create(dir.path()).unwrap();
+        let relay = TokenEntry {
+            name: "relay-a".into(),
+            sha256: "ab".repeat(32),
+            role: Role::Relay,
+            cnpj: Some(Cnpj::parse("11222333000181").unwrap()),
+        };
+        file.add_token(relay.clone()).unwrap();
+        let (k1, k2) = ("11".repeat(32), "22".repeat(32));
+        let at = chrono::DateTime::parse_from_rfc3339("2026-12-03T10:00:00Z")
+            .unwrap()
+            .to_utc();
+        let pin = |file: &mut SecretsFile, key: &str| {
+            file.pin_relay_key(&relay.sha256, &relay.name, key, at)
+        };
+        assert_eq!(pin(&mut file, &k1).unwrap(), RelayKeyPin::New);
+        assert_eq!(
+            pin(&mut file, &k1.to_uppercase()).unwrap(),
+            RelayKeyPin::Same
+        );
+        let taken = pin(&mut file, &k2).unwrap_err();
+        assert!(
+            matches!(&taken, ConfigError::RelayKeyTaken { token, .. } if token == "relay-a"),
+            "{taken}"
+        );
+        // Another process (the CLI) sees the pin in the file, and revokes it there.
+        let (mut cli, _) = SecretsFile::load_or_create(dir.path()).unwrap();
+        assert_eq!(cli.relay_key(&relay).unwrap().public_key, k1);
+        assert_eq!(cli.revoke_relay_key("relay-a").unwrap().public_key, k1);
+        assert!(cli.revoke_relay_key("relay-a").is_err());
+        // The server decides on the file as it is now: the next key is pinned.
+        assert_eq!(pin(&mut file, &k2).unwrap(), RelayKeyPin::New);
+        // Revoking the token drops its pin.
+        file.remove_token("relay-a").unwrap();
+        let (again, _) = SecretsFile::load_or_create(dir.path()).unwrap();
+        assert!(again.relay_keys.is_empty());
+    }
+
+    #[test]
     fn the_secrets_file_is_created_once_with_mode_0600_and_an_admin_token() {
         let dir = tempfile::tempdir().unwrap();
         let (a, token) = SecretsFile::load_or_create(dir.path()).unwrap();
