@@ -109,6 +109,19 @@ pub enum ConfigError {
         /// The name asked for.
         name: String,
     },
+    /// The relay token has another key certified already (one active key per relay token).
+    #[error(
+        "this relay token has the key {key_id} certified since {since}; an admin revokes it \
+         with `license-ledger token revoke-key {token}` before another key can be certified"
+    )]
+    RelayKeyTaken {
+        /// The certified key's id.
+        key_id: String,
+        /// When it was first certified (RFC 3339).
+        since: String,
+        /// The relay token's name.
+        token: String,
+    },
     /// The secrets file is readable by others.
     #[error("{path} has mode {mode:o}; run `chmod 600 {path}`")]
     Permissions {
@@ -205,12 +218,49 @@ struct SecretsToml {
     /// existed, or through an older path, have none.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     token_created: BTreeMap<String, String>,
+    /// The one answer-signing key each relay token may have certified, by the token's
+    /// `sha256`: pinned by its first certificate request, removed by `token revoke-key` (or
+    /// with the token).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    relay_keys: BTreeMap<String, RelayKey>,
+}
+
+/// The answer-signing key a relay token has certified.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayKey {
+    /// The relay's Ed25519 public key, 64 lower-case hex digits.
+    pub public_key: String,
+    /// When it was first certified (RFC 3339).
+    pub since: String,
+}
+
+impl RelayKey {
+    /// The key's id (the `key_id` of the answers it signs): the first 16 hex digits of
+    /// SHA-256 of the 32-byte key.
+    pub fn key_id(&self) -> String {
+        let mut bytes = [0u8; 32];
+        match hex::decode_to_slice(&self.public_key, &mut bytes) {
+            Ok(()) => hex::encode(&Sha256::digest(bytes)[..8]),
+            Err(_) => "(malformed)".into(),
+        }
+    }
+}
+
+/// What [`SecretsFile::pin_relay_key`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RelayKeyPin {
+    /// The token had no key: this one is now its key.
+    New,
+    /// The token's key is this one already.
+    Same,
 }
 
 /// The loaded secrets file.
 pub struct SecretsFile {
     path: PathBuf,
     created: BTreeMap<String, String>,
+    relay_keys: BTreeMap<String, RelayKey>,
     /// Keys the command side uses.
     pub secrets: Secrets,
     /// Stored tokens.
@@ -317,6 +367,7 @@ impl SecretsFile {
             Self {
                 path,
                 created: stored.token_created,
+                relay_keys: stored.relay_keys,
                 secrets,
                 tokens,
             },
@@ -419,11 +470,91 @@ impl SecretsFile {
         self.rewrite(|stored| {
             stored.tokens.retain(|t| t.sha256 != entry.sha256);
             stored.token_created.remove(&entry.sha256);
+            stored.relay_keys.remove(&entry.sha256);
             Ok(())
         })?;
         self.tokens.retain(|t| t.sha256 != entry.sha256);
         self.created.remove(&entry.sha256);
+        self.relay_keys.remove(&entry.sha256);
         Ok(entry)
+    }
+
+    /// The key the relay token with this entry has certified, if any (as last read).
+    pub fn relay_key(&self, entry: &TokenEntry) -> Option<&RelayKey> {
+        self.relay_keys.get(&entry.sha256)
+    }
+
+    /// Makes `public_key` (64 hex digits) the one key the relay token with digest
+    /// `token_sha256` may have certified, unless it has another: one active key per relay
+    /// token. Decided on the file as it is now, under its lock, so a key revoked by the CLI a
+    /// moment ago is seen and two requests racing pin one key.
+    pub fn pin_relay_key(
+        &mut self,
+        token_sha256: &str,
+        token_name: &str,
+        public_key: &str,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<RelayKeyPin, ConfigError> {
+        let wanted = RelayKey {
+            public_key: public_key.to_ascii_lowercase(),
+            since: at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        };
+        let mut outcome = RelayKeyPin::Same;
+        let mut pinned = wanted.clone();
+        self.rewrite_if(|stored| match stored.relay_keys.get(token_sha256) {
+            Some(key) if key.public_key == wanted.public_key => {
+                pinned = key.clone();
+                Ok(false)
+            }
+            Some(key) => Err(ConfigError::RelayKeyTaken {
+                key_id: key.key_id(),
+                since: key.since.clone(),
+                token: token_name.to_owned(),
+            }),
+            None => {
+                stored
+                    .relay_keys
+                    .insert(token_sha256.to_owned(), wanted.clone());
+                outcome = RelayKeyPin::New;
+                Ok(true)
+            }
+        })?;
+        self.relay_keys.insert(token_sha256.to_owned(), pinned);
+        Ok(outcome)
+    }
+
+    /// Revokes the key the relay token named `name_or_id` has certified: its next
+    /// certificate request pins the key it then presents. Returns the revoked key. Answers
+    /// already signed under a certificate of that key stay verifiable until the
+    /// certificate's `valid_until`.
+    pub fn revoke_relay_key(&mut self, name_or_id: &str) -> Result<RelayKey, ConfigError> {
+        let path = self.path.clone();
+        let invalid = |message: String| ConfigError::Invalid {
+            path: path.clone(),
+            message,
+        };
+        let entry = self
+            .tokens
+            .iter()
+            .find(|t| t.name == name_or_id || token_id(t) == name_or_id)
+            .cloned()
+            .ok_or_else(|| {
+                invalid(format!(
+                    "no token is named {name_or_id:?} or has that id; see `token list`"
+                ))
+            })?;
+        let mut revoked = None;
+        self.rewrite_if(|stored| {
+            revoked = stored.relay_keys.remove(&entry.sha256);
+            Ok(revoked.is_some())
+        })?;
+        self.relay_keys.remove(&entry.sha256);
+        revoked.ok_or_else(|| {
+            invalid(format!(
+                "the token {:?} has no certified relay key",
+                entry.name
+            ))
+        })
     }
 
     /// Re-reads the file, changes it, and writes it back atomically, holding
@@ -431,6 +562,15 @@ impl SecretsFile {
     fn rewrite(
         &self,
         change: impl FnOnce(&mut SecretsToml) -> Result<(), ConfigError>,
+    ) -> Result<(), ConfigError> {
+        self.rewrite_if(|stored| change(stored).map(|()| true))
+    }
+
+    /// [`SecretsFile::rewrite`], writing only when `change` answers that it changed
+    /// something.
+    fn rewrite_if(
+        &self,
+        change: impl FnOnce(&mut SecretsToml) -> Result<bool, ConfigError>,
     ) -> Result<(), ConfigError> {
         let lock_path = self.path.with_extension("toml.lock");
         let lock = fs::OpenOptions::new()
@@ -452,7 +592,9 @@ impl SecretsFile {
             path: self.path.clone(),
             message: e.to_string(),
         })?;
-        change(&mut stored)?;
+        if !change(&mut stored)? {
+            return Ok(());
+        }
         let written = write_secrets(&self.path, &stored, false);
         drop(lock);
         written
@@ -495,6 +637,47 @@ fn write_secrets(path: &Path, stored: &SecretsToml, create_new: bool) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn finding_2_one_relay_key_per_relay_token_pinned_until_revoked() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut file, _) = SecretsFile::load_or_create(dir.path()).unwrap();
+        let relay = TokenEntry {
+            name: "relay-a".into(),
+            sha256: "ab".repeat(32),
+            role: Role::Relay,
+            cnpj: Some(Cnpj::parse("11222333000181").unwrap()),
+        };
+        file.add_token(relay.clone()).unwrap();
+        let (k1, k2) = ("11".repeat(32), "22".repeat(32));
+        let at = chrono::DateTime::parse_from_rfc3339("2026-12-03T10:00:00Z")
+            .unwrap()
+            .to_utc();
+        let pin = |file: &mut SecretsFile, key: &str| {
+            file.pin_relay_key(&relay.sha256, &relay.name, key, at)
+        };
+        assert_eq!(pin(&mut file, &k1).unwrap(), RelayKeyPin::New);
+        assert_eq!(
+            pin(&mut file, &k1.to_uppercase()).unwrap(),
+            RelayKeyPin::Same
+        );
+        let taken = pin(&mut file, &k2).unwrap_err();
+        assert!(
+            matches!(&taken, ConfigError::RelayKeyTaken { token, .. } if token == "relay-a"),
+            "{taken}"
+        );
+        // Another process (the CLI) sees the pin in the file, and revokes it there.
+        let (mut cli, _) = SecretsFile::load_or_create(dir.path()).unwrap();
+        assert_eq!(cli.relay_key(&relay).unwrap().public_key, k1);
+        assert_eq!(cli.revoke_relay_key("relay-a").unwrap().public_key, k1);
+        assert!(cli.revoke_relay_key("relay-a").is_err());
+        // The server decides on the file as it is now: the next key is pinned.
+        assert_eq!(pin(&mut file, &k2).unwrap(), RelayKeyPin::New);
+        // Revoking the token drops its pin.
+        file.remove_token("relay-a").unwrap();
+        let (again, _) = SecretsFile::load_or_create(dir.path()).unwrap();
+        assert!(again.relay_keys.is_empty());
+    }
 
     #[test]
     fn the_secrets_file_is_created_once_with_mode_0600_and_an_admin_token() {

@@ -148,7 +148,12 @@ async fn a_check_in_binds_a_license_and_its_signed_answer_verifies_with_the_publ
     hex::decode_to_slice(keys["public_key"].as_str().unwrap(), &mut pk).unwrap();
     let key = VerifyingKey::from_bytes(&pk).unwrap();
     let signed: SignedAnswer = serde_json::from_value(body.clone()).unwrap();
-    signed.verify_with_nonce(&key, "n-123").unwrap();
+    let subject = ledger_events::answer::Subject {
+        cnpj: ledger_events::Cnpj::parse(CNPJ).unwrap(),
+        product: ledger_events::Product::EasyCash,
+        hardware_id: ledger_events::HardwareId::parse(HW_ID).unwrap(),
+    };
+    signed.verify_with_nonce(&key, &subject, "n-123").unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,7 +10,8 @@
 //! rule of that number.
 
 use chrono::{DateTime, NaiveDate, TimeZone, Utc};
-use ledger_events::answer::{SignedAnswer, VerifyingKey};
+use ledger_events::answer::{SignedAnswer, Subject, VerifyingKey};
+use ledger_events::{Cnpj, HardwareId, Product};
 use license_ledger::clock::ManualClock;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -223,8 +224,13 @@ impl World {
         if body.get("signature").is_some() {
             assert_eq!(body["key_id"], json!(self.key_id), "{body}");
             let signed: SignedAnswer = serde_json::from_value(body.clone()).unwrap();
+            let subject = Subject {
+                cnpj: Cnpj::parse(cnpj).unwrap(),
+                product: Product::parse(product).unwrap(),
+                hardware_id: HardwareId::parse(&t.id).unwrap(),
+            };
             signed
-                .verify_with_nonce(&self.key, &nonce)
+                .verify_with_nonce(&self.key, &subject, &nonce)
                 .unwrap_or_else(|e| panic!("the answer does not verify ({e}): {body}"));
             for field in [
                 "outcome",
@@ -238,6 +244,12 @@ impl World {
             assert_eq!(body["answer"]["hardware_id"], json!(t.id), "{body}");
             assert_eq!(body["answer"]["hardware_key"], json!(t.key), "{body}");
             assert_eq!(body["answer"]["product"], json!(product), "{body}");
+            assert_eq!(body["answer"]["version"], json!(2), "{body}");
+            assert_eq!(
+                body["answer"]["cnpj"],
+                json!(subject.cnpj.as_str()),
+                "{body}"
+            );
         }
         CheckIn { status, body }
     }
@@ -710,15 +722,15 @@ async fn rule_5_a_valid_license_answers_its_expiry_and_its_resources() {
     let signed: SignedAnswer = serde_json::from_value(c.body.clone()).unwrap();
     let mut later = signed.clone();
     later.answer.expires_on = Some("2031-12-31".parse().unwrap());
-    assert!(later.verify(&w.key).is_err());
+    assert!(later.verify_signature(&w.key).is_err());
     let mut reworded = signed.clone();
     reworded.answer.messages[0] = "Licença do sistema expira no dia: 31/12/2031".into();
-    assert!(reworded.verify(&w.key).is_err());
+    assert!(reworded.verify_signature(&w.key).is_err());
     let mut more = c.body.clone();
     more["answer"]["resources"]["habilita_dav"] = json!(true);
     let more: SignedAnswer = serde_json::from_value(more).unwrap();
-    assert!(more.verify(&w.key).is_err());
-    signed.verify(&w.key).unwrap();
+    assert!(more.verify_signature(&w.key).is_err());
+    signed.verify_signature(&w.key).unwrap();
 }
 
 // ---- rule 6 ----

@@ -1137,35 +1137,41 @@ async fn respostas_assinadas_terminals_verify_answers_and_reject_forgeries_and_r
     let req = request(1);
     let plan = w.ledger.check_in(&req).await.unwrap();
     let signed = signer.sign(&req, &plan, Some("nonce-123".into()), w.clock_now());
+    let subject = ledger_events::answer::Subject {
+        cnpj: req.cnpj,
+        product: req.product,
+        hardware_id: req.hardware_id,
+    };
     signed
-        .verify_with_nonce(&signer.verifying_key(), "nonce-123")
+        .verify_with_nonce(&signer.verifying_key(), &subject, "nonce-123")
         .unwrap();
     assert!(
         signed
-            .verify_with_nonce(&signer.verifying_key(), "nonce-999")
+            .verify_with_nonce(&signer.verifying_key(), &subject, "nonce-999")
             .is_err(),
         "a replayed answer fails"
     );
     let mut forged = signed.clone();
     forged.answer.expires_on = Some(day("2030-01-01"));
     assert!(
-        forged.verify(&signer.verifying_key()).is_err(),
+        forged.verify_signature(&signer.verifying_key()).is_err(),
         "a changed expiry fails"
     );
     let mut forged = signed.clone();
     forged.answer.messages[0].push('!');
     assert!(
-        forged.verify(&signer.verifying_key()).is_err(),
+        forged.verify_signature(&signer.verifying_key()).is_err(),
         "a changed text fails"
     );
     let other = AnswerSigner::from_seed([43; 32]);
     assert!(
-        signed.verify(&other.verifying_key()).is_err(),
+        signed.verify_signature(&other.verifying_key()).is_err(),
         "a fake server's key fails"
     );
     let json = serde_json::to_string(&signed).unwrap();
     let back: ledger_events::SignedAnswer = serde_json::from_str(&json).unwrap();
-    back.verify(&signer.verifying_key()).unwrap();
+    back.verify_with_nonce(&signer.verifying_key(), &subject, "nonce-123")
+        .unwrap();
 }
 
 impl World {

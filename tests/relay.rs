@@ -13,7 +13,8 @@ mod relay_v1;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use ledger_events::answer::{RelayCertificate, SignedAnswer, VerifyingKey};
+use ledger_events::answer::{RelayCertificate, SignedAnswer, Subject, VerifyingKey};
+use ledger_events::{Cnpj, HardwareId, Product};
 use process::{run, Process};
 use proxy::Proxy;
 use reqwest::{Client, StatusCode};
@@ -367,13 +368,39 @@ async fn a_relay_serves_its_customers_terminals_with_answers_the_central_key_vou
     let signed: SignedAnswer = serde_json::from_value(v.clone()).unwrap();
     let cert: RelayCertificate = serde_json::from_value(v["certificate"].clone()).unwrap();
     let central = w.central_key().await;
+    let subject = Subject {
+        cnpj: Cnpj::parse(CNPJ).unwrap(),
+        product: Product::EasyCash,
+        hardware_id: HardwareId::parse(&hw(1).0).unwrap(),
+    };
+    assert_eq!(cert.cnpj, subject.cnpj);
+    assert_eq!(v["answer"]["cnpj"], json!(CNPJ), "{v}");
     let relay_key = cert
-        .verify_answer(&central, &signed)
+        .verify_answer(&central, &signed, &subject, Some("n-1"))
         .expect("certified answer");
-    signed.verify_with_nonce(&relay_key, "n-1").unwrap();
+    signed
+        .verify_with_nonce(&relay_key, &subject, "n-1")
+        .unwrap();
     let mut forged = signed.clone();
     forged.answer.days_left = Some(9999);
-    assert!(cert.verify_answer(&central, &forged).is_err());
+    assert!(cert
+        .verify_answer(&central, &forged, &subject, Some("n-1"))
+        .is_err());
+    // Not for another terminal, nor for another customer's terminal.
+    let elsewhere = Subject {
+        hardware_id: HardwareId::parse(&hw(2).0).unwrap(),
+        ..subject
+    };
+    assert!(cert
+        .verify_answer(&central, &signed, &elsewhere, Some("n-1"))
+        .is_err());
+    let other_customer = Subject {
+        cnpj: Cnpj::parse("11444777000161").unwrap(),
+        ..subject
+    };
+    assert!(cert
+        .verify_answer(&central, &signed, &other_customer, Some("n-1"))
+        .is_err());
 
     // The bind reaches the center.
     w.wait_status("forwarded the bind", |s| s["outbox_depth"] == json!(0))

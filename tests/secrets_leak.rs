@@ -340,7 +340,9 @@ async fn a_check_in_answer_with_any_byte_changed_fails_verification() {
     hex::decode_to_slice(keys["public_key"].as_str().expect("key"), &mut pk).expect("hex");
     let key = VerifyingKey::from_bytes(&pk).expect("key");
     let signed: SignedAnswer = serde_json::from_value(body).expect("signed answer");
-    signed.verify(&key).expect("the genuine answer verifies");
+    signed
+        .verify_signature(&key)
+        .expect("the genuine answer verifies");
 
     // Every byte of the answer's JSON text, changed to a few other values: whatever still
     // parses as a different answer must fail verification.
@@ -366,7 +368,7 @@ async fn a_check_in_answer_with_any_byte_changed_fails_verification() {
             }
             parsed += 1;
             assert!(
-                candidate.verify(&key).is_err(),
+                candidate.verify_signature(&key).is_err(),
                 "byte {i} changed to {replacement:?} still verifies: {}",
                 String::from_utf8_lossy(&forged)
             );

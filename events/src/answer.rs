@@ -3,14 +3,26 @@
 //!
 //! The server builds a [`CheckInAnswer`], [`sign`]s it with its private key, and sends the
 //! [`SignedAnswer`] as JSON. The terminal holds the server's public key (or several, chosen by
-//! `key_id`), checks the signature with [`SignedAnswer::verify_with_nonce`] against the nonce
-//! it sent (so an old answer cannot be replayed), and only then acts on `outcome`.
+//! `key_id`), checks the signature with [`SignedAnswer::verify_with_nonce`] against its own
+//! subject (see below) and the nonce it sent (so an old answer cannot be replayed, nor one for
+//! another terminal be passed off), and only then acts on `outcome`.
 //!
 //! The signature does not cover the JSON: it covers the *signed message* defined below, which
 //! a terminal rebuilds from the decoded fields. JSON whitespace, key order and escapes
 //! therefore do not matter, and a terminal vendor can reimplement the check in any language.
 //!
-//! # Signed message (version 1)
+//! # Versions and the subject
+//!
+//! An answer names its subject: the customer (`cnpj`), the `product` and the terminal
+//! (`hardware_id`). Version 2 (what servers sign today) covers all three; version 1 (older
+//! servers; its JSON has no `version` field) covered product and hardware id but not the
+//! CNPJ. Terminals verify with [`SignedAnswer::verify_with_nonce`] or
+//! [`SignedAnswer::verify_for`], and answers of a relay with
+//! [`RelayCertificate::verify_answer`]: each takes the expected [`Subject`] and refuses an
+//! answer about anyone else. A version 1 answer is verified under version 1 rules (product and
+//! hardware id compared; its CNPJ is checked only through a relay certificate's).
+//!
+//! # Signed message (versions 1 and 2)
 //!
 //! All integers are big-endian. `str` is a `u32` byte length followed by the UTF-8 bytes.
 //! `opt(T)` is one byte `0x00` (absent) or `0x01` followed by `T`. Dates are `i32` days from
@@ -20,7 +32,8 @@
 //! signed message = key_id: str || canonical bytes
 //!
 //! canonical bytes:
-//!   tag           25 bytes   "license-ledger/answer/v1" followed by one 0x00 byte
+//!   tag           25 bytes   "license-ledger/answer/v1" or ".../v2", then one 0x00 byte
+//!   cnpj          str        version 2 only: the 14 characters of the customer's CNPJ
 //!   license_id    opt(u32)   1..=999999 (shown as 002438)
 //!   hardware_id   8 bytes    raw bytes of the 16-hex hardware id
 //!   hardware_key  16 bytes   raw bytes of the 32-hex hardware key
@@ -50,7 +63,7 @@
 //! # JSON
 //!
 //! ```json
-//! {"answer": {"license_id": "002438", "hardware_id": "50026B77825EECA5",
+//! {"answer": {"version": 2, "cnpj": "11222333000181", "license_id": "002438", "hardware_id": "50026B77825EECA5",
 //!             "hardware_key": "88A7B56C2B3F326F91362A182483F63E", "product": "easycash",
 //!             "outcome": "EXPIRING", "expires_on": "2023-03-30", "days_left": 1,
 //!             "resources": {"habilita_dav": true}, "messages": ["..."],
@@ -72,10 +85,21 @@ use sha2::{Digest, Sha256};
 pub use ed25519_dalek::{SigningKey, VerifyingKey};
 
 use crate::envelope::truncate_to_micros;
-use crate::values::{HardwareId, HardwareKey, LicenseId, Product, ResourceValue, Resources};
+use crate::values::{Cnpj, HardwareId, HardwareKey, LicenseId, Product, ResourceValue, Resources};
 
-/// First bytes of every canonical answer: names the format and its version.
-const TAG: &[u8] = b"license-ledger/answer/v1\0";
+/// First bytes of a version 1 canonical answer: names the format and its version.
+const TAG_V1: &[u8] = b"license-ledger/answer/v1\0";
+/// First bytes of a version 2 canonical answer (followed by the CNPJ).
+const TAG_V2: &[u8] = b"license-ledger/answer/v2\0";
+
+/// The answer version servers sign: 2, which covers the customer's CNPJ.
+pub const ANSWER_VERSION: u8 = 2;
+/// The first answer version (no CNPJ); still verified, under its own rules.
+pub const ANSWER_VERSION_1: u8 = 1;
+
+fn version_1() -> u8 {
+    ANSWER_VERSION_1
+}
 
 /// Most characters in a terminal nonce.
 pub const MAX_NONCE_CHARS: usize = 64;
@@ -119,6 +143,38 @@ pub enum AnswerError {
         /// Its position, from 0.
         index: usize,
     },
+    /// An answer version this code does not know.
+    #[error("answer version {0} is not known (1 and 2 are)")]
+    UnknownVersion(u8),
+    /// A version 2 answer without a CNPJ.
+    #[error("a version 2 answer must carry the customer's cnpj")]
+    MissingCnpj,
+    /// A version 1 answer with a CNPJ: version 1 does not sign it, so it must not be shown as
+    /// if it did.
+    #[error("a version 1 answer carries no cnpj (version 1 does not sign it)")]
+    UnsignedCnpj,
+    /// The answer is about another customer, product or terminal than the one verifying it.
+    #[error("the answer is for another {field}: expected {expected}, got {got}")]
+    WrongSubject {
+        /// `cnpj`, `product` or `hardware_id`.
+        field: &'static str,
+        /// What the verifier expected.
+        expected: String,
+        /// What the answer names.
+        got: String,
+    },
+}
+
+/// Whom an answer must be about: the customer, product and terminal that checked in. Every
+/// verification function a terminal or a relay's terminal uses takes one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Subject {
+    /// The customer the terminal belongs to.
+    pub cnpj: Cnpj,
+    /// The product that checked in.
+    pub product: Product,
+    /// The terminal's hardware id.
+    pub hardware_id: HardwareId,
 }
 
 /// What the terminal is told to do, as a stable code.
@@ -213,6 +269,13 @@ impl fmt::Display for OutcomeCode {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CheckInAnswer {
+    /// The answer format: [`ANSWER_VERSION`] (2) for answers signed today; answers of older
+    /// servers carry no `version` and are version 1.
+    #[serde(default = "version_1")]
+    pub version: u8,
+    /// The customer the answer is for; present in version 2, absent in version 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cnpj: Option<Cnpj>,
     /// The license that answered, if any.
     pub license_id: Option<LicenseId>,
     /// The terminal's hardware id.
@@ -303,20 +366,57 @@ fn put_date(buf: &mut Vec<u8>, d: NaiveDate) {
 }
 
 impl CheckInAnswer {
-    /// Checks what decoding checks: the nonce's form and the message limits.
+    /// Checks what decoding checks: the version and its CNPJ, the nonce's form and the
+    /// message limits.
     pub fn validate(&self) -> Result<(), AnswerError> {
+        match (self.version, self.cnpj) {
+            (ANSWER_VERSION_1, None) | (ANSWER_VERSION, Some(_)) => {}
+            (ANSWER_VERSION_1, Some(_)) => return Err(AnswerError::UnsignedCnpj),
+            (ANSWER_VERSION, None) => return Err(AnswerError::MissingCnpj),
+            (v, _) => return Err(AnswerError::UnknownVersion(v)),
+        }
         if let Some(nonce) = &self.nonce {
             parse_nonce(nonce)?;
         }
         check_messages(&self.messages)
     }
 
+    /// Refuses an answer about another customer, product or terminal than `expected`. A
+    /// version 1 answer names no CNPJ and is compared on product and hardware id only.
+    pub fn check_subject(&self, expected: &Subject) -> Result<(), AnswerError> {
+        let wrong = |field, expected: &dyn fmt::Display, got: &dyn fmt::Display| {
+            Err(AnswerError::WrongSubject {
+                field,
+                expected: expected.to_string(),
+                got: got.to_string(),
+            })
+        };
+        if let Some(cnpj) = &self.cnpj {
+            if *cnpj != expected.cnpj {
+                return wrong("cnpj", &expected.cnpj, cnpj);
+            }
+        }
+        if self.product != expected.product {
+            return wrong("product", &expected.product, &self.product);
+        }
+        if self.hardware_id != expected.hardware_id {
+            return wrong("hardware_id", &expected.hardware_id, &self.hardware_id);
+        }
+        Ok(())
+    }
+
     /// The canonical binary form the signature covers, independent of serde. The layout is
     /// in the module docs.
     pub fn canonical_bytes(&self) -> Vec<u8> {
         let text_len: usize = self.messages.iter().map(|m| 4 + m.len()).sum();
-        let mut buf = Vec::with_capacity(160 + text_len + 80 * self.resources.len());
-        buf.extend_from_slice(TAG);
+        let mut buf = Vec::with_capacity(180 + text_len + 80 * self.resources.len());
+        if self.version == ANSWER_VERSION_1 {
+            buf.extend_from_slice(TAG_V1);
+        } else {
+            // Version 2 (other versions are refused by `validate` before any check).
+            buf.extend_from_slice(TAG_V2);
+            put_str(&mut buf, self.cnpj.as_ref().map_or("", |c| c.as_str()));
+        }
         match self.license_id {
             None => buf.push(0),
             Some(id) => {
@@ -427,9 +527,10 @@ pub fn key_id_for(key: &VerifyingKey) -> String {
 
 impl SignedAnswer {
     /// Checks the answer's form and its signature under `key` (the public key the terminal
-    /// trusts for `key_id`). Does not check the nonce: terminals use
-    /// [`SignedAnswer::verify_with_nonce`].
-    pub fn verify(&self, key: &VerifyingKey) -> Result<(), AnswerError> {
+    /// trusts for `key_id`), and nothing else: not whom the answer is about, not the nonce.
+    /// Terminals use [`SignedAnswer::verify_with_nonce`] or [`SignedAnswer::verify_for`],
+    /// which take the expected [`Subject`].
+    pub fn verify_signature(&self, key: &VerifyingKey) -> Result<(), AnswerError> {
         self.answer.validate()?;
         if self.key_id.is_empty() || self.key_id.len() > MAX_KEY_ID_BYTES {
             return Err(AnswerError::InvalidKeyId);
@@ -440,18 +541,33 @@ impl SignedAnswer {
             .map_err(|_| AnswerError::BadSignature)
     }
 
-    /// [`SignedAnswer::verify`], and requires the answer to echo `expected_nonce`, the nonce
-    /// this terminal sent with its check-in: an answer recorded earlier cannot be replayed.
-    pub fn verify_with_nonce(
+    /// What a terminal checks: the signature under `key`, that the answer is about
+    /// `expected` (CNPJ, product and hardware id; version 1 answers sign no CNPJ, so only
+    /// product and hardware id are compared), and that it echoes `expected_nonce`, the nonce
+    /// this terminal sent with its check-in (`None`: it sent none, and the answer must carry
+    /// none), so an answer recorded earlier cannot be replayed.
+    pub fn verify_for(
         &self,
         key: &VerifyingKey,
-        expected_nonce: &str,
+        expected: &Subject,
+        expected_nonce: Option<&str>,
     ) -> Result<(), AnswerError> {
-        self.verify(key)?;
-        if self.answer.nonce.as_deref() != Some(expected_nonce) {
+        self.verify_signature(key)?;
+        self.answer.check_subject(expected)?;
+        if self.answer.nonce.as_deref() != expected_nonce {
             return Err(AnswerError::NonceMismatch);
         }
         Ok(())
+    }
+
+    /// [`SignedAnswer::verify_for`] with the nonce the terminal sent.
+    pub fn verify_with_nonce(
+        &self,
+        key: &VerifyingKey,
+        expected: &Subject,
+        expected_nonce: &str,
+    ) -> Result<(), AnswerError> {
+        self.verify_for(key, expected, Some(expected_nonce))
     }
 }
 
@@ -536,6 +652,14 @@ pub enum CertificateError {
     /// A key or signature is not valid hex of the right length.
     #[error("the relay certificate's {0} is not valid")]
     Malformed(&'static str),
+    /// The certificate is for another customer than the terminal's.
+    #[error("the relay certificate is for customer {certified}, not {expected}")]
+    OtherCustomer {
+        /// The certificate's CNPJ.
+        certified: crate::values::Cnpj,
+        /// The terminal's.
+        expected: crate::values::Cnpj,
+    },
     /// The certificate had expired when the answer was issued.
     #[error("the relay certificate expired at {0}")]
     Expired(DateTime<Utc>),
@@ -616,16 +740,25 @@ impl RelayCertificate {
         Ok(relay_key)
     }
 
-    /// Checks an answer a relay signed: the certificate under `central`, the answer's key
-    /// is the certified one, the certificate was valid when the answer was issued, and the
-    /// answer's own signature. A terminal also checks its nonce
-    /// ([`SignedAnswer::verify_with_nonce`] with the returned key).
+    /// What a terminal behind a relay checks: the certificate under `central`, that it
+    /// certifies the relay for the terminal's own customer (`expected.cnpj`), that the answer
+    /// is signed by the certified key while the certificate was valid, and everything
+    /// [`SignedAnswer::verify_for`] checks (the answer's signature, that it is about
+    /// `expected` — for version 2 its CNPJ too — and the nonce). Returns the relay's key.
     pub fn verify_answer(
         &self,
         central: &VerifyingKey,
         answer: &SignedAnswer,
+        expected: &Subject,
+        expected_nonce: Option<&str>,
     ) -> Result<VerifyingKey, CertificateError> {
         let relay_key = self.verify(central)?;
+        if self.cnpj != expected.cnpj {
+            return Err(CertificateError::OtherCustomer {
+                certified: self.cnpj,
+                expected: expected.cnpj,
+            });
+        }
         if answer.key_id != self.relay_key_id {
             return Err(CertificateError::WrongKey {
                 answer: answer.key_id.clone(),
@@ -635,7 +768,7 @@ impl RelayCertificate {
         if answer.answer.issued_at > self.valid_until {
             return Err(CertificateError::Expired(self.valid_until));
         }
-        answer.verify(&relay_key)?;
+        answer.verify_for(&relay_key, expected, expected_nonce)?;
         Ok(relay_key)
     }
 }
@@ -654,9 +787,32 @@ mod tests {
         SigningKey::from_bytes(&[7u8; 32])
     }
 
+    fn cnpj() -> Cnpj {
+        Cnpj::parse("11222333000181").unwrap()
+    }
+
+    fn subject() -> Subject {
+        Subject {
+            cnpj: cnpj(),
+            product: Product::EasyCash,
+            hardware_id: HardwareId::parse("50026B77825EECA5").unwrap(),
+        }
+    }
+
+    /// The same answer as [`answer`], in version 1 (no CNPJ), as older servers signed it.
+    fn answer_v1() -> CheckInAnswer {
+        CheckInAnswer {
+            version: ANSWER_VERSION_1,
+            cnpj: None,
+            ..answer()
+        }
+    }
+
     fn answer() -> CheckInAnswer {
         let expires = day(2023, 3, 30);
         CheckInAnswer {
+            version: ANSWER_VERSION,
+            cnpj: Some(cnpj()),
             license_id: Some(LicenseId::parse("002438").unwrap()),
             hardware_id: HardwareId::parse("50026B77825EECA5").unwrap(),
             hardware_key: HardwareKey::parse("88A7B56C2B3F326F91362A182483F63E").unwrap(),
@@ -700,15 +856,28 @@ mod tests {
         let s = signed();
         let public = server_key().verifying_key();
         assert_eq!(s.signature.len(), SIGNATURE_HEX_LEN);
-        assert_eq!(s.verify(&public), Ok(()));
-        assert_eq!(s.verify_with_nonce(&public, "n0nce-ABC_123"), Ok(()));
+        assert_eq!(s.verify_signature(&public), Ok(()));
+        assert_eq!(
+            s.verify_with_nonce(&public, &subject(), "n0nce-ABC_123"),
+            Ok(())
+        );
     }
 
     #[test]
     fn any_changed_field_breaks_the_signature() {
         let public = server_key().verifying_key();
         type Tamper = fn(&mut SignedAnswer);
-        let tampers: [(&str, Tamper); 19] = [
+        let tampers: [(&str, Tamper); 22] = [
+            ("cnpj", |s| {
+                s.answer.cnpj = Some(Cnpj::parse("11444777000161").unwrap())
+            }),
+            ("version 1 without the cnpj", |s| {
+                s.answer.version = ANSWER_VERSION_1;
+                s.answer.cnpj = None;
+            }),
+            ("version 1 keeping the cnpj", |s| {
+                s.answer.version = ANSWER_VERSION_1
+            }),
             ("license id", |s| {
                 s.answer.license_id = Some(LicenseId::new(2439).unwrap())
             }),
@@ -773,7 +942,7 @@ mod tests {
             let mut s = original.clone();
             tamper(&mut s);
             assert_ne!(s, original, "{what}: the tamper changed nothing");
-            assert_eq!(s.verify(&public), Err(AnswerError::BadSignature), "{what}");
+            assert!(s.verify_signature(&public).is_err(), "{what}");
         }
     }
 
@@ -783,11 +952,11 @@ mod tests {
         let server_id = key_id_for(&server_key().verifying_key());
         let forged = sign(answer(), &impostor, &server_id);
         assert_eq!(
-            forged.verify(&server_key().verifying_key()),
+            forged.verify_signature(&server_key().verifying_key()),
             Err(AnswerError::BadSignature)
         );
         assert_eq!(
-            signed().verify(&impostor.verifying_key()),
+            signed().verify_signature(&impostor.verifying_key()),
             Err(AnswerError::BadSignature)
         );
     }
@@ -797,15 +966,15 @@ mod tests {
         let public = server_key().verifying_key();
         let s = signed();
         assert_eq!(
-            s.verify_with_nonce(&public, "another-nonce"),
+            s.verify_with_nonce(&public, &subject(), "another-nonce"),
             Err(AnswerError::NonceMismatch)
         );
         let mut without = answer();
         without.nonce = None;
         let s = sign(without, &server_key(), "k1");
-        assert_eq!(s.verify(&public), Ok(()));
+        assert_eq!(s.verify_signature(&public), Ok(()));
         assert_eq!(
-            s.verify_with_nonce(&public, "n0nce-ABC_123"),
+            s.verify_with_nonce(&public, &subject(), "n0nce-ABC_123"),
             Err(AnswerError::NonceMismatch)
         );
     }
@@ -815,10 +984,16 @@ mod tests {
         let public = server_key().verifying_key();
         let mut s = signed();
         s.signature.pop();
-        assert_eq!(s.verify(&public), Err(AnswerError::BadSignatureEncoding));
+        assert_eq!(
+            s.verify_signature(&public),
+            Err(AnswerError::BadSignatureEncoding)
+        );
         let mut s = signed();
         s.signature.replace_range(0..1, "g");
-        assert_eq!(s.verify(&public), Err(AnswerError::BadSignatureEncoding));
+        assert_eq!(
+            s.verify_signature(&public),
+            Err(AnswerError::BadSignatureEncoding)
+        );
     }
 
     #[test]
@@ -836,7 +1011,7 @@ mod tests {
         let back: SignedAnswer = serde_json::from_str(&json).unwrap();
         assert_eq!(back, s);
         assert_eq!(
-            back.verify_with_nonce(&server_key().verifying_key(), "n0nce-ABC_123"),
+            back.verify_with_nonce(&server_key().verifying_key(), &subject(), "n0nce-ABC_123"),
             Ok(())
         );
     }
@@ -889,7 +1064,7 @@ mod tests {
         assert!(serde_json::from_str::<CheckInAnswer>(&json).is_err());
         let s = sign(many, &server_key(), "k1");
         assert_eq!(
-            s.verify(&server_key().verifying_key()),
+            s.verify_signature(&server_key().verifying_key()),
             Err(AnswerError::TooManyMessages {
                 count: MAX_MESSAGES + 1
             })
@@ -908,7 +1083,7 @@ mod tests {
         let public = server_key().verifying_key();
         for bad in [String::new(), "k".repeat(MAX_KEY_ID_BYTES + 1)] {
             let s = sign(answer(), &server_key(), &bad);
-            assert_eq!(s.verify(&public), Err(AnswerError::InvalidKeyId));
+            assert_eq!(s.verify_signature(&public), Err(AnswerError::InvalidKeyId));
         }
     }
 
@@ -947,14 +1122,20 @@ mod tests {
     /// changed: terminals in the field would refuse every answer.
     #[test]
     fn known_answer_canonical_bytes_key_id_and_signature() {
-        let a = answer();
+        let a = answer_v1();
         assert_eq!(
             hex::encode(Sha256::digest(a.canonical_bytes())),
             "9a79e3252104569bd173dd020dba8f7720eb5cb05415063c748a44ce556f9210"
         );
         let key = server_key();
         assert_eq!(key_id_for(&key.verifying_key()), "fe812c12f3ab4ce6");
-        assert_eq!(signed().signature, "291dbb274bc3a212f8d93f7079064ea04fce73715e3a8db93ad24922cb647d594a1aac893a597d1cb70b77672fbcf80cbc2a01d1a3f171bf25c3da6676384402");
+        assert_eq!(sign(answer_v1(), &key, "fe812c12f3ab4ce6").signature, "291dbb274bc3a212f8d93f7079064ea04fce73715e3a8db93ad24922cb647d594a1aac893a597d1cb70b77672fbcf80cbc2a01d1a3f171bf25c3da6676384402");
+        // Version 2, the same answer for customer 11222333000181 (what servers sign today).
+        assert_eq!(
+            hex::encode(Sha256::digest(answer().canonical_bytes())),
+            "74a142e4e1a97821cebfbfad40b5a472a4000c729ed0d901614fc386a487f707"
+        );
+        assert_eq!(signed().signature, "dd6da11ae601fc40b9ba92c0f00bfa58e1286c66e414dfe6be6b53603ec229426c92dafe6ad62731b136187720473abb47cc447f3a68ae8cd4c0b23776d4b203");
     }
 
     #[test]
@@ -968,19 +1149,34 @@ mod tests {
         let signed = sign(answer(), &relay, &relay_id);
 
         assert_eq!(
-            cert.verify_answer(&central.verifying_key(), &signed),
+            cert.verify_answer(
+                &central.verifying_key(),
+                &signed,
+                &subject(),
+                Some("n0nce-ABC_123")
+            ),
             Ok(relay.verifying_key())
         );
         // Another central key, an altered certificate, another key's answer, an expired one.
         let other = SigningKey::from_bytes(&[3u8; 32]);
         assert_eq!(
-            cert.verify_answer(&other.verifying_key(), &signed),
+            cert.verify_answer(
+                &other.verifying_key(),
+                &signed,
+                &subject(),
+                Some("n0nce-ABC_123")
+            ),
             Err(CertificateError::BadSignature)
         );
         let mut longer = cert.clone();
         longer.valid_until = until + chrono::Duration::days(1);
         assert_eq!(
-            longer.verify_answer(&central.verifying_key(), &signed),
+            longer.verify_answer(
+                &central.verifying_key(),
+                &signed,
+                &subject(),
+                Some("n0nce-ABC_123")
+            ),
             Err(CertificateError::BadSignature)
         );
         let mut elsewhere = cert.clone();
@@ -988,22 +1184,227 @@ mod tests {
         assert!(elsewhere.verify(&central.verifying_key()).is_err());
         let by_other = sign(answer(), &other, &key_id_for(&other.verifying_key()));
         assert!(matches!(
-            cert.verify_answer(&central.verifying_key(), &by_other),
+            cert.verify_answer(
+                &central.verifying_key(),
+                &by_other,
+                &subject(),
+                Some("n0nce-ABC_123")
+            ),
             Err(CertificateError::WrongKey { .. })
         ));
         let mut late = answer();
         late.issued_at = until + chrono::Duration::seconds(1);
         let late = sign(late, &relay, &relay_id);
         assert_eq!(
-            cert.verify_answer(&central.verifying_key(), &late),
+            cert.verify_answer(
+                &central.verifying_key(),
+                &late,
+                &subject(),
+                Some("n0nce-ABC_123")
+            ),
             Err(CertificateError::Expired(until))
         );
         let mut forged = signed.clone();
         forged.answer.days_left = Some(999);
         assert!(matches!(
-            cert.verify_answer(&central.verifying_key(), &forged),
+            cert.verify_answer(
+                &central.verifying_key(),
+                &forged,
+                &subject(),
+                Some("n0nce-ABC_123")
+            ),
             Err(CertificateError::Answer(AnswerError::BadSignature))
         ));
+    }
+
+    fn other_subject() -> Subject {
+        Subject {
+            cnpj: Cnpj::parse("11444777000161").unwrap(),
+            product: Product::Intellicash,
+            hardware_id: HardwareId::parse("0000000000000001").unwrap(),
+        }
+    }
+
+    #[test]
+    fn finding_2_a_version_2_answer_verified_for_another_cnpj_product_or_hardware_id_is_refused() {
+        let public = server_key().verifying_key();
+        let s = signed();
+        assert_eq!(s.answer.version, 2);
+        assert_eq!(
+            s.verify_for(&public, &subject(), Some("n0nce-ABC_123")),
+            Ok(())
+        );
+        let other = other_subject();
+        let cases = [
+            (
+                "cnpj",
+                Subject {
+                    cnpj: other.cnpj,
+                    ..subject()
+                },
+            ),
+            (
+                "product",
+                Subject {
+                    product: other.product,
+                    ..subject()
+                },
+            ),
+            (
+                "hardware_id",
+                Subject {
+                    hardware_id: other.hardware_id,
+                    ..subject()
+                },
+            ),
+        ];
+        for (field, expected) in cases {
+            match s.verify_with_nonce(&public, &expected, "n0nce-ABC_123") {
+                Err(AnswerError::WrongSubject { field: f, .. }) => assert_eq!(f, field),
+                other => panic!("{field}: {other:?}"),
+            }
+        }
+        // A nonce the terminal did not send, or none when it sent one.
+        assert_eq!(
+            s.verify_for(&public, &subject(), None),
+            Err(AnswerError::NonceMismatch)
+        );
+    }
+
+    #[test]
+    fn finding_2_a_relay_certificate_of_customer_a_cannot_vouch_for_customer_b_terminal() {
+        let central = server_key();
+        let relay_a = SigningKey::from_bytes(&[9u8; 32]);
+        let until = chrono::TimeZone::with_ymd_and_hms(&Utc, 2023, 4, 30, 0, 0, 0).unwrap();
+        let cert_a = certify_relay(&central, cnpj(), &relay_a.verifying_key(), until);
+        let relay_id = key_id_for(&relay_a.verifying_key());
+        // Customer B's terminal, and forged VALID answers for it signed by A's relay key.
+        let b = Subject {
+            cnpj: Cnpj::parse("11444777000161").unwrap(),
+            ..subject()
+        };
+        let valid = |version, cnpj| CheckInAnswer {
+            version,
+            cnpj,
+            outcome: OutcomeCode::Valid,
+            expires_on: Some(day(2099, 12, 31)),
+            days_left: None,
+            ..answer()
+        };
+        let forgeries = [
+            ("v2 naming B", valid(ANSWER_VERSION, Some(b.cnpj))),
+            ("v2 naming A", valid(ANSWER_VERSION, Some(cnpj()))),
+            ("v1 naming nobody", valid(ANSWER_VERSION_1, None)),
+        ];
+        for (what, forged) in forgeries {
+            let forged = sign(forged, &relay_a, &relay_id);
+            // Each is a well-signed answer: only the subject gives it away.
+            assert_eq!(
+                forged.verify_signature(&relay_a.verifying_key()),
+                Ok(()),
+                "{what}"
+            );
+            assert_eq!(
+                cert_a.verify_answer(&central.verifying_key(), &forged, &b, Some("n0nce-ABC_123")),
+                Err(CertificateError::OtherCustomer {
+                    certified: cnpj(),
+                    expected: b.cnpj
+                }),
+                "{what}"
+            );
+        }
+        // A certificate for A vouches for A's terminal only, and an answer naming another
+        // customer is refused even under A's own certificate.
+        let for_a = sign(valid(ANSWER_VERSION, Some(cnpj())), &relay_a, &relay_id);
+        assert!(cert_a
+            .verify_answer(
+                &central.verifying_key(),
+                &for_a,
+                &subject(),
+                Some("n0nce-ABC_123")
+            )
+            .is_ok());
+        let naming_b = sign(valid(ANSWER_VERSION, Some(b.cnpj)), &relay_a, &relay_id);
+        assert!(matches!(
+            cert_a.verify_answer(
+                &central.verifying_key(),
+                &naming_b,
+                &subject(),
+                Some("n0nce-ABC_123")
+            ),
+            Err(CertificateError::Answer(AnswerError::WrongSubject {
+                field: "cnpj",
+                ..
+            }))
+        ));
+    }
+
+    #[test]
+    fn finding_2_an_old_version_1_answer_still_verifies_under_version_1_rules() {
+        let public = server_key().verifying_key();
+        let key = server_key();
+        let v1 = sign(answer_v1(), &key, &key_id_for(&public));
+        // As an older server sent it: no `version`, no `cnpj` in the JSON.
+        let mut json = serde_json::to_value(&v1).unwrap();
+        let fields = json["answer"].as_object_mut().unwrap();
+        assert!(fields.remove("version").is_some());
+        assert!(!fields.contains_key("cnpj"));
+        let back: SignedAnswer = serde_json::from_value(json).unwrap();
+        assert_eq!(back.answer.version, ANSWER_VERSION_1);
+        assert_eq!(
+            back.verify_with_nonce(&public, &subject(), "n0nce-ABC_123"),
+            Ok(())
+        );
+        // Version 1 signs no CNPJ: any is accepted; product and hardware id are compared.
+        let other = other_subject();
+        assert_eq!(
+            back.verify_with_nonce(
+                &public,
+                &Subject {
+                    cnpj: other.cnpj,
+                    ..subject()
+                },
+                "n0nce-ABC_123"
+            ),
+            Ok(())
+        );
+        for expected in [
+            Subject {
+                product: other.product,
+                ..subject()
+            },
+            Subject {
+                hardware_id: other.hardware_id,
+                ..subject()
+            },
+        ] {
+            assert!(matches!(
+                back.verify_with_nonce(&public, &expected, "n0nce-ABC_123"),
+                Err(AnswerError::WrongSubject { .. })
+            ));
+        }
+        // A CNPJ added to a version 1 answer is not signed, so it is refused; a version 2
+        // without one, or an unknown version, too.
+        let mut with_cnpj = back.clone();
+        with_cnpj.answer.cnpj = Some(cnpj());
+        assert_eq!(
+            with_cnpj.verify_signature(&public),
+            Err(AnswerError::UnsignedCnpj)
+        );
+        let mut bare_v2 = signed();
+        bare_v2.answer.cnpj = None;
+        assert_eq!(
+            bare_v2.verify_signature(&public),
+            Err(AnswerError::MissingCnpj)
+        );
+        let mut v3 = signed();
+        v3.answer.version = 3;
+        assert_eq!(
+            v3.verify_signature(&public),
+            Err(AnswerError::UnknownVersion(3))
+        );
+        // The two versions never share a message.
+        assert_ne!(answer().canonical_bytes(), answer_v1().canonical_bytes());
     }
 
     #[test]
@@ -1013,9 +1414,12 @@ mod tests {
         upper.signature = upper.signature.to_uppercase();
         assert!(upper.signature != signed.signature);
         assert_eq!(
-            upper.verify(&server_key().verifying_key()),
+            upper.verify_signature(&server_key().verifying_key()),
             Err(AnswerError::BadSignatureEncoding)
         );
-        assert_eq!(signed.verify(&server_key().verifying_key()), Ok(()));
+        assert_eq!(
+            signed.verify_signature(&server_key().verifying_key()),
+            Ok(())
+        );
     }
 }

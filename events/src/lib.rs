@@ -27,7 +27,7 @@ pub mod texts;
 mod upcast;
 pub mod values;
 
-pub use answer::{AnswerError, CheckInAnswer, OutcomeCode, SignedAnswer};
+pub use answer::{AnswerError, CheckInAnswer, OutcomeCode, SignedAnswer, Subject};
 pub use catalogue::*;
 pub use chain::{verify_chain, ChainError, ChainFault, ChainHead, ChainVerifier};
 pub use codec::{

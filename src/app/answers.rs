@@ -144,6 +144,8 @@ impl AnswerSigner {
         now: DateTime<Utc>,
     ) -> SignedAnswer {
         let answer = CheckInAnswer {
+            version: answer::ANSWER_VERSION,
+            cnpj: Some(req.cnpj),
             license_id: plan.license_id,
             hardware_id: req.hardware_id,
             hardware_key: req.hardware_key,

@@ -16,10 +16,15 @@ use crate::config::{new_token, token_digest, token_id, Role, SecretsFile, TokenE
 pub enum TokenCommand {
     /// Create a token; prints it alone on the last line (shown only this once).
     Create(CreateArgs),
-    /// List tokens: name, role, CNPJ, created, id (never the secret).
+    /// List tokens: name, role, CNPJ, created, id, and a relay token's certified key id
+    /// (never the secret).
     List,
     /// Revoke a token by its name or its id (from `token list`).
     Revoke(RevokeArgs),
+    /// Revoke the answer-signing key a relay token has certified (one per relay token): the
+    /// center then certifies the next key that token presents. Certificates already issued
+    /// for the revoked key stay valid until their `valid_until` (30 days at most).
+    RevokeKey(RevokeArgs),
 }
 
 /// Options of `token create`.
@@ -78,6 +83,7 @@ pub fn run(data_dir: &Path, command: TokenCommand, out: &mut impl Write) -> Resu
         TokenCommand::Create(args) => create(data_dir, &args, out),
         TokenCommand::List => list(data_dir, out),
         TokenCommand::Revoke(args) => revoke(data_dir, &args, out),
+        TokenCommand::RevokeKey(args) => revoke_key(data_dir, &args, out),
     }
 }
 
@@ -171,7 +177,7 @@ fn load_existing(data_dir: &Path) -> Result<SecretsFile, CliError> {
 
 fn list(data_dir: &Path, out: &mut impl Write) -> Result<(), CliError> {
     let file = load_existing(data_dir)?;
-    let rows: Vec<[String; 5]> = file
+    let rows: Vec<[String; 6]> = file
         .tokens
         .iter()
         .map(|t| {
@@ -181,10 +187,13 @@ fn list(data_dir: &Path, out: &mut impl Write) -> Result<(), CliError> {
                 t.cnpj.map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
                 file.created(t).unwrap_or("-").to_owned(),
                 token_id(t).to_owned(),
+                file.relay_key(t)
+                    .map(|k| format!("{} since {}", k.key_id(), k.since))
+                    .unwrap_or_else(|| "-".into()),
             ]
         })
         .collect();
-    let header = ["NAME", "ROLE", "CNPJ", "CREATED", "ID"].map(String::from);
+    let header = ["NAME", "ROLE", "CNPJ", "CREATED", "ID", "RELAY KEY"].map(String::from);
     super::table::write_columns(out, &header, &rows)?;
     Ok(())
 }
@@ -207,6 +216,27 @@ fn revoke(data_dir: &Path, args: &RevokeArgs, out: &mut impl Write) -> Result<()
         role_name(removed.role),
         removed.name,
         token_id(&removed)
+    )?;
+    Ok(())
+}
+
+fn revoke_key(data_dir: &Path, args: &RevokeArgs, out: &mut impl Write) -> Result<(), CliError> {
+    let mut file = load_existing(data_dir)?;
+    let name_or_id = args.name_or_id.trim();
+    let revoked = file.revoke_relay_key(name_or_id).map_err(|e| match e {
+        crate::config::ConfigError::Invalid { message, .. } => CliError::Input {
+            flag: "NAME_OR_ID",
+            message,
+        },
+        other => other.into(),
+    })?;
+    writeln!(
+        out,
+        "Revoked the relay key {} of token {name_or_id:?} (certified since {}); the token's \
+         next certificate request pins the key it presents. Certificates already issued for \
+         it stay valid until their valid_until.",
+        revoked.key_id(),
+        revoked.since
     )?;
     Ok(())
 }

@@ -170,6 +170,7 @@ impl TokenTable {
         self.refresh();
         let digest = token_digest(token);
         self.entries.read().find(&digest).map(|e| Caller {
+            token_sha256: e.sha256.clone(),
             name: e.name.clone(),
             role: e.role,
             cnpj: e.cnpj,
@@ -189,6 +190,9 @@ pub struct Caller {
     pub cnpj: Option<Cnpj>,
     /// The client's address, when known.
     pub address: Option<std::net::IpAddr>,
+    /// The token's SHA-256 as stored (64 hex digits; not the token): what a relay's
+    /// certified key is pinned to.
+    pub token_sha256: String,
 }
 
 impl Caller {

@@ -7,7 +7,9 @@
 //!   center's signed head at its position (`signatures`): the relay mirrors a record only
 //!   when the center's key vouches that the chain at that position ends in its hash.
 //! - `GET /v1/relay/stream?cnpj=&from=`: the same as server-sent events, catch-up then live.
-//! - `POST /v1/relay/certificate`: certifies the relay's answer-signing key for the customer.
+//! - `POST /v1/relay/certificate`: certifies the relay's answer-signing key for the customer:
+//!   one active key per relay token, pinned by the token's first request (a later request
+//!   with another key is refused 409 until an admin runs `token revoke-key`).
 //! - `POST /v1/relay/events`: events that happened at the relay, decided one by one (see
 //!   [`crate::app::relay`]).
 
@@ -203,10 +205,16 @@ pub struct Certified {
     central_public_key: String,
 }
 
-/// Certifies the relay's answer-signing key for its customer.
+/// Certifies the relay's answer-signing key for its customer (the certificate names the
+/// CNPJ, and terminals check it against their own). One active key per relay token: the
+/// token's first request pins its key; the same key is certified again on every later
+/// request; another key is refused (409 `conflict`, naming the pinned key) until an admin
+/// revokes the pinned one with `license-ledger token revoke-key NAME`.
 #[utoipa::path(post, path = "/v1/relay/certificate", tag = "relay",
     request_body = CertificateBody,
     responses((status = 200, body = Certified),
+        (status = 409, description = "`conflict`: this relay token has another key certified; \
+            an admin revokes it (`token revoke-key`) before another key can be", body = ErrorBody),
         (status = 401, description = "No token, an unknown one, or the customer is inactive",
             body = ErrorBody)))]
 pub async fn certificate(
@@ -220,9 +228,29 @@ pub async fn certificate(
         .map_err(|_| ApiError::field("public_key", "expected 64 hex digits"))?;
     let key = VerifyingKey::from_bytes(&bytes)
         .map_err(|_| ApiError::field("public_key", "not an Ed25519 public key"))?;
-    let until = state.ledger.clock().now() + Duration::days(CERTIFICATE_DAYS);
+    let now = state.ledger.clock().now();
+    let pinned = state
+        .secrets_file
+        .lock()
+        .pin_relay_key(
+            &caller.token_sha256,
+            &caller.name,
+            &hex::encode(key.as_bytes()),
+            now,
+        )
+        .map_err(|e| match e {
+            crate::config::ConfigError::RelayKeyTaken { .. } => {
+                tracing::warn!(relay = %caller.name, %cnpj, error = %e, "relay key refused");
+                ApiError::Conflict(format!("public_key: {e}"))
+            }
+            e => {
+                tracing::error!(error = %e, "saving a relay's key");
+                ApiError::Unavailable("could not save the relay's key".into())
+            }
+        })?;
+    let until = now + Duration::days(CERTIFICATE_DAYS);
     let cert = state.signer.certify_relay(cnpj, &key, until);
-    tracing::info!(relay = %caller.name, %cnpj, key_id = %cert.relay_key_id, "relay key certified");
+    tracing::info!(relay = %caller.name, %cnpj, key_id = %cert.relay_key_id, first = pinned == crate::config::RelayKeyPin::New, "relay key certified");
     Ok(HttpResponse::Ok().json(Certified {
         certificate: cert,
         central_key_id: state.signer.key_id().to_owned(),

@@ -851,10 +851,23 @@ impl Relay {
             .and_then(|b| <[u8; 32]>::try_from(b).ok())
             .and_then(|b| ledger_events::answer::VerifyingKey::from_bytes(&b).ok())
             .ok_or_else(|| RelayError::Corrupt("the center's public key is malformed".into()))?;
-        certified
+        let certified_key = certified
             .certificate
             .verify(&central)
             .map_err(|e| RelayError::Corrupt(format!("the center's certificate: {e}")))?;
+        // Terminals check the certificate's CNPJ against their own and its key against the
+        // answer's: a certificate for another customer or key would only get them refused.
+        if certified.certificate.cnpj != self.config.cnpj
+            || certified_key != self.signer.verifying_key()
+        {
+            return Err(RelayError::Corrupt(format!(
+                "the center certified key {} for {}, not this relay's key {} for {}",
+                certified.certificate.relay_key_id,
+                certified.certificate.cnpj,
+                self.signer.key_id(),
+                self.config.cnpj
+            )));
+        }
         let pinned = self.center_key.read().clone();
         if let Some(pinned) = pinned {
             if pinned.key() != &central {
