@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::codec::CodecError;
 use crate::envelope::StreamId;
 use crate::values::{
-    ActivationCode, Cnpj, ContractId, CounterKey, HardwareId, HardwareKey, LicenseId, Note,
+    ActivationCode, Cnpj, CodeMac, ContractId, CounterKey, HardwareId, HardwareKey, LicenseId, Note,
     Product, ProgramVersion, Resources, Serial, TerminalNumber, TradeName,
 };
 
@@ -423,8 +423,15 @@ pub struct OfflineActivationIssued {
     pub caixa: Option<TerminalNumber>,
     /// "Equipamento".
     pub equipamento: Option<TerminalNumber>,
-    /// The counter-key read back to the terminal.
-    pub counter_key: CounterKey,
+    /// The terminal whose own key made the counter-key (offline algorithm version 2: the
+    /// center had seen it online under `cnpj`); `None`: the product's key (version 1).
+    pub terminal: Option<HardwareId>,
+    /// The counter-key itself: only in records written before schema version 2 (upcast).
+    /// Newer records keep `code_mac` instead, so a reader of the log cannot use the code.
+    pub counter_key: Option<CounterKey>,
+    /// MAC of the counter-key under the center's audit key
+    /// ([`crate::offline::code_mac`]): shows that a code was issued, never the code.
+    pub code_mac: Option<CodeMac>,
     /// Until when the terminal may sell on it (one day).
     #[serde(with = "crate::values::micros")]
     pub valid_until: DateTime<Utc>,
@@ -626,7 +633,7 @@ catalogue! {
     }
     /// Events of an offline-activation stream (`offline-{serial}`).
     OfflineActivation(OfflineActivationEvent) {
-        Issued(OfflineActivationIssued) = 1,
+        Issued(OfflineActivationIssued) = 2,
     }
     /// Events of an emergency-release stream (`emergency-{hardware id}`).
     EmergencyRelease(EmergencyReleaseEvent) {
