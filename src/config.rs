@@ -198,6 +198,10 @@ struct SecretsToml {
     /// Emergency-release key (hex).
     #[serde(default)]
     emergency: String,
+    /// Audit key (hex): the log keeps MACs of issued offline counter-keys under it. Files
+    /// written before it existed get one at their next load.
+    #[serde(default)]
+    audit: String,
     /// API tokens, hashed.
     #[serde(default)]
     tokens: Vec<TokenEntry>,
@@ -249,7 +253,7 @@ impl SecretsFile {
             path: path.clone(),
             source,
         };
-        let (stored, admin) = match fs::read_to_string(&path) {
+        let (mut stored, admin) = match fs::read_to_string(&path) {
             Ok(text) => {
                 let mode = fs::metadata(&path).map_err(io)?.permissions().mode() & 0o777;
                 if mode & 0o077 != 0 {
@@ -265,6 +269,7 @@ impl SecretsFile {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let mut stored = SecretsToml {
                     emergency: hex::encode(random_bytes().map_err(io)?),
+                    audit: hex::encode(random_bytes().map_err(io)?),
                     ..SecretsToml::default()
                 };
                 for p in Product::ALL {
@@ -285,6 +290,21 @@ impl SecretsFile {
             }
             Err(e) => return Err(io(e)),
         };
+        if stored.audit.is_empty() {
+            // A file from before the audit key: add one, once (under the file's lock, so a
+            // server and a CLI starting together agree on it), and keep it from now on: a
+            // retried offline activation checks its recomputed code against a MAC under it.
+            let mut audit = String::new();
+            rewrite_secrets(&path, |s| {
+                if s.audit.is_empty() {
+                    s.audit = hex::encode(random_bytes().map_err(io)?);
+                    tracing::info!(path = %path.display(), "added an audit key to the secrets file");
+                }
+                audit = s.audit.clone();
+                Ok(())
+            })?;
+            stored.audit = audit;
+        }
         let invalid = |message: String| ConfigError::Invalid {
             path: path.clone(),
             message,
@@ -298,6 +318,13 @@ impl SecretsFile {
         }
         secrets.emergency =
             hex::decode(&stored.emergency).map_err(|_| invalid("emergency: not hex".into()))?;
+        secrets.audit = hex::decode(&stored.audit).map_err(|_| invalid("audit: not hex".into()))?;
+        if secrets.audit.len() < 16 {
+            return Err(invalid(format!(
+                "audit: {} bytes; the audit key must be at least 16 random bytes (32 hex digits)",
+                secrets.audit.len()
+            )));
+        }
         for t in &stored.tokens {
             if t.sha256.len() != 64 || hex::decode(&t.sha256).is_err() {
                 return Err(invalid(format!(
@@ -432,7 +459,17 @@ impl SecretsFile {
         &self,
         change: impl FnOnce(&mut SecretsToml) -> Result<(), ConfigError>,
     ) -> Result<(), ConfigError> {
-        let lock_path = self.path.with_extension("toml.lock");
+        rewrite_secrets(&self.path, change)
+    }
+}
+
+/// [`SecretsFile::rewrite`] of the file at `path`.
+fn rewrite_secrets(
+    path: &Path,
+    change: impl FnOnce(&mut SecretsToml) -> Result<(), ConfigError>,
+) -> Result<(), ConfigError> {
+    {
+        let lock_path = path.with_extension("toml.lock");
         let lock = fs::OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -444,16 +481,16 @@ impl SecretsFile {
                 path: lock_path.clone(),
                 source,
             })?;
-        let text = fs::read_to_string(&self.path).map_err(|source| ConfigError::Io {
-            path: self.path.clone(),
+        let text = fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_owned(),
             source,
         })?;
         let mut stored: SecretsToml = toml::from_str(&text).map_err(|e| ConfigError::Invalid {
-            path: self.path.clone(),
+            path: path.to_owned(),
             message: e.to_string(),
         })?;
         change(&mut stored)?;
-        let written = write_secrets(&self.path, &stored, false);
+        let written = write_secrets(path, &stored, false);
         drop(lock);
         written
     }

@@ -15,8 +15,8 @@ use serde::{Deserialize, Serialize};
 use crate::codec::CodecError;
 use crate::envelope::StreamId;
 use crate::values::{
-    ActivationCode, Cnpj, CodeMac, ContractId, CounterKey, HardwareId, HardwareKey, LicenseId, Note,
-    Product, ProgramVersion, Resources, Serial, TerminalNumber, TradeName,
+    ActivationCode, Cnpj, CodeMac, ContractId, CounterKey, HardwareId, HardwareKey, LicenseId,
+    Note, Product, ProgramVersion, Resources, Serial, TerminalNumber, TradeName,
 };
 
 /// Implemented by every event struct: its catalogue name and current schema version.

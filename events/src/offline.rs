@@ -538,10 +538,22 @@ mod tests {
     /// machine id under another customer; and A's key verifies A's codes.
     #[test]
     fn finding_3_a_terminal_key_forges_counter_keys_for_its_own_terminal_only() {
-        let a = terminal_key(SECRET, &cnpj("11222333000181"), &hardware("50026B77825EECA5"));
+        let a = terminal_key(
+            SECRET,
+            &cnpj("11222333000181"),
+            &hardware("50026B77825EECA5"),
+        );
         let others = [
-            terminal_key(SECRET, &cnpj("11222333000181"), &hardware("50026B77825EECA6")),
-            terminal_key(SECRET, &cnpj("12ABC34501DE35"), &hardware("50026B77825EECA5")),
+            terminal_key(
+                SECRET,
+                &cnpj("11222333000181"),
+                &hardware("50026B77825EECA6"),
+            ),
+            terminal_key(
+                SECRET,
+                &cnpj("12ABC34501DE35"),
+                &hardware("50026B77825EECA5"),
+            ),
         ];
         let today = day(2023, 3, 27);
         let until = valid_until(today);
@@ -572,7 +584,11 @@ mod tests {
 
     #[test]
     fn a_terminal_key_is_refused_after_it_expires_and_told_apart_by_the_server() {
-        let key = terminal_key(SECRET, &cnpj("11222333000181"), &hardware("50026B77825EECA5"));
+        let key = terminal_key(
+            SECRET,
+            &cnpj("11222333000181"),
+            &hardware("50026B77825EECA5"),
+        );
         let until = valid_until(day(2023, 3, 27));
         let code = terminal_counter_key(&key, &serial(), Product::EasyCash, until);
         let later = day(2023, 3, 29);
@@ -595,7 +611,11 @@ mod tests {
     #[test]
     fn known_answers_for_terminal_keys_and_code_macs() {
         let secret = b"0123456789abcdef0123456789abcdef";
-        let key = terminal_key(secret, &cnpj("11222333000181"), &hardware("50026B77825EECA5"));
+        let key = terminal_key(
+            secret,
+            &cnpj("11222333000181"),
+            &hardware("50026B77825EECA5"),
+        );
         assert_eq!(
             key.to_hex(),
             "42cba1bc50805c69c377cdc6aea8cd41cd01e8921c89aac773e47b1d863943d7"

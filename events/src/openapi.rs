@@ -16,8 +16,8 @@ use utoipa::{PartialSchema, ToSchema};
 
 use crate::envelope::{Hash, StreamId};
 use crate::values::{
-    ActivationCode, Cnpj, CodeMac, ContractId, CounterKey, HardwareId, HardwareKey, LicenseId, Note,
-    ProgramVersion, ResourceKey, ResourceValue, Resources, Serial, TerminalNumber, TradeName,
+    ActivationCode, Cnpj, CodeMac, ContractId, CounterKey, HardwareId, HardwareKey, LicenseId,
+    Note, ProgramVersion, ResourceKey, ResourceValue, Resources, Serial, TerminalNumber, TradeName,
 };
 
 /// A string schema: `pattern`, optional lengths, a description and one example.

@@ -6,7 +6,7 @@
 
 use chrono::{DateTime, NaiveDate, Utc};
 use ledger_events::{
-    ActivationCode, Cnpj, ContingencyCleared, ContingencyEntered, ContingencyEvent,
+    ActivationCode, Cnpj, CodeMac, ContingencyCleared, ContingencyEntered, ContingencyEvent,
     ContingencyKind, CounterKey, EmergencyReleaseIssued, Event, HardwareId, HardwareKey, LicenseId,
     Note, OfflineActivationEvent, OfflineActivationIssued, Product, Serial, TerminalNumber,
     TradeName,
@@ -161,8 +161,11 @@ pub struct IssueOfflineActivation {
     pub caixa: Option<TerminalNumber>,
     /// "Equipamento".
     pub equipamento: Option<TerminalNumber>,
-    /// The counter-key computed by the caller.
-    pub counter_key: CounterKey,
+    /// The terminal whose own key made the counter-key (`None`: the product's key).
+    pub terminal: Option<HardwareId>,
+    /// MAC of the counter-key the caller computed, under the audit key: the record keeps this,
+    /// never the key.
+    pub code_mac: CodeMac,
     /// Until when it is valid.
     pub valid_until: DateTime<Utc>,
 }
@@ -202,7 +205,9 @@ impl Aggregate for OfflineActivation {
             license_id: c.license_id,
             caixa: c.caixa,
             equipamento: c.equipamento,
-            counter_key: c.counter_key,
+            terminal: c.terminal,
+            counter_key: None,
+            code_mac: Some(c.code_mac),
             valid_until: c.valid_until,
         }
         .into()])
@@ -294,7 +299,8 @@ mod tests {
             license_id: LicenseId::new(1680).ok(),
             caixa: TerminalNumber::new(3).ok(),
             equipamento: TerminalNumber::new(3).ok(),
-            counter_key: CounterKey::parse_grouped("AF67 142D 1048 F615").unwrap(),
+            terminal: Some(hw()),
+            code_mac: CodeMac::from_bytes([7; 32]),
             valid_until: Utc.with_ymd_and_hms(2023, 3, 28, 23, 59, 59).unwrap(),
         }
     }

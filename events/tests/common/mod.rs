@@ -12,7 +12,7 @@ use std::net::IpAddr;
 
 use chrono::{DateTime, Duration, NaiveDate, TimeZone, Utc};
 use ledger_events::{
-    encode_record_into, ActivationCode, Actor, CodeMac, CheckInOutcome, Cnpj, ContingencyCleared,
+    encode_record_into, ActivationCode, Actor, CheckInOutcome, Cnpj, CodeMac, ContingencyCleared,
     ContingencyEntered, ContingencyKind, ContractDeactivated, ContractId, ContractReactivated,
     ContractSigned, CounterKey, CustomerActivated, CustomerBlacklisted, CustomerBlocked,
     CustomerDeactivated, CustomerRegistered, CustomerUnblacklisted, CustomerUnblocked,
