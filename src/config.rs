@@ -554,6 +554,52 @@ mod tests {
     }
 
     #[test]
+    fn a_secrets_file_from_before_the_audit_key_gets_one_once_and_keeps_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (fresh, _) = SecretsFile::load_or_create(dir.path()).unwrap();
+        assert_eq!(fresh.secrets.audit.len(), KEY_BYTES);
+        let path = dir.path().join(SECRETS_FILE_NAME);
+        let old: String = fs::read_to_string(&path)
+            .unwrap()
+            .lines()
+            .filter(|l| !l.starts_with("audit"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        fs::write(&path, &old).unwrap();
+        let (a, _) = SecretsFile::load_or_create(dir.path()).unwrap();
+        assert_eq!(a.secrets.audit.len(), KEY_BYTES);
+        assert_ne!(a.secrets.audit, fresh.secrets.audit);
+        assert!(fs::read_to_string(&path).unwrap().contains("audit = "));
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let (b, _) = SecretsFile::load_or_create(dir.path()).unwrap();
+        assert_eq!(b.secrets.audit, a.secrets.audit, "kept from then on");
+        assert_eq!(b.secrets.emergency, fresh.secrets.emergency);
+        assert_eq!(b.tokens, fresh.tokens);
+        // A short audit key is refused, naming it.
+        let short = fs::read_to_string(&path)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                if l.starts_with("audit") {
+                    "audit = \"00ff\"\n".to_owned()
+                } else {
+                    format!("{l}\n")
+                }
+            })
+            .collect::<String>();
+        fs::write(&path, short).unwrap();
+        match SecretsFile::load_or_create(dir.path()) {
+            Err(ConfigError::Invalid { message, .. }) => {
+                assert!(message.contains("audit"), "{message}")
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    #[test]
     fn the_config_file_refuses_unknown_keys() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");

@@ -969,3 +969,76 @@ async fn finding_4_a_reused_command_id_answers_409_command_id_reused_and_a_retry
     )
     .await;
 }
+
+/// Findings 3 and 9 of issue 15 over HTTP: an offline activation for a terminal the center
+/// has seen names that terminal and answers a code under its own key; a retry answers the same
+/// code; auditors reading `/v1/events` see that a code was issued (its `code_mac`), never the
+/// code (the export writes the same record JSON: `tests/domain.rs`,
+/// `finding_9_the_log_keeps_a_mac_of_an_issued_counter_key_never_the_key`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finding_9_auditors_see_that_a_counter_key_was_issued_never_the_key() {
+    let app = TestApp::spawn().await;
+    let cnpj = common::fresh_cnpj();
+    app.customer(&cnpj, "Mercado Contra-Chave").await;
+    let license = app.license(&cnpj, "easycash", "2099-12-31", None).await;
+    let terminal = app.token("terminal", Some(&cnpj)).await;
+    let hardware_id = format!("50026B77{:08X}", common::next());
+    let checked = app
+        .post(
+            "/v1/checkin",
+            &terminal,
+            json!({"cnpj": cnpj, "product": "easycash", "hardware_id": hardware_id,
+                   "hardware_key": common::fresh_hardware_key()}),
+        )
+        .await;
+    assert!(checked.to_string().contains("VALID"), "{checked}");
+    let support = app.token("support", None).await;
+    let x = uuid::Uuid::now_v7();
+    let body = json!({"serial": "50026B77605FA3F8", "product": "easycash", "cnpj": cnpj,
+                      "license_id": license, "command_id": x});
+    let issued = app
+        .post("/v1/offline-activations", &support, body.clone())
+        .await;
+    assert_eq!(issued["terminal"], json!(hardware_id), "{issued}");
+    let code = issued["counter_key"].as_str().unwrap().to_owned();
+    let again = app.post("/v1/offline-activations", &support, body).await;
+    assert_eq!(again["was_retry"], json!(true), "{again}");
+    assert_eq!(again["counter_key"], json!(code));
+    assert_eq!(again["valid_until"], issued["valid_until"]);
+
+    let auditor = app.token("auditor", None).await;
+    let (status, text) = {
+        let res = app
+            .client
+            .get(format!("{}/v1/events?from=1&limit=1000", app.base))
+            .bearer_auth(&auditor)
+            .send()
+            .await
+            .unwrap();
+        (res.status(), res.text().await.unwrap())
+    };
+    assert_eq!(status, StatusCode::OK, "{text}");
+    let plain = code.replace(' ', "");
+    for form in [code.clone(), plain.clone(), plain.to_lowercase()] {
+        assert!(
+            !text.contains(&form),
+            "the feed shows the counter-key {form}"
+        );
+    }
+    let feed: Value = serde_json::from_str(&text).unwrap();
+    let item = feed["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["event_type"] == json!("OfflineActivationIssued"))
+        .unwrap_or_else(|| panic!("no offline activation in {text}"))
+        .clone();
+    assert_eq!(item["schema_version"], json!(2), "{item}");
+    assert_eq!(item["data"]["counter_key"], Value::Null, "{item}");
+    assert_eq!(item["data"]["terminal"], json!(hardware_id), "{item}");
+    assert_eq!(
+        item["data"]["code_mac"].as_str().map(str::len),
+        Some(64),
+        "{item}"
+    );
+}
