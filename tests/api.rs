@@ -1042,3 +1042,96 @@ async fn finding_9_auditors_see_that_a_counter_key_was_issued_never_the_key() {
         "{item}"
     );
 }
+
+/// Finding 3 of issue 15 over HTTP: a bound terminal fetches its own offline key
+/// (`POST /v1/offline-key`) and verifies the counter-keys support issues for it with that key
+/// alone; another terminal of the same customer gets another key, which does not verify them;
+/// a terminal not bound with that hardware key gets 404 and no key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finding_3_a_terminal_fetches_its_own_offline_key_and_it_verifies_only_its_codes() {
+    use ledger_events::{offline, CounterKey, Product, Serial};
+    let app = TestApp::spawn().await;
+    let cnpj = common::fresh_cnpj();
+    app.customer(&cnpj, "Mercado Chave Própria").await;
+    let terminal = app.token("terminal", Some(&cnpj)).await;
+    let mut fetched = Vec::new();
+    let mut licenses = Vec::new();
+    for _ in 0..2 {
+        let license = app.license(&cnpj, "easycash", "2099-12-31", None).await;
+        let hardware_id = format!("50026B77{:08X}", common::next());
+        let hardware_key = common::fresh_hardware_key();
+        let body = json!({"cnpj": cnpj, "product": "easycash", "hardware_id": hardware_id,
+                          "hardware_key": hardware_key});
+        let checked = app.post("/v1/checkin", &terminal, body.clone()).await;
+        assert!(checked.to_string().contains("VALID"), "{checked}");
+        let key = app.post("/v1/offline-key", &terminal, body).await;
+        assert_eq!(
+            key["algorithm"],
+            json!("license-ledger/offline/terminal/v1")
+        );
+        assert_eq!(key["hardware_id"], json!(hardware_id));
+        let key = offline::TerminalKey::parse_hex(key["terminal_key"].as_str().unwrap()).unwrap();
+        fetched.push((hardware_id, hardware_key, key));
+        licenses.push(license);
+    }
+    assert_ne!(fetched[0].2, fetched[1].2);
+    let support = app.token("support", None).await;
+    let issued = app
+        .post(
+            "/v1/offline-activations",
+            &support,
+            json!({"serial": "50026B77605FA3F8", "product": "easycash", "cnpj": cnpj,
+                   "license_id": licenses[0]}),
+        )
+        .await;
+    assert_eq!(issued["terminal"], json!(fetched[0].0), "{issued}");
+    let code = CounterKey::parse_grouped(issued["counter_key"].as_str().unwrap()).unwrap();
+    let today: chrono::NaiveDate = issued["valid_until"].as_str().unwrap().parse().unwrap();
+    let serial = Serial::parse("50026B77605FA3F8").unwrap();
+    assert!(offline::verify_terminal_counter_key(
+        &fetched[0].2,
+        &serial,
+        Product::EasyCash,
+        &code,
+        today
+    )
+    .is_ok());
+    assert!(
+        offline::verify_terminal_counter_key(
+            &fetched[1].2,
+            &serial,
+            Product::EasyCash,
+            &code,
+            today
+        )
+        .is_err(),
+        "the other terminal's key must not verify this terminal's code"
+    );
+    // Not bound with that key, or never seen: no key.
+    for (what, hardware_id, hardware_key) in [
+        (
+            "another hardware key",
+            fetched[0].0.clone(),
+            common::fresh_hardware_key(),
+        ),
+        (
+            "a terminal never seen",
+            common::fresh_hardware_id(),
+            common::fresh_hardware_key(),
+        ),
+    ] {
+        let (status, body) = app
+            .call(
+                "POST",
+                "/v1/offline-key",
+                Some(&terminal),
+                Some(
+                    json!({"cnpj": cnpj, "product": "easycash", "hardware_id": hardware_id,
+                            "hardware_key": hardware_key}),
+                ),
+            )
+            .await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{what}: {body}");
+        assert!(body.get("terminal_key").is_none(), "{what}: {body}");
+    }
+}

@@ -435,6 +435,49 @@ impl Ledger {
         })
     }
 
+    /// A terminal's own offline key ([`offline::terminal_key`]), for delivery to that
+    /// terminal: only while a license of `product` of `cnpj` is bound to `hardware_id` with
+    /// this `hardware_key` (the terminal checked in and holds the key it bound with). It is
+    /// derived, never stored; the terminal keeps it and verifies its counter-keys with it
+    /// ([`offline::verify_terminal_counter_key`]) instead of holding the product's key.
+    pub async fn terminal_offline_key(
+        &self,
+        secrets: &Secrets,
+        cnpj: &Cnpj,
+        product: Product,
+        hardware_id: &HardwareId,
+        hardware_key: &HardwareKey,
+    ) -> Result<offline::TerminalKey, AppError> {
+        let secret = secrets
+            .offline
+            .get(&product)
+            .ok_or_else(|| DomainError::InvalidField {
+                field: "product",
+                problem: format!("no offline activation key is configured for {product}"),
+            })?;
+        let bound = |ledger: &Ledger| {
+            ledger
+                .view()
+                .bound_license(cnpj, product, hardware_id)
+                .and_then(|l| l.binding)
+                .is_some_and(|b| b.hardware_key == *hardware_key)
+        };
+        if !bound(self) {
+            self.catch_up().await?;
+            if !bound(self) {
+                return Err(DomainError::NotFound {
+                    what: "terminal",
+                    id: format!(
+                        "{hardware_id} bound to a {product} license of {cnpj} with this \
+                         hardware_key (check in first)"
+                    ),
+                }
+                .into());
+            }
+        }
+        Ok(offline::terminal_key(secret, cnpj, hardware_id))
+    }
+
     /// The terminal an offline activation is for, when the center has seen it online: the
     /// request names a license for this product (and, if it names a customer, the license's
     /// customer); the license's bound

@@ -78,6 +78,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .route("/contingencies", web::get().to(list_contingencies))
                 .route("/contingencies/clear", web::post().to(clear_contingency))
                 .route("/offline-activations", web::post().to(offline_activation))
+                .route(
+                    "/offline-key",
+                    web::post().to(super::offline_key::offline_key),
+                )
                 .route("/emergency-releases", web::post().to(emergency_release))
                 .route("/tokens", web::post().to(create_token))
                 .route("/events", web::get().to(events))
