@@ -623,7 +623,9 @@ fn offline_activations_and_emergency_releases_only_join_the_historico() {
         license_id: Some(lic(1)),
         caixa: None,
         equipamento: None,
-        counter_key: CounterKey::parse("AF67142D1048F615").expect("key"),
+        terminal: None,
+        counter_key: None,
+        code_mac: Some(CodeMac::from_bytes([0xAB; 32])),
         valid_until: at("2023-03-28T12:00:00Z"),
     });
     log.push(EmergencyReleaseIssued {
@@ -804,7 +806,9 @@ fn an_inconsistent_event_joins_no_historico_and_the_consistent_ones_still_do() {
         license_id: Some(lic(9)),
         caixa: None,
         equipamento: None,
-        counter_key: CounterKey::parse("AF67142D1048F615").expect("key"),
+        terminal: None,
+        counter_key: None,
+        code_mac: Some(CodeMac::from_bytes([0xAB; 32])),
         valid_until: at("2023-03-28T12:00:00Z"),
     }); // 8: names unknown
     log.push(checked_in(

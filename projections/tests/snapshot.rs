@@ -278,7 +278,9 @@ fn realistic_log(seed: u64, customers: u32, days: u32, inconsistent: bool) -> Lo
                 license_id: Some(lic(l.id)),
                 caixa: None,
                 equipamento: None,
-                counter_key: CounterKey::parse("AF67142D1048F615").expect("key"),
+                terminal: None,
+                counter_key: None,
+                code_mac: Some(CodeMac::from_bytes([0xAB; 32])),
                 valid_until: log.now(),
             });
         }
