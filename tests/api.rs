@@ -976,7 +976,8 @@ async fn finding_4_a_reused_command_id_answers_409_command_id_reused_and_a_retry
 /// code (the export writes the same record JSON: `tests/domain.rs`,
 /// `finding_9_the_log_keeps_a_mac_of_an_issued_counter_key_never_the_key`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn finding_9_auditors_see_that_a_counter_key_was_issued_never_the_key() {
+async fn finding_9_auditors_see_that_a_counter_key_or_emergency_release_was_issued_never_the_codes()
+{
     let app = TestApp::spawn().await;
     let cnpj = common::fresh_cnpj();
     app.customer(&cnpj, "Mercado Contra-Chave").await;
@@ -1006,6 +1007,20 @@ async fn finding_9_auditors_see_that_a_counter_key_was_issued_never_the_key() {
     assert_eq!(again["counter_key"], json!(code));
     assert_eq!(again["valid_until"], issued["valid_until"]);
 
+    // An emergency release too (finding 9): its codes are answered, not kept.
+    let emergency = app
+        .post(
+            "/v1/emergency-releases",
+            &app.admin,
+            json!({"product": "easycash", "hardware_id": common::fresh_hardware_id(),
+                   "hardware_key": common::fresh_hardware_key(), "licensed_to": "QUALIDADE"}),
+        )
+        .await;
+    let emergency_codes = [
+        emergency["activation_code"].as_str().unwrap().to_owned(),
+        emergency["counter_key"].as_str().unwrap().replace(' ', ""),
+    ];
+
     let auditor = app.token("auditor", None).await;
     let (status, text) = {
         let res = app
@@ -1024,6 +1039,15 @@ async fn finding_9_auditors_see_that_a_counter_key_was_issued_never_the_key() {
             !text.contains(&form),
             "the feed shows the counter-key {form}"
         );
+    }
+    for code in &emergency_codes {
+        assert_eq!(code.len(), 16, "{emergency}");
+        for form in [code.clone(), code.to_lowercase()] {
+            assert!(
+                !text.contains(&form),
+                "the feed shows the emergency code {form}"
+            );
+        }
     }
     let feed: Value = serde_json::from_str(&text).unwrap();
     let item = feed["items"]

@@ -1418,10 +1418,13 @@ async fn a_shop_opening_every_terminal_at_once_binds_each_to_its_own_license() {
     assert_eq!(bound.len(), usize::from(n));
 }
 
-/// Finding 4 of issue 15: a retried emergency release answers the codes it stored (here
-/// after the emergency key changed), and its id reused for another key releases nothing.
+/// Finding 4 of issue 15: a retried emergency release answers the codes it issued (the log
+/// keeps only their MAC since finding 9: recomputed and checked against it; after the
+/// emergency key changed it refuses rather than answer other codes), and its id reused for
+/// another key releases nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn finding_4_a_retried_emergency_release_answers_the_stored_codes() {
+async fn finding_4_a_retried_emergency_release_answers_the_codes_it_issued_and_finding_9_keeps_only_their_mac(
+) {
     let w = World::new(at("2023-03-27", (14, 17, 48))).await;
     let (hw, key) = terminal(9);
     let (_, other_key) = terminal(8);
@@ -1451,10 +1454,34 @@ async fn finding_4_a_retried_emergency_release_answers_the_stored_codes() {
         }
     };
     let first = release(b"emergency-secret-one", key).await.unwrap();
-    let again = release(b"emergency-secret-two", key).await.unwrap();
+    let again = release(b"emergency-secret-one", key).await.unwrap();
     assert!(again.outcome.was_retry);
     assert_eq!(again.activation_code, first.activation_code);
     assert_eq!(again.counter_key, first.counter_key);
+    match release(b"emergency-secret-two", key).await {
+        Err(AppError::Domain(DomainError::Rejected(m))) => {
+            assert!(m.contains("cannot be given again"), "{m}")
+        }
+        other => panic!("expected a refusal after the key changed, got {other:?}"),
+    }
+    // Finding 9: the record keeps the MAC of the codes, never the codes.
+    match &w.events(&StreamId::emergency_release(&hw)).await[..] {
+        [Event::EmergencyRelease(ledger_events::EmergencyReleaseEvent::Issued(i))] => {
+            assert_eq!((i.activation_code, i.counter_key), (None, None));
+            assert_eq!(
+                i.code_mac,
+                Some(license_ledger::app::commands::emergency_code_mac(
+                    AUDIT_KEY,
+                    Product::EasyCash,
+                    &hw,
+                    &key,
+                    &first.activation_code,
+                    &first.counter_key
+                ))
+            );
+        }
+        other => panic!("{other:?}"),
+    }
     is_reused(
         release(b"emergency-secret-one", other_key).await,
         x,

@@ -447,10 +447,13 @@ pub struct EmergencyReleaseIssued {
     pub hardware_id: HardwareId,
     /// The product key entered.
     pub hardware_key: HardwareKey,
-    /// "Código de ativação".
-    pub activation_code: ActivationCode,
-    /// "Contra-Chave".
-    pub counter_key: CounterKey,
+    /// "Código de ativação": only in records written before schema version 2 (upcast).
+    pub activation_code: Option<ActivationCode>,
+    /// "Contra-Chave": only in records written before schema version 2 (upcast).
+    pub counter_key: Option<CounterKey>,
+    /// MAC of both codes under the center's audit key: newer records keep this instead of
+    /// the codes, so a reader of the log sees that a release was issued, never its codes.
+    pub code_mac: Option<CodeMac>,
     /// "Licenciado para" (e.g. QUALIDADE).
     pub licensed_to: TradeName,
 }
@@ -637,7 +640,7 @@ catalogue! {
     }
     /// Events of an emergency-release stream (`emergency-{hardware id}`).
     EmergencyRelease(EmergencyReleaseEvent) {
-        Issued(EmergencyReleaseIssued) = 1,
+        Issued(EmergencyReleaseIssued) = 2,
     }
 }
 

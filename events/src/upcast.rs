@@ -11,8 +11,12 @@
 //! - `OfflineActivationIssued` v1 → v2: v1 kept the counter-key itself (issued under the
 //!   product's key); v2 names the terminal whose key made it and keeps only a MAC of the code.
 //!   A v1 record becomes `terminal: None, counter_key: Some(its key), code_mac: None`.
+//! - `EmergencyReleaseIssued` v1 → v2: v1 kept the activation code and counter-key; v2 keeps
+//!   only a MAC of them. A v1 record becomes `Some(code), Some(key), code_mac: None`.
 
-use crate::catalogue::{decode_exact, OfflineActivationIssued, EVENT_TYPES};
+use crate::catalogue::{
+    decode_exact, EmergencyReleaseIssued, OfflineActivationIssued, EVENT_TYPES,
+};
 use crate::codec::CodecError;
 use crate::Event;
 
@@ -21,7 +25,21 @@ mod v1 {
     use chrono::{DateTime, Utc};
     use serde::Deserialize;
 
-    use crate::values::{Cnpj, CounterKey, LicenseId, Product, Serial, TerminalNumber};
+    use crate::values::{
+        ActivationCode, Cnpj, CounterKey, HardwareId, HardwareKey, LicenseId, Product, Serial,
+        TerminalNumber, TradeName,
+    };
+
+    /// `EmergencyReleaseIssued` as written at schema version 1.
+    #[derive(Deserialize)]
+    pub struct EmergencyReleaseIssued {
+        pub product: Product,
+        pub hardware_id: HardwareId,
+        pub hardware_key: HardwareKey,
+        pub activation_code: ActivationCode,
+        pub counter_key: CounterKey,
+        pub licensed_to: TradeName,
+    }
 
     /// `OfflineActivationIssued` as written at schema version 1.
     #[derive(Deserialize)]
@@ -55,6 +73,19 @@ fn offline_activation_issued_v1(old: v1::OfflineActivationIssued) -> OfflineActi
     }
 }
 
+/// `EmergencyReleaseIssued` v1 → current: the plain codes a v1 record kept.
+fn emergency_release_issued_v1(old: v1::EmergencyReleaseIssued) -> EmergencyReleaseIssued {
+    EmergencyReleaseIssued {
+        product: old.product,
+        hardware_id: old.hardware_id,
+        hardware_key: old.hardware_key,
+        activation_code: Some(old.activation_code),
+        counter_key: Some(old.counter_key),
+        code_mac: None,
+        licensed_to: old.licensed_to,
+    }
+}
+
 /// Decodes a payload whose version is not the current one of its type.
 pub(crate) fn decode_legacy(
     event_type: &str,
@@ -65,6 +96,11 @@ pub(crate) fn decode_legacy(
         ("OfflineActivationIssued", 1) => {
             decode_exact::<v1::OfflineActivationIssued>(event_type, bytes)
                 .map(offline_activation_issued_v1)
+                .map(Event::from)
+        }
+        ("EmergencyReleaseIssued", 1) => {
+            decode_exact::<v1::EmergencyReleaseIssued>(event_type, bytes)
+                .map(emergency_release_issued_v1)
                 .map(Event::from)
         }
         _ => match EVENT_TYPES.iter().find(|(name, _)| *name == event_type) {

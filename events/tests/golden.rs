@@ -58,6 +58,15 @@ fn golden_table() -> BTreeMap<(String, u16), Sample> {
                 actor: common::operator(),
             },
         ),
+        (
+            "EmergencyReleaseIssued",
+            1,
+            Sample {
+                label: "EmergencyReleaseIssued".into(),
+                event: common::emergency_release_issued_v1_upcast().into(),
+                actor: common::operator(),
+            },
+        ),
     ];
     for (event_type, version, s) in legacy {
         let key = (event_type.to_owned(), version);

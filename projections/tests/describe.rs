@@ -427,8 +427,9 @@ fn emergency_release_issued() {
             product: Product::EasyCash,
             hardware_id: terminal(),
             hardware_key: key(1),
-            activation_code: ActivationCode::parse("50026B7793D68451").expect("code"),
-            counter_key: CounterKey::parse("E9BD4EF6CC575DC4").expect("counter-key"),
+            activation_code: None,
+            counter_key: None,
+            code_mac: Some(CodeMac::from_bytes([0xCD; 32])),
             licensed_to: trade_name("QUALIDADE"),
         }),
         "Liberação emergencial do terminal 50026B77825EECA5 (EasyCash): licenciado para QUALIDADE"

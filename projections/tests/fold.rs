@@ -632,8 +632,9 @@ fn offline_activations_and_emergency_releases_only_join_the_historico() {
         product: Product::EasyCash,
         hardware_id: hw(7),
         hardware_key: key(7),
-        activation_code: ActivationCode::parse("50026B7793D68451").expect("code"),
-        counter_key: CounterKey::parse("E9BD4EF6CC575DC4").expect("key"),
+        activation_code: None,
+        counter_key: None,
+        code_mac: Some(CodeMac::from_bytes([0xCD; 32])),
         licensed_to: trade_name("QUALIDADE"),
     });
     let (view, noted) = log.noted_view();

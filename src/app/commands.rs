@@ -6,9 +6,9 @@ use chrono::{DateTime, Duration, NaiveDate, Utc};
 use hmac::{Hmac, Mac};
 use ledger_events::offline;
 use ledger_events::{
-    ActivationCode, Actor, Cnpj, ContractId, CounterKey, EmergencyReleaseEvent, Event, HardwareId,
-    HardwareKey, LicenseId, OfflineActivationEvent, Product, Resources, Serial, StreamId,
-    TerminalNumber, TradeName, ValueError,
+    ActivationCode, Actor, Cnpj, CodeMac, ContractId, CounterKey, EmergencyReleaseEvent, Event,
+    HardwareId, HardwareKey, LicenseId, OfflineActivationEvent, Product, Resources, Serial,
+    StreamId, TerminalNumber, TradeName, ValueError,
 };
 use ledger_projections::view::LedgerView;
 use sha2::Sha256;
@@ -379,7 +379,9 @@ impl Ledger {
     }
 
     /// "Liberação emergencial" (restricted): activation code and counter-key for a machine.
-    /// A retry answers the codes stored the first time.
+    /// The record keeps only [`emergency_code_mac`] of the codes. A retry answers the codes of
+    /// the first time: recomputed from the stored product, hardware id and key, and checked
+    /// against the stored MAC (a record written before MACs were kept holds the codes).
     #[allow(clippy::too_many_arguments)]
     pub async fn issue_emergency_release(
         &self,
@@ -404,8 +406,14 @@ impl Ledger {
             product,
             hardware_id,
             hardware_key,
-            activation_code,
-            counter_key,
+            code_mac: emergency_code_mac(
+                &secrets.audit,
+                product,
+                &hardware_id,
+                &hardware_key,
+                &activation_code,
+                &counter_key,
+            ),
             licensed_to,
             actor_may_release,
         };
@@ -422,7 +430,7 @@ impl Ledger {
                 Event::EmergencyRelease(EmergencyReleaseEvent::Issued(i)) => Some(i),
                 _ => None,
             }) {
-                Some(i) => (i.activation_code, i.counter_key),
+                Some(i) => stored_emergency_codes(secrets, i)?,
                 None => return Err(AppError::CommandIdReused { command_id }),
             }
         } else {
@@ -760,6 +768,78 @@ fn stored_offline_code(
         Err(cannot(
             "the product's offline key or the audit key changed since it was issued",
         ))
+    }
+}
+
+/// The MAC the log keeps of an emergency release's codes, under the audit key:
+/// HMAC-SHA-256 over length-prefixed ("license-ledger/emergency/code-mac/v1", product code,
+/// hardware id, hardware key, activation code, counter-key).
+pub fn emergency_code_mac(
+    audit_key: &[u8],
+    product: Product,
+    hardware_id: &HardwareId,
+    hardware_key: &HardwareKey,
+    activation_code: &ActivationCode,
+    counter_key: &CounterKey,
+) -> CodeMac {
+    let mut mac = match <Hmac<Sha256> as Mac>::new_from_slice(audit_key) {
+        Ok(m) => m,
+        // HMAC accepts keys of any length: unreachable.
+        Err(_) => return CodeMac::from_bytes([0; 32]),
+    };
+    for part in [
+        &b"license-ledger/emergency/code-mac/v1"[..],
+        product.code().as_bytes(),
+        hardware_id.as_bytes(),
+        hardware_key.as_bytes(),
+        activation_code.as_bytes(),
+        counter_key.as_bytes(),
+    ] {
+        mac.update(&(part.len() as u32).to_be_bytes());
+        mac.update(part);
+    }
+    CodeMac::from_bytes(mac.finalize().into_bytes().into())
+}
+
+/// The codes a stored emergency release issued: the codes themselves in a record written
+/// before MACs were kept; otherwise recomputed and accepted only if they match the MAC.
+fn stored_emergency_codes(
+    secrets: &Secrets,
+    issued: &ledger_events::EmergencyReleaseIssued,
+) -> Result<(ActivationCode, CounterKey), AppError> {
+    if let (Some(code), Some(key)) = (issued.activation_code, issued.counter_key) {
+        return Ok((code, key));
+    }
+    let (code, key) = emergency_codes(
+        &secrets.emergency,
+        issued.product,
+        &issued.hardware_id,
+        &issued.hardware_key,
+    );
+    let expected = emergency_code_mac(
+        &secrets.audit,
+        issued.product,
+        &issued.hardware_id,
+        &issued.hardware_key,
+        &code,
+        &key,
+    );
+    // Constant time: the MAC is compared as secret material.
+    let matches = issued.code_mac.is_some_and(|stored| {
+        bool::from(subtle::ConstantTimeEq::ct_eq(
+            &stored.as_bytes()[..],
+            &expected.as_bytes()[..],
+        ))
+    });
+    if matches {
+        Ok((code, key))
+    } else {
+        Err(DomainError::rejected(format!(
+            "the emergency release of {} cannot be given again: the emergency or audit key \
+             changed since it was issued; send a new command_id for a new release",
+            issued.hardware_id
+        ))
+        .into())
     }
 }
 

@@ -74,6 +74,18 @@ pub fn offline_activation_issued_v1_upcast() -> OfflineActivationIssued {
         valid_until: Utc.with_ymd_and_hms(2023, 5, 2, 14, 32, 7).unwrap(),
     }
 }
+/// The emergency release sample as schema version 1 wrote it, upcast: the plain codes.
+pub fn emergency_release_issued_v1_upcast() -> EmergencyReleaseIssued {
+    EmergencyReleaseIssued {
+        product: Product::Intellicash,
+        hardware_id: hardware_id(),
+        hardware_key: hardware_key(),
+        activation_code: Some(activation_code()),
+        counter_key: Some(counter_key()),
+        code_mac: None,
+        licensed_to: TradeName::parse("QUALIDADE").unwrap(),
+    }
+}
 pub fn activation_code() -> ActivationCode {
     ActivationCode::parse("50026B7793D68451").unwrap()
 }
@@ -363,8 +375,9 @@ pub fn golden_samples() -> Vec<Sample> {
                 product: Product::Intellicash,
                 hardware_id: hardware_id(),
                 hardware_key: hardware_key(),
-                activation_code: activation_code(),
-                counter_key: counter_key(),
+                activation_code: None,
+                counter_key: None,
+                code_mac: Some(code_mac()),
                 licensed_to: TradeName::parse("QUALIDADE").unwrap(),
             },
             operator(),
