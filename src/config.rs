@@ -211,6 +211,10 @@ struct SecretsToml {
     /// Emergency-release key (hex).
     #[serde(default)]
     emergency: String,
+    /// Audit key (hex): the log keeps MACs of issued offline counter-keys under it. Files
+    /// written before it existed get one at their next load.
+    #[serde(default)]
+    audit: String,
     /// API tokens, hashed.
     #[serde(default)]
     tokens: Vec<TokenEntry>,
@@ -299,7 +303,7 @@ impl SecretsFile {
             path: path.clone(),
             source,
         };
-        let (stored, admin) = match fs::read_to_string(&path) {
+        let (mut stored, admin) = match fs::read_to_string(&path) {
             Ok(text) => {
                 let mode = fs::metadata(&path).map_err(io)?.permissions().mode() & 0o777;
                 if mode & 0o077 != 0 {
@@ -315,6 +319,7 @@ impl SecretsFile {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let mut stored = SecretsToml {
                     emergency: hex::encode(random_bytes().map_err(io)?),
+                    audit: hex::encode(random_bytes().map_err(io)?),
                     ..SecretsToml::default()
                 };
                 for p in Product::ALL {
@@ -335,6 +340,21 @@ impl SecretsFile {
             }
             Err(e) => return Err(io(e)),
         };
+        if stored.audit.is_empty() {
+            // A file from before the audit key: add one, once (under the file's lock, so a
+            // server and a CLI starting together agree on it), and keep it from now on: a
+            // retried offline activation checks its recomputed code against a MAC under it.
+            let mut audit = String::new();
+            rewrite_secrets(&path, |s| {
+                if s.audit.is_empty() {
+                    s.audit = hex::encode(random_bytes().map_err(io)?);
+                    tracing::info!(path = %path.display(), "added an audit key to the secrets file");
+                }
+                audit = s.audit.clone();
+                Ok(())
+            })?;
+            stored.audit = audit;
+        }
         let invalid = |message: String| ConfigError::Invalid {
             path: path.clone(),
             message,
@@ -348,6 +368,13 @@ impl SecretsFile {
         }
         secrets.emergency =
             hex::decode(&stored.emergency).map_err(|_| invalid("emergency: not hex".into()))?;
+        secrets.audit = hex::decode(&stored.audit).map_err(|_| invalid("audit: not hex".into()))?;
+        if secrets.audit.len() < 16 {
+            return Err(invalid(format!(
+                "audit: {} bytes; the audit key must be at least 16 random bytes (32 hex digits)",
+                secrets.audit.len()
+            )));
+        }
         for t in &stored.tokens {
             if t.sha256.len() != 64 || hex::decode(&t.sha256).is_err() {
                 return Err(invalid(format!(
@@ -563,7 +590,7 @@ impl SecretsFile {
         &self,
         change: impl FnOnce(&mut SecretsToml) -> Result<(), ConfigError>,
     ) -> Result<(), ConfigError> {
-        self.rewrite_if(|stored| change(stored).map(|()| true))
+        rewrite_secrets(&self.path, change)
     }
 
     /// [`SecretsFile::rewrite`], writing only when `change` answers that it changed
@@ -572,7 +599,25 @@ impl SecretsFile {
         &self,
         change: impl FnOnce(&mut SecretsToml) -> Result<bool, ConfigError>,
     ) -> Result<(), ConfigError> {
-        let lock_path = self.path.with_extension("toml.lock");
+        rewrite_secrets_if(&self.path, change)
+    }
+}
+
+/// [`SecretsFile::rewrite`] of the file at `path`.
+fn rewrite_secrets(
+    path: &Path,
+    change: impl FnOnce(&mut SecretsToml) -> Result<(), ConfigError>,
+) -> Result<(), ConfigError> {
+    rewrite_secrets_if(path, |stored| change(stored).map(|()| true))
+}
+
+/// [`rewrite_secrets`], writing only when `change` answers that it changed something.
+fn rewrite_secrets_if(
+    path: &Path,
+    change: impl FnOnce(&mut SecretsToml) -> Result<bool, ConfigError>,
+) -> Result<(), ConfigError> {
+    {
+        let lock_path = path.with_extension("toml.lock");
         let lock = fs::OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -584,18 +629,18 @@ impl SecretsFile {
                 path: lock_path.clone(),
                 source,
             })?;
-        let text = fs::read_to_string(&self.path).map_err(|source| ConfigError::Io {
-            path: self.path.clone(),
+        let text = fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_owned(),
             source,
         })?;
         let mut stored: SecretsToml = toml::from_str(&text).map_err(|e| ConfigError::Invalid {
-            path: self.path.clone(),
+            path: path.to_owned(),
             message: e.to_string(),
         })?;
         if !change(&mut stored)? {
             return Ok(());
         }
-        let written = write_secrets(&self.path, &stored, false);
+        let written = write_secrets(path, &stored, false);
         drop(lock);
         written
     }
@@ -697,6 +742,52 @@ mod tests {
         assert_eq!(b.tokens, a.tokens);
         assert_eq!(b.secrets.emergency, a.secrets.emergency);
         assert_eq!(b.secrets.offline.len(), Product::ALL.len());
+    }
+
+    #[test]
+    fn a_secrets_file_from_before_the_audit_key_gets_one_once_and_keeps_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (fresh, _) = SecretsFile::load_or_create(dir.path()).unwrap();
+        assert_eq!(fresh.secrets.audit.len(), KEY_BYTES);
+        let path = dir.path().join(SECRETS_FILE_NAME);
+        let old: String = fs::read_to_string(&path)
+            .unwrap()
+            .lines()
+            .filter(|l| !l.starts_with("audit"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        fs::write(&path, &old).unwrap();
+        let (a, _) = SecretsFile::load_or_create(dir.path()).unwrap();
+        assert_eq!(a.secrets.audit.len(), KEY_BYTES);
+        assert_ne!(a.secrets.audit, fresh.secrets.audit);
+        assert!(fs::read_to_string(&path).unwrap().contains("audit = "));
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let (b, _) = SecretsFile::load_or_create(dir.path()).unwrap();
+        assert_eq!(b.secrets.audit, a.secrets.audit, "kept from then on");
+        assert_eq!(b.secrets.emergency, fresh.secrets.emergency);
+        assert_eq!(b.tokens, fresh.tokens);
+        // A short audit key is refused, naming it.
+        let short = fs::read_to_string(&path)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                if l.starts_with("audit") {
+                    "audit = \"00ff\"\n".to_owned()
+                } else {
+                    format!("{l}\n")
+                }
+            })
+            .collect::<String>();
+        fs::write(&path, short).unwrap();
+        match SecretsFile::load_or_create(dir.path()) {
+            Err(ConfigError::Invalid { message, .. }) => {
+                assert!(message.contains("audit"), "{message}")
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
     }
 
     #[test]

@@ -974,3 +974,193 @@ async fn finding_4_a_reused_command_id_answers_409_command_id_reused_and_a_retry
     )
     .await;
 }
+
+/// Findings 3 and 9 of issue 15 over HTTP: an offline activation for a terminal the center
+/// has seen names that terminal and answers a code under its own key; a retry answers the same
+/// code; auditors reading `/v1/events` see that a code was issued (its `code_mac`), never the
+/// code (the export writes the same record JSON: `tests/domain.rs`,
+/// `finding_9_the_log_keeps_a_mac_of_an_issued_counter_key_never_the_key`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finding_9_auditors_see_that_a_counter_key_or_emergency_release_was_issued_never_the_codes()
+{
+    let app = TestApp::spawn().await;
+    let cnpj = common::fresh_cnpj();
+    app.customer(&cnpj, "Mercado Contra-Chave").await;
+    let license = app.license(&cnpj, "easycash", "2099-12-31", None).await;
+    let terminal = app.token("terminal", Some(&cnpj)).await;
+    let hardware_id = format!("50026B77{:08X}", common::next());
+    let checked = app
+        .post(
+            "/v1/checkin",
+            &terminal,
+            json!({"cnpj": cnpj, "product": "easycash", "hardware_id": hardware_id,
+                   "hardware_key": common::fresh_hardware_key()}),
+        )
+        .await;
+    assert!(checked.to_string().contains("VALID"), "{checked}");
+    let support = app.token("support", None).await;
+    let x = uuid::Uuid::now_v7();
+    let body = json!({"serial": "50026B77605FA3F8", "product": "easycash", "cnpj": cnpj,
+                      "license_id": license, "command_id": x});
+    let issued = app
+        .post("/v1/offline-activations", &support, body.clone())
+        .await;
+    assert_eq!(issued["terminal"], json!(hardware_id), "{issued}");
+    let code = issued["counter_key"].as_str().unwrap().to_owned();
+    let again = app.post("/v1/offline-activations", &support, body).await;
+    assert_eq!(again["was_retry"], json!(true), "{again}");
+    assert_eq!(again["counter_key"], json!(code));
+    assert_eq!(again["valid_until"], issued["valid_until"]);
+
+    // An emergency release too (finding 9): its codes are answered, not kept.
+    let emergency = app
+        .post(
+            "/v1/emergency-releases",
+            &app.admin,
+            json!({"product": "easycash", "hardware_id": common::fresh_hardware_id(),
+                   "hardware_key": common::fresh_hardware_key(), "licensed_to": "QUALIDADE"}),
+        )
+        .await;
+    let emergency_codes = [
+        emergency["activation_code"].as_str().unwrap().to_owned(),
+        emergency["counter_key"].as_str().unwrap().replace(' ', ""),
+    ];
+
+    let auditor = app.token("auditor", None).await;
+    let (status, text) = {
+        let res = app
+            .client
+            .get(format!("{}/v1/events?from=1&limit=1000", app.base))
+            .bearer_auth(&auditor)
+            .send()
+            .await
+            .unwrap();
+        (res.status(), res.text().await.unwrap())
+    };
+    assert_eq!(status, StatusCode::OK, "{text}");
+    let plain = code.replace(' ', "");
+    for form in [code.clone(), plain.clone(), plain.to_lowercase()] {
+        assert!(
+            !text.contains(&form),
+            "the feed shows the counter-key {form}"
+        );
+    }
+    for code in &emergency_codes {
+        assert_eq!(code.len(), 16, "{emergency}");
+        for form in [code.clone(), code.to_lowercase()] {
+            assert!(
+                !text.contains(&form),
+                "the feed shows the emergency code {form}"
+            );
+        }
+    }
+    let feed: Value = serde_json::from_str(&text).unwrap();
+    let item = feed["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["event_type"] == json!("OfflineActivationIssued"))
+        .unwrap_or_else(|| panic!("no offline activation in {text}"))
+        .clone();
+    assert_eq!(item["schema_version"], json!(2), "{item}");
+    assert_eq!(item["data"]["counter_key"], Value::Null, "{item}");
+    assert_eq!(item["data"]["terminal"], json!(hardware_id), "{item}");
+    assert_eq!(
+        item["data"]["code_mac"].as_str().map(str::len),
+        Some(64),
+        "{item}"
+    );
+}
+
+/// Finding 3 of issue 15 over HTTP: a bound terminal fetches its own offline key
+/// (`POST /v1/offline-key`) and verifies the counter-keys support issues for it with that key
+/// alone; another terminal of the same customer gets another key, which does not verify them;
+/// a terminal not bound with that hardware key gets 404 and no key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finding_3_a_terminal_fetches_its_own_offline_key_and_it_verifies_only_its_codes() {
+    use ledger_events::{offline, CounterKey, Product, Serial};
+    let app = TestApp::spawn().await;
+    let cnpj = common::fresh_cnpj();
+    app.customer(&cnpj, "Mercado Chave Própria").await;
+    let terminal = app.token("terminal", Some(&cnpj)).await;
+    let mut fetched = Vec::new();
+    let mut licenses = Vec::new();
+    for _ in 0..2 {
+        let license = app.license(&cnpj, "easycash", "2099-12-31", None).await;
+        let hardware_id = format!("50026B77{:08X}", common::next());
+        let hardware_key = common::fresh_hardware_key();
+        let body = json!({"cnpj": cnpj, "product": "easycash", "hardware_id": hardware_id,
+                          "hardware_key": hardware_key});
+        let checked = app.post("/v1/checkin", &terminal, body.clone()).await;
+        assert!(checked.to_string().contains("VALID"), "{checked}");
+        let key = app.post("/v1/offline-key", &terminal, body).await;
+        assert_eq!(
+            key["algorithm"],
+            json!("license-ledger/offline/terminal/v1")
+        );
+        assert_eq!(key["hardware_id"], json!(hardware_id));
+        let key = offline::TerminalKey::parse_hex(key["terminal_key"].as_str().unwrap()).unwrap();
+        fetched.push((hardware_id, hardware_key, key));
+        licenses.push(license);
+    }
+    assert_ne!(fetched[0].2, fetched[1].2);
+    let support = app.token("support", None).await;
+    let issued = app
+        .post(
+            "/v1/offline-activations",
+            &support,
+            json!({"serial": "50026B77605FA3F8", "product": "easycash", "cnpj": cnpj,
+                   "license_id": licenses[0]}),
+        )
+        .await;
+    assert_eq!(issued["terminal"], json!(fetched[0].0), "{issued}");
+    let code = CounterKey::parse_grouped(issued["counter_key"].as_str().unwrap()).unwrap();
+    let today: chrono::NaiveDate = issued["valid_until"].as_str().unwrap().parse().unwrap();
+    let serial = Serial::parse("50026B77605FA3F8").unwrap();
+    assert!(offline::verify_terminal_counter_key(
+        &fetched[0].2,
+        &serial,
+        Product::EasyCash,
+        &code,
+        today
+    )
+    .is_ok());
+    assert!(
+        offline::verify_terminal_counter_key(
+            &fetched[1].2,
+            &serial,
+            Product::EasyCash,
+            &code,
+            today
+        )
+        .is_err(),
+        "the other terminal's key must not verify this terminal's code"
+    );
+    // Not bound with that key, or never seen: no key.
+    for (what, hardware_id, hardware_key) in [
+        (
+            "another hardware key",
+            fetched[0].0.clone(),
+            common::fresh_hardware_key(),
+        ),
+        (
+            "a terminal never seen",
+            common::fresh_hardware_id(),
+            common::fresh_hardware_key(),
+        ),
+    ] {
+        let (status, body) = app
+            .call(
+                "POST",
+                "/v1/offline-key",
+                Some(&terminal),
+                Some(
+                    json!({"cnpj": cnpj, "product": "easycash", "hardware_id": hardware_id,
+                            "hardware_key": hardware_key}),
+                ),
+            )
+            .await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{what}: {body}");
+        assert!(body.get("terminal_key").is_none(), "{what}: {body}");
+    }
+}

@@ -148,6 +148,8 @@ const MATRIX: &[Row] = &[
     ("GET",  "/v1/contingencies",                           [UN,  UN,  FB,   FB,   OK,   OK,   OK, FB]),
     ("POST", "/v1/contingencies/clear",                     [UN,  UN,  FB,   FB,   OK,   FB,   OK, FB]),
     ("POST", "/v1/offline-activations",                     [UN,  UN,  FB,   FB,   OK,   FB,   OK, FB]),
+    // a terminal's own offline key, for customer A's bound terminal (issue 15, finding 3)
+    ("POST", "/v1/offline-key",                             [UN,  UN,  OK,   NF,   FB,   FB,   OK, FB]),
     ("POST", "/v1/emergency-releases",                      [UN,  UN,  FB,   FB,   FB,   FB,   OK, FB]),
     ("POST", "/v1/tokens",                                  [UN,  UN,  FB,   FB,   FB,   FB,   OK, FB]),
     ("GET",  "/v1/events",                                  [UN,  UN,  FB,   FB,   OK,   OK,   OK, FB]),
@@ -469,6 +471,13 @@ impl Fixture {
                     Some(json!({"cnpj": cnpj, "kind": "intelliweb"})),
                 )
             }
+            ("POST", "/v1/offline-key") => (
+                pattern.to_owned(),
+                Some(
+                    json!({"cnpj": CNPJ_A, "product": "easycash", "hardware_id": HW_A,
+                            "hardware_key": HW_KEY_A}),
+                ),
+            ),
             ("POST", "/v1/offline-activations") => (
                 pattern.to_owned(),
                 Some(json!({"serial": fresh_serial(), "product": "easycash"})),

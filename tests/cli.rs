@@ -317,6 +317,89 @@ fn an_issued_counter_key_verifies_for_its_product_only() {
     assert_ne!(twice.code, 0);
 }
 
+/// Finding 3 of issue 15: the demo's offline activation names a license bound to a terminal
+/// the server has seen (license 000002, terminal 50026B77825EECA6), so its code is made under that terminal's own key: `offline verify`
+/// accepts it with that terminal (--cnpj/--hardware-id, or the key itself with
+/// --terminal-key) and refuses it with the product's key or another terminal.
+#[test]
+fn finding_3_offline_verify_checks_a_code_with_the_terminals_own_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let demo = ok(dir.path(), &["demo"]);
+    let line = demo
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("offline activation: serial "))
+        .unwrap_or_else(|| panic!("{demo}"));
+    // "<serial> counter-key XXXX XXXX XXXX XXXX valid until DD/MM/YYYY"
+    let (serial, rest) = line.split_once(" counter-key ").unwrap();
+    let (key, until) = rest.split_once(" valid until ").unwrap();
+    let (d, m, y) = (&until[..2], &until[3..5], &until[6..10]);
+    let date = format!("{y}-{m}-{d}");
+    let verify = |extra: &[&str]| {
+        let mut args = vec![
+            "offline",
+            "verify",
+            "--product",
+            "easycash",
+            "--serial",
+            serial,
+            "--counter-key",
+            key,
+            "--date",
+            &date,
+        ];
+        args.extend_from_slice(extra);
+        run(dir.path(), &args)
+    };
+    let own = verify(&[
+        "--cnpj",
+        "11222333000181",
+        "--hardware-id",
+        "50026B77825EECA6",
+    ]);
+    assert_eq!(own.code, 0, "{}{}", own.stdout, own.stderr);
+    assert!(own.stdout.starts_with("OK"), "{}", own.stdout);
+    for (what, extra) in [
+        ("the product's key", &[][..]),
+        (
+            "another terminal of the customer",
+            &[
+                "--cnpj",
+                "11222333000181",
+                "--hardware-id",
+                "50026B77825EECA5",
+            ][..],
+        ),
+    ] {
+        let refused = verify(extra);
+        assert_eq!(
+            refused.code, 1,
+            "{what}: {}{}",
+            refused.stdout, refused.stderr
+        );
+    }
+    // The key a terminal holds, without the product's key.
+    let text = std::fs::read_to_string(dir.path().join("secrets.toml")).unwrap();
+    let secrets: toml::Value = toml::from_str(&text).unwrap();
+    let secret = secrets["offline"]
+        .as_table()
+        .unwrap()
+        .iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case("easycash"))
+        .and_then(|(_, v)| v.as_str())
+        .map(|v| hex::decode(v).unwrap())
+        .unwrap_or_else(|| panic!("no EasyCash key in {text}"));
+    let terminal_key = ledger_events::offline::terminal_key(
+        &secret,
+        &ledger_events::Cnpj::parse("11222333000181").unwrap(),
+        &ledger_events::HardwareId::parse("50026B77825EECA6").unwrap(),
+    );
+    let held = verify(&["--terminal-key", &terminal_key.to_hex()]);
+    assert_eq!(held.code, 0, "{}{}", held.stdout, held.stderr);
+    let bad = verify(&["--terminal-key", "00"]);
+    assert_eq!(bad.code, 2, "{}", bad.stderr);
+    assert!(bad.stderr.contains("--terminal-key"), "{}", bad.stderr);
+}
+
 /// Tokens created and revoked with the CLI while the server runs take effect without a
 /// restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -38,6 +38,9 @@ fn day(d: &str) -> NaiveDate {
 fn cnpj() -> Cnpj {
     Cnpj::parse("11222333000181").unwrap()
 }
+/// The audit key of the tests' secrets (the log keeps MACs of counter-keys under it).
+const AUDIT_KEY: &[u8] = b"audit-key-audit-key-audit-key-32";
+
 fn support() -> Actor {
     Actor::operator("suporte").unwrap()
 }
@@ -459,6 +462,7 @@ async fn liberacao_off_line_counter_key_verifies_once_per_serial_and_the_next_ch
         )]
         .into(),
         emergency: b"emergency-secret-emergency-secret".to_vec(),
+        audit: AUDIT_KEY.to_vec(),
     };
     let serial = Serial::parse("50026B77605FA3F8").unwrap();
     let offline_request = OfflineRequest {
@@ -480,10 +484,16 @@ async fn liberacao_off_line_counter_key_verifies_once_per_serial_and_the_next_ch
         .await
         .unwrap();
     assert_eq!(issued.valid_until, day("2023-03-28"));
-    let secret = &secrets.offline[&Product::EasyCash];
+    // Terminal 3 checked in before: the key is made under its own key (issue 15, finding 3).
+    assert_eq!(issued.terminal, Some(terminal(3).0));
+    let secret = &offline::terminal_key(
+        &secrets.offline[&Product::EasyCash],
+        &cnpj(),
+        &terminal(3).0,
+    );
     // The terminal accepts it today and tomorrow, and not for another product or serial.
     assert_eq!(
-        offline::verify_counter_key(
+        offline::verify_terminal_counter_key(
             secret,
             &serial,
             Product::EasyCash,
@@ -493,7 +503,7 @@ async fn liberacao_off_line_counter_key_verifies_once_per_serial_and_the_next_ch
         .unwrap(),
         day("2023-03-28")
     );
-    assert!(offline::verify_counter_key(
+    assert!(offline::verify_terminal_counter_key(
         secret,
         &serial,
         Product::EasyCash,
@@ -501,7 +511,7 @@ async fn liberacao_off_line_counter_key_verifies_once_per_serial_and_the_next_ch
         day("2023-03-28")
     )
     .is_ok());
-    assert!(offline::verify_counter_key(
+    assert!(offline::verify_terminal_counter_key(
         secret,
         &serial,
         Product::EasyCash,
@@ -509,7 +519,7 @@ async fn liberacao_off_line_counter_key_verifies_once_per_serial_and_the_next_ch
         day("2023-03-29")
     )
     .is_err());
-    assert!(offline::verify_counter_key(
+    assert!(offline::verify_terminal_counter_key(
         secret,
         &serial,
         Product::Notify,
@@ -518,7 +528,7 @@ async fn liberacao_off_line_counter_key_verifies_once_per_serial_and_the_next_ch
     )
     .is_err());
     let other = Serial::parse("50026B77605FA3F9").unwrap();
-    assert!(offline::verify_counter_key(
+    assert!(offline::verify_terminal_counter_key(
         secret,
         &other,
         Product::EasyCash,
@@ -562,6 +572,7 @@ async fn liberacao_emergencial_is_restricted_and_recorded() {
     let secrets = Secrets {
         offline: Default::default(),
         emergency: b"emergency-secret-emergency-secret".to_vec(),
+        audit: AUDIT_KEY.to_vec(),
     };
     let (hw, key) = terminal(9);
     let name = TradeName::parse("QUALIDADE").unwrap();
@@ -666,6 +677,7 @@ fn offline_secrets() -> Secrets {
         )]
         .into(),
         emergency: b"emergency-secret-emergency-secret".to_vec(),
+        audit: AUDIT_KEY.to_vec(),
     }
 }
 
@@ -938,7 +950,9 @@ async fn finding_4_records_written_before_command_digests_are_still_recognised_a
                 license_id: None,
                 caixa: request.caixa,
                 equipamento: None,
-                counter_key: stored_key,
+                terminal: None,
+                counter_key: Some(stored_key),
+                code_mac: None,
                 valid_until: at("2023-03-28", (23, 59, 59)),
             }
             .into()],
@@ -1410,10 +1424,13 @@ async fn a_shop_opening_every_terminal_at_once_binds_each_to_its_own_license() {
     assert_eq!(bound.len(), usize::from(n));
 }
 
-/// Finding 4 of issue 15: a retried emergency release answers the codes it stored (here
-/// after the emergency key changed), and its id reused for another key releases nothing.
+/// Finding 4 of issue 15: a retried emergency release answers the codes it issued (the log
+/// keeps only their MAC since finding 9: recomputed and checked against it; after the
+/// emergency key changed it refuses rather than answer other codes), and its id reused for
+/// another key releases nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn finding_4_a_retried_emergency_release_answers_the_stored_codes() {
+async fn finding_4_a_retried_emergency_release_answers_the_codes_it_issued_and_finding_9_keeps_only_their_mac(
+) {
     let w = World::new(at("2023-03-27", (14, 17, 48))).await;
     let (hw, key) = terminal(9);
     let (_, other_key) = terminal(8);
@@ -1423,6 +1440,7 @@ async fn finding_4_a_retried_emergency_release_answers_the_stored_codes() {
         let secrets = Secrets {
             offline: Default::default(),
             emergency: secret.to_vec(),
+            audit: AUDIT_KEY.to_vec(),
         };
         let name = name.clone();
         let ledger = w.ledger.clone();
@@ -1442,14 +1460,476 @@ async fn finding_4_a_retried_emergency_release_answers_the_stored_codes() {
         }
     };
     let first = release(b"emergency-secret-one", key).await.unwrap();
-    let again = release(b"emergency-secret-two", key).await.unwrap();
+    let again = release(b"emergency-secret-one", key).await.unwrap();
     assert!(again.outcome.was_retry);
     assert_eq!(again.activation_code, first.activation_code);
     assert_eq!(again.counter_key, first.counter_key);
+    match release(b"emergency-secret-two", key).await {
+        Err(AppError::Domain(DomainError::Rejected(m))) => {
+            assert!(m.contains("cannot be given again"), "{m}")
+        }
+        other => panic!("expected a refusal after the key changed, got {other:?}"),
+    }
+    // Finding 9: the record keeps the MAC of the codes, never the codes.
+    match &w.events(&StreamId::emergency_release(&hw)).await[..] {
+        [Event::EmergencyRelease(ledger_events::EmergencyReleaseEvent::Issued(i))] => {
+            assert_eq!((i.activation_code, i.counter_key), (None, None));
+            assert_eq!(
+                i.code_mac,
+                Some(license_ledger::app::commands::emergency_code_mac(
+                    AUDIT_KEY,
+                    Product::EasyCash,
+                    &hw,
+                    &key,
+                    &first.activation_code,
+                    &first.counter_key
+                ))
+            );
+        }
+        other => panic!("{other:?}"),
+    }
     is_reused(
         release(b"emergency-secret-one", other_key).await,
         x,
         "another key",
     );
     assert_eq!(w.events(&StreamId::emergency_release(&hw)).await.len(), 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Issue 15, finding 3 (and finding 9's counter-keys): per-terminal offline keys, and the log
+// keeps only a MAC of each issued counter-key.
+// ---------------------------------------------------------------------------------------------
+
+/// The product secret of [`offline_secrets`].
+fn easycash_secret() -> Vec<u8> {
+    offline_secrets().offline[&Product::EasyCash].clone()
+}
+
+fn offline_for_license(serial: &str, license_id: LicenseId) -> OfflineRequest {
+    OfflineRequest {
+        cnpj: Some(cnpj()),
+        license_id: Some(license_id),
+        ..offline_request(serial)
+    }
+}
+
+/// Finding 3: counter-keys were HMACs under one secret per product, held by every terminal.
+/// A terminal the center has seen online now gets codes under its own key: a code made for
+/// terminal A does not verify with terminal B's key (same customer, same product), nor with
+/// the product's key; B's codes do not verify with A's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finding_3_a_counter_key_made_for_terminal_a_does_not_verify_for_terminal_b_of_the_same_product(
+) {
+    let w = World::new(at("2023-03-27", (10, 0, 0))).await;
+    w.customer().await;
+    let la = w.license("2023-05-01", None).await;
+    assert_eq!(w.check_in(3).await.code, OutcomeCode::Valid); // terminal A binds la
+    let lb = w.license("2023-05-01", None).await;
+    assert_eq!(w.check_in(4).await.code, OutcomeCode::Valid); // terminal B binds lb
+    w.ledger.catch_up().await.unwrap();
+    let (a, b) = (terminal(3).0, terminal(4).0);
+    assert_eq!(
+        w.ledger
+            .view()
+            .license(la)
+            .unwrap()
+            .binding
+            .unwrap()
+            .hardware_id,
+        a
+    );
+    assert_eq!(
+        w.ledger
+            .view()
+            .license(lb)
+            .unwrap()
+            .binding
+            .unwrap()
+            .hardware_id,
+        b
+    );
+    let secrets = offline_secrets();
+    let secret = easycash_secret();
+    let key_a = offline::terminal_key(&secret, &cnpj(), &a);
+    let key_b = offline::terminal_key(&secret, &cnpj(), &b);
+    let today = day("2023-03-27");
+
+    let serial_a = Serial::parse("50026B77605FA3F8").unwrap();
+    let for_a = w
+        .ledger
+        .issue_offline_activation(
+            &secrets,
+            offline_for_license("50026B77605FA3F8", la),
+            &support(),
+            Uuid::now_v7(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(for_a.terminal, Some(a));
+    assert_eq!(
+        offline::verify_terminal_counter_key(
+            &key_a,
+            &serial_a,
+            Product::EasyCash,
+            &for_a.counter_key,
+            today
+        ),
+        Ok(day("2023-03-28"))
+    );
+    assert_eq!(
+        offline::verify_terminal_counter_key(
+            &key_b,
+            &serial_a,
+            Product::EasyCash,
+            &for_a.counter_key,
+            today
+        ),
+        Err(ledger_events::OfflineError::Invalid),
+        "terminal B's key must not verify a code made for terminal A"
+    );
+    assert_eq!(
+        offline::verify_counter_key(
+            &secret,
+            &serial_a,
+            Product::EasyCash,
+            &for_a.counter_key,
+            today
+        ),
+        Err(ledger_events::OfflineError::Invalid),
+        "nor the product's key"
+    );
+
+    let serial_b = Serial::parse("50026B7700001111").unwrap();
+    let for_b = w
+        .ledger
+        .issue_offline_activation(
+            &secrets,
+            offline_for_license("50026B7700001111", lb),
+            &support(),
+            Uuid::now_v7(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(for_b.terminal, Some(b));
+    assert!(offline::verify_terminal_counter_key(
+        &key_b,
+        &serial_b,
+        Product::EasyCash,
+        &for_b.counter_key,
+        today
+    )
+    .is_ok());
+    assert_eq!(
+        offline::verify_terminal_counter_key(
+            &key_a,
+            &serial_b,
+            Product::EasyCash,
+            &for_b.counter_key,
+            today
+        ),
+        Err(ledger_events::OfflineError::Invalid)
+    );
+    // The records name the terminal whose key made each code.
+    for (serial, terminal) in [(serial_a, a), (serial_b, b)] {
+        match &w.events(&StreamId::offline_activation(&serial)).await[..] {
+            [Event::OfflineActivation(ledger_events::OfflineActivationEvent::Issued(i))] => {
+                assert_eq!(i.terminal, Some(terminal));
+                assert_eq!(i.cnpj, Some(cnpj()));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+/// Finding 3's residual risk, as documented in SECURITY.md: a terminal the center has never
+/// seen online (or a request that names no license of it) still gets a code under the
+/// product's key, which that terminal verifies with the product secret it holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finding_3_a_terminal_never_seen_online_still_gets_a_code_under_the_product_key() {
+    let w = World::new(at("2023-03-27", (10, 0, 0))).await;
+    w.customer().await;
+    let seen = w.license("2023-05-01", None).await;
+    w.check_in(5).await; // binds `seen`, the only license
+    let never_seen = w.license("2023-05-01", None).await;
+    w.ledger.catch_up().await.unwrap();
+    assert!(w.ledger.view().license(seen).unwrap().binding.is_some());
+    assert!(w
+        .ledger
+        .view()
+        .license(never_seen)
+        .unwrap()
+        .binding
+        .is_none());
+    let secrets = offline_secrets();
+    let secret = easycash_secret();
+    let today = day("2023-03-27");
+    let cases = [
+        (
+            "a license no terminal ever checked in with",
+            "50026B7710000001",
+            Some(never_seen),
+        ),
+        ("no license named", "50026B7710000002", None),
+        // The serial does not start with the seen terminal's hardware-id prefix: the code
+        // is for another machine, which may never have been online.
+        (
+            "a serial of another machine",
+            "AABBCCDD10000003",
+            Some(seen),
+        ),
+    ];
+    for (what, serial, license_id) in cases {
+        let request = OfflineRequest {
+            cnpj: Some(cnpj()),
+            license_id,
+            ..offline_request(serial)
+        };
+        let issued = w
+            .ledger
+            .issue_offline_activation(&secrets, request, &support(), Uuid::now_v7())
+            .await
+            .unwrap();
+        assert_eq!(issued.terminal, None, "{what}");
+        let serial = Serial::parse(serial).unwrap();
+        assert_eq!(
+            offline::verify_counter_key(
+                &secret,
+                &serial,
+                Product::EasyCash,
+                &issued.counter_key,
+                today
+            ),
+            Ok(day("2023-03-28")),
+            "{what}"
+        );
+    }
+}
+
+/// Finding 9 (counter-keys readable by auditors): the record keeps the MAC of the code under
+/// the audit key, never the code; neither the record's bytes nor its JSON (what `/v1/events`
+/// and `export` write) contain it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finding_9_the_log_keeps_a_mac_of_an_issued_counter_key_never_the_key() {
+    let w = World::new(at("2023-03-27", (10, 0, 0))).await;
+    w.customer().await;
+    let id = w.license("2023-05-01", None).await;
+    w.check_in(3).await;
+    let serial = Serial::parse("50026B77605FA3F8").unwrap();
+    let issued = w
+        .ledger
+        .issue_offline_activation(
+            &offline_secrets(),
+            offline_for_license("50026B77605FA3F8", id),
+            &support(),
+            Uuid::now_v7(),
+        )
+        .await
+        .unwrap();
+    let records = w
+        .ledger
+        .store()
+        .read_stream(&StreamId::offline_activation(&serial), 1, 10)
+        .await
+        .unwrap();
+    assert_eq!(records.len(), 1);
+    let record = &records[0];
+    match record.event().unwrap() {
+        Event::OfflineActivation(ledger_events::OfflineActivationEvent::Issued(i)) => {
+            assert_eq!(i.counter_key, None);
+            assert_eq!(
+                i.code_mac,
+                Some(offline::code_mac(
+                    AUDIT_KEY,
+                    &serial,
+                    Product::EasyCash,
+                    issued.valid_until,
+                    &issued.counter_key
+                ))
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    let key = issued.counter_key.as_bytes();
+    assert!(
+        !record.payload.windows(key.len()).any(|w| w == key),
+        "the stored payload holds the counter-key's bytes"
+    );
+    let json = serde_json::to_string(&record.to_json().unwrap()).unwrap();
+    for form in [
+        issued.counter_key.to_string(),
+        issued.counter_key.grouped(),
+        hex::encode(key),
+    ] {
+        assert!(!json.contains(&form), "{form} in {json}");
+    }
+    assert!(json.contains("\"code_mac\""), "{json}");
+}
+
+/// Finding 3 with finding 4: the record keeps only a MAC, so a retried activation recomputes
+/// the code from the stored serial, product, terminal and day and checks it against the MAC:
+/// the same code, the next day too. When the keys changed since, it refuses rather than
+/// answer a code that was never issued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finding_3_a_retried_offline_activation_answers_the_same_code_recomputed_and_checked_against_the_mac(
+) {
+    let w = World::new(at("2023-03-27", (23, 50, 0))).await;
+    w.customer().await;
+    let id = w.license("2023-05-01", None).await;
+    w.check_in(3).await;
+    let secrets = offline_secrets();
+    let x = Uuid::now_v7();
+    let request = offline_for_license("50026B77605FA3F8", id);
+    let first = w
+        .ledger
+        .issue_offline_activation(&secrets, request.clone(), &support(), x)
+        .await
+        .unwrap();
+    assert_eq!(first.terminal, Some(terminal(3).0));
+    w.clock.set(at("2023-03-28", (0, 10, 0)));
+    let again = w
+        .ledger
+        .issue_offline_activation(&secrets, request.clone(), &support(), x)
+        .await
+        .unwrap();
+    assert!(again.outcome.was_retry);
+    assert_eq!(again.counter_key, first.counter_key);
+    assert_eq!(again.valid_until, first.valid_until);
+    assert_eq!(again.terminal, first.terminal);
+    // Keys changed since the first issue: no code is answered.
+    let mut other_audit = secrets.clone();
+    other_audit.audit = b"another audit key, 32 bytes long".to_vec();
+    let mut other_product_key = secrets.clone();
+    other_product_key.offline.insert(
+        Product::EasyCash,
+        b"a rotated easycash secret 32 byt".to_vec(),
+    );
+    for (what, s) in [
+        ("audit key", other_audit),
+        ("product key", other_product_key),
+    ] {
+        match w
+            .ledger
+            .issue_offline_activation(&s, request.clone(), &support(), x)
+            .await
+        {
+            Err(AppError::Domain(DomainError::Rejected(m))) => {
+                assert!(m.contains("cannot be given again"), "{what}: {m}")
+            }
+            other => panic!("{what}: expected a refusal, got {other:?}"),
+        }
+    }
+}
+
+/// Finding 3: records written before MACs were kept (schema version 1, the plain
+/// counter-key) still decode, replay, and answer a retry with their key, which verifies under
+/// the product's key as it did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finding_3_an_old_format_record_with_a_plain_counter_key_still_replays_and_verifies() {
+    /// `OfflineActivationIssued` as schema version 1 wrote it.
+    #[derive(serde::Serialize)]
+    struct V1 {
+        serial: Serial,
+        cnpj: Option<Cnpj>,
+        product: Product,
+        license_id: Option<LicenseId>,
+        caixa: Option<ledger_events::TerminalNumber>,
+        equipamento: Option<ledger_events::TerminalNumber>,
+        counter_key: ledger_events::CounterKey,
+        #[serde(with = "ledger_events::values::micros")]
+        valid_until: DateTime<Utc>,
+    }
+    let now = at("2023-03-27", (10, 0, 0));
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(now);
+    let store = FileStore::open(FileStoreConfig::new(dir.path()), Arc::new(clock.clone()))
+        .await
+        .unwrap();
+    let request = offline_request("50026B77605FA3F8");
+    let until = day("2023-03-28");
+    let key = offline::counter_key(
+        &easycash_secret(),
+        &request.serial,
+        Product::EasyCash,
+        until,
+    );
+    let payload = postcard::to_stdvec(&V1 {
+        serial: request.serial,
+        cnpj: None,
+        product: Product::EasyCash,
+        license_id: None,
+        caixa: request.caixa,
+        equipamento: None,
+        counter_key: key,
+        valid_until: at("2023-03-28", (23, 59, 59)),
+    })
+    .unwrap();
+    // As the ledger wrote it before command digests: event id from the command id,
+    // correlation id = the command id.
+    let x = Uuid::now_v7();
+    let mut envelope = ledger_events::Envelope {
+        position: 1,
+        stream_id: StreamId::offline_activation(&request.serial),
+        stream_version: 1,
+        event_id: license_ledger::app::event_id_for(x, 0),
+        event_type: "OfflineActivationIssued".into(),
+        schema_version: 1,
+        recorded_at: now,
+        actor: support(),
+        correlation_id: x,
+        prev_hash: ledger_events::Hash::ZERO,
+        hash: ledger_events::Hash::ZERO,
+    };
+    let mut bytes = Vec::new();
+    envelope.hash = ledger_events::encode_record_into(&mut bytes, &envelope, &payload).unwrap();
+    let record = ledger_events::Record::decode(&bytes).unwrap();
+    store.import_record(&record).await.unwrap();
+    let ledger = Ledger::start(
+        Arc::new(store),
+        Arc::new(clock.clone()),
+        LedgerConfig::default(),
+    )
+    .await
+    .unwrap();
+    ledger.catch_up().await.unwrap();
+    assert_eq!(
+        ledger.view().position(),
+        1,
+        "the old record replays into the view"
+    );
+    let stored = ledger
+        .store()
+        .read_stream(&StreamId::offline_activation(&request.serial), 1, 10)
+        .await
+        .unwrap();
+    assert_eq!(stored[0].envelope.schema_version, 1);
+    match stored[0].event().unwrap() {
+        Event::OfflineActivation(ledger_events::OfflineActivationEvent::Issued(i)) => {
+            assert_eq!(i.counter_key, Some(key));
+            assert_eq!((i.terminal, i.code_mac), (None, None));
+        }
+        other => panic!("{other:?}"),
+    }
+    let again = ledger
+        .issue_offline_activation(&offline_secrets(), request.clone(), &support(), x)
+        .await
+        .unwrap();
+    assert!(again.outcome.was_retry);
+    assert_eq!(again.counter_key, key);
+    assert_eq!(again.terminal, None);
+    assert_eq!(
+        offline::verify_counter_key(
+            &easycash_secret(),
+            &request.serial,
+            Product::EasyCash,
+            &again.counter_key,
+            day("2023-03-27")
+        ),
+        Ok(until)
+    );
+    // The serial stays used.
+    assert!(ledger
+        .issue_offline_activation(&offline_secrets(), request, &support(), Uuid::now_v7())
+        .await
+        .is_err());
 }

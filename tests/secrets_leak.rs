@@ -88,7 +88,7 @@ async fn call(c: &Client, s: &Server, method: &str, path: &str, token: &str, bod
     json
 }
 
-/// Every secret value of `secrets.toml` (offline keys, emergency key) in the forms it could
+/// Every secret value of `secrets.toml` (offline keys, emergency key, audit key) in the forms it could
 /// leak: as stored (hex), upper-case hex.
 fn stored_secrets(data: &Path) -> Vec<(String, String)> {
     let text = std::fs::read_to_string(data.join("secrets.toml")).expect("secrets.toml");
@@ -105,6 +105,11 @@ fn stored_secrets(data: &Path) -> Vec<(String, String)> {
         .and_then(toml::Value::as_str)
         .expect("an emergency key");
     out.push(("emergency key".into(), emergency.to_owned()));
+    let audit = value
+        .get("audit")
+        .and_then(toml::Value::as_str)
+        .expect("an audit key");
+    out.push(("audit key".into(), audit.to_owned()));
     let seed = std::fs::read_to_string(data.join("answer-signing.key")).expect("signing key");
     out.push(("answer-signing seed".into(), seed.trim().to_owned()));
     for (_, s) in &out {
@@ -194,7 +199,9 @@ async fn no_token_key_or_seed_appears_in_logs_exports_or_the_event_feed() {
     no_nonce.as_object_mut().expect("object").remove("nonce");
     call(&c, &server, "POST", "/v1/checkin", &terminal, no_nonce).await;
     // A wrong token is logged as a failure: its value must not be.
-    let wrong = format!("{}0", &terminal[..terminal.len() - 1]);
+    // (Its last digit changed: to 1 when it is 0, else the "wrong" token is the token.)
+    let flip = if terminal.ends_with('0') { '1' } else { '0' };
+    let wrong = format!("{}{flip}", &terminal[..terminal.len() - 1]);
     let res = c
         .post(format!("{}/v1/checkin", server.url))
         .bearer_auth(&wrong)

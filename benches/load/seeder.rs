@@ -65,6 +65,9 @@ use uuid::Uuid;
 
 pub type SeedError = Box<dyn Error + Send + Sync>;
 
+/// The server's audit key, read from the secrets file the seeder made (see `seed`).
+static AUDIT_KEY: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+
 /// How the history is made (rates are per thousand licenses per month, 30 days).
 #[derive(Clone, Debug)]
 pub struct History {
@@ -441,6 +444,9 @@ pub async fn seed(
     let admin =
         admin.ok_or("the data directory already has a secrets file; seed an empty directory")?;
     let offline_key = secrets.secrets.offline.get(&Product::EasyCash).cloned();
+    // The server's audit key: the seeded offline activations keep a MAC of their code under
+    // it, as the server's do (set once per process; a second seed keeps the first).
+    let _ = AUDIT_KEY.set(secrets.secrets.audit.clone());
     let mut tokens = Vec::new();
     let mut entries = Vec::new();
     for c in 0..params.customers {
@@ -1054,6 +1060,15 @@ async fn eventful_day(
             let challenge = (t.n << 12 | u64::from(day)) as u32;
             let serial = Serial::parse(&format!("{}{challenge:08X}", &h_id[..8]))?;
             let valid_until = offline::valid_until(date);
+            // As the server issues it for a terminal it has seen: under the terminal's own
+            // key, the record keeping only the code's MAC.
+            let code = offline::terminal_counter_key(
+                &offline::terminal_key(offline_key, &t.cnpj, &t.hardware_id),
+                &serial,
+                Product::EasyCash,
+                valid_until,
+            );
+            let audit = AUDIT_KEY.get().map(Vec::as_slice).unwrap_or_default();
             let issued: Event = OfflineActivationIssued {
                 serial,
                 cnpj: Some(t.cnpj),
@@ -1061,12 +1076,15 @@ async fn eventful_day(
                 license_id: Some(t.license_id),
                 caixa: None,
                 equipamento: None,
-                counter_key: offline::counter_key(
-                    offline_key,
+                terminal: Some(t.hardware_id),
+                counter_key: None,
+                code_mac: Some(offline::code_mac(
+                    audit,
                     &serial,
                     Product::EasyCash,
                     valid_until,
-                ),
+                    &code,
+                )),
                 valid_until: midnight(valid_until + Duration::days(1)) - Duration::microseconds(1),
             }
             .into();

@@ -15,8 +15,8 @@ use serde::{Deserialize, Serialize};
 use crate::codec::CodecError;
 use crate::envelope::StreamId;
 use crate::values::{
-    ActivationCode, Cnpj, ContractId, CounterKey, HardwareId, HardwareKey, LicenseId, Note,
-    Product, ProgramVersion, Resources, Serial, TerminalNumber, TradeName,
+    ActivationCode, Cnpj, CodeMac, ContractId, CounterKey, HardwareId, HardwareKey, LicenseId,
+    Note, Product, ProgramVersion, Resources, Serial, TerminalNumber, TradeName,
 };
 
 /// Implemented by every event struct: its catalogue name and current schema version.
@@ -423,8 +423,15 @@ pub struct OfflineActivationIssued {
     pub caixa: Option<TerminalNumber>,
     /// "Equipamento".
     pub equipamento: Option<TerminalNumber>,
-    /// The counter-key read back to the terminal.
-    pub counter_key: CounterKey,
+    /// The terminal whose own key made the counter-key (offline algorithm version 2: the
+    /// center had seen it online under `cnpj`); `None`: the product's key (version 1).
+    pub terminal: Option<HardwareId>,
+    /// The counter-key itself: only in records written before schema version 2 (upcast).
+    /// Newer records keep `code_mac` instead, so a reader of the log cannot use the code.
+    pub counter_key: Option<CounterKey>,
+    /// MAC of the counter-key under the center's audit key
+    /// ([`crate::offline::code_mac`]): shows that a code was issued, never the code.
+    pub code_mac: Option<CodeMac>,
     /// Until when the terminal may sell on it (one day).
     #[serde(with = "crate::values::micros")]
     pub valid_until: DateTime<Utc>,
@@ -440,10 +447,13 @@ pub struct EmergencyReleaseIssued {
     pub hardware_id: HardwareId,
     /// The product key entered.
     pub hardware_key: HardwareKey,
-    /// "Código de ativação".
-    pub activation_code: ActivationCode,
-    /// "Contra-Chave".
-    pub counter_key: CounterKey,
+    /// "Código de ativação": only in records written before schema version 2 (upcast).
+    pub activation_code: Option<ActivationCode>,
+    /// "Contra-Chave": only in records written before schema version 2 (upcast).
+    pub counter_key: Option<CounterKey>,
+    /// MAC of both codes under the center's audit key: newer records keep this instead of
+    /// the codes, so a reader of the log sees that a release was issued, never its codes.
+    pub code_mac: Option<CodeMac>,
     /// "Licenciado para" (e.g. QUALIDADE).
     pub licensed_to: TradeName,
 }
@@ -626,11 +636,11 @@ catalogue! {
     }
     /// Events of an offline-activation stream (`offline-{serial}`).
     OfflineActivation(OfflineActivationEvent) {
-        Issued(OfflineActivationIssued) = 1,
+        Issued(OfflineActivationIssued) = 2,
     }
     /// Events of an emergency-release stream (`emergency-{hardware id}`).
     EmergencyRelease(EmergencyReleaseEvent) {
-        Issued(EmergencyReleaseIssued) = 1,
+        Issued(EmergencyReleaseIssued) = 2,
     }
 }
 

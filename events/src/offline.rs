@@ -31,18 +31,56 @@
 //! The secret is per product and must be long and random (32 bytes from a CSPRNG): HMAC
 //! accepts any key, including an empty one, and a short secret makes counter-keys guessable.
 //! Keeping it out of logs and configuration dumps is the caller's job.
+//!
+//! # Per-terminal keys (algorithm version 2)
+//!
+//! Under version 1 every terminal of a product holds the product's secret, so one secret
+//! extracted from one terminal mints counter-keys for every terminal of every customer. For a
+//! terminal the center has seen online (it checked in for this product under this CNPJ), the
+//! center derives the terminal's own key and issues its counter-keys under it:
+//!
+//! ```text
+//! terminal_key = HMAC-SHA-256(key = per-product secret,
+//!                             msg = "license-ledger/offline/terminal-key/v1" (38 ASCII bytes)
+//!                                || CNPJ                  (14 ASCII bytes, canonical form)
+//!                                || hardware id            (8 raw bytes, not hex))
+//! mac = HMAC-SHA-256(key = terminal_key (32 bytes),
+//!                    msg = "license-ledger/offline/terminal/v1"   (34 ASCII bytes)
+//!                       || serial || product code || 0x00 || valid_until   (as in version 1))
+//! counter_key = mac[0..8]
+//! ```
+//!
+//! A terminal receives its [`TerminalKey`] from the center (never the product secret) and
+//! verifies with [`verify_terminal_counter_key`]. An extracted terminal key forges counter-keys
+//! for that terminal (its CNPJ and hardware id) only. Terminals the center has never seen
+//! online keep version 1 and the product secret: that residual risk is stated in SECURITY.md.
+//!
+//! # What the log keeps
+//!
+//! The event log keeps [`code_mac`] of each issued counter-key, never the key: HMAC-SHA-256
+//! under a key only the center holds (the audit key) over
+//! `"license-ledger/offline/code-mac/v1" || serial || product code || 0x00 || valid_until ||
+//! counter-key (8 raw bytes)`. A reader of the log learns that a code was issued for that
+//! serial, product and day; the center, holding the secrets, recomputes the code and checks it
+//! against the MAC (a retried command answers the same code this way).
 
 use chrono::{Datelike, Days, NaiveDate};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use crate::values::{CounterKey, Product, Serial};
+use crate::values::{Cnpj, CodeMac, CounterKey, HardwareId, Product, Serial};
 
 /// Days a counter-key lets a terminal sell after the day it was issued ("liberado por 1 dia").
 pub const OFFLINE_VALID_DAYS: i64 = 1;
 
 /// Domain-separation tag, first in every MAC input; a new algorithm gets a new tag.
 const TAG: &[u8] = b"license-ledger/offline/v1";
+/// Tag of a counter-key's MAC under a terminal's own key (version 2).
+const TAG_TERMINAL: &[u8] = b"license-ledger/offline/terminal/v1";
+/// Tag of a terminal key's derivation from the product secret.
+const TAG_TERMINAL_KEY: &[u8] = b"license-ledger/offline/terminal-key/v1";
+/// Tag of the MAC the log keeps of an issued counter-key.
+const TAG_CODE_MAC: &[u8] = b"license-ledger/offline/code-mac/v1";
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -68,12 +106,27 @@ pub enum OfflineError {
     },
 }
 
+/// A fresh HMAC-SHA-256 state under `key`.
+fn hmac(key: &[u8]) -> HmacSha256 {
+    // HMAC takes keys of any length (longer ones are hashed), so this cannot fail.
+    <HmacSha256 as Mac>::new_from_slice(key).expect("HMAC-SHA-256 accepts keys of any length")
+}
+
 /// The MAC state for one (serial, product, valid-until), before finalisation.
 fn mac(secret: &[u8], serial: &Serial, product: Product, valid_until: NaiveDate) -> HmacSha256 {
-    // HMAC takes keys of any length (longer ones are hashed), so this cannot fail.
-    let mut mac = <HmacSha256 as Mac>::new_from_slice(secret)
-        .expect("HMAC-SHA-256 accepts keys of any length");
-    mac.update(TAG);
+    mac_tagged(TAG, secret, serial, product, valid_until)
+}
+
+/// [`mac`] under another version's tag.
+fn mac_tagged(
+    tag: &[u8],
+    secret: &[u8],
+    serial: &Serial,
+    product: Product,
+    valid_until: NaiveDate,
+) -> HmacSha256 {
+    let mut mac = hmac(secret);
+    mac.update(tag);
     mac.update(serial.as_bytes());
     mac.update(product.code().as_bytes());
     mac.update(&[0]);
@@ -147,6 +200,11 @@ pub fn check_counter_key(
     mac(secret, serial, product, valid_until)
         .verify_truncated_left(key.as_bytes())
         .map_err(|_| OfflineError::Invalid)?;
+    check_validity(valid_until, today)
+}
+
+/// Refuses a genuine key outside its validity: expired, or valid too far ahead of `today`.
+fn check_validity(valid_until: NaiveDate, today: NaiveDate) -> Result<(), OfflineError> {
     if today > valid_until {
         return Err(OfflineError::Expired { valid_until });
     }
@@ -155,6 +213,142 @@ pub fn check_counter_key(
         return Err(OfflineError::NotYetValid { valid_until });
     }
     Ok(())
+}
+
+/// A terminal's own offline key (version 2), derived from the product secret, its CNPJ and its
+/// hardware id. `Debug` never prints it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TerminalKey([u8; 32]);
+
+impl TerminalKey {
+    /// Wraps the 32 bytes a terminal received (see [`TerminalKey::to_hex`]).
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+
+    /// Parses the 64 hex digits the center delivers.
+    pub fn parse_hex(text: &str) -> Option<Self> {
+        let mut bytes = [0u8; 32];
+        hex::decode_to_slice(text.trim(), &mut bytes).ok()?;
+        Some(Self(bytes))
+    }
+
+    /// The raw key.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// 64 lower-case hex digits: the form the center delivers to its terminal.
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+}
+
+impl std::fmt::Debug for TerminalKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TerminalKey(..)")
+    }
+}
+
+/// The terminal key of (CNPJ, hardware id) under the product secret (see the module docs).
+pub fn terminal_key(product_secret: &[u8], cnpj: &Cnpj, hardware_id: &HardwareId) -> TerminalKey {
+    let mut mac = hmac(product_secret);
+    mac.update(TAG_TERMINAL_KEY);
+    mac.update(cnpj.as_str().as_bytes());
+    mac.update(hardware_id.as_bytes());
+    TerminalKey(mac.finalize().into_bytes().into())
+}
+
+/// Computes a counter-key under a terminal's own key (version 2), valid until `valid_until`.
+pub fn terminal_counter_key(
+    key: &TerminalKey,
+    serial: &Serial,
+    product: Product,
+    valid_until: NaiveDate,
+) -> CounterKey {
+    let full = mac_tagged(TAG_TERMINAL, &key.0, serial, product, valid_until)
+        .finalize()
+        .into_bytes();
+    let mut out = [0u8; 8];
+    out.copy_from_slice(&full[..8]);
+    CounterKey::from_bytes(out)
+}
+
+/// Terminal side of version 2: [`verify_counter_key`] with the terminal's own key.
+pub fn verify_terminal_counter_key(
+    key: &TerminalKey,
+    serial: &Serial,
+    product: Product,
+    counter_key: &CounterKey,
+    today: NaiveDate,
+) -> Result<NaiveDate, OfflineError> {
+    (0..=OFFLINE_VALID_DAYS.unsigned_abs())
+        .filter_map(|ahead| today.checked_add_days(Days::new(ahead)))
+        .find(|&candidate| {
+            mac_tagged(TAG_TERMINAL, &key.0, serial, product, candidate)
+                .verify_truncated_left(counter_key.as_bytes())
+                .is_ok()
+        })
+        .ok_or(OfflineError::Invalid)
+}
+
+/// Server side of version 2: [`check_counter_key`] with the terminal's own key.
+pub fn check_terminal_counter_key(
+    key: &TerminalKey,
+    serial: &Serial,
+    product: Product,
+    counter_key: &CounterKey,
+    valid_until: NaiveDate,
+    today: NaiveDate,
+) -> Result<(), OfflineError> {
+    mac_tagged(TAG_TERMINAL, &key.0, serial, product, valid_until)
+        .verify_truncated_left(counter_key.as_bytes())
+        .map_err(|_| OfflineError::Invalid)?;
+    check_validity(valid_until, today)
+}
+
+/// The MAC the log keeps of an issued counter-key, under the center's audit key (see the
+/// module docs). Compare with [`code_mac_matches`], which takes constant time.
+pub fn code_mac(
+    audit_key: &[u8],
+    serial: &Serial,
+    product: Product,
+    valid_until: NaiveDate,
+    counter_key: &CounterKey,
+) -> CodeMac {
+    CodeMac::from_bytes(
+        code_mac_state(audit_key, serial, product, valid_until, counter_key)
+            .finalize()
+            .into_bytes()
+            .into(),
+    )
+}
+
+/// Whether `stored` is the MAC of `counter_key` for this serial, product and day (constant
+/// time).
+pub fn code_mac_matches(
+    audit_key: &[u8],
+    serial: &Serial,
+    product: Product,
+    valid_until: NaiveDate,
+    counter_key: &CounterKey,
+    stored: &CodeMac,
+) -> bool {
+    code_mac_state(audit_key, serial, product, valid_until, counter_key)
+        .verify_slice(stored.as_bytes())
+        .is_ok()
+}
+
+fn code_mac_state(
+    audit_key: &[u8],
+    serial: &Serial,
+    product: Product,
+    valid_until: NaiveDate,
+    counter_key: &CounterKey,
+) -> HmacSha256 {
+    let mut mac = mac_tagged(TAG_CODE_MAC, audit_key, serial, product, valid_until);
+    mac.update(counter_key.as_bytes());
+    mac
 }
 
 /// The hardware-id prefix of a serial: its first 4 bytes (8 hex digits).
@@ -329,6 +523,139 @@ mod tests {
             day(2023, 3, 28),
         );
         assert_eq!(key.grouped(), "E0B9 38CD 6E38 006E");
+    }
+
+    fn cnpj(text: &str) -> Cnpj {
+        Cnpj::parse(text).unwrap()
+    }
+
+    fn hardware(text: &str) -> HardwareId {
+        HardwareId::parse(text).unwrap()
+    }
+
+    /// Finding 3 (issue 15): a counter-key made with terminal A's key does not verify with
+    /// terminal B's key, whether B is another machine of the same customer or the same
+    /// machine id under another customer; and A's key verifies A's codes.
+    #[test]
+    fn finding_3_a_terminal_key_forges_counter_keys_for_its_own_terminal_only() {
+        let a = terminal_key(
+            SECRET,
+            &cnpj("11222333000181"),
+            &hardware("50026B77825EECA5"),
+        );
+        let others = [
+            terminal_key(
+                SECRET,
+                &cnpj("11222333000181"),
+                &hardware("50026B77825EECA6"),
+            ),
+            terminal_key(
+                SECRET,
+                &cnpj("12ABC34501DE35"),
+                &hardware("50026B77825EECA5"),
+            ),
+        ];
+        let today = day(2023, 3, 27);
+        let until = valid_until(today);
+        let code = terminal_counter_key(&a, &serial(), Product::EasyCash, until);
+        assert_eq!(
+            verify_terminal_counter_key(&a, &serial(), Product::EasyCash, &code, today),
+            Ok(until)
+        );
+        for b in &others {
+            assert_ne!(a.as_bytes(), b.as_bytes());
+            assert_eq!(
+                verify_terminal_counter_key(b, &serial(), Product::EasyCash, &code, today),
+                Err(OfflineError::Invalid)
+            );
+        }
+        // Nor is it a version-1 key: the product secret does not verify it either.
+        assert_eq!(
+            verify_counter_key(SECRET, &serial(), Product::EasyCash, &code, today),
+            Err(OfflineError::Invalid)
+        );
+        // And a version-1 key does not verify under the terminal's key.
+        let v1 = counter_key(SECRET, &serial(), Product::EasyCash, until);
+        assert_eq!(
+            verify_terminal_counter_key(&a, &serial(), Product::EasyCash, &v1, today),
+            Err(OfflineError::Invalid)
+        );
+    }
+
+    #[test]
+    fn a_terminal_key_is_refused_after_it_expires_and_told_apart_by_the_server() {
+        let key = terminal_key(
+            SECRET,
+            &cnpj("11222333000181"),
+            &hardware("50026B77825EECA5"),
+        );
+        let until = valid_until(day(2023, 3, 27));
+        let code = terminal_counter_key(&key, &serial(), Product::EasyCash, until);
+        let later = day(2023, 3, 29);
+        assert_eq!(
+            verify_terminal_counter_key(&key, &serial(), Product::EasyCash, &code, later),
+            Err(OfflineError::Invalid)
+        );
+        assert_eq!(
+            check_terminal_counter_key(&key, &serial(), Product::EasyCash, &code, until, later),
+            Err(OfflineError::Expired { valid_until: until })
+        );
+        assert_eq!(
+            check_terminal_counter_key(&key, &serial(), Product::EasyCash, &code, until, until),
+            Ok(())
+        );
+    }
+
+    /// Pins algorithm version 2 and the code MAC; expected values computed independently with
+    /// Python's `hmac` from the layouts in the module docs.
+    #[test]
+    fn known_answers_for_terminal_keys_and_code_macs() {
+        let secret = b"0123456789abcdef0123456789abcdef";
+        let key = terminal_key(
+            secret,
+            &cnpj("11222333000181"),
+            &hardware("50026B77825EECA5"),
+        );
+        assert_eq!(
+            key.to_hex(),
+            "42cba1bc50805c69c377cdc6aea8cd41cd01e8921c89aac773e47b1d863943d7"
+        );
+        assert_eq!(TerminalKey::parse_hex(&key.to_hex()), Some(key.clone()));
+        assert_eq!(format!("{key:?}"), "TerminalKey(..)");
+        let code = terminal_counter_key(&key, &serial(), Product::EasyCash, day(2023, 3, 28));
+        assert_eq!(code.grouped(), "183B F17B B4D9 329F");
+        let audit = b"audit key, 32 bytes, for tests!!";
+        let mac = code_mac(audit, &serial(), Product::EasyCash, day(2023, 3, 28), &code);
+        assert_eq!(
+            mac.to_string(),
+            "D3400A1FC163E78AE884FAD1A0F9E05374502B191C6F25A7859403E673A6C4DB"
+        );
+        assert!(code_mac_matches(
+            audit,
+            &serial(),
+            Product::EasyCash,
+            day(2023, 3, 28),
+            &code,
+            &mac
+        ));
+        let mut other = *code.as_bytes();
+        other[7] ^= 1;
+        assert!(!code_mac_matches(
+            audit,
+            &serial(),
+            Product::EasyCash,
+            day(2023, 3, 28),
+            &CounterKey::from_bytes(other),
+            &mac
+        ));
+        assert!(!code_mac_matches(
+            b"another audit key",
+            &serial(),
+            Product::EasyCash,
+            day(2023, 3, 28),
+            &code,
+            &mac
+        ));
     }
 
     #[test]

@@ -16,8 +16,8 @@ use utoipa::{PartialSchema, ToSchema};
 
 use crate::envelope::{Hash, StreamId};
 use crate::values::{
-    ActivationCode, Cnpj, ContractId, CounterKey, HardwareId, HardwareKey, LicenseId, Note,
-    ProgramVersion, ResourceKey, ResourceValue, Resources, Serial, TerminalNumber, TradeName,
+    ActivationCode, Cnpj, CodeMac, ContractId, CounterKey, HardwareId, HardwareKey, LicenseId,
+    Note, ProgramVersion, ResourceKey, ResourceValue, Resources, Serial, TerminalNumber, TradeName,
 };
 
 /// A string schema: `pattern`, optional lengths, a description and one example.
@@ -139,6 +139,14 @@ hex_schema!(
     "Counter-key for an offline activation, 16",
     r"^\s*[0-9A-Fa-f]{16}\s*$",
     "0A1B2C3D4E5F6071"
+);
+
+hex_schema!(
+    CodeMac,
+    "CodeMac",
+    "MAC of an issued counter-key under the center's audit key (the log keeps it instead of the key), 64",
+    r"^\s*[0-9A-Fa-f]{64}\s*$",
+    "00112233445566778899AABBCCDDEEFF00112233445566778899AABBCCDDEEFF"
 );
 
 named!(

@@ -426,6 +426,16 @@ hex_value!(
     "counter-key"
 );
 
+hex_value!(
+    /// What the log keeps of an issued offline counter-key instead of the key itself:
+    /// HMAC-SHA-256 under the center's audit key (64 hex digits). It shows that a code was
+    /// issued and lets the center recognise it, without letting a reader of the log use it
+    /// (see [`crate::offline::code_mac`]).
+    CodeMac,
+    32,
+    "code MAC"
+);
+
 impl CounterKey {
     /// Parses the grouped form a person types (`AF67 142D 1048 F615`); spaces are ignored.
     pub fn parse_grouped(input: &str) -> Result<Self, ValueError> {

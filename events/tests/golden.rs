@@ -49,6 +49,24 @@ fn golden_table() -> BTreeMap<(String, u16), Sample> {
     }
     let legacy: Vec<(&str, u16, Sample)> = vec![
         // ("TypeName", 1, Sample { label: "TypeName".into(), event: <upcast value>, actor }),
+        (
+            "OfflineActivationIssued",
+            1,
+            Sample {
+                label: "OfflineActivationIssued".into(),
+                event: common::offline_activation_issued_v1_upcast().into(),
+                actor: common::operator(),
+            },
+        ),
+        (
+            "EmergencyReleaseIssued",
+            1,
+            Sample {
+                label: "EmergencyReleaseIssued".into(),
+                event: common::emergency_release_issued_v1_upcast().into(),
+                actor: common::operator(),
+            },
+        ),
     ];
     for (event_type, version, s) in legacy {
         let key = (event_type.to_owned(), version);

@@ -35,11 +35,16 @@ pub fn describe(_envelope: &Envelope, event: &Event) -> String {
             _ => format!("Check-in de {}: {}", e.hardware_id, outcome(&e.outcome)),
         },
         Event::Contingency(e) => contingency(e),
+        // The code itself is never shown (newer records do not even hold it: issue 15,
+        // finding 3): only that one was issued, under which key, and until when.
         Event::OfflineActivation(OfflineActivationEvent::Issued(e)) => format!(
-            "Liberação off-line do serial {} ({}): contra-chave {}, válida até {}",
+            "Liberação off-line do serial {} ({}): contra-chave emitida ({}), válida até {}",
             e.serial,
             e.product,
-            e.counter_key.grouped(),
+            match e.terminal {
+                Some(hardware_id) => format!("chave do terminal {hardware_id}"),
+                None => "chave do produto".to_owned(),
+            },
             date_time(e.valid_until)
         ),
         Event::EmergencyRelease(EmergencyReleaseEvent::Issued(e)) => format!(

@@ -396,10 +396,27 @@ fn offline_activation_issued() {
             license_id: Some(lic(2438)),
             caixa: None,
             equipamento: None,
-            counter_key: CounterKey::parse("AF67142D1048F615").expect("counter-key"),
+            terminal: None,
+            counter_key: Some(CounterKey::parse("AF67142D1048F615").expect("counter-key")),
+            code_mac: None,
             valid_until: at("2023-03-28T14:17:59Z"),
         }),
-        "Liberação off-line do serial 50026B77605FA3F8 (EasyCash): contra-chave AF67 142D 1048 F615, válida até 28/03/2023 14:17:59 UTC"
+        "Liberação off-line do serial 50026B77605FA3F8 (EasyCash): contra-chave emitida (chave do produto), válida até 28/03/2023 14:17:59 UTC"
+    );
+    assert_eq!(
+        line(OfflineActivationIssued {
+            serial: Serial::parse("50026B77605FA3F8").expect("serial"),
+            cnpj: Some(c()),
+            product: Product::EasyCash,
+            license_id: Some(lic(2438)),
+            caixa: None,
+            equipamento: None,
+            terminal: Some(HardwareId::parse("50026B77825EECA5").expect("hardware id")),
+            counter_key: None,
+            code_mac: Some(CodeMac::from_bytes([0xAB; 32])),
+            valid_until: at("2023-03-28T14:17:59Z"),
+        }),
+        "Liberação off-line do serial 50026B77605FA3F8 (EasyCash): contra-chave emitida (chave do terminal 50026B77825EECA5), válida até 28/03/2023 14:17:59 UTC"
     );
 }
 
@@ -410,8 +427,9 @@ fn emergency_release_issued() {
             product: Product::EasyCash,
             hardware_id: terminal(),
             hardware_key: key(1),
-            activation_code: ActivationCode::parse("50026B7793D68451").expect("code"),
-            counter_key: CounterKey::parse("E9BD4EF6CC575DC4").expect("counter-key"),
+            activation_code: None,
+            counter_key: None,
+            code_mac: Some(CodeMac::from_bytes([0xCD; 32])),
             licensed_to: trade_name("QUALIDADE"),
         }),
         "Liberação emergencial do terminal 50026B77825EECA5 (EasyCash): licenciado para QUALIDADE"

@@ -623,15 +623,18 @@ fn offline_activations_and_emergency_releases_only_join_the_historico() {
         license_id: Some(lic(1)),
         caixa: None,
         equipamento: None,
-        counter_key: CounterKey::parse("AF67142D1048F615").expect("key"),
+        terminal: None,
+        counter_key: None,
+        code_mac: Some(CodeMac::from_bytes([0xAB; 32])),
         valid_until: at("2023-03-28T12:00:00Z"),
     });
     log.push(EmergencyReleaseIssued {
         product: Product::EasyCash,
         hardware_id: hw(7),
         hardware_key: key(7),
-        activation_code: ActivationCode::parse("50026B7793D68451").expect("code"),
-        counter_key: CounterKey::parse("E9BD4EF6CC575DC4").expect("key"),
+        activation_code: None,
+        counter_key: None,
+        code_mac: Some(CodeMac::from_bytes([0xCD; 32])),
         licensed_to: trade_name("QUALIDADE"),
     });
     let (view, noted) = log.noted_view();
@@ -804,7 +807,9 @@ fn an_inconsistent_event_joins_no_historico_and_the_consistent_ones_still_do() {
         license_id: Some(lic(9)),
         caixa: None,
         equipamento: None,
-        counter_key: CounterKey::parse("AF67142D1048F615").expect("key"),
+        terminal: None,
+        counter_key: None,
+        code_mac: Some(CodeMac::from_bytes([0xAB; 32])),
         valid_until: at("2023-03-28T12:00:00Z"),
     }); // 8: names unknown
     log.push(checked_in(

@@ -278,7 +278,9 @@ fn realistic_log(seed: u64, customers: u32, days: u32, inconsistent: bool) -> Lo
                 license_id: Some(lic(l.id)),
                 caixa: None,
                 equipamento: None,
-                counter_key: CounterKey::parse("AF67142D1048F615").expect("key"),
+                terminal: None,
+                counter_key: None,
+                code_mac: Some(CodeMac::from_bytes([0xAB; 32])),
                 valid_until: log.now(),
             });
         }
@@ -287,8 +289,9 @@ fn realistic_log(seed: u64, customers: u32, days: u32, inconsistent: bool) -> Lo
                 product: Product::EasyCash,
                 hardware_id: hw(7_000 + u64::from(d)),
                 hardware_key: key(7_000 + u64::from(d)),
-                activation_code: ActivationCode::parse("50026B7793D68451").expect("code"),
-                counter_key: CounterKey::parse("E9BD4EF6CC575DC4").expect("key"),
+                activation_code: None,
+                counter_key: None,
+                code_mac: Some(CodeMac::from_bytes([0xCD; 32])),
                 licensed_to: trade_name("QUALIDADE"),
             });
         }

@@ -6,9 +6,9 @@ use chrono::{DateTime, Duration, NaiveDate, Utc};
 use hmac::{Hmac, Mac};
 use ledger_events::offline;
 use ledger_events::{
-    ActivationCode, Actor, Cnpj, ContractId, CounterKey, EmergencyReleaseEvent, Event, HardwareId,
-    HardwareKey, LicenseId, OfflineActivationEvent, Product, Resources, Serial, StreamId,
-    TerminalNumber, TradeName, ValueError,
+    ActivationCode, Actor, Cnpj, CodeMac, ContractId, CounterKey, EmergencyReleaseEvent, Event,
+    HardwareId, HardwareKey, LicenseId, OfflineActivationEvent, Product, Resources, Serial,
+    StreamId, TerminalNumber, TradeName, ValueError,
 };
 use ledger_projections::view::LedgerView;
 use sha2::Sha256;
@@ -32,6 +32,9 @@ pub struct Secrets {
     pub offline: std::collections::BTreeMap<Product, Vec<u8>>,
     /// Key of emergency-release codes.
     pub emergency: Vec<u8>,
+    /// The center's audit key: the log keeps a MAC of each issued offline counter-key under
+    /// it ([`offline::code_mac`]), never the key; nothing outside the center holds it.
+    pub audit: Vec<u8>,
 }
 
 impl std::fmt::Debug for Secrets {
@@ -94,6 +97,9 @@ pub struct OfflineIssued {
     pub counter_key: CounterKey,
     /// Last day it is valid.
     pub valid_until: NaiveDate,
+    /// The terminal whose own key made it (offline algorithm version 2); `None`: the
+    /// product's key (version 1: a terminal the center has not seen online).
+    pub terminal: Option<HardwareId>,
     /// Where it was recorded.
     pub outcome: CommandOutcome,
 }
@@ -268,9 +274,14 @@ impl Ledger {
     }
 
     /// "Ativar Offline": issues the counter-key for a serial (once per serial), valid for one
-    /// day, and opens a manual contingency for the terminal when its license is known. A
-    /// retry (same `command_id`, request and caller) answers the counter-key and day stored
-    /// the first time, never a newly computed one.
+    /// day, and opens a manual contingency for the terminal when its license is known.
+    ///
+    /// The counter-key is made under the terminal's own key ([`offline::terminal_key`]) when
+    /// the center has seen that terminal online ([`Ledger::offline_terminal`]), else under the
+    /// product's key (version 1). The record keeps only [`offline::code_mac`] of it. A retry
+    /// (same `command_id`, request and caller) answers the counter-key and day of the first
+    /// time: recomputed from the stored serial, product, terminal and day, and checked against
+    /// the stored MAC (a record written before MACs were kept holds the key itself).
     pub async fn issue_offline_activation(
         &self,
         secrets: &Secrets,
@@ -288,15 +299,25 @@ impl Ledger {
             })?;
         let now = self.clock().now();
         let valid_until = offline::valid_until(today(now));
-        let counter_key = offline::counter_key(secret, &r.serial, r.product, valid_until);
+        let terminal = self.offline_terminal(&r).await?;
+        let counter_key =
+            offline_code(secret, terminal.as_ref(), &r.serial, r.product, valid_until);
         let command = IssueOfflineActivation {
             serial: r.serial,
-            cnpj: r.cnpj,
+            // The customer the terminal key is derived for is kept, so a retry recomputes it.
+            cnpj: r.cnpj.or(terminal.map(|(cnpj, _)| cnpj)),
             product: r.product,
             license_id: r.license_id,
             caixa: r.caixa,
             equipamento: r.equipamento,
-            counter_key,
+            terminal: terminal.map(|(_, hardware_id)| hardware_id),
+            code_mac: offline::code_mac(
+                &secrets.audit,
+                &r.serial,
+                r.product,
+                valid_until,
+                &counter_key,
+            ),
             valid_until: end_of_day(valid_until),
         };
         let done = self
@@ -307,19 +328,23 @@ impl Ledger {
                 &key,
             )
             .await?;
-        let (counter_key, valid_until) = if done.outcome.was_retry {
+        let (counter_key, valid_until, terminal) = if done.outcome.was_retry {
             let issued = done.events.iter().find_map(|e| match e {
                 Event::OfflineActivation(OfflineActivationEvent::Issued(i)) => Some(i),
                 _ => None,
             });
             match issued {
-                Some(i) => (i.counter_key, i.valid_until.date_naive()),
+                Some(i) => (
+                    stored_offline_code(secrets, i)?,
+                    i.valid_until.date_naive(),
+                    i.terminal,
+                ),
                 // The command id's records are not an offline activation (a record written
                 // before digests were kept, by another command).
                 None => return Err(AppError::CommandIdReused { command_id }),
             }
         } else {
-            (counter_key, valid_until)
+            (counter_key, valid_until, command.terminal)
         };
         if let (Some(cnpj), Some(license_id)) = (r.cnpj, r.license_id) {
             let terminal = self.view().license(license_id).and_then(|l| {
@@ -348,12 +373,15 @@ impl Ledger {
         Ok(OfflineIssued {
             counter_key,
             valid_until,
+            terminal,
             outcome: done.outcome,
         })
     }
 
     /// "Liberação emergencial" (restricted): activation code and counter-key for a machine.
-    /// A retry answers the codes stored the first time.
+    /// The record keeps only [`emergency_code_mac`] of the codes. A retry answers the codes of
+    /// the first time: recomputed from the stored product, hardware id and key, and checked
+    /// against the stored MAC (a record written before MACs were kept holds the codes).
     #[allow(clippy::too_many_arguments)]
     pub async fn issue_emergency_release(
         &self,
@@ -378,8 +406,14 @@ impl Ledger {
             product,
             hardware_id,
             hardware_key,
-            activation_code,
-            counter_key,
+            code_mac: emergency_code_mac(
+                &secrets.audit,
+                product,
+                &hardware_id,
+                &hardware_key,
+                &activation_code,
+                &counter_key,
+            ),
             licensed_to,
             actor_may_release,
         };
@@ -396,7 +430,7 @@ impl Ledger {
                 Event::EmergencyRelease(EmergencyReleaseEvent::Issued(i)) => Some(i),
                 _ => None,
             }) {
-                Some(i) => (i.activation_code, i.counter_key),
+                Some(i) => stored_emergency_codes(secrets, i)?,
                 None => return Err(AppError::CommandIdReused { command_id }),
             }
         } else {
@@ -407,6 +441,88 @@ impl Ledger {
             counter_key,
             outcome: done.outcome,
         })
+    }
+
+    /// A terminal's own offline key ([`offline::terminal_key`]), for delivery to that
+    /// terminal: only while a license of `product` of `cnpj` is bound to `hardware_id` with
+    /// this `hardware_key` (the terminal checked in and holds the key it bound with). It is
+    /// derived, never stored; the terminal keeps it and verifies its counter-keys with it
+    /// ([`offline::verify_terminal_counter_key`]) instead of holding the product's key.
+    pub async fn terminal_offline_key(
+        &self,
+        secrets: &Secrets,
+        cnpj: &Cnpj,
+        product: Product,
+        hardware_id: &HardwareId,
+        hardware_key: &HardwareKey,
+    ) -> Result<offline::TerminalKey, AppError> {
+        let secret = secrets
+            .offline
+            .get(&product)
+            .ok_or_else(|| DomainError::InvalidField {
+                field: "product",
+                problem: format!("no offline activation key is configured for {product}"),
+            })?;
+        let bound = |ledger: &Ledger| {
+            ledger
+                .view()
+                .bound_license(cnpj, product, hardware_id)
+                .and_then(|l| l.binding)
+                .is_some_and(|b| b.hardware_key == *hardware_key)
+        };
+        if !bound(self) {
+            self.catch_up().await?;
+            if !bound(self) {
+                return Err(DomainError::NotFound {
+                    what: "terminal",
+                    id: format!(
+                        "{hardware_id} bound to a {product} license of {cnpj} with this \
+                         hardware_key (check in first)"
+                    ),
+                }
+                .into());
+            }
+        }
+        Ok(offline::terminal_key(secret, cnpj, hardware_id))
+    }
+
+    /// The terminal an offline activation is for, when the center has seen it online: the
+    /// request names a license for this product (and, if it names a customer, the license's
+    /// customer); the license's bound
+    /// terminal (or, once unlinked, the terminal of its last check-in) has checked in for this
+    /// product under this customer; and the serial starts with that terminal's hardware-id
+    /// prefix (the manual's serial is "hardware id prefix + challenge"). `None` otherwise:
+    /// the counter-key is then made under the product's key.
+    pub async fn offline_terminal(
+        &self,
+        r: &OfflineRequest,
+    ) -> Result<Option<(Cnpj, HardwareId)>, AppError> {
+        let Some(license_id) = r.license_id else {
+            return Ok(None);
+        };
+        self.catch_up().await?;
+        let Some(license) = self.view().license(license_id) else {
+            return Ok(None);
+        };
+        let cnpj = license.cnpj;
+        if r.cnpj.is_some_and(|c| c != cnpj) || license.product != r.product {
+            return Ok(None);
+        }
+        let Some(hardware_id) = license
+            .binding
+            .map(|b| b.hardware_id)
+            .or(license.last_check_in.map(|c| c.hardware_id))
+        else {
+            return Ok(None);
+        };
+        if offline::serial_hardware_prefix(&r.serial) != hardware_id.as_bytes()[..4] {
+            return Ok(None);
+        }
+        let seen = self
+            .view()
+            .terminal(&cnpj, &hardware_id)
+            .is_some_and(|t| t.last.contains_key(&r.product));
+        Ok(seen.then_some((cnpj, hardware_id)))
     }
 
     async fn require_customer(&self, cnpj: &Cnpj) -> Result<(), AppError> {
@@ -579,6 +695,152 @@ fn end_of_day(day: NaiveDate) -> DateTime<Utc> {
 /// A command id derived from another (for a command's follow-up in another stream).
 pub(crate) fn derive(command_id: Uuid, purpose: &str) -> Uuid {
     super::derived_v7(command_id, purpose.as_bytes())
+}
+
+/// The counter-key for `serial`: under the terminal's own key when `terminal` is known
+/// (offline algorithm version 2), else under the product's key (version 1).
+fn offline_code(
+    product_secret: &[u8],
+    terminal: Option<&(Cnpj, HardwareId)>,
+    serial: &Serial,
+    product: Product,
+    valid_until: NaiveDate,
+) -> CounterKey {
+    match terminal {
+        Some((cnpj, hardware_id)) => offline::terminal_counter_key(
+            &offline::terminal_key(product_secret, cnpj, hardware_id),
+            serial,
+            product,
+            valid_until,
+        ),
+        None => offline::counter_key(product_secret, serial, product, valid_until),
+    }
+}
+
+/// The counter-key a stored offline activation issued: the key itself in a record written
+/// before MACs were kept; otherwise recomputed from the record's serial, product, terminal and
+/// day, and accepted only if it matches the record's MAC (the product's offline key or the
+/// audit key changed since: refused, rather than answering a key that was never issued).
+fn stored_offline_code(
+    secrets: &Secrets,
+    issued: &ledger_events::OfflineActivationIssued,
+) -> Result<CounterKey, AppError> {
+    if let Some(plain) = issued.counter_key {
+        return Ok(plain);
+    }
+    let cannot = |why: &str| {
+        AppError::from(DomainError::rejected(format!(
+            "the counter-key issued for serial {} cannot be given again: {why}; ask the terminal \
+             for a new serial and send a new command_id",
+            issued.serial
+        )))
+    };
+    let mac = issued
+        .code_mac
+        .ok_or_else(|| cannot("its record holds neither the key nor its MAC"))?;
+    let secret = secrets
+        .offline
+        .get(&issued.product)
+        .ok_or_else(|| cannot("no offline activation key is configured for its product"))?;
+    let terminal = match (issued.terminal, issued.cnpj) {
+        (Some(hardware_id), Some(cnpj)) => Some((cnpj, hardware_id)),
+        (Some(_), None) => return Err(cannot("its record names a terminal but no customer")),
+        (None, _) => None,
+    };
+    let valid_until = issued.valid_until.date_naive();
+    let code = offline_code(
+        secret,
+        terminal.as_ref(),
+        &issued.serial,
+        issued.product,
+        valid_until,
+    );
+    if offline::code_mac_matches(
+        &secrets.audit,
+        &issued.serial,
+        issued.product,
+        valid_until,
+        &code,
+        &mac,
+    ) {
+        Ok(code)
+    } else {
+        Err(cannot(
+            "the product's offline key or the audit key changed since it was issued",
+        ))
+    }
+}
+
+/// The MAC the log keeps of an emergency release's codes, under the audit key:
+/// HMAC-SHA-256 over length-prefixed ("license-ledger/emergency/code-mac/v1", product code,
+/// hardware id, hardware key, activation code, counter-key).
+pub fn emergency_code_mac(
+    audit_key: &[u8],
+    product: Product,
+    hardware_id: &HardwareId,
+    hardware_key: &HardwareKey,
+    activation_code: &ActivationCode,
+    counter_key: &CounterKey,
+) -> CodeMac {
+    let mut mac = match <Hmac<Sha256> as Mac>::new_from_slice(audit_key) {
+        Ok(m) => m,
+        // HMAC accepts keys of any length: unreachable.
+        Err(_) => return CodeMac::from_bytes([0; 32]),
+    };
+    for part in [
+        &b"license-ledger/emergency/code-mac/v1"[..],
+        product.code().as_bytes(),
+        hardware_id.as_bytes(),
+        hardware_key.as_bytes(),
+        activation_code.as_bytes(),
+        counter_key.as_bytes(),
+    ] {
+        mac.update(&(part.len() as u32).to_be_bytes());
+        mac.update(part);
+    }
+    CodeMac::from_bytes(mac.finalize().into_bytes().into())
+}
+
+/// The codes a stored emergency release issued: the codes themselves in a record written
+/// before MACs were kept; otherwise recomputed and accepted only if they match the MAC.
+fn stored_emergency_codes(
+    secrets: &Secrets,
+    issued: &ledger_events::EmergencyReleaseIssued,
+) -> Result<(ActivationCode, CounterKey), AppError> {
+    if let (Some(code), Some(key)) = (issued.activation_code, issued.counter_key) {
+        return Ok((code, key));
+    }
+    let (code, key) = emergency_codes(
+        &secrets.emergency,
+        issued.product,
+        &issued.hardware_id,
+        &issued.hardware_key,
+    );
+    let expected = emergency_code_mac(
+        &secrets.audit,
+        issued.product,
+        &issued.hardware_id,
+        &issued.hardware_key,
+        &code,
+        &key,
+    );
+    // Constant time: the MAC is compared as secret material.
+    let matches = issued.code_mac.is_some_and(|stored| {
+        bool::from(subtle::ConstantTimeEq::ct_eq(
+            &stored.as_bytes()[..],
+            &expected.as_bytes()[..],
+        ))
+    });
+    if matches {
+        Ok((code, key))
+    } else {
+        Err(DomainError::rejected(format!(
+            "the emergency release of {} cannot be given again: the emergency or audit key \
+             changed since it was issued; send a new command_id for a new release",
+            issued.hardware_id
+        ))
+        .into())
+    }
 }
 
 /// Emergency release codes: the activation code is a MAC of (product, hardware id, key), the

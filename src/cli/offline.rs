@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use chrono::NaiveDate;
-use ledger_events::{offline, Actor, Cnpj, CounterKey, LicenseId, Product, Serial};
+use ledger_events::{offline, Actor, Cnpj, CounterKey, HardwareId, LicenseId, Product, Serial};
 use uuid::Uuid;
 
 use super::{parse_flag, CliError};
@@ -56,6 +56,17 @@ pub struct VerifyArgs {
     /// The terminal's date [default: today].
     #[arg(long, value_name = "YYYY-MM-DD")]
     pub date: Option<String>,
+    /// The terminal's customer: with --hardware-id, check with that terminal's own key
+    /// (derived here from the product's key), as a terminal the center has seen online does.
+    #[arg(long, value_name = "CNPJ", requires = "hardware_id")]
+    pub cnpj: Option<String>,
+    /// The terminal's hardware id (with --cnpj).
+    #[arg(long, value_name = "HARDWARE_ID", requires = "cnpj")]
+    pub hardware_id: Option<String>,
+    /// The terminal's own offline key as the center delivered it (64 hex digits): check with
+    /// it alone, as the terminal does, without the product's key.
+    #[arg(long, value_name = "HEX", conflicts_with_all = ["cnpj", "hardware_id"])]
+    pub terminal_key: Option<String>,
 }
 
 /// Runs an `offline` subcommand.
@@ -148,6 +159,13 @@ fn issue(
                 .await?;
             drop(ledger);
             writeln!(out, "Contra-chave: {}", issued.counter_key.grouped())?;
+            match issued.terminal {
+                Some(hardware_id) => writeln!(out, "Chave: do terminal {hardware_id}")?,
+                None => writeln!(
+                    out,
+                    "Chave: do produto (terminal nunca visto on-line por este servidor)"
+                )?,
+            }
             writeln!(
                 out,
                 "Válida até: {} ({})",
@@ -181,21 +199,50 @@ fn verify(data_dir: &Path, args: &VerifyArgs, out: &mut impl Write) -> Result<()
         )?,
         None => crate::domain::today(SystemClock.now()),
     };
-    let file = secrets(data_dir)?;
-    let secret = file.secrets.offline.get(&product).ok_or_else(|| {
-        CliError::Refused(format!(
-            "{} has no offline key for {product}",
-            file.path().display()
-        ))
-    })?;
-    match offline::verify_counter_key(secret, &serial, product, &key, day) {
+    let verified = if let Some(hex) = &args.terminal_key {
+        let terminal_key = parse_flag(
+            "--terminal-key",
+            hex,
+            |s| offline::TerminalKey::parse_hex(s).ok_or("not 64 hex digits"),
+            "pass the 64 hex digits the center delivered to the terminal",
+        )?;
+        offline::verify_terminal_counter_key(&terminal_key, &serial, product, &key, day)
+    } else {
+        let file = secrets(data_dir)?;
+        let secret = file.secrets.offline.get(&product).ok_or_else(|| {
+            CliError::Refused(format!(
+                "{} has no offline key for {product}",
+                file.path().display()
+            ))
+        })?;
+        match (&args.cnpj, &args.hardware_id) {
+            (Some(cnpj), Some(hardware_id)) => {
+                let cnpj = parse_flag(
+                    "--cnpj",
+                    cnpj,
+                    Cnpj::parse,
+                    "pass the customer's 14-character CNPJ",
+                )?;
+                let hardware_id = parse_flag(
+                    "--hardware-id",
+                    hardware_id,
+                    HardwareId::parse,
+                    "pass the terminal's 16 hex digits hardware id",
+                )?;
+                let terminal_key = offline::terminal_key(secret, &cnpj, &hardware_id);
+                offline::verify_terminal_counter_key(&terminal_key, &serial, product, &key, day)
+            }
+            _ => offline::verify_counter_key(secret, &serial, product, &key, day),
+        }
+    };
+    match verified {
         Ok(until) => {
             writeln!(out, "OK: valid until {}", until.format("%d/%m/%Y"))?;
             Ok(())
         }
         Err(_) => Err(CliError::Failed(format!(
             "the counter-key does not verify for {product} and serial {serial} on {day}: \
-             it is for another product or serial, mistyped, or expired"
+             it is for another product, serial or terminal, mistyped, or expired"
         ))),
     }
 }

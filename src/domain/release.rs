@@ -6,10 +6,9 @@
 
 use chrono::{DateTime, NaiveDate, Utc};
 use ledger_events::{
-    ActivationCode, Cnpj, ContingencyCleared, ContingencyEntered, ContingencyEvent,
-    ContingencyKind, CounterKey, EmergencyReleaseIssued, Event, HardwareId, HardwareKey, LicenseId,
-    Note, OfflineActivationEvent, OfflineActivationIssued, Product, Serial, TerminalNumber,
-    TradeName,
+    Cnpj, CodeMac, ContingencyCleared, ContingencyEntered, ContingencyEvent, ContingencyKind,
+    EmergencyReleaseIssued, Event, HardwareId, HardwareKey, LicenseId, Note,
+    OfflineActivationEvent, OfflineActivationIssued, Product, Serial, TerminalNumber, TradeName,
 };
 
 use super::{Aggregate, DomainError};
@@ -161,8 +160,11 @@ pub struct IssueOfflineActivation {
     pub caixa: Option<TerminalNumber>,
     /// "Equipamento".
     pub equipamento: Option<TerminalNumber>,
-    /// The counter-key computed by the caller.
-    pub counter_key: CounterKey,
+    /// The terminal whose own key made the counter-key (`None`: the product's key).
+    pub terminal: Option<HardwareId>,
+    /// MAC of the counter-key the caller computed, under the audit key: the record keeps this,
+    /// never the key.
+    pub code_mac: CodeMac,
     /// Until when it is valid.
     pub valid_until: DateTime<Utc>,
 }
@@ -202,7 +204,9 @@ impl Aggregate for OfflineActivation {
             license_id: c.license_id,
             caixa: c.caixa,
             equipamento: c.equipamento,
-            counter_key: c.counter_key,
+            terminal: c.terminal,
+            counter_key: None,
+            code_mac: Some(c.code_mac),
             valid_until: c.valid_until,
         }
         .into()])
@@ -222,10 +226,9 @@ pub struct IssueEmergencyRelease {
     pub hardware_id: HardwareId,
     /// The product key entered.
     pub hardware_key: HardwareKey,
-    /// The activation code computed by the caller.
-    pub activation_code: ActivationCode,
-    /// The counter-key computed by the caller.
-    pub counter_key: CounterKey,
+    /// MAC of the activation code and counter-key the caller computed, under the audit key:
+    /// the record keeps this, never the codes.
+    pub code_mac: CodeMac,
     /// "Licenciado para".
     pub licensed_to: TradeName,
     /// Whether the actor holds the emergency-release right.
@@ -262,8 +265,9 @@ impl Aggregate for EmergencyRelease {
             product: c.product,
             hardware_id: c.hardware_id,
             hardware_key: c.hardware_key,
-            activation_code: c.activation_code,
-            counter_key: c.counter_key,
+            activation_code: None,
+            counter_key: None,
+            code_mac: Some(c.code_mac),
             licensed_to: c.licensed_to.clone(),
         }
         .into()])
@@ -294,7 +298,8 @@ mod tests {
             license_id: LicenseId::new(1680).ok(),
             caixa: TerminalNumber::new(3).ok(),
             equipamento: TerminalNumber::new(3).ok(),
-            counter_key: CounterKey::parse_grouped("AF67 142D 1048 F615").unwrap(),
+            terminal: Some(hw()),
+            code_mac: CodeMac::from_bytes([7; 32]),
             valid_until: Utc.with_ymd_and_hms(2023, 3, 28, 23, 59, 59).unwrap(),
         }
     }
@@ -321,8 +326,7 @@ mod tests {
             product: Product::EasyCash,
             hardware_id: hw(),
             hardware_key: HardwareKey::parse("88A7B56C2B3F326F91362A182483F63E").unwrap(),
-            activation_code: ActivationCode::parse("50026B7793D68451").unwrap(),
-            counter_key: CounterKey::parse("E9BD4EF6CC575DC4").unwrap(),
+            code_mac: CodeMac::from_bytes([9; 32]),
             licensed_to: TradeName::parse("QUALIDADE").unwrap(),
             actor_may_release: false,
         };

@@ -30,6 +30,7 @@ pub mod error;
 pub mod extract;
 pub mod limits;
 pub mod metrics;
+pub mod offline_key;
 pub mod openapi;
 pub mod relay_api;
 pub mod routes;

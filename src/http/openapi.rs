@@ -49,6 +49,7 @@ use super::error::ErrorBody;
         super::routes::list_contingencies,
         super::routes::clear_contingency,
         super::routes::offline_activation,
+        super::offline_key::offline_key,
         super::routes::emergency_release,
         super::routes::create_token,
         super::routes::events,

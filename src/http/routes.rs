@@ -78,6 +78,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .route("/contingencies", web::get().to(list_contingencies))
                 .route("/contingencies/clear", web::post().to(clear_contingency))
                 .route("/offline-activations", web::post().to(offline_activation))
+                .route(
+                    "/offline-key",
+                    web::post().to(super::offline_key::offline_key),
+                )
                 .route("/emergency-releases", web::post().to(emergency_release))
                 .route("/tokens", web::post().to(create_token))
                 .route("/events", web::get().to(events))
@@ -700,9 +704,16 @@ pub struct OfflineIssued {
     counter_key: String,
     /// The last day the terminal may sell on it.
     valid_until: NaiveDate,
+    /// The terminal whose own offline key made the counter-key (the center has seen it online
+    /// under this customer). Absent: made under the product's key, for a terminal the center
+    /// has never seen online (or when the request names no license of this customer).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    terminal: Option<HardwareId>,
 }
 
-/// Issues an offline activation (rate limited per token and per address).
+/// Issues an offline activation (rate limited per token and per address). The log keeps a
+/// MAC of the counter-key, never the key: a retry with the same `command_id` answers the same
+/// counter-key, recomputed and checked against it.
 #[utoipa::path(post, path = "/v1/offline-activations", tag = "terminals",
     request_body = OfflineBody,
     responses((status = 200, body = Done<OfflineIssued>), (status = 404, body = ErrorBody),
@@ -752,6 +763,7 @@ async fn offline_activation(
         OfflineIssued {
             counter_key: issued.counter_key.grouped(),
             valid_until: issued.valid_until,
+            terminal: issued.terminal,
         },
     ))
 }

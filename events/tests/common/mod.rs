@@ -12,7 +12,7 @@ use std::net::IpAddr;
 
 use chrono::{DateTime, Duration, NaiveDate, TimeZone, Utc};
 use ledger_events::{
-    encode_record_into, ActivationCode, Actor, CheckInOutcome, Cnpj, ContingencyCleared,
+    encode_record_into, ActivationCode, Actor, CheckInOutcome, Cnpj, CodeMac, ContingencyCleared,
     ContingencyEntered, ContingencyKind, ContractDeactivated, ContractId, ContractReactivated,
     ContractSigned, CounterKey, CustomerActivated, CustomerBlacklisted, CustomerBlocked,
     CustomerDeactivated, CustomerRegistered, CustomerUnblacklisted, CustomerUnblocked,
@@ -54,6 +54,37 @@ pub fn serial() -> Serial {
 }
 pub fn counter_key() -> CounterKey {
     CounterKey::parse_grouped("AF67 142D 1048 F615").unwrap()
+}
+pub fn code_mac() -> CodeMac {
+    CodeMac::parse("D3400A1FC163E78AE884FAD1A0F9E05374502B191C6F25A7859403E673A6C4DB").unwrap()
+}
+/// The offline activation sample as schema version 1 wrote it, upcast: the plain counter-key
+/// under the product's key.
+pub fn offline_activation_issued_v1_upcast() -> OfflineActivationIssued {
+    OfflineActivationIssued {
+        serial: serial(),
+        cnpj: Some(cnpj()),
+        product: Product::EasyCash,
+        license_id: Some(license_id()),
+        caixa: Some(terminal("03")),
+        equipamento: None,
+        terminal: None,
+        counter_key: Some(counter_key()),
+        code_mac: None,
+        valid_until: Utc.with_ymd_and_hms(2023, 5, 2, 14, 32, 7).unwrap(),
+    }
+}
+/// The emergency release sample as schema version 1 wrote it, upcast: the plain codes.
+pub fn emergency_release_issued_v1_upcast() -> EmergencyReleaseIssued {
+    EmergencyReleaseIssued {
+        product: Product::Intellicash,
+        hardware_id: hardware_id(),
+        hardware_key: hardware_key(),
+        activation_code: Some(activation_code()),
+        counter_key: Some(counter_key()),
+        code_mac: None,
+        licensed_to: TradeName::parse("QUALIDADE").unwrap(),
+    }
 }
 pub fn activation_code() -> ActivationCode {
     ActivationCode::parse("50026B7793D68451").unwrap()
@@ -332,7 +363,9 @@ pub fn golden_samples() -> Vec<Sample> {
                 license_id: Some(license_id()),
                 caixa: Some(terminal("03")),
                 equipamento: None,
-                counter_key: counter_key(),
+                terminal: Some(hardware_id()),
+                counter_key: None,
+                code_mac: Some(code_mac()),
                 valid_until: Utc.with_ymd_and_hms(2023, 5, 2, 14, 32, 7).unwrap(),
             },
             operator(),
@@ -342,8 +375,9 @@ pub fn golden_samples() -> Vec<Sample> {
                 product: Product::Intellicash,
                 hardware_id: hardware_id(),
                 hardware_key: hardware_key(),
-                activation_code: activation_code(),
-                counter_key: counter_key(),
+                activation_code: None,
+                counter_key: None,
+                code_mac: Some(code_mac()),
                 licensed_to: TradeName::parse("QUALIDADE").unwrap(),
             },
             operator(),
@@ -495,7 +529,9 @@ pub fn extra_samples() -> Vec<Sample> {
                 license_id: None,
                 caixa: None,
                 equipamento: Some(terminal("12")),
-                counter_key: counter_key(),
+                terminal: None,
+                counter_key: Some(counter_key()),
+                code_mac: None,
                 valid_until: Utc.timestamp_micros(1_683_037_927_654_321).unwrap(),
             }
             .into(),
