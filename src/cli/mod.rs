@@ -308,6 +308,10 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 args.tls_cert.or(file.tls_cert.clone()),
                 args.tls_key.or(file.tls_key.clone()),
             )?;
+            let quotas = file.quotas().map_err(|message| CliError::Input {
+                flag: "quotas",
+                message,
+            })?;
             let settings = serve::ServeSettings {
                 data_dir,
                 log,
@@ -321,6 +325,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 store_layer: None,
                 trusted_proxies,
                 tls,
+                quotas,
             };
             Ok(serve::run(settings, args.demo)?)
         }
