@@ -38,10 +38,10 @@ use utoipa::ToSchema;
 use super::auth::{As, Terminals};
 use super::error::{ApiError, ErrorBody, ErrorCode};
 use super::extract::Json;
-use super::AppState;
-use crate::config::Role;
 use super::quotas::{count, OverQuota};
+use super::AppState;
 use crate::app::checkin::{Admission, Admitted};
+use crate::config::Role;
 use crate::domain::checkin::{CheckInContext, CheckInPlan, CheckInRequest, Step};
 
 /// Most answers kept; past it the cache starts over (one entry per terminal and product,
@@ -328,13 +328,7 @@ fn admit_check_in(
     let binds = plan.steps.iter().any(|s| matches!(s, Step::Bind { .. }));
     let records = plan.steps.iter().any(|s| matches!(s, Step::Record { .. }));
     // Never recorded for this product; and for no product of the customer either.
-    if ctx.last_recorded.is_none()
-        && state
-            .ledger
-            .view()
-            .terminal(&req.cnpj, terminal)
-            .is_none()
-    {
+    if ctx.last_recorded.is_none() && state.ledger.view().terminal(&req.cnpj, terminal).is_none() {
         if let Err(over) = quotas.admit_unknown(req.cnpj, *terminal, now) {
             count(&quotas.counters.unknown_terminals_refused);
             if over.first {
@@ -349,8 +343,7 @@ fn admit_check_in(
     let change_only = records
         && !binds
         && ctx.last_recorded.as_ref().is_some_and(|last| {
-            last.outcome == plan.outcome
-                && now.signed_duration_since(last.at) < ctx.record_interval
+            last.outcome == plan.outcome && now.signed_duration_since(last.at) < ctx.record_interval
         });
     let mut skip = false;
     if change_only {

@@ -236,9 +236,7 @@ impl ResponseError for ApiError {
             ApiError::Unavailable(_) | ApiError::Busy { .. } | ApiError::CatchingUp { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            ApiError::RateLimited(_) | ApiError::OverQuota { .. } => {
-                StatusCode::TOO_MANY_REQUESTS
-            }
+            ApiError::RateLimited(_) | ApiError::OverQuota { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

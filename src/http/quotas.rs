@@ -204,7 +204,10 @@ impl WriteQuotas {
         if self.unknown.len() >= KEYS_MAX {
             self.unknown.clear();
         }
-        let mut entry = self.unknown.entry(cnpj).or_insert_with(|| (day, HashSet::new(), false));
+        let mut entry = self
+            .unknown
+            .entry(cnpj)
+            .or_insert_with(|| (day, HashSet::new(), false));
         if entry.0 != day {
             *entry = (day, HashSet::new(), false);
         }
@@ -305,7 +308,9 @@ mod tests {
         let over = q.admit_unknown(cnpj, hw(3), at(23, 0, 0)).unwrap_err();
         assert_eq!(over.retry_after_s, 3600);
         assert!(q.admit_unknown(other, hw(3), at(23, 0, 0)).is_ok());
-        assert!(q.admit_unknown(cnpj, hw(3), at(23, 0, 0) + chrono::Duration::hours(1)).is_ok());
+        assert!(q
+            .admit_unknown(cnpj, hw(3), at(23, 0, 0) + chrono::Duration::hours(1))
+            .is_ok());
     }
 
     #[test]
