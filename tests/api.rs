@@ -1264,6 +1264,22 @@ async fn finding_5_a_relay_token_forwarding_past_its_rate_gets_429_and_nothing_i
         metrics.contains("ledger_quota_refused_total{quota=\"relay_events\"} 1"),
         "{metrics}"
     );
+    // Documented where it can occur.
+    let doc = app.send("GET", "/openapi.json", None, None).await.json;
+    for (path, quota) in [
+        ("/v1/relay/events", "relay_events_per_minute"),
+        ("/v1/checkin", "unknown_terminals_per_day"),
+    ] {
+        let r = &doc["paths"][path]["post"]["responses"]["429"];
+        assert!(
+            r["description"]
+                .as_str()
+                .unwrap_or_default()
+                .contains(quota),
+            "{path}: {r}"
+        );
+        assert!(r["headers"]["Retry-After"].is_object(), "{path}: {r}");
+    }
 }
 
 #[test]
