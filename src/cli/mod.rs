@@ -26,7 +26,7 @@ pub mod verify;
 ///
 /// Settings come from flags, then `LEDGER_*` environment variables, then the TOML file given
 /// by `--config` (keys: `data_dir`, `listen`, `record_interval_hours`, `workers`,
-/// `tls_cert`, `tls_key`), then the defaults.
+/// `tls_cert`, `tls_key`, and the `[quotas]` table), then the defaults.
 #[derive(Debug, Parser)]
 #[command(name = "license-ledger", version, about, long_about = None)]
 pub struct Cli {
