@@ -311,6 +311,16 @@ pub fn json_answer(status: StatusCode, body: Bytes) -> HttpResponse {
     res
 }
 
+/// What one check-in has taken of its quotas already (a decision made again after a version
+/// conflict takes nothing twice).
+#[derive(Default)]
+struct Taken {
+    /// A place of the token's records this minute.
+    record: bool,
+    /// A place of the terminal's changes this hour.
+    change: bool,
+}
+
 /// The write quotas of a terminal token's check-in that would append (see
 /// [`crate::http::quotas`]): an unknown terminal past its customer's daily cap is refused; a
 /// record due only to a changed IP or program version past the terminal's hourly budget is
@@ -321,6 +331,7 @@ fn admit_check_in(
     req: &CheckInRequest,
     plan: &CheckInPlan,
     ctx: &CheckInContext,
+    taken: &mut Taken,
 ) -> Admission<OverQuota> {
     let quotas = &state.quotas;
     let now = state.ledger.clock().now();
@@ -346,7 +357,7 @@ fn admit_check_in(
             last.outcome == plan.outcome && now.signed_duration_since(last.at) < ctx.record_interval
         });
     let mut skip = false;
-    if change_only {
+    if change_only && !taken.change {
         if let Err(first) = quotas.take_change(req.cnpj, *terminal, now) {
             count(&quotas.counters.records_skipped_changes);
             if first {
@@ -356,9 +367,19 @@ fn admit_check_in(
             if plan.steps.iter().all(|s| matches!(s, Step::Record { .. })) {
                 return Admission::SkipRecord;
             }
+        } else {
+            taken.change = true;
         }
     }
-    match quotas.take_record(token, now) {
+    let took = if taken.record {
+        Ok(())
+    } else {
+        quotas.take_record(token, now)
+    };
+    if took.is_ok() {
+        taken.record = true;
+    }
+    match took {
         Ok(()) if skip => Admission::SkipRecord,
         Ok(()) => Admission::Write,
         Err(over) => {
@@ -420,10 +441,13 @@ pub async fn check_in(
         }
     }
     let plan = if caller.role == Role::Terminal {
+        // Counted once per check-in, however many times a version conflict makes it decide
+        // again.
+        let mut taken = Taken::default();
         let admitted = state
             .ledger
             .check_in_admitted(&req, |plan, ctx| {
-                admit_check_in(&state, &caller.name, &req, plan, ctx)
+                admit_check_in(&state, &caller.name, &req, plan, ctx, &mut taken)
             })
             .await?;
         match admitted {
