@@ -55,6 +55,24 @@ pub struct FileConfig {
     pub tls_cert: Option<PathBuf>,
     /// Its PEM private key (`--tls-key` wins).
     pub tls_key: Option<PathBuf>,
+    /// Write quotas of terminal and relay tokens (`[quotas]`; see `crate::http::quotas`).
+    pub quotas: Option<QuotasFileConfig>,
+}
+
+/// The `[quotas]` table of the configuration file: what terminal and relay tokens may make
+/// the center write (each at least 1; an omitted key keeps its default).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuotasFileConfig {
+    /// Check-ins that append per terminal token per minute (default 120).
+    pub terminal_records_per_minute: Option<u32>,
+    /// Records due only to an IP or program-version change per terminal per hour
+    /// (default 12).
+    pub terminal_changes_per_hour: Option<u32>,
+    /// New terminals per customer per UTC day (default 200).
+    pub unknown_terminals_per_day: Option<u32>,
+    /// Forwarded events per relay token per minute (default 12000).
+    pub relay_events_per_minute: Option<u32>,
 }
 
 /// The `[relay]` table of the configuration file.
@@ -133,6 +151,45 @@ pub enum ConfigError {
 }
 
 impl FileConfig {
+    /// The write quotas: the `[quotas]` table over the defaults; a zero is refused, naming
+    /// the key.
+    pub fn quotas(&self) -> Result<crate::http::quotas::QuotaSettings, String> {
+        let mut q = crate::http::quotas::QuotaSettings::default();
+        let Some(file) = self.quotas else {
+            return Ok(q);
+        };
+        let keys = [
+            (
+                "terminal_records_per_minute",
+                file.terminal_records_per_minute,
+                &mut q.terminal_records_per_minute,
+            ),
+            (
+                "terminal_changes_per_hour",
+                file.terminal_changes_per_hour,
+                &mut q.terminal_changes_per_hour,
+            ),
+            (
+                "unknown_terminals_per_day",
+                file.unknown_terminals_per_day,
+                &mut q.unknown_terminals_per_day,
+            ),
+            (
+                "relay_events_per_minute",
+                file.relay_events_per_minute,
+                &mut q.relay_events_per_minute,
+            ),
+        ];
+        for (key, value, slot) in keys {
+            match value {
+                Some(0) => return Err(format!("quotas.{key}: must be at least 1")),
+                Some(n) => *slot = n,
+                None => {}
+            }
+        }
+        Ok(q)
+    }
+
     /// Reads `path`.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = fs::read_to_string(path).map_err(|source| ConfigError::Io {
@@ -143,6 +200,12 @@ impl FileConfig {
             path: path.to_owned(),
             message: e.to_string(),
         })?;
+        if let Err(message) = config.quotas() {
+            return Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                message,
+            });
+        }
         if config.workers.is_some_and(|n| !(1..=256).contains(&n)) {
             return Err(ConfigError::Invalid {
                 path: path.to_owned(),

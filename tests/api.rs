@@ -1164,3 +1164,335 @@ async fn finding_3_a_terminal_fetches_its_own_offline_key_and_it_verifies_only_i
         assert!(body.get("terminal_key").is_none(), "{what}: {body}");
     }
 }
+
+/// Finding 5 of issue 15 (unbounded writes): a server over a fresh data directory on a
+/// manual clock, restarted with the `[quotas]` of `toml` read from a configuration file
+/// (so the file's keys are what the server applies).
+async fn app_with_quotas(toml: &str) -> (TestApp, license_ledger::clock::ManualClock) {
+    use chrono::TimeZone;
+    let clock = license_ledger::clock::ManualClock::new(
+        chrono::Utc.with_ymd_and_hms(2031, 5, 6, 10, 0, 5).unwrap(),
+    );
+    let mut app = TestApp::spawn_with_clock(clock.clone()).await;
+    let path = app.dir.path().join("ledger.toml");
+    std::fs::write(&path, toml).unwrap();
+    let file = license_ledger::config::FileConfig::load(&path).unwrap();
+    let quotas = file.quotas().unwrap();
+    app.restart_with(|s| s.quotas = quotas).await;
+    // Ready: the read model caught up.
+    for _ in 0..2000 {
+        if app.call("GET", "/healthz", None, None).await.0 == StatusCode::OK {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    (app, clock)
+}
+
+/// The published answer key.
+async fn answer_key(app: &TestApp) -> VerifyingKey {
+    let keys = app.call("GET", "/v1/keys", None, None).await.1;
+    let mut pk = [0u8; 32];
+    hex::decode_to_slice(keys["public_key"].as_str().unwrap(), &mut pk).unwrap();
+    VerifyingKey::from_bytes(&pk).unwrap()
+}
+
+/// A check-in of terminal `hw` from `ip` with a nonce; a 200 answer must verify for its
+/// subject and nonce. Returns the raw answer.
+async fn quota_check_in(
+    app: &TestApp,
+    key: &VerifyingKey,
+    token: &str,
+    hw: &str,
+    ip: &str,
+) -> common::Answer {
+    let nonce = format!("n{}", uuid::Uuid::now_v7().simple());
+    let body = json!({"cnpj": CNPJ, "product": "easycash", "hardware_id": hw,
+        "hardware_key": HW_KEY, "ip": ip, "program_version": "2.0.12.1", "nonce": nonce});
+    let a = app
+        .send("POST", "/v1/checkin", Some(token), Some(&body))
+        .await;
+    if a.status == StatusCode::OK {
+        let signed: SignedAnswer = serde_json::from_value(a.json.clone()).unwrap();
+        let subject = ledger_events::answer::Subject {
+            cnpj: ledger_events::Cnpj::parse(CNPJ).unwrap(),
+            product: ledger_events::Product::EasyCash,
+            hardware_id: ledger_events::HardwareId::parse(hw).unwrap(),
+        };
+        signed
+            .verify_with_nonce(key, &subject, &nonce)
+            .unwrap_or_else(|e| panic!("a valid signed answer: {e}: {}", a.text));
+    }
+    a
+}
+
+fn retry_after(a: &common::Answer) -> u64 {
+    a.retry_after
+        .as_deref()
+        .unwrap_or_else(|| panic!("429 without Retry-After: {}", a.text))
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finding_5_one_terminal_token_flipping_hardware_ids_and_ips_writes_no_more_than_its_quota()
+{
+    // Finding 5 of issue 15: one terminal token added 1,501 records in 1.1 s, every new
+    // hardware id or IP recorded.
+    let (app, clock) = app_with_quotas(
+        "[quotas]\nterminal_records_per_minute = 5\nterminal_changes_per_hour = 3\n\
+         unknown_terminals_per_day = 1000\n",
+    )
+    .await;
+    app.seed().await;
+    let terminal = app.token("terminal", Some(CNPJ)).await;
+    let key = answer_key(&app).await;
+    let hw = |i: u32| format!("50026B7782{i:06X}");
+
+    // A burst of new hardware ids: the first binds the license, the others are refused
+    // (no license left) and recorded as first sightings, up to 5 appending check-ins a
+    // minute; every one is answered 200, signed.
+    let before = app.head().await;
+    for i in 0..60 {
+        let a = quota_check_in(&app, &key, &terminal, &hw(i), "10.0.0.1").await;
+        assert_eq!(a.status, StatusCode::OK, "check-in {i}: {}", a.text);
+    }
+    let added = app.head().await - before;
+    // The bind's check-in appends the bind and its record; the 4 others one record each.
+    assert_eq!(added, 6, "records added by 60 check-ins under a quota of 5");
+
+    // One terminal flipping its IP (A, B, A, B, ...): 3 change records an hour, however
+    // many check-ins, in fresh minutes (the token's quota does not hide it).
+    clock.advance(chrono::Duration::seconds(60));
+    let bound = hw(0);
+    let before = app.head().await;
+    for i in 0..40 {
+        if i % 4 == 0 {
+            clock.advance(chrono::Duration::seconds(60));
+        }
+        let ip = if i % 2 == 0 { "10.0.0.2" } else { "10.0.0.1" };
+        let a = quota_check_in(&app, &key, &terminal, &bound, ip).await;
+        assert_eq!(a.status, StatusCode::OK, "flip {i}: {}", a.text);
+        assert_eq!(a.json["outcome"], "VALID", "{}", a.text);
+    }
+    assert_eq!(
+        app.head().await - before,
+        3,
+        "IP changes recorded this hour"
+    );
+
+    // Past the token's quota a bind is a write that is refused, 429 with Retry-After, and
+    // nothing is written; after the wait it binds.
+    clock.advance(chrono::Duration::seconds(60));
+    for i in 100..105 {
+        let a = quota_check_in(&app, &key, &terminal, &hw(i), "10.0.0.1").await;
+        assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    }
+    app.admin(
+        "POST",
+        "/v1/licenses",
+        json!({"cnpj": CNPJ, "product": "easycash", "expires_on": "2099-12-31"}),
+    )
+    .await;
+    let before = app.head().await;
+    let refused = quota_check_in(&app, &key, &terminal, &hw(200), "10.0.0.1").await;
+    assert_eq!(
+        refused.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "{}",
+        refused.text
+    );
+    assert_eq!(refused.json["error"], "rate_limited", "{}", refused.text);
+    let wait = retry_after(&refused);
+    assert!((1..=60).contains(&wait), "{wait}");
+    assert_eq!(app.head().await, before, "a refused bind writes nothing");
+    clock.advance(chrono::Duration::seconds(wait as i64));
+    let bound = quota_check_in(&app, &key, &terminal, &hw(200), "10.0.0.1").await;
+    assert_eq!(bound.status, StatusCode::OK, "{}", bound.text);
+    assert_eq!(bound.json["outcome"], "VALID", "{}", bound.text);
+
+    // Logged in /metrics.
+    let metrics = app.send("GET", "/metrics", None, None).await.text;
+    let value = |line: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(line)?.trim().parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("{line} in\n{metrics}"))
+    };
+    assert_eq!(value("ledger_quota_refused_total{quota=\"binds\"}"), 1);
+    assert!(value("ledger_quota_records_skipped_total{quota=\"token\"}") >= 55);
+    // Half the flips after the third change differ from the last recorded address.
+    assert!(value("ledger_quota_records_skipped_total{quota=\"changes\"}") >= 15);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finding_5_unknown_terminals_past_the_customers_daily_cap_answer_429() {
+    let (app, clock) = app_with_quotas("[quotas]\nunknown_terminals_per_day = 3\n").await;
+    app.seed().await;
+    let terminal = app.token("terminal", Some(CNPJ)).await;
+    let key = answer_key(&app).await;
+    let hw = |i: u32| format!("50026B7782{i:06X}");
+    for i in 0..3 {
+        let a = quota_check_in(&app, &key, &terminal, &hw(i), "10.0.0.1").await;
+        assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    }
+    let before = app.head().await;
+    let refused = quota_check_in(&app, &key, &terminal, &hw(3), "10.0.0.1").await;
+    assert_eq!(
+        refused.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "{}",
+        refused.text
+    );
+    assert_eq!(refused.json["error"], "rate_limited");
+    assert!(
+        refused.json["message"]
+            .as_str()
+            .unwrap()
+            .contains("unknown_terminals_per_day"),
+        "{}",
+        refused.text
+    );
+    // 10:00:05 UTC: until the next day.
+    assert_eq!(retry_after(&refused), 14 * 3600 - 5);
+    assert_eq!(app.head().await, before, "nothing written");
+    // Terminals already seen keep checking in.
+    let again = quota_check_in(&app, &key, &terminal, &hw(1), "10.0.0.9").await;
+    assert_eq!(again.status, StatusCode::OK, "{}", again.text);
+    // The next day the new terminal is taken.
+    clock.advance(chrono::Duration::hours(14));
+    let next_day = quota_check_in(&app, &key, &terminal, &hw(3), "10.0.0.1").await;
+    assert_eq!(next_day.status, StatusCode::OK, "{}", next_day.text);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finding_5_a_relay_token_forwarding_past_its_rate_gets_429_and_nothing_is_lost() {
+    // Finding 5 of issue 15: one relay token added 60,000 records in 36 s.
+    use ledger_events::{
+        Actor, CheckInOutcome, Event, HardwareId, HardwareKey, Product, TerminalCheckedIn,
+    };
+    let (app, clock) = app_with_quotas("[quotas]\nrelay_events_per_minute = 3\n").await;
+    app.seed().await;
+    let relay = app.token("relay", Some(CNPJ)).await;
+    let hw = HardwareId::parse(HW_ID).unwrap();
+    let event = |n: u8| {
+        let e: Event = TerminalCheckedIn {
+            cnpj: ledger_events::Cnpj::parse(CNPJ).unwrap(),
+            product: Product::EasyCash,
+            hardware_id: hw,
+            hardware_key: HardwareKey::parse(HW_KEY).unwrap(),
+            license_id: None,
+            ip: Some(format!("10.0.0.{n}").parse().unwrap()),
+            program_version: None,
+            caixa: None,
+            equipamento: None,
+            outcome: CheckInOutcome::Valid {
+                expires_on: "2099-12-31".parse().unwrap(),
+            },
+        }
+        .into();
+        json!({
+            "event_id": uuid::Uuid::now_v7(),
+            "stream_id": e.stream_id().to_string(),
+            "expected_version": null,
+            "event_type": e.event_type(),
+            "data": e.data_json(),
+            "actor": Actor::terminal(&hw),
+            "correlation_id": uuid::Uuid::now_v7(),
+            "recorded_at": "2031-05-06T10:00:00Z",
+        })
+    };
+    let forward = |events: Vec<Value>| {
+        let app = &app;
+        let relay = relay.clone();
+        async move {
+            app.send(
+                "POST",
+                "/v1/relay/events",
+                Some(&relay),
+                Some(&json!({"cnpj": CNPJ, "events": events})),
+            )
+            .await
+        }
+    };
+    let first: Vec<Value> = (1..=3).map(event).collect();
+    let a = forward(first).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+
+    let later: Vec<Value> = (4..=6).map(event).collect();
+    let before = app.head().await;
+    let refused = forward(later.clone()).await;
+    assert_eq!(
+        refused.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "{}",
+        refused.text
+    );
+    assert_eq!(refused.json["error"], "rate_limited");
+    let wait = retry_after(&refused);
+    assert!((1..=60).contains(&wait), "{wait}");
+    assert_eq!(
+        app.head().await,
+        before,
+        "nothing of the refused request is decided"
+    );
+
+    // After the wait the same events are forwarded again: each stored once.
+    clock.advance(chrono::Duration::seconds(wait as i64));
+    let a = forward(later.clone()).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    for r in a.json["results"].as_array().unwrap() {
+        assert_eq!(r["resolution"]["status"], "accepted", "{}", a.text);
+    }
+    assert_eq!(app.head().await, before + 3);
+    clock.advance(chrono::Duration::seconds(60));
+    let again = forward(later).await;
+    assert_eq!(again.status, StatusCode::OK, "{}", again.text);
+    assert_eq!(app.head().await, before + 3, "a retry stores nothing more");
+    let metrics = app.send("GET", "/metrics", None, None).await.text;
+    assert!(
+        metrics.contains("ledger_quota_refused_total{quota=\"relay_events\"} 1"),
+        "{metrics}"
+    );
+    // Documented where it can occur.
+    let doc = app.send("GET", "/openapi.json", None, None).await.json;
+    for (path, quota) in [
+        ("/v1/relay/events", "relay_events_per_minute"),
+        ("/v1/checkin", "unknown_terminals_per_day"),
+    ] {
+        let r = &doc["paths"][path]["post"]["responses"]["429"];
+        assert!(
+            r["description"]
+                .as_str()
+                .unwrap_or_default()
+                .contains(quota),
+            "{path}: {r}"
+        );
+        assert!(r["headers"]["Retry-After"].is_object(), "{path}: {r}");
+    }
+}
+
+#[test]
+fn finding_5_quotas_are_read_from_the_config_file_and_a_zero_is_refused() {
+    use license_ledger::config::FileConfig;
+    use license_ledger::http::quotas::QuotaSettings;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ledger.toml");
+    std::fs::write(&path, "listen = \"127.0.0.1:0\"\n").unwrap();
+    assert_eq!(
+        FileConfig::load(&path).unwrap().quotas().unwrap(),
+        QuotaSettings::default()
+    );
+    std::fs::write(&path, "[quotas]\nrelay_events_per_minute = 7\n").unwrap();
+    let q = FileConfig::load(&path).unwrap().quotas().unwrap();
+    assert_eq!(q.relay_events_per_minute, 7);
+    assert_eq!(
+        q.terminal_records_per_minute,
+        QuotaSettings::default().terminal_records_per_minute
+    );
+    std::fs::write(&path, "[quotas]\nterminal_changes_per_hour = 0\n").unwrap();
+    let e = FileConfig::load(&path).unwrap_err().to_string();
+    assert!(e.contains("quotas.terminal_changes_per_hour"), "{e}");
+    std::fs::write(&path, "[quotas]\nrecords = 3\n").unwrap();
+    assert!(FileConfig::load(&path).is_err(), "unknown keys are refused");
+}

@@ -10,6 +10,26 @@ use super::{derived_v7, AppError, Ledger};
 use crate::domain::checkin::{decide_check_in, CheckInContext, CheckInPlan, CheckInRequest, Step};
 use crate::store::{ExpectedVersion, StoreError};
 
+/// What a check-in's appends may do (see [`Ledger::check_in_admitted`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Admission<R> {
+    /// Append every step.
+    Write,
+    /// Append every step but the check-in record (the answer is the same).
+    SkipRecord,
+    /// Append nothing and answer `R` instead.
+    Refuse(R),
+}
+
+/// A check-in's result under an [`Admission`].
+#[derive(Clone, Debug)]
+pub enum Admitted<R> {
+    /// The decision, with the steps that were appended.
+    Plan(CheckInPlan),
+    /// Refused by the admission: nothing was appended.
+    Refused(R),
+}
+
 /// The decision's inputs, read from `view`.
 pub fn check_in_context(
     view: &LedgerView,
@@ -76,6 +96,25 @@ impl Ledger {
     /// decision with the texts to show. Races (two terminals, or one terminal twice) are
     /// settled by the store's version checks.
     pub async fn check_in(&self, req: &CheckInRequest) -> Result<CheckInPlan, AppError> {
+        match self
+            .check_in_admitted(req, |_, _| Admission::<std::convert::Infallible>::Write)
+            .await?
+        {
+            Admitted::Plan(plan) => Ok(plan),
+            Admitted::Refused(never) => match never {},
+        }
+    }
+
+    /// Like [`Ledger::check_in`], with `admit` deciding, for each decision that would append
+    /// anything (seeing the decision and the context it was made on), whether its appends
+    /// are written, written without the check-in record (the answer is the same), or refused
+    /// (`R` is then returned and nothing is appended). The write quotas of the HTTP edge
+    /// (`crate::http::quotas`) are applied here, under the terminal's turn.
+    pub async fn check_in_admitted<R>(
+        &self,
+        req: &CheckInRequest,
+        mut admit: impl FnMut(&CheckInPlan, &CheckInContext) -> Admission<R>,
+    ) -> Result<Admitted<R>, AppError> {
         // One check-in at a time per terminal on this node: its own racing check-ins then
         // decide one after the other instead of settling by conflicts.
         let _turn = self.terminal_lock(&req.cnpj, &req.hardware_id).lock().await;
@@ -91,13 +130,22 @@ impl Ledger {
             if attempt == 1 {
                 attempts = attempts.saturating_add(ctx.candidates.len() as u32);
             }
-            let plan = decide_check_in(req, &ctx, self.clock().now());
+            let mut plan = decide_check_in(req, &ctx, self.clock().now());
+            if !plan.steps.is_empty() {
+                match admit(&plan, &ctx) {
+                    Admission::Write => {}
+                    Admission::SkipRecord => {
+                        plan.steps.retain(|s| !matches!(s, Step::Record { .. }));
+                    }
+                    Admission::Refuse(r) => return Ok(Admitted::Refused(r)),
+                }
+            }
             match self.run_steps(req, &plan, &actor).await {
                 Ok(last) => {
                     if last > 0 {
                         self.wait_for(last).await?;
                     }
-                    return Ok(plan);
+                    return Ok(Admitted::Plan(plan));
                 }
                 Err(StoreError::WrongExpectedVersion { stream, actual, .. }) => {
                     self.settle_conflict(&stream, actual).await?;
@@ -110,7 +158,7 @@ impl Ledger {
                         && plan.steps.iter().all(|s| matches!(s, Step::Record { .. })) =>
                 {
                     tracing::warn!(error = %e, terminal = %req.hardware_id, "store unavailable: answering the check-in without recording it");
-                    return Ok(plan);
+                    return Ok(Admitted::Plan(plan));
                 }
                 Err(e) => return Err(e.into()),
             }

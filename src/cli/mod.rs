@@ -26,7 +26,7 @@ pub mod verify;
 ///
 /// Settings come from flags, then `LEDGER_*` environment variables, then the TOML file given
 /// by `--config` (keys: `data_dir`, `listen`, `record_interval_hours`, `workers`,
-/// `tls_cert`, `tls_key`), then the defaults.
+/// `tls_cert`, `tls_key`, and the `[quotas]` table), then the defaults.
 #[derive(Debug, Parser)]
 #[command(name = "license-ledger", version, about, long_about = None)]
 pub struct Cli {
@@ -308,6 +308,10 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 args.tls_cert.or(file.tls_cert.clone()),
                 args.tls_key.or(file.tls_key.clone()),
             )?;
+            let quotas = file.quotas().map_err(|message| CliError::Input {
+                flag: "quotas",
+                message,
+            })?;
             let settings = serve::ServeSettings {
                 data_dir,
                 log,
@@ -321,6 +325,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 store_layer: None,
                 trusted_proxies,
                 tls,
+                quotas,
             };
             Ok(serve::run(settings, args.demo)?)
         }

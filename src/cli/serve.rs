@@ -67,6 +67,8 @@ pub struct ServeSettings {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// HTTPS (`--tls-cert`/`--tls-key`), or `None` for plain HTTP.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Write quotas of terminal and relay tokens (`[quotas]`).
+    pub quotas: crate::http::quotas::QuotaSettings,
 }
 
 impl std::fmt::Debug for ServeSettings {
@@ -81,6 +83,7 @@ impl std::fmt::Debug for ServeSettings {
             .field("store_layer", &self.store_layer.is_some())
             .field("trusted_proxies", &self.trusted_proxies)
             .field("tls", &self.tls.is_some())
+            .field("quotas", &self.quotas)
             .finish()
     }
 }
@@ -99,6 +102,7 @@ impl ServeSettings {
             store_layer: None,
             trusted_proxies: Vec::new(),
             tls: None,
+            quotas: crate::http::quotas::QuotaSettings::default(),
         }
     }
 }
@@ -245,6 +249,7 @@ async fn open_rest(
         }),
         secrets_file: Mutex::new(secrets_file),
         answers: http::checkin::AnswerCache::default(),
+        quotas: http::quotas::WriteQuotas::new(settings.quotas),
     };
     let server = http::server(state, listener, settings.workers, settings.tls.as_deref()).map_err(
         |source| ServeError::Io {

@@ -38,9 +38,11 @@ use utoipa::ToSchema;
 use super::auth::{As, Terminals};
 use super::error::{ApiError, ErrorBody, ErrorCode};
 use super::extract::Json;
+use super::quotas::{count, OverQuota};
 use super::AppState;
+use crate::app::checkin::{Admission, Admitted};
 use crate::config::Role;
-use crate::domain::checkin::{CheckInPlan, CheckInRequest};
+use crate::domain::checkin::{CheckInContext, CheckInPlan, CheckInRequest, Step};
 
 /// Most answers kept; past it the cache starts over (one entry per terminal and product,
 /// about 1 KiB each).
@@ -309,6 +311,100 @@ pub fn json_answer(status: StatusCode, body: Bytes) -> HttpResponse {
     res
 }
 
+/// What one check-in has taken of its quotas already (a decision made again after a version
+/// conflict takes nothing twice).
+#[derive(Default)]
+struct Taken {
+    /// A place of the token's records this minute.
+    record: bool,
+    /// A place of the terminal's changes this hour.
+    change: bool,
+}
+
+/// The write quotas of a terminal token's check-in that would append (see
+/// [`crate::http::quotas`]): an unknown terminal past its customer's daily cap is refused; a
+/// record due only to a changed IP or program version past the terminal's hourly budget is
+/// skipped; past the token's record quota, a bind is refused and a record skipped.
+fn admit_check_in(
+    state: &AppState,
+    token: &str,
+    req: &CheckInRequest,
+    plan: &CheckInPlan,
+    ctx: &CheckInContext,
+    taken: &mut Taken,
+) -> Admission<OverQuota> {
+    let quotas = &state.quotas;
+    let now = state.ledger.clock().now();
+    let terminal = &req.hardware_id;
+    let binds = plan.steps.iter().any(|s| matches!(s, Step::Bind { .. }));
+    let records = plan.steps.iter().any(|s| matches!(s, Step::Record { .. }));
+    // Never recorded for this product; and for no product of the customer either.
+    if ctx.last_recorded.is_none() && state.ledger.view().terminal(&req.cnpj, terminal).is_none() {
+        if let Err(over) = quotas.admit_unknown(req.cnpj, *terminal, now) {
+            count(&quotas.counters.unknown_terminals_refused);
+            if over.first {
+                tracing::warn!(%token, cnpj = %req.cnpj, %terminal, "write quota: {}", over.message);
+            } else {
+                tracing::debug!(%token, cnpj = %req.cnpj, %terminal, "write quota: {}", over.message);
+            }
+            return Admission::Refuse(over);
+        }
+    }
+    // A record due only to a changed IP or program version.
+    let change_only = records
+        && !binds
+        && ctx.last_recorded.as_ref().is_some_and(|last| {
+            last.outcome == plan.outcome && now.signed_duration_since(last.at) < ctx.record_interval
+        });
+    let mut skip = false;
+    if change_only && !taken.change {
+        if let Err(first) = quotas.take_change(req.cnpj, *terminal, now) {
+            count(&quotas.counters.records_skipped_changes);
+            if first {
+                tracing::warn!(%token, cnpj = %req.cnpj, %terminal, "write quota: the terminal's IP or program version changed {} times this hour (terminal_changes_per_hour); it is recorded again at the record interval or when its answer changes", quotas.settings.terminal_changes_per_hour);
+            }
+            skip = true;
+            if plan.steps.iter().all(|s| matches!(s, Step::Record { .. })) {
+                return Admission::SkipRecord;
+            }
+        } else {
+            taken.change = true;
+        }
+    }
+    let took = if taken.record {
+        Ok(())
+    } else {
+        quotas.take_record(token, now)
+    };
+    if took.is_ok() {
+        taken.record = true;
+    }
+    match took {
+        Ok(()) if skip => Admission::SkipRecord,
+        Ok(()) => Admission::Write,
+        Err(over) => {
+            let log = |what: &str| {
+                if over.first {
+                    tracing::warn!(%token, cnpj = %req.cnpj, %terminal, "write quota: {}; {what}", over.message);
+                } else {
+                    tracing::debug!(%token, cnpj = %req.cnpj, %terminal, "write quota: {}; {what}", over.message);
+                }
+            };
+            if binds {
+                count(&quotas.counters.binds_refused);
+                log("a bind is refused");
+                Admission::Refuse(over)
+            } else {
+                if records && !skip {
+                    count(&quotas.counters.records_skipped_token);
+                }
+                log("answered without recording");
+                Admission::SkipRecord
+            }
+        }
+    }
+}
+
 /// A terminal asks whether it may sell (terminals for their own customer, and admins). The
 /// answer is signed: verify it with `GET /v1/keys`.
 #[utoipa::path(post, path = "/v1/checkin", tag = "terminals", request_body = CheckInBody,
@@ -319,6 +415,13 @@ pub fn json_answer(status: StatusCode, body: Bytes) -> HttpResponse {
             customer is inactive: the error fields and the signed answer, outcome \
             CUSTOMER_INACTIVE, both", body = ErrorBody),
         (status = 404, description = "A terminal token asking for another customer",
+            body = ErrorBody),
+        (status = 429, description = "`rate_limited`, with `Retry-After` (seconds): a write \
+            quota of a terminal token is used up and this check-in would have to write: a new \
+            terminal past its customer's `unknown_terminals_per_day`, or a bind past the \
+            token's `terminal_records_per_minute`. Nothing was written; retry after the wait. \
+            A check-in that would only record is answered as usual, unrecorded",
+            headers(("Retry-After" = u32, description = "Seconds until the quota's window ends")),
             body = ErrorBody)))]
 pub async fn check_in(
     state: web::Data<AppState>,
@@ -337,7 +440,28 @@ pub async fn check_in(
             return Ok(json_answer(status, body));
         }
     }
-    let plan = state.ledger.check_in(&req).await?;
+    let plan = if caller.role == Role::Terminal {
+        // Counted once per check-in, however many times a version conflict makes it decide
+        // again.
+        let mut taken = Taken::default();
+        let admitted = state
+            .ledger
+            .check_in_admitted(&req, |plan, ctx| {
+                admit_check_in(&state, &caller.name, &req, plan, ctx, &mut taken)
+            })
+            .await?;
+        match admitted {
+            Admitted::Plan(plan) => plan,
+            Admitted::Refused(over) => {
+                return Err(ApiError::OverQuota {
+                    message: over.message,
+                    retry_after_s: over.retry_after_s,
+                })
+            }
+        }
+    } else {
+        state.ledger.check_in(&req).await?
+    };
     let now = state.ledger.clock().now();
     let keep = nonce.is_none();
     if keep {

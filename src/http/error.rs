@@ -68,6 +68,15 @@ pub enum ApiError {
     /// 429: too many requests of this kind from this caller or address; retry later.
     #[error("{0}")]
     RateLimited(String),
+    /// 429 with `Retry-After`: a write quota of the caller's token or customer is used up
+    /// (`crate::http::quotas`); nothing was written, retry after `retry_after_s` seconds.
+    #[error("{message}")]
+    OverQuota {
+        /// Which quota, and what to do.
+        message: String,
+        /// Seconds until the quota's window ends, sent as `Retry-After`.
+        retry_after_s: u32,
+    },
     /// 503 with `Retry-After`: the command met contention it could not resolve in time (ids
     /// taken by other nodes, version conflicts, a read model behind); nothing is wrong with
     /// the request, retry it (with the same `command_id`) after `retry_after_s` seconds.
@@ -116,7 +125,7 @@ impl ApiError {
             ApiError::BodyTimeout(_) => ErrorCode::BodyTimeout,
             ApiError::Rejected { .. } => ErrorCode::Rejected,
             ApiError::Unavailable(_) => ErrorCode::Unavailable,
-            ApiError::RateLimited(_) => ErrorCode::RateLimited,
+            ApiError::RateLimited(_) | ApiError::OverQuota { .. } => ErrorCode::RateLimited,
             ApiError::Busy { .. } => ErrorCode::Busy,
             ApiError::CatchingUp { .. } => ErrorCode::CatchingUp,
             ApiError::Internal => ErrorCode::Internal,
@@ -227,7 +236,7 @@ impl ResponseError for ApiError {
             ApiError::Unavailable(_) | ApiError::Busy { .. } | ApiError::CatchingUp { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::RateLimited(_) | ApiError::OverQuota { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -235,7 +244,7 @@ impl ResponseError for ApiError {
     fn error_response(&self) -> HttpResponse {
         let mut answer = HttpResponse::build(self.status_code());
         match self {
-            ApiError::Busy { retry_after_s, .. } => {
+            ApiError::Busy { retry_after_s, .. } | ApiError::OverQuota { retry_after_s, .. } => {
                 answer.insert_header((actix_web::http::header::RETRY_AFTER, *retry_after_s));
             }
             ApiError::CatchingUp { .. } => {

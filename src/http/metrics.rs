@@ -209,6 +209,23 @@ pub async fn metrics(
         "Appends stored by this server since it started (retries excluded).",
         state.ledger.appends(),
     );
+    let q = &state.quotas.counters;
+    let load = |c: &std::sync::atomic::AtomicU64| c.load(Relaxed);
+    out.push_str("# HELP ledger_quota_records_skipped_total Check-ins answered but not recorded by a write quota (token: the terminal token's terminal_records_per_minute; changes: the terminal's terminal_changes_per_hour).\n# TYPE ledger_quota_records_skipped_total counter\n");
+    let _ = writeln!(
+        out,
+        "ledger_quota_records_skipped_total{{quota=\"token\"}} {}\nledger_quota_records_skipped_total{{quota=\"changes\"}} {}",
+        load(&q.records_skipped_token),
+        load(&q.records_skipped_changes)
+    );
+    out.push_str("# HELP ledger_quota_refused_total Requests answered 429 by a write quota (binds: terminal_records_per_minute; unknown_terminals: unknown_terminals_per_day; relay_events: relay_events_per_minute).\n# TYPE ledger_quota_refused_total counter\n");
+    let _ = writeln!(
+        out,
+        "ledger_quota_refused_total{{quota=\"binds\"}} {}\nledger_quota_refused_total{{quota=\"unknown_terminals\"}} {}\nledger_quota_refused_total{{quota=\"relay_events\"}} {}",
+        load(&q.binds_refused),
+        load(&q.unknown_terminals_refused),
+        load(&q.relay_forwards_refused)
+    );
     if let Some(s) = state.ledger.store_stats() {
         gauge(
             &mut out,

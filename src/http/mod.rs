@@ -32,6 +32,7 @@ pub mod limits;
 pub mod metrics;
 pub mod offline_key;
 pub mod openapi;
+pub mod quotas;
 pub mod relay_api;
 pub mod routes;
 pub mod sse;
@@ -124,6 +125,8 @@ pub struct AppState {
     pub secrets_file: Mutex<SecretsFile>,
     /// The last check-in answer per terminal, served again while it holds.
     pub answers: checkin::AnswerCache,
+    /// What terminal and relay tokens may write (finding 5 of issue 15).
+    pub quotas: quotas::WriteQuotas,
 }
 
 /// Builds the server on `listener` with `workers` worker threads, speaking HTTPS with `tls`

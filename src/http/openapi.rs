@@ -105,7 +105,8 @@ const WITH_TOKEN: &[(&str, &str)] = &[
     (
         "429",
         "Over a limit (`rate_limited`, with `Retry-After`): failed authentications from this \
-         address, offline activations, or event streams open per token or in all.",
+         address, offline activations, event streams open per token or in all, or a write \
+         quota of a terminal or relay token (`[quotas]`).",
     ),
     (
         "500",

@@ -284,9 +284,16 @@ pub struct Forwarded {
     position: Position,
 }
 
-/// Events that happened at the relay, decided one by one.
+/// Events that happened at the relay, decided one by one. A relay token may forward
+/// `relay_events_per_minute` events a minute (a request is taken whole while the token is
+/// under it); past it the request answers 429 with `Retry-After` and nothing of it is
+/// decided: forward the same events again after the wait.
 #[utoipa::path(post, path = "/v1/relay/events", tag = "relay", request_body = ForwardBody,
     responses((status = 200, body = Forwarded),
+        (status = 429, description = "`rate_limited`, with `Retry-After` (seconds): the relay \
+            token's `relay_events_per_minute` is used up; nothing of the request was decided",
+            headers(("Retry-After" = u32, description = "Seconds until the quota's window ends")),
+            body = ErrorBody),
         (status = 401, description = "No token, an unknown one, or the customer is inactive",
             body = ErrorBody)))]
 pub async fn forward(state: State, caller: As<Relays>, Json(b): Json<ForwardBody>) -> Answer {
@@ -296,6 +303,21 @@ pub async fn forward(state: State, caller: As<Relays>, Json(b): Json<ForwardBody
             "events",
             format!("at most {FORWARD_EVENTS_MAX} per request"),
         ));
+    }
+    // The relay token's write quota: past it, nothing of this request is decided (the relay
+    // keeps the events and forwards them again after `Retry-After`).
+    let now = state.ledger.clock().now();
+    if let Err(over) = state.quotas.take_forward(&caller.name, b.events.len(), now) {
+        super::quotas::count(&state.quotas.counters.relay_forwards_refused);
+        if over.first {
+            tracing::warn!(relay = %caller.name, %cnpj, events = b.events.len(), "write quota: {}", over.message);
+        } else {
+            tracing::debug!(relay = %caller.name, %cnpj, events = b.events.len(), "write quota: {}", over.message);
+        }
+        return Err(ApiError::OverQuota {
+            message: over.message,
+            retry_after_s: over.retry_after_s,
+        });
     }
     let relay = caller.actor()?;
     let mut results = Vec::with_capacity(b.events.len());

@@ -251,6 +251,71 @@ mod tests {
     }
 
     #[test]
+    fn finding_5_a_center_throttling_a_forward_loses_and_skips_nothing() {
+        // The center takes 300 events, then answers 429 (its write quota for the relay
+        // token): the pass stops there, and the next pass forwards the rest, in order.
+        let events: Vec<_> = (0..1000).map(|i| event(i, 100)).collect();
+        let mut got: Vec<Uuid> = Vec::new();
+        let mut decided: Vec<Uuid> = Vec::new();
+        let mut quota = 300usize;
+        let pass = |pending: &[ForwardedEvent],
+                    got: &mut Vec<Uuid>,
+                    decided: &mut Vec<Uuid>,
+                    quota: &mut usize| {
+            forward_in_batches(
+                cnpj(),
+                pending,
+                FORWARD_BODY_BYTES,
+                super::super::FORWARD_BATCH,
+                |batch| {
+                    if *quota == 0 {
+                        return ready(Err(UpstreamError::Throttled {
+                            retry_after_s: 42,
+                            message: "relay_events_per_minute".into(),
+                        }));
+                    }
+                    *quota = quota.saturating_sub(batch.len());
+                    got.extend(batch.iter().map(|e| e.event_id));
+                    ready(Ok(batch
+                        .iter()
+                        .map(|e| (e.event_id, Resolution::Accepted { position: None }))
+                        .collect()))
+                },
+                |results| {
+                    decided.extend(results.into_iter().map(|(id, _)| id));
+                    Ok(())
+                },
+            )
+            .now_or_never()
+            .expect("answers at once")
+        };
+        let (e, stats) = pass(&events, &mut got, &mut decided, &mut quota).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                UpstreamError::Throttled {
+                    retry_after_s: 42,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        assert_eq!(stats.decided, decided.len());
+        assert!(
+            decided.len() >= 300 && decided.len() < 1000,
+            "{}",
+            decided.len()
+        );
+        // The relay resolves what was decided; the rest stays pending for the next pass.
+        quota = usize::MAX;
+        let rest = events[decided.len()..].to_vec();
+        pass(&rest, &mut got, &mut decided, &mut quota).unwrap();
+        let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
+        assert_eq!(got, ids, "every event once, in order");
+        assert_eq!(decided, ids);
+    }
+
+    #[test]
     fn a_batch_body_measures_exactly_what_the_request_sends() {
         let events: Vec<_> = (0..5).map(|i| event(i, i * 37)).collect();
         let sizes = Sizes::measure(cnpj(), &events).unwrap();

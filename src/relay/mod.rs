@@ -759,11 +759,23 @@ impl Relay {
                 _ = self.forward_now.notified() => {}
                 _ = tokio::time::sleep(StdDuration::from_secs(2)) => {}
             }
-            if let Err(e) = self.forward_pending().await {
+            match self.forward_pending().await {
+                // The center's write quota: the events stay in the outbox, in order, and are
+                // forwarded again once the center's `Retry-After` has passed (not before,
+                // however many new events ask for a forward meanwhile).
+                Err(UpstreamError::Throttled { retry_after_s, .. }) => {
+                    let wait = retry_after_s.clamp(1, upstream::FORWARD_THROTTLED_MAX_S);
+                    tracing::warn!(
+                        wait_s = wait,
+                        "the center's write quota for this relay is used up; forwarding again after the wait"
+                    );
+                    tokio::time::sleep(StdDuration::from_secs(wait)).await;
+                }
                 // An event too large to forward was reported once, in the status too.
-                if !e.is_unreachable() && !matches!(e, UpstreamError::TooLarge { .. }) {
+                Err(e) if !e.is_unreachable() && !matches!(e, UpstreamError::TooLarge { .. }) => {
                     tracing::warn!(error = %e, "forwarding the outbox failed");
                 }
+                Err(_) | Ok(_) => {}
             }
         }
     }

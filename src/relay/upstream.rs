@@ -17,6 +17,10 @@ use crate::app::relay::{ForwardedEvent, Resolution};
 
 /// How long one request (not the stream) may take.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long the relay waits after a 429 to a forward that named no usable `Retry-After`.
+pub const FORWARD_THROTTLED_DEFAULT_S: u64 = 60;
+/// The longest wait after a 429 to a forward, whatever `Retry-After` says.
+pub const FORWARD_THROTTLED_MAX_S: u64 = 300;
 /// How long connecting may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -32,6 +36,15 @@ pub enum UpstreamError {
     Refused {
         /// The HTTP status.
         status: u16,
+        /// The center's `message`.
+        message: String,
+    },
+    /// The center's write quota for this relay token is used up (429): nothing of the
+    /// request was decided; forward the same events again after `retry_after_s` seconds.
+    #[error("the center asks to wait {retry_after_s} s (429): {message}")]
+    Throttled {
+        /// The center's `Retry-After`, in seconds.
+        retry_after_s: u64,
         /// The center's `message`.
         message: String,
     },
@@ -274,14 +287,37 @@ impl Upstream {
         &self,
         events: &[ForwardedEvent],
     ) -> Result<Vec<(uuid::Uuid, Resolution)>, UpstreamError> {
-        let body: ForwardAnswer = answer(
-            self.client
-                .post(format!("{}/v1/relay/events", self.base))
-                .bearer_auth(&self.token)
-                .json(&forward_body(self.cnpj, events))
-                .timeout(REQUEST_TIMEOUT),
-        )
-        .await?;
+        let res = self
+            .client
+            .post(format!("{}/v1/relay/events", self.base))
+            .bearer_auth(&self.token)
+            .json(&forward_body(self.cnpj, events))
+            .timeout(REQUEST_TIMEOUT)
+            .send()
+            .await
+            .map_err(unreachable)?;
+        if res.status() == reqwest::StatusCode::TOO_MANY_REQUESTS {
+            let retry_after_s = res
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(FORWARD_THROTTLED_DEFAULT_S);
+            let UpstreamError::Refused { message, .. } = refusal(res).await else {
+                return Err(UpstreamError::Malformed("a 429 without its body".into()));
+            };
+            return Err(UpstreamError::Throttled {
+                retry_after_s,
+                message,
+            });
+        }
+        if !res.status().is_success() {
+            return Err(refusal(res).await);
+        }
+        let body: ForwardAnswer = res
+            .json()
+            .await
+            .map_err(|e| UpstreamError::Malformed(e.to_string()))?;
         Ok(body
             .results
             .into_iter()

@@ -39,6 +39,8 @@ pub struct Answer {
     pub status: StatusCode,
     pub text: String,
     pub json: Value,
+    /// The `Retry-After` header, if any.
+    pub retry_after: Option<String>,
 }
 
 fn settings(dir: &std::path::Path, clock: &Arc<dyn Clock>) -> ServeSettings {
@@ -138,6 +140,11 @@ impl TestApp {
         }
         let res = req.send().await.unwrap();
         let status = res.status();
+        let retry_after = res
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         let streaming = res
             .headers()
             .get("content-type")
@@ -149,7 +156,12 @@ impl TestApp {
             res.text().await.unwrap()
         };
         let json = serde_json::from_str(&text).unwrap_or_else(|_| Value::String(text.clone()));
-        Answer { status, text, json }
+        Answer {
+            status,
+            text,
+            json,
+            retry_after,
+        }
     }
 
     /// One request: status and body as JSON (a JSON string when it is not JSON).
