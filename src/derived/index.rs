@@ -282,6 +282,7 @@ fn decode_covers(v: &[u8]) -> Option<ChainHead> {
 /// keys out of order, so the order is checked here first and refused as an error.
 fn ingest<K: AsRef<[u8]>, V: AsRef<[u8]>>(
     keyspace: &fjall::Keyspace,
+    maintenance: Maintenance,
     keys: impl Iterator<Item = (K, V)>,
 ) -> Result<(), DerivedError> {
     let keys: Vec<(K, V)> = keys.collect();
@@ -293,6 +294,7 @@ fn ingest<K: AsRef<[u8]>, V: AsRef<[u8]>>(
             "index keys out of order in a run (a bug): not written".into(),
         ));
     }
+    crate::store::bound_level0(keyspace, maintenance)?;
     let mut run = keyspace.start_ingestion()?;
     for (k, v) in &keys {
         run.write(k.as_ref(), v.as_ref())?;
@@ -342,18 +344,21 @@ impl Disk {
         }
         ingest(
             &self.history,
+            self.maintenance,
             tail.history
                 .iter()
                 .map(|(&(id, p), joins)| (history_key(id, p), joins.encode())),
         )?;
         ingest(
             &self.customer,
+            self.maintenance,
             tail.customer
                 .iter()
                 .map(|(cnpj, p, t)| (customer_key(cnpj, *p), t.as_bytes())),
         )?;
         ingest(
             &self.kind,
+            self.maintenance,
             tail.kind.iter().map(|(t, p)| (kind_key(t, *p), [])),
         )?;
         self.meta.insert(COVERS, encode_covers(&tail.covers))?;
@@ -368,6 +373,14 @@ impl Disk {
 }
 
 impl LogIndex {
+    #[cfg(test)]
+    pub(crate) fn level0_runs(&self) -> usize {
+        use fjall::AbstractTree;
+        self.disk
+            .as_ref()
+            .map_or(0, |d| d.history.tree.l0_run_count())
+    }
+
     /// Opens (or creates) the index in `dir`. A directory that is not a valid index of this
     /// version fails: the caller moves it away and starts an empty one.
     pub fn open(dir: &Path, maintenance: Maintenance) -> Result<Self, DerivedError> {

@@ -321,6 +321,35 @@ mod tests {
         assert_eq!(index.fold_positions(id, 1).unwrap(), vec![1]);
     }
 
+    /// fjall's manifest keeps a level's run count in one byte, and every spill adds a run to
+    /// level 0: with compaction behind (or no workers, as in the CLI), 256 runs made the index
+    /// unreadable at the next open (`InvalidTag(("ChecksumType", ..))`: rebuilt from the log,
+    /// 9 minutes at 38 M records).
+    #[test]
+    fn an_index_spilled_more_often_than_a_level_holds_runs_opens_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index");
+        let memory = LogIndex::memory();
+        {
+            let index = LogIndex::open(&path, Maintenance::Deferred).unwrap();
+            for i in 0..1200u64 {
+                index.commit(batch(i * 2 + 1, i * 2 + 2)).unwrap();
+                memory.commit(batch(i * 2 + 1, i * 2 + 2)).unwrap();
+                index.persist().unwrap();
+            }
+            assert!(index.level0_runs() < 256, "{} runs", index.level0_runs());
+        }
+        let index = LogIndex::open(&path, Maintenance::Deferred).unwrap();
+        assert_eq!(index.covers().position, 2400);
+        for id in 1..=8 {
+            let id = LicenseId::new(id).unwrap();
+            assert_eq!(
+                index.history(id, 2400, 0, usize::MAX).unwrap(),
+                memory.history(id, 2400, 0, usize::MAX).unwrap()
+            );
+        }
+    }
+
     #[test]
     fn a_reopened_index_covers_what_was_persisted_and_loses_only_its_tail() {
         let dir = tempfile::tempdir().unwrap();

@@ -43,6 +43,45 @@ pub enum Maintenance {
     Deferred,
 }
 
+/// Runs in level 0 that trigger a compaction before the next ingestion (see [`bound_level0`]).
+pub(crate) const LEVEL0_RUNS_MAX: usize = 64;
+
+/// How long an ingestion waits for the background workers to bring level 0 under
+/// [`LEVEL0_RUNS_MAX`] before it compacts the keyspace itself.
+const LEVEL0_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Keeps a keyspace's level 0 under [`LEVEL0_RUNS_MAX`] runs before an ingestion adds one.
+/// fjall 3.1 (lsm-tree 3.1.10) writes a level's run count in one byte of its manifest, and
+/// every ingestion adds a run to level 0: with compaction behind (the first start of a
+/// 38 M-record log, on workers at nice 10) or absent (short commands, no workers), 256 runs
+/// made the index unreadable at the next open (`InvalidTag(("ChecksumType", ..))`), and it
+/// was rebuilt from the log. With workers, the ingestion waits for them (back-pressure on
+/// whoever writes the index); without them, or past [`LEVEL0_WAIT`], it compacts here.
+pub(crate) fn bound_level0(
+    keyspace: &fjall::Keyspace,
+    maintenance: Maintenance,
+) -> Result<(), fjall::Error> {
+    use fjall::AbstractTree;
+    let runs = || keyspace.tree.l0_run_count();
+    if runs() < LEVEL0_RUNS_MAX {
+        return Ok(());
+    }
+    if maintenance == Maintenance::Background {
+        let started = std::time::Instant::now();
+        while runs() >= LEVEL0_RUNS_MAX && started.elapsed() < LEVEL0_WAIT {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        if runs() < LEVEL0_RUNS_MAX {
+            return Ok(());
+        }
+        tracing::warn!(
+            runs = runs(),
+            "an index's level 0 is still full after waiting for its compaction: compacting it here"
+        );
+    }
+    keyspace.major_compact()
+}
+
 impl Maintenance {
     /// fjall worker threads for this kind of maintenance, `background` in the background.
     pub(crate) fn workers(self, background: usize) -> usize {

@@ -385,6 +385,7 @@ impl DiskIndex {
         let err = |e: fjall::Error| index_error("writing the index", e);
         // Ingestion panics on keys out of order: every run below is sorted and its keys are
         // unique (positions; stream and version; event ids).
+        crate::store::bound_level0(&self.loc, self.maintenance).map_err(err)?;
         let mut run = self.loc.start_ingestion().map_err(err)?;
         for (i, loc) in flush.locs.iter().enumerate() {
             let p = flush.first + i as u64;
@@ -403,6 +404,7 @@ impl DiskIndex {
             *v = (*v).max(last);
         }
         streams.sort_unstable();
+        crate::store::bound_level0(&self.stream, self.maintenance).map_err(err)?;
         let mut run = self.stream.start_ingestion().map_err(err)?;
         for (key, p) in streams {
             run.write(key, p.to_be_bytes()).map_err(err)?;
@@ -420,6 +422,7 @@ impl DiskIndex {
             })
             .collect();
         ids.sort_unstable();
+        crate::store::bound_level0(&self.eid, self.maintenance).map_err(err)?;
         let mut run = self.eid.start_ingestion().map_err(err)?;
         for (key, v) in ids {
             run.write(key, v).map_err(err)?;
@@ -428,6 +431,7 @@ impl DiskIndex {
 
         // Each stream's version as a sorted run too (it shadows the older ones); through the
         // journal, one entry per stream per flush made every open replay megabytes.
+        crate::store::bound_level0(&self.ver, self.maintenance).map_err(err)?;
         let mut run = self.ver.start_ingestion().map_err(err)?;
         for (stream, last) in versions {
             run.write(stream.as_bytes(), last.to_be_bytes())
