@@ -146,16 +146,27 @@ pub(crate) struct Counters {
 
 impl Shared {
     fn poison(&self, why: String) {
-        // The last position acknowledged (readers see only durable records). Not read when
-        // the index is held (the caller may hold it): the line then says so.
-        match self.index.try_read().map(|index| index.head.position) {
+        self.poison_after(why, 0);
+    }
+
+    /// [`Shared::poison`] by the syncer, whose data syncs up to `synced` succeeded: those
+    /// records are durable and may still be acknowledged (their marker's sync runs on its own
+    /// thread), so the line's durable head is never below them.
+    fn poison_after(&self, why: String, synced: Position) {
+        // The last position acknowledged or about to be (readers see only durable records).
+        // Not read when the index is held (the caller may hold it): the line then says so.
+        match self
+            .index
+            .try_read()
+            .map(|index| index.head.position.max(synced))
+        {
             Some(durable_head) => tracing::error!(
                 %why,
                 durable_head,
                 "refusing appends until the log is reopened; every position up to durable_head \
-                 was acknowledged, none after it. If the log does not verify once the disk is \
-                 repaired, `license-ledger repair --truncate-after {durable_head}` cuts only \
-                 what was never acknowledged",
+                 is durable and no position after it was acknowledged. If the log does not \
+                 verify once the disk is repaired, `license-ledger repair --truncate-after \
+                 {durable_head}` cuts only what was never acknowledged",
             ),
             None => tracing::error!(%why, "refusing appends until the log is reopened"),
         }
@@ -854,6 +865,9 @@ fn run_syncer(
             None
         }
     };
+    // The end of the last round whose data sync succeeded: durable, acknowledged once its
+    // marker is (see `Shared::poison_after`).
+    let mut synced: Position = 0;
     while let Ok(first) = rx.recv() {
         let mut batches = vec![first];
         // Group commit: take every batch already written, and while more appends are on
@@ -886,7 +900,7 @@ fn run_syncer(
             }
         }
         let started = Instant::now();
-        let synced = files.iter().try_for_each(|f| f.sync_data()).and_then(|()| {
+        let sync_result = files.iter().try_for_each(|f| f.sync_data()).and_then(|()| {
             if batches.iter().any(|b| b.sync_dir) {
                 sync_dir(dir)
             } else {
@@ -898,14 +912,18 @@ fn run_syncer(
             .stats
             .sync_nanos
             .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
-        if let Err(e) = synced {
-            shared.poison(format!("fdatasync failed: {e}"));
+        if let Err(e) = sync_result {
+            shared.poison_after(format!("fdatasync failed: {e}"), synced);
             let why = e.to_string();
             answer_all(batches, |_| {
                 Err(StoreError::Poisoned(format!("fdatasync failed: {why}")))
             });
             continue;
         }
+        synced = batches
+            .iter()
+            .map(|b| b.mark.head.position)
+            .fold(synced, Position::max);
         if let Err(std_mpsc::SendError(batches)) = to_marker.send(batches) {
             answer_all(batches, |_| Err(StoreError::Closed));
         }
