@@ -312,7 +312,7 @@ impl Disk {
             .cache_size(16 * 1024 * 1024)
             .max_journaling_size(64 * 1024 * 1024)
             .open()?;
-        crate::background::lower_threads_named("fjall:worker", crate::background::BACKGROUND_NICE);
+        maintenance.lower_workers();
         let options = || fjall::KeyspaceCreateOptions::default().max_memtable_size(1024 * 1024);
         let history = db.keyspace("history", options)?;
         let customer = db.keyspace("customer", options)?;

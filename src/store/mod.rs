@@ -90,6 +90,16 @@ impl Maintenance {
             Maintenance::Deferred => 0,
         }
     }
+
+    /// After a fjall open: its workers (if it started any) at the background priority.
+    pub(crate) fn lower_workers(self) {
+        if self == Maintenance::Background {
+            crate::background::lower_threads_named(
+                "fjall:worker",
+                crate::background::BACKGROUND_NICE,
+            );
+        }
+    }
 }
 
 /// Most events one append may carry.

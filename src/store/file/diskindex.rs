@@ -172,7 +172,7 @@ impl DiskIndex {
                 fjall::Error::Locked => OpenFailure::Busy,
                 e => OpenFailure::Damaged(e.to_string()),
             })?;
-        crate::background::lower_threads_named("fjall:worker", crate::background::BACKGROUND_NICE);
+        maintenance.lower_workers();
         let ks = |name: &str| {
             db.keyspace(name, || {
                 KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES)
