@@ -96,7 +96,11 @@ impl CenterKey {
     /// Pins this key in `dir` (a new file, mode 0600, written whole).
     pub fn pin(&self, dir: &Path) -> Result<(), RelayError> {
         let path = dir.join(CENTER_KEY_FILE);
-        let tmp = dir.join(format!("{CENTER_KEY_FILE}.tmp"));
+        // A temporary name of this call's own: the refresh and the live pull may both pin at
+        // first contact, and a shared name let one rename the other's file away.
+        static PINS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = PINS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = dir.join(format!("{CENTER_KEY_FILE}.{n}.tmp"));
         let text = serde_json::to_string_pretty(&CenterKeyFile {
             key_id: self.key_id.clone(),
             public_key: self.hex(),
