@@ -497,7 +497,43 @@ fn name_free(tokens: &[TokenEntry], name: &str) -> Result<(), ConfigError> {
 /// A token's public id: the first 12 hex digits of its SHA-256 (not enough to find the
 /// token, enough to name it in `token list` and `token revoke`).
 pub fn token_id(entry: &TokenEntry) -> &str {
-    entry.sha256.get(..12).unwrap_or(&entry.sha256)
+    digest_id(&entry.sha256)
+}
+
+fn digest_id(sha256: &str) -> &str {
+    sha256.get(..12).unwrap_or(sha256)
+}
+
+/// Longest token name, in bytes: the actor recorded for a token is its name, a space, `#`
+/// and its 12-digit id, and must fit [`ledger_events::Actor::MAX_NAME_LEN`].
+pub const MAX_TOKEN_NAME_LEN: usize = ledger_events::Actor::MAX_NAME_LEN - 14;
+
+/// Checks a new token's name: 1 to [`MAX_TOKEN_NAME_LEN`] bytes, no control characters.
+pub fn check_token_name(name: &str) -> Result<(), String> {
+    if name.len() > MAX_TOKEN_NAME_LEN {
+        return Err(format!(
+            "must be at most {MAX_TOKEN_NAME_LEN} bytes (it is {})",
+            name.len()
+        ));
+    }
+    ledger_events::Actor::operator(name)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// The actor recorded for what a token does: `NAME #ID`, the token's name and its
+/// [`token_id`], so that the log tells apart two tokens that bore the same name at different
+/// times (names are unique only among the tokens that exist now). A name too long for the
+/// actor (written into the secrets file by hand) is cut at a character boundary.
+pub fn token_actor(
+    name: &str,
+    sha256: &str,
+) -> Result<ledger_events::Actor, ledger_events::ValueError> {
+    let mut end = name.len().min(MAX_TOKEN_NAME_LEN);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    ledger_events::Actor::operator(&format!("{} #{}", &name[..end], digest_id(sha256)))
 }
 
 impl SecretsFile {

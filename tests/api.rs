@@ -759,6 +759,60 @@ async fn duplicate_token_names_are_refused_naming_the_field() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finding_9_the_log_records_which_token_acted_not_only_its_name() {
+    // Finding 9 of issue 15 asks for the token id recorded with the actor: names are unique
+    // only among the tokens that exist now, so a revoked token's name can be given again.
+    use sha2::{Digest, Sha256};
+    let app = TestApp::spawn().await;
+    let id_of = |token: &str| hex::encode(Sha256::digest(token.as_bytes()))[..12].to_owned();
+    let mut actors = Vec::new();
+    for (round, cnpj) in ["11222333000181", "11444777000161"].into_iter().enumerate() {
+        let token = app.named_token("caixa-loja-1", "support", None).await;
+        let a = app
+            .send(
+                "POST",
+                "/v1/customers",
+                Some(token.as_str()),
+                Some(&json!({"cnpj": cnpj, "trade_name": format!("Loja {round}")})),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+        let found = app
+            .send(
+                "GET",
+                &format!("/v1/events/search?type=CustomerRegistered&cnpj={cnpj}"),
+                Some(app.admin.as_str()),
+                None,
+            )
+            .await;
+        let actor = found.json["items"][0]["actor"].clone();
+        assert_eq!(
+            actor["name"],
+            json!(format!("caixa-loja-1 #{}", id_of(&token))),
+            "{}",
+            found.text
+        );
+        actors.push(actor);
+        let (mut secrets, _) =
+            license_ledger::config::SecretsFile::load_or_create(app.dir.path()).unwrap();
+        secrets.remove_token("caixa-loja-1").unwrap();
+    }
+    assert_ne!(actors[0], actors[1], "two tokens, one name: two actors");
+    // A name must leave room for the id in the actor (128 bytes in all).
+    let long = "x".repeat(license_ledger::config::MAX_TOKEN_NAME_LEN + 1);
+    let a = app
+        .send(
+            "POST",
+            "/v1/tokens",
+            Some(app.admin.as_str()),
+            Some(&json!({"name": long, "role": "support"})),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST, "{}", a.text);
+    assert_eq!(a.json["field"], "name", "{}", a.text);
+}
+
 /// Opens `GET /v1/events/stream` with `token` and returns the response (body unread).
 async fn open_stream(app: &TestApp, token: &str) -> reqwest::Response {
     Client::new()

@@ -5,7 +5,7 @@
 use std::io::Write;
 use std::path::Path;
 
-use ledger_events::{Actor, Cnpj};
+use ledger_events::Cnpj;
 
 use super::{parse_flag, CliError};
 use crate::clock::{Clock, SystemClock};
@@ -124,7 +124,7 @@ fn create(data_dir: &Path, args: &CreateArgs, out: &mut impl Write) -> Result<()
     parse_flag(
         "--name",
         &name,
-        Actor::operator,
+        crate::config::check_token_name,
         "use a short label such as caixa-loja-3",
     )?;
     let entry = TokenEntry {

@@ -208,9 +208,9 @@ impl Caller {
         }
     }
 
-    /// The actor recorded in events.
+    /// The actor recorded in events: the token's name and id ([`crate::config::token_actor`]).
     pub fn actor(&self) -> Result<Actor, ApiError> {
-        Actor::operator(&self.name).map_err(|e| {
+        crate::config::token_actor(&self.name, &self.token_sha256).map_err(|e| {
             tracing::error!(error = %e, "token name is not a valid actor");
             ApiError::Internal
         })

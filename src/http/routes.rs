@@ -859,7 +859,7 @@ pub struct TokenIssued {
 #[utoipa::path(post, path = "/v1/tokens", tag = "service", request_body = TokenBody,
     responses((status = 200, body = TokenIssued)))]
 async fn create_token(state: State, _caller: As<Admins>, Json(b): Json<TokenBody>) -> Answer {
-    ledger_events::Actor::operator(&b.name).map_err(|e| ApiError::field("name", e))?;
+    crate::config::check_token_name(&b.name).map_err(|e| ApiError::field("name", e))?;
     if b.role.is_bound_to_customer() != b.cnpj.is_some() {
         return Err(ApiError::field(
             "cnpj",
