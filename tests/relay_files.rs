@@ -15,11 +15,9 @@ mod relay_v1;
 
 use std::io::Write;
 use std::path::Path;
-use std::sync::Arc;
 
 use ledger_events::{Actor, Record};
 use license_ledger::app::relay::{ForwardedEvent, Resolution};
-use license_ledger::clock::ManualClock;
 use license_ledger::relay::cut::CUT_DIR;
 use license_ledger::relay::head::{HEAD_FILE, SLOT_BYTES, SLOT_STRIDE};
 use license_ledger::relay::mirror::{MirrorLog, FRAME_HEADER_BYTES, MIRROR_FILE};
@@ -27,31 +25,14 @@ use license_ledger::relay::outbox::{
     Outbox, Resolved, LINE_HEADER_BYTES, OUTBOX_FILE, RESOLUTIONS_FILE,
 };
 use license_ledger::relay::RelayError;
-use license_ledger::store::conformance::{new_event, start_time, stream};
-use license_ledger::store::file::{FileStore, FileStoreConfig};
-use license_ledger::store::{EventStore, ExpectedVersion};
+use license_ledger::store::conformance::{file_log, start_time};
 use proptest::prelude::*;
 use uuid::Uuid;
 
 /// `count` records of a real log (two streams interleaved).
 async fn records(count: u32) -> Vec<Record> {
     let dir = tempfile::tempdir().unwrap();
-    let store = FileStore::open(
-        FileStoreConfig::new(dir.path()),
-        Arc::new(ManualClock::new(start_time())),
-    )
-    .await
-    .unwrap();
-    for n in 0..count {
-        let s = stream(if n % 2 == 0 { "a" } else { "b" });
-        store
-            .append(&s, ExpectedVersion::Any, vec![new_event(n)])
-            .await
-            .unwrap();
-    }
-    let all = store.read_all(1, 100).await.unwrap();
-    store.close().await.unwrap();
-    all
+    file_log(dir.path(), count, &["a", "b"]).await
 }
 
 #[tokio::test]

@@ -17,11 +17,8 @@ use std::time::{Duration, Instant};
 
 use ledger_events::answer::{sign_head, SigningKey};
 use ledger_events::Record;
-use license_ledger::clock::ManualClock;
 use license_ledger::relay::trust::{CenterKey, CENTER_KEY_FILE};
-use license_ledger::store::conformance::{new_event, start_time, stream};
-use license_ledger::store::file::{FileStore, FileStoreConfig};
-use license_ledger::store::{EventStore, ExpectedVersion};
+use license_ledger::store::conformance::file_log;
 use parking_lot::Mutex;
 use process::Process;
 use reqwest::{Client, StatusCode};
@@ -32,21 +29,7 @@ const CNPJ: &str = "11222333000181";
 
 async fn records(count: u32) -> Vec<Record> {
     let dir = tempfile::tempdir().unwrap();
-    let store = FileStore::open(
-        FileStoreConfig::new(dir.path()),
-        Arc::new(ManualClock::new(start_time())),
-    )
-    .await
-    .unwrap();
-    for n in 0..count {
-        store
-            .append(&stream("a"), ExpectedVersion::Any, vec![new_event(n)])
-            .await
-            .unwrap();
-    }
-    let all = store.read_all(1, 100).await.unwrap();
-    store.close().await.unwrap();
-    all
+    file_log(dir.path(), count, &["a"]).await
 }
 
 #[tokio::test]

@@ -2,22 +2,18 @@
 //! `Record::to_json()` (raw payload included), so `import` rebuilds the log byte for byte;
 //! CSV is a summary for spreadsheets. Reads the log without taking its lock.
 //!
-//! The file store's export is a three-stage pipeline: a scanning thread reads the segments
-//! and checks every CRC, hash and chain link (the same `scan` as `verify`), and hands the
-//! record bytes on in numbered chunks through a bounded channel; formatter threads, one per
-//! core, each take a chunk, decode its records (envelope and payload checked as before) and
-//! write their lines with [`ledger_events::json::write_record_json`] (the bytes serde_json
-//! writes for `Record::to_json`, without building a JSON value); this thread writes the
-//! chunks out in their order (a chunk formatted early waits for the ones before it). Order
-//! is kept by the chunk numbers; memory is bounded by the chunks, which are recycled and
-//! never more than [`chunks_in_flight`].
+//! The file store's export runs on [`super::pipeline`]: a scanning thread checks every CRC,
+//! hash and chain link (the same `scan` as `verify`) and hands the record bytes on in
+//! chunks; formatter threads, one per core, decode each record (envelope and payload
+//! checked as before) and write its line with [`ledger_events::json::write_record_json`]
+//! (the bytes serde_json writes for `Record::to_json`, without building a JSON value); this
+//! thread writes the chunks out in log order. Memory is bounded by the recycled chunks.
 
 use std::io::Write;
-use std::sync::mpsc;
 
-use ledger_events::{Envelope, Record, RecordView};
+use ledger_events::{Envelope, Record};
 
-use super::CliError;
+use super::{pipeline, CliError};
 use crate::store::StoreError;
 
 /// Output formats.
@@ -40,11 +36,6 @@ pub struct ExportArgs {
     pub from: u64,
 }
 
-/// Record bytes per chunk handed from the scanner to a formatter (about 1,000 records; the
-/// chunk's lines take about three times that).
-const CHUNK_BYTES: usize = 1 << 18;
-/// Chunks queued between the stages: enough to ride out a slow write, little memory.
-const CHUNKS_IN_FLIGHT: usize = 4;
 /// Output written in pieces of about this size (a JSON line is about 1 KiB).
 const OUT_BYTES: usize = 1 << 20;
 
@@ -135,59 +126,28 @@ fn write_out(out: &mut impl Write, buf: &mut Vec<u8>) -> Result<(), StoreError> 
     Ok(())
 }
 
-/// Whole records, back to back, where each ends, and their formatted lines.
-#[derive(Default)]
-struct Chunk {
-    /// Its place in the log: chunks are written out in this order.
-    seq: u64,
-    bytes: Vec<u8>,
-    ends: Vec<usize>,
-    /// The lines the records became (filled by a formatter).
-    out: Vec<u8>,
-}
-
-impl Chunk {
-    fn records(&self) -> impl Iterator<Item = &[u8]> {
-        let starts = std::iter::once(0).chain(self.ends.iter().copied());
-        starts
-            .zip(self.ends.iter())
-            .map(|(s, &e)| &self.bytes[s..e])
+/// Decodes and formats every record of `chunk` into its `out`.
+fn format_chunk(chunk: &mut pipeline::Chunk, format: Format) -> Result<(), CliError> {
+    let mut out = std::mem::take(&mut chunk.out);
+    for bytes in chunk.records() {
+        let view = pipeline::parse(bytes)?;
+        let envelope = view
+            .envelope()
+            .map_err(|e| pipeline::undecodable(&view, e))?;
+        write_line(format, &envelope, view.payload(), &mut out)?;
     }
-
-    /// Decodes and formats every record into `out`.
-    fn format(&mut self, format: Format) -> Result<(), CliError> {
-        let mut out = std::mem::take(&mut self.out);
-        out.clear();
-        for bytes in self.records() {
-            let view = RecordView::parse(bytes).map_err(StoreError::from)?;
-            let bad = |e: ledger_events::CodecError| StoreError::Corrupt {
-                segment: String::new(),
-                offset: 0,
-                position: view.position(),
-                problem: e.to_string(),
-            };
-            let envelope = view.envelope().map_err(bad)?;
-            write_line(format, &envelope, view.payload(), &mut out)?;
-        }
-        self.out = out;
-        Ok(())
-    }
+    chunk.out = out;
+    Ok(())
 }
 
-/// Chunks in existence at once: each is with the scanner, queued, with a formatter or
-/// waiting to be written; they are recycled, so memory is bounded by their number.
-fn chunks_in_flight(formatters: usize) -> usize {
-    2 * formatters + CHUNKS_IN_FLIGHT
-}
-
-/// The file store's export: a scanner thread → formatter threads, one per core (decode,
-/// format) → this thread, which writes the chunks out in log order.
+/// The file store's export: the scanner → formatters, one per core → this thread, which
+/// writes the chunks out in log order ([`pipeline`]).
 fn export_file(
     dir: &std::path::Path,
     args: &ExportArgs,
     out: &mut impl Write,
 ) -> Result<(), CliError> {
-    export_in_chunks(dir, args, out, CHUNK_BYTES)
+    export_in_chunks(dir, args, out, pipeline::CHUNK_BYTES)
 }
 
 /// [`export_file`] with chunks of about `chunk_bytes` of records.
@@ -197,129 +157,35 @@ fn export_in_chunks(
     out: &mut impl Write,
     chunk_bytes: usize,
 ) -> Result<(), CliError> {
-    let from = args.from;
-    let format = args.format;
-    let formatters = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(1, 8));
-    let (full_tx, full_rx) = mpsc::sync_channel::<Chunk>(CHUNKS_IN_FLIGHT);
-    // Shared by the formatters; the last one to stop drops it, which stops the scanner.
-    let full_rx = std::sync::Arc::new(std::sync::Mutex::new(full_rx));
-    let (done_tx, done_rx) = mpsc::channel::<Result<Chunk, CliError>>();
-    // The writer hands written chunks back to the scanner, so their buffers are allocated
-    // once and no more than `chunks_in_flight` exist: the scanner waits for one.
-    let (empty_tx, empty_rx) = mpsc::channel::<Chunk>();
-    for _ in 0..chunks_in_flight(formatters) {
-        let _ = empty_tx.send(Chunk::default());
-    }
-    std::thread::scope(|scope| {
-        let scanner = scope.spawn(move || {
-            let stopped = || {
-                StoreError::io(
-                    "writing the export",
-                    std::io::Error::other("the writer stopped"),
-                )
-            };
-            let mut seq = 0;
-            let mut chunk = empty_rx.recv().map_err(|_| stopped())?;
+    let (from, format) = (args.from, args.format);
+    pipeline::run(
+        chunk_bytes,
+        pipeline::workers(),
+        |push| {
             super::scan_file_views(dir, |view| {
                 if view.position() < from {
                     return Ok(());
                 }
-                chunk.bytes.extend_from_slice(view.bytes());
-                chunk.ends.push(chunk.bytes.len());
-                if chunk.bytes.len() >= chunk_bytes {
-                    let next = empty_rx.recv().map_err(|_| stopped())?;
-                    chunk.seq = seq;
-                    seq += 1;
-                    full_tx
-                        .send(std::mem::replace(&mut chunk, next))
-                        .map_err(|_| stopped())?;
-                }
-                Ok(())
-            })?;
-            if !chunk.ends.is_empty() {
-                chunk.seq = seq;
-                full_tx.send(chunk).map_err(|_| stopped())?;
-            }
-            Ok::<_, CliError>(())
-        });
-        for _ in 0..formatters {
-            let (full_rx, done_tx) = (full_rx.clone(), done_tx.clone());
-            scope.spawn(move || loop {
-                // The lock is held only to take the next chunk.
-                let next = full_rx.lock().map(|rx| rx.recv());
-                let Ok(Ok(mut chunk)) = next else { return };
-                let formatted = chunk.format(format).map(|()| chunk);
-                let failed = formatted.is_err();
-                if done_tx.send(formatted).is_err() || failed {
-                    return;
-                }
-            });
-        }
-        drop((full_rx, done_tx));
-        // Moving the receivers in drops them when writing fails, which stops the others.
-        let written = (move || -> Result<(), CliError> {
-            let mut waiting = std::collections::BTreeMap::new();
-            let mut next = 0;
-            for done in done_rx {
-                let chunk = done?;
-                waiting.insert(chunk.seq, chunk);
-                while let Some(mut chunk) = waiting.remove(&next) {
-                    write_out(out, &mut chunk.out)?;
-                    chunk.bytes.clear();
-                    chunk.ends.clear();
-                    next += 1;
-                    // The scanner may be done already: then the buffer is simply dropped.
-                    let _ = empty_tx.send(chunk);
-                }
-            }
-            if !waiting.is_empty() {
-                // A formatter stopped without a word (it panicked): chunks would be missing.
-                return Err(CliError::Store(StoreError::io(
-                    "formatting the export",
-                    std::io::Error::other("a formatting thread stopped"),
-                )));
-            }
-            Ok(())
-        })();
-        let scanned = scanner.join().unwrap_or_else(|_| {
-            Err(CliError::Store(StoreError::io(
-                "reading the log",
-                std::io::Error::other("the scanning thread panicked"),
-            )))
-        });
-        // A failed write stops the scanner too: its error is the one to report.
-        written.and(scanned)
-    })
+                push(view)
+            })
+        },
+        |chunk| format_chunk(chunk, format),
+        |chunk| Ok(write_out(out, &mut chunk.out)?),
+    )?;
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
-    use crate::clock::ManualClock;
-    use crate::store::conformance::{new_event, start_time, stream};
-    use crate::store::file::{FileStore, FileStoreConfig};
-    use crate::store::{EventStore, ExpectedVersion};
+    use crate::store::conformance::file_log;
 
     /// Chunks of one or two records, formatted by several threads, come out in log order:
     /// byte for byte what one chunk for the whole log gives, every position once, in order.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn chunks_formatted_side_by_side_are_written_in_log_order() {
         let dir = tempfile::tempdir().unwrap();
-        let store = FileStore::open(
-            FileStoreConfig::new(dir.path()),
-            Arc::new(ManualClock::new(start_time())),
-        )
-        .await
-        .unwrap();
-        for i in 0..300 {
-            store
-                .append(&stream("v"), ExpectedVersion::Any, vec![new_event(i)])
-                .await
-                .unwrap();
-        }
-        store.close().await.unwrap();
+        file_log(dir.path(), 300, &["v"]).await;
         for (format, from) in [(Format::Jsonl, 1), (Format::Csv, 1), (Format::Jsonl, 37)] {
             let args = ExportArgs { format, from };
             let mut whole = Vec::new();

@@ -15,6 +15,7 @@ pub mod export;
 pub mod history;
 pub mod import;
 pub mod offline;
+mod pipeline;
 pub mod relay;
 pub mod repair;
 pub mod serve;

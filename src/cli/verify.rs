@@ -98,21 +98,21 @@ pub fn verify(data_dir: &Path) -> Result<VerifyReport, CliError> {
     } else {
         ProgressBar::hidden()
     };
-    let result = scan(
-        &segments,
-        mark.as_ref(),
-        |view, _| {
-            let bad = |problem: String| StoreError::Corrupt {
-                segment: String::new(),
-                offset: 0,
-                position: view.position(),
-                problem,
-            };
-            view.envelope().map_err(|e| bad(e.to_string()))?;
-            view.event().map_err(|e| bad(e.to_string()))?;
-            Ok(())
+    // The scan (frames, CRCs, chain, durable head) on one thread, decoding every envelope
+    // and payload on the others ([`super::pipeline`]).
+    let result = super::pipeline::run(
+        super::pipeline::CHUNK_BYTES,
+        super::pipeline::workers(),
+        |push| {
+            Ok(scan(
+                &segments,
+                mark.as_ref(),
+                |view, _| push(view),
+                |done| bar.set_position(done),
+            )?)
         },
-        |done| bar.set_position(done),
+        decode_chunk,
+        |_| Ok(()),
     );
     bar.finish_and_clear();
     let report = result?;
@@ -138,6 +138,17 @@ pub fn verify(data_dir: &Path) -> Result<VerifyReport, CliError> {
         segments: segments.len(),
         torn_tail: report.torn.as_ref().map(TornTail::describe),
     })
+}
+
+/// Decodes every envelope and payload of a chunk.
+fn decode_chunk(chunk: &mut super::pipeline::Chunk) -> Result<(), CliError> {
+    for bytes in chunk.records() {
+        let view = super::pipeline::parse(bytes)?;
+        let bad = |e: ledger_events::CodecError| super::pipeline::undecodable(&view, e);
+        view.envelope().map_err(bad)?;
+        view.event().map_err(bad)?;
+    }
+    Ok(())
 }
 
 /// Walks a PostgreSQL log: every row read back into its record bytes (its hash checked

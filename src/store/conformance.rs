@@ -72,6 +72,35 @@ pub fn stream(name: &str) -> StreamId {
     StreamId::parse(&format!("test-{name}")).unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// Writes a file log in `dir` on a manual clock at [`start_time`]: `count` events appended
+/// one at a time, event `n` to the stream `streams[n % streams.len()]`. Returns its records
+/// (the first 1,000 at most) and closes the store.
+pub async fn file_log(
+    dir: &std::path::Path,
+    count: u32,
+    streams: &[&str],
+) -> Vec<ledger_events::Record> {
+    let store = super::file::FileStore::open(
+        super::file::FileStoreConfig::new(dir),
+        Arc::new(ManualClock::new(start_time())),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    for n in 0..count {
+        let name = streams[n as usize % streams.len()];
+        store
+            .append(&stream(name), ExpectedVersion::Any, vec![new_event(n)])
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    let records = store
+        .read_all(1, 1_000)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    store.close().await.unwrap_or_else(|e| panic!("{e}"));
+    records
+}
+
 /// Expands to one test per conformance check. `$make` is an async function
 /// `fn(ManualClock) -> Harness` building a fresh empty store.
 ///
