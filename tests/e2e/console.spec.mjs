@@ -213,7 +213,8 @@ await step('Desassociar asks for a reason, changes the row and adds a timeline e
   await until('the new entry on top', async () => {
     const first = await page.locator('#timeline li').first().textContent();
     return first.includes('Desassociada do terminal 50026B77825EECA5: Cliente trocou o computador do caixa 01')
-      && first.includes('console-suporte (operador)');
+      // The actor is the token's name and id (issue 15: `<name> #<id>`).
+      && /console-suporte #[0-9a-f]{12} \(operador\)/.test(first);
   });
 });
 
