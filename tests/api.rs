@@ -739,20 +739,24 @@ async fn a_license_listing_sorts_on_request_and_refuses_a_page_over_the_limit() 
     }
 }
 
+/// `POST /v1/tokens` as the admin for a support token named `name`.
+async fn create_support_token(app: &TestApp, name: &str) -> common::Answer {
+    app.send(
+        "POST",
+        "/v1/tokens",
+        Some(app.admin.as_str()),
+        Some(&json!({"name": name, "role": "support"})),
+    )
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duplicate_token_names_are_refused_naming_the_field() {
     // Finding 9 of issue 15: a support token named `admin` looked like the admin in the log.
     let app = TestApp::spawn().await;
     app.named_token("caixa-loja-1", "support", None).await;
     for name in ["caixa-loja-1", "admin"] {
-        let a = app
-            .send(
-                "POST",
-                "/v1/tokens",
-                Some(app.admin.as_str()),
-                Some(&json!({"name": name, "role": "support"})),
-            )
-            .await;
+        let a = create_support_token(&app, name).await;
         assert_eq!(a.status, StatusCode::BAD_REQUEST, "{name}: {}", a.text);
         assert_eq!(a.json["field"], "name", "{}", a.text);
         assert!(a.text.contains("exists already"), "{}", a.text);
@@ -801,14 +805,7 @@ async fn finding_9_the_log_records_which_token_acted_not_only_its_name() {
     assert_ne!(actors[0], actors[1], "two tokens, one name: two actors");
     // A name must leave room for the id in the actor (128 bytes in all).
     let long = "x".repeat(license_ledger::config::MAX_TOKEN_NAME_LEN + 1);
-    let a = app
-        .send(
-            "POST",
-            "/v1/tokens",
-            Some(app.admin.as_str()),
-            Some(&json!({"name": long, "role": "support"})),
-        )
-        .await;
+    let a = create_support_token(&app, &long).await;
     assert_eq!(a.status, StatusCode::BAD_REQUEST, "{}", a.text);
     assert_eq!(a.json["field"], "name", "{}", a.text);
 }

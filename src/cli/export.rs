@@ -129,8 +129,8 @@ fn write_out(out: &mut impl Write, buf: &mut Vec<u8>) -> Result<(), StoreError> 
 /// Decodes and formats every record of `chunk` into its `out`.
 fn format_chunk(chunk: &mut pipeline::Chunk, format: Format) -> Result<(), CliError> {
     let mut out = std::mem::take(&mut chunk.out);
-    for bytes in chunk.records() {
-        let view = pipeline::parse(bytes)?;
+    for view in chunk.views() {
+        let view = view?;
         let envelope = view
             .envelope()
             .map_err(|e| pipeline::undecodable(&view, e))?;

@@ -37,12 +37,13 @@ pub(crate) struct Chunk {
 }
 
 impl Chunk {
-    /// Each record's bytes, in log order.
-    pub fn records(&self) -> impl Iterator<Item = &[u8]> {
+    /// Each record, in log order (its bytes passed the scan, so parsing them fails only if
+    /// they changed in memory).
+    pub fn views(&self) -> impl Iterator<Item = Result<RecordView<'_>, StoreError>> {
         let starts = std::iter::once(0).chain(self.ends.iter().copied());
         starts
             .zip(self.ends.iter())
-            .map(|(s, &e)| &self.bytes[s..e])
+            .map(|(s, &e)| Ok(RecordView::parse(&self.bytes[s..e])?))
     }
 }
 
@@ -55,11 +56,6 @@ fn in_flight(workers: usize) -> usize {
 /// One worker per core (at least one, at most eight).
 pub(crate) fn workers() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get().clamp(1, 8))
-}
-
-/// Parses one record of a chunk and names its position when that fails.
-pub(crate) fn parse(bytes: &[u8]) -> Result<RecordView<'_>, StoreError> {
-    Ok(RecordView::parse(bytes)?)
 }
 
 /// The error of a record that scanned but does not decode.

@@ -142,8 +142,8 @@ pub fn verify(data_dir: &Path) -> Result<VerifyReport, CliError> {
 
 /// Decodes every envelope and payload of a chunk.
 fn decode_chunk(chunk: &mut super::pipeline::Chunk) -> Result<(), CliError> {
-    for bytes in chunk.records() {
-        let view = super::pipeline::parse(bytes)?;
+    for view in chunk.views() {
+        let view = view?;
         let bad = |e: ledger_events::CodecError| super::pipeline::undecodable(&view, e);
         view.envelope().map_err(bad)?;
         view.event().map_err(bad)?;
