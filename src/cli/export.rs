@@ -11,7 +11,7 @@
 
 use std::io::Write;
 
-use ledger_events::{Envelope, Record};
+use ledger_events::Envelope;
 
 use super::{pipeline, CliError};
 use crate::store::StoreError;
@@ -35,9 +35,6 @@ pub struct ExportArgs {
     #[arg(long, value_name = "POS", default_value_t = 1)]
     pub from: u64,
 }
-
-/// Output written in pieces of about this size (a JSON line is about 1 KiB).
-const OUT_BYTES: usize = 1 << 20;
 
 const CSV_HEADER: &str = "position,stream_id,stream_version,event_type,recorded_at,actor,hash";
 
@@ -100,19 +97,22 @@ pub fn run(
     }
     match log {
         super::backend::Log::File(dir) => export_file(dir, args, out)?,
-        super::backend::Log::Postgres(_) => {
-            let mut buf = Vec::with_capacity(OUT_BYTES + 64 * 1024);
-            super::backend::scan_log(log, |record: Record| {
-                if record.envelope.position < args.from {
-                    return Ok(());
-                }
-                write_line(args.format, &record.envelope, &record.payload, &mut buf)?;
-                if buf.len() >= OUT_BYTES {
-                    write_out(out, &mut buf)?;
-                }
-                Ok(())
-            })?;
-            write_out(out, &mut buf)?;
+        super::backend::Log::Postgres(config) => {
+            let (from, format) = (args.from, args.format);
+            pipeline::run_database(
+                config,
+                |envelope, payload, out| {
+                    if envelope.position >= from {
+                        write_line(format, envelope, payload, out)?;
+                    }
+                    Ok(())
+                },
+                |lines| {
+                    out.write_all(lines)
+                        .map_err(|e| StoreError::io("writing the export", e))?;
+                    Ok(())
+                },
+            )?;
         }
     }
     out.flush()?;
@@ -166,7 +166,7 @@ fn export_in_chunks(
                 if view.position() < from {
                     return Ok(());
                 }
-                push(view)
+                push(view.bytes())
             })
         },
         |chunk| format_chunk(chunk, format),

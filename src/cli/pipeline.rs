@@ -13,9 +13,10 @@
 use std::collections::BTreeMap;
 use std::sync::{mpsc, Arc, Mutex};
 
-use ledger_events::RecordView;
+use ledger_events::{ChainError, ChainFault, ChainHead, Envelope, Hash, Position, RecordView};
 
 use super::CliError;
+use crate::store::postgres::{copy_log, decode_columns, CopyTuple, PgStoreConfig};
 use crate::store::StoreError;
 
 /// Record bytes per chunk by default (about 1,000 records; an export's lines take about
@@ -34,16 +35,34 @@ pub(crate) struct Chunk {
     ends: Vec<usize>,
     /// Output of the worker (an export's lines); emptied before the chunk is reused.
     pub out: Vec<u8>,
+    /// What the worker found of the chain in it (PostgreSQL rows: see [`run_database`]).
+    link: Option<Link>,
+}
+
+/// The ends of a chunk's piece of the chain: its first record's position and previous hash,
+/// and its last record (the records between are linked, checked by the worker).
+#[derive(Clone, Copy)]
+struct Link {
+    first: Position,
+    first_prev: Hash,
+    last: ChainHead,
+    /// `recorded_at` of the last record, in microseconds.
+    last_micros: i64,
 }
 
 impl Chunk {
-    /// Each record, in log order (its bytes passed the scan, so parsing them fails only if
-    /// they changed in memory).
-    pub fn views(&self) -> impl Iterator<Item = Result<RecordView<'_>, StoreError>> {
+    /// The bytes of each item the scanner pushed, in log order.
+    fn items(&self) -> impl Iterator<Item = &[u8]> {
         let starts = std::iter::once(0).chain(self.ends.iter().copied());
         starts
             .zip(self.ends.iter())
-            .map(|(s, &e)| Ok(RecordView::parse(&self.bytes[s..e])?))
+            .map(|(s, &e)| &self.bytes[s..e])
+    }
+
+    /// Each record of a file log, in log order (its bytes passed the scan, so parsing them
+    /// fails only if they changed in memory).
+    pub fn views(&self) -> impl Iterator<Item = Result<RecordView<'_>, StoreError>> {
+        self.items().map(|b| Ok(RecordView::parse(b)?))
     }
 }
 
@@ -68,8 +87,8 @@ pub(crate) fn undecodable(view: &RecordView<'_>, problem: impl ToString) -> Stor
     }
 }
 
-/// Runs `scan` on a thread of its own, handing it a `push` to call with each record to
-/// pass on; `work` runs on `workers` threads, a chunk at a time; `take` gets each chunk
+/// Runs `scan` on a thread of its own, handing it a `push` to call with the bytes of each
+/// record to pass on; `work` runs on `workers` threads, a chunk at a time; `take` gets each chunk
 /// back in log order on this thread. Returns what `scan` returned.
 pub(crate) fn run<S, F>(
     chunk_bytes: usize,
@@ -80,8 +99,7 @@ pub(crate) fn run<S, F>(
 ) -> Result<S, CliError>
 where
     S: Send,
-    F: FnOnce(&mut dyn FnMut(&RecordView<'_>) -> Result<(), StoreError>) -> Result<S, CliError>
-        + Send,
+    F: FnOnce(&mut dyn FnMut(&[u8]) -> Result<(), StoreError>) -> Result<S, CliError> + Send,
 {
     let workers = workers.max(1);
     let (full_tx, full_rx) = mpsc::sync_channel::<Chunk>(QUEUED);
@@ -104,8 +122,8 @@ where
             };
             let mut seq = 0;
             let mut chunk = empty_rx.recv().map_err(|_| stopped())?;
-            let scanned = scan(&mut |view: &RecordView<'_>| {
-                chunk.bytes.extend_from_slice(view.bytes());
+            let scanned = scan(&mut |bytes: &[u8]| {
+                chunk.bytes.extend_from_slice(bytes);
                 chunk.ends.push(chunk.bytes.len());
                 if chunk.bytes.len() >= chunk_bytes {
                     let next = empty_rx.recv().map_err(|_| stopped())?;
@@ -150,6 +168,7 @@ where
                     chunk.bytes.clear();
                     chunk.ends.clear();
                     chunk.out.clear();
+                    chunk.link = None;
                     next += 1;
                     // The scanner may be done already: then the buffer is simply dropped.
                     let _ = empty_tx.send(chunk);
@@ -174,4 +193,203 @@ where
         // stopped the scanner.
         taken.and(scanned)
     })
+}
+
+/// What [`run_database`] read: the records and the head they end at.
+pub(crate) struct DatabaseScan {
+    pub count: u64,
+    pub head: ChainHead,
+    /// `recorded_at` of the last record in microseconds; `None` for an empty log.
+    pub last_micros: Option<i64>,
+}
+
+/// The PostgreSQL log through the pipeline: the scanner streams every row in one snapshot
+/// ([`copy_log`]); workers check each row as every read does (its hash against the record
+/// its columns encode, its copies), link it to the one before, and call `record` with it
+/// and the chunk's output; this thread checks that the chunks link up, from position 1 to
+/// the snapshot's head row, and hands each chunk's output to `take`.
+pub(crate) fn run_database(
+    config: &PgStoreConfig,
+    record: impl Fn(&Envelope, &[u8], &mut Vec<u8>) -> Result<(), CliError> + Sync,
+    mut take: impl FnMut(&[u8]) -> Result<(), CliError>,
+) -> Result<DatabaseScan, CliError> {
+    let table = format!("{}.ledger_events", config.schema_name());
+    let corrupt = |position, problem: String| StoreError::Corrupt {
+        segment: format!("table {table}"),
+        offset: 0,
+        position,
+        problem,
+    };
+    let broken = |position, fault| corrupt(position, ChainError { position, fault }.to_string());
+    let mut scan = DatabaseScan {
+        count: 0,
+        head: ChainHead::default(),
+        last_micros: None,
+    };
+    let stored = run(
+        CHUNK_BYTES,
+        workers(),
+        |push| {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            Ok(runtime.block_on(copy_log(config, 1, |tuple| push(tuple)))?)
+        },
+        |chunk| {
+            let mut out = std::mem::take(&mut chunk.out);
+            let mut buf = Vec::new();
+            let mut link: Option<Link> = None;
+            // Every row is checked before a link is reported broken, so that a row altered
+            // in a way that also moved it is named as altered.
+            let mut broken_at = None;
+            for bytes in chunk.items() {
+                let tuple = CopyTuple::parse(bytes)
+                    .ok_or_else(|| corrupt(0, "a row of the copy does not parse".into()))?;
+                let (envelope, payload) = decode_columns(&tuple, &table, &mut buf)?;
+                let (position, hash) = (envelope.position, envelope.hash);
+                let micros = envelope.recorded_at.timestamp_micros();
+                match &mut link {
+                    None => {
+                        link = Some(Link {
+                            first: position,
+                            first_prev: envelope.prev_hash,
+                            last: ChainHead { position, hash },
+                            last_micros: micros,
+                        })
+                    }
+                    Some(link) => {
+                        if let Err(fault) = check_link(&link.last, position, envelope.prev_hash) {
+                            broken_at.get_or_insert((link.last.position + 1, fault));
+                        }
+                        link.last = ChainHead { position, hash };
+                        link.last_micros = micros;
+                    }
+                }
+                if broken_at.is_none() {
+                    record(&envelope, payload, &mut out)?;
+                }
+            }
+            if let Some((position, fault)) = broken_at {
+                return Err(broken(position, fault).into());
+            }
+            chunk.out = out;
+            chunk.link = link;
+            Ok(())
+        },
+        |chunk| {
+            if let Some(link) = chunk.link {
+                scan.join(link)
+                    .map_err(|fault| broken(scan.head.position + 1, fault))?;
+            }
+            take(&chunk.out)
+        },
+    )?;
+    if stored.head != scan.head || stored.recorded_micros != scan.last_micros {
+        return Err(StoreError::Corrupt {
+            segment: format!("table {}.ledger_head", config.schema_name()),
+            offset: 0,
+            position: stored.head.position,
+            problem: format!(
+                "the head row names position {} with hash {} at {:?} µs, the log ends at \
+                 position {} with hash {} at {:?} µs",
+                stored.head.position,
+                stored.head.hash,
+                stored.recorded_micros,
+                scan.head.position,
+                scan.head.hash,
+                scan.last_micros
+            ),
+        }
+        .into());
+    }
+    Ok(scan)
+}
+
+impl DatabaseScan {
+    /// Takes the next chunk's piece of the chain: it must start right after the head.
+    fn join(&mut self, link: Link) -> Result<(), ChainFault> {
+        check_link(&self.head, link.first, link.first_prev)?;
+        self.count += link.last.position - link.first + 1;
+        self.head = link.last;
+        self.last_micros = Some(link.last_micros);
+        Ok(())
+    }
+}
+
+/// The record at `position`, chained to `prev`, must come right after `head`.
+fn check_link(head: &ChainHead, position: Position, prev: Hash) -> Result<(), ChainFault> {
+    if position != head.position + 1 {
+        Err(ChainFault::PositionGap {
+            expected: head.position + 1,
+            found: position,
+        })
+    } else if prev != head.hash {
+        Err(ChainFault::BrokenLink {
+            expected: head.hash,
+            found: prev,
+        })
+    } else {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn link(first: Position, last: Position) -> Link {
+        let hash = |p: Position| Hash([p as u8; 32]);
+        Link {
+            first,
+            first_prev: if first == 1 {
+                Hash::default()
+            } else {
+                hash(first - 1)
+            },
+            last: ChainHead {
+                position: last,
+                hash: hash(last),
+            },
+            last_micros: last as i64,
+        }
+    }
+
+    /// Chunks of the database's log join only where each starts right after the one before,
+    /// chained to its last hash; the count and head follow the chunks taken.
+    #[test]
+    fn chunks_join_only_where_the_chain_goes_on() {
+        let mut scan = DatabaseScan {
+            count: 0,
+            head: ChainHead::default(),
+            last_micros: None,
+        };
+        scan.join(link(1, 10)).unwrap();
+        scan.join(link(11, 11)).unwrap();
+        assert_eq!((scan.count, scan.head.position), (11, 11));
+        assert_eq!(scan.last_micros, Some(11));
+        // A gap, a repeat, and a chunk chained to another hash are refused, the scan unmoved.
+        assert!(matches!(
+            scan.join(link(13, 20)),
+            Err(ChainFault::PositionGap {
+                expected: 12,
+                found: 13
+            })
+        ));
+        assert!(matches!(
+            scan.join(link(11, 20)),
+            Err(ChainFault::PositionGap {
+                expected: 12,
+                found: 11
+            })
+        ));
+        let mut other = link(12, 20);
+        other.first_prev = Hash([0xee; 32]);
+        assert!(matches!(
+            scan.join(other),
+            Err(ChainFault::BrokenLink { .. })
+        ));
+        assert_eq!((scan.count, scan.head.position), (11, 11));
+        scan.join(link(12, 20)).unwrap();
+        assert_eq!((scan.count, scan.head.position), (20, 20));
+    }
 }

@@ -48,7 +48,7 @@ pub fn run(
 ) -> Result<(), CliError> {
     let report = match log {
         super::backend::Log::File(dir) => verify(dir)?,
-        super::backend::Log::Postgres(_) => verify_database(log)?,
+        super::backend::Log::Postgres(config) => verify_database(config)?,
     };
     if args.json {
         serde_json::to_writer(&mut *out, &report).map_err(std::io::Error::other)?;
@@ -107,7 +107,7 @@ pub fn verify(data_dir: &Path) -> Result<VerifyReport, CliError> {
             Ok(scan(
                 &segments,
                 mark.as_ref(),
-                |view, _| push(view),
+                |view, _| push(view.bytes()),
                 |done| bar.set_position(done),
             )?)
         },
@@ -151,24 +151,34 @@ fn decode_chunk(chunk: &mut super::pipeline::Chunk) -> Result<(), CliError> {
     Ok(())
 }
 
-/// Walks a PostgreSQL log: every row read back into its record bytes (its hash checked
-/// against them), every chain link, every payload decoded.
-fn verify_database(log: &super::backend::Log) -> Result<VerifyReport, CliError> {
-    let mut count = 0u64;
-    let head = super::backend::scan_log(log, |record| {
-        record.event().map_err(|e| StoreError::Corrupt {
-            segment: "PostgreSQL".into(),
-            offset: 0,
-            position: record.envelope.position,
-            problem: e.to_string(),
-        })?;
-        count += 1;
-        Ok(())
-    })?;
+/// Walks a PostgreSQL log in one snapshot ([`super::pipeline::run_database`]): every row
+/// read back into its record bytes (its hash and its copies checked against them), every
+/// chain link, every payload decoded, the head row against the last record.
+fn verify_database(
+    config: &crate::store::postgres::PgStoreConfig,
+) -> Result<VerifyReport, CliError> {
+    let scan = super::pipeline::run_database(
+        config,
+        |envelope, payload, _| {
+            ledger_events::Event::decode_payload(
+                &envelope.event_type,
+                envelope.schema_version,
+                payload,
+            )
+            .map_err(|e| StoreError::Corrupt {
+                segment: "PostgreSQL".into(),
+                offset: 0,
+                position: envelope.position,
+                problem: e.to_string(),
+            })?;
+            Ok(())
+        },
+        |_| Ok(()),
+    )?;
     Ok(VerifyReport {
-        count,
-        head_position: head.position,
-        head_hash: head.hash.to_string(),
+        count: scan.count,
+        head_position: scan.head.position,
+        head_hash: scan.head.hash.to_string(),
         segments: 0,
         torn_tail: None,
     })

@@ -85,12 +85,15 @@ use super::{
 use crate::clock::Clock;
 
 mod conn;
+mod copy_out;
 mod listen;
 mod migrate;
 mod rows;
 mod writer;
 
+pub(crate) use self::copy_out::copy_log;
 pub use self::migrate::{migrate, migrate_with, Migration, MigrationReport, MIGRATIONS};
+pub(crate) use self::rows::{decode_columns, CopyTuple};
 
 const READ_ALL: &str = concat!(
     "SELECT ",
