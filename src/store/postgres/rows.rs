@@ -131,7 +131,8 @@ impl Columns for Row {
     }
 }
 
-/// The types of `all_event_columns!()`, in its order: how a binary `COPY` of them is read.
+/// The types of `all_event_columns!()`, in its order: how a binary `COPY` of them is read
+/// and written.
 pub(crate) const ALL_COLUMN_TYPES: [Type; 15] = [
     Type::INT8,
     Type::TEXT,

@@ -65,7 +65,7 @@ use tokio_postgres::{Client, Config, Statement};
 use uuid::Uuid;
 
 use super::conn::{connect, pg_error, replicate};
-use super::rows::{actor_kind_name, all_event_columns, decode_row};
+use super::rows::{actor_kind_name, all_event_columns, decode_row, ALL_COLUMN_TYPES};
 use crate::clock::Clock;
 use crate::store::{
     check_imported_hash, import_refused, recorded_at, Appended, ExpectedVersion, ImportCheck,
@@ -129,29 +129,13 @@ const MOVE_HEAD: &str = "UPDATE ledger_head \
       WHERE id = 1 AND last_position = $4 AND last_hash = $5 \
      RETURNING pg_notify($6, last_position::text)";
 
-/// The rows of an import batch, in binary COPY format.
-const COPY_EVENTS: &str = "COPY ledger_events (position, stream_id, stream_version, event_id, \
-     event_type, schema_version, recorded_at_micros, recorded_at, actor_kind, actor_name, \
-     correlation_id, payload, data, prev_hash, hash) FROM STDIN (FORMAT binary)";
-
-/// The column types of [`COPY_EVENTS`], in its order.
-const COPY_TYPES: [Type; 15] = [
-    Type::INT8,
-    Type::TEXT,
-    Type::INT8,
-    Type::UUID,
-    Type::TEXT,
-    Type::INT4,
-    Type::INT8,
-    Type::TIMESTAMPTZ,
-    Type::TEXT,
-    Type::TEXT,
-    Type::UUID,
-    Type::BYTEA,
-    Type::JSONB,
-    Type::BYTEA,
-    Type::BYTEA,
-];
+/// The rows of an import batch, in binary COPY format: every column, in the order of
+/// `all_event_columns!()`, whose types are [`ALL_COLUMN_TYPES`].
+const COPY_EVENTS: &str = concat!(
+    "COPY ledger_events (",
+    all_event_columns!(),
+    ") FROM STDIN (FORMAT binary)"
+);
 
 /// A `timestamptz` in binary form from microseconds since 1970 (the instant the hash covers).
 #[derive(Debug)]
@@ -1161,7 +1145,7 @@ impl Lane {
                 return Ok(None);
             }
             let sink = client.copy_in(COPY_EVENTS).await?;
-            let writer = BinaryCopyInWriter::new(sink, &COPY_TYPES);
+            let writer = BinaryCopyInWriter::new(sink, &ALL_COLUMN_TYPES);
             let mut writer = std::pin::pin!(writer);
             let c = &columns;
             for i in 0..c.positions.len() {
@@ -1177,14 +1161,14 @@ impl Lane {
                         &c.types[i],
                         &c.schema_versions[i],
                         &c.micros[i],
-                        &recorded_at,
                         &c.actor_kinds[i],
                         &c.actor_names[i],
                         &c.correlation_ids[i],
                         &c.payloads[i],
-                        &data,
                         &c.prev_hashes[i],
                         &c.hashes[i],
+                        &recorded_at,
+                        &data,
                     ])
                     .await?;
             }
