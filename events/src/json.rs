@@ -60,13 +60,13 @@ fn write_unchecked(
     out.extend_from_slice(b"{\"position\":");
     write_u64(out, e.position);
     out.extend_from_slice(b",\"stream_id\":");
-    serde_json::to_writer(&mut *out, &e.stream_id)?;
+    write_str(out, e.stream_id.as_str())?;
     out.extend_from_slice(b",\"stream_version\":");
     write_u64(out, e.stream_version);
     out.extend_from_slice(b",\"event_id\":");
     write_uuid(out, &e.event_id);
     out.extend_from_slice(b",\"event_type\":");
-    serde_json::to_writer(&mut *out, &e.event_type)?;
+    write_str(out, &e.event_type)?;
     out.extend_from_slice(b",\"schema_version\":");
     write_u64(out, u64::from(e.schema_version));
     out.extend_from_slice(b",\"recorded_at\":");
@@ -74,7 +74,7 @@ fn write_unchecked(
     out.extend_from_slice(b",\"actor\":{\"kind\":");
     serde_json::to_writer(&mut *out, &e.actor.kind)?;
     out.extend_from_slice(b",\"name\":");
-    serde_json::to_writer(&mut *out, &e.actor.name)?;
+    write_str(out, &e.actor.name)?;
     out.extend_from_slice(b"},\"correlation_id\":");
     write_uuid(out, &e.correlation_id);
     out.extend_from_slice(b",\"prev_hash\":\"");
@@ -93,10 +93,59 @@ fn write_unchecked(
 /// Lower-case hex, as `hex::encode` and `Hash`'s `Display` write it.
 fn write_hex(out: &mut Vec<u8>, bytes: &[u8]) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    out.reserve(2 * bytes.len());
-    for &b in bytes {
-        out.push(HEX[usize::from(b >> 4)]);
-        out.push(HEX[usize::from(b & 15)]);
+    // 32 bytes at a time through a buffer on the stack: one copy per piece, no capacity
+    // check per digit.
+    let mut buf = [0u8; 64];
+    for piece in bytes.chunks(32) {
+        for (pair, &b) in buf.chunks_exact_mut(2).zip(piece) {
+            pair[0] = HEX[usize::from(b >> 4)];
+            pair[1] = HEX[usize::from(b & 15)];
+        }
+        out.extend_from_slice(&buf[..2 * piece.len()]);
+    }
+}
+
+/// Whether any byte is one JSON escapes (a control character, `"` or `\\`); eight bytes at
+/// a time.
+fn needs_escape(bytes: &[u8]) -> bool {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
+    // A byte of `x` is zero: `(x - ONES) & !x & HIGH` has its high bit set (exact for the
+    // lowest such byte, which is all a yes/no needs).
+    let zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
+    let mut words = bytes.chunks_exact(8);
+    for word in &mut words {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(word);
+        let x = u64::from_ne_bytes(w);
+        // Below 0x20: with the high bits cleared, subtracting 0x20 borrows into the high bit
+        // only for such bytes (bytes of 0x80 and up are not control characters).
+        let low = (x & !HIGH).wrapping_add(u64::from_ne_bytes([0x60; 8])) & HIGH;
+        let control = !low & !x & HIGH;
+        if control != 0
+            || zero(x ^ u64::from_ne_bytes([b'"'; 8])) != 0
+            || zero(x ^ u64::from_ne_bytes([b'\\'; 8])) != 0
+        {
+            return true;
+        }
+    }
+    words
+        .remainder()
+        .iter()
+        .any(|&b| b < 0x20 || b == b'"' || b == b'\\')
+}
+
+/// A JSON string as serde_json writes it: quoted, escaped. Text with nothing to escape (the
+/// usual case: ids, names, types) is copied whole.
+fn write_str(out: &mut Vec<u8>, s: &str) -> Result<(), serde_json::Error> {
+    if !needs_escape(s.as_bytes()) {
+        out.reserve(s.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+        Ok(())
+    } else {
+        serde_json::to_writer(&mut *out, s)
     }
 }
 
@@ -213,7 +262,6 @@ impl<'a> Serializer for SortedJson<'a> {
         serialize_u128(v: u128);
         serialize_f64(v: f64);
         serialize_char(v: char);
-        serialize_str(v: &str);
         serialize_bytes(v: &[u8]);
         serialize_none();
         serialize_unit();
@@ -221,10 +269,27 @@ impl<'a> Serializer for SortedJson<'a> {
         serialize_unit_variant(name: &'static str, index: u32, variant: &'static str);
     }
 
+    fn serialize_str(self, v: &str) -> Result<(), Error> {
+        write_str(self.out, v)
+    }
+
     fn collect_str<T: ?Sized + std::fmt::Display>(self, value: &T) -> Result<(), Error> {
-        // serde_json escapes straight from `Display`, without the `String` the default
-        // `collect_str` builds.
-        (&mut serde_json::Serializer::new(self.out)).collect_str(value)
+        // The text is written into a buffer kept by the thread, then as one string (ids,
+        // dates and addresses are short and need no escape): no `String` per value, no
+        // escaping per piece of `Display` output.
+        thread_local! {
+            static TEXT: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+        }
+        TEXT.with(|text| match text.try_borrow_mut() {
+            Ok(mut text) => {
+                text.clear();
+                std::fmt::Write::write_fmt(&mut *text, format_args!("{value}"))
+                    .map_err(|_| ser::Error::custom("a value's Display failed"))?;
+                write_str(self.out, &text)
+            }
+            // Only if a `Display` serialized something itself: serde_json's own way.
+            Err(_) => (&mut serde_json::Serializer::new(self.out)).collect_str(value),
+        })
     }
 
     fn serialize_f32(self, v: f32) -> Result<(), Error> {
@@ -435,7 +500,7 @@ impl<'a> Object<'a> {
             self.out.push(b',');
         }
         let start = self.out.len();
-        serde_json::to_writer(&mut *self.out, key.as_str())?;
+        write_str(self.out, key.as_str())?;
         self.out.push(b':');
         self.entries.push((key, start, start));
         Ok(())
@@ -459,7 +524,9 @@ impl<'a> Object<'a> {
             .windows(2)
             .all(|w| w[0].0.as_str() < w[1].0.as_str());
         if !ascending {
-            let written = self.out.split_off(self.base);
+            // The entries in key order go after those written, which are then removed:
+            // copies within `out`, no allocation.
+            let written = self.out.len();
             // Stable: equal keys keep their order, and the last of them wins.
             self.entries.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
             let mut first = true;
@@ -475,9 +542,9 @@ impl<'a> Object<'a> {
                     self.out.push(b',');
                 }
                 first = false;
-                self.out
-                    .extend_from_slice(&written[start - self.base..end - self.base]);
+                self.out.extend_from_within(*start..*end);
             }
+            self.out.drain(self.base..written);
         }
         self.out.push(b'}');
         if self.variant {
@@ -551,5 +618,48 @@ impl ser::SerializeStructVariant for Object<'_> {
     }
     fn end(self) -> Result<(), Error> {
         self.close()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn simple(bytes: &[u8]) -> bool {
+        bytes.iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\')
+    }
+
+    /// The eight-bytes-at-a-time check says what the byte-by-byte one says: every byte value
+    /// at every place of strings of every length up to three words, among harmless bytes.
+    #[test]
+    fn needs_escape_finds_every_byte_json_escapes_wherever_it_is() {
+        for len in 0..24 {
+            for at in 0..len {
+                for b in 0..=255u8 {
+                    // Around it, bytes that are next to the ones escaped.
+                    let mut bytes: Vec<u8> =
+                        (0..len).map(|i| [b'!', 0x7f, 0xff, b'#'][i % 4]).collect();
+                    bytes[at] = b;
+                    assert_eq!(
+                        needs_escape(&bytes),
+                        simple(&bytes),
+                        "{b:#x} at {at} of {len}"
+                    );
+                }
+            }
+        }
+    }
+
+    proptest::proptest! {
+        /// Any text is written exactly as serde_json writes it.
+        #[test]
+        fn write_str_writes_what_serde_json_writes(s in "\\PC*|[\\x00-\\x7f]{0,40}") {
+            let mut out = Vec::new();
+            write_str(&mut out, &s).unwrap();
+            proptest::prop_assert_eq!(out, serde_json::to_vec(&s).unwrap());
+            let mut hex = Vec::new();
+            write_hex(&mut hex, s.as_bytes());
+            proptest::prop_assert_eq!(String::from_utf8(hex).unwrap(), hex::encode(s.as_bytes()));
+        }
     }
 }
