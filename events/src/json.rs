@@ -176,28 +176,30 @@ fn write_uuid(out: &mut Vec<u8>, id: &Uuid) {
 /// chrono writes with a sign) go through chrono itself.
 fn write_time(out: &mut Vec<u8>, t: &DateTime<Utc>) -> Result<(), serde_json::Error> {
     use chrono::{Datelike, Timelike};
-    let nanos = t.nanosecond();
-    if !(0..=9999).contains(&t.year()) || nanos >= 1_000_000_000 {
+    // The naive UTC time once: each of `DateTime`'s own accessors applies the offset again.
+    let n = t.naive_utc();
+    let nanos = n.nanosecond();
+    if !(0..=9999).contains(&n.year()) || nanos >= 1_000_000_000 {
         return serde_json::to_writer(&mut *out, t);
     }
     let two = |out: &mut Vec<u8>, n: u32| {
         out.push(b'0' + (n / 10 % 10) as u8);
         out.push(b'0' + (n % 10) as u8);
     };
-    let year = t.year() as u32;
+    let year = n.year() as u32;
     out.push(b'"');
     two(out, year / 100);
     two(out, year % 100);
     out.push(b'-');
-    two(out, t.month());
+    two(out, n.month());
     out.push(b'-');
-    two(out, t.day());
+    two(out, n.day());
     out.push(b'T');
-    two(out, t.hour());
+    two(out, n.hour());
     out.push(b':');
-    two(out, t.minute());
+    two(out, n.minute());
     out.push(b':');
-    two(out, t.second());
+    two(out, n.second());
     let (value, digits) = if nanos == 0 {
         (0, 0)
     } else if nanos.is_multiple_of(1_000_000) {
