@@ -37,8 +37,9 @@ for ax, (title, ys, target) in zip(axes.flat, panels):
     ax.set_xlabel("records in the log (millions)")
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
-commit = rows[-1]["commit"] if rows else "?"
-fig.suptitle(f"license-ledger: cost as the log grows (file store, {rows[-1]['machine'] if rows else ''}, {commit})")
+# Each point is the last run at its size, so the points may come from several commits.
+commits = ", ".join(f"{r['records'] / 1e6:.1f} M: {r['commit']}" for r in rows) or "?"
+fig.suptitle(f"license-ledger: cost as the log grows (file store, {rows[-1]['machine'] if rows else ''})\n{commits}", fontsize=10)
 fig.tight_layout()
 fig.savefig(out, dpi=110)
 print(f"wrote {out}")
