@@ -32,7 +32,7 @@ use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc as std_mpsc, Arc};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use ahash::AHashMap;
 use chrono::{DateTime, Utc};
@@ -60,7 +60,7 @@ use crate::store::{
 /// Batches written but not yet synced before the writer waits for the syncer.
 const BATCHES_IN_FLIGHT_MAX: usize = 64;
 /// Longest the syncer waits for appends that are being written before syncing without them.
-const SYNC_GATHER_MAX: std::time::Duration = std::time::Duration::from_micros(400);
+const SYNC_GATHER_MAX: Duration = Duration::from_micros(400);
 
 /// An event encoded by the appending task, waiting for its position.
 pub(crate) struct PreparedEvent {
@@ -129,6 +129,10 @@ pub(crate) struct OpenStats {
     pub index_rebuilt: bool,
 }
 
+/// Longest wait of the syncer for the log index when it poisons the store (to name the
+/// durable head): its holders hold it for one batch at most.
+const POISON_INDEX_WAIT: Duration = Duration::from_secs(2);
+
 /// How the marker thread wakes the indexer: once durable records in memory reach `tail_max`.
 pub(crate) struct IndexerWake {
     pub tx: std_mpsc::SyncSender<()>,
@@ -146,18 +150,25 @@ pub(crate) struct Counters {
 
 impl Shared {
     fn poison(&self, why: String) {
-        self.poison_after(why, 0);
+        // The caller may hold the index: it is not waited for.
+        self.poison_with(why, 0, Duration::ZERO);
     }
 
     /// [`Shared::poison`] by the syncer, whose data syncs up to `synced` succeeded: those
     /// records are durable and may still be acknowledged (their marker's sync runs on its own
-    /// thread), so the line's durable head is never below them.
+    /// thread), so the line's durable head is never below them. The syncer holds no lock, and
+    /// those who hold the index never wait for it: the index is waited for (briefly), so the
+    /// line names the durable head even when the writer or the marker holds it just then.
     fn poison_after(&self, why: String, synced: Position) {
+        self.poison_with(why, synced, POISON_INDEX_WAIT);
+    }
+
+    fn poison_with(&self, why: String, synced: Position, wait: Duration) {
         // The last position acknowledged or about to be (readers see only durable records).
-        // Not read when the index is held (the caller may hold it): the line then says so.
+        // Not read when the index stays held for `wait`: the line then says so.
         match self
             .index
-            .try_read()
+            .try_read_for(wait)
             .map(|index| index.head.position.max(synced))
         {
             Some(durable_head) => tracing::error!(
@@ -168,7 +179,11 @@ impl Shared {
                  verify once the disk is repaired, `license-ledger repair --truncate-after \
                  {durable_head}` cuts only what was never acknowledged",
             ),
-            None => tracing::error!(%why, "refusing appends until the log is reopened"),
+            None => tracing::error!(
+                %why,
+                "refusing appends until the log is reopened; the durable head could not be read \
+                 (the log index was busy): `license-ledger verify` on the repaired disk names it"
+            ),
         }
         let mut p = self.poisoned.lock();
         if p.is_none() {
