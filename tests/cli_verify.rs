@@ -3,17 +3,13 @@
 use std::fs;
 use std::path::Path;
 use std::process::Command;
-use std::sync::Arc;
 
-use license_ledger::clock::ManualClock;
-use license_ledger::store::conformance::{new_event, start_time, stream};
+use license_ledger::store::conformance::file_log;
 #[path = "support/frames.rs"]
 mod frames;
 
 use frames::{acknowledged_only_up_to, remove_marker};
 use license_ledger::store::file::segment::list_segments;
-use license_ledger::store::file::{FileStore, FileStoreConfig};
-use license_ledger::store::{EventStore, ExpectedVersion};
 
 fn verify(dir: &Path, extra: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_license-ledger"))
@@ -30,28 +26,11 @@ fn verify(dir: &Path, extra: &[&str]) -> (i32, String, String) {
     )
 }
 
-async fn write_log(dir: &Path, n: u32) -> ledger_events::ChainHead {
-    let store = FileStore::open(
-        FileStoreConfig::new(dir),
-        Arc::new(ManualClock::new(start_time())),
-    )
-    .await
-    .unwrap();
-    for i in 0..n {
-        store
-            .append(&stream("v"), ExpectedVersion::Any, vec![new_event(i)])
-            .await
-            .unwrap();
-    }
-    let head = store.head().await.unwrap();
-    store.close().await.unwrap();
-    head
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_prints_count_and_head_of_an_intact_log() {
     let dir = tempfile::tempdir().unwrap();
-    let head = write_log(dir.path(), 25).await;
+    let records = file_log(dir.path(), 25, &["v"]).await;
+    let head = records.last().unwrap().envelope.clone();
     let (code, stdout, stderr) = verify(dir.path(), &[]);
     assert_eq!(code, 0, "stderr: {stderr}");
     assert!(stdout.contains("records: 25"), "{stdout}");
@@ -72,7 +51,7 @@ async fn verify_prints_count_and_head_of_an_intact_log() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_exits_non_zero_naming_the_first_bad_position() {
     let dir = tempfile::tempdir().unwrap();
-    write_log(dir.path(), 10).await;
+    file_log(dir.path(), 10, &["v"]).await;
     let seg = list_segments(dir.path()).unwrap().pop().unwrap().path;
     let mut bytes = fs::read(&seg).unwrap();
     let len = bytes.len();
@@ -98,7 +77,7 @@ fn verify_of_a_missing_directory_says_how_to_fix_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_reports_a_torn_tail_without_failing() {
     let dir = tempfile::tempdir().unwrap();
-    write_log(dir.path(), 3).await;
+    file_log(dir.path(), 3, &["v"]).await;
     let seg = list_segments(dir.path()).unwrap().pop().unwrap().path;
     let bytes = fs::read(&seg).unwrap();
     fs::write(&seg, &bytes[..bytes.len() - 10]).unwrap();
@@ -126,7 +105,7 @@ async fn verify_reports_a_torn_tail_without_failing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn export_of_a_damaged_log_fails_after_the_records_before_the_damage() {
     let dir = tempfile::tempdir().unwrap();
-    write_log(dir.path(), 10).await;
+    file_log(dir.path(), 10, &["v"]).await;
     let seg = list_segments(dir.path()).unwrap().pop().unwrap().path;
     let mut bytes = fs::read(&seg).unwrap();
     let len = bytes.len();
