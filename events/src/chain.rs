@@ -16,6 +16,27 @@ pub struct ChainHead {
     pub hash: Hash,
 }
 
+impl ChainHead {
+    /// Whether the record at `position`, chained to `prev_hash`, comes right after this
+    /// head: the next position, linked to this hash (its own hash is the caller's to check).
+    pub fn check_next(&self, position: Position, prev_hash: Hash) -> Result<(), ChainFault> {
+        let expected = self.position + 1;
+        if position != expected {
+            Err(ChainFault::PositionGap {
+                expected,
+                found: position,
+            })
+        } else if prev_hash != self.hash {
+            Err(ChainFault::BrokenLink {
+                expected: self.hash,
+                found: prev_hash,
+            })
+        } else {
+            Ok(())
+        }
+    }
+}
+
 /// What is wrong at the first bad position.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ChainFault {
@@ -93,21 +114,9 @@ impl ChainVerifier {
             position: expected,
             fault,
         };
-        if record.position() != expected {
-            return Err(ChainError {
-                position: expected,
-                fault: ChainFault::PositionGap {
-                    expected,
-                    found: record.position(),
-                },
-            });
-        }
-        if record.prev_hash() != self.head.hash {
-            return Err(fail(ChainFault::BrokenLink {
-                expected: self.head.hash,
-                found: record.prev_hash(),
-            }));
-        }
+        self.head
+            .check_next(record.position(), record.prev_hash())
+            .map_err(fail)?;
         let computed = record.computed_hash();
         if computed != record.hash() {
             return Err(fail(ChainFault::HashMismatch {

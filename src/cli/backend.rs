@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use ledger_events::{ChainError, ChainFault, ChainHead, Record};
+use ledger_events::{ChainError, ChainHead, Record};
 use serde::Deserialize;
 
 use super::CliError;
@@ -232,20 +232,7 @@ pub fn scan_log(
                         pending = read(last.envelope.position + 1);
                         for record in batch {
                             let e = &record.envelope;
-                            let fault = if e.position != head.position + 1 {
-                                Some(ChainFault::PositionGap {
-                                    expected: head.position + 1,
-                                    found: e.position,
-                                })
-                            } else if e.prev_hash != head.hash {
-                                Some(ChainFault::BrokenLink {
-                                    expected: head.hash,
-                                    found: e.prev_hash,
-                                })
-                            } else {
-                                None
-                            };
-                            if let Some(fault) = fault {
+                            if let Err(fault) = head.check_next(e.position, e.prev_hash) {
                                 return Err(StoreError::Corrupt {
                                     segment: "PostgreSQL".into(),
                                     offset: 0,

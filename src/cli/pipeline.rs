@@ -233,7 +233,7 @@ pub(crate) fn run_database(
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            Ok(runtime.block_on(copy_log(config, 1, |tuple| push(tuple)))?)
+            Ok(runtime.block_on(copy_log(config, |tuple| push(tuple)))?)
         },
         |chunk| {
             let mut out = std::mem::take(&mut chunk.out);
@@ -258,7 +258,7 @@ pub(crate) fn run_database(
                         })
                     }
                     Some(link) => {
-                        if let Err(fault) = check_link(&link.last, position, envelope.prev_hash) {
+                        if let Err(fault) = link.last.check_next(position, envelope.prev_hash) {
                             broken_at.get_or_insert((link.last.position + 1, fault));
                         }
                         link.last = ChainHead { position, hash };
@@ -308,27 +308,10 @@ pub(crate) fn run_database(
 impl DatabaseScan {
     /// Takes the next chunk's piece of the chain: it must start right after the head.
     fn join(&mut self, link: Link) -> Result<(), ChainFault> {
-        check_link(&self.head, link.first, link.first_prev)?;
+        self.head.check_next(link.first, link.first_prev)?;
         self.count += link.last.position - link.first + 1;
         self.head = link.last;
         self.last_micros = Some(link.last_micros);
-        Ok(())
-    }
-}
-
-/// The record at `position`, chained to `prev`, must come right after `head`.
-fn check_link(head: &ChainHead, position: Position, prev: Hash) -> Result<(), ChainFault> {
-    if position != head.position + 1 {
-        Err(ChainFault::PositionGap {
-            expected: head.position + 1,
-            found: position,
-        })
-    } else if prev != head.hash {
-        Err(ChainFault::BrokenLink {
-            expected: head.hash,
-            found: prev,
-        })
-    } else {
         Ok(())
     }
 }

@@ -8,9 +8,8 @@
 //! record (one snapshot, so the two must agree even beside a running server).
 
 use futures_util::StreamExt;
-use ledger_events::Position;
 
-use super::conn::{connect_spawned, pg_config, pg_error};
+use super::conn::{connect_spawned, pg_config, pg_error, timed};
 use super::rows::{all_event_columns, decode_head, StoredHead, READ_HEAD_ROW};
 use super::{migrate, PgStoreConfig};
 use crate::store::StoreError;
@@ -18,13 +17,19 @@ use crate::store::StoreError;
 /// The signature that opens PostgreSQL's binary copy format.
 const SIGNATURE: &[u8; 11] = b"PGCOPY\n\xff\r\n\0";
 
-/// Streams the log from position `from` in one snapshot, calling `tuple` with each row's
-/// bytes (a [`super::rows::CopyTuple`] of `all_event_columns!()`) in position order; returns
-/// the head row of that snapshot. Applies pending migrations first, as opening the store
-/// does (a fresh schema is an empty log).
+/// Every row of the log, by position: `COPY` takes no parameters, so the statement is fixed.
+const COPY_LOG: &str = concat!(
+    "COPY (SELECT ",
+    all_event_columns!(),
+    " FROM ledger_events ORDER BY position) TO STDOUT (FORMAT binary)"
+);
+
+/// Streams the whole log in one snapshot, calling `tuple` with each row's bytes (a
+/// [`super::rows::CopyTuple`] of `all_event_columns!()`) in position order; returns the head
+/// row of that snapshot. Applies pending migrations first, as opening the store does (a
+/// fresh schema is an empty log).
 pub(crate) async fn copy_log(
     config: &PgStoreConfig,
-    from: Position,
     mut tuple: impl FnMut(&[u8]) -> Result<(), StoreError>,
 ) -> Result<StoredHead, StoreError> {
     let schema = config.schema_name().to_owned();
@@ -32,40 +37,40 @@ pub(crate) async fn copy_log(
     migrate(config).await?;
     let client = connect_spawned(&pg, config.connect_timeout, "copying the log").await?;
     let timeout = config.op_timeout;
-    let timed = |what: &'static str| {
-        move || StoreError::Unavailable(format!("{what}: no answer within {timeout:?}"))
-    };
-    let head_table = format!("{schema}.ledger_head");
-    let table = format!("{schema}.ledger_events");
-    let begin = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY";
-    tokio::time::timeout(timeout, client.batch_execute(begin))
-        .await
-        .map_err(|_| timed("beginning the snapshot")())?
-        .map_err(|e| pg_error("beginning the snapshot", &e))?;
-    let rows = tokio::time::timeout(timeout, client.query(READ_HEAD_ROW, &[]))
-        .await
-        .map_err(|_| timed("reading the log head")())?
-        .map_err(|e| pg_error("reading the log head", &e))?;
-    let head = decode_head(&rows, &head_table)?;
-    // `from` is a number this process formats: nothing of the caller's text reaches the SQL.
-    let sql = format!(
-        "COPY (SELECT {} FROM ledger_events WHERE position >= {} ORDER BY position) \
-         TO STDOUT (FORMAT binary)",
-        all_event_columns!(),
-        from.clamp(1, i64::MAX as u64)
+    let (begin, read_head, copy) = (
+        "beginning the snapshot",
+        "reading the log head",
+        "copying the log",
     );
-    let stream = tokio::time::timeout(timeout, client.copy_out(sql.as_str()))
-        .await
-        .map_err(|_| timed("copying the log")())?
-        .map_err(|e| pg_error("copying the log", &e))?;
-    let mut stream = std::pin::pin!(stream);
-    let mut parser = TupleParser::default();
-    loop {
-        let next = tokio::time::timeout(timeout, stream.next())
+    timed(timeout, begin, async {
+        let sql = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY";
+        client
+            .batch_execute(sql)
             .await
-            .map_err(|_| timed("copying the log")())?;
-        let Some(message) = next else { break };
-        let message = message.map_err(|e| pg_error("copying the log", &e))?;
+            .map_err(|e| pg_error(begin, &e))
+    })
+    .await?;
+    let rows = timed(timeout, read_head, async {
+        client
+            .query(READ_HEAD_ROW, &[])
+            .await
+            .map_err(|e| pg_error(read_head, &e))
+    })
+    .await?;
+    let head = decode_head(&rows, &format!("{schema}.ledger_head"))?;
+    let stream = timed(timeout, copy, async {
+        client
+            .copy_out(COPY_LOG)
+            .await
+            .map_err(|e| pg_error(copy, &e))
+    })
+    .await?;
+    let mut stream = std::pin::pin!(stream);
+    let table = format!("{schema}.ledger_events");
+    let mut parser = TupleParser::default();
+    // Each message within the timeout: a stalled server is an outage, a long log is not.
+    while let Some(message) = timed(timeout, copy, async { Ok(stream.next().await) }).await? {
+        let message = message.map_err(|e| pg_error(copy, &e))?;
         parser.feed(&message, &mut tuple, &table)?;
     }
     parser.finish(&table)?;
