@@ -494,9 +494,46 @@ fn an_export_from_the_file_store_imported_into_postgres_and_back_gives_identical
     )
     .unwrap();
 
+    // Into the empty schema the import is one transaction: a file damaged near its end
+    // (here its last record's hash) stores nothing, not even the batches before it.
+    let exported = std::fs::read_to_string(&export).unwrap();
+    let damaged = dir.path().join("damaged.jsonl");
+    let mut lines: Vec<String> = exported.lines().map(str::to_owned).collect();
+    let n = lines.len();
+    let hash = |l: &str| {
+        let v: Value = serde_json::from_str(l).unwrap();
+        v["hash"].as_str().unwrap().to_owned()
+    };
+    let good = hash(&lines[n - 1]);
+    let bad = format!(
+        "{}{}",
+        if good.starts_with('0') { "1" } else { "0" },
+        &good[1..]
+    );
+    lines[n - 1] = lines[n - 1].replace(&good, &bad);
+    std::fs::write(&damaged, lines.join("\n") + "\n").unwrap();
+    let (code, out, err) = process::run(
+        &[
+            &pg[..],
+            &["import", "--batch", "5", damaged.to_str().unwrap()],
+        ]
+        .concat(),
+    );
+    assert_ne!(code, 0, "a damaged file was imported: {out}");
+    assert!(err.contains(&format!("line {n}: hash mismatch")), "{err}");
+    assert!(err.contains("nothing of the file was stored"), "{err}");
+    let verify = [&pg[..], &["verify"]].concat();
+    assert!(
+        ok(&verify)
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .starts_with("count=0 "),
+        "the schema is still empty"
+    );
+
     // An import interrupted after the first records (as it leaves the schema) completes
     // when run again.
-    let exported = std::fs::read_to_string(&export).unwrap();
     let start = dir.path().join("start.jsonl");
     let first: Vec<&str> = exported.lines().take(12).collect();
     std::fs::write(&start, first.join("\n") + "\n").unwrap();
@@ -505,7 +542,6 @@ fn an_export_from_the_file_store_imported_into_postgres_and_back_gives_identical
     let imported = ok(&import);
     assert!(imported.contains("(12 were already there)"), "{imported}");
     assert_eq!(last(&imported), file_head, "import's last line");
-    let verify = [&pg[..], &["verify"]].concat();
     assert_eq!(last(&ok(&verify)), file_head, "PostgreSQL's verify");
     let table = [&pg[..], &["table"]].concat();
     assert_eq!(

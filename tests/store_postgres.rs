@@ -1322,3 +1322,199 @@ async fn an_import_batch_starts_right_after_the_head_and_no_node_interleaves() {
     store.close().await.expect("close");
     other.close().await.expect("close");
 }
+
+/// The key constraints (primary and unique) of the test schema's `ledger_events`, as
+/// PostgreSQL prints them, with whether each one's index is valid.
+async fn event_constraints(db: &TestDb) -> Vec<(String, String, bool)> {
+    db.sql()
+        .await
+        .query(
+            "SELECT c.conname::text, pg_get_constraintdef(c.oid), \
+                    COALESCE(i.indisvalid, false) \
+               FROM pg_constraint c LEFT JOIN pg_index i ON i.indexrelid = c.conindid \
+              WHERE c.conrelid = 'ledger_events'::regclass AND c.contype IN ('p', 'u') \
+              ORDER BY 1",
+            &[],
+        )
+        .await
+        .expect("constraints")
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect()
+}
+
+/// The head a log ending with `record` has.
+fn head_of(record: &Record) -> ChainHead {
+    ChainHead {
+        position: record.envelope.position,
+        hash: record.envelope.hash,
+    }
+}
+
+/// `source` with record `i` changed by `change` and every record after it chained to it
+/// again (previous hash and hash recomputed): a log that verifies, which only a check
+/// across records can refuse.
+fn rechained(source: &[Record], i: usize, change: impl FnOnce(&mut Record)) -> Vec<Record> {
+    let mut out = source.to_vec();
+    out[i] = import::forged(&source[i], change);
+    for j in i + 1..out.len() {
+        let prev = out[j - 1].envelope.hash;
+        out[j] = import::forged(&out[j], |r| r.envelope.prev_hash = prev);
+    }
+    out
+}
+
+/// Into an empty store, a bulk import stores the log byte for byte in one transaction (none
+/// of it visible before the commit), and leaves the table as the migration made it: the
+/// unique indexes it dropped are back, valid, and enforce again. A store that holds records
+/// is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bulk_import_stores_the_log_in_one_transaction_and_restores_the_unique_indexes() {
+    let Some(db) = TestDb::new("a_bulk_import_stores_the_log_in_one_transaction") else {
+        return;
+    };
+    let src = tempfile::tempdir().expect("tempdir");
+    let source = import::source_log(src.path()).await;
+    let store = db.open().await;
+    let migrated = event_constraints(&db).await;
+    assert_eq!(migrated.len(), 3, "{migrated:?}");
+    let mut bulk = store.begin_bulk_import().await.expect("begin");
+    for (n, chunk) in source.chunks(37).enumerate() {
+        let head = bulk.write(chunk).await.expect("write");
+        assert_eq!(head, head_of(&chunk[chunk.len() - 1]), "{n}");
+        assert_eq!(store.head().await.expect("head").position, 0, "not yet");
+    }
+    let head = bulk.finish().await.expect("finish");
+    assert_eq!(head, head_of(&source[source.len() - 1]));
+    assert_eq!(store.head().await.expect("head"), head);
+    assert_eq!(import::every_record(&store).await, source);
+    assert_eq!(
+        event_constraints(&db).await,
+        migrated,
+        "the table as migrated"
+    );
+    // The indexes enforce: a copy of a row with only its event id, or only its stream
+    // version, still stored is refused by the database itself, naming the constraint (and
+    // the copy with both changed goes in, so the statement is otherwise right).
+    let sql = db.sql().await;
+    for (what, change, refused_by) in [
+        (
+            "a stored event id",
+            "stream_id = 'bulk-other'",
+            Some("ledger_events_event_id_key"),
+        ),
+        (
+            "a stored stream version",
+            "event_id = gen_random_uuid()",
+            Some("ledger_events_stream_version_key"),
+        ),
+        (
+            "neither",
+            "stream_id = 'bulk-other', event_id = gen_random_uuid()",
+            None,
+        ),
+    ] {
+        let copy = format!(
+            "BEGIN; \
+             CREATE TEMP TABLE bulk_copy ON COMMIT DROP AS \
+               SELECT * FROM ledger_events WHERE position = 5; \
+             UPDATE bulk_copy SET position = 100000, {change}; \
+             INSERT INTO ledger_events SELECT * FROM bulk_copy; \
+             ROLLBACK"
+        );
+        let result = sql.batch_execute(&copy).await;
+        sql.batch_execute("ROLLBACK").await.expect("rollback");
+        match (result, refused_by) {
+            (Err(e), Some(constraint)) => {
+                let db_error = e.as_db_error().expect("a database error");
+                assert_eq!(db_error.constraint(), Some(constraint), "{what}: {e}");
+            }
+            (Ok(()), None) => {}
+            (result, _) => panic!("{what}: {result:?}"),
+        }
+    }
+    // Appends go on after the import, and a second bulk import is refused.
+    store
+        .append(
+            &stream("after"),
+            ExpectedVersion::Any,
+            vec![new_event(9_999)],
+        )
+        .await
+        .expect("append after a bulk import");
+    match store.begin_bulk_import().await {
+        Err(StoreError::InvalidAppend(m)) => assert!(m.contains("empty store"), "{m}"),
+        Err(e) => panic!("expected a refusal, got {e}"),
+        Ok(_) => panic!("a bulk import began on a store holding records"),
+    }
+    assert_eq!(
+        import::every_record(&store).await.len(),
+        source.len() + 1,
+        "nothing changed by the refused import"
+    );
+    store.close().await.expect("close");
+}
+
+/// A bulk import refused anywhere (a tampered record in a later batch; an event id stored
+/// twice, which only the final index build sees) stores nothing and leaves the table as
+/// migrated; the genuine log then imports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_bulk_import_stores_nothing_and_leaves_the_table_as_migrated() {
+    let Some(db) = TestDb::new("a_refused_bulk_import_stores_nothing") else {
+        return;
+    };
+    let src = tempfile::tempdir().expect("tempdir");
+    let source = import::source_log(src.path()).await;
+    let store = db.open().await;
+    let migrated = event_constraints(&db).await;
+    let untouched = |what: &'static str| {
+        let (store, db, migrated) = (&store, &db, &migrated);
+        async move {
+            assert_eq!(store.head().await.expect("head").position, 0, "{what}");
+            assert!(import::every_record(store).await.is_empty(), "{what}");
+            assert_eq!(&event_constraints(db).await, migrated, "{what}");
+        }
+    };
+    for (what, bad) in import::tamperings(&source, 30) {
+        if what == "the event id of a record of an earlier batch" {
+            continue; // below: the batch alone cannot tell
+        }
+        let mut bulk = store.begin_bulk_import().await.expect("begin");
+        bulk.write(&source[..20]).await.expect("first batch");
+        let mut batch = source[20..40].to_vec();
+        batch[10] = bad.clone();
+        match bulk.write(&batch).await {
+            Err(e) => assert!(
+                e.to_string()
+                    .contains(&format!("position {}", bad.envelope.position)),
+                "{what}: the refusal names the position: {e}"
+            ),
+            Ok(head) => panic!("{what}: accepted, head {head:?}"),
+        }
+        drop(bulk);
+        untouched(what).await;
+    }
+    let twice = rechained(&source, 150, |r| {
+        r.envelope.event_id = source[3].envelope.event_id;
+    });
+    let mut bulk = store.begin_bulk_import().await.expect("begin");
+    for chunk in twice.chunks(50) {
+        bulk.write(chunk)
+            .await
+            .expect("each batch on its own is right");
+    }
+    match bulk.finish().await {
+        Err(StoreError::InvalidAppend(m)) => assert!(
+            m.contains(&source[3].envelope.event_id.to_string()) && m.contains("nothing"),
+            "the refusal names the event id: {m}"
+        ),
+        other => panic!("an event id stored twice was committed: {other:?}"),
+    }
+    untouched("an event id twice").await;
+    let mut bulk = store.begin_bulk_import().await.expect("begin");
+    bulk.write(&source).await.expect("write");
+    bulk.finish().await.expect("the genuine log");
+    assert_eq!(import::every_record(&store).await, source);
+    assert_eq!(event_constraints(&db).await, migrated);
+    store.close().await.expect("close");
+}

@@ -10,6 +10,11 @@
 //! that was interrupted can be run again: the records the store already holds are compared
 //! with the file's (each must be the very same record) and skipped, and the import goes on
 //! after them. A store holding anything else is refused.
+//!
+//! Into an empty PostgreSQL store the file goes in as one transaction instead
+//! ([`crate::store::postgres::BulkImport`]: the unique indexes built once at the end, not
+//! kept up row by row): all or nothing, so an interrupted import stores nothing and is simply
+//! run again.
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -147,65 +152,73 @@ async fn import(
     // The batches handed to the store and not yet answered, oldest first.
     let mut in_flight: std::collections::VecDeque<InFlight> =
         std::collections::VecDeque::with_capacity(IN_FLIGHT_MAX + 1);
-    let result = async {
-        while let Some(batch) = rx.recv().await {
-            let mut batch: Parsed = match batch {
-                Ok(batch) => batch,
-                Err(e) => {
-                    while let Some(previous) = in_flight.pop_front() {
-                        imported += previous.wait(path, imported, skipped).await?;
+    let result = match store {
+        Opened::Postgres(pg) if present == 0 => bulk(pg, path, &mut rx, &bar).await,
+        _ => {
+            async {
+                while let Some(batch) = rx.recv().await {
+                    let mut batch: Parsed = match batch {
+                        Ok(batch) => batch,
+                        Err(e) => {
+                            while let Some(previous) = in_flight.pop_front() {
+                                imported += previous.wait(path, imported, skipped).await?;
+                            }
+                            return Err(e);
+                        }
+                    };
+                    let here = usize::try_from(present - skipped)
+                        .unwrap_or(usize::MAX)
+                        .min(batch.records.len());
+                    if here > 0 {
+                        same_as_stored(store, log, path, &batch.lines, &batch.records[..here])
+                            .await?;
+                        skipped += here as u64;
                     }
-                    return Err(e);
-                }
-            };
-            let here = usize::try_from(present - skipped)
-                .unwrap_or(usize::MAX)
-                .min(batch.records.len());
-            if here > 0 {
-                same_as_stored(store, log, path, &batch.lines, &batch.records[..here]).await?;
-                skipped += here as u64;
-            }
-            let new = batch.records.split_off(here);
-            if let (Some(first), Some(last)) = (new.first(), new.last()) {
-                let sent = InFlight {
-                    line: batch.lines[here],
-                    first: first.envelope.position,
-                    last: last.envelope.position,
-                    read: batch.read,
-                    count: new.len() as u64,
-                    answer: store.submit_import(&new).await,
-                };
-                // Refused at once: the batches before it are answered first, then its error.
-                let refused_now = sent.answer.is_err();
-                in_flight.push_back(sent);
-                while in_flight.len() > IN_FLIGHT_MAX || (refused_now && !in_flight.is_empty()) {
-                    if let Some(previous) = in_flight.pop_front() {
-                        let read = previous.read;
-                        imported += previous.wait(path, imported, skipped).await?;
-                        bar.set_position(read);
+                    let new = batch.records.split_off(here);
+                    if let (Some(first), Some(last)) = (new.first(), new.last()) {
+                        let sent = InFlight {
+                            line: batch.lines[here],
+                            first: first.envelope.position,
+                            last: last.envelope.position,
+                            read: batch.read,
+                            count: new.len() as u64,
+                            answer: store.submit_import(&new).await,
+                        };
+                        // Refused at once: the batches before it are answered first, then its error.
+                        let refused_now = sent.answer.is_err();
+                        in_flight.push_back(sent);
+                        while in_flight.len() > IN_FLIGHT_MAX
+                            || (refused_now && !in_flight.is_empty())
+                        {
+                            if let Some(previous) = in_flight.pop_front() {
+                                let read = previous.read;
+                                imported += previous.wait(path, imported, skipped).await?;
+                                bar.set_position(read);
+                            }
+                        }
+                    } else {
+                        bar.set_position(batch.read);
                     }
                 }
-            } else {
-                bar.set_position(batch.read);
-            }
-        }
-        while let Some(previous) = in_flight.pop_front() {
-            let read = previous.read;
-            imported += previous.wait(path, imported, skipped).await?;
-            bar.set_position(read);
-        }
-        if skipped < present {
-            return Err(CliError::Refused(format!(
-                "the log in {} holds {present} records, {} only {skipped}: it is not this \
+                while let Some(previous) = in_flight.pop_front() {
+                    let read = previous.read;
+                    imported += previous.wait(path, imported, skipped).await?;
+                    bar.set_position(read);
+                }
+                if skipped < present {
+                    return Err(CliError::Refused(format!(
+                        "the log in {} holds {present} records, {} only {skipped}: it is not this \
                  file's log; import only into an empty store or one holding the start of \
                  this file",
-                log.describe(),
-                path.display()
-            )));
+                        log.describe(),
+                        path.display()
+                    )));
+                }
+                Ok((imported, skipped))
+            }
+            .await
         }
-        Ok((imported, skipped))
-    }
-    .await;
+    };
     // On an error the reader stops at its next send (the receiver is gone).
     drop(rx);
     bar.finish_and_clear();
@@ -213,6 +226,64 @@ async fn import(
     let counts = result?;
     read.map_err(|_| CliError::Failed("the import's reader thread panicked".into()))?;
     Ok(counts)
+}
+
+/// What a refused import into an empty PostgreSQL store adds to its error.
+const NOTHING_STORED: &str = "nothing of the file was stored (an import into an empty \
+     PostgreSQL store is one transaction; run it again once the file is fixed)";
+
+/// Imports into an empty PostgreSQL store as one transaction, the unique indexes built at
+/// its end ([`crate::store::postgres::BulkImport`]): every record or none. Returns how many
+/// were imported.
+async fn bulk(
+    pg: &crate::store::postgres::PgStore,
+    path: &Path,
+    rx: &mut mpsc::Receiver<Result<Parsed, CliError>>,
+    bar: &ProgressBar,
+) -> Result<(u64, u64), CliError> {
+    let nothing_stored = |e: crate::store::StoreError, what: String| CliError::Input {
+        flag: "FILE",
+        message: format!("{}: {what}; {NOTHING_STORED}: {e}", path.display()),
+    };
+    let mut import: Option<crate::store::postgres::BulkImport> = None;
+    let mut imported = 0u64;
+    // An error returns early: dropping `import` closes its connection, which rolls it back.
+    while let Some(batch) = rx.recv().await {
+        let batch = batch.map_err(|e| match e {
+            CliError::Input { flag, message } => CliError::Input {
+                flag,
+                message: format!("{message}; {NOTHING_STORED}"),
+            },
+            other => other,
+        })?;
+        let (Some(first), Some(last)) = (batch.records.first(), batch.records.last()) else {
+            continue;
+        };
+        let writing = match &mut import {
+            Some(writing) => writing,
+            None => import.insert(pg.begin_bulk_import().await?),
+        };
+        writing.write(&batch.records).await.map_err(|e| {
+            nothing_stored(
+                e,
+                format!(
+                    "line {}: the batch of records {} to {} was refused",
+                    batch.lines.first().copied().unwrap_or(0),
+                    first.envelope.position,
+                    last.envelope.position
+                ),
+            )
+        })?;
+        imported += batch.records.len() as u64;
+        bar.set_position(batch.read);
+    }
+    if let Some(writing) = import {
+        writing
+            .finish()
+            .await
+            .map_err(|e| nothing_stored(e, "the import was not committed".into()))?;
+    }
+    Ok((imported, 0))
 }
 
 /// A batch handed to the store: where it comes from, and the answer to come.

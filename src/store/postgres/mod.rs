@@ -76,11 +76,12 @@ use self::rows::{
     all_event_columns, check_head, decode_head, decode_log, decode_rows, decode_stream,
     event_columns, StoredHead, READ_HEAD_ROW,
 };
+pub use self::writer::BulkImport;
 use self::writer::{AppendRequest, Counters, ImportBatch, PreparedEvent, WriterConfig, WriterMsg};
 use super::subscription::{HeadSource, Subscription};
 use super::{
-    check_import, Appended, EventStore, ExpectedVersion, ImportCheck, NewEvent, PendingImport,
-    StoreError, StoreStats, READ_BATCH_MAX,
+    Appended, EventStore, ExpectedVersion, ImportCheck, NewEvent, PendingImport, StoreError,
+    StoreStats, READ_BATCH_MAX,
 };
 use crate::clock::Clock;
 
@@ -281,6 +282,8 @@ pub struct PgStore {
 
 struct Inner {
     read: Arc<ReadSide>,
+    /// What the writer runs with; also what a bulk import connects and plans with.
+    writer_config: Arc<WriterConfig>,
     stats: Arc<Counters>,
     writer: Mutex<Option<JoinHandle<()>>>,
     listener: Mutex<Option<JoinHandle<()>>>,
@@ -343,8 +346,13 @@ impl PgStore {
             stats: stats.clone(),
             speculation: Default::default(),
         };
+        let writer_config = Arc::new(writer);
         let (tx, rx) = mpsc::channel(config.queue_depth.max(1));
-        let writer = tokio::spawn(writer::run(writer, rx, config.writer_connections));
+        let writer = tokio::spawn(writer::run(
+            writer_config.clone(),
+            rx,
+            config.writer_connections,
+        ));
         let listener = Listener {
             pg,
             pool,
@@ -360,6 +368,7 @@ impl PgStore {
         Ok(Self {
             inner: Arc::new(Inner {
                 read,
+                writer_config,
                 stats,
                 writer: Mutex::new(Some(writer)),
                 listener: Mutex::new(Some(listener)),
@@ -416,27 +425,11 @@ impl PgStore {
     /// decreasing); the writer checks the last two under the head lock, so the chain stays
     /// intact whatever else runs.
     pub async fn import_record(&self, record: &Record) -> Result<Appended, StoreError> {
-        let (event, import) = check_import(record)?;
-        let e = &record.envelope;
-        let event_type = event.event_type();
-        let data_json = serde_json::to_string(&event.data_json())
-            .map_err(|err| StoreError::InvalidAppend(format!("event data as JSON: {err}")))?;
-        let prepared = PreparedEvent {
-            event_id: e.event_id,
-            event_type,
-            schema_version: e.schema_version,
-            payload: record.payload.clone(),
-            data_json,
-            actor: e.actor.clone(),
-            correlation_id: e.correlation_id,
+        let body = writer::import_bodies(std::slice::from_ref(record))?.pop();
+        let Some((stream, expected, events, import)) = body else {
+            return Err(StoreError::InvalidAppend("no record to import".into()));
         };
-        self.submit(
-            &e.stream_id,
-            ExpectedVersion::Exact(e.stream_version - 1),
-            vec![prepared],
-            Some(import),
-        )
-        .await
+        self.submit(&stream, expected, events, import).await
     }
 
     /// Appends `records` exactly as they were stored elsewhere, as one batch: what
@@ -453,32 +446,7 @@ impl PgStore {
     /// The first half of [`Self::import_records`]: checks the records on their own and hands
     /// the batch to the writer, which writes batches in the order they are handed over.
     pub async fn submit_import(&self, records: &[Record]) -> Result<PendingImport, StoreError> {
-        let checked = crate::store::check_import_batch(records)?;
-        let mut bodies = Vec::with_capacity(records.len());
-        for (record, (event, import)) in records.iter().zip(checked) {
-            let e = &record.envelope;
-            let data_json = serde_json::to_string(&event.data_json()).map_err(|err| {
-                StoreError::InvalidAppend(format!(
-                    "record at position {}: event data as JSON: {err}",
-                    e.position
-                ))
-            })?;
-            let prepared = PreparedEvent {
-                event_id: e.event_id,
-                event_type: event.event_type(),
-                schema_version: e.schema_version,
-                payload: record.payload.clone(),
-                data_json,
-                actor: e.actor.clone(),
-                correlation_id: e.correlation_id,
-            };
-            bodies.push((
-                e.stream_id.clone(),
-                ExpectedVersion::Exact(e.stream_version - 1),
-                vec![prepared],
-                Some(import),
-            ));
-        }
+        let bodies = writer::import_bodies(records)?;
         let (reply, answer) = oneshot::channel();
         if self
             .tx
@@ -491,6 +459,14 @@ impl PgStore {
         Ok(PendingImport::new(async move {
             answer.await.map_err(|_| StoreError::Closed)?
         }))
+    }
+
+    /// Begins an import into this empty store as one transaction, with the unique indexes
+    /// built at its end (see `writer::bulk`): feed it with [`BulkImport::write`], then
+    /// [`BulkImport::finish`] commits everything or nothing. Until then other sessions wait
+    /// for the table. Refused unless the log is empty.
+    pub async fn begin_bulk_import(&self) -> Result<BulkImport, StoreError> {
+        BulkImport::begin(self.inner.writer_config.clone()).await
     }
 
     /// Reads like [`EventStore::read_all`], and also checks every row's JSON copy `data`

@@ -40,7 +40,9 @@
 //! the batch (rolled back, nothing stored). Otherwise the head moves once, with the same
 //! guard as 3, and the rows go in by binary `COPY`, then `COMMIT`. The batch's ids are not
 //! looked up first: the unique `event_id` refuses a copy holding a stored one, and the batch
-//! is then planned again with them, so that the refusal names the record.
+//! is then planned again with them, so that the refusal names the record. An import into an
+//! empty store can instead be one transaction with the unique indexes built at its end
+//! ([`bulk`]), planned by the same planner.
 //!
 //! Either way commit order is position order and positions are dense, across nodes too: an
 //! append holds the head row from before it assigns positions (locked path) or from the
@@ -55,7 +57,8 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, TimeZone, Utc};
 use futures_util::future::{join, join4};
 use ledger_events::{
-    encode_header_into, Actor, ChainHead, Hash, Position, RecordHeader, StreamId, StreamVersion,
+    encode_header_into, Actor, ChainHead, Hash, Position, Record, RecordHeader, StreamId,
+    StreamVersion,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -67,6 +70,10 @@ use uuid::Uuid;
 use super::conn::{connect, pg_error, replicate};
 use super::rows::{actor_kind_name, all_event_columns, decode_row, ALL_COLUMN_TYPES};
 use crate::clock::Clock;
+mod bulk;
+
+pub use self::bulk::BulkImport;
+
 use crate::store::{
     check_imported_hash, import_refused, recorded_at, Appended, ExpectedVersion, ImportCheck,
     StoreError,
@@ -505,8 +512,7 @@ struct Plan<'a> {
 /// on top of this one while this one commits, and its insert runs right after it. On the
 /// locked path the turn is held until the commit, so a node never plans on top of a
 /// transaction whose outcome it cannot predict.
-pub(crate) async fn run(config: WriterConfig, rx: mpsc::Receiver<WriterMsg>, lanes: usize) {
-    let config = Arc::new(config);
+pub(crate) async fn run(config: Arc<WriterConfig>, rx: mpsc::Receiver<WriterMsg>, lanes: usize) {
     let queue = Arc::new(tokio::sync::Mutex::new(Queue {
         rx,
         stopping: false,
@@ -1147,31 +1153,7 @@ impl Lane {
             let sink = client.copy_in(COPY_EVENTS).await?;
             let writer = BinaryCopyInWriter::new(sink, &ALL_COLUMN_TYPES);
             let mut writer = std::pin::pin!(writer);
-            let c = &columns;
-            for i in 0..c.positions.len() {
-                let recorded_at = Timestamptz(c.micros[i]);
-                let data = Jsonb(c.data[i]);
-                writer
-                    .as_mut()
-                    .write(&[
-                        &c.positions[i],
-                        &c.streams[i],
-                        &c.versions[i],
-                        &c.ids[i],
-                        &c.types[i],
-                        &c.schema_versions[i],
-                        &c.micros[i],
-                        &c.actor_kinds[i],
-                        &c.actor_names[i],
-                        &c.correlation_ids[i],
-                        &c.payloads[i],
-                        &c.prev_hashes[i],
-                        &c.hashes[i],
-                        &recorded_at,
-                        &data,
-                    ])
-                    .await?;
-            }
+            copy_rows(writer.as_mut(), &columns).await?;
             writer.finish().await.map(Some)
         };
         let copied = match tokio::time::timeout(op_timeout, copy).await {
@@ -1359,12 +1341,76 @@ impl Lane {
     }
 }
 
+/// Writes a batch's rows into a binary `COPY` (of [`COPY_EVENTS`]).
+async fn copy_rows(
+    mut writer: std::pin::Pin<&mut BinaryCopyInWriter>,
+    c: &Columns<'_>,
+) -> Result<(), tokio_postgres::Error> {
+    for i in 0..c.positions.len() {
+        let recorded_at = Timestamptz(c.micros[i]);
+        let data = Jsonb(c.data[i]);
+        writer
+            .as_mut()
+            .write(&[
+                &c.positions[i],
+                &c.streams[i],
+                &c.versions[i],
+                &c.ids[i],
+                &c.types[i],
+                &c.schema_versions[i],
+                &c.micros[i],
+                &c.actor_kinds[i],
+                &c.actor_names[i],
+                &c.correlation_ids[i],
+                &c.payloads[i],
+                &c.prev_hashes[i],
+                &c.hashes[i],
+                &recorded_at,
+                &data,
+            ])
+            .await?;
+    }
+    Ok(())
+}
+
 /// How an import's copy ended.
 enum Copied {
     /// Committed, with the rows copied.
     Rows(i64),
     /// An event id of the batch is stored already; rolled back, nothing stored.
     StoredId,
+}
+
+/// The bodies of an import batch: each record checked on its own (see
+/// [`crate::store::check_import_batch`]) and prepared as a request of one event.
+pub(crate) fn import_bodies(records: &[Record]) -> Result<Vec<Body>, StoreError> {
+    let checked = crate::store::check_import_batch(records)?;
+    let mut bodies = Vec::with_capacity(records.len());
+    for (record, (event, import)) in records.iter().zip(checked) {
+        let e = &record.envelope;
+        let data_json = serde_json::to_string(&event.data_json()).map_err(|err| {
+            StoreError::InvalidAppend(format!(
+                "record at position {}: event data as JSON: {err}",
+                e.position
+            ))
+        })?;
+        let prepared = PreparedEvent {
+            event_id: e.event_id,
+            event_type: event.event_type(),
+            schema_version: e.schema_version,
+            payload: record.payload.clone(),
+            data_json,
+            actor: e.actor.clone(),
+            correlation_id: e.correlation_id,
+        };
+        bodies.push((
+            e.stream_id.clone(),
+            ExpectedVersion::Exact(e.stream_version - 1),
+            vec![prepared],
+            Some(import),
+        ));
+    }
+    Ok(bodies)
 }
 
 /// One request of a batch, without its reply.
