@@ -21,6 +21,7 @@ use ledger_projections::view::LedgerView;
 use license_ledger::app::answers::AnswerSigner;
 use license_ledger::app::checkin::check_in_context;
 use license_ledger::domain::checkin::{decide_check_in, CheckInRequest};
+use license_ledger::domain::Calendar;
 use uuid::Uuid;
 
 mod common;
@@ -180,7 +181,11 @@ fn bench_checkin(c: &mut Criterion) {
     let now = Utc.with_ymd_and_hms(2023, 3, 27, 12, 0, 0).unwrap();
     let interval = chrono::Duration::hours(24);
     // Sanity: the hot path appends nothing.
-    let plan = decide_check_in(&reqs[0], &check_in_context(&view, &reqs[0], interval), now);
+    let plan = decide_check_in(
+        &reqs[0],
+        &check_in_context(&view, &reqs[0], interval, Calendar::default()),
+        now,
+    );
     assert!(plan.steps.is_empty(), "{:?}", plan.steps);
 
     let mut group = c.benchmark_group("checkin");
@@ -193,7 +198,7 @@ fn bench_checkin(c: &mut Criterion) {
             i += 1;
             std::hint::black_box(decide_check_in(
                 req,
-                &check_in_context(&view, req, interval),
+                &check_in_context(&view, req, interval, Calendar::default()),
                 now,
             ))
         })
@@ -211,7 +216,7 @@ fn bench_checkin(c: &mut Criterion) {
         let req = &reqs[k % reqs.len()];
         std::hint::black_box(decide_check_in(
             req,
-            &check_in_context(&view, req, interval),
+            &check_in_context(&view, req, interval, Calendar::default()),
             now,
         ));
     }

@@ -38,6 +38,9 @@ pub struct FileConfig {
     pub listen: Option<String>,
     /// Hours after which an unchanged check-in is recorded again.
     pub record_interval_hours: Option<u32>,
+    /// The IANA time zone days are counted in and times shown in (default
+    /// `America/Sao_Paulo`; `--time-zone` wins).
+    pub time_zone: Option<String>,
     /// HTTP worker threads.
     pub workers: Option<usize>,
     /// The `relay` command's settings.

@@ -1404,14 +1404,14 @@ async fn finding_5_unknown_terminals_past_the_customers_daily_cap_answer_429() {
         "{}",
         refused.text
     );
-    // 10:00:05 UTC: until the next day.
-    assert_eq!(retry_after(&refused), 14 * 3600 - 5);
+    // 10:00:05 UTC is 07:00:05 in Brasília: until the next local day, 17 hours later.
+    assert_eq!(retry_after(&refused), 17 * 3600 - 5);
     assert_eq!(app.head().await, before, "nothing written");
     // Terminals already seen keep checking in.
     let again = quota_check_in(&app, &key, &terminal, &hw(1), "10.0.0.9").await;
     assert_eq!(again.status, StatusCode::OK, "{}", again.text);
     // The next day the new terminal is taken.
-    clock.advance(chrono::Duration::hours(14));
+    clock.advance(chrono::Duration::hours(17));
     let next_day = quota_check_in(&app, &key, &terminal, &hw(3), "10.0.0.1").await;
     assert_eq!(next_day.status, StatusCode::OK, "{}", next_day.text);
 }

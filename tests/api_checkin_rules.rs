@@ -55,9 +55,15 @@ fn noon(date: &str) -> DateTime<Utc> {
     at(date, 12, 0, 0)
 }
 
+/// `h:m:s` on `date` on the shop's clock (Brasília, the server's default time zone): the
+/// rules count the shop's days.
 fn at(date: &str, h: u32, m: u32, s: u32) -> DateTime<Utc> {
     let d: NaiveDate = date.parse().unwrap();
-    Utc.from_utc_datetime(&d.and_hms_opt(h, m, s).unwrap())
+    chrono_tz::America::Sao_Paulo
+        .from_local_datetime(&d.and_hms_opt(h, m, s).unwrap())
+        .single()
+        .unwrap()
+        .with_timezone(&Utc)
 }
 
 /// A point-of-sale terminal: hardware id and license key.
@@ -958,7 +964,8 @@ async fn contingency_02_the_next_check_in_after_an_offline_activation_closes_the
     assert_eq!(after[0]["entered_position"], open[0]["entered_position"]);
     assert_eq!(
         after[0]["cleared_at"],
-        json!("2030-03-10T15:00:00Z"),
+        // Noon in Brasília plus the three hours above.
+        json!("2030-03-10T18:00:00Z"),
         "{after:?}"
     );
     let open_now = w

@@ -173,6 +173,47 @@ fn history_is_newest_first_with_descriptions() {
     assert_eq!(missing.code, 2);
 }
 
+/// Times are shown on the shop's clock with their offset: the same record three hours
+/// earlier in Brasília (the default) than in UTC, an hour earlier again in Manaus; a zone
+/// that does not exist is refused naming the flag or the config key, with examples.
+#[test]
+fn history_shows_local_times_in_the_configured_time_zone() {
+    let dir = tempfile::tempdir().unwrap();
+    ok(dir.path(), &["demo"]);
+    let first = |args: &[&str]| -> String {
+        let out = ok(dir.path(), &[&["history", "000001"], args].concat());
+        // "dd/mm/yyyy HH:MM:SS ±hh:mm  actor  description  #position": the time, 26 bytes.
+        out.lines().last().unwrap_or_default()[..26].to_owned()
+    };
+    let parse = |s: &str| {
+        chrono::DateTime::parse_from_str(s, "%d/%m/%Y %H:%M:%S %:z")
+            .unwrap_or_else(|e| panic!("{s:?}: {e}"))
+    };
+    let brasilia = first(&[]);
+    let utc = first(&["--time-zone", "UTC"]);
+    let manaus = first(&["--time-zone", "America/Manaus"]);
+    assert!(brasilia.ends_with("-03:00"), "{brasilia}");
+    assert!(utc.ends_with("+00:00"), "{utc}");
+    assert!(manaus.ends_with("-04:00"), "{manaus}");
+    assert_eq!(parse(&brasilia), parse(&utc), "the same instant");
+    assert_eq!(parse(&manaus), parse(&utc), "the same instant");
+    assert_ne!(brasilia[..19], utc[..19], "shown on another clock");
+
+    let bad = run(dir.path(), &["--time-zone", "America/Brasilia", "table"]);
+    assert_eq!(bad.code, 2, "{}", bad.stderr);
+    assert!(bad.stderr.contains("--time-zone"), "{}", bad.stderr);
+    assert!(bad.stderr.contains("America/Sao_Paulo"), "{}", bad.stderr);
+    let config = dir.path().join("ledger.toml");
+    std::fs::write(&config, "time_zone = \"Mars/Olympus\"\n").unwrap();
+    let bad = run(
+        dir.path(),
+        &["--config", config.to_str().unwrap(), "history", "000001"],
+    );
+    assert_eq!(bad.code, 2, "{}", bad.stderr);
+    assert!(bad.stderr.contains("time_zone"), "{}", bad.stderr);
+    assert!(bad.stderr.contains("Mars/Olympus"), "{}", bad.stderr);
+}
+
 #[test]
 fn export_then_import_reproduces_the_head() {
     let dir = tempfile::tempdir().unwrap();

@@ -18,7 +18,7 @@ use license_ledger::domain::contract::ContractCommand;
 use license_ledger::domain::customer::CustomerCommand;
 use license_ledger::domain::license::LicenseCommand;
 use license_ledger::domain::release::ContingencyCommand;
-use license_ledger::domain::DomainError;
+use license_ledger::domain::{Calendar, DomainError};
 use license_ledger::store::file::{FileStore, FileStoreConfig};
 use uuid::Uuid;
 
@@ -66,6 +66,11 @@ fn request(n: u8) -> CheckInRequest {
 
 impl World {
     async fn new(now: DateTime<Utc>) -> World {
+        Self::in_zone(now, Calendar::default()).await
+    }
+
+    /// A ledger whose days are those of `calendar`.
+    async fn in_zone(now: DateTime<Utc>, calendar: Calendar) -> World {
         let dir = tempfile::tempdir().unwrap();
         let clock = ManualClock::new(now);
         let store = FileStore::open(FileStoreConfig::new(dir.path()), Arc::new(clock.clone()))
@@ -74,7 +79,10 @@ impl World {
         let ledger = Ledger::start(
             Arc::new(store),
             Arc::new(clock.clone()),
-            LedgerConfig::default(),
+            LedgerConfig {
+                calendar,
+                ..LedgerConfig::default()
+            },
         )
         .await
         .unwrap();
@@ -1378,12 +1386,12 @@ async fn a_decision_holds_until_the_next_day_or_until_the_check_in_is_due_again(
     // The first check-in binds and records; its plan has steps.
     let first = w.check_in(1).await;
     assert!(!first.steps.is_empty());
-    // Asked again a minute later: nothing to append, and the answer holds until midnight
-    // (the record interval, 24 h, ends later).
+    // Asked again a minute later: nothing to append, and the answer holds until the shop's
+    // midnight, 03:00 UTC (the record interval, 24 h, ends later).
     w.clock.advance(chrono::Duration::minutes(1));
     let again = w.check_in(1).await;
     assert!(again.steps.is_empty(), "{:?}", again.steps);
-    assert_eq!(again.holds_until, at("2023-03-28", (0, 0, 0)));
+    assert_eq!(again.holds_until, at("2023-03-28", (3, 0, 0)));
     // The next morning the check-in is due again 24 h after the last record (17:32:28), not
     // at the next midnight.
     w.clock.set(at("2023-03-28", (9, 0, 0)));
@@ -1932,4 +1940,82 @@ async fn finding_3_an_old_format_record_with_a_plain_counter_key_still_replays_a
         .issue_offline_activation(&offline_secrets(), request, &support(), Uuid::now_v7())
         .await
         .is_err());
+}
+
+/// "Licença expirada" on the shop's clock: a license that "expira no dia 26/03" sells
+/// through the last minute of 26/03 in Brasília (02:59 UTC on 27/03), including 21:00 local
+/// (midnight UTC, where a UTC calendar turned the day), and stops at 00:00 local.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn casos_tratados_licenca_expirada_counts_the_shops_local_days() {
+    let w = World::new(at("2023-03-26", (12, 0, 0))).await;
+    w.customer().await;
+    w.license("2023-03-26", None).await;
+    for (now, local, code) in [
+        (
+            at("2023-03-26", (23, 59, 0)),
+            "20:59",
+            OutcomeCode::Expiring,
+        ),
+        (at("2023-03-27", (0, 0, 0)), "21:00", OutcomeCode::Expiring),
+        (
+            at("2023-03-27", (2, 59, 59)),
+            "23:59:59",
+            OutcomeCode::Expiring,
+        ),
+        (
+            at("2023-03-27", (3, 0, 0)),
+            "00:00 on 27/03",
+            OutcomeCode::Expired,
+        ),
+    ] {
+        w.clock.set(now);
+        let plan = w.check_in(1).await;
+        assert_eq!(plan.code, code, "at {local} local");
+        if code == OutcomeCode::Expiring {
+            assert_eq!(plan.days_left, Some(0), "at {local} local: the last day");
+            assert!(
+                plan.messages
+                    .contains(&"Licença do sistema expira no dia: 26/03/2023".to_owned()),
+                "at {local} local: {:?}",
+                plan.messages
+            );
+        }
+    }
+}
+
+/// The same instant is another day in Manaus (UTC−4) than in Brasília (UTC−3): at 03:30 UTC
+/// on 27/03 a license expiring on 26/03 still sells in Manaus (23:30 there) and no longer in
+/// Brasília (00:30). Contract renewals count the same local days: the renew-before window
+/// opens at local midnight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn casos_tratados_a_customer_in_manaus_counts_manaus_days() {
+    let manaus: Calendar = "America/Manaus".parse().unwrap();
+    let now = at("2023-03-27", (3, 30, 0));
+    for (calendar, code) in [
+        (manaus, OutcomeCode::Expiring),
+        (Calendar::default(), OutcomeCode::Expired),
+    ] {
+        let w = World::in_zone(at("2023-03-26", (12, 0, 0)), calendar).await;
+        w.customer().await;
+        w.license("2023-03-26", None).await;
+        w.clock.set(now);
+        assert_eq!(w.check_in(1).await.code, code, "{calendar}");
+    }
+
+    // Renewal by contract (every 30 days, 3 days before): a license expiring on 30/03 enters
+    // the window on 27/03, local. At 03:30 UTC on 27/03 that is 27/03 in Brasília and still
+    // 26/03 in Manaus.
+    for (calendar, renewed) in [(manaus, false), (Calendar::default(), true)] {
+        let w = World::in_zone(at("2023-03-20", (12, 0, 0)), calendar).await;
+        w.customer().await;
+        let contract = w.contract(30, 3).await;
+        let id = w.license("2023-03-30", Some(contract)).await;
+        w.clock.set(now);
+        let plan = w.check_in(1).await;
+        assert_eq!(
+            plan.license_expires_on,
+            Some(day(if renewed { "2023-04-29" } else { "2023-03-30" })),
+            "{calendar}: license {id}"
+        );
+    }
 }

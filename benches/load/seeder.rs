@@ -744,6 +744,8 @@ async fn write_history(
             terms: RenewalTerms {
                 contract,
                 customer_active: true,
+                // Unused here: each day's renewal is `contract_renewal` on that day's date.
+                today: chrono::NaiveDate::default(),
             },
             ip_changes: 0,
             release: (0, History::program_version(0)?),

@@ -35,6 +35,7 @@ pub fn check_in_context(
     view: &LedgerView,
     req: &CheckInRequest,
     record_interval: chrono::Duration,
+    calendar: crate::domain::Calendar,
 ) -> CheckInContext {
     let mut bound = view.bound_license(&req.cnpj, req.product, &req.hardware_id);
     let candidates = if bound.is_none() {
@@ -82,13 +83,19 @@ pub fn check_in_context(
         contingencies: view.open_contingencies(&req.cnpj),
         last_recorded,
         record_interval,
+        calendar,
     }
 }
 
 impl Ledger {
     /// The decision's inputs, read from the view.
     pub fn check_in_context(&self, req: &CheckInRequest) -> CheckInContext {
-        check_in_context(self.view(), req, self.config().record_interval)
+        check_in_context(
+            self.view(),
+            req,
+            self.config().record_interval,
+            self.calendar(),
+        )
     }
 
     /// Handles a terminal's check-in: binds a free license on first contact, renews by

@@ -2,7 +2,7 @@
 //! facts through the view (the customer exists, the contract belongs to it), allocate ids,
 //! and run the aggregate through [`Ledger::execute`].
 
-use chrono::{DateTime, Duration, NaiveDate, Utc};
+use chrono::NaiveDate;
 use hmac::{Hmac, Mac};
 use ledger_events::offline;
 use ledger_events::{
@@ -23,7 +23,7 @@ use crate::domain::release::{
     Contingencies, ContingencyCommand, EmergencyRelease, IssueEmergencyRelease,
     IssueOfflineActivation, OfflineActivation,
 };
-use crate::domain::{today, DomainError};
+use crate::domain::DomainError;
 
 /// Secrets the command side uses and never records.
 #[derive(Clone, Default)]
@@ -124,6 +124,19 @@ impl Ledger {
         command_id: Uuid,
     ) -> Result<CommandOutcome, AppError> {
         let key = CommandKey::new(command_id, "customer", &command, actor);
+        // The digest covers the command as given; "since" defaults to the local day now.
+        let command = match command {
+            CustomerCommand::Register {
+                cnpj,
+                trade_name,
+                since: None,
+            } => CustomerCommand::Register {
+                cnpj,
+                trade_name,
+                since: Some(self.today()),
+            },
+            other => other,
+        };
         let stream = StreamId::customer(command.cnpj());
         self.execute_keyed::<Customer>(&stream, &command, actor, &key)
             .await
@@ -245,6 +258,7 @@ impl Ledger {
                     terms: RenewalTerms {
                         contract: contract.as_ref().map(Contract::from).unwrap_or_default(),
                         customer_active,
+                        today: self.today(),
                     },
                 }
             }
@@ -298,7 +312,7 @@ impl Ledger {
                 problem: format!("no offline activation key is configured for {}", r.product),
             })?;
         let now = self.clock().now();
-        let valid_until = offline::valid_until(today(now));
+        let valid_until = offline::valid_until(self.calendar().day(now));
         let terminal = self.offline_terminal(&r).await?;
         let counter_key =
             offline_code(secret, terminal.as_ref(), &r.serial, r.product, valid_until);
@@ -318,7 +332,7 @@ impl Ledger {
                 valid_until,
                 &counter_key,
             ),
-            valid_until: end_of_day(valid_until),
+            valid_until: self.calendar().end_of(valid_until),
         };
         let done = self
             .execute_recorded::<OfflineActivation>(
@@ -335,8 +349,8 @@ impl Ledger {
             });
             match issued {
                 Some(i) => (
-                    stored_offline_code(secrets, i)?,
-                    i.valid_until.date_naive(),
+                    stored_offline_code(secrets, i, self.calendar())?,
+                    self.calendar().day(i.valid_until),
                     i.terminal,
                 ),
                 // The command id's records are not an offline activation (a record written
@@ -685,13 +699,6 @@ impl NewId for ContractId {
     }
 }
 
-/// The last microsecond of `day`, UTC.
-fn end_of_day(day: NaiveDate) -> DateTime<Utc> {
-    let next = day + Duration::days(1);
-    DateTime::<Utc>::from_naive_utc_and_offset(next.and_hms_opt(0, 0, 0).unwrap_or_default(), Utc)
-        - Duration::microseconds(1)
-}
-
 /// A command id derived from another (for a command's follow-up in another stream).
 pub(crate) fn derive(command_id: Uuid, purpose: &str) -> Uuid {
     super::derived_v7(command_id, purpose.as_bytes())
@@ -724,6 +731,7 @@ fn offline_code(
 fn stored_offline_code(
     secrets: &Secrets,
     issued: &ledger_events::OfflineActivationIssued,
+    calendar: crate::domain::Calendar,
 ) -> Result<CounterKey, AppError> {
     if let Some(plain) = issued.counter_key {
         return Ok(plain);
@@ -747,7 +755,9 @@ fn stored_offline_code(
         (Some(_), None) => return Err(cannot("its record names a terminal but no customer")),
         (None, _) => None,
     };
-    let valid_until = issued.valid_until.date_naive();
+    // Its last local day (records from before local days end at 23:59:59.999999 UTC, the
+    // same day on Brazil's clocks, all west of UTC).
+    let valid_until = calendar.day(issued.valid_until);
     let code = offline_code(
         secret,
         terminal.as_ref(),

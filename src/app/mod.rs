@@ -59,6 +59,8 @@ pub struct LedgerConfig {
     pub id_allocation_timeout: StdDuration,
     /// Where derived data (log index, snapshots) lives; in memory by default.
     pub derived: crate::derived::DerivedConfig,
+    /// The time zone days are counted in (configuration `time_zone`).
+    pub calendar: crate::domain::Calendar,
 }
 
 impl Default for LedgerConfig {
@@ -69,6 +71,7 @@ impl Default for LedgerConfig {
             catch_up_timeout: StdDuration::from_secs(5),
             id_allocation_timeout: StdDuration::from_secs(5),
             derived: crate::derived::DerivedConfig::default(),
+            calendar: crate::domain::Calendar::default(),
         }
     }
 }
@@ -544,6 +547,16 @@ impl Ledger {
     /// The clock.
     pub fn clock(&self) -> &Arc<dyn Clock> {
         &self.clock
+    }
+
+    /// The calendar days are counted in.
+    pub fn calendar(&self) -> crate::domain::Calendar {
+        self.config.calendar
+    }
+
+    /// The local day now, on the ledger's clock and calendar.
+    pub fn today(&self) -> chrono::NaiveDate {
+        self.config.calendar.day(self.clock.now())
     }
 
     /// The settings.

@@ -61,7 +61,6 @@ use super::{AppError, Ledger};
 use crate::domain::checkin::usable;
 use crate::domain::contract::Contract;
 use crate::domain::license::{contract_renewal, RenewalTerms};
-use crate::domain::today;
 use crate::store::{ExpectedVersion, NewEvent, READ_BATCH_MAX};
 
 /// Most events one forward request may carry.
@@ -184,7 +183,7 @@ impl Ledger {
                 });
             }
         }
-        let day = today(self.clock().now());
+        let day = self.today();
         let decision = match &event {
             Event::License(LicenseEvent::Bound(b)) => {
                 self.decide_forwarded_bind(cnpj, fwd, b, day).await?
@@ -360,6 +359,7 @@ impl Ledger {
         let terms = RenewalTerms {
             contract: Contract::from(&contract),
             customer_active: true,
+            today: day,
         };
         let Some(expires_on) = contract_renewal(row.expires_on, &terms, day) else {
             return reject(format!(

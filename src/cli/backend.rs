@@ -301,10 +301,11 @@ pub fn with_store<T>(
 pub fn with_resumed_ledger<T>(
     log: &Log,
     data_dir: &Path,
+    calendar: crate::domain::Calendar,
     work: impl AsyncFnOnce(&crate::app::Ledger) -> Result<T, CliError>,
 ) -> Result<Option<T>, CliError> {
     let answer = with_store(log, async |store, clock| {
-        on_resumed_ledger(store, clock, data_dir, work).await
+        on_resumed_ledger(store, clock, data_dir, calendar, work).await
     })?;
     Ok(answer.flatten())
 }
@@ -315,6 +316,7 @@ pub async fn on_resumed_ledger<T>(
     store: Arc<dyn EventStore>,
     clock: Arc<dyn Clock>,
     data_dir: &Path,
+    calendar: crate::domain::Calendar,
     work: impl AsyncFnOnce(&crate::app::Ledger) -> Result<T, CliError>,
 ) -> Result<Option<T>, CliError> {
     use crate::app::{AppError, Ledger, LedgerConfig};
@@ -325,6 +327,7 @@ pub async fn on_resumed_ledger<T>(
             maintenance: Maintenance::Deferred,
             ..DerivedConfig::in_data_dir(data_dir)
         },
+        calendar,
         ..LedgerConfig::default()
     };
     let ledger = match Ledger::start(store, clock, config).await {

@@ -23,7 +23,7 @@ use crate::domain::checkin::CheckInRequest;
 use crate::domain::customer::CustomerCommand;
 use crate::domain::license::LicenseCommand;
 use crate::domain::release::ContingencyCommand;
-use crate::domain::{today, DomainError};
+use crate::domain::DomainError;
 
 /// The numeric CNPJ of the first demo customer.
 pub const CNPJ_NUMERIC: &str = "11222333000181";
@@ -94,6 +94,7 @@ impl DemoSummary {
 pub fn run(
     data_dir: &Path,
     log: &super::backend::Log,
+    calendar: crate::domain::Calendar,
     out: &mut impl Write,
 ) -> Result<(), CliError> {
     std::fs::create_dir_all(data_dir)?;
@@ -117,7 +118,11 @@ pub fn run(
             }
             let (secrets, admin) = SecretsFile::load_or_create(data_dir)?;
             let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-            let ledger = Ledger::start(store.store(), clock, LedgerConfig::default()).await?;
+            let config = LedgerConfig {
+                calendar,
+                ..LedgerConfig::default()
+            };
+            let ledger = Ledger::start(store.store(), clock, config).await?;
             let summary = fill(&ledger, &secrets.secrets).await?;
             drop(ledger);
             summary.write(out)?;
@@ -173,7 +178,7 @@ struct Terminal {
 /// Dates are relative to the ledger clock's today.
 pub async fn fill(ledger: &Ledger, secrets: &Secrets) -> Result<DemoSummary, AppError> {
     let support = value(Actor::operator("suporte"))?;
-    let day = today(ledger.clock().now());
+    let day = ledger.today();
     let a = value(Cnpj::parse(CNPJ_NUMERIC))?;
     let b = value(Cnpj::parse(CNPJ_ALPHANUMERIC))?;
     for (cnpj, name, since) in [

@@ -29,6 +29,7 @@ pub fn run(
     log: &super::backend::Log,
     data_dir: &std::path::Path,
     args: &HistoryArgs,
+    calendar: crate::domain::Calendar,
     out: &mut impl Write,
 ) -> Result<(), CliError> {
     let id = parse_flag(
@@ -54,7 +55,7 @@ pub fn run(
             Err(AppError::Derived(DerivedError::Locked(_))) => return Ok(None),
             Err(e) => return Err(e.into()),
         }
-        super::backend::on_resumed_ledger(store, clock, data_dir, async |ledger| {
+        super::backend::on_resumed_ledger(store, clock, data_dir, calendar, async |ledger| {
             if ledger.view().license(id).is_none() {
                 return Err(unknown(id));
             }
@@ -79,7 +80,7 @@ pub fn run(
         writeln!(
             out,
             "{}  {}  {}  #{}",
-            e.recorded_at.format("%d/%m/%Y %H:%M:%S"),
+            calendar.local_time_with_offset(e.recorded_at),
             e.actor.name,
             ledger_projections::describe(e, &event),
             e.position

@@ -40,6 +40,11 @@ pub struct Cli {
     /// recorded check-in may get before an unchanged one is recorded again).
     #[arg(long, global = true, env = "LEDGER_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// The time zone every day rule counts in (expiry, days left, renewals, grace, offline
+    /// codes) and times are shown in: an IANA name such as America/Manaus [default:
+    /// America/Sao_Paulo, or `time_zone` in the config file].
+    #[arg(long, global = true, env = "LEDGER_TIME_ZONE", value_name = "ZONE")]
+    pub time_zone: Option<String>,
     /// Where the log is: the embedded file store in --data-dir, or PostgreSQL
     /// [default: file, or `store` in the config file].
     #[arg(long, global = true, env = "LEDGER_STORE", value_enum)]
@@ -277,6 +282,21 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         cli.database_schema.or(file.database_schema.clone()),
         &data_dir,
     )?;
+    let calendar = match (&cli.time_zone, &file.time_zone) {
+        (Some(zone), _) => parse_flag(
+            "--time-zone",
+            zone,
+            str::parse::<crate::domain::Calendar>,
+            "pass an IANA zone name",
+        )?,
+        (None, Some(zone)) => parse_flag(
+            "time_zone",
+            zone,
+            str::parse::<crate::domain::Calendar>,
+            "fix `time_zone` in the config file",
+        )?,
+        (None, None) => crate::domain::Calendar::default(),
+    };
     let clock: std::sync::Arc<dyn crate::clock::Clock> = match &cli.clock_file {
         Some(path) => std::sync::Arc::new(crate::clock::FileClock::new(path)),
         None => std::sync::Arc::new(crate::clock::SystemClock),
@@ -289,18 +309,37 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(4, |n| 2 * n.get()));
     match cli.command {
         Command::Verify(args) => verify::run(&log, &args, &mut std::io::stdout().lock()),
-        Command::Demo => demo::run(&data_dir, &log, &mut std::io::stdout().lock()),
+        Command::Demo => demo::run(&data_dir, &log, calendar, &mut std::io::stdout().lock()),
         Command::Migrate => migrate(&log, &mut std::io::stdout().lock()),
         Command::Token(cmd) => token::run(&data_dir, cmd, &mut std::io::stdout().lock()),
-        Command::History(args) => {
-            history::run(&log, &data_dir, &args, &mut std::io::stdout().lock())
-        }
-        Command::Table(args) => table::run(&log, &data_dir, &args, &mut std::io::stdout().lock()),
+        Command::History(args) => history::run(
+            &log,
+            &data_dir,
+            &args,
+            calendar,
+            &mut std::io::stdout().lock(),
+        ),
+        Command::Table(args) => table::run(
+            &log,
+            &data_dir,
+            &args,
+            calendar,
+            &mut std::io::stdout().lock(),
+        ),
         Command::Export(args) => export::run(&log, &args, &mut std::io::stdout().lock()),
         Command::Import(args) => import::run(&log, &args, &mut std::io::stdout().lock()),
-        Command::Offline(cmd) => offline::run(&data_dir, &log, cmd, &mut std::io::stdout().lock()),
+        Command::Offline(cmd) => offline::run(
+            &data_dir,
+            &log,
+            cmd,
+            calendar,
+            &mut std::io::stdout().lock(),
+        ),
         Command::Serve(args) => {
-            let mut ledger = crate::app::LedgerConfig::default();
+            let mut ledger = crate::app::LedgerConfig {
+                calendar,
+                ..crate::app::LedgerConfig::default()
+            };
             if let Some(h) = file.record_interval_hours {
                 ledger.record_interval = chrono::Duration::hours(i64::from(h));
             }
@@ -330,7 +369,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             };
             Ok(serve::run(settings, args.demo)?)
         }
-        Command::Relay(args) => relay::run(&data_dir, args, &file, clock, workers),
+        Command::Relay(args) => relay::run(&data_dir, args, &file, clock, workers, calendar),
         Command::RelayStatus(args) => relay::status(&args, &mut std::io::stdout().lock()),
         Command::Repair(args) => repair::run(&log, &args, &mut std::io::stdout().lock()),
     }

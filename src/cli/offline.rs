@@ -74,11 +74,12 @@ pub fn run(
     data_dir: &Path,
     log: &super::backend::Log,
     command: OfflineCommand,
+    calendar: crate::domain::Calendar,
     out: &mut impl Write,
 ) -> Result<(), CliError> {
     match command {
-        OfflineCommand::Issue(args) => issue(data_dir, log, &args, out),
-        OfflineCommand::Verify(args) => verify(data_dir, &args, out),
+        OfflineCommand::Issue(args) => issue(data_dir, log, &args, calendar, out),
+        OfflineCommand::Verify(args) => verify(data_dir, &args, calendar, out),
     }
 }
 
@@ -116,6 +117,7 @@ fn issue(
     data_dir: &Path,
     log: &super::backend::Log,
     args: &IssueArgs,
+    calendar: crate::domain::Calendar,
     out: &mut impl Write,
 ) -> Result<(), CliError> {
     let request = OfflineRequest {
@@ -153,7 +155,11 @@ fn issue(
             .await?;
         let result = async {
             let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-            let ledger = Ledger::start(store.store(), clock, LedgerConfig::default()).await?;
+            let config = LedgerConfig {
+                calendar,
+                ..LedgerConfig::default()
+            };
+            let ledger = Ledger::start(store.store(), clock, config).await?;
             let issued = ledger
                 .issue_offline_activation(&file.secrets, request, &actor, Uuid::now_v7())
                 .await?;
@@ -181,7 +187,12 @@ fn issue(
     })
 }
 
-fn verify(data_dir: &Path, args: &VerifyArgs, out: &mut impl Write) -> Result<(), CliError> {
+fn verify(
+    data_dir: &Path,
+    args: &VerifyArgs,
+    calendar: crate::domain::Calendar,
+    out: &mut impl Write,
+) -> Result<(), CliError> {
     let product = product(&args.product)?;
     let serial = serial(&args.serial)?;
     let key = parse_flag(
@@ -197,7 +208,7 @@ fn verify(data_dir: &Path, args: &VerifyArgs, out: &mut impl Write) -> Result<()
             |s| NaiveDate::parse_from_str(s, "%Y-%m-%d"),
             "pass the terminal's date as YYYY-MM-DD",
         )?,
-        None => crate::domain::today(SystemClock.now()),
+        None => calendar.day(SystemClock.now()),
     };
     let verified = if let Some(hex) = &args.terminal_key {
         let terminal_key = parse_flag(

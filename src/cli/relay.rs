@@ -97,6 +97,7 @@ pub fn run(
     file: &FileConfig,
     clock: Arc<dyn Clock>,
     workers: usize,
+    calendar: crate::domain::Calendar,
 ) -> Result<(), CliError> {
     let from_file = file.relay.clone().unwrap_or_default();
     let upstream = required(
@@ -154,6 +155,7 @@ pub fn run(
             None => None,
         };
     let mut config = RelayConfig::new(&upstream, cnpj, &token, data_dir.to_owned());
+    config.calendar = calendar;
     config.upstream_roots = upstream_roots;
     config.center_key = center_key;
     let runtime = super::runtime()?;

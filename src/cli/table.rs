@@ -55,6 +55,7 @@ pub fn run(
     log: &super::backend::Log,
     data_dir: &std::path::Path,
     args: &TableArgs,
+    calendar: crate::domain::Calendar,
     out: &mut impl Write,
 ) -> Result<(), CliError> {
     let as_of = args
@@ -70,10 +71,10 @@ pub fn run(
             .map(|t| t.with_timezone(&Utc))
         })
         .transpose()?;
-    let day = crate::domain::today(as_of.unwrap_or_else(|| SystemClock.now()));
+    let day = calendar.day(as_of.unwrap_or_else(|| SystemClock.now()));
     // From the derived data (a snapshot or checkpoint and the records after it); beside a
     // running server, from the whole log.
-    let resumed = super::backend::with_resumed_ledger(log, data_dir, async |ledger| {
+    let resumed = super::backend::with_resumed_ledger(log, data_dir, calendar, async |ledger| {
         Ok(match as_of {
             Some(t) => licenses(&*ledger.view_as_of(AsOf::Time(t)).await?),
             None => licenses(ledger.view()),

@@ -22,7 +22,7 @@
 
 use std::net::IpAddr;
 
-use chrono::{DateTime, Duration, NaiveDate, NaiveTime, Utc};
+use chrono::{DateTime, Duration, NaiveDate, Utc};
 use ledger_events::answer::OutcomeCode;
 use ledger_events::{
     texts, CheckInOutcome, Cnpj, ContingencyCleared, ContingencyKind, Event, HardwareId,
@@ -33,7 +33,7 @@ use ledger_projections::rows::{ContingencyRow, ContractRow, CustomerRow, LastChe
 
 use super::contract::Contract;
 use super::license::{contract_renewal, RenewalTerms};
-use super::today;
+use super::Calendar;
 
 /// Days a license keeps working past its expiry under a type 01 contingency.
 pub const UPSTREAM_GRACE_DAYS: i64 = 7;
@@ -79,6 +79,8 @@ pub struct CheckInContext {
     pub last_recorded: Option<LastCheckIn>,
     /// How old a recorded check-in may get before an unchanged one is recorded again.
     pub record_interval: Duration,
+    /// The customer's calendar: every day rule is about its local day.
+    pub calendar: Calendar,
 }
 
 impl CheckInContext {
@@ -162,7 +164,7 @@ pub fn decide_check_in(
     ctx: &CheckInContext,
     now: DateTime<Utc>,
 ) -> CheckInPlan {
-    let day = today(now);
+    let day = ctx.calendar.day(now);
     let mut steps = Vec::new();
 
     // 1. The customer.
@@ -234,6 +236,7 @@ pub fn decide_check_in(
             let terms = RenewalTerms {
                 contract,
                 customer_active: true,
+                today: day,
             };
             if let (Some(expires_on), Some(contract_id)) = (
                 contract_renewal(license.expires_on, &terms, day),
@@ -357,10 +360,8 @@ fn finish(
             .into(),
         });
     }
-    let day = today(now);
-    let next_day = day.succ_opt().map_or(DateTime::<Utc>::MAX_UTC, |d| {
-        d.and_time(NaiveTime::MIN).and_utc()
-    });
+    let day = ctx.calendar.day(now);
+    let next_day = ctx.calendar.next_day_start(now);
     let holds_until = match last {
         Some(last) => next_day.min(last.at + ctx.record_interval),
         None => next_day,

@@ -158,7 +158,9 @@ impl Aggregate for Customer {
                 CustomerRegistered {
                     cnpj,
                     trade_name: trade_name.clone(),
-                    since: since.unwrap_or_else(|| super::today(now)),
+                    // The app fills it in from its calendar; this default only serves
+                    // callers of the domain alone.
+                    since: since.unwrap_or_else(|| super::Calendar::default().day(now)),
                 }
                 .into()
             }

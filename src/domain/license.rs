@@ -11,7 +11,7 @@ use ledger_events::{
 };
 
 use super::contract::Contract;
-use super::{today, Aggregate, DomainError};
+use super::{Aggregate, DomainError};
 
 /// Facts from other aggregates that a contract renewal depends on.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -20,6 +20,8 @@ pub struct RenewalTerms {
     pub contract: Contract,
     /// Whether the customer is active (and not blocked).
     pub customer_active: bool,
+    /// The customer's local day the renewal is decided on (see [`super::Calendar`]).
+    pub today: NaiveDate,
 }
 
 /// What support (or a check-in) does to a license.
@@ -223,7 +225,7 @@ impl Aggregate for License {
     fn decide(
         &self,
         command: &LicenseCommand,
-        now: DateTime<Utc>,
+        _now: DateTime<Utc>,
     ) -> Result<Vec<Event>, DomainError> {
         let id = command.license_id();
         if let LicenseCommand::Grant {
@@ -292,7 +294,7 @@ impl Aggregate for License {
                 if !self.active {
                     return Ok(vec![]);
                 }
-                match contract_renewal(granted.expires_on, terms, today(now)) {
+                match contract_renewal(granted.expires_on, terms, terms.today) {
                     Some(expires_on) => LicenseRenewed {
                         license_id: id,
                         previous_expiry: granted.expires_on,
@@ -457,6 +459,7 @@ mod tests {
                 active,
             },
             customer_active,
+            today: day("2023-03-27"),
         }
     }
     fn hw() -> HardwareId {

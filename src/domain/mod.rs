@@ -8,9 +8,10 @@
 //!
 //! Invariant: nothing in `domain` imports tokio, actix, the store or the file system.
 
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, Utc};
 use ledger_events::{Event, StreamVersion};
 
+pub mod calendar;
 pub mod checkin;
 pub mod contract;
 pub mod customer;
@@ -96,10 +97,7 @@ impl<A: Aggregate> Loaded<A> {
     }
 }
 
-/// The calendar day of `now` (UTC; the vendor's terminals show dates only).
-pub fn today(now: DateTime<Utc>) -> NaiveDate {
-    now.date_naive()
-}
+pub use calendar::Calendar;
 
 /// Given / when / then for aggregates: `given(events).when(command, now)` returns what
 /// `decide` returns on the folded state.

@@ -246,7 +246,8 @@ impl AnswerCache {
         }
         let key = (request.cnpj, request.hardware_id, request.product);
         let mut hit = self.entries.get_mut(&key)?;
-        let same = hit.decided_at.date_naive() == now.date_naive()
+        // `holds_until` of the kept decision is at the latest the start of the next local day.
+        let same = now < hit.holds_until
             && hit.decided_at <= now
             && hit.request.hardware_key == request.hardware_key
             && hit.content == Content::of(plan);
@@ -340,7 +341,7 @@ fn admit_check_in(
     let records = plan.steps.iter().any(|s| matches!(s, Step::Record { .. }));
     // Never recorded for this product; and for no product of the customer either.
     if ctx.last_recorded.is_none() && state.ledger.view().terminal(&req.cnpj, terminal).is_none() {
-        if let Err(over) = quotas.admit_unknown(req.cnpj, *terminal, now) {
+        if let Err(over) = quotas.admit_unknown(req.cnpj, *terminal, now, ctx.calendar) {
             count(&quotas.counters.unknown_terminals_refused);
             if over.first {
                 tracing::warn!(%token, cnpj = %req.cnpj, %terminal, "write quota: {}", over.message);

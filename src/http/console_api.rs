@@ -39,7 +39,6 @@ use crate::app::Ledger;
 use crate::config::Role;
 use crate::derived::index::Filter;
 use crate::domain::checkin::WARNING_DAYS;
-use crate::domain::today;
 
 /// Most matching records one `GET /v1/events/search` returns.
 pub const EVENTS_SEARCH_LIMIT_MAX: usize = 500;
@@ -134,6 +133,10 @@ pub struct Session {
     event_types: Vec<&'static str>,
     /// Stream categories of the log.
     categories: &'static [&'static str],
+    /// The IANA time zone the server counts days in (configuration `time_zone`); the console
+    /// shows times on that clock.
+    #[schema(example = "America/Sao_Paulo")]
+    time_zone: String,
 }
 
 /// The caller's name and role, what the console may offer it, and the vocabularies its
@@ -141,7 +144,7 @@ pub struct Session {
 /// sign in.
 #[utoipa::path(get, path = "/v1/session", tag = "console",
     responses((status = 200, body = Session)))]
-async fn session(caller: As<Readers>) -> Answer {
+async fn session(state: State, caller: As<Readers>) -> Answer {
     let products = Product::ALL
         .iter()
         .map(|&product| ProductName {
@@ -157,6 +160,7 @@ async fn session(caller: As<Readers>) -> Answer {
         products,
         event_types: EVENT_TYPES.iter().map(|(name, _)| *name).collect(),
         categories: CATEGORIES,
+        time_zone: state.ledger.calendar().to_string(),
     }))
 }
 
@@ -238,7 +242,7 @@ async fn customers(state: State, _caller: As<Readers>, Query(q): Query<Customers
     let limit = page_limit(q.limit, 50, PAGE_LIMIT_MAX)?;
     let text = q.text.map(|t| t.trim().to_lowercase());
     let view = state.ledger.view();
-    let day = today(state.ledger.clock().now());
+    let day = state.ledger.today();
     let matching: Vec<CustomerRow> = view
         .customers()
         .into_iter()
@@ -361,10 +365,11 @@ async fn license_table(
     let (items, total, offset, limit, position, day) = match as_of {
         None => {
             let view = state.ledger.view();
-            table(view, today(state.ledger.clock().now()))?
+            table(view, state.ledger.today())?
         }
         Some(t) => {
-            let read = move |view: &std::sync::Arc<LedgerView>| table(view, today(t));
+            let day = state.ledger.calendar().day(t);
+            let read = move |view: &std::sync::Arc<LedgerView>| table(view, day);
             state.ledger.read_as_of(AsOf::Time(t), read).await??
         }
     };
@@ -635,7 +640,7 @@ async fn dashboard(state: State, _caller: As<Readers>, Query(q): Query<Dashboard
     }
     let ledger = &state.ledger;
     let now = ledger.clock().now();
-    let day = today(now);
+    let day = ledger.calendar().day(now);
     let view = ledger.view();
     let licenses = license_counts(view, None, day);
     let expiring: Vec<DayCount> = (0..=days)

@@ -191,16 +191,20 @@ impl WriteQuotas {
             .map_err(|(_, first)| first)
     }
 
-    /// Whether the unknown terminal `hardware_id` may check in for `cnpj` today: it is one
-    /// of the customer's places of the day already, or takes a free one.
+    /// Whether the unknown terminal `hardware_id` may check in for `cnpj` today (the
+    /// customer's local day on `calendar`): it is one of the customer's places of the day
+    /// already, or takes a free one.
     pub fn admit_unknown(
         &self,
         cnpj: Cnpj,
         hardware_id: HardwareId,
         now: DateTime<Utc>,
+        calendar: crate::domain::Calendar,
     ) -> Result<(), OverQuota> {
         let cap = self.settings.unknown_terminals_per_day;
-        let (day, left) = window(now, 86_400);
+        let day = i64::from(chrono::Datelike::num_days_from_ce(&calendar.day(now)));
+        let left = u32::try_from((calendar.next_day_start(now) - now).num_seconds().max(1))
+            .unwrap_or(u32::MAX);
         if self.unknown.len() >= KEYS_MAX {
             self.unknown.clear();
         }
@@ -302,15 +306,20 @@ mod tests {
         let cnpj = Cnpj::parse("11222333000181").unwrap();
         let other = Cnpj::parse("11444777000161").unwrap();
         let hw = |n: u8| HardwareId::parse(&format!("50026B77825EEC{n:02X}")).unwrap();
-        assert!(q.admit_unknown(cnpj, hw(1), at(23, 0, 0)).is_ok());
-        assert!(q.admit_unknown(cnpj, hw(2), at(23, 0, 0)).is_ok());
-        assert!(q.admit_unknown(cnpj, hw(1), at(23, 0, 1)).is_ok(), "again");
-        let over = q.admit_unknown(cnpj, hw(3), at(23, 0, 0)).unwrap_err();
-        assert_eq!(over.retry_after_s, 3600);
-        assert!(q.admit_unknown(other, hw(3), at(23, 0, 0)).is_ok());
-        assert!(q
-            .admit_unknown(cnpj, hw(3), at(23, 0, 0) + chrono::Duration::hours(1))
-            .is_ok());
+        // Days are Brasília's: 02:00 UTC is 23:00 of the day before there.
+        let brasilia = crate::domain::Calendar::default();
+        let admit = |hw: HardwareId, cnpj: Cnpj, t| q.admit_unknown(cnpj, hw, t, brasilia);
+        assert!(admit(hw(1), cnpj, at(2, 0, 0)).is_ok());
+        assert!(admit(hw(2), cnpj, at(2, 0, 0)).is_ok());
+        assert!(admit(hw(1), cnpj, at(2, 0, 1)).is_ok(), "again");
+        let over = admit(hw(3), cnpj, at(2, 0, 0)).unwrap_err();
+        assert_eq!(over.retry_after_s, 3600, "until local midnight");
+        assert!(admit(hw(3), other, at(2, 0, 0)).is_ok());
+        assert!(
+            admit(hw(3), cnpj, at(0, 0, 0)).is_err(),
+            "00:00 UTC is 21:00 of the same local day"
+        );
+        assert!(admit(hw(3), cnpj, at(3, 0, 0)).is_ok(), "a new local day");
     }
 
     #[test]

@@ -35,7 +35,6 @@ use crate::domain::contract::ContractCommand;
 use crate::domain::customer::CustomerCommand;
 use crate::domain::license::LicenseCommand;
 use crate::domain::release::ContingencyCommand;
-use crate::domain::today;
 
 /// Most records one `GET /v1/events` returns.
 pub const EVENTS_PAGE_MAX: usize = 1000;
@@ -1030,11 +1029,12 @@ async fn list_licenses(
     read_your_writes(&state, q.min_position).await?;
     let page = match q.as_of {
         None => {
-            let day = today(state.ledger.clock().now());
+            let day = state.ledger.today();
             q.page(state.ledger.view(), None, day)?
         }
         Some(t) => {
-            let read = move |view: &Arc<LedgerView>| q.page(view, None, today(t));
+            let day = state.ledger.calendar().day(t);
+            let read = move |view: &Arc<LedgerView>| q.page(view, None, day);
             state.ledger.read_as_of(AsOf::Time(t), read).await??
         }
     };
@@ -1207,17 +1207,18 @@ async fn customer_licenses(
                     "customer {cnpj} does not exist"
                 )));
             }
-            let day = today(state.ledger.clock().now());
+            let day = state.ledger.today();
             q.page(view, Some(cnpj), day)?
         }
         Some(t) => {
+            let day = state.ledger.calendar().day(t);
             let read = move |view: &Arc<LedgerView>| {
                 if view.customer(&cnpj).is_none() {
                     return Err(ApiError::NotFound(format!(
                         "customer {cnpj} did not exist at {t}"
                     )));
                 }
-                q.page(view, Some(cnpj), today(t))
+                q.page(view, Some(cnpj), day)
             };
             state.ledger.read_as_of(AsOf::Time(t), read).await??
         }

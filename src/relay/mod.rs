@@ -119,6 +119,8 @@ pub struct RelayConfig {
     pub retry_every: Duration,
     /// How old a terminal's recorded check-in may get before an unchanged one is recorded.
     pub record_interval: Duration,
+    /// The shop's calendar: the days its terminals are told about.
+    pub calendar: crate::domain::Calendar,
 }
 
 impl RelayConfig {
@@ -134,6 +136,7 @@ impl RelayConfig {
             refresh_every: Duration::hours(24),
             retry_every: Duration::hours(1),
             record_interval: Duration::hours(24),
+            calendar: crate::domain::Calendar::default(),
         }
     }
 }
@@ -409,7 +412,12 @@ impl Relay {
         let _turn = self.decide.lock().await;
         let view = self.view();
         let now = self.clock.now();
-        let ctx = check_in_context(&view, req, self.config.record_interval);
+        let ctx = check_in_context(
+            &view,
+            req,
+            self.config.record_interval,
+            self.config.calendar,
+        );
         let plan = decide_check_in(req, &ctx, now);
         let correlation = Uuid::now_v7();
         let actor = Actor::terminal(&req.hardware_id);

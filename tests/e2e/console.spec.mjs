@@ -55,7 +55,8 @@ const browser = await chromium.launch({
 const context = await browser.newContext({
   viewport: { width: 1280, height: 900 },
   locale: 'pt-BR',
-  timezoneId: 'UTC',
+  // Not the server's time zone: the console shows and reads times on the server's clock.
+  timezoneId: 'Asia/Tokyo',
 });
 const page = await context.newPage();
 page.setDefaultTimeout(15_000);
@@ -108,8 +109,17 @@ async function signIn(token) {
   await page.getByLabel('Token de acesso').fill(token);
   await page.getByRole('button', { name: 'Entrar' }).click();
 }
-/** The UTC time as a datetime-local value, truncated to the second. */
-const localValue = (d) => d.toISOString().slice(0, 19);
+/** `d` on the server's clock (Brasília, its default time zone; the browser is in Tokyo) as
+ * a datetime-local value, truncated to the second: the console reads such inputs on the
+ * server's clock. */
+const BRASILIA = new Intl.DateTimeFormat('en-US', {
+  timeZone: 'America/Sao_Paulo', hourCycle: 'h23', year: 'numeric', month: '2-digit',
+  day: '2-digit', hour: '2-digit', minute: '2-digit', second: '2-digit',
+});
+const localValue = (d) => {
+  const p = Object.fromEntries(BRASILIA.formatToParts(d).map((x) => [x.type, x.value]));
+  return `${p.year}-${p.month}-${p.day}T${p.hour}:${p.minute}:${p.second}`;
+};
 
 // ---- the steps ----
 
@@ -230,7 +240,7 @@ await step('Ativar Offline shows the counter-key in groups of four with its vali
   await dialog.locator('#dialog-confirm').click();
   const key = await until('the counter-key', async () => (await page.locator('#counter-key').textContent().catch(() => '')).trim());
   assert.match(key, /^[0-9A-F]{4} [0-9A-F]{4} [0-9A-F]{4} [0-9A-F]{4}$/);
-  assert.match(await page.locator('#counter-key-valid').textContent(), /^Válida até \d\d\/\d\d\/\d{4} \d\d:\d\d:\d\d \(UTC\)$/);
+  assert.match(await page.locator('#counter-key-valid').textContent(), /^Válida até \d\d\/\d\d\/\d{4} 23:59:59 \(America\/Sao_Paulo\)$/);
   const size = await page.locator('#counter-key').evaluate((el) => parseFloat(getComputedStyle(el).fontSize));
   assert.ok(size >= 30, `the counter-key is large (${size}px)`);
   await shot('ativar-offline');

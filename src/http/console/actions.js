@@ -4,7 +4,7 @@
 // table reads its own write.
 
 import { api } from './api.js';
-import { h, fill, day, dateTime, toast, field, select } from './dom.js';
+import { h, fill, day, toast, field, select } from './dom.js';
 import { t } from './i18n.js';
 
 const dialog = () => document.getElementById('dialog');
@@ -201,7 +201,8 @@ export function offlineAction(row, session, done) {
         h('p', {}, t('offlineDone')),
         h('p.counter-key-label', {}, t('counterKey'), ' · ', body.serial),
         h('output.counter-key#counter-key', { 'aria-live': 'polite' }, r.counter_key),
-        h('p.valid-until#counter-key-valid', {}, t('validUntil', { at: dateTime(r.valid_until) })),
+        // A day: the code is good through its last second, on the server's clock.
+        h('p.valid-until#counter-key-valid', {}, t('validUntil', { at: `${day(r.valid_until)} 23:59:59` })),
       ];
     },
   });

@@ -4,7 +4,7 @@
 
 import { api, follow, setToken, token, whenUnauthenticated, ApiFailure } from './api.js';
 import { h, fill, toast, field } from './dom.js';
-import { t, lang, setLang } from './i18n.js';
+import { t, lang, setLang, setZone } from './i18n.js';
 import { licensesPage } from './licenses.js';
 import {
   historyPage, rawEventPage, contingenciesPage, customersPage, eventsPage, dashboardPage,
@@ -141,6 +141,7 @@ function signInPage(view) {
 async function signIn(interactive) {
   const session = await api('/v1/session', { quiet401: interactive });
   app.session = session;
+  setZone(session.time_zone);
   const customers = await api('/v1/customers?limit=500');
   app.customers = customers.items;
   startLive();

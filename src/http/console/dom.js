@@ -1,7 +1,8 @@
 // Small DOM helpers: every element is built here with text nodes (never HTML strings), so
-// data from the ledger cannot become markup. Dates and times are shown in UTC, like the CLI.
+// data from the ledger cannot become markup. Dates and times are shown on the server's clock
+// (its time zone, from /v1/session), like the CLI.
 
-import { t, lang } from './i18n.js';
+import { t, lang, zoneName } from './i18n.js';
 
 /** h('tag.class#id', {attr: value, on: {click: fn}}, ...children) */
 export function h(spec, attrs, ...children) {
@@ -55,25 +56,57 @@ export function day(iso) {
   return lang() === 'en' ? `${y}-${m}-${d}` : `${d}/${m}/${y}`;
 }
 
-/** An RFC 3339 time -> "dd/mm/yyyy HH:MM:SS" in UTC. */
-export function dateTime(iso) {
-  if (!iso) return '';
-  const d = new Date(iso);
-  if (Number.isNaN(d.getTime())) return iso;
-  const date = `${d.getUTCFullYear()}-${pad(d.getUTCMonth() + 1)}-${pad(d.getUTCDate())}`;
-  return `${day(date)} ${pad(d.getUTCHours())}:${pad(d.getUTCMinutes())}:${pad(d.getUTCSeconds())}`;
+const formats = new Map();
+
+/** The wall-clock fields of instant `ms` in the server's time zone (zoneName()). */
+function wall(ms) {
+  const zone = zoneName();
+  let format = formats.get(zone);
+  if (!format) {
+    format = new Intl.DateTimeFormat('en-US', {
+      timeZone: zone, hourCycle: 'h23', year: 'numeric', month: '2-digit', day: '2-digit',
+      hour: '2-digit', minute: '2-digit', second: '2-digit',
+    });
+    formats.set(zone, format);
+  }
+  const p = {};
+  for (const part of format.formatToParts(new Date(ms))) p[part.type] = part.value;
+  return p;
 }
 
-/** Now as "dd/mm/yyyy HH:MM:SS" (UTC). */
+/** How far the server's time zone is ahead of UTC at instant `ms`, in milliseconds. */
+function offsetAt(ms) {
+  const p = wall(ms);
+  return Date.UTC(+p.year, +p.month - 1, +p.day, +p.hour, +p.minute, +p.second) - (ms - (((ms % 1000) + 1000) % 1000));
+}
+
+/** An RFC 3339 time -> "dd/mm/yyyy HH:MM:SS" on the server's clock (its time zone, shown
+ * beside the labels as {zone}), as the CLI prints it. */
+export function dateTime(iso) {
+  if (!iso) return '';
+  const ms = new Date(iso).getTime();
+  if (Number.isNaN(ms)) return iso;
+  const p = wall(ms);
+  return `${day(`${p.year}-${p.month}-${p.day}`)} ${p.hour}:${p.minute}:${p.second}`;
+}
+
+/** Now as "dd/mm/yyyy HH:MM:SS" on the server's clock. */
 export function nowText() {
   return dateTime(new Date().toISOString());
 }
 
-/** The value of a datetime-local input, read as UTC, as RFC 3339; '' when empty. */
+/** The value of a datetime-local input, read on the server's clock, as RFC 3339 UTC; ''
+ * when empty. */
 export function utcFromInput(value) {
   if (!value) return '';
   const withSeconds = value.length === 16 ? `${value}:00` : value;
-  return `${withSeconds}Z`;
+  const asUtc = Date.parse(`${withSeconds}Z`);
+  if (Number.isNaN(asUtc)) return `${withSeconds}Z`;
+  // The offset at the wall time read as UTC, then at the instant that gives (right across a
+  // change of offset too).
+  const guess = asUtc - offsetAt(asUtc);
+  const at = asUtc - offsetAt(guess);
+  return new Date(at).toISOString().replace('.000Z', 'Z');
 }
 
 /** A checkbox-like mark for a boolean column, with its meaning for screen readers. */

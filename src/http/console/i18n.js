@@ -125,7 +125,7 @@ const pt = {
   caixa: 'Nº do Caixa',
   equipamento: 'Equipamento',
   counterKey: 'Contra-chave',
-  validUntil: 'Válida até {at} (UTC)',
+  validUntil: 'Válida até {at} ({zone})',
   offlineDone: 'Leia a contra-chave para o cliente, em grupos de quatro.',
   confirmed: 'Confirmo esta ação',
   // history
@@ -210,13 +210,13 @@ const pt = {
   verifyOk: 'Cadeia íntegra: {n} registros, cabeça #{p} {hash}',
   verifyFail: 'Falha na posição {p}: {problem}',
   asOfTitle: 'Tabela de licenças em uma data',
-  asOfLabel: 'Data e hora (UTC)',
+  asOfLabel: 'Data e hora ({zone})',
   asOfShow: 'Mostrar',
-  asOfCaption: 'Licenças como estavam em {at} (UTC), posição #{p}',
+  asOfCaption: 'Licenças como estavam em {at} ({zone}), posição #{p}',
   diffTitle: 'Comparar uma licença entre dois momentos',
   diffLicense: 'ID da licença',
-  diffFrom: 'De (UTC)',
-  diffTo: 'Até (UTC, vazio = agora)',
+  diffFrom: 'De ({zone})',
+  diffTo: 'Até ({zone}, vazio = agora)',
   diffCompare: 'Comparar',
   diffField: 'Campo',
   diffNone: 'Nenhuma diferença.',
@@ -357,7 +357,7 @@ const en = {
   caixa: 'Till number',
   equipamento: 'Device',
   counterKey: 'Counter-key',
-  validUntil: 'Valid until {at} (UTC)',
+  validUntil: 'Valid until {at} ({zone})',
   offlineDone: 'Read the counter-key to the customer in groups of four.',
   confirmed: 'I confirm this action',
   historyTitle: 'History of license {id}',
@@ -432,13 +432,13 @@ const en = {
   verifyOk: 'Chain intact: {n} records, head #{p} {hash}',
   verifyFail: 'Failure at position {p}: {problem}',
   asOfTitle: 'License table as of a moment',
-  asOfLabel: 'Date and time (UTC)',
+  asOfLabel: 'Date and time ({zone})',
   asOfShow: 'Show',
-  asOfCaption: 'Licenses as they were at {at} (UTC), position #{p}',
+  asOfCaption: 'Licenses as they were at {at} ({zone}), position #{p}',
   diffTitle: 'Compare a license between two moments',
   diffLicense: 'License ID',
-  diffFrom: 'From (UTC)',
-  diffTo: 'To (UTC, empty = now)',
+  diffFrom: 'From ({zone})',
+  diffTo: 'To ({zone}, empty = now)',
   diffCompare: 'Compare',
   diffField: 'Field',
   diffNone: 'No difference.',
@@ -476,9 +476,23 @@ export function setLang(next) {
 }
 
 /** The text of `key` in the current language (pt-BR when English lacks it). */
+/** The time zone times are shown and read in: the server's (`time_zone` of /v1/session). */
+let zone = 'UTC';
+
+/** Sets the time zone of the texts' {zone} and of dates and times (see dom.js). */
+export function setZone(name) {
+  zone = name || 'UTC';
+}
+
+/** The time zone in use. */
+export function zoneName() {
+  return zone;
+}
+
 export function t(key, vars = {}) {
   const text = dictionaries[current][key] ?? pt[key] ?? key;
-  return text.replace(/\{(\w+)\}/g, (_, name) => (name in vars ? String(vars[name]) : `{${name}}`));
+  const all = { zone, ...vars };
+  return text.replace(/\{(\w+)\}/g, (_, name) => (name in all ? String(all[name]) : `{${name}}`));
 }
 
 /** pt-BR and English labels of the event types of the catalogue (ledger_events::EVENT_TYPES). */
