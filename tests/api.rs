@@ -142,6 +142,16 @@ async fn a_check_in_binds_a_license_and_its_signed_answer_verifies_with_the_publ
         body["messages"][0].as_str().unwrap().contains("31/12/2099"),
         "{body}"
     );
+    // The server names its version, as the terminal logs it (manual: "EasyCash utilizando a
+    // versão 2.0.12.1 do servidor...").
+    let version = env!("CARGO_PKG_VERSION");
+    assert_eq!(body["server_version"], json!(version));
+    assert_eq!(
+        body["version_line"],
+        json!(format!(
+            "EasyCash utilizando a versão {version} do servidor..."
+        ))
+    );
     let keys = app.call("GET", "/v1/keys", None, None).await.1;
     assert_eq!(keys["key_id"], body["key_id"]);
     let mut pk = [0u8; 32];
@@ -169,7 +179,15 @@ async fn an_unknown_or_inactive_customer_answers_401_usuario_invalido() {
         )
         .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
-    assert_eq!(body["messages"], json!(["Usuário inválido."]));
+    assert_eq!(
+        body["messages"],
+        json!([
+            "Problema encontrado na liberação!",
+            "Retorno do servidor:",
+            "CÓDIGO: 401",
+            "MENSAGEM: Usuário inválido."
+        ])
+    );
 
     app.post(
         &format!("/v1/customers/{CNPJ}/deactivate"),
@@ -186,7 +204,15 @@ async fn an_unknown_or_inactive_customer_answers_401_usuario_invalido() {
         )
         .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
-    assert_eq!(body["messages"], json!(["Usuário inválido."]));
+    assert_eq!(
+        body["messages"],
+        json!([
+            "Problema encontrado na liberação!",
+            "Retorno do servidor:",
+            "CÓDIGO: 401",
+            "MENSAGEM: Usuário inválido."
+        ])
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -32,6 +32,15 @@ const START: &str = "2030-03-10";
 const USUARIO_INVALIDO: &str = "Usuário inválido.";
 /// Rule 2 (no final period, as in the manual).
 const ASSINATURA_INVALIDA: &str = "Assinatura do token inválida";
+/// The AVISO of a 401 (manual, "Cliente Inativado" and "Token inválido"), line by line.
+fn aviso_401(message: &str) -> serde_json::Value {
+    json!([
+        "Problema encontrado na liberação!",
+        "Retorno do servidor:",
+        "CÓDIGO: 401",
+        format!("MENSAGEM: {message}")
+    ])
+}
 /// Rule 4.
 const NAO_EFETIVADO: &str =
     "Liberação do sistema não efetivado! Por favor, entre em contato com o suporte técnico...";
@@ -300,7 +309,7 @@ async fn rule_1_an_inactive_customer_is_refused_with_401_usuario_invalido() {
     )
     .await;
     let refused = json!({"status": 401, "outcome": "CUSTOMER_INACTIVE",
-                         "messages": [USUARIO_INVALIDO], "expires_on": null,
+                         "messages": aviso_401(USUARIO_INVALIDO), "expires_on": null,
                          "days_left": null, "resources": {}, "license_id": null});
     assert_eq!(w.check_in(&t).await.summary(), refused);
     // A terminal that never checked in is refused the same way, and binds nothing.
@@ -448,6 +457,11 @@ async fn rule_2_a_wrong_or_tampered_token_is_told_assinatura_do_token_invalida()
             .or_else(|| c.body["messages"].get(0))
             .and_then(Value::as_str);
         assert_eq!(text, Some(ASSINATURA_INVALIDA), "{what}: {}", c.body);
+        assert_eq!(
+            c.body["messages"],
+            aviso_401(ASSINATURA_INVALIDA),
+            "{what}: the AVISO the terminal shows"
+        );
     }
 }
 
@@ -665,14 +679,14 @@ async fn rule_4_an_expired_license_is_not_released_and_sales_are_blocked() {
     );
 
     w.travel_to("2030-03-21");
-    let expired = json!({"status": 200, "outcome": "EXPIRED", "messages": [NAO_EFETIVADO],
+    let expired = json!({"status": 200, "outcome": "EXPIRED", "messages": [NAO_EFETIVADO, "Licença do sistema expira no dia: 20/03/2030"],
                          "expires_on": "2030-03-20", "days_left": -1, "resources": {},
                          "license_id": license});
     assert_eq!(w.check_in(&t).await.summary(), expired);
     w.travel_to("2030-06-01");
     let c = w.check_in(&t).await;
     assert_eq!(c.outcome(), "EXPIRED", "{}", c.body);
-    assert_eq!(c.body["messages"], json!([NAO_EFETIVADO]));
+    assert_eq!(c.body["messages"], expired["messages"]);
     assert_eq!(c.body["days_left"], json!(-73));
     assert_eq!(w.row(&license).await["expires_on"], json!("2030-03-20"));
 }
@@ -829,7 +843,7 @@ async fn rule_7_an_inactive_contract_does_not_renew_and_the_license_runs_out_at_
     w.travel_to("2030-03-21");
     assert_eq!(
         w.check_in(&t).await.summary(),
-        json!({"status": 200, "outcome": "EXPIRED", "messages": [NAO_EFETIVADO],
+        json!({"status": 200, "outcome": "EXPIRED", "messages": [NAO_EFETIVADO, "Licença do sistema expira no dia: 20/03/2030"],
                "expires_on": "2030-03-20", "days_left": -1, "resources": {},
                "license_id": license})
     );
@@ -1007,7 +1021,8 @@ async fn contingency_01_sells_until_expiry_plus_7_days_then_sales_are_blocked() 
     let grace = |days_left: i64| {
         json!({"status": 200, "outcome": "CONTINGENCY_UPSTREAM",
                "messages": [CONTINGENCIA_INTELLIWEB,
-                            "Licença do sistema expira no dia: 27/03/2030(CONTINGÊNCIA DO INTELLIWEB)"],
+                            "Licença do sistema expira no dia: 27/03/2030(CONTINGÊNCIA DO INTELLIWEB)",
+                            "DATA DA LICENÇA: 27/03/2030"],
                "expires_on": "2030-03-27", "days_left": days_left, "resources": {},
                "license_id": license})
     };

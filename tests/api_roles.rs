@@ -527,7 +527,8 @@ impl Fixture {
 
 // ---- checks ----
 
-/// Problems with the documented error shape `{"error": code, "message": text, "field"?}`.
+/// Problems with the documented error shape `{"error": code, "message": text, "field"?}`,
+/// plus, with a 401 only, `messages`: the terminal's AVISO lines ending in `MENSAGEM: <message>`.
 fn error_shape_problems(a: &Answer) -> Vec<String> {
     let mut problems = Vec::new();
     let Some(obj) = a.json.as_object() else {
@@ -542,8 +543,23 @@ fn error_shape_problems(a: &Answer) -> Vec<String> {
     if obj.get("field").is_some_and(|f| !f.is_string()) {
         problems.push("`field` is present but not a string".into());
     }
+    if let Some(lines) = obj.get("messages") {
+        let message = obj
+            .get("message")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let last = lines
+            .as_array()
+            .and_then(|l| l.last())
+            .and_then(Value::as_str);
+        if a.status != StatusCode::UNAUTHORIZED {
+            problems.push(format!("`messages` with status {}", a.status));
+        } else if last != Some(format!("MENSAGEM: {message}").as_str()) {
+            problems.push(format!("`messages` does not end in `MENSAGEM: {message}`"));
+        }
+    }
     for key in obj.keys() {
-        if !matches!(key.as_str(), "error" | "message" | "field") {
+        if !matches!(key.as_str(), "error" | "message" | "field" | "messages") {
             problems.push(format!("undocumented key `{key}`"));
         }
     }

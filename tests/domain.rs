@@ -217,7 +217,14 @@ async fn casos_tratados_licenca_expirada_blocks_sales() {
     w.license("2023-03-26", None).await;
     let plan = w.check_in(1).await;
     assert_eq!(plan.code, OutcomeCode::Expired);
-    assert_eq!(plan.messages, vec![texts::NOT_RELEASED.to_owned()]);
+    // The manual's "licença expirada": the refusal, then the day it expired.
+    assert_eq!(
+        plan.messages,
+        [
+            texts::NOT_RELEASED,
+            "Licença do sistema expira no dia: 26/03/2023"
+        ]
+    );
     assert!(plan.resources.is_empty());
 }
 
@@ -263,7 +270,15 @@ async fn casos_tratados_cliente_inativado_is_told_usuario_invalido() {
     // Unknown customer.
     let plan = w.check_in(1).await;
     assert_eq!(plan.code, OutcomeCode::CustomerInactive);
-    assert_eq!(plan.messages, vec!["Usuário inválido.".to_owned()]);
+    assert_eq!(
+        plan.messages,
+        [
+            "Problema encontrado na liberação!",
+            "Retorno do servidor:",
+            "CÓDIGO: 401",
+            "MENSAGEM: Usuário inválido."
+        ]
+    );
     w.customer().await;
     w.license("2023-05-01", None).await;
     w.ledger
@@ -440,6 +455,8 @@ async fn contingencia_tipo_01_grants_seven_days_past_expiry_then_blocks() {
         vec![
             texts::CONTINGENCY_UPSTREAM.to_owned(),
             "Licença do sistema expira no dia: 04/04/2023(CONTINGÊNCIA DO INTELLIWEB)".to_owned(),
+            // As the manual's screen for type 01: the day selling ends.
+            "DATA DA LICENÇA: 04/04/2023".to_owned(),
         ]
     );
     w.clock.set(at("2023-04-04", (23, 0, 0)));

@@ -487,7 +487,14 @@ async fn with_the_link_cut_past_a_refresh_terminals_sell_in_contingency_until_ex
     let (code, v) = w.check_in(1, "b").await;
     assert_eq!(code, StatusCode::OK);
     assert_eq!(outcome(&v), "CONTINGENCY_UPSTREAM", "{v}");
-    assert_eq!(v["messages"], json!([CONTINGENCY_TEXT, CONTINGENCY_EXPIRY]));
+    assert_eq!(
+        v["messages"],
+        json!([
+            CONTINGENCY_TEXT,
+            CONTINGENCY_EXPIRY,
+            "DATA DA LICENÇA: 07/02/2031"
+        ])
+    );
 
     // Still selling on the last day of grace (expiry 31/01 + 7 days)...
     w.set_clock("2031-02-07T20:00:00Z").await;

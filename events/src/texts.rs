@@ -34,6 +34,31 @@ pub const NO_LICENSE: &str = "Nenhuma licença disponível para este terminal. P
 /// Emergency release accepted by the terminal; followed by [`licensed_to`].
 pub const EMERGENCY_OK: &str = "Chave validada com sucesso!";
 
+/// First line of the AVISO a terminal shows when the server answers 401 ("Cliente
+/// Inativado", "Token inválido"); see [`refused_401`].
+pub const PROBLEM_FOUND: &str = "Problema encontrado na liberação!";
+
+/// Second line of that AVISO.
+pub const SERVER_REPLY: &str = "Retorno do servidor:";
+
+/// The AVISO of a 401 answer, line by line, as the manual shows it:
+/// `Problema encontrado na liberação!`, `Retorno do servidor:`, `CÓDIGO: 401`,
+/// `MENSAGEM: Usuário inválido.` (`message` is [`CUSTOMER_INACTIVE`] or [`TOKEN_INVALID`]).
+pub fn refused_401(message: &str) -> Vec<String> {
+    vec![
+        PROBLEM_FOUND.to_owned(),
+        SERVER_REPLY.to_owned(),
+        "CÓDIGO: 401".to_owned(),
+        format!("MENSAGEM: {message}"),
+    ]
+}
+
+/// The line a terminal logs with each answer, naming the server's version (manual, "licença
+/// expirada" and "Contingência": `EasyCash utilizando a versão 2.0.12.1 do servidor...`).
+pub fn server_version_line(program: &str, version: &str) -> String {
+    format!("{program} utilizando a versão {version} do servidor...")
+}
+
 /// A date as the manual shows it: `dd/mm/yyyy` (`26/03/2023`).
 pub fn format_date(d: NaiveDate) -> String {
     // Not `format("%d/%m/%Y")`: parsing the pattern on every call shows up on the check-in
@@ -108,6 +133,32 @@ mod tests {
     }
 
     #[test]
+    fn the_401_aviso_matches_the_manual_line_by_line() {
+        // "Cliente Inativado ou com licença expirada" and "Token inválido".
+        assert_eq!(
+            refused_401(CUSTOMER_INACTIVE),
+            [
+                "Problema encontrado na liberação!",
+                "Retorno do servidor:",
+                "CÓDIGO: 401",
+                "MENSAGEM: Usuário inválido."
+            ]
+        );
+        assert_eq!(
+            refused_401(TOKEN_INVALID)[3],
+            "MENSAGEM: Assinatura do token inválida"
+        );
+    }
+
+    #[test]
+    fn the_server_version_line_matches_the_manual() {
+        assert_eq!(
+            server_version_line("EasyCash", "2.0.12.1"),
+            "EasyCash utilizando a versão 2.0.12.1 do servidor..."
+        );
+    }
+
+    #[test]
     fn accented_letters_are_precomposed() {
         // "á" is U+00E1 (C3 A1), not "a" followed by a combining accent.
         assert_eq!(
@@ -128,6 +179,10 @@ mod tests {
             days_left_warning(1),
             license_date(day(2023, 3, 30)),
         ];
+        let all = all
+            .into_iter()
+            .chain(refused_401(CUSTOMER_INACTIVE))
+            .chain([server_version_line("EasyCash", "1.0")]);
         for text in all {
             assert!(
                 !text.chars().any(|c| ('\u{300}'..='\u{36F}').contains(&c)),

@@ -409,6 +409,9 @@ pub fn present(
                 texts::license_date(expires_on),
             ],
         ),
+        // Under the warning, `DATA DA LICENÇA:` (manual, "Contingência"): the date selling
+        // ends, the contingency's own expiry (type 01) or the license's (type 02, whose
+        // contingency lasts only the offline code's day).
         CheckInOutcome::Contingency {
             kind: ContingencyKind::Intelliweb,
             expires_on,
@@ -418,6 +421,7 @@ pub fn present(
             vec![
                 texts::CONTINGENCY_UPSTREAM.to_owned(),
                 texts::expires_on_contingency_upstream(expires_on),
+                texts::license_date(expires_on),
             ],
         ),
         CheckInOutcome::Contingency {
@@ -426,7 +430,10 @@ pub fn present(
         } => (
             OutcomeCode::ContingencyManual,
             Some(expires_on),
-            vec![texts::expires_on_contingency_manual(expires_on)],
+            vec![
+                texts::expires_on_contingency_manual(expires_on),
+                texts::license_date(expiry.unwrap_or(expires_on)),
+            ],
         ),
         CheckInOutcome::Refused { reason } => {
             let (code, text) = match reason {
@@ -444,7 +451,16 @@ pub fn present(
                 RefusalReason::LicenseExpired => (OutcomeCode::Expired, texts::NOT_RELEASED),
                 RefusalReason::GraceExpired => (OutcomeCode::GraceExpired, texts::NOT_RELEASED),
             };
-            (code, expiry, vec![text.to_owned()])
+            let messages = match (reason, expiry) {
+                // The AVISO of a 401 (manual, "Cliente Inativado").
+                (RefusalReason::CustomerInactive, _) => texts::refused_401(text),
+                // "licença expirada": the refusal, then the date it expired.
+                (RefusalReason::LicenseExpired, Some(expiry)) => {
+                    vec![text.to_owned(), texts::expires_on(expiry)]
+                }
+                _ => vec![text.to_owned()],
+            };
+            (code, expiry, messages)
         }
     }
 }

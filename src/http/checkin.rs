@@ -131,7 +131,16 @@ pub struct CheckInAnswerBody<'a> {
     /// With 401 only: the manual's text.
     #[serde(skip_serializing_if = "Option::is_none")]
     message: Option<&'static str>,
+    /// The version of the server that answered (this program's), not signed.
+    #[schema(example = "0.1.0")]
+    server_version: &'static str,
+    /// The line the terminal logs with it: `EasyCash utilizando a versão 0.1.0 do servidor...`.
+    #[schema(example = "EasyCash utilizando a versão 0.1.0 do servidor...")]
+    version_line: String,
 }
+
+/// This program's version, as the check-in answer names it.
+pub const SERVER_VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// The HTTP status of a check-in answer: 401 for an inactive customer (the manual's
 /// `Usuário inválido.`), else 200 (refusals to sell are answers, not errors).
@@ -160,6 +169,11 @@ pub fn encode_answer(
         error: (plan.code == OutcomeCode::CustomerInactive).then_some(ErrorCode::CustomerInactive),
         message: (plan.code == OutcomeCode::CustomerInactive)
             .then_some(ledger_events::texts::CUSTOMER_INACTIVE),
+        server_version: SERVER_VERSION,
+        version_line: ledger_events::texts::server_version_line(
+            signed.answer.product.display_name(),
+            SERVER_VERSION,
+        ),
     })
     .map(Bytes::from)
     .map_err(|e| {

@@ -146,8 +146,11 @@ impl ApiError {
             }
             _ => (None, None, None),
         };
+        let messages = matches!(self, ApiError::Unauthenticated | ApiError::CustomerInactive)
+            .then(|| ledger_events::texts::refused_401(&self.to_string()));
         ErrorBody {
             error: self.code(),
+            messages,
             message: self.to_string(),
             field,
             status,
@@ -213,6 +216,10 @@ pub struct ErrorBody {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(example = "catching_up")]
     pub status: Option<&'static str>,
+    /// With a 401: the AVISO the terminal shows, line by line (`Problema encontrado na
+    /// liberação!`, `Retorno do servidor:`, `CÓDIGO: 401`, `MENSAGEM: <message>`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub messages: Option<Vec<String>>,
     /// With `catching_up`: the position the read model has applied.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub position: Option<Position>,
