@@ -43,6 +43,9 @@ pub struct FileConfig {
     pub time_zone: Option<String>,
     /// HTTP worker threads.
     pub workers: Option<usize>,
+    /// Minutes between two passes of the automatic renewal by contract (default 15; 0 turns
+    /// it off, e.g. on all but one of several nodes, although running it on several is safe).
+    pub renewal_interval_minutes: Option<u32>,
     /// The `relay` command's settings.
     pub relay: Option<RelayFileConfig>,
     /// `file` (default) or `postgres`.

@@ -927,6 +927,171 @@ async fn renewal_an_active_contract_moves_expiry_forward_by_its_interval_within_
     );
 }
 
+/// The license's newest Histórico entry that renews it: (actor kind, actor name, description).
+async fn last_renewal(w: &World, license: &str) -> (String, String, String) {
+    let h = w
+        .app
+        .get(
+            &format!("/v1/licenses/{license}/history?limit=500"),
+            &w.support,
+        )
+        .await;
+    let entry = h["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["event_type"] == json!("LicenseRenewed"))
+        .unwrap_or_else(|| panic!("no renewal in {h}"));
+    let text = |v: &Value| v.as_str().unwrap().to_owned();
+    (
+        text(&entry["actor"]["kind"]),
+        text(&entry["actor"]["name"]),
+        text(&entry["description"]),
+    )
+}
+
+/// How many times the license was renewed.
+async fn renewals(w: &World, license: &str) -> usize {
+    w.history(license)
+        .await
+        .iter()
+        .filter(|(t, _)| t == "LicenseRenewed")
+        .count()
+}
+
+/// Manual, "Contrato": every product of the contract carries the renewed date, also the ones
+/// no terminal checks in for. The server's automatic pass renews them as `renovação
+/// automática`, once, however often it runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contrato_every_product_of_the_contract_renews_without_a_check_in() {
+    let mut w = World::new().await;
+    let contract = w.contract().await;
+    let pos = w.license("2030-03-20", Some(&contract)).await;
+    let nfe = w
+        .app
+        .license(CNPJ, "nfe", "2030-03-20", Some(&contract))
+        .await;
+    let tef = w
+        .app
+        .license(CNPJ, "tef_iws", "2030-03-20", Some(&contract))
+        .await;
+    let loose = w.license("2030-03-20", None).await;
+    w.support(
+        "POST",
+        &format!("/v1/licenses/{tef}/deactivate"),
+        json!({"note": "cancelado"}),
+    )
+    .await;
+
+    // Outside the window (4 days left), a pass renews nothing.
+    w.travel_to("2030-03-16");
+    w.app
+        .restart_with(|s| s.renewal_every = Some(std::time::Duration::from_millis(50)))
+        .await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    for id in [&pos, &nfe, &tef, &loose] {
+        assert_eq!(renewals(&w, id).await, 0, "{id}");
+    }
+
+    // In the window, with no terminal checking in: both products of the contract renew.
+    w.travel_to("2030-03-17");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while w.row(&nfe).await["expires_on"] != json!("2030-04-19") {
+        assert!(std::time::Instant::now() < deadline, "the pass never ran");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // Several more passes: still once each.
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    for id in [&pos, &nfe] {
+        assert_eq!(w.row(id).await["expires_on"], json!("2030-04-19"), "{id}");
+        assert_eq!(renewals(&w, id).await, 1, "{id}");
+        assert_eq!(
+            last_renewal(&w, id).await,
+            (
+                "system".to_owned(),
+                "renovação automática".to_owned(),
+                format!("Licença renovada até 19/04/2030 (contrato {contract})")
+            )
+        );
+    }
+    // A deactivated license and one without a contract do not renew.
+    assert_eq!(w.row(&tef).await["expires_on"], json!("2030-03-20"));
+    assert_eq!(w.row(&loose).await["expires_on"], json!("2030-03-20"));
+    // A terminal checking in now finds the renewed date and renews nothing more.
+    let t = Terminal::new();
+    assert_eq!(
+        w.check_in(&t).await.summary(),
+        valid(&pos, "19/04/2030", "2030-04-19", 33, json!({}))
+    );
+    assert_eq!(renewals(&w, &pos).await, 1);
+}
+
+/// `POST /v1/contracts/{id}/renew`: the same rule, now, for one contract; a retry answers the
+/// same renewals and records nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contrato_renew_now_renews_the_due_licenses_of_that_contract_once() {
+    let w = World::new().await;
+    let contract = w.contract().await;
+    let other = w.contract().await;
+    let due = w.license("2030-03-20", Some(&contract)).await;
+    let later = w.license("2030-05-20", Some(&contract)).await;
+    let elsewhere = w.license("2030-03-20", Some(&other)).await;
+
+    w.travel_to("2030-03-18");
+    let path = format!("/v1/contracts/{contract}/renew");
+    let command_id = uuid::Uuid::now_v7();
+    let first = w
+        .support("POST", &path, json!({"command_id": command_id}))
+        .await;
+    assert_eq!(first["contract_id"], json!(contract), "{first}");
+    let renewed = first["renewed"].as_array().unwrap();
+    assert_eq!(renewed.len(), 1, "{first}");
+    assert_eq!(renewed[0]["license_id"], json!(due));
+    assert_eq!(renewed[0]["previous_expiry"], json!("2030-03-20"));
+    assert_eq!(renewed[0]["expires_on"], json!("2030-04-19"));
+    assert_eq!(first["position"], renewed[0]["position"]);
+    assert_eq!(first["was_retry"], json!(false));
+    assert_eq!(w.row(&due).await["expires_on"], json!("2030-04-19"));
+    assert_eq!(w.row(&later).await["expires_on"], json!("2030-05-20"));
+    assert_eq!(w.row(&elsewhere).await["expires_on"], json!("2030-03-20"));
+    let (kind, name, _) = last_renewal(&w, &due).await;
+    assert_eq!(kind, "operator");
+    assert!(
+        name.starts_with("suporte #"),
+        "the token that acted: {name}"
+    );
+
+    // The retry answers the same renewal; nothing new is recorded.
+    let again = w
+        .support("POST", &path, json!({"command_id": command_id}))
+        .await;
+    assert_eq!(again["renewed"], first["renewed"]);
+    assert_eq!(again["was_retry"], json!(true));
+    assert_eq!(renewals(&w, &due).await, 1);
+    // A new call: nothing is due any more.
+    let none = w.support("POST", &path, json!({})).await;
+    assert_eq!(none["renewed"], json!([]), "{none}");
+    assert_eq!(none["position"], json!(0), "{none}");
+
+    // Bad input names the problem and records nothing.
+    let (status, body) = w
+        .app
+        .call(
+            "POST",
+            "/v1/contracts/999999/renew",
+            Some(&w.support),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let (status, body) = w
+        .app
+        .call("POST", &path, Some(&w.support), Some(json!({"note": "x"})))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["field"], json!("note"), "{body}");
+}
+
 // ---- contingency ----
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1038,6 +1203,37 @@ async fn contingency_01_sells_until_expiry_plus_7_days_then_sales_are_blocked() 
 }
 
 // ---- "Desassociar" ----
+
+/// Manual, the case of license #1680: after Desassociar and an offline release, the terminal's
+/// next check-in comes back to the same ID, although a lower one is free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn desassociar_the_terminal_comes_back_to_the_license_it_held() {
+    let w = World::new().await;
+    let low = w.license("2030-12-31", None).await;
+    let high = w.license("2030-12-31", None).await;
+    let (t1, t2) = (Terminal::new(), Terminal::new());
+    assert_eq!(w.check_in(&t2).await.summary()["license_id"], json!(low));
+    assert_eq!(w.check_in(&t1).await.summary()["license_id"], json!(high));
+    for license in [&low, &high] {
+        w.support(
+            "POST",
+            &format!("/v1/licenses/{license}/unlink"),
+            json!({"note": "troca de máquina"}),
+        )
+        .await;
+    }
+    assert_eq!(w.check_in(&t1).await.summary()["license_id"], json!(high));
+    assert_eq!(w.check_in(&t2).await.summary()["license_id"], json!(low));
+    // A new terminal takes the lowest free one when none was its own.
+    w.support(
+        "POST",
+        &format!("/v1/licenses/{low}/unlink"),
+        json!({"note": "troca de máquina"}),
+    )
+    .await;
+    let t3 = Terminal::new();
+    assert_eq!(w.check_in(&t3).await.summary()["license_id"], json!(low));
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unlink_desassociar_frees_the_license_for_another_terminal_at_its_next_check_in() {

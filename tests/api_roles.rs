@@ -133,6 +133,7 @@ const MATRIX: &[Row] = &[
     ("POST", "/v1/contracts",                               [UN,  UN,  FB,   FB,   OK,   FB,   OK, FB]),
     ("POST", "/v1/contracts/{id}/deactivate",               [UN,  UN,  FB,   FB,   OK,   FB,   OK, FB]),
     ("POST", "/v1/contracts/{id}/reactivate",               [UN,  UN,  FB,   FB,   OK,   FB,   OK, FB]),
+    ("POST", "/v1/contracts/{id}/renew",                    [UN,  UN,  FB,   FB,   OK,   FB,   OK, FB]),
     ("POST", "/v1/licenses",                                [UN,  UN,  FB,   FB,   OK,   FB,   OK, FB]),
     ("GET",  "/v1/licenses",                                [UN,  UN,  FB,   FB,   OK,   OK,   OK, FB]),
     ("GET",  "/v1/licenses/{id}",                           [UN,  UN,  FB,   FB,   OK,   OK,   OK, FB]),
@@ -392,7 +393,8 @@ impl Fixture {
                         .admin("POST", &format!("/v1/contracts/{id}/deactivate"), json!({}))
                         .await;
                 }
-                (format!("/v1/contracts/{id}/{action}"), Some(note))
+                let body = if action == "renew" { json!({}) } else { note };
+                (format!("/v1/contracts/{id}/{action}"), Some(body))
             }
             ("POST", "/v1/licenses") => (
                 pattern.to_owned(),

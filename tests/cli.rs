@@ -176,6 +176,59 @@ fn history_is_newest_first_with_descriptions() {
 /// Times are shown on the shop's clock with their offset: the same record three hours
 /// earlier in Brasília (the default) than in UTC, an hour earlier again in Manaus; a zone
 /// that does not exist is refused naming the flag or the config key, with examples.
+/// Manual, "Contrato": `renew --contract ID` renews now the contract's licenses that are due,
+/// once, and the Histórico shows it.
+#[test]
+fn renew_contract_renews_the_due_licenses_once() {
+    let dir = tempfile::tempdir().unwrap();
+    ok(dir.path(), &["demo"]);
+    // The demo's contract licenses expire in 28 days; 26 days on, they are in the 3-day window.
+    let clock = dir.path().join("clock");
+    let later = chrono::Utc::now() + chrono::Duration::days(26);
+    std::fs::write(&clock, later.to_rfc3339()).unwrap();
+    let clock = clock.to_str().unwrap();
+    let out = ok(
+        dir.path(),
+        &["--clock-file", clock, "renew", "--contract", "000001"],
+    );
+    let renewed: Vec<&str> = out.lines().collect();
+    assert!(!renewed.is_empty(), "{out}");
+    for line in &renewed {
+        assert!(
+            line.starts_with("Licença ")
+                && line.contains(" renovada até ")
+                && line.ends_with("contrato 000001)"),
+            "{out}"
+        );
+    }
+    let first = renewed[0]["Licença ".len()..]
+        .split(' ')
+        .next()
+        .unwrap()
+        .to_owned();
+    let again = ok(
+        dir.path(),
+        &["--clock-file", clock, "renew", "--contract", "1"],
+    );
+    assert_eq!(
+        again.trim(),
+        "Contrato 000001: nenhuma licença a renovar hoje"
+    );
+    let history = ok(dir.path(), &["history", &first]);
+    assert_eq!(
+        history.matches("Licença renovada até").count(),
+        1,
+        "{history}"
+    );
+
+    let bad = run(dir.path(), &["renew", "--contract", "abc"]);
+    assert_eq!(bad.code, 2, "{}", bad.stderr);
+    assert!(bad.stderr.contains("--contract"), "{}", bad.stderr);
+    let missing = run(dir.path(), &["renew", "--contract", "000099"]);
+    assert_eq!(missing.code, 2, "{}", missing.stdout);
+    assert!(missing.stderr.contains("000099"), "{}", missing.stderr);
+}
+
 #[test]
 fn history_shows_local_times_in_the_configured_time_zone() {
     let dir = tempfile::tempdir().unwrap();

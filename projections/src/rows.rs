@@ -114,7 +114,8 @@ pub struct LicenseRow {
     pub active: bool,
     /// The terminal it is bound to; none when free.
     pub binding: Option<Binding>,
-    /// "IP": from the binding or the latest check-in this license answered that carried one.
+    /// "IP": the terminal's latest, from the bind or the latest recorded check-in this
+    /// license answered that carried one (a changed IP is always recorded).
     #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
     pub last_ip: Option<IpAddr>,
     /// The latest recorded check-in this license answered.
@@ -126,6 +127,16 @@ pub struct LicenseRow {
     /// Position of the latest event that changed this row (its own stream's events and the
     /// check-ins it answered).
     pub updated_position: Position,
+}
+
+impl LicenseRow {
+    /// The "IP" column: the bound terminal's latest address (`last_ip`, set by the bind and
+    /// by every recorded check-in that carried one; a changed IP is always recorded), or the
+    /// bind's; none while the license is free, as in the manual's table.
+    pub fn ip(&self) -> Option<IpAddr> {
+        let binding = self.binding.as_ref()?;
+        self.last_ip.or(binding.ip)
+    }
 }
 
 /// One terminal of one customer (stream `terminal-{cnpj}-{hardware id}`).

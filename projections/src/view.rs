@@ -800,6 +800,28 @@ impl LedgerView {
         self.contracts.get(&id).map(|r| r.clone())
     }
 
+    /// Every contract, sorted by id (a few per customer).
+    pub fn contracts(&self) -> Vec<ContractRow> {
+        let mut all: Vec<ContractRow> = self.contracts.iter().map(|r| r.clone()).collect();
+        all.sort_unstable_by_key(|c| c.contract_id);
+        all
+    }
+
+    /// The licenses a contract renews (its customer's licenses naming it), sorted by id.
+    pub fn licenses_of_contract(&self, id: ContractId) -> Vec<LicenseRow> {
+        let Some(cnpj) = self.contracts.get(&id).map(|c| c.cnpj) else {
+            return Vec::new();
+        };
+        let mut rows: Vec<LicenseRow> = Product::ALL
+            .into_iter()
+            .flat_map(|product| self.owner_ids(cnpj, product))
+            .filter_map(|license| self.license(license))
+            .filter(|l| l.contract_id == Some(id))
+            .collect();
+        rows.sort_unstable_by_key(|l| l.license_id);
+        rows
+    }
+
     /// The license with this id.
     pub fn license(&self, id: LicenseId) -> Option<LicenseRow> {
         self.licenses.get(&id).map(|s| s.to_row(id))
@@ -944,10 +966,10 @@ impl LedgerView {
                     LicenseSortKey::HardwareKey => s
                         .binding
                         .map_or(Value::None, |b| Value::Text(b.hardware_key.to_string())),
+                    // As `LicenseRow::ip`.
                     LicenseSortKey::Ip => s
                         .binding
-                        .and_then(|b| b.ip)
-                        .or(s.last_ip)
+                        .and_then(|b| s.last_ip.or(b.ip))
                         .map_or(Value::None, Value::Ip),
                     LicenseSortKey::ExpiresOn => Value::Day(s.expires_on),
                     LicenseSortKey::Product => Value::Product(s.product),

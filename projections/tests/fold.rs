@@ -354,6 +354,39 @@ fn a_check_in_without_an_ip_keeps_the_last_known_one() {
     assert_eq!(row.last_check_in.expect("check-in").position, 4);
 }
 
+/// Manual, "GERENCIAMENTO DE LICENÇAS": the IP column is the terminal's latest address, not
+/// the one it had when it was bound, and a free license shows none.
+#[test]
+fn gerenciamento_de_licencas_the_ip_column_is_the_latest_and_empty_when_free() {
+    let (mut log, c) = customer_log();
+    log.push(granted(1, c, Product::EasyCash, day(2023, 5, 1)));
+    log.push(bound(1, 7, Some("192.168.0.198")));
+    assert_eq!(
+        log.view().license(lic(1)).expect("license").ip(),
+        Some(ip("192.168.0.198"))
+    );
+    log.push(checked_in(
+        c,
+        Product::EasyCash,
+        7,
+        Some(1),
+        Some("192.168.0.225"),
+        valid(day(2023, 5, 1)),
+    ));
+    let row = log.view().license(lic(1)).expect("license");
+    assert_eq!(
+        row.binding.as_ref().and_then(|b| b.ip),
+        Some(ip("192.168.0.198")),
+        "the binding keeps the address it was bound from"
+    );
+    assert_eq!(row.ip(), Some(ip("192.168.0.225")));
+    log.push(unlinked(1, 7));
+    assert_eq!(log.view().license(lic(1)).expect("license").ip(), None);
+    // Bound again by a terminal that sends no address: not the previous terminal's.
+    log.push(bound(1, 8, None));
+    assert_eq!(log.view().license(lic(1)).expect("license").ip(), None);
+}
+
 #[test]
 fn a_terminal_keeps_the_latest_check_in_per_product() {
     let (mut log, c) = customer_log();

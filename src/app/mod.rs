@@ -43,6 +43,7 @@ mod follow;
 pub mod ids;
 pub mod queries;
 pub mod relay;
+pub mod renewals;
 
 /// Settings of the command side.
 #[derive(Clone, Debug)]

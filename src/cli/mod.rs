@@ -17,6 +17,7 @@ pub mod import;
 pub mod offline;
 mod pipeline;
 pub mod relay;
+pub mod renew;
 pub mod repair;
 pub mod serve;
 pub mod table;
@@ -26,8 +27,9 @@ pub mod verify;
 /// license-ledger: an event-sourced license server.
 ///
 /// Settings come from flags, then `LEDGER_*` environment variables, then the TOML file given
-/// by `--config` (keys: `data_dir`, `listen`, `record_interval_hours`, `workers`,
-/// `tls_cert`, `tls_key`, and the `[quotas]` table), then the defaults.
+/// by `--config` (keys: `data_dir`, `listen`, `record_interval_hours`,
+/// `renewal_interval_minutes`, `workers`, `tls_cert`, `tls_key`, and the `[quotas]` table),
+/// then the defaults.
 #[derive(Debug, Parser)]
 #[command(name = "license-ledger", version, about, long_about = None)]
 pub struct Cli {
@@ -117,6 +119,10 @@ pub enum Command {
     /// Offline activation: support issues a counter-key; a terminal checks one.
     #[command(subcommand)]
     Offline(offline::OfflineCommand),
+    /// Renew now every license of a contract that its terms renew today (what the server's
+    /// automatic renewal does on its next pass); prints each license renewed. With the file
+    /// store, needs the server stopped (else use POST /v1/contracts/{id}/renew).
+    Renew(renew::RenewArgs),
     /// Apply the PostgreSQL schema's pending migrations (`serve` also does on start) and
     /// print what was applied. Needs --store postgres.
     Migrate,
@@ -328,6 +334,9 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         ),
         Command::Export(args) => export::run(&log, &args, &mut std::io::stdout().lock()),
         Command::Import(args) => import::run(&log, &args, &mut std::io::stdout().lock()),
+        Command::Renew(args) => {
+            renew::run(&log, &args, calendar, clock, &mut std::io::stdout().lock())
+        }
         Command::Offline(cmd) => offline::run(
             &data_dir,
             &log,
@@ -366,6 +375,11 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 trusted_proxies,
                 tls,
                 quotas,
+                renewal_every: match file.renewal_interval_minutes {
+                    Some(0) => None,
+                    Some(m) => Some(std::time::Duration::from_secs(u64::from(m) * 60)),
+                    None => Some(crate::app::renewals::DEFAULT_RENEWAL_INTERVAL),
+                },
             };
             Ok(serve::run(settings, args.demo)?)
         }

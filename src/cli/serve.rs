@@ -69,6 +69,8 @@ pub struct ServeSettings {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Write quotas of terminal and relay tokens (`[quotas]`).
     pub quotas: crate::http::quotas::QuotaSettings,
+    /// Period of the automatic renewal by contract (`renewal_interval_minutes`; `None`: off).
+    pub renewal_every: Option<std::time::Duration>,
 }
 
 impl std::fmt::Debug for ServeSettings {
@@ -84,6 +86,7 @@ impl std::fmt::Debug for ServeSettings {
             .field("trusted_proxies", &self.trusted_proxies)
             .field("tls", &self.tls.is_some())
             .field("quotas", &self.quotas)
+            .field("renewal_every", &self.renewal_every)
             .finish()
     }
 }
@@ -103,6 +106,8 @@ impl ServeSettings {
             trusted_proxies: Vec::new(),
             tls: None,
             quotas: crate::http::quotas::QuotaSettings::default(),
+            // Tests run a renewal pass themselves when they mean to.
+            renewal_every: None,
         }
     }
 }
@@ -145,6 +150,7 @@ pub struct Running {
     pub demo: Option<super::demo::DemoSummary>,
     handle: ServerHandle,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
+    renewals: Option<tokio::task::JoinHandle<()>>,
     store: super::backend::Opened,
     ledger: Arc<Ledger>,
 }
@@ -158,6 +164,9 @@ impl Running {
     /// Stops accepting, waits for in-flight requests, then closes the log.
     pub async fn stop(self) -> Result<(), ServeError> {
         self.handle.stop(true).await;
+        if let Some(renewals) = &self.renewals {
+            renewals.abort();
+        }
         let served = self.task.await.map_err(|e| ServeError::Io {
             context: "joining the server".into(),
             source: std::io::Error::other(e.to_string()),
@@ -259,6 +268,9 @@ async fn open_rest(
     )?;
     let handle = server.handle();
     let task = tokio::spawn(server);
+    let renewals = settings
+        .renewal_every
+        .map(|every| tokio::spawn(crate::app::renewals::run(Arc::downgrade(&ledger), every)));
     let scheme = if settings.tls.is_some() {
         "https"
     } else {
@@ -272,6 +284,7 @@ async fn open_rest(
         demo,
         handle,
         task,
+        renewals,
         store,
         ledger,
     })

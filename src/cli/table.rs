@@ -121,12 +121,7 @@ fn row(l: &LicenseRow, day: NaiveDate) -> [String; 8] {
             .as_ref()
             .map(|b| b.hardware_key.to_string())
             .unwrap_or_default(),
-        l.binding
-            .as_ref()
-            .and_then(|b| b.ip)
-            .or(l.last_ip)
-            .map(|ip| ip.to_string())
-            .unwrap_or_default(),
+        l.ip().map(|ip| ip.to_string()).unwrap_or_default(),
         l.expires_on.format("%d/%m/%Y").to_string(),
         l.product.display_name().to_owned(),
         if l.blocked { "Sim" } else { "Não" }.to_owned(),

@@ -6,7 +6,8 @@
 //! 1. customer missing or inactive: refused, `Usuário inválido.` (HTTP 401 at the edge);
 //!    blocked or blacklisted: refused, `Liberação do sistema não efetivado! ...`;
 //! 2. the license bound to this terminal for this product, or else the first free one
-//!    (usable licenses first, then lowest id), which this check-in binds; none: refused;
+//!    (usable licenses first, then the one this terminal held before, then lowest id), which
+//!    this check-in binds; none: refused;
 //! 3. contract renewal when within the renew-before window;
 //! 4. blocked, deactivated: refused; under a type 01 contingency: valid until expiry + 7
 //!    days with the contingency texts, refused after; expired: refused; 3 days or fewer left:
@@ -15,7 +16,8 @@
 //! 6. a `TerminalCheckedIn` is recorded only when something changed (bind, IP, program
 //!    version, outcome) or the last recorded one is older than the check-in interval.
 //!
-//! Binding always picks the same license for the same view (usable first, lowest id) and
+//! Binding always picks the same license for the same view (usable first, the terminal's
+//! previous one, lowest id) and
 //! appends with the version it saw, so two terminals racing for the last free license get
 //! one bind and one version conflict, and one terminal's own racing check-ins converge on one
 //! license: after a conflict the caller catches the view up and decides again.
@@ -204,7 +206,14 @@ pub fn decide_check_in(
                 .iter()
                 .filter(|l| l.binding.is_none())
                 .collect();
-            free.sort_by_key(|l| (!usable(l, day), l.license_id));
+            // Usable first; among those, the one this terminal held before (manual, "Caso
+            // tratado": after Desassociar it comes back to its license, #1680); then lowest id.
+            let held_before = |l: &LicenseRow| {
+                l.last_check_in
+                    .as_ref()
+                    .is_some_and(|c| c.hardware_id == req.hardware_id)
+            };
+            free.sort_by_key(|l| (!usable(l, day), !held_before(l), l.license_id));
             let Some(chosen) = free.first() else {
                 let refused = CheckInOutcome::Refused {
                     reason: RefusalReason::NoLicenseAvailable,

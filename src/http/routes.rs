@@ -219,6 +219,9 @@ pub struct CustomerRef {
 #[derive(Serialize, ToSchema)]
 pub struct ContractRef {
     contract_id: ContractId,
+    /// With `renew` only: the licenses renewed, in id order (empty when none was due).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    renewed: Option<Vec<crate::app::renewals::Renewal>>,
 }
 
 /// The license a command was about.
@@ -289,6 +292,9 @@ pub enum ContractAction {
     Deactivate,
     /// Resumes them.
     Reactivate,
+    /// Renews now every license of the contract that its terms renew today (the automatic
+    /// renewal's rule, run at once); answers them in `renewed`.
+    Renew,
 }
 
 /// What can be done to a license.
@@ -417,10 +423,16 @@ async fn sign_contract(
         .ledger
         .sign_contract(c, &caller.actor()?, command_id(b.command_id))
         .await?;
-    Ok(command_answer(&outcome, ContractRef { contract_id: id }))
+    Ok(command_answer(
+        &outcome,
+        ContractRef {
+            contract_id: id,
+            renewed: None,
+        },
+    ))
 }
 
-/// Deactivates or reactivates a contract.
+/// Deactivates, reactivates or renews (its due licenses, now) a contract.
 #[utoipa::path(post, path = "/v1/contracts/{id}/{action}", tag = "contracts",
     params(("id" = ContractId, Path), ("action" = ContractAction, Path)),
     request_body = Option<NoteBody>,
@@ -439,12 +451,46 @@ async fn contract_action(
     let cmd = match action("contract", &raw)? {
         ContractAction::Deactivate => ContractCommand::Deactivate { contract_id, note },
         ContractAction::Reactivate => ContractCommand::Reactivate { contract_id, note },
+        ContractAction::Renew => {
+            if note.is_some() {
+                return Err(ApiError::field(
+                    "note",
+                    "a renewal by contract takes no note",
+                ));
+            }
+            let renewed = state
+                .ledger
+                .renew_contract(contract_id, &caller.actor()?, command_id(b.command_id))
+                .await?;
+            let outcome = CommandOutcome {
+                positions: renewed
+                    .iter()
+                    .map(|r| r.position)
+                    .max()
+                    .map(|last| last..=last),
+                stream_version: 0,
+                was_retry: !renewed.is_empty() && renewed.iter().all(|r| r.was_retry),
+            };
+            return Ok(command_answer(
+                &outcome,
+                ContractRef {
+                    contract_id,
+                    renewed: Some(renewed),
+                },
+            ));
+        }
     };
     let outcome = state
         .ledger
         .contract(cmd, &caller.actor()?, command_id(b.command_id))
         .await?;
-    Ok(command_answer(&outcome, ContractRef { contract_id }))
+    Ok(command_answer(
+        &outcome,
+        ContractRef {
+            contract_id,
+            renewed: None,
+        },
+    ))
 }
 
 // ---- licenses ----

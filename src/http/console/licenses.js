@@ -48,9 +48,9 @@ const COLUMNS = [
 
 export const STATUSES = ['active', 'blocked', 'deactivated', 'expired', 'free', 'bound'];
 
-/** The IP column: the bound terminal's, else the last check-in's. */
+/** The IP column: the bound terminal's latest (as `LicenseRow::ip`); empty when free. */
 export function ipOf(row) {
-  return row.binding?.ip || row.last_ip || '';
+  return row.binding ? row.last_ip || row.binding.ip || '' : '';
 }
 
 /**
