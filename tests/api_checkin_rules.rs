@@ -1202,6 +1202,68 @@ async fn contingency_01_sells_until_expiry_plus_7_days_then_sales_are_blocked() 
     assert_eq!(c.body["resources"], json!({}), "{}", c.body);
 }
 
+// ---- "Última Comunicação" ----
+
+/// Manual, "Dados da Licença": `Última Comunicação IntelliWeb` is the terminal's last
+/// check-in, also one that records nothing (an unchanged check-in is recorded once a day);
+/// it survives a restart, and the IP column is the latest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ultima_comunicacao_is_the_last_check_in_even_when_nothing_is_recorded() {
+    let mut w = World::new().await;
+    let license = w.license("2030-12-31", None).await;
+    let t = Terminal::new();
+    w.clock.set(at("2030-03-10", 12, 0, 0));
+    w.check_in(&t).await;
+    let row = w.row(&license).await;
+    assert_eq!(row["last_seen_at"], json!("2030-03-10T15:00:00Z"), "{row}");
+    assert_eq!(row["last_check_in"]["at"], row["last_seen_at"]);
+
+    w.clock.set(at("2030-03-10", 14, 30, 0));
+    w.check_in(&t).await;
+    let row = w.row(&license).await;
+    assert_eq!(
+        row["last_check_in"]["at"],
+        json!("2030-03-10T15:00:00Z"),
+        "an unchanged check-in is not recorded: {row}"
+    );
+    assert_eq!(row["last_seen_at"], json!("2030-03-10T17:30:00Z"), "{row}");
+    // The table says the same.
+    let table = w
+        .app
+        .get(&format!("/v1/license-table?text={license}"), &w.support)
+        .await;
+    assert_eq!(
+        table["items"][0]["last_seen_at"], row["last_seen_at"],
+        "{table}"
+    );
+
+    // A restart keeps it (written at shutdown).
+    w.app.restart().await;
+    let row = w.row(&license).await;
+    assert_eq!(row["last_seen_at"], json!("2030-03-10T17:30:00Z"), "{row}");
+    // As of a past moment, only the recorded check-ins are known.
+    let past = w
+        .app
+        .get(
+            &format!("/v1/licenses/{license}?as_of=2030-03-10T16:00:00Z"),
+            &w.support,
+        )
+        .await;
+    assert_eq!(
+        past["last_seen_at"],
+        json!("2030-03-10T15:00:00Z"),
+        "{past}"
+    );
+    // After Desassociar there is no terminal to have communicated.
+    w.support(
+        "POST",
+        &format!("/v1/licenses/{license}/unlink"),
+        json!({"note": "troca"}),
+    )
+    .await;
+    assert_eq!(w.row(&license).await["last_seen_at"], json!(null));
+}
+
 // ---- "Desassociar" ----
 
 /// Manual, the case of license #1680: after Desassociar and an offline release, the terminal's

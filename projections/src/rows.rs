@@ -120,6 +120,10 @@ pub struct LicenseRow {
     pub last_ip: Option<IpAddr>,
     /// The latest recorded check-in this license answered.
     pub last_check_in: Option<LastCheckIn>,
+    /// "Última Comunicação": the bound terminal's last check-in. The read model knows the
+    /// recorded ones only (`last_check_in`); the server fills in the later ones it answered
+    /// (an unchanged check-in is recorded once a day).
+    pub last_seen_at: Option<DateTime<Utc>>,
     /// When it was granted.
     pub granted_at: DateTime<Utc>,
     /// Version of the stream `license-{id}`: the expected version for the next append to it.

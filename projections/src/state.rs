@@ -72,6 +72,12 @@ impl LicenseState {
             binding: self.binding,
             last_ip: self.last_ip,
             last_check_in: self.last_check_in.as_ref().map(StoredCheckIn::to_row),
+            // The bound terminal's last recorded check-in (not a previous terminal's).
+            last_seen_at: self
+                .last_check_in
+                .as_ref()
+                .filter(|c| self.binding.is_some_and(|b| b.hardware_id == c.hardware_id))
+                .map(|c| c.at),
             granted_at: self.granted_at,
             version: self.version,
             updated_position: self.updated_position,

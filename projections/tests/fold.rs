@@ -149,6 +149,7 @@ fn a_granted_license_is_free_active_unblocked_with_its_resources() {
             binding: None,
             last_ip: None,
             last_check_in: None,
+            last_seen_at: None,
             granted_at: log.envelope(2).recorded_at,
             version: 1,
             updated_position: 2,

@@ -41,6 +41,7 @@ pub mod checkin;
 pub mod commands;
 mod follow;
 pub mod ids;
+pub mod last_seen;
 pub mod queries;
 pub mod relay;
 pub mod renewals;
@@ -371,6 +372,8 @@ pub struct Ledger {
     appends: std::sync::atomic::AtomicU64,
     license_ids: ids::IdAllocator,
     contract_ids: ids::IdAllocator,
+    /// Every terminal's last check-in ("Última Comunicação"; `last_seen.rs`).
+    last_seen: last_seen::LastSeen,
 }
 
 /// A live feed of the log for auditors: the records already stored from a position on, then
@@ -465,6 +468,7 @@ impl Ledger {
             }
             .run(),
         );
+        let config_dir = config.derived.dir.clone();
         let ledger = Self {
             store,
             view,
@@ -486,6 +490,7 @@ impl Ledger {
             appends: std::sync::atomic::AtomicU64::new(0),
             license_ids: ids::IdAllocator::new(),
             contract_ids: ids::IdAllocator::new(),
+            last_seen: last_seen::LastSeen::load(config_dir.map(|d| d.join(last_seen::FILE_NAME))),
         };
         Ok(ledger)
     }
@@ -493,6 +498,7 @@ impl Ledger {
     /// Stops following the log, leaving a snapshot of the read models where they got to (so
     /// the next start resumes there). Call before closing the store.
     pub async fn shutdown(&self) {
+        self.flush_last_seen();
         self.stop.send_replace(true);
         let applier = self.applier.lock().take();
         if let Some(applier) = applier {

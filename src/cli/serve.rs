@@ -151,6 +151,7 @@ pub struct Running {
     handle: ServerHandle,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
     renewals: Option<tokio::task::JoinHandle<()>>,
+    last_seen: tokio::task::JoinHandle<()>,
     store: super::backend::Opened,
     ledger: Arc<Ledger>,
 }
@@ -167,6 +168,8 @@ impl Running {
         if let Some(renewals) = &self.renewals {
             renewals.abort();
         }
+        // `shutdown` below writes the last-communication file once more.
+        self.last_seen.abort();
         let served = self.task.await.map_err(|e| ServeError::Io {
             context: "joining the server".into(),
             source: std::io::Error::other(e.to_string()),
@@ -268,6 +271,10 @@ async fn open_rest(
     )?;
     let handle = server.handle();
     let task = tokio::spawn(server);
+    let last_seen = tokio::spawn(crate::app::last_seen::flush_every(
+        Arc::downgrade(&ledger),
+        crate::app::last_seen::FLUSH_EVERY,
+    ));
     let renewals = settings
         .renewal_every
         .map(|every| tokio::spawn(crate::app::renewals::run(Arc::downgrade(&ledger), every)));
@@ -285,6 +292,7 @@ async fn open_rest(
         handle,
         task,
         renewals,
+        last_seen,
         store,
         ledger,
     })

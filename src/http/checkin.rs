@@ -448,6 +448,8 @@ pub async fn check_in(
         return Err(ApiError::NotFound("no such customer".into()));
     }
     let (req, nonce) = body.into_request()?;
+    // "Última Comunicação": every check-in that reaches a decision or a kept answer.
+    state.ledger.saw_check_in(&req);
     // Read before deciding: see the module documentation.
     let stamp = state.ledger.view().customer_stamp(&req.cnpj);
     if nonce.is_none() {

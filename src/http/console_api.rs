@@ -365,7 +365,12 @@ async fn license_table(
     let (items, total, offset, limit, position, day) = match as_of {
         None => {
             let view = state.ledger.view();
-            table(view, state.ledger.today())?
+            let (mut items, total, offset, limit, position, day) =
+                table(view, state.ledger.today())?;
+            for row in &mut items {
+                row.license.last_seen_at = state.ledger.last_communication(&row.license);
+            }
+            (items, total, offset, limit, position, day)
         }
         Some(t) => {
             let day = state.ledger.calendar().day(t);

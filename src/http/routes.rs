@@ -1076,7 +1076,7 @@ async fn list_licenses(
     let page = match q.as_of {
         None => {
             let day = state.ledger.today();
-            q.page(state.ledger.view(), None, day)?
+            live(&state, q.page(state.ledger.view(), None, day)?)
         }
         Some(t) => {
             let day = state.ledger.calendar().day(t);
@@ -1085,6 +1085,15 @@ async fn list_licenses(
         }
     };
     Ok(HttpResponse::Ok().json(page))
+}
+
+/// A page of the live table with "Última Comunicação" filled in from the check-ins this
+/// server answered (as of a past moment, the rows keep the recorded ones).
+fn live(state: &State, mut page: Page<LicenseRow>) -> Page<LicenseRow> {
+    for row in &mut page.items {
+        row.last_seen_at = state.ledger.last_communication(row);
+    }
+    page
 }
 
 /// A read, now or as of a moment.
@@ -1110,7 +1119,11 @@ async fn get_license(
     let license_id: LicenseId = path_value("id", &id)?;
     read_your_writes(&state, q.min_position).await?;
     let row = match q.as_of {
-        None => state.ledger.view().license(license_id),
+        None => state
+            .ledger
+            .view()
+            .license(license_id)
+            .map(|row| state.ledger.with_last_communication(row)),
         Some(t) => {
             state
                 .ledger
@@ -1254,7 +1267,7 @@ async fn customer_licenses(
                 )));
             }
             let day = state.ledger.today();
-            q.page(view, Some(cnpj), day)?
+            live(&state, q.page(view, Some(cnpj), day)?)
         }
         Some(t) => {
             let day = state.ledger.calendar().day(t);

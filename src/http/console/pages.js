@@ -30,6 +30,8 @@ export async function historyPage(view, ctx) {
       h('dt', {}, t('colExpires')), h('dd', {}, day(row.expires_on)),
       h('dt', {}, t('colHardwareKey')), h('dd.mono', {}, row.binding?.hardware_key || t('none')),
       h('dt', {}, t('colIp')), h('dd.mono', {}, ipOf(row) || t('none')),
+      h('dt', {}, t('lastSeen')),
+      h('dd#last-seen', {}, row.last_seen_at ? dateTime(row.last_seen_at) : t('none')),
       h('dt', {}, t('colBlocked')), h('dd', {}, box(row.blocked)),
       h('dt', {}, t('colLicense')), h('dd', {}, box(row.active)))
     : null;
