@@ -22,6 +22,7 @@ pub mod config;
 pub mod derived;
 pub mod domain;
 pub mod http;
+pub mod oplog;
 pub mod relay;
 pub mod store;
 pub mod tls;

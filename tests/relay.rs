@@ -172,6 +172,20 @@ impl World {
         self.dir.path().join("relay")
     }
 
+    /// The relay's operator log (`iwb.log`): each line's local time, then its text.
+    fn iwb_log(&self) -> Vec<(String, String)> {
+        let text = std::fs::read_to_string(self.relay_dir().join("iwb.log")).unwrap_or_default();
+        text.lines()
+            .map(|l| {
+                assert!(l.len() > 20 && l.is_char_boundary(19), "{l:?}");
+                let (stamp, rest) = l.split_at(19);
+                chrono::NaiveDateTime::parse_from_str(stamp, "%d/%m/%Y %H:%M:%S")
+                    .unwrap_or_else(|e| panic!("{l:?}: {e}"));
+                (stamp.to_owned(), rest[1..].to_owned())
+            })
+            .collect()
+    }
+
     fn start_relay(&mut self, cnpj: &str, token: &str) {
         let upstream = format!("http://{}", self.proxy.addr);
         let relay = Process::start(
@@ -401,6 +415,38 @@ async fn a_relay_serves_its_customers_terminals_with_answers_the_central_key_vou
     assert!(cert
         .verify_answer(&central, &signed, &other_customer, Some("n-1"))
         .is_err());
+
+    // The operator log of the first refresh, as the manual's IntelliWeb Server prints it, on
+    // the shop's clock (10:00 UTC is 07:00 in Brasília).
+    let log = w.iwb_log();
+    let texts: Vec<&str> = log.iter().map(|(_, t)| t.as_str()).collect();
+    assert_eq!(texts[0], "Requisição enviada para a API..", "{log:?}");
+    assert!(log[0].0.starts_with("01/01/2031 07:0"), "{log:?}");
+    let licenses: Vec<&str> = texts[1..4].to_vec();
+    for line in &licenses {
+        let rest = line
+            .strip_prefix("<- LICENÇA: ")
+            .unwrap_or_else(|| panic!("{log:?}"));
+        let (id, rest) = rest.split_at(6);
+        assert!(id.chars().all(|c| c.is_ascii_digit()), "{line}");
+        let (middle, signature) = rest.rsplit_once(" | SIGNATURE: ").unwrap();
+        assert_eq!(
+            middle, " Mercado Bom SERIAL: (Não Informado) | IP: (Não Informado)",
+            "{line}"
+        );
+        assert!(
+            signature.len() == 64
+                && signature
+                    .chars()
+                    .all(|c| c.is_ascii_digit() || ('A'..='F').contains(&c)),
+            "{line}"
+        );
+    }
+    assert_eq!(
+        &texts[4..6],
+        ["Processo finalizado...", "Aguardando novas requisições..."],
+        "{log:?}"
+    );
 
     // The bind reaches the center.
     w.wait_status("forwarded the bind", |s| s["outbox_depth"] == json!(0))
@@ -672,6 +718,13 @@ async fn a_relay_token_is_refused_for_another_customer_and_its_refusal_is_shown(
     assert_eq!(s["contingency_since"], json!(null), "{s}");
     let log = w.relay.as_ref().unwrap().log_text();
     assert!(log.contains("Usuário inválido."), "{log}");
+    let iwb = w.iwb_log();
+    let at = iwb
+        .iter()
+        .position(|(_, t)| t == "ERRO(#01): [401] - Usuário inválido.")
+        .unwrap_or_else(|| panic!("{iwb:?}"));
+    assert_eq!(iwb[at - 1].1, "Requisição enviada para a API..", "{iwb:?}");
+    assert_eq!(iwb[at + 1].1, "Aguardando novas requisições...", "{iwb:?}");
     w.relay.take();
 
     // Relays started with this token for the other customer, or with a token the center
@@ -723,6 +776,15 @@ async fn a_relay_token_is_refused_for_another_customer_and_its_refusal_is_shown(
             s["last_error"].as_str().is_some_and(|e| e.contains(says)),
             "{says}: {s}"
         );
+        if token.starts_with("llt_never") {
+            // The manual's "Token inválido" screen.
+            let iwb = std::fs::read_to_string(dir.join("iwb.log")).unwrap_or_default();
+            assert!(
+                iwb.lines().any(|l| l
+                    .ends_with(" [UPDATEALLLICENCES]ERRO(#01): [401]Assinatura do token inválida")),
+                "{iwb}"
+            );
+        }
     }
 }
 

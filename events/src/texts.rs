@@ -59,6 +59,45 @@ pub fn server_version_line(program: &str, version: &str) -> String {
     format!("{program} utilizando a versão {version} do servidor...")
 }
 
+// ---- The operator log (`iwb.log`), as the manual's IntelliWeb Server screen shows it ----
+
+/// A refresh asked the center for the licenses.
+pub const LOG_REQUEST_SENT: &str = "Requisição enviada para a API..";
+/// A refresh ended, after its [`log_license`] lines.
+pub const LOG_PROCESS_FINISHED: &str = "Processo finalizado...";
+/// The relay waits for the next refresh or request.
+pub const LOG_WAITING: &str = "Aguardando novas requisições...";
+/// What the log shows for a field the center did not give.
+pub const NOT_INFORMED: &str = "(Não Informado)";
+
+/// One license received by a refresh: `<- LICENÇA: 000035 <name> SERIAL: <hardware key> |
+/// IP: <ip> | SIGNATURE: <64 hex>`, with [`NOT_INFORMED`] for a missing serial or IP.
+pub fn log_license(
+    license: &str,
+    name: &str,
+    serial: Option<&str>,
+    ip: Option<std::net::IpAddr>,
+    signature: &str,
+) -> String {
+    let ip = ip.map_or_else(|| NOT_INFORMED.to_owned(), |ip| ip.to_string());
+    format!(
+        "<- LICENÇA: {license} {name} SERIAL: {} | IP: {ip} | SIGNATURE: {signature}",
+        serial.unwrap_or(NOT_INFORMED)
+    )
+}
+
+/// The center refused a refresh because the customer is inactive or unknown:
+/// `ERRO(#01): [401] - Usuário inválido.`
+pub fn log_refused_user(message: &str) -> String {
+    format!("ERRO(#01): [401] - {message}")
+}
+
+/// The center refused a refresh's credentials:
+/// `[UPDATEALLLICENCES]ERRO(#01): [401]Assinatura do token inválida`.
+pub fn log_refused_update(message: &str) -> String {
+    format!("[UPDATEALLLICENCES]ERRO(#01): [401]{message}")
+}
+
 /// A date as the manual shows it: `dd/mm/yyyy` (`26/03/2023`).
 pub fn format_date(d: NaiveDate) -> String {
     // Not `format("%d/%m/%Y")`: parsing the pattern on every call shows up on the check-in
@@ -148,6 +187,35 @@ mod tests {
             refused_401(TOKEN_INVALID)[3],
             "MENSAGEM: Assinatura do token inválida"
         );
+    }
+
+    #[test]
+    fn the_operator_log_lines_match_the_manual() {
+        assert_eq!(
+            log_license(
+                "000035",
+                "PADARIA",
+                Some("1239D389A61D176625C26C3E48809BE7"),
+                "192.168.0.225".parse().ok(),
+                "56418588CE322F045564F365208C35D88DF6E87686CE20D75E75F8E501DED8EB"
+            ),
+            "<- LICENÇA: 000035 PADARIA SERIAL: 1239D389A61D176625C26C3E48809BE7 | IP: 192.168.0.225 | SIGNATURE: 56418588CE322F045564F365208C35D88DF6E87686CE20D75E75F8E501DED8EB"
+        );
+        assert_eq!(
+            log_license("000970", "X", None, None, "AB"),
+            "<- LICENÇA: 000970 X SERIAL: (Não Informado) | IP: (Não Informado) | SIGNATURE: AB"
+        );
+        assert_eq!(
+            log_refused_user(CUSTOMER_INACTIVE),
+            "ERRO(#01): [401] - Usuário inválido."
+        );
+        assert_eq!(
+            log_refused_update(TOKEN_INVALID),
+            "[UPDATEALLLICENCES]ERRO(#01): [401]Assinatura do token inválida"
+        );
+        assert_eq!(LOG_REQUEST_SENT, "Requisição enviada para a API..");
+        assert_eq!(LOG_PROCESS_FINISHED, "Processo finalizado...");
+        assert_eq!(LOG_WAITING, "Aguardando novas requisições...");
     }
 
     #[test]

@@ -225,6 +225,8 @@ pub struct Relay {
     refresh_now: Notify,
     /// The stream saw new records: fetch them, signed, from the feed.
     pull_now: Notify,
+    /// The manual's lines (`iwb.log`): each refresh, its licenses, its refusals.
+    oplog: crate::oplog::OperatorLog,
 }
 
 impl std::fmt::Debug for Relay {
@@ -316,7 +318,12 @@ impl Relay {
             mirror_error: None,
             certified_until: certificate.as_ref().map(|c| c.certificate.valid_until),
         };
+        let oplog = crate::oplog::OperatorLog::new(
+            &config.data_dir.join(crate::oplog::FILE_NAME),
+            config.calendar,
+        );
         let relay = Relay {
+            oplog,
             config,
             clock,
             mark,
@@ -632,7 +639,10 @@ impl Relay {
 
     async fn scheduled_refresh(&self) {
         let started = self.clock.now();
-        match self.refresh().await {
+        self.oplog.line(started, texts::LOG_REQUEST_SENT);
+        let result = self.refresh().await;
+        self.log_refresh(&result);
+        match result {
             Ok(added) => {
                 let now = self.clock.now();
                 {
@@ -670,6 +680,64 @@ impl Relay {
                 }
             }
         }
+    }
+
+    /// The manual's lines for a refresh: each license received, `Processo finalizado...`; or
+    /// the refusal (`ERRO(#01): [401] - Usuário inválido.`, `[UPDATEALLLICENCES]ERRO(#01):
+    /// [401]Assinatura do token inválida`) or the failure; then `Aguardando novas
+    /// requisições...`.
+    fn log_refresh(&self, result: &Result<usize, UpstreamError>) {
+        let now = self.clock.now();
+        match result {
+            Ok(_) => {
+                let view = self.view();
+                let name = view
+                    .customer(&self.config.cnpj)
+                    .map(|c| c.trade_name.as_str().to_owned())
+                    .unwrap_or_default();
+                let mut licenses: Vec<_> = ledger_events::Product::ALL
+                    .into_iter()
+                    .flat_map(|p| view.licenses_of(&self.config.cnpj, p))
+                    .collect();
+                licenses.sort_by_key(|l| l.license_id);
+                let mirror = self.mirror.lock();
+                let records = mirror.records();
+                for l in &licenses {
+                    // The hash of the license's latest record: what the center signed for it.
+                    let signature = records
+                        .binary_search_by_key(&l.updated_position, |r| r.envelope.position)
+                        .ok()
+                        .map(|i| records[i].envelope.hash.to_string().to_uppercase())
+                        .unwrap_or_else(|| texts::NOT_INFORMED.to_owned());
+                    let serial = l.binding.map(|b| b.hardware_key.to_string());
+                    self.oplog.line(
+                        now,
+                        &texts::log_license(
+                            &l.license_id.to_string(),
+                            &name,
+                            serial.as_deref(),
+                            l.ip(),
+                            &signature,
+                        ),
+                    );
+                }
+                drop(mirror);
+                self.oplog.line(now, texts::LOG_PROCESS_FINISHED);
+            }
+            Err(UpstreamError::Refused {
+                status: 401,
+                message,
+            }) => {
+                let line = if message == texts::CUSTOMER_INACTIVE {
+                    texts::log_refused_user(message)
+                } else {
+                    texts::log_refused_update(message)
+                };
+                self.oplog.line(now, &line);
+            }
+            Err(_) => self.oplog.line(now, texts::REFRESH_FAILED),
+        }
+        self.oplog.line(now, texts::LOG_WAITING);
     }
 
     /// Enters or clears the relay's IntelliWeb contingency (an outbox event, forwarded).
