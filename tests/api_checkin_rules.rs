@@ -1202,6 +1202,72 @@ async fn contingency_01_sells_until_expiry_plus_7_days_then_sales_are_blocked() 
     assert_eq!(c.body["resources"], json!({}), "{}", c.body);
 }
 
+// ---- a customer's own time zone ----
+
+/// Manual, "licença expirada", for a shop in Manaus served by a server in Brasília: its
+/// profile's zone decides its days. At 00:30 on 21/03 in Brasília it is 23:30 on 20/03 in
+/// Manaus: the Manaus shop still sells on its last day, the Brasília one is expired.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clientes_a_customer_in_manaus_counts_its_own_days_on_a_brasilia_server() {
+    let w = World::new().await;
+    w.app.customer(OTHER_CNPJ, "Loja Manaus").await;
+    let (status, body) = w
+        .app
+        .call(
+            "PUT",
+            &format!("/v1/customers/{OTHER_CNPJ}/profile"),
+            Some(&w.support),
+            Some(json!({"partner": "IWS", "time_zone": "America/Manaus"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let customer = &w
+        .app
+        .get(&format!("/v1/customers?text={OTHER_CNPJ}"), &w.support)
+        .await["items"][0];
+    assert_eq!(customer["partner"], json!("IWS"), "{customer}");
+    assert_eq!(customer["time_zone"], json!("America/Manaus"), "{customer}");
+
+    w.license("2030-03-20", None).await;
+    w.app
+        .license(OTHER_CNPJ, "easycash", "2030-03-20", None)
+        .await;
+    w.clock.set(at("2030-03-21", 0, 30, 0));
+    let brasilia = w.check_in(&Terminal::new()).await;
+    assert_eq!(brasilia.outcome(), "EXPIRED", "{}", brasilia.body);
+    let shop = Terminal::new();
+    let manaus = w
+        .check_in_with(Some(&w.app.admin), OTHER_CNPJ, "easycash", &shop)
+        .await;
+    assert_eq!(manaus.outcome(), "EXPIRING", "{}", manaus.body);
+    assert_eq!(manaus.body["days_left"], json!(0), "{}", manaus.body);
+
+    // An hour later it is 00:30 in Manaus too.
+    w.clock.set(at("2030-03-21", 1, 30, 0));
+    let manaus = w
+        .check_in_with(Some(&w.app.admin), OTHER_CNPJ, "easycash", &shop)
+        .await;
+    assert_eq!(manaus.outcome(), "EXPIRED", "{}", manaus.body);
+
+    // A zone the database does not know is refused naming the field; nothing changes.
+    let (status, body) = w
+        .app
+        .call(
+            "PUT",
+            &format!("/v1/customers/{OTHER_CNPJ}/profile"),
+            Some(&w.support),
+            Some(json!({"time_zone": "America/Brasilia"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["field"], json!("time_zone"), "{body}");
+    let customer = &w
+        .app
+        .get(&format!("/v1/customers?text={OTHER_CNPJ}"), &w.support)
+        .await["items"][0];
+    assert_eq!(customer["time_zone"], json!("America/Manaus"), "{customer}");
+}
+
 // ---- "Última Comunicação" ----
 
 /// Manual, "Dados da Licença": `Última Comunicação IntelliWeb` is the terminal's last

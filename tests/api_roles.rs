@@ -124,6 +124,7 @@ const MATRIX: &[Row] = &[
     ("POST", "/v1/checkin",                                 [UN,  UN,  OK,   NF,   FB,   FB,   OK, FB]),
     ("POST", "/v1/customers",                               [UN,  UN,  FB,   FB,   OK,   FB,   OK, FB]),
     ("GET",  "/v1/customers/{cnpj}/licenses",               [UN,  UN,  FB,   FB,   OK,   OK,   OK, FB]),
+    ("PUT",  "/v1/customers/{cnpj}/profile",                [UN,  UN,  FB,   FB,   OK,   FB,   OK, FB]),
     ("POST", "/v1/customers/{cnpj}/activate",               [UN,  UN,  FB,   FB,   OK,   FB,   OK, FB]),
     ("POST", "/v1/customers/{cnpj}/deactivate",             [UN,  UN,  FB,   FB,   OK,   FB,   OK, FB]),
     ("POST", "/v1/customers/{cnpj}/block",                  [UN,  UN,  FB,   FB,   OK,   FB,   OK, FB]),
@@ -360,6 +361,13 @@ impl Fixture {
             }
             ("GET", "/v1/customers/{cnpj}/licenses") => {
                 (format!("/v1/customers/{CNPJ_A}/licenses"), None)
+            }
+            ("PUT", "/v1/customers/{cnpj}/profile") => {
+                let cnpj = self.fresh_customer().await;
+                (
+                    format!("/v1/customers/{cnpj}/profile"),
+                    Some(json!({"partner": "IWS", "time_zone": "America/Manaus"})),
+                )
             }
             ("POST", p) if p.starts_with("/v1/customers/{cnpj}/") => {
                 let action = p.rsplit('/').next().unwrap();

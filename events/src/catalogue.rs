@@ -16,7 +16,8 @@ use crate::codec::CodecError;
 use crate::envelope::StreamId;
 use crate::values::{
     ActivationCode, Cnpj, CodeMac, ContractId, CounterKey, HardwareId, HardwareKey, LicenseId,
-    Note, Product, ProgramVersion, Resources, Serial, TerminalNumber, TradeName,
+    Note, Partner, Product, ProgramVersion, Resources, Serial, TerminalNumber, TimeZoneName,
+    TradeName,
 };
 
 /// Implemented by every event struct: its catalogue name and current schema version.
@@ -41,6 +42,18 @@ pub struct CustomerRegistered {
     /// "Início": when the customer relationship starts.
     #[serde(with = "crate::values::day")]
     pub since: NaiveDate,
+}
+
+/// A customer's profile was set: its partner ("Parceiro") and the time zone its days are
+/// counted in (none: the deployment's). Each event states the whole profile.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CustomerProfileChanged {
+    /// The customer.
+    pub cnpj: Cnpj,
+    /// "Parceiro".
+    pub partner: Option<Partner>,
+    /// The IANA zone of the customer's shops, when not the deployment's.
+    pub time_zone: Option<TimeZoneName>,
 }
 
 /// A customer was activated ("Ativo" checked).
@@ -606,6 +619,7 @@ catalogue! {
         Unblocked(CustomerUnblocked) = 1,
         Blacklisted(CustomerBlacklisted) = 1,
         Unblacklisted(CustomerUnblacklisted) = 1,
+        ProfileChanged(CustomerProfileChanged) = 1,
     }
     /// Events of a contract stream (`contract-{id}`).
     Contract(ContractEvent) {
@@ -655,6 +669,7 @@ impl CustomerEvent {
             CustomerEvent::Unblocked(x) => &x.cnpj,
             CustomerEvent::Blacklisted(x) => &x.cnpj,
             CustomerEvent::Unblacklisted(x) => &x.cnpj,
+            CustomerEvent::ProfileChanged(x) => &x.cnpj,
         }
     }
 }

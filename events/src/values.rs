@@ -508,6 +508,21 @@ bounded_text!(
     "trade name"
 );
 bounded_text!(
+    /// A customer's partner ("Parceiro": the reseller that serves it).
+    Partner,
+    1,
+    120,
+    "partner"
+);
+bounded_text!(
+    /// An IANA time zone name as written (`America/Manaus`); whether the zone exists is the
+    /// server's check (its time-zone database), not the event's.
+    TimeZoneName,
+    1,
+    64,
+    "time zone"
+);
+bounded_text!(
     /// A free-text reason an operator gives for an action.
     Note,
     1,

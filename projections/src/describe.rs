@@ -70,6 +70,15 @@ fn customer(e: &CustomerEvent) -> String {
         CustomerEvent::Unblocked(e) => ("Cliente desbloqueado", &e.note),
         CustomerEvent::Blacklisted(e) => ("Cliente incluído na blacklist", &e.note),
         CustomerEvent::Unblacklisted(e) => ("Cliente retirado da blacklist", &e.note),
+        CustomerEvent::ProfileChanged(e) => {
+            return format!(
+                "Cadastro do cliente alterado: parceiro {}, fuso horário {}",
+                e.partner.as_ref().map_or("(nenhum)", |p| p.as_str()),
+                e.time_zone
+                    .as_ref()
+                    .map_or("(o do servidor)", |z| z.as_str())
+            )
+        }
     };
     with_note(what.to_owned(), note)
 }

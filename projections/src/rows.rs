@@ -8,7 +8,8 @@ use std::net::IpAddr;
 use chrono::{DateTime, NaiveDate, Utc};
 use ledger_events::{
     CheckInOutcome, Cnpj, ContingencyKind, ContractId, HardwareId, HardwareKey, LicenseId, Note,
-    Position, Product, ProgramVersion, Resources, StreamVersion, TerminalNumber, TradeName,
+    Partner, Position, Product, ProgramVersion, Resources, StreamVersion, TerminalNumber,
+    TimeZoneName, TradeName,
 };
 use serde::Serialize;
 
@@ -28,6 +29,12 @@ pub struct CustomerRow {
     pub blocked: bool,
     /// On the blacklist.
     pub blacklisted: bool,
+    /// "Parceiro".
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
+    pub partner: Option<Partner>,
+    /// The IANA zone its days are counted in; none: the deployment's.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, example = "America/Manaus"))]
+    pub time_zone: Option<TimeZoneName>,
     /// Version of the stream `customer-{cnpj}`.
     pub version: StreamVersion,
 }

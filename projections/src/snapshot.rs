@@ -41,7 +41,8 @@ use std::sync::Arc;
 use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use ledger_events::{
     CheckInOutcome, Cnpj, ContingencyKind, ContractId, HardwareId, HardwareKey, LicenseId, Note,
-    Position, Product, ProgramVersion, Resources, StreamVersion, TerminalNumber, TradeName,
+    Partner, Position, Product, ProgramVersion, Resources, StreamVersion, TerminalNumber,
+    TimeZoneName, TradeName,
 };
 use serde::de::{self, Deserializer};
 use serde::ser::Serializer;
@@ -51,15 +52,17 @@ use crate::rows::{Binding, ContingencyRow, ContractRow, CustomerRow};
 use crate::state::{LicenseState, StoredCheckIn, TerminalState};
 use crate::view::{Inconsistency, LedgerView, INCONSISTENCIES_KEPT};
 
-/// The format [`LedgerView::encode_snapshot`] writes; the only one
-/// [`LedgerView::decode_snapshot`] reads.
-pub const SNAPSHOT_FORMAT_VERSION: u32 = 1;
+/// The format [`LedgerView::encode_snapshot`] writes. [`LedgerView::decode_snapshot`] reads
+/// it and version 1 (version 2 is version 1's body followed by the customers' profiles;
+/// version 1 was written before any `CustomerProfileChanged` existed, so its customers have
+/// none: the upcast is exact).
+pub const SNAPSHOT_FORMAT_VERSION: u32 = 2;
 
 /// Why bytes are not a snapshot this build can restore.
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
     /// Written in a format this build does not read (rebuild from the log instead).
-    #[error("snapshot format version {found} is not supported (this build reads version {SNAPSHOT_FORMAT_VERSION})")]
+    #[error("snapshot format version {found} is not supported (this build reads versions 1 to {SNAPSHOT_FORMAT_VERSION})")]
     UnsupportedVersion {
         /// The version the bytes start with.
         found: u32,
@@ -153,6 +156,16 @@ struct SnapshotV1 {
     contingencies: Vec<SnapshotContingencies>,
     /// Sorted by CNPJ.
     stamps: Vec<SnapshotStamp>,
+}
+
+/// Version 2's addition, after version 1's body: the profile of each customer that has one,
+/// in the order of `SnapshotV1::customers`.
+#[derive(Debug, Serialize, Deserialize)]
+struct SnapshotProfile {
+    /// Index into `SnapshotV1::customers`.
+    customer: u32,
+    partner: Option<Partner>,
+    time_zone: Option<TimeZoneName>,
 }
 
 /// An index into `SnapshotV1::cnpjs`.
@@ -381,13 +394,22 @@ fn check_in_to_snapshot(
 }
 
 impl Copied {
-    fn into_body(self) -> SnapshotV1 {
+    fn into_body(self) -> (SnapshotV1, Vec<SnapshotProfile>) {
         let mut cnpjs = CnpjTable {
             index: HashMap::with_hasher(ahash::RandomState::new()),
             values: Vec::new(),
         };
         let mut resources = Table::<Resources>::new();
         let mut versions = Table::<ProgramVersion>::new();
+        let profiles: Vec<SnapshotProfile> = in_key_order(&self.customers)
+            .enumerate()
+            .filter(|(_, (_, c))| c.partner.is_some() || c.time_zone.is_some())
+            .map(|(i, (_, c))| SnapshotProfile {
+                customer: i as u32,
+                partner: c.partner.clone(),
+                time_zone: c.time_zone.clone(),
+            })
+            .collect();
         let customers = in_key_order(&self.customers)
             .map(|(cnpj, c)| SnapshotCustomer {
                 cnpj: cnpjs.index_of(cnpj),
@@ -484,7 +506,7 @@ impl Copied {
                 position: *position,
             })
             .collect();
-        SnapshotV1 {
+        let body = SnapshotV1 {
             position: self.position,
             max_license_id: self.max_license_id,
             max_contract_id: self.max_contract_id,
@@ -507,7 +529,8 @@ impl Copied {
             terminals,
             contingencies,
             stamps,
-        }
+        };
+        (body, profiles)
     }
 }
 
@@ -534,9 +557,10 @@ impl LedgerView {
                 stamps: copy(&self.stamps, |p| *p),
             }
         };
-        let body = copied.into_body();
+        let (body, profiles) = copied.into_body();
         let out = postcard::to_extend(&SNAPSHOT_FORMAT_VERSION, Vec::new())
-            .and_then(|out| postcard::to_extend(&body, out));
+            .and_then(|out| postcard::to_extend(&body, out))
+            .and_then(|out| postcard::to_extend(&profiles, out));
         // Serializing to a vector fails only on a type serde cannot express in postcard
         // (none here: every field is a fixed struct, sequence or value type). Were it ever
         // to fail, the empty vector it gives instead never decodes: the caller rebuilds.
@@ -549,14 +573,19 @@ impl LedgerView {
     /// another valid view; callers check snapshots against the log's hash chain).
     pub fn decode_snapshot(bytes: &[u8]) -> Result<LedgerView, SnapshotError> {
         let (version, rest) = postcard::take_from_bytes::<u32>(bytes)?;
-        if version != SNAPSHOT_FORMAT_VERSION {
+        if !(1..=SNAPSHOT_FORMAT_VERSION).contains(&version) {
             return Err(SnapshotError::UnsupportedVersion { found: version });
         }
         let (body, rest) = postcard::take_from_bytes::<SnapshotV1>(rest)?;
+        let (profiles, rest) = if version >= 2 {
+            postcard::take_from_bytes::<Vec<SnapshotProfile>>(rest)?
+        } else {
+            (Vec::new(), rest)
+        };
         if !rest.is_empty() {
             return Err(SnapshotError::TrailingBytes(rest.len()));
         }
-        restore_v1(body)
+        restore_v1(body, profiles)
     }
 }
 
@@ -639,7 +668,7 @@ fn sized_map<K: Eq + std::hash::Hash, V>(n: usize) -> crate::view::Map<K, V> {
     dashmap::DashMap::with_capacity_and_hasher(n, ahash::RandomState::new())
 }
 
-fn restore_v1(s: SnapshotV1) -> Result<LedgerView, SnapshotError> {
+fn restore_v1(s: SnapshotV1, profiles: Vec<SnapshotProfile>) -> Result<LedgerView, SnapshotError> {
     let at = s.position;
     let cnpjs = s.cnpjs;
     let cnpj = |i: CnpjIndex| entry(&cnpjs, i, "CNPJ");
@@ -693,7 +722,13 @@ fn restore_v1(s: SnapshotV1) -> Result<LedgerView, SnapshotError> {
         keys.push(cnpj(c.cnpj)?);
     }
     check_sorted("customers", keys.iter().copied())?;
-    for (c, key) in s.customers.into_iter().zip(keys) {
+    check_sorted("customer profiles", profiles.iter().map(|p| p.customer))?;
+    let mut profiles = profiles.into_iter().peekable();
+    for (i, (c, key)) in s.customers.into_iter().zip(keys).enumerate() {
+        let (partner, time_zone) = match profiles.next_if(|p| p.customer as usize == i) {
+            Some(p) => (p.partner, p.time_zone),
+            None => (None, None),
+        };
         view.customers.insert(
             key,
             CustomerRow {
@@ -703,9 +738,18 @@ fn restore_v1(s: SnapshotV1) -> Result<LedgerView, SnapshotError> {
                 active: c.active,
                 blocked: c.blocked,
                 blacklisted: c.blacklisted,
+                partner,
+                time_zone,
                 version: c.version,
             },
         );
+    }
+    if let Some(p) = profiles.next() {
+        return Err(invalid(format!(
+            "a profile for customer {}, of {} customers",
+            p.customer,
+            view.customers.len()
+        )));
     }
     check_sorted("contracts", s.contracts.iter().map(|c| c.contract_id))?;
     check_max_id(
@@ -987,8 +1031,9 @@ mod tests {
         }
     }
 
+    /// `body` as a version 1 snapshot (no profiles).
     fn bytes(body: &SnapshotV1) -> Vec<u8> {
-        postcard::to_extend(&SNAPSHOT_FORMAT_VERSION, Vec::new())
+        postcard::to_extend(&1u32, Vec::new())
             .and_then(|out| postcard::to_extend(body, out))
             .expect("encode")
     }
@@ -1007,11 +1052,17 @@ mod tests {
 
     #[test]
     fn the_sample_decodes_and_encodes_back_to_the_same_bytes() {
+        // Written as version 1; version 2 is the same body, then the (here empty) profiles.
         let original = bytes(&sample());
         let view = LedgerView::decode_snapshot(&original).expect("decode");
         assert_eq!(view.position(), 10);
         assert_eq!(view.license_count(), 2);
-        assert_eq!(view.encode_snapshot(), original);
+        let v2 = view.encode_snapshot();
+        assert_eq!(v2[0], 2);
+        assert_eq!(v2[1..v2.len() - 1], original[1..]);
+        assert_eq!(v2.last(), Some(&0), "no profiles");
+        let again = LedgerView::decode_snapshot(&v2).expect("decode version 2");
+        assert_eq!(again.encode_snapshot(), v2);
     }
 
     #[test]

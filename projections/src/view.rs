@@ -519,6 +519,8 @@ impl LedgerView {
                             active: true,
                             blocked: false,
                             blacklisted: false,
+                            partner: None,
+                            time_zone: None,
                             version: env.stream_version,
                         });
                         Ok(())
@@ -531,6 +533,16 @@ impl LedgerView {
             CustomerEvent::Unblocked(e) => (&e.cnpj, |r| r.blocked = false),
             CustomerEvent::Blacklisted(e) => (&e.cnpj, |r| r.blacklisted = true),
             CustomerEvent::Unblacklisted(e) => (&e.cnpj, |r| r.blacklisted = false),
+            CustomerEvent::ProfileChanged(e) => {
+                let mut row = self
+                    .customers
+                    .get_mut(&e.cnpj)
+                    .ok_or_else(|| format!("{} for unknown customer {}", env.event_type, e.cnpj))?;
+                row.partner = e.partner.clone();
+                row.time_zone = e.time_zone.clone();
+                row.version = env.stream_version;
+                return Ok(());
+            }
         };
         let mut row = self
             .customers

@@ -437,7 +437,27 @@ fn emergency_release_issued() {
 }
 
 #[test]
+fn customer_profile_changed() {
+    assert_eq!(
+        line(CustomerProfileChanged {
+            cnpj: Cnpj::parse("11222333000181").unwrap(),
+            partner: Partner::parse("IWS").ok(),
+            time_zone: TimeZoneName::parse("America/Manaus").ok(),
+        }),
+        "Cadastro do cliente alterado: parceiro IWS, fuso horário America/Manaus"
+    );
+    assert_eq!(
+        line(CustomerProfileChanged {
+            cnpj: Cnpj::parse("11222333000181").unwrap(),
+            partner: None,
+            time_zone: None,
+        }),
+        "Cadastro do cliente alterado: parceiro (nenhum), fuso horário (o do servidor)"
+    );
+}
+
+#[test]
 fn every_event_type_is_described_by_a_test_here() {
     // Guards this file against a new catalogue entry arriving without a pinned line.
-    assert_eq!(EVENT_TYPES.len(), 24);
+    assert_eq!(EVENT_TYPES.len(), 25);
 }

@@ -26,9 +26,40 @@ fn a_registered_customer_is_active_unblocked_and_off_the_blacklist() {
             active: true,
             blocked: false,
             blacklisted: false,
+            partner: None,
+            time_zone: None,
             version: 1,
         }
     );
+}
+
+/// Manual, "Clientes": Parceiro; and the customer's own time zone. Each event states the
+/// whole profile, and a snapshot keeps it.
+#[test]
+fn clientes_a_profile_sets_partner_and_time_zone_and_a_snapshot_keeps_them() {
+    let (mut log, c) = customer_log();
+    let partner = ledger_events::Partner::parse("IWS").ok();
+    let zone = ledger_events::TimeZoneName::parse("America/Manaus").ok();
+    log.push(ledger_events::CustomerProfileChanged {
+        cnpj: c,
+        partner: partner.clone(),
+        time_zone: zone.clone(),
+    });
+    let view = log.view();
+    let row = view.customer(&c).expect("customer");
+    assert_eq!(
+        (&row.partner, &row.time_zone, row.version),
+        (&partner, &zone, 2)
+    );
+    let restored = LedgerView::decode_snapshot(&view.encode_snapshot()).expect("decodes");
+    assert_eq!(restored.customer(&c), Some(row));
+    log.push(ledger_events::CustomerProfileChanged {
+        cnpj: c,
+        partner: None,
+        time_zone: None,
+    });
+    let row = log.view().customer(&c).expect("customer");
+    assert_eq!((row.partner, row.time_zone), (None, None));
 }
 
 #[test]

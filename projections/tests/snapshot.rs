@@ -531,13 +531,13 @@ fn another_format_version_is_refused_by_number() {
     let bytes = LedgerView::new().encode_snapshot();
     assert_eq!(bytes[0], SNAPSHOT_FORMAT_VERSION as u8);
     let mut other = bytes.clone();
-    other[0] = 2;
-    let err = LedgerView::decode_snapshot(&other).expect_err("version 2");
+    other[0] = 3;
+    let err = LedgerView::decode_snapshot(&other).expect_err("version 3");
     assert!(
-        matches!(err, SnapshotError::UnsupportedVersion { found: 2 }),
+        matches!(err, SnapshotError::UnsupportedVersion { found: 3 }),
         "{err}"
     );
-    assert!(err.to_string().contains("version 2"), "{err}");
+    assert!(err.to_string().contains("version 3"), "{err}");
 }
 
 /// A decoded view must be usable: it answers, re-encodes stably and applies events.

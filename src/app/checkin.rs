@@ -75,8 +75,11 @@ pub fn check_in_context(
             .terminal(&req.cnpj, &req.hardware_id)
             .and_then(|t| t.last.get(&req.product).cloned()),
     };
+    let customer = view.customer(&req.cnpj);
+    // The customer's own zone, when its profile names one.
+    let calendar = calendar.for_customer(customer.as_ref().and_then(|c| c.time_zone.as_ref()));
     CheckInContext {
-        customer: view.customer(&req.cnpj),
+        customer,
         bound,
         candidates,
         contracts,

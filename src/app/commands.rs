@@ -258,7 +258,7 @@ impl Ledger {
                     terms: RenewalTerms {
                         contract: contract.as_ref().map(Contract::from).unwrap_or_default(),
                         customer_active,
-                        today: self.today(),
+                        today: self.calendar_of(&row.cnpj).day(self.clock().now()),
                     },
                 }
             }
@@ -312,8 +312,13 @@ impl Ledger {
                 problem: format!("no offline activation key is configured for {}", r.product),
             })?;
         let now = self.clock().now();
-        let valid_until = offline::valid_until(self.calendar().day(now));
         let terminal = self.offline_terminal(&r).await?;
+        // The customer's days, when the customer is known.
+        let calendar = match r.cnpj.or(terminal.map(|(cnpj, _)| cnpj)) {
+            Some(cnpj) => self.calendar_of(&cnpj),
+            None => self.calendar(),
+        };
+        let valid_until = offline::valid_until(calendar.day(now));
         let counter_key =
             offline_code(secret, terminal.as_ref(), &r.serial, r.product, valid_until);
         let command = IssueOfflineActivation {
@@ -332,7 +337,7 @@ impl Ledger {
                 valid_until,
                 &counter_key,
             ),
-            valid_until: self.calendar().end_of(valid_until),
+            valid_until: calendar.end_of(valid_until),
         };
         let done = self
             .execute_recorded::<OfflineActivation>(
@@ -349,8 +354,8 @@ impl Ledger {
             });
             match issued {
                 Some(i) => (
-                    stored_offline_code(secrets, i, self.calendar())?,
-                    self.calendar().day(i.valid_until),
+                    stored_offline_code(secrets, i, calendar)?,
+                    calendar.day(i.valid_until),
                     i.terminal,
                 ),
                 // The command id's records are not an offline activation (a record written

@@ -561,6 +561,12 @@ impl Ledger {
         self.config.calendar
     }
 
+    /// The calendar of that customer's days: its own zone, else the deployment's.
+    pub fn calendar_of(&self, cnpj: &ledger_events::Cnpj) -> crate::domain::Calendar {
+        let zone = self.view().customer(cnpj).and_then(|c| c.time_zone);
+        self.config.calendar.for_customer(zone.as_ref())
+    }
+
     /// The local day now, on the ledger's clock and calendar.
     pub fn today(&self) -> chrono::NaiveDate {
         self.config.calendar.day(self.clock.now())
@@ -969,7 +975,7 @@ pub fn event_id_for(command_id: Uuid, index: u32) -> Uuid {
 
 /// A UUID v7 derived from `base` and `salt`: `base`'s timestamp (when it is a v7), the rest
 /// from SHA-256(base ‖ salt).
-pub(crate) fn derived_v7(base: Uuid, salt: &[u8]) -> Uuid {
+pub fn derived_v7(base: Uuid, salt: &[u8]) -> Uuid {
     let mut h = Sha256::new();
     h.update(base.as_bytes());
     h.update(salt);

@@ -103,9 +103,10 @@ impl Ledger {
     pub async fn renew_due(&self) -> Result<RenewalPass, AppError> {
         self.catch_up().await?;
         let actor = automatic_actor()?;
-        let today = self.today();
+        let now = self.clock().now();
         let mut pass = RenewalPass::default();
         for contract in self.view().contracts() {
+            let today = self.calendar_of(&contract.cnpj).day(now);
             if !Contract::from(&contract).renews_on(today) {
                 continue;
             }
@@ -132,7 +133,7 @@ impl Ledger {
         RenewalTerms {
             contract: Contract::from(contract),
             customer_active,
-            today: self.today(),
+            today: self.calendar_of(&row.cnpj).day(self.clock().now()),
         }
     }
 

@@ -57,6 +57,13 @@ impl FromStr for Calendar {
 }
 
 impl Calendar {
+    /// The calendar of a customer whose own zone is `zone` (its profile), else this one
+    /// (the deployment's). A zone the database does not know (it was checked when set)
+    /// falls back to this one.
+    pub fn for_customer(self, zone: Option<&ledger_events::TimeZoneName>) -> Calendar {
+        zone.and_then(|z| z.as_str().parse().ok()).unwrap_or(self)
+    }
+
     /// Where the vendor and most of its customers are: Brasília time.
     pub const DEFAULT_ZONE: Tz = chrono_tz::America::Sao_Paulo;
 

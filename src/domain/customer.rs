@@ -4,8 +4,8 @@
 use chrono::{DateTime, NaiveDate, Utc};
 use ledger_events::{
     Cnpj, CustomerActivated, CustomerBlacklisted, CustomerBlocked, CustomerDeactivated,
-    CustomerEvent, CustomerRegistered, CustomerUnblacklisted, CustomerUnblocked, Event, Note,
-    TradeName,
+    CustomerEvent, CustomerProfileChanged, CustomerRegistered, CustomerUnblacklisted,
+    CustomerUnblocked, Event, Note, Partner, TimeZoneName, TradeName,
 };
 
 use super::{Aggregate, DomainError};
@@ -64,6 +64,16 @@ pub enum CustomerCommand {
         /// Reason.
         note: Option<Note>,
     },
+    /// Set the whole profile: "Parceiro" and the time zone its days count in (none: the
+    /// deployment's). The same profile again records nothing.
+    SetProfile {
+        /// The customer.
+        cnpj: Cnpj,
+        /// "Parceiro".
+        partner: Option<Partner>,
+        /// An IANA zone name the server's time-zone database knows.
+        time_zone: Option<TimeZoneName>,
+    },
 }
 
 impl CustomerCommand {
@@ -76,7 +86,8 @@ impl CustomerCommand {
             | CustomerCommand::Block { cnpj, .. }
             | CustomerCommand::Unblock { cnpj, .. }
             | CustomerCommand::Blacklist { cnpj, .. }
-            | CustomerCommand::Unblacklist { cnpj, .. } => cnpj,
+            | CustomerCommand::Unblacklist { cnpj, .. }
+            | CustomerCommand::SetProfile { cnpj, .. } => cnpj,
         }
     }
 }
@@ -92,6 +103,10 @@ pub struct Customer {
     pub blocked: bool,
     /// "Blacklist".
     pub blacklisted: bool,
+    /// "Parceiro".
+    pub partner: Option<Partner>,
+    /// Its own time zone, if any.
+    pub time_zone: Option<TimeZoneName>,
 }
 
 impl Customer {
@@ -127,6 +142,10 @@ impl Aggregate for Customer {
             CustomerEvent::Unblocked(_) => self.blocked = false,
             CustomerEvent::Blacklisted(_) => self.blacklisted = true,
             CustomerEvent::Unblacklisted(_) => self.blacklisted = false,
+            CustomerEvent::ProfileChanged(p) => {
+                self.partner = p.partner.clone();
+                self.time_zone = p.time_zone.clone();
+            }
         }
     }
 
@@ -209,6 +228,28 @@ impl Aggregate for Customer {
                 CustomerUnblacklisted {
                     cnpj,
                     note: note.clone(),
+                }
+                .into()
+            }
+            CustomerCommand::SetProfile {
+                partner, time_zone, ..
+            } => {
+                self.registered(&cnpj)?;
+                if let Some(zone) = time_zone {
+                    zone.as_str().parse::<super::Calendar>().map_err(|e| {
+                        DomainError::InvalidField {
+                            field: "time_zone",
+                            problem: e.to_string(),
+                        }
+                    })?;
+                }
+                if self.partner == *partner && self.time_zone == *time_zone {
+                    return Ok(Vec::new());
+                }
+                CustomerProfileChanged {
+                    cnpj,
+                    partner: partner.clone(),
+                    time_zone: time_zone.clone(),
                 }
                 .into()
             }

@@ -19,8 +19,7 @@ use actix_web::web::Bytes;
 use actix_web::{web, HttpResponse};
 use chrono::{DateTime, Days, Duration, DurationRound, NaiveDate, Utc};
 use ledger_events::{
-    ChainVerifier, Cnpj, ContractId, EventPayload, Position, Product, Record, TerminalCheckedIn,
-    EVENT_TYPES,
+    ChainVerifier, Cnpj, EventPayload, Position, Product, Record, TerminalCheckedIn, EVENT_TYPES,
 };
 use ledger_projections::asof::AsOf;
 use ledger_projections::view::{LedgerView, LicenseQuery, LicenseStatus, Page, PAGE_LIMIT_MAX};
@@ -210,14 +209,6 @@ pub struct CustomerSummary {
 }
 
 /// Every contract, in id order (ids are dense from 1).
-fn all_contracts(view: &LedgerView) -> Vec<ContractRow> {
-    let max = view.max_contract_id().map_or(0, ContractId::get);
-    (1..=max)
-        .filter_map(|n| ContractId::new(n).ok())
-        .filter_map(|id| view.contract(id))
-        .collect()
-}
-
 /// Which customers.
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -254,7 +245,7 @@ async fn customers(state: State, _caller: As<Readers>, Query(q): Query<Customers
         })
         .collect();
     let total = matching.len();
-    let mut contracts = all_contracts(view);
+    let mut contracts = view.contracts();
     let items: Vec<CustomerSummary> = matching
         .into_iter()
         .skip(offset)

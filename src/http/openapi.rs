@@ -37,6 +37,7 @@ use super::error::ErrorBody;
         super::routes::register_customer,
         super::routes::customer_licenses,
         super::routes::customer_action,
+        super::routes::set_profile,
         super::routes::sign_contract,
         super::routes::contract_action,
         super::routes::grant_license,

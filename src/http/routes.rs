@@ -11,8 +11,8 @@ use actix_web::middleware::Next;
 use actix_web::{web, HttpResponse};
 use chrono::{DateTime, NaiveDate, Utc};
 use ledger_events::{
-    Cnpj, ContingencyKind, ContractId, HardwareId, HardwareKey, LicenseId, Note, Position, Product,
-    Resources, Serial, TerminalNumber, TradeName,
+    Cnpj, ContingencyKind, ContractId, HardwareId, HardwareKey, LicenseId, Note, Partner, Position,
+    Product, Resources, Serial, TerminalNumber, TimeZoneName, TradeName,
 };
 use ledger_projections::asof::AsOf;
 use ledger_projections::rows::{ContingencyRow, LicenseRow};
@@ -57,6 +57,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .route("/keys", web::get().to(keys))
                 .route("/checkin", web::post().to(super::checkin::check_in))
                 .route("/customers", web::post().to(register_customer))
+                .route("/customers/{cnpj}/profile", web::put().to(set_profile))
                 .route(
                     "/customers/{cnpj}/licenses",
                     web::get().to(customer_licenses),
@@ -245,11 +246,46 @@ pub struct RegisterCustomer {
     /// Customer since (default: today).
     #[serde(default)]
     since: Option<NaiveDate>,
+    /// "Parceiro".
+    #[serde(default)]
+    #[schema(value_type = Option<String>, example = "IWS")]
+    partner: Option<Partner>,
+    /// The IANA zone of the customer's shops, when not the server's (`America/Manaus`).
+    #[serde(default)]
+    #[schema(value_type = Option<String>, example = "America/Manaus")]
+    time_zone: Option<TimeZoneName>,
     /// Makes the command idempotent: a retry with the same id, body and token answers what
     /// the first answered and records nothing new; the same id with another body, route or
     /// token is refused (409 `command_id_reused`).
     #[serde(default)]
     command_id: Option<Uuid>,
+}
+
+/// A customer's whole profile (what is absent is cleared).
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileBody {
+    /// "Parceiro".
+    #[serde(default)]
+    #[schema(value_type = Option<String>, example = "IWS")]
+    partner: Option<Partner>,
+    /// The IANA zone its days count in; absent: the server's.
+    #[serde(default)]
+    #[schema(value_type = Option<String>, example = "America/Manaus")]
+    time_zone: Option<TimeZoneName>,
+    /// Makes the command idempotent (as everywhere).
+    #[serde(default)]
+    command_id: Option<Uuid>,
+}
+
+/// A zone the server's time-zone database must know.
+fn known_zone(zone: Option<&TimeZoneName>) -> Result<(), ApiError> {
+    if let Some(z) = zone {
+        z.as_str()
+            .parse::<crate::domain::Calendar>()
+            .map_err(|e| ApiError::field("time_zone", e.to_string()))?;
+    }
+    Ok(())
 }
 
 /// An action's optional reason.
@@ -336,16 +372,57 @@ async fn register_customer(
     caller: As<Operators>,
     Json(b): Json<RegisterCustomer>,
 ) -> Answer {
+    known_zone(b.time_zone.as_ref())?;
     let cmd = CustomerCommand::Register {
         cnpj: b.cnpj,
         trade_name: b.trade_name,
         since: b.since,
     };
+    let actor = caller.actor()?;
+    let id = command_id(b.command_id);
+    let mut outcome = state.ledger.customer(cmd, &actor, id).await?;
+    if b.partner.is_some() || b.time_zone.is_some() {
+        let profile = CustomerCommand::SetProfile {
+            cnpj: b.cnpj,
+            partner: b.partner,
+            time_zone: b.time_zone,
+        };
+        // Its own id, derived from the registration's: a retry replays both.
+        let set = state
+            .ledger
+            .customer(profile, &actor, crate::app::derived_v7(id, b"profile"))
+            .await?;
+        if set.positions.is_some() {
+            outcome.positions = set.positions;
+        }
+    }
+    Ok(command_answer(&outcome, CustomerRef { cnpj: b.cnpj }))
+}
+
+/// Sets a customer's profile: "Parceiro" and the time zone its days count in.
+#[utoipa::path(put, path = "/v1/customers/{cnpj}/profile", tag = "customers",
+    params(("cnpj" = Cnpj, Path)), request_body = ProfileBody,
+    responses((status = 200, body = Done<CustomerRef>), (status = 404, body = ErrorBody),
+        (status = 409, description = "`command_id_reused`: the `command_id` was used before for another command (another route, body or token); nothing was recorded", body = ErrorBody),
+        (status = 400, body = ErrorBody)))]
+async fn set_profile(
+    state: State,
+    caller: As<Operators>,
+    cnpj: web::Path<String>,
+    Json(b): Json<ProfileBody>,
+) -> Answer {
+    let cnpj: Cnpj = path_value("cnpj", &cnpj)?;
+    known_zone(b.time_zone.as_ref())?;
+    let cmd = CustomerCommand::SetProfile {
+        cnpj,
+        partner: b.partner,
+        time_zone: b.time_zone,
+    };
     let outcome = state
         .ledger
         .customer(cmd, &caller.actor()?, command_id(b.command_id))
         .await?;
-    Ok(command_answer(&outcome, CustomerRef { cnpj: b.cnpj }))
+    Ok(command_answer(&outcome, CustomerRef { cnpj }))
 }
 
 /// Activates, deactivates, blocks, unblocks, blacklists or unblacklists a customer.

@@ -15,11 +15,11 @@ use ledger_events::{
     encode_record_into, ActivationCode, Actor, CheckInOutcome, Cnpj, CodeMac, ContingencyCleared,
     ContingencyEntered, ContingencyKind, ContractDeactivated, ContractId, ContractReactivated,
     ContractSigned, CounterKey, CustomerActivated, CustomerBlacklisted, CustomerBlocked,
-    CustomerDeactivated, CustomerRegistered, CustomerUnblacklisted, CustomerUnblocked,
-    EmergencyReleaseIssued, Envelope, Event, HardwareId, HardwareKey, Hash, LicenseBlocked,
-    LicenseBound, LicenseDeactivated, LicenseGranted, LicenseId, LicenseReactivated,
-    LicenseRenewed, LicenseResourcesChanged, LicenseUnblocked, LicenseUnlinked, Note,
-    OfflineActivationIssued, Position, Product, ProgramVersion, Record, RefusalReason,
+    CustomerDeactivated, CustomerProfileChanged, CustomerRegistered, CustomerUnblacklisted,
+    CustomerUnblocked, EmergencyReleaseIssued, Envelope, Event, HardwareId, HardwareKey, Hash,
+    LicenseBlocked, LicenseBound, LicenseDeactivated, LicenseGranted, LicenseId,
+    LicenseReactivated, LicenseRenewed, LicenseResourcesChanged, LicenseUnblocked, LicenseUnlinked,
+    Note, OfflineActivationIssued, Position, Product, ProgramVersion, Record, RefusalReason,
     RenewalCause, ResourceKey, ResourceValue, Resources, Serial, StreamVersion, TerminalCheckedIn,
     TerminalNumber, TradeName,
 };
@@ -201,6 +201,14 @@ pub fn golden_samples() -> Vec<Sample> {
             CustomerUnblacklisted {
                 cnpj: cnpj_alnum(),
                 note: None,
+            },
+            operator(),
+        ),
+        sample(
+            CustomerProfileChanged {
+                cnpj: cnpj(),
+                partner: Some(ledger_events::Partner::parse("IWS").unwrap()),
+                time_zone: Some(ledger_events::TimeZoneName::parse("America/Manaus").unwrap()),
             },
             operator(),
         ),

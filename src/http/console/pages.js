@@ -168,7 +168,11 @@ export async function customersPage(view, ctx) {
           h('td.flag', {}, box(l.blocked)),
           h('td.flag', {}, box(l.active)))))));
     }, (e) => fill(licenses, t('failed', { message: e.message })));
+    const profile = h('dl.summary', {},
+      h('dt', {}, t('custPartner')), h('dd', {}, c.partner || t('none')),
+      h('dt', {}, t('custTimeZone')), h('dd', {}, c.time_zone || t('custServerZone')));
     return h('div.customer-details', {},
+      profile,
       h('h3', {}, t('custContracts')), contracts,
       h('h3', {}, t('custLicenses')), licenses,
       h('button', { type: 'button', on: { click: () => showCustomerLicenses(c.cnpj) } }, t('custShowLicenses')));
