@@ -35,6 +35,10 @@ pub struct CustomerRow {
     /// The IANA zone its days are counted in; none: the deployment's.
     #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, example = "America/Manaus"))]
     pub time_zone: Option<TimeZoneName>,
+    /// "Criado em": when it was registered.
+    pub created_at: DateTime<Utc>,
+    /// "Atualizado em": its latest change.
+    pub updated_at: DateTime<Utc>,
     /// Version of the stream `customer-{cnpj}`.
     pub version: StreamVersion,
 }

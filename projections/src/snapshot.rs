@@ -52,17 +52,18 @@ use crate::rows::{Binding, ContingencyRow, ContractRow, CustomerRow};
 use crate::state::{LicenseState, StoredCheckIn, TerminalState};
 use crate::view::{Inconsistency, LedgerView, INCONSISTENCIES_KEPT};
 
-/// The format [`LedgerView::encode_snapshot`] writes. [`LedgerView::decode_snapshot`] reads
-/// it and version 1 (version 2 is version 1's body followed by the customers' profiles;
-/// version 1 was written before any `CustomerProfileChanged` existed, so its customers have
-/// none: the upcast is exact).
+/// The format [`LedgerView::encode_snapshot`] writes and the only one
+/// [`LedgerView::decode_snapshot`] reads. Version 2 is version 1's body followed by what each
+/// customer gained (profile, "Criado em", "Atualizado em"); version 1 cannot say when its
+/// customers were created, so it is refused and the caller rebuilds from the log (once,
+/// after the upgrade).
 pub const SNAPSHOT_FORMAT_VERSION: u32 = 2;
 
 /// Why bytes are not a snapshot this build can restore.
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
     /// Written in a format this build does not read (rebuild from the log instead).
-    #[error("snapshot format version {found} is not supported (this build reads versions 1 to {SNAPSHOT_FORMAT_VERSION})")]
+    #[error("snapshot format version {found} is not supported (this build reads version {SNAPSHOT_FORMAT_VERSION})")]
     UnsupportedVersion {
         /// The version the bytes start with.
         found: u32,
@@ -158,14 +159,14 @@ struct SnapshotV1 {
     stamps: Vec<SnapshotStamp>,
 }
 
-/// Version 2's addition, after version 1's body: the profile of each customer that has one,
-/// in the order of `SnapshotV1::customers`.
+/// Version 2's addition, after version 1's body: one per customer, in the order of
+/// `SnapshotV1::customers`.
 #[derive(Debug, Serialize, Deserialize)]
 struct SnapshotProfile {
-    /// Index into `SnapshotV1::customers`.
-    customer: u32,
     partner: Option<Partner>,
     time_zone: Option<TimeZoneName>,
+    created_at: Time,
+    updated_at: Time,
 }
 
 /// An index into `SnapshotV1::cnpjs`.
@@ -402,12 +403,11 @@ impl Copied {
         let mut resources = Table::<Resources>::new();
         let mut versions = Table::<ProgramVersion>::new();
         let profiles: Vec<SnapshotProfile> = in_key_order(&self.customers)
-            .enumerate()
-            .filter(|(_, (_, c))| c.partner.is_some() || c.time_zone.is_some())
-            .map(|(i, (_, c))| SnapshotProfile {
-                customer: i as u32,
+            .map(|(_, c)| SnapshotProfile {
                 partner: c.partner.clone(),
                 time_zone: c.time_zone.clone(),
+                created_at: Time(c.created_at),
+                updated_at: Time(c.updated_at),
             })
             .collect();
         let customers = in_key_order(&self.customers)
@@ -573,15 +573,11 @@ impl LedgerView {
     /// another valid view; callers check snapshots against the log's hash chain).
     pub fn decode_snapshot(bytes: &[u8]) -> Result<LedgerView, SnapshotError> {
         let (version, rest) = postcard::take_from_bytes::<u32>(bytes)?;
-        if !(1..=SNAPSHOT_FORMAT_VERSION).contains(&version) {
+        if version != SNAPSHOT_FORMAT_VERSION {
             return Err(SnapshotError::UnsupportedVersion { found: version });
         }
         let (body, rest) = postcard::take_from_bytes::<SnapshotV1>(rest)?;
-        let (profiles, rest) = if version >= 2 {
-            postcard::take_from_bytes::<Vec<SnapshotProfile>>(rest)?
-        } else {
-            (Vec::new(), rest)
-        };
+        let (profiles, rest) = postcard::take_from_bytes::<Vec<SnapshotProfile>>(rest)?;
         if !rest.is_empty() {
             return Err(SnapshotError::TrailingBytes(rest.len()));
         }
@@ -722,13 +718,14 @@ fn restore_v1(s: SnapshotV1, profiles: Vec<SnapshotProfile>) -> Result<LedgerVie
         keys.push(cnpj(c.cnpj)?);
     }
     check_sorted("customers", keys.iter().copied())?;
-    check_sorted("customer profiles", profiles.iter().map(|p| p.customer))?;
-    let mut profiles = profiles.into_iter().peekable();
-    for (i, (c, key)) in s.customers.into_iter().zip(keys).enumerate() {
-        let (partner, time_zone) = match profiles.next_if(|p| p.customer as usize == i) {
-            Some(p) => (p.partner, p.time_zone),
-            None => (None, None),
-        };
+    if profiles.len() != s.customers.len() {
+        return Err(invalid(format!(
+            "{} customer profiles for {} customers",
+            profiles.len(),
+            s.customers.len()
+        )));
+    }
+    for ((c, key), p) in s.customers.into_iter().zip(keys).zip(profiles) {
         view.customers.insert(
             key,
             CustomerRow {
@@ -738,18 +735,13 @@ fn restore_v1(s: SnapshotV1, profiles: Vec<SnapshotProfile>) -> Result<LedgerVie
                 active: c.active,
                 blocked: c.blocked,
                 blacklisted: c.blacklisted,
-                partner,
-                time_zone,
+                partner: p.partner,
+                time_zone: p.time_zone,
+                created_at: p.created_at.0,
+                updated_at: p.updated_at.0,
                 version: c.version,
             },
         );
-    }
-    if let Some(p) = profiles.next() {
-        return Err(invalid(format!(
-            "a profile for customer {}, of {} customers",
-            p.customer,
-            view.customers.len()
-        )));
     }
     check_sorted("contracts", s.contracts.iter().map(|c| c.contract_id))?;
     check_max_id(
@@ -1031,10 +1023,22 @@ mod tests {
         }
     }
 
-    /// `body` as a version 1 snapshot (no profiles).
+    /// `body` as a snapshot, each customer with an empty profile created at time 1000.
     fn bytes(body: &SnapshotV1) -> Vec<u8> {
-        postcard::to_extend(&1u32, Vec::new())
+        let at = Time(DateTime::from_timestamp(1000, 0).expect("a time"));
+        let profiles: Vec<SnapshotProfile> = body
+            .customers
+            .iter()
+            .map(|_| SnapshotProfile {
+                partner: None,
+                time_zone: None,
+                created_at: at,
+                updated_at: at,
+            })
+            .collect();
+        postcard::to_extend(&SNAPSHOT_FORMAT_VERSION, Vec::new())
             .and_then(|out| postcard::to_extend(body, out))
+            .and_then(|out| postcard::to_extend(&profiles, out))
             .expect("encode")
     }
 
@@ -1052,17 +1056,28 @@ mod tests {
 
     #[test]
     fn the_sample_decodes_and_encodes_back_to_the_same_bytes() {
-        // Written as version 1; version 2 is the same body, then the (here empty) profiles.
         let original = bytes(&sample());
         let view = LedgerView::decode_snapshot(&original).expect("decode");
         assert_eq!(view.position(), 10);
         assert_eq!(view.license_count(), 2);
-        let v2 = view.encode_snapshot();
-        assert_eq!(v2[0], 2);
-        assert_eq!(v2[1..v2.len() - 1], original[1..]);
-        assert_eq!(v2.last(), Some(&0), "no profiles");
-        let again = LedgerView::decode_snapshot(&v2).expect("decode version 2");
-        assert_eq!(again.encode_snapshot(), v2);
+        assert_eq!(view.encode_snapshot(), original);
+    }
+
+    #[test]
+    fn a_version_1_snapshot_is_refused_so_the_log_rebuilds_it() {
+        // Version 1 cannot say when its customers were created ("Criado em").
+        let mut v1 = postcard::to_extend(&1u32, Vec::new())
+            .and_then(|out| postcard::to_extend(&sample(), out))
+            .expect("encode");
+        assert!(matches!(
+            LedgerView::decode_snapshot(&v1),
+            Err(SnapshotError::UnsupportedVersion { found: 1 })
+        ));
+        v1[0] = 2;
+        assert!(
+            LedgerView::decode_snapshot(&v1).is_err(),
+            "a version 1 body without the customers' part"
+        );
     }
 
     #[test]

@@ -521,6 +521,8 @@ impl LedgerView {
                             blacklisted: false,
                             partner: None,
                             time_zone: None,
+                            created_at: env.recorded_at,
+                            updated_at: env.recorded_at,
                             version: env.stream_version,
                         });
                         Ok(())
@@ -540,6 +542,7 @@ impl LedgerView {
                     .ok_or_else(|| format!("{} for unknown customer {}", env.event_type, e.cnpj))?;
                 row.partner = e.partner.clone();
                 row.time_zone = e.time_zone.clone();
+                row.updated_at = env.recorded_at;
                 row.version = env.stream_version;
                 return Ok(());
             }
@@ -549,6 +552,7 @@ impl LedgerView {
             .get_mut(cnpj)
             .ok_or_else(|| format!("{} for unknown customer {cnpj}", env.event_type))?;
         change(&mut row);
+        row.updated_at = env.recorded_at;
         row.version = env.stream_version;
         Ok(())
     }

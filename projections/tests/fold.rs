@@ -28,6 +28,8 @@ fn a_registered_customer_is_active_unblocked_and_off_the_blacklist() {
             blacklisted: false,
             partner: None,
             time_zone: None,
+            created_at: log.envelope(1).recorded_at,
+            updated_at: log.envelope(1).recorded_at,
             version: 1,
         }
     );
@@ -51,6 +53,10 @@ fn clientes_a_profile_sets_partner_and_time_zone_and_a_snapshot_keeps_them() {
         (&row.partner, &row.time_zone, row.version),
         (&partner, &zone, 2)
     );
+    // "Criado em" is the registration's time, "Atualizado em" the latest change's.
+    assert_eq!(row.created_at, log.envelope(1).recorded_at);
+    assert_eq!(row.updated_at, log.envelope(2).recorded_at);
+    assert!(row.updated_at > row.created_at);
     let restored = LedgerView::decode_snapshot(&view.encode_snapshot()).expect("decodes");
     assert_eq!(restored.customer(&c), Some(row));
     log.push(ledger_events::CustomerProfileChanged {

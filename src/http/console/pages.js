@@ -170,7 +170,9 @@ export async function customersPage(view, ctx) {
     }, (e) => fill(licenses, t('failed', { message: e.message })));
     const profile = h('dl.summary', {},
       h('dt', {}, t('custPartner')), h('dd', {}, c.partner || t('none')),
-      h('dt', {}, t('custTimeZone')), h('dd', {}, c.time_zone || t('custServerZone')));
+      h('dt', {}, t('custTimeZone')), h('dd', {}, c.time_zone || t('custServerZone')),
+      h('dt', {}, t('custCreated')), h('dd', {}, dateTime(c.created_at)),
+      h('dt', {}, t('custUpdated')), h('dd', {}, dateTime(c.updated_at)));
     return h('div.customer-details', {},
       profile,
       h('h3', {}, t('custContracts')), contracts,
