@@ -184,15 +184,10 @@ impl Ledger {
 
 /// Writes the file every `every` while the ledger lives (`serve`).
 pub async fn flush_every(ledger: Weak<Ledger>, every: StdDuration) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let Some(ledger) = ledger.upgrade() else {
-            return;
-        };
+    super::every(ledger, every, async |ledger| {
         let _ = crate::background::offload(move || ledger.flush_last_seen()).await;
-    }
+    })
+    .await;
 }
 
 #[cfg(test)]

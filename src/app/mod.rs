@@ -973,6 +973,24 @@ pub fn event_id_for(command_id: Uuid, index: u32) -> Uuid {
     derived_v7(command_id, &index.to_be_bytes())
 }
 
+/// Runs `work` on the ledger now and then every `every`, until the ledger is dropped (the
+/// server's periodic tasks: the automatic renewal, the last-communication file). A period
+/// missed while `work` ran is not made up.
+pub async fn every<F>(ledger: std::sync::Weak<Ledger>, every: StdDuration, mut work: F)
+where
+    F: AsyncFnMut(Arc<Ledger>),
+{
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(ledger) = ledger.upgrade() else {
+            return;
+        };
+        work(ledger).await;
+    }
+}
+
 /// A UUID v7 derived from `base` and `salt`: `base`'s timestamp (when it is a v7), the rest
 /// from SHA-256(base ‖ salt).
 pub fn derived_v7(base: Uuid, salt: &[u8]) -> Uuid {

@@ -209,13 +209,7 @@ pub fn automatic_command_id(license: LicenseId, expiry: NaiveDate) -> Uuid {
 /// Runs [`Ledger::renew_due`] now and then every `every`, until the ledger is dropped. A
 /// failed pass is logged and tried again at the next period.
 pub async fn run(ledger: Weak<Ledger>, every: StdDuration) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let Some(ledger) = ledger.upgrade() else {
-            return;
-        };
+    super::every(ledger, every, async |ledger| {
         match ledger.renew_due().await {
             Ok(pass) if !pass.renewed.is_empty() => {
                 tracing::info!(
@@ -229,5 +223,6 @@ pub async fn run(ledger: Weak<Ledger>, every: StdDuration) {
             }
             Err(e) => tracing::warn!(error = %e, "automatic renewal failed; trying again later"),
         }
-    }
+    })
+    .await;
 }

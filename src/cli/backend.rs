@@ -294,6 +294,35 @@ pub fn with_store<T>(
     })
 }
 
+/// Runs `work` on a ledger over the store, for a command that writes (`demo`, `offline
+/// issue`, `renew`): a server holding the file store refuses it with `busy` (what to do
+/// instead). The store is closed afterwards, whatever `work` answered.
+pub fn with_ledger<T>(
+    log: &Log,
+    clock: Arc<dyn Clock>,
+    calendar: crate::domain::Calendar,
+    busy: &str,
+    work: impl AsyncFnOnce(&crate::app::Ledger) -> Result<T, CliError>,
+) -> Result<T, CliError> {
+    use crate::app::{Ledger, LedgerConfig};
+    super::runtime()?.block_on(async {
+        let store = log.open(clock.clone(), busy).await?;
+        let answer = async {
+            let config = LedgerConfig {
+                calendar,
+                ..LedgerConfig::default()
+            };
+            let ledger = Ledger::start(store.store(), clock, config).await?;
+            work(&ledger).await
+        }
+        .await;
+        let closed = store.close().await;
+        let answer = answer?;
+        closed?;
+        Ok(answer)
+    })
+}
+
 /// Runs `work` on a ledger that resumes from the derived data in `<data_dir>/derived` (a
 /// snapshot and the log index; built from the log when missing), and leaves a snapshot at
 /// the head for the next run. `Ok(None)` when a server holds the log or the derived data:

@@ -11,7 +11,6 @@ use uuid::Uuid;
 
 use super::{parse_flag, CliError};
 use crate::app::commands::OfflineRequest;
-use crate::app::{Ledger, LedgerConfig};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{SecretsFile, SECRETS_FILE_NAME};
 
@@ -145,46 +144,32 @@ fn issue(
     };
     let file = secrets(data_dir)?;
     let actor = Actor::operator("suporte").map_err(|e| CliError::Refused(e.to_string()))?;
-    let runtime = super::runtime()?;
-    runtime.block_on(async {
-        let store = log
-            .open(
-                Arc::new(SystemClock),
-                "issue it through the API instead: POST /v1/offline-activations",
-            )
-            .await?;
-        let result = async {
-            let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-            let config = LedgerConfig {
-                calendar,
-                ..LedgerConfig::default()
-            };
-            let ledger = Ledger::start(store.store(), clock, config).await?;
-            let issued = ledger
+    let issued = super::backend::with_ledger(
+        log,
+        Arc::new(SystemClock),
+        calendar,
+        "issue it through the API instead: POST /v1/offline-activations",
+        async |ledger| {
+            Ok(ledger
                 .issue_offline_activation(&file.secrets, request, &actor, Uuid::now_v7())
-                .await?;
-            drop(ledger);
-            writeln!(out, "Contra-chave: {}", issued.counter_key.grouped())?;
-            match issued.terminal {
-                Some(hardware_id) => writeln!(out, "Chave: do terminal {hardware_id}")?,
-                None => writeln!(
-                    out,
-                    "Chave: do produto (terminal nunca visto on-line por este servidor)"
-                )?,
-            }
-            writeln!(
-                out,
-                "Válida até: {} ({})",
-                issued.valid_until.format("%d/%m/%Y"),
-                issued.valid_until
-            )?;
-            Ok::<(), CliError>(())
-        }
-        .await;
-        let closed = store.close().await;
-        result?;
-        Ok(closed?)
-    })
+                .await?)
+        },
+    )?;
+    writeln!(out, "Contra-chave: {}", issued.counter_key.grouped())?;
+    match issued.terminal {
+        Some(hardware_id) => writeln!(out, "Chave: do terminal {hardware_id}")?,
+        None => writeln!(
+            out,
+            "Chave: do produto (terminal nunca visto on-line por este servidor)"
+        )?,
+    }
+    writeln!(
+        out,
+        "Válida até: {} ({})",
+        issued.valid_until.format("%d/%m/%Y"),
+        issued.valid_until
+    )?;
+    Ok(())
 }
 
 fn verify(

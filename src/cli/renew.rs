@@ -8,7 +8,6 @@ use ledger_events::{Actor, ContractId};
 use uuid::Uuid;
 
 use super::{parse_flag, CliError};
-use crate::app::{Ledger, LedgerConfig};
 use crate::clock::Clock;
 
 /// Options of `renew`.
@@ -35,44 +34,31 @@ pub fn run(
         "pass a contract id such as 000012",
     )?;
     let actor = Actor::operator("suporte").map_err(|e| CliError::Refused(e.to_string()))?;
-    let runtime = super::runtime()?;
-    runtime.block_on(async {
-        let store = log
-            .open(
-                clock.clone(),
-                "renew through the API instead: POST /v1/contracts/{id}/renew",
-            )
-            .await?;
-        let result = async {
-            let config = LedgerConfig {
-                calendar,
-                ..LedgerConfig::default()
-            };
-            let ledger = Ledger::start(store.store(), clock, config).await?;
-            let renewed = ledger
+    let renewed = super::backend::with_ledger(
+        log,
+        clock,
+        calendar,
+        "renew through the API instead: POST /v1/contracts/{id}/renew",
+        async |ledger| {
+            Ok(ledger
                 .renew_contract(contract_id, &actor, Uuid::now_v7())
-                .await?;
-            drop(ledger);
-            if renewed.is_empty() {
-                writeln!(
-                    out,
-                    "Contrato {contract_id}: nenhuma licença a renovar hoje"
-                )?;
-            }
-            for r in &renewed {
-                writeln!(
-                    out,
-                    "Licença {} renovada até {} (era {}; contrato {contract_id})",
-                    r.license_id,
-                    r.expires_on.format("%d/%m/%Y"),
-                    r.previous_expiry.format("%d/%m/%Y"),
-                )?;
-            }
-            Ok::<(), CliError>(())
-        }
-        .await;
-        let closed = store.close().await;
-        result?;
-        Ok(closed?)
-    })
+                .await?)
+        },
+    )?;
+    if renewed.is_empty() {
+        writeln!(
+            out,
+            "Contrato {contract_id}: nenhuma licença a renovar hoje"
+        )?;
+    }
+    for r in &renewed {
+        writeln!(
+            out,
+            "Licença {} renovada até {} (era {}; contrato {contract_id})",
+            r.license_id,
+            r.expires_on.format("%d/%m/%Y"),
+            r.previous_expiry.format("%d/%m/%Y"),
+        )?;
+    }
+    Ok(())
 }
