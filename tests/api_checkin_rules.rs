@@ -1256,11 +1256,28 @@ async fn clientes_a_customer_in_manaus_counts_its_own_days_on_a_brasilia_server(
             "PUT",
             &format!("/v1/customers/{OTHER_CNPJ}/profile"),
             Some(&w.support),
-            Some(json!({"time_zone": "America/Brasilia"})),
+            Some(json!({"partner": "IWS", "time_zone": "America/Brasilia"})),
         )
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert_eq!(body["field"], json!("time_zone"), "{body}");
+    // A missing body or key never clears the profile: both keys are required (null clears).
+    for (sent, field) in [
+        (json!({}), "partner"),
+        (json!({"partner": null}), "time_zone"),
+    ] {
+        let (status, body) = w
+            .app
+            .call(
+                "PUT",
+                &format!("/v1/customers/{OTHER_CNPJ}/profile"),
+                Some(&w.support),
+                Some(sent),
+            )
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(body["field"], json!(field), "{body}");
+    }
     let customer = &w
         .app
         .get(&format!("/v1/customers?text={OTHER_CNPJ}"), &w.support)

@@ -261,21 +261,32 @@ pub struct RegisterCustomer {
     command_id: Option<Uuid>,
 }
 
-/// A customer's whole profile (what is absent is cleared).
+/// A customer's whole profile. Both keys are required, `null` clearing one, so that a
+/// missing body or a forgotten key never clears a profile by accident.
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProfileBody {
-    /// "Parceiro".
-    #[serde(default)]
-    #[schema(value_type = Option<String>, example = "IWS")]
-    partner: Option<Partner>,
-    /// The IANA zone its days count in; absent: the server's.
-    #[serde(default)]
-    #[schema(value_type = Option<String>, example = "America/Manaus")]
-    time_zone: Option<TimeZoneName>,
+    /// "Parceiro" (`null`: none).
+    #[serde(default, deserialize_with = "stated")]
+    #[schema(value_type = Option<String>, required = true, example = "IWS")]
+    partner: Option<Option<Partner>>,
+    /// The IANA zone its days count in (`null`: the server's).
+    #[serde(default, deserialize_with = "stated")]
+    #[schema(value_type = Option<String>, required = true, example = "America/Manaus")]
+    time_zone: Option<Option<TimeZoneName>>,
     /// Makes the command idempotent (as everywhere).
     #[serde(default)]
     command_id: Option<Uuid>,
+}
+
+/// A key that was present (its value may be `null`): `Some(value)`; an absent one stays
+/// `None` through `#[serde(default)]`.
+fn stated<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
 }
 
 /// A zone the server's time-zone database must know.
@@ -412,11 +423,17 @@ async fn set_profile(
     Json(b): Json<ProfileBody>,
 ) -> Answer {
     let cnpj: Cnpj = path_value("cnpj", &cnpj)?;
-    known_zone(b.time_zone.as_ref())?;
+    let partner = b
+        .partner
+        .ok_or_else(|| ApiError::field("partner", "required (null for none)"))?;
+    let time_zone = b
+        .time_zone
+        .ok_or_else(|| ApiError::field("time_zone", "required (null for the server's)"))?;
+    known_zone(time_zone.as_ref())?;
     let cmd = CustomerCommand::SetProfile {
         cnpj,
-        partner: b.partner,
-        time_zone: b.time_zone,
+        partner,
+        time_zone,
     };
     let outcome = state
         .ledger
