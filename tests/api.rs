@@ -168,6 +168,13 @@ async fn a_check_in_binds_a_license_and_its_signed_answer_verifies_with_the_publ
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unknown_or_inactive_customer_answers_401_usuario_invalido() {
+    // The manual's AVISO ("Cliente Inativado"), line by line.
+    let aviso = json!([
+        "Problema encontrado na liberação!",
+        "Retorno do servidor:",
+        "CÓDIGO: 401",
+        "MENSAGEM: Usuário inválido."
+    ]);
     let app = TestApp::spawn().await;
     app.seed().await;
     let (status, body) = app
@@ -179,15 +186,7 @@ async fn an_unknown_or_inactive_customer_answers_401_usuario_invalido() {
         )
         .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
-    assert_eq!(
-        body["messages"],
-        json!([
-            "Problema encontrado na liberação!",
-            "Retorno do servidor:",
-            "CÓDIGO: 401",
-            "MENSAGEM: Usuário inválido."
-        ])
-    );
+    assert_eq!(body["messages"], aviso, "{body}");
 
     app.post(
         &format!("/v1/customers/{CNPJ}/deactivate"),
@@ -204,15 +203,7 @@ async fn an_unknown_or_inactive_customer_answers_401_usuario_invalido() {
         )
         .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
-    assert_eq!(
-        body["messages"],
-        json!([
-            "Problema encontrado na liberação!",
-            "Retorno do servidor:",
-            "CÓDIGO: 401",
-            "MENSAGEM: Usuário inválido."
-        ])
-    );
+    assert_eq!(body["messages"], aviso, "{body}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1211,20 +1211,22 @@ async fn contingency_01_sells_until_expiry_plus_7_days_then_sales_are_blocked() 
 async fn clientes_a_customer_in_manaus_counts_its_own_days_on_a_brasilia_server() {
     let w = World::new().await;
     w.app.customer(OTHER_CNPJ, "Loja Manaus").await;
-    let (status, body) = w
-        .app
-        .call(
-            "PUT",
-            &format!("/v1/customers/{OTHER_CNPJ}/profile"),
-            Some(&w.support),
-            Some(json!({"partner": "IWS", "time_zone": "America/Manaus"})),
-        )
-        .await;
+    let profile = format!("/v1/customers/{OTHER_CNPJ}/profile");
+    let put_profile = async |body: Value| {
+        w.app
+            .call("PUT", &profile, Some(&w.support), Some(body))
+            .await
+    };
+    let customer_row = async || {
+        w.app
+            .get(&format!("/v1/customers?text={OTHER_CNPJ}"), &w.support)
+            .await["items"][0]
+            .clone()
+    };
+    let (status, body) =
+        put_profile(json!({"partner": "IWS", "time_zone": "America/Manaus"})).await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    let customer = &w
-        .app
-        .get(&format!("/v1/customers?text={OTHER_CNPJ}"), &w.support)
-        .await["items"][0];
+    let customer = customer_row().await;
     assert_eq!(customer["partner"], json!("IWS"), "{customer}");
     assert_eq!(customer["time_zone"], json!("America/Manaus"), "{customer}");
 
@@ -1250,15 +1252,8 @@ async fn clientes_a_customer_in_manaus_counts_its_own_days_on_a_brasilia_server(
     assert_eq!(manaus.outcome(), "EXPIRED", "{}", manaus.body);
 
     // A zone the database does not know is refused naming the field; nothing changes.
-    let (status, body) = w
-        .app
-        .call(
-            "PUT",
-            &format!("/v1/customers/{OTHER_CNPJ}/profile"),
-            Some(&w.support),
-            Some(json!({"partner": "IWS", "time_zone": "America/Brasilia"})),
-        )
-        .await;
+    let (status, body) =
+        put_profile(json!({"partner": "IWS", "time_zone": "America/Brasilia"})).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert_eq!(body["field"], json!("time_zone"), "{body}");
     // A missing body or key never clears the profile: both keys are required (null clears).
@@ -1266,22 +1261,11 @@ async fn clientes_a_customer_in_manaus_counts_its_own_days_on_a_brasilia_server(
         (json!({}), "partner"),
         (json!({"partner": null}), "time_zone"),
     ] {
-        let (status, body) = w
-            .app
-            .call(
-                "PUT",
-                &format!("/v1/customers/{OTHER_CNPJ}/profile"),
-                Some(&w.support),
-                Some(sent),
-            )
-            .await;
+        let (status, body) = put_profile(sent).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
         assert_eq!(body["field"], json!(field), "{body}");
     }
-    let customer = &w
-        .app
-        .get(&format!("/v1/customers?text={OTHER_CNPJ}"), &w.support)
-        .await["items"][0];
+    let customer = customer_row().await;
     assert_eq!(customer["time_zone"], json!("America/Manaus"), "{customer}");
 }
 

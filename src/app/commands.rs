@@ -18,7 +18,7 @@ use super::ids::IdAllocator;
 use super::{AppError, CommandKey, CommandOutcome, Ledger};
 use crate::domain::contract::{Contract, ContractCommand};
 use crate::domain::customer::{Customer, CustomerCommand};
-use crate::domain::license::{License, LicenseCommand, RenewalTerms};
+use crate::domain::license::{License, LicenseCommand};
 use crate::domain::release::{
     Contingencies, ContingencyCommand, EmergencyRelease, IssueEmergencyRelease,
     IssueOfflineActivation, OfflineActivation,
@@ -233,9 +233,12 @@ impl Ledger {
         // The digest covers the command as the caller gave it (for a renewal by contract,
         // without the terms filled in below).
         let key = match &command {
-            LicenseCommand::RenewByContract { license_id, .. } => {
-                CommandKey::new(command_id, "license.renew_by_contract", license_id, actor)
-            }
+            LicenseCommand::RenewByContract { license_id, .. } => CommandKey::new(
+                command_id,
+                super::renewals::RENEW_BY_CONTRACT,
+                license_id,
+                actor,
+            ),
             other => CommandKey::new(command_id, "license", other, actor),
         };
         let command = match command {
@@ -248,18 +251,9 @@ impl Ledger {
                         what: "license",
                         id: license_id.to_string(),
                     })?;
-                let contract = row.contract_id.and_then(|id| self.view().contract(id));
-                let customer_active = self
-                    .view()
-                    .customer(&row.cnpj)
-                    .is_some_and(|c| c.active && !c.blocked && !c.blacklisted);
                 LicenseCommand::RenewByContract {
                     license_id,
-                    terms: RenewalTerms {
-                        contract: contract.as_ref().map(Contract::from).unwrap_or_default(),
-                        customer_active,
-                        today: self.calendar_of(&row.cnpj).day(self.clock().now()),
-                    },
+                    terms: self.renewal_terms(&row),
                 }
             }
             other => other,

@@ -151,27 +151,21 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 impl Ledger {
-    /// Notes a check-in answered now (every answer, also a kept one).
-    pub fn saw_check_in(&self, req: &crate::domain::checkin::CheckInRequest) {
+    /// Notes a check-in that arrived `at` (every answer, also a kept one).
+    pub fn saw_check_in(&self, req: &crate::domain::checkin::CheckInRequest, at: DateTime<Utc>) {
         self.last_seen
-            .saw(req.cnpj, req.product, req.hardware_id, self.clock().now());
+            .saw(req.cnpj, req.product, req.hardware_id, at);
     }
 
-    /// "Última Comunicação" of a license: the later of its bound terminal's last check-in
-    /// seen by this server and its last recorded one (the read model's `last_seen_at`).
-    pub fn last_communication(&self, row: &LicenseRow) -> Option<DateTime<Utc>> {
-        let recorded = row.last_seen_at;
+    /// Sets a live row's "Última Comunicação" (`last_seen_at`) to the later of its bound
+    /// terminal's last check-in seen by this server and its last recorded one (what the read
+    /// model put there).
+    pub fn fill_last_communication(&self, row: &mut LicenseRow) {
         let seen = row
             .binding
             .as_ref()
             .and_then(|b| self.last_seen.get(row.cnpj, row.product, b.hardware_id));
-        recorded.max(seen)
-    }
-
-    /// `row` with `last_seen_at` set to [`Ledger::last_communication`].
-    pub fn with_last_communication(&self, mut row: LicenseRow) -> LicenseRow {
-        row.last_seen_at = self.last_communication(&row);
-        row
+        row.last_seen_at = row.last_seen_at.max(seen);
     }
 
     /// Writes the last-communication file if it changed.

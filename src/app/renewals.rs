@@ -23,7 +23,7 @@ use chrono::NaiveDate;
 use ledger_events::{
     Actor, ContractId, Event, LicenseEvent, LicenseId, LicenseRenewed, Position, StreamId,
 };
-use ledger_projections::rows::{ContractRow, LicenseRow};
+use ledger_projections::rows::LicenseRow;
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -32,10 +32,14 @@ use crate::domain::contract::Contract;
 use crate::domain::license::{contract_renewal, License, LicenseCommand, RenewalTerms};
 use crate::domain::DomainError;
 
+/// The command kind of a renewal by contract, whichever entry point runs it (so that a
+/// command id is recognised across them).
+pub(crate) const RENEW_BY_CONTRACT: &str = "license.renew_by_contract";
+
 /// The actor of the automatic renewals, as the Histórico shows it.
 pub const AUTOMATIC_RENEWAL: &str = "renovação automática";
 
-/// Default period of the automatic pass (configuration `renewal_interval_seconds`).
+/// Default period of the automatic pass (configuration `renewal_interval_minutes`).
 pub const DEFAULT_RENEWAL_INTERVAL: StdDuration = StdDuration::from_secs(15 * 60);
 
 /// The namespace of the automatic pass's command ids.
@@ -79,19 +83,20 @@ impl Ledger {
         command_id: Uuid,
     ) -> Result<Vec<Renewal>, AppError> {
         self.catch_up().await?;
-        let contract = self
-            .view()
-            .contract(contract_id)
-            .ok_or_else(|| DomainError::NotFound {
+        if self.view().contract(contract_id).is_none() {
+            return Err(DomainError::NotFound {
                 what: "contract",
                 id: contract_id.to_string(),
-            })?;
+            }
+            .into());
+        }
         let mut renewed = Vec::new();
         for row in self.view().licenses_of_contract(contract_id) {
             // One command per license, its id derived from the caller's: a retry finds each
             // license's events, also of the licenses it no longer finds due.
             let id = derived_v7(command_id, &row.license_id.get().to_be_bytes());
-            if let Some(r) = self.renew_one(&row, &contract, actor, id).await? {
+            let terms = self.renewal_terms(&row);
+            if let Some(r) = self.renew_one(&row, terms, actor, id).await? {
                 renewed.push(r);
             }
         }
@@ -112,11 +117,12 @@ impl Ledger {
             }
             for row in self.view().licenses_of_contract(contract.contract_id) {
                 pass.examined += 1;
-                if self.due(&row, &contract).is_none() {
+                let terms = self.renewal_terms(&row);
+                if !row.active || contract_renewal(row.expires_on, &terms, terms.today).is_none() {
                     continue;
                 }
                 let id = automatic_command_id(row.license_id, row.expires_on);
-                if let Some(r) = self.renew_one(&row, &contract, &actor, id).await? {
+                if let Some(r) = self.renew_one(&row, terms, &actor, id).await? {
                     pass.renewed.push(r);
                 }
             }
@@ -124,26 +130,20 @@ impl Ledger {
         Ok(pass)
     }
 
-    /// The terms a renewal of `row` by `contract` is decided on today.
-    fn terms(&self, row: &LicenseRow, contract: &ContractRow) -> RenewalTerms {
+    /// The terms a renewal of `row` by its contract is decided on today, as the view says
+    /// (no contract: terms that never renew): the contract, whether the customer may
+    /// operate, and the customer's local day.
+    pub(crate) fn renewal_terms(&self, row: &LicenseRow) -> RenewalTerms {
+        let contract = row.contract_id.and_then(|id| self.view().contract(id));
         let customer_active = self
             .view()
             .customer(&row.cnpj)
             .is_some_and(|c| c.active && !c.blocked && !c.blacklisted);
         RenewalTerms {
-            contract: Contract::from(contract),
+            contract: contract.as_ref().map(Contract::from).unwrap_or_default(),
             customer_active,
             today: self.calendar_of(&row.cnpj).day(self.clock().now()),
         }
-    }
-
-    /// The expiry a renewal would give `row` today, if it is due (as the view says).
-    fn due(&self, row: &LicenseRow, contract: &ContractRow) -> Option<NaiveDate> {
-        if !row.active {
-            return None;
-        }
-        let terms = self.terms(row, contract);
-        contract_renewal(row.expires_on, &terms, terms.today)
     }
 
     /// Runs the renewal command for one license; answers what it recorded (or had recorded,
@@ -151,19 +151,14 @@ impl Ledger {
     async fn renew_one(
         &self,
         row: &LicenseRow,
-        contract: &ContractRow,
+        terms: RenewalTerms,
         actor: &Actor,
         command_id: Uuid,
     ) -> Result<Option<Renewal>, AppError> {
-        let key = CommandKey::new(
-            command_id,
-            "license.renew_by_contract",
-            &row.license_id,
-            actor,
-        );
+        let key = CommandKey::new(command_id, RENEW_BY_CONTRACT, &row.license_id, actor);
         let command = LicenseCommand::RenewByContract {
             license_id: row.license_id,
-            terms: self.terms(row, contract),
+            terms,
         };
         let executed = self
             .execute_recorded::<License>(&StreamId::license(row.license_id), &command, actor, &key)

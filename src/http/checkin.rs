@@ -449,11 +449,12 @@ pub async fn check_in(
     }
     let (req, nonce) = body.into_request()?;
     // "Última Comunicação": every check-in that reaches a decision or a kept answer.
-    state.ledger.saw_check_in(&req);
+    let arrived = state.ledger.clock().now();
+    state.ledger.saw_check_in(&req, arrived);
     // Read before deciding: see the module documentation.
     let stamp = state.ledger.view().customer_stamp(&req.cnpj);
     if nonce.is_none() {
-        if let Some((status, body)) = state.answers.get(&req, stamp, state.ledger.clock().now()) {
+        if let Some((status, body)) = state.answers.get(&req, stamp, arrived) {
             return Ok(json_answer(status, body));
         }
     }

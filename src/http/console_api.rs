@@ -359,7 +359,7 @@ async fn license_table(
             let (mut items, total, offset, limit, position, day) =
                 table(view, state.ledger.today())?;
             for row in &mut items {
-                row.license.last_seen_at = state.ledger.last_communication(&row.license);
+                state.ledger.fill_last_communication(&mut row.license);
             }
             (items, total, offset, limit, position, day)
         }

@@ -556,22 +556,15 @@ async fn contract_action(
                 .ledger
                 .renew_contract(contract_id, &caller.actor()?, command_id(b.command_id))
                 .await?;
-            let outcome = CommandOutcome {
-                positions: renewed
-                    .iter()
-                    .map(|r| r.position)
-                    .max()
-                    .map(|last| last..=last),
-                stream_version: 0,
+            // One command per license: the answer's position is the last renewal's.
+            return Ok(HttpResponse::Ok().json(Done {
+                position: renewed.iter().map(|r| r.position).max().unwrap_or(0),
                 was_retry: !renewed.is_empty() && renewed.iter().all(|r| r.was_retry),
-            };
-            return Ok(command_answer(
-                &outcome,
-                ContractRef {
+                item: ContractRef {
                     contract_id,
                     renewed: Some(renewed),
                 },
-            ));
+            }));
         }
     };
     let outcome = state
@@ -1185,7 +1178,7 @@ async fn list_licenses(
 /// server answered (as of a past moment, the rows keep the recorded ones).
 fn live(state: &State, mut page: Page<LicenseRow>) -> Page<LicenseRow> {
     for row in &mut page.items {
-        row.last_seen_at = state.ledger.last_communication(row);
+        state.ledger.fill_last_communication(row);
     }
     page
 }
@@ -1213,11 +1206,10 @@ async fn get_license(
     let license_id: LicenseId = path_value("id", &id)?;
     read_your_writes(&state, q.min_position).await?;
     let row = match q.as_of {
-        None => state
-            .ledger
-            .view()
-            .license(license_id)
-            .map(|row| state.ledger.with_last_communication(row)),
+        None => state.ledger.view().license(license_id).map(|mut row| {
+            state.ledger.fill_last_communication(&mut row);
+            row
+        }),
         Some(t) => {
             state
                 .ledger
